@@ -1,0 +1,498 @@
+//! The history model: immutable, numbered events, named in the past tense.
+//!
+//! A history is the append-only list of a workflow's events, numbered from [`Seq::FIRST`].
+//! Events come in two roles:
+//!
+//! - **inputs** come from outside the workflow code: it was started, an activity attempt ended,
+//!   a timer fired, a signal arrived, a cancel was requested. Storage backends hold them as
+//!   messages until a workflow task moves them into the history.
+//! - **commands** are what the code did: scheduled an activity, started a timer, wrote state,
+//!   entered a step, recorded a value, finished. On replay each one is checked against what the
+//!   code does now.
+//!
+//! The machine appends each input immediately followed by the commands the code issued in
+//! reaction to it, so a history reads as `input, commands*, input, commands*, ...` and replay
+//! can match it position by position.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::failure::Failure;
+use crate::options::ActivityOptions;
+use crate::types::{ActivityId, Payload, Seq, TimerId, Timestamp};
+
+/// The history format this build writes. Recorded in every `WorkflowStarted` event so that a
+/// later change to how histories are encoded or replayed can keep old histories replaying
+/// exactly as they were written. Numbers are never reused.
+pub const HISTORY_FORMAT: u32 = 1;
+
+/// One entry of a workflow's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its position in the history.
+    pub seq: Seq,
+    /// When it was appended (the time of the workflow task that appended it).
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Whether an event came from outside the workflow code or was issued by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Delivered to the workflow: started, activity results, timer fired, signal, cancel.
+    Input,
+    /// Issued by the workflow code and checked on replay.
+    Command,
+}
+
+/// What happened. Serialized with a `type` tag naming the variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The workflow was started. Always the first event.
+    WorkflowStarted {
+        /// The workflow type's name.
+        name: String,
+        /// The workflow type's version at start; pinned for the life of the run.
+        version: u32,
+        /// The input, as given to `start`.
+        input: Payload,
+        /// The history format ([`HISTORY_FORMAT`]) the run was started with.
+        format: u32,
+    },
+    /// The workflow returned its output.
+    WorkflowCompleted {
+        /// The output.
+        output: Payload,
+    },
+    /// The workflow returned an error, or could not start (bad input).
+    WorkflowFailed {
+        /// The error.
+        failure: Failure,
+    },
+    /// Somebody asked the workflow to cancel.
+    CancelRequested {
+        /// Why, if they said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The workflow ended because it was cancelled.
+    WorkflowCancelled {},
+    /// The code entered a named step.
+    StepStarted {
+        /// The step's name.
+        name: String,
+    },
+    /// The code left a named step.
+    StepCompleted {
+        /// The step's name.
+        name: String,
+    },
+    /// One top-level field of the workflow state changed.
+    StateSet {
+        /// The field's name (`$` when the state is not a JSON object).
+        key: String,
+        /// Its new value.
+        value: Payload,
+    },
+    /// Several top-level fields of the workflow state changed at once.
+    StateUpdated {
+        /// The changed fields and their new values.
+        values: BTreeMap<String, Payload>,
+    },
+    /// The code scheduled an activity. Its id is this event's sequence number.
+    ActivityScheduled {
+        /// The activity type's name.
+        name: String,
+        /// The input.
+        input: Payload,
+        /// Retry policy and timeouts.
+        options: ActivityOptions,
+    },
+    /// An activity attempt returned a result.
+    ActivityCompleted {
+        /// Which activity.
+        activity_id: ActivityId,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// The result.
+        result: Payload,
+    },
+    /// An activity attempt failed.
+    ActivityFailed {
+        /// Which activity.
+        activity_id: ActivityId,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// The error.
+        failure: Failure,
+        /// When the next attempt is due; `None` when this failure is final.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<Timestamp>,
+    },
+    /// An activity attempt exceeded its start-to-close timeout.
+    ActivityTimedOut {
+        /// Which activity.
+        activity_id: ActivityId,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// When the next attempt is due; `None` when this timeout is final.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<Timestamp>,
+    },
+    /// The code started a durable timer. Its id is this event's sequence number.
+    TimerScheduled {
+        /// When it fires.
+        fire_at: Timestamp,
+        /// The duration asked for by `sleep`; `None` for `sleep_until`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// Which timer.
+        timer_id: TimerId,
+    },
+    /// A signal arrived.
+    SignalReceived {
+        /// The signal's name.
+        name: String,
+        /// Its payload.
+        payload: Payload,
+    },
+    /// The code asked for a non-deterministic value (time, randomness); this is what it got,
+    /// and what it gets again on replay.
+    ValueRecorded {
+        /// The value.
+        value: RecordedValue,
+    },
+    /// The code took the new branch of a versioned change (`ctx.patched(id)`).
+    PatchMarked {
+        /// The change's id.
+        patch: String,
+    },
+}
+
+/// A non-deterministic value recorded in history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum RecordedValue {
+    /// `ctx.now()`.
+    Now(Timestamp),
+    /// `ctx.random_u64()`.
+    Random(u64),
+    /// `ctx.uuid()`.
+    Uuid(uuid::Uuid),
+}
+
+impl RecordedValue {
+    fn kind_name(&self) -> &'static str {
+        match self {
+            RecordedValue::Now(_) => "now",
+            RecordedValue::Random(_) => "random",
+            RecordedValue::Uuid(_) => "uuid",
+        }
+    }
+}
+
+impl EventKind {
+    /// Whether this event is an input or a command.
+    pub fn role(&self) -> Role {
+        match self {
+            EventKind::WorkflowStarted { .. }
+            | EventKind::CancelRequested { .. }
+            | EventKind::ActivityCompleted { .. }
+            | EventKind::ActivityFailed { .. }
+            | EventKind::ActivityTimedOut { .. }
+            | EventKind::TimerFired { .. }
+            | EventKind::SignalReceived { .. } => Role::Input,
+            EventKind::WorkflowCompleted { .. }
+            | EventKind::WorkflowFailed { .. }
+            | EventKind::WorkflowCancelled {}
+            | EventKind::StepStarted { .. }
+            | EventKind::StepCompleted { .. }
+            | EventKind::StateSet { .. }
+            | EventKind::StateUpdated { .. }
+            | EventKind::ActivityScheduled { .. }
+            | EventKind::TimerScheduled { .. }
+            | EventKind::ValueRecorded { .. }
+            | EventKind::PatchMarked { .. } => Role::Command,
+        }
+    }
+
+    /// The variant's name, as serialized in the `type` tag.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::WorkflowStarted { .. } => "WorkflowStarted",
+            EventKind::WorkflowCompleted { .. } => "WorkflowCompleted",
+            EventKind::WorkflowFailed { .. } => "WorkflowFailed",
+            EventKind::CancelRequested { .. } => "CancelRequested",
+            EventKind::WorkflowCancelled {} => "WorkflowCancelled",
+            EventKind::StepStarted { .. } => "StepStarted",
+            EventKind::StepCompleted { .. } => "StepCompleted",
+            EventKind::StateSet { .. } => "StateSet",
+            EventKind::StateUpdated { .. } => "StateUpdated",
+            EventKind::ActivityScheduled { .. } => "ActivityScheduled",
+            EventKind::ActivityCompleted { .. } => "ActivityCompleted",
+            EventKind::ActivityFailed { .. } => "ActivityFailed",
+            EventKind::ActivityTimedOut { .. } => "ActivityTimedOut",
+            EventKind::TimerScheduled { .. } => "TimerScheduled",
+            EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::SignalReceived { .. } => "SignalReceived",
+            EventKind::ValueRecorded { .. } => "ValueRecorded",
+            EventKind::PatchMarked { .. } => "PatchMarked",
+        }
+    }
+
+    /// Whether this event ends the workflow.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowCompleted { .. }
+                | EventKind::WorkflowFailed { .. }
+                | EventKind::WorkflowCancelled {}
+        )
+    }
+
+    /// Whether this input may arrive as a message after the start (everything but
+    /// `WorkflowStarted`, which only `create` writes).
+    pub fn is_message(&self) -> bool {
+        self.role() == Role::Input && !matches!(self, EventKind::WorkflowStarted { .. })
+    }
+
+    /// Whether a command issued by the code now is the same command as this recorded one.
+    ///
+    /// What is compared, per kind: activity name and input; timer duration (or fire time for
+    /// `sleep_until`); state keys and values; step name; the kind of recorded value; patch id;
+    /// the output of a completion and the error kind of a failure. Activity options are not
+    /// compared: tuning a timeout must not break running workflows.
+    pub(crate) fn same_command(&self, attempted: &EventKind) -> bool {
+        use EventKind as K;
+        match (self, attempted) {
+            (
+                K::ActivityScheduled { name, input, .. },
+                K::ActivityScheduled {
+                    name: n2,
+                    input: i2,
+                    ..
+                },
+            ) => name == n2 && input == i2,
+            (
+                K::TimerScheduled {
+                    fire_at,
+                    duration_ms,
+                },
+                K::TimerScheduled {
+                    fire_at: f2,
+                    duration_ms: d2,
+                },
+            ) => match (duration_ms, d2) {
+                (Some(a), Some(b)) => a == b,
+                (None, None) => fire_at == f2,
+                _ => false,
+            },
+            (K::StepStarted { name }, K::StepStarted { name: n2 })
+            | (K::StepCompleted { name }, K::StepCompleted { name: n2 }) => name == n2,
+            (K::StateSet { key, value }, K::StateSet { key: k2, value: v2 }) => {
+                key == k2 && value == v2
+            }
+            (K::StateUpdated { values }, K::StateUpdated { values: v2 }) => values == v2,
+            (K::ValueRecorded { value }, K::ValueRecorded { value: v2 }) => {
+                value.kind_name() == v2.kind_name()
+            }
+            (K::PatchMarked { patch }, K::PatchMarked { patch: p2 }) => patch == p2,
+            (K::WorkflowCompleted { output }, K::WorkflowCompleted { output: o2 }) => {
+                output == o2
+            }
+            (K::WorkflowFailed { failure }, K::WorkflowFailed { failure: f2 }) => {
+                failure.kind == f2.kind
+            }
+            (K::WorkflowCancelled {}, K::WorkflowCancelled {}) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    /// One line naming the kind and the fields that identify it, with long payloads cut.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const CUT: usize = 60;
+        let name = self.type_name();
+        match self {
+            EventKind::WorkflowStarted {
+                name: wf,
+                version,
+                input,
+                format,
+            } => write!(
+                f,
+                "{name}(name={wf:?}, version={version}, format={format}, input={})",
+                input.preview(CUT)
+            ),
+            EventKind::WorkflowCompleted { output } => {
+                write!(f, "{name}(output={})", output.preview(CUT))
+            }
+            EventKind::WorkflowFailed { failure } => write!(f, "{name}({failure})"),
+            EventKind::CancelRequested { reason } => write!(f, "{name}(reason={reason:?})"),
+            EventKind::WorkflowCancelled {} => write!(f, "{name}"),
+            EventKind::StepStarted { name: step } | EventKind::StepCompleted { name: step } => {
+                write!(f, "{name}({step:?})")
+            }
+            EventKind::StateSet { key, value } => {
+                write!(f, "{name}({key:?} = {})", value.preview(CUT))
+            }
+            EventKind::StateUpdated { values } => {
+                let keys: Vec<&str> = values.keys().map(String::as_str).collect();
+                write!(f, "{name}(keys={keys:?})")
+            }
+            EventKind::ActivityScheduled {
+                name: activity,
+                input,
+                ..
+            } => write!(f, "{name}({activity:?}, input={})", input.preview(CUT)),
+            EventKind::ActivityCompleted {
+                activity_id,
+                attempt,
+                result,
+            } => write!(
+                f,
+                "{name}({activity_id}, attempt={attempt}, result={})",
+                result.preview(CUT)
+            ),
+            EventKind::ActivityFailed {
+                activity_id,
+                attempt,
+                failure,
+                retry_at,
+            } => write!(
+                f,
+                "{name}({activity_id}, attempt={attempt}, {failure}, retry_at={retry_at:?})"
+            ),
+            EventKind::ActivityTimedOut {
+                activity_id,
+                attempt,
+                retry_at,
+            } => write!(
+                f,
+                "{name}({activity_id}, attempt={attempt}, retry_at={retry_at:?})"
+            ),
+            EventKind::TimerScheduled {
+                fire_at,
+                duration_ms,
+            } => match duration_ms {
+                Some(ms) => write!(f, "{name}(duration={ms}ms, fire_at={fire_at})"),
+                None => write!(f, "{name}(until={fire_at})"),
+            },
+            EventKind::TimerFired { timer_id } => write!(f, "{name}({timer_id})"),
+            EventKind::SignalReceived { name: signal, payload } => {
+                write!(f, "{name}({signal:?}, payload={})", payload.preview(CUT))
+            }
+            EventKind::ValueRecorded { value } => write!(f, "{name}({})", value.kind_name()),
+            EventKind::PatchMarked { patch } => write!(f, "{name}({patch:?})"),
+        }
+    }
+}
+
+/// How loud a log line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Fine detail.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected that the workflow handled.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// A line written by workflow code through its replay-safe logger.
+///
+/// Logged once: lines written while the code replays recorded history are dropped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The last event of the history when the line was written.
+    pub seq: Seq,
+    /// The time of the workflow task that wrote it.
+    pub at: Timestamp,
+    /// How loud.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_a_type_tag_and_round_trip() {
+        let e = Event {
+            seq: Seq::new(3),
+            at: Timestamp::from_millis(42),
+            kind: EventKind::ActivityFailed {
+                activity_id: ActivityId(Seq::new(2)),
+                attempt: 1,
+                failure: Failure::new("network", "reset"),
+                retry_at: Some(Timestamp::from_millis(1_042)),
+            },
+        };
+        let json = serde_json::to_value(&e).expect("serialize");
+        assert_eq!(json["type"], "ActivityFailed");
+        assert_eq!(json["seq"], 3);
+        assert_eq!(json["activity_id"], 2);
+        let back: Event = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn every_kind_has_a_role_and_display() {
+        let kinds = [
+            EventKind::CancelRequested { reason: None },
+            EventKind::WorkflowCancelled {},
+            EventKind::ValueRecorded {
+                value: RecordedValue::Random(7),
+            },
+            EventKind::TimerScheduled {
+                fire_at: Timestamp::from_millis(5),
+                duration_ms: None,
+            },
+        ];
+        assert_eq!(kinds[0].role(), Role::Input);
+        assert!(kinds[0].is_message());
+        assert_eq!(kinds[1].role(), Role::Command);
+        assert!(kinds[1].is_terminal());
+        assert_eq!(kinds[2].to_string(), "ValueRecorded(random)");
+        assert_eq!(kinds[3].to_string(), "TimerScheduled(until=5ms)");
+    }
+
+    #[test]
+    fn command_identity_ignores_options_but_not_input() {
+        let a = EventKind::ActivityScheduled {
+            name: "charge".into(),
+            input: Payload::encode(&1).expect("encode"),
+            options: ActivityOptions::default(),
+        };
+        let mut tuned = ActivityOptions::default();
+        tuned.retry.max_attempts = 9;
+        let same = EventKind::ActivityScheduled {
+            name: "charge".into(),
+            input: Payload::encode(&1).expect("encode"),
+            options: tuned,
+        };
+        let other_input = EventKind::ActivityScheduled {
+            name: "charge".into(),
+            input: Payload::encode(&2).expect("encode"),
+            options: ActivityOptions::default(),
+        };
+        assert!(a.same_command(&same));
+        assert!(!a.same_command(&other_input));
+        assert!(!a.same_command(&EventKind::WorkflowCancelled {}));
+    }
+}

@@ -1,0 +1,922 @@
+//! The replay machine: runs workflow code against its history, sans IO.
+//!
+//! A [`WorkflowMachine`] is built from a workflow type and its recorded history. Each
+//! [`WorkflowMachine::activate`] call is one workflow task: the runtime passes the time, some
+//! entropy and the messages that arrived (activity results, fired timers, signals, cancel
+//! requests); the machine answers with a [`Decision`]: the new events to append, in order, and
+//! the log lines written. The runtime commits the decision atomically and derives the work it
+//! implies (activities to run, timers to arm) from the new events.
+//!
+//! The first activation replays the recorded history: the code runs again, every command it
+//! issues is checked against the recorded event at the same position, recorded results are
+//! handed back instead of re-running side effects. A command that disagrees with the record is
+//! a [`NonDeterminism`] error; the machine is then poisoned and the decision is never made, so
+//! nothing is appended and the workflow can continue once fixed code is deployed.
+//!
+//! Later activations of the same machine skip the replay (sticky execution): a runtime that
+//! keeps the machine in memory pays O(new events) per task. A runtime whose commit failed must
+//! drop the machine, since it has already applied the uncommitted events.
+//!
+//! ```
+//! use loom_core::{
+//!     Activation, Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, Workflow,
+//!     WorkflowContext, WorkflowError, WorkflowMachine, workflow_type,
+//! };
+//! use std::time::Duration;
+//!
+//! struct Nap;
+//! impl Workflow for Nap {
+//!     const NAME: &'static str = "Nap";
+//!     type Input = u64;
+//!     type State = ();
+//!     type Output = String;
+//!     async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+//!         ctx.sleep(Duration::from_millis(*ctx.input())).await?;
+//!         Ok("rested".into())
+//!     }
+//! }
+//!
+//! let started = Event {
+//!     seq: Seq::FIRST,
+//!     at: Timestamp::from_millis(0),
+//!     kind: EventKind::WorkflowStarted {
+//!         name: "Nap".into(),
+//!         version: 1,
+//!         input: Payload::encode(&500u64).unwrap(),
+//!         format: HISTORY_FORMAT,
+//!     },
+//! };
+//! let mut history = vec![started];
+//! let mut machine = WorkflowMachine::new(workflow_type::<Nap>(), "nap-1".into(), history.clone()).unwrap();
+//!
+//! // Task 1: the code starts a timer and blocks.
+//! let d = machine.activate(Activation::new(Timestamp::from_millis(10), 7)).unwrap();
+//! assert!(matches!(d.events[0].kind, EventKind::TimerScheduled { .. }));
+//! history.extend(d.events);
+//!
+//! // Task 2, on a fresh machine (say, after a crash): replay, then deliver the timer.
+//! let mut machine = WorkflowMachine::new(workflow_type::<Nap>(), "nap-1".into(), history.clone()).unwrap();
+//! let fired = EventKind::TimerFired { timer_id: loom_core::TimerId(Seq::new(2)) };
+//! let d = machine
+//!     .activate(Activation::new(Timestamp::from_millis(510), 8).with_messages([fired]))
+//!     .unwrap();
+//! assert!(matches!(d.events.last().unwrap().kind, EventKind::WorkflowCompleted { .. }));
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+
+use rand_core::{RngCore, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, Role};
+use crate::failure::{ActivityError, Failure, WorkflowError};
+use crate::types::{ActivityId, Payload, Seq, TimerId, Timestamp, WorkflowId};
+use crate::workflow::{DynWorkflow, RunFuture};
+
+/// The inputs of one workflow task.
+#[derive(Clone, Debug)]
+pub struct Activation {
+    /// The time of this task: stamped on new events, returned by `ctx.now()`, and the base
+    /// of new timers.
+    pub now: Timestamp,
+    /// Seed for the random values the code asks for in this task.
+    pub entropy: u64,
+    /// The messages that arrived since the last task, in arrival order. Each must be an input
+    /// event kind other than `WorkflowStarted` (see [`EventKind::is_message`]).
+    pub messages: Vec<EventKind>,
+}
+
+impl Activation {
+    /// An activation with no messages.
+    pub fn new(now: Timestamp, entropy: u64) -> Self {
+        Activation {
+            now,
+            entropy,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Adds messages to deliver.
+    pub fn with_messages(mut self, messages: impl IntoIterator<Item = EventKind>) -> Self {
+        self.messages.extend(messages);
+        self
+    }
+}
+
+/// The outputs of one workflow task: what to commit.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[must_use = "a decision does nothing until it is committed"]
+pub struct Decision {
+    /// New events, with consecutive sequence numbers following the history's last.
+    pub events: Vec<Event>,
+    /// Lines the code logged in this task (none from replayed history).
+    pub logs: Vec<LogRecord>,
+    /// Messages that were not appended, with the reason: a second result for the same
+    /// activity, a timer that already fired, anything after the workflow ended.
+    pub dropped: Vec<(EventKind, String)>,
+}
+
+/// How a workflow ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// It returned its output.
+    Completed {
+        /// The output.
+        output: Payload,
+    },
+    /// It failed.
+    Failed {
+        /// Why.
+        failure: Failure,
+    },
+    /// It was cancelled.
+    Cancelled,
+}
+
+/// A mismatch between the recorded history and what the code does now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonDeterminism {
+    /// The position in the history where they disagree.
+    pub seq: Seq,
+    /// The recorded event at that position, or `None` when the history ends there.
+    pub recorded: Option<String>,
+    /// What the code did instead, or `None` when it issued nothing (it blocked or finished).
+    pub attempted: Option<String>,
+}
+
+impl fmt::Display for NonDeterminism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let recorded = self.recorded.as_deref().unwrap_or("the end of the history");
+        let attempted = self
+            .attempted
+            .as_deref()
+            .unwrap_or("nothing (it blocked or finished)");
+        write!(
+            f,
+            "at {}: the history has {recorded}, but the code now issued {attempted}",
+            self.seq
+        )
+    }
+}
+
+/// Why a workflow task could not be decided. None of these is a failure of the workflow: the
+/// runtime leaves it paused, with the error visible, until code that replays cleanly runs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The code does something other than what the history records.
+    #[error("non-determinism {0}")]
+    NonDeterminism(NonDeterminism),
+    /// The history cannot have been written by Loom: out of order, or an event that refers to
+    /// something that does not exist.
+    #[error("corrupt history{}: {reason}", seq.map(|s| format!(" at {s}")).unwrap_or_default())]
+    Corrupt {
+        /// Where, if one event is to blame.
+        seq: Option<Seq>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The history names another workflow type than the one asked to replay it.
+    #[error("the history is of workflow {recorded:?}, not {code:?}")]
+    WrongWorkflow {
+        /// The name in the history.
+        recorded: String,
+        /// The name of the code.
+        code: String,
+    },
+    /// The run was started with another version of the workflow type.
+    #[error("the run was started with version {recorded} of {name:?}, this code is version {code}")]
+    VersionMismatch {
+        /// The workflow type.
+        name: String,
+        /// The version in the history.
+        recorded: u32,
+        /// The version of the code.
+        code: u32,
+    },
+    /// The history was written in a format newer than this build understands.
+    #[error("the history has format {recorded}; this build reads formats up to {supported}")]
+    UnsupportedFormat {
+        /// The history's format.
+        recorded: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
+    /// The workflow code panicked.
+    #[error("the workflow code panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl ReplayError {
+    /// Whether this is a non-determinism error.
+    pub fn is_nondeterminism(&self) -> bool {
+        matches!(self, ReplayError::NonDeterminism(_))
+    }
+
+    /// The non-determinism details, if this is one.
+    pub fn nondeterminism(&self) -> Option<&NonDeterminism> {
+        match self {
+            ReplayError::NonDeterminism(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// An activity that has been scheduled and has not ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingActivity {
+    /// Its id.
+    pub id: ActivityId,
+    /// Its type's name.
+    pub name: String,
+    /// Attempts that have ended so far.
+    pub attempts: u32,
+}
+
+/// A timer that has been started and has not fired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingTimer {
+    /// Its id.
+    pub id: TimerId,
+    /// When it fires.
+    pub fire_at: Timestamp,
+}
+
+/// Where a workflow stands: for summaries and for people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The innermost step the code is in.
+    pub current_step: Option<String>,
+    /// The recorded state.
+    pub state: Payload,
+    /// Activities scheduled and not yet ended.
+    pub pending_activities: Vec<PendingActivity>,
+    /// Timers started and not yet fired.
+    pub pending_timers: Vec<PendingTimer>,
+    /// Signal names the code is waiting for.
+    pub awaiting_signals: Vec<String>,
+    /// Signals received that the code has not consumed yet, by name.
+    pub buffered_signals: BTreeMap<String, usize>,
+    /// How the workflow ended, if it has.
+    pub outcome: Option<Outcome>,
+}
+
+/// One workflow's replay machine. See the module docs for the contract.
+pub struct WorkflowMachine {
+    def: Arc<dyn DynWorkflow>,
+    id: WorkflowId,
+    shared: Shared,
+    run: Option<RunFuture>,
+    root_woken: Arc<RootWaker>,
+    waker: Waker,
+    replayed: bool,
+    poisoned: Option<ReplayError>,
+}
+
+impl WorkflowMachine {
+    /// A machine for workflow `id`, of type `def`, with its recorded `history`.
+    ///
+    /// Checks the history's shape (it starts with `WorkflowStarted` and is numbered 1, 2, 3...);
+    /// the code first runs on the first [`activate`](Self::activate).
+    pub fn new(
+        def: Arc<dyn DynWorkflow>,
+        id: WorkflowId,
+        history: Vec<Event>,
+    ) -> Result<Self, ReplayError> {
+        match history.first().map(|e| &e.kind) {
+            Some(EventKind::WorkflowStarted { .. }) => {}
+            Some(other) => {
+                return Err(ReplayError::Corrupt {
+                    seq: Some(history[0].seq),
+                    reason: format!("the first event is {}, not WorkflowStarted", other.type_name()),
+                });
+            }
+            None => {
+                return Err(ReplayError::Corrupt {
+                    seq: None,
+                    reason: "the history is empty".into(),
+                });
+            }
+        }
+        for (i, e) in history.iter().enumerate() {
+            let expected = Seq::new(i as u64 + 1);
+            if e.seq != expected {
+                return Err(ReplayError::Corrupt {
+                    seq: Some(e.seq),
+                    reason: format!("expected event {expected} here, found {}", e.seq),
+                });
+            }
+        }
+        let root_woken = Arc::new(RootWaker(AtomicBool::new(false)));
+        Ok(WorkflowMachine {
+            def,
+            id,
+            shared: Shared::new(history),
+            run: None,
+            waker: Waker::from(root_woken.clone()),
+            root_woken,
+            replayed: false,
+            poisoned: None,
+        })
+    }
+
+    /// Runs one workflow task. See the module docs.
+    ///
+    /// On error the machine is poisoned: every later call returns the same error.
+    pub fn activate(&mut self, activation: Activation) -> Result<Decision, ReplayError> {
+        if let Some(e) = &self.poisoned {
+            return Err(e.clone());
+        }
+        let first_new = {
+            let mut inner = self.shared.lock();
+            inner.now = activation.now;
+            inner.rng = Pcg64Mcg::seed_from_u64(activation.entropy);
+            inner.history.len()
+        };
+        let result = self.activate_inner(activation.messages);
+        match result {
+            Ok(dropped) => {
+                let mut inner = self.shared.lock();
+                Ok(Decision {
+                    events: inner.history[first_new..].to_vec(),
+                    logs: std::mem::take(&mut inner.logs),
+                    dropped,
+                })
+            }
+            Err(e) => {
+                self.poisoned = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The sequence number of the last event, recorded or new.
+    pub fn last_seq(&self) -> Seq {
+        Seq::new(self.shared.lock().history.len() as u64)
+    }
+
+    /// How the workflow ended, if it has.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.shared.lock().finished.clone()
+    }
+
+    /// Where the workflow stands.
+    pub fn progress(&self) -> Progress {
+        let inner = self.shared.lock();
+        Progress {
+            current_step: inner.steps.last().cloned(),
+            state: inner.state.clone(),
+            pending_activities: inner
+                .activities
+                .iter()
+                .filter(|(_, a)| a.outcome.is_none())
+                .map(|(id, a)| PendingActivity {
+                    id: *id,
+                    name: a.name.clone(),
+                    attempts: a.attempts,
+                })
+                .collect(),
+            pending_timers: inner
+                .timers
+                .iter()
+                .filter(|(_, t)| !t.fired)
+                .map(|(id, t)| PendingTimer {
+                    id: *id,
+                    fire_at: t.fire_at,
+                })
+                .collect(),
+            awaiting_signals: inner.awaiting_signals.iter().cloned().collect(),
+            buffered_signals: inner
+                .signals
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, q)| (k.clone(), q.len()))
+                .collect(),
+            outcome: inner.finished.clone(),
+        }
+    }
+
+    /// The workflow's id.
+    pub fn workflow_id(&self) -> &WorkflowId {
+        &self.id
+    }
+
+    fn activate_inner(&mut self, messages: Vec<EventKind>) -> Result<Vec<(EventKind, String)>, ReplayError> {
+        if !self.replayed {
+            self.replay()?;
+            self.replayed = true;
+        }
+        let mut dropped = Vec::new();
+        for message in messages {
+            let verdict = {
+                let mut inner = self.shared.lock();
+                let verdict = if !message.is_message() {
+                    Err(format!("{} is not a message", message.type_name()))
+                } else if inner.finished.is_some() {
+                    Err("the workflow has ended".to_owned())
+                } else if matches!(message, EventKind::CancelRequested { .. }) && inner.cancel_requested {
+                    Err("cancel was already requested".to_owned())
+                } else {
+                    inner.check_input(&message)
+                };
+                if verdict.is_ok() {
+                    let seq = inner.next_seq();
+                    let at = inner.now;
+                    inner.apply_input(&message);
+                    inner.history.push(Event {
+                        seq,
+                        at,
+                        kind: message.clone(),
+                    });
+                    inner.cursor += 1;
+                }
+                verdict
+            };
+            match verdict {
+                Ok(()) => self.poll_root()?,
+                Err(reason) => dropped.push((message, reason)),
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Replays the recorded history. A history of only `WorkflowStarted` has had no task yet,
+    /// so the start is delivered live and the code's first commands are new.
+    fn replay(&mut self) -> Result<(), ReplayError> {
+        let recorded = {
+            let mut inner = self.shared.lock();
+            inner.replaying = inner.history.len() > 1;
+            inner.history.len()
+        };
+        let mut index = 0;
+        while index < recorded {
+            let event = {
+                let mut inner = self.shared.lock();
+                if inner.cursor > index {
+                    // Commands matched while polling; move to the next unmatched event.
+                    index = inner.cursor;
+                    continue;
+                }
+                let event = inner.history[index].clone();
+                if event.kind.role() == Role::Command {
+                    return Err(ReplayError::NonDeterminism(NonDeterminism {
+                        seq: event.seq,
+                        recorded: Some(event.kind.to_string()),
+                        attempted: None,
+                    }));
+                }
+                if inner.finished.is_some() {
+                    return Err(ReplayError::Corrupt {
+                        seq: Some(event.seq),
+                        reason: format!("{} after the workflow ended", event.kind.type_name()),
+                    });
+                }
+                if index > 0 {
+                    inner.check_input(&event.kind).map_err(|reason| ReplayError::Corrupt {
+                        seq: Some(event.seq),
+                        reason,
+                    })?;
+                    inner.apply_input(&event.kind);
+                }
+                inner.cursor = index + 1;
+                event
+            };
+            index += 1;
+            if event.seq == Seq::FIRST {
+                self.start(&event.kind)?;
+            }
+            self.poll_root()?;
+        }
+        self.shared.lock().replaying = false;
+        Ok(())
+    }
+
+    fn start(&mut self, started: &EventKind) -> Result<(), ReplayError> {
+        let EventKind::WorkflowStarted {
+            name,
+            version,
+            input,
+            format,
+        } = started
+        else {
+            return Err(ReplayError::Corrupt {
+                seq: Some(Seq::FIRST),
+                reason: "the first event is not WorkflowStarted".into(),
+            });
+        };
+        if *format > HISTORY_FORMAT {
+            return Err(ReplayError::UnsupportedFormat {
+                recorded: *format,
+                supported: HISTORY_FORMAT,
+            });
+        }
+        if name != self.def.name() {
+            return Err(ReplayError::WrongWorkflow {
+                recorded: name.clone(),
+                code: self.def.name().to_owned(),
+            });
+        }
+        if *version != self.def.version() {
+            return Err(ReplayError::VersionMismatch {
+                name: name.clone(),
+                recorded: *version,
+                code: self.def.version(),
+            });
+        }
+        match self.def.start(self.id.clone(), input, self.shared.clone()) {
+            Ok(run) => self.run = Some(run),
+            Err(e) => {
+                let failure = Failure::non_retryable("bad_input", format!("the input does not match {name}'s input type: {e}"));
+                self.finish(Err(WorkflowError::Failed(failure)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the workflow code until it blocks, then reports any mismatch it hit.
+    fn poll_root(&mut self) -> Result<(), ReplayError> {
+        self.shared.lock().wake_all();
+        while let Some(run) = self.run.as_mut() {
+            self.root_woken.0.store(false, Ordering::SeqCst);
+            self.shared.lock().awaiting_signals.clear();
+            let mut cx = Context::from_waker(&self.waker);
+            let polled = catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(&mut cx)));
+            match polled {
+                Err(panic) => {
+                    self.run = None;
+                    return Err(ReplayError::Panicked {
+                        message: panic_message(panic.as_ref()),
+                    });
+                }
+                Ok(Poll::Ready(result)) => {
+                    self.run = None;
+                    self.finish(result);
+                }
+                Ok(Poll::Pending) => {
+                    let again = self.root_woken.0.load(Ordering::SeqCst);
+                    if !again || self.shared.lock().error.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        match self.shared.lock().error.clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, result: Result<Payload, WorkflowError>) {
+        let (kind, outcome) = match result {
+            Ok(output) => (
+                EventKind::WorkflowCompleted {
+                    output: output.clone(),
+                },
+                Outcome::Completed { output },
+            ),
+            Err(WorkflowError::Cancelled) => (EventKind::WorkflowCancelled {}, Outcome::Cancelled),
+            Err(WorkflowError::Failed(failure)) => (
+                EventKind::WorkflowFailed {
+                    failure: failure.clone(),
+                },
+                Outcome::Failed { failure },
+            ),
+        };
+        let mut inner = self.shared.lock();
+        if inner.command(kind).is_some() {
+            inner.finished = Some(outcome);
+        }
+    }
+}
+
+impl fmt::Debug for WorkflowMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowMachine")
+            .field("workflow", &self.def.name())
+            .field("id", &self.id)
+            .field("last_seq", &self.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+struct RootWaker(AtomicBool);
+
+impl Wake for RootWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The machine's state as the workflow's context sees it. Opaque: only loom-core touches it.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<Inner>>);
+
+impl Shared {
+    fn new(history: Vec<Event>) -> Self {
+        Shared(Arc::new(Mutex::new(Inner {
+            history,
+            cursor: 0,
+            replaying: false,
+            now: Timestamp::EPOCH,
+            rng: Pcg64Mcg::seed_from_u64(0),
+            error: None,
+            activities: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            signals: BTreeMap::new(),
+            awaiting_signals: BTreeSet::new(),
+            wakers: Vec::new(),
+            cancel_requested: false,
+            cancel_epoch: 0,
+            steps: Vec::new(),
+            state: Payload::NULL,
+            logs: Vec::new(),
+            finished: None,
+        })))
+    }
+
+    /// Locks the machine state. Workflow code never runs while this lock is held, so it is
+    /// never contended; a poisoned lock only means one of our own methods panicked, and the
+    /// machine reports that panic anyway.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+pub(crate) struct ActivitySlot {
+    pub(crate) name: String,
+    pub(crate) attempts: u32,
+    pub(crate) outcome: Option<Result<Payload, ActivityError>>,
+}
+
+pub(crate) struct TimerSlot {
+    pub(crate) fire_at: Timestamp,
+    pub(crate) fired: bool,
+}
+
+pub(crate) struct Inner {
+    /// Recorded events followed by new ones.
+    pub(crate) history: Vec<Event>,
+    /// The next event to match or apply; equal to `history.len()` once live.
+    pub(crate) cursor: usize,
+    /// Set while the recorded history is replayed: commands past its end are mismatches and
+    /// log lines are dropped.
+    pub(crate) replaying: bool,
+    pub(crate) now: Timestamp,
+    pub(crate) rng: Pcg64Mcg,
+    pub(crate) error: Option<ReplayError>,
+    pub(crate) activities: BTreeMap<ActivityId, ActivitySlot>,
+    pub(crate) timers: BTreeMap<TimerId, TimerSlot>,
+    pub(crate) signals: BTreeMap<String, VecDeque<Payload>>,
+    pub(crate) awaiting_signals: BTreeSet<String>,
+    pub(crate) wakers: Vec<Waker>,
+    pub(crate) cancel_requested: bool,
+    /// Bumped by a cancel request: waits begun before it resolve as cancelled.
+    pub(crate) cancel_epoch: u32,
+    pub(crate) steps: Vec<String>,
+    pub(crate) state: Payload,
+    pub(crate) logs: Vec<LogRecord>,
+    pub(crate) finished: Option<Outcome>,
+}
+
+impl Inner {
+    pub(crate) fn next_seq(&self) -> Seq {
+        Seq::new(self.history.len() as u64 + 1)
+    }
+
+    fn wake_all(&mut self) {
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Issues a command: matches it against the recorded event at the cursor, or appends it
+    /// when live. Returns the index of the event, or `None` after a mismatch (recorded in
+    /// `error`) or once the workflow has ended.
+    pub(crate) fn command(&mut self, attempted: EventKind) -> Option<usize> {
+        if self.error.is_some() || self.finished.is_some() {
+            return None;
+        }
+        let index = self.cursor;
+        if let Some(recorded) = self.history.get(index) {
+            if recorded.kind.role() != Role::Command || !recorded.kind.same_command(&attempted) {
+                self.error = Some(ReplayError::NonDeterminism(NonDeterminism {
+                    seq: recorded.seq,
+                    recorded: Some(recorded.kind.to_string()),
+                    attempted: Some(attempted.to_string()),
+                }));
+                return None;
+            }
+        } else if self.replaying {
+            self.error = Some(ReplayError::NonDeterminism(NonDeterminism {
+                seq: self.next_seq(),
+                recorded: None,
+                attempted: Some(attempted.to_string()),
+            }));
+            return None;
+        } else {
+            let event = Event {
+                seq: self.next_seq(),
+                at: self.now,
+                kind: attempted,
+            };
+            self.history.push(event);
+        }
+        self.cursor += 1;
+        self.apply_command(index);
+        Some(index)
+    }
+
+    /// Keeps the machine's view (open activities and timers, steps, state) in step with a
+    /// command, recorded or new.
+    fn apply_command(&mut self, index: usize) {
+        let event = &self.history[index];
+        let seq = event.seq;
+        match &event.kind {
+            EventKind::ActivityScheduled { name, .. } => {
+                let slot = ActivitySlot {
+                    name: name.clone(),
+                    attempts: 0,
+                    outcome: None,
+                };
+                self.activities.insert(ActivityId(seq), slot);
+            }
+            EventKind::TimerScheduled { fire_at, .. } => {
+                let slot = TimerSlot {
+                    fire_at: *fire_at,
+                    fired: false,
+                };
+                self.timers.insert(TimerId(seq), slot);
+            }
+            EventKind::StepStarted { name } => {
+                let name = name.clone();
+                self.steps.push(name);
+            }
+            EventKind::StepCompleted { name } => {
+                if let Some(pos) = self.steps.iter().rposition(|s| s == name) {
+                    self.steps.remove(pos);
+                }
+            }
+            EventKind::StateSet { key, value } => {
+                let (key, value) = (key.clone(), value.clone());
+                set_state_field(&mut self.state, key, value);
+            }
+            EventKind::StateUpdated { values } => {
+                for (key, value) in values.clone() {
+                    set_state_field(&mut self.state, key, value);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether an input makes sense now: results only for open activities and timers.
+    fn check_input(&self, kind: &EventKind) -> Result<(), String> {
+        let open_activity = |id: &ActivityId| match self.activities.get(id) {
+            Some(slot) if slot.outcome.is_none() => Ok(()),
+            Some(_) => Err(format!("{id} has already ended")),
+            None => Err(format!("{id} was never scheduled")),
+        };
+        match kind {
+            EventKind::ActivityCompleted { activity_id, .. }
+            | EventKind::ActivityFailed { activity_id, .. }
+            | EventKind::ActivityTimedOut { activity_id, .. } => open_activity(activity_id),
+            EventKind::TimerFired { timer_id } => match self.timers.get(timer_id) {
+                Some(t) if !t.fired => Ok(()),
+                Some(_) => Err(format!("{timer_id} has already fired")),
+                None => Err(format!("{timer_id} was never started")),
+            },
+            EventKind::SignalReceived { .. } | EventKind::CancelRequested { .. } => Ok(()),
+            other => Err(format!("{} is not an input", other.type_name())),
+        }
+    }
+
+    /// Applies a checked input: resolves what it resolves.
+    fn apply_input(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::ActivityCompleted {
+                activity_id,
+                attempt,
+                result,
+            } => {
+                if let Some(slot) = self.activities.get_mut(activity_id) {
+                    slot.attempts = *attempt;
+                    slot.outcome = Some(Ok(result.clone()));
+                }
+            }
+            EventKind::ActivityFailed {
+                activity_id,
+                attempt,
+                failure,
+                retry_at,
+            } => {
+                if let Some(slot) = self.activities.get_mut(activity_id) {
+                    slot.attempts = *attempt;
+                    if retry_at.is_none() {
+                        slot.outcome = Some(Err(ActivityError::Failed {
+                            activity: slot.name.clone(),
+                            failure: failure.clone(),
+                            attempts: *attempt,
+                        }));
+                    }
+                }
+            }
+            EventKind::ActivityTimedOut {
+                activity_id,
+                attempt,
+                retry_at,
+            } => {
+                if let Some(slot) = self.activities.get_mut(activity_id) {
+                    slot.attempts = *attempt;
+                    if retry_at.is_none() {
+                        slot.outcome = Some(Err(ActivityError::TimedOut {
+                            activity: slot.name.clone(),
+                            attempts: *attempt,
+                        }));
+                    }
+                }
+            }
+            EventKind::TimerFired { timer_id } => {
+                if let Some(t) = self.timers.get_mut(timer_id) {
+                    t.fired = true;
+                }
+            }
+            EventKind::SignalReceived { name, payload } => {
+                self.signals
+                    .entry(name.clone())
+                    .or_default()
+                    .push_back(payload.clone());
+            }
+            EventKind::CancelRequested { .. } => {
+                if !self.cancel_requested {
+                    self.cancel_requested = true;
+                    self.cancel_epoch += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a log line, unless the code is replaying history (it was logged then).
+    pub(crate) fn log(&mut self, level: LogLevel, message: String) {
+        if self.replaying || self.error.is_some() {
+            return;
+        }
+        let record = LogRecord {
+            seq: Seq::new(self.history.len() as u64),
+            at: self.now,
+            level,
+            message,
+        };
+        self.logs.push(record);
+    }
+
+    pub(crate) fn next_random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+/// Sets one top-level field of the state; the key `$` stands for the whole value.
+fn set_state_field(state: &mut Payload, key: String, value: Payload) {
+    if key == crate::context::WHOLE_STATE_KEY {
+        *state = value;
+        return;
+    }
+    let mut json = std::mem::take(state).into_json();
+    if !json.is_object() {
+        json = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(map) = &mut json {
+        map.insert(key, value.into_json());
+    }
+    *state = Payload::from_json(json);
+}

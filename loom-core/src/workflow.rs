@@ -1,0 +1,302 @@
+//! The authoring API's traits: [`Workflow`] and [`Activity`], their type-erased forms, and the
+//! [`Registry`] a runtime looks them up in by name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::WorkflowContext;
+use crate::failure::{Failure, WorkflowError};
+use crate::machine::Shared;
+use crate::options::ActivityOptions;
+use crate::types::{ActivityId, Payload, PayloadError, WorkflowId};
+
+/// A boxed, sendable future, as the erased traits return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A workflow type: deterministic async code with a typed input, state and output.
+///
+/// `run` must be deterministic: everything that is not pure computation on its input, state and
+/// the results the context hands back (time, randomness, IO, other threads) goes through the
+/// [`WorkflowContext`]. Race futures with [`crate::future::select`] or `futures::select_biased!`,
+/// never with `futures::select!`, which picks at random.
+///
+/// ```
+/// use loom_core::{Workflow, WorkflowContext, WorkflowError};
+/// use serde::{Deserialize, Serialize};
+///
+/// struct Hello;
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Seen { greeted: bool }
+///
+/// impl Workflow for Hello {
+///     const NAME: &'static str = "Hello";
+///     type Input = String;
+///     type State = Seen;
+///     type Output = String;
+///
+///     async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+///         ctx.update_state(|s| s.greeted = true)?;
+///         Ok(format!("hello, {}", ctx.input()))
+///     }
+/// }
+/// ```
+pub trait Workflow: Send + Sync + Sized + 'static {
+    /// The stable name the workflow is started and registered by.
+    const NAME: &'static str;
+    /// The version of the code; pinned in the history at start. A run started with another
+    /// version does not replay on this code (use `ctx.patched` for compatible changes).
+    const VERSION: u32 = 1;
+    /// The input given at start.
+    type Input: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The state the workflow records as it goes; visible to people while it runs.
+    type State: Serialize + DeserializeOwned + Default + Send + 'static;
+    /// The output it returns.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The workflow's code.
+    fn run(
+        ctx: WorkflowContext<Self>,
+    ) -> impl Future<Output = Result<Self::Output, WorkflowError>> + Send;
+}
+
+/// An activity type: a side effect with a typed input and output, run at least once by a
+/// worker with the retry policy in its options.
+pub trait Activity: Send + Sync + 'static {
+    /// The stable name the activity is scheduled and registered by.
+    const NAME: &'static str;
+    /// The input.
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// The result.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Retry policy and timeouts used when the workflow does not override them.
+    fn options() -> ActivityOptions {
+        ActivityOptions::default()
+    }
+
+    /// Runs one attempt.
+    fn run(
+        &self,
+        ctx: ActivityContext,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Failure>> + Send;
+}
+
+/// What an activity attempt knows about itself, and its line back to the runtime.
+#[derive(Clone)]
+pub struct ActivityContext {
+    info: ActivityInfo,
+    heartbeat: Option<Arc<dyn Fn(Option<Payload>) + Send + Sync>>,
+}
+
+/// Identifies one activity attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityInfo {
+    /// The workflow that scheduled it.
+    pub workflow_id: WorkflowId,
+    /// The activity within that workflow.
+    pub activity_id: ActivityId,
+    /// The activity type's name.
+    pub name: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+}
+
+impl ActivityContext {
+    /// A context for one attempt. `heartbeat`, if given, is called on every heartbeat.
+    pub fn new(
+        info: ActivityInfo,
+        heartbeat: Option<Arc<dyn Fn(Option<Payload>) + Send + Sync>>,
+    ) -> Self {
+        ActivityContext { info, heartbeat }
+    }
+
+    /// Which attempt this is.
+    pub fn info(&self) -> &ActivityInfo {
+        &self.info
+    }
+
+    /// Tells the runtime the attempt is alive, with optional progress details.
+    pub fn heartbeat(&self, details: Option<Payload>) {
+        if let Some(h) = &self.heartbeat {
+            h(details);
+        }
+    }
+}
+
+impl fmt::Debug for ActivityContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActivityContext")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A workflow type with its types erased, as a runtime holds it.
+pub trait DynWorkflow: Send + Sync {
+    /// [`Workflow::NAME`].
+    fn name(&self) -> &'static str;
+    /// [`Workflow::VERSION`].
+    fn version(&self) -> u32;
+    /// Checks that `input` decodes as the workflow's input type.
+    fn check_input(&self, input: &Payload) -> Result<(), PayloadError>;
+    /// Starts the code on `input`; the future resolves to the encoded output.
+    fn start(&self, id: WorkflowId, input: &Payload, shared: Shared) -> Result<RunFuture, PayloadError>;
+}
+
+/// The running code of one workflow, with its output encoded.
+pub type RunFuture = BoxFuture<Result<Payload, WorkflowError>>;
+
+/// An activity type with its types erased, as a runtime holds it.
+pub trait DynActivity: Send + Sync {
+    /// [`Activity::NAME`].
+    fn name(&self) -> &'static str;
+    /// [`Activity::options`].
+    fn options(&self) -> ActivityOptions;
+    /// Runs one attempt on an encoded input; decoding errors are non-retryable failures.
+    fn run(self: Arc<Self>, ctx: ActivityContext, input: Payload) -> BoxFuture<Result<Payload, Failure>>;
+}
+
+struct WorkflowType<W>(PhantomData<fn() -> W>);
+
+impl<W: Workflow> DynWorkflow for WorkflowType<W> {
+    fn name(&self) -> &'static str {
+        W::NAME
+    }
+
+    fn version(&self) -> u32 {
+        W::VERSION
+    }
+
+    fn check_input(&self, input: &Payload) -> Result<(), PayloadError> {
+        input.decode::<W::Input>().map(drop)
+    }
+
+    fn start(&self, id: WorkflowId, input: &Payload, shared: Shared) -> Result<RunFuture, PayloadError> {
+        let input: W::Input = input.decode()?;
+        let ctx = WorkflowContext::<W>::new(id, input, shared);
+        Ok(Box::pin(async move {
+            let output = W::run(ctx).await?;
+            Ok(Payload::encode(&output)?)
+        }))
+    }
+}
+
+struct ActivityType<A>(A);
+
+impl<A: Activity> DynActivity for ActivityType<A> {
+    fn name(&self) -> &'static str {
+        A::NAME
+    }
+
+    fn options(&self) -> ActivityOptions {
+        A::options()
+    }
+
+    fn run(self: Arc<Self>, ctx: ActivityContext, input: Payload) -> BoxFuture<Result<Payload, Failure>> {
+        Box::pin(async move {
+            let input: A::Input = input
+                .decode()
+                .map_err(|e| Failure::non_retryable("bad_input", e.to_string()))?;
+            let output = self.0.run(ctx, input).await?;
+            Payload::encode(&output).map_err(|e| Failure::non_retryable("bad_output", e.to_string()))
+        })
+    }
+}
+
+/// The erased form of workflow type `W`.
+pub fn workflow_type<W: Workflow>() -> Arc<dyn DynWorkflow> {
+    Arc::new(WorkflowType::<W>(PhantomData))
+}
+
+/// The erased form of an activity implementation.
+pub fn activity_type<A: Activity>(activity: A) -> Arc<dyn DynActivity> {
+    Arc::new(ActivityType(activity))
+}
+
+/// Registration failed: two types share a name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A workflow type with this name is already registered.
+    #[error("a workflow named {0:?} is already registered")]
+    DuplicateWorkflow(String),
+    /// An activity type with this name is already registered.
+    #[error("an activity named {0:?} is already registered")]
+    DuplicateActivity(String),
+}
+
+/// The workflow and activity types a runtime can run, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    workflows: BTreeMap<&'static str, Arc<dyn DynWorkflow>>,
+    activities: BTreeMap<&'static str, Arc<dyn DynActivity>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers workflow type `W`; a second type with the same name is an error.
+    pub fn add_workflow<W: Workflow>(&mut self) -> Result<&mut Self, RegistryError> {
+        self.add_dyn_workflow(workflow_type::<W>())
+    }
+
+    /// Registers an erased workflow type.
+    pub fn add_dyn_workflow(&mut self, w: Arc<dyn DynWorkflow>) -> Result<&mut Self, RegistryError> {
+        if self.workflows.contains_key(w.name()) {
+            return Err(RegistryError::DuplicateWorkflow(w.name().to_owned()));
+        }
+        self.workflows.insert(w.name(), w);
+        Ok(self)
+    }
+
+    /// Registers an activity implementation; a second one with the same name is an error.
+    pub fn add_activity<A: Activity>(&mut self, activity: A) -> Result<&mut Self, RegistryError> {
+        let a = activity_type(activity);
+        if self.activities.contains_key(a.name()) {
+            return Err(RegistryError::DuplicateActivity(a.name().to_owned()));
+        }
+        self.activities.insert(a.name(), a);
+        Ok(self)
+    }
+
+    /// The workflow type named `name`.
+    pub fn workflow(&self, name: &str) -> Option<&Arc<dyn DynWorkflow>> {
+        self.workflows.get(name)
+    }
+
+    /// The activity type named `name`.
+    pub fn activity(&self, name: &str) -> Option<&Arc<dyn DynActivity>> {
+        self.activities.get(name)
+    }
+
+    /// The names of the registered workflow types, sorted.
+    pub fn workflow_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.workflows.keys().copied()
+    }
+
+    /// The names of the registered activity types, sorted.
+    pub fn activity_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.activities.keys().copied()
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .field("activities", &self.activities.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
