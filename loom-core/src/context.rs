@@ -87,7 +87,11 @@ impl<W: Workflow> WorkflowContext<W> {
 
     /// Reads the current state.
     pub fn with_state<R>(&self, f: impl FnOnce(&W::State) -> R) -> R {
-        let cell = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let cell = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&cell.value)
     }
 
@@ -96,7 +100,11 @@ impl<W: Workflow> WorkflowContext<W> {
     ///
     /// Fails only if the state cannot be serialized.
     pub fn update_state<R>(&self, f: impl FnOnce(&mut W::State) -> R) -> Result<R, WorkflowError> {
-        let mut cell = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cell = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let result = f(&mut cell.value);
         let json = serde_json::to_value(&cell.value)
             .map_err(|e| WorkflowError::Failed(Failure::non_retryable("state", e.to_string())))?;
@@ -233,7 +241,7 @@ impl<W: Workflow> WorkflowContext<W> {
     /// point with the new code (and records that), `false` in runs whose history was written
     /// before the change, so they keep taking the old branch:
     ///
-    /// ```ignore
+    /// ```text
     /// if ctx.patched("send-sms") {
     ///     ctx.activity::<SendSms>(msg).await?;
     /// } else {
@@ -418,7 +426,10 @@ impl<O: DeserializeOwned> Future for ActivityCall<O> {
         let Wait::Waiting { id, epoch } = this.wait else {
             return Poll::Pending;
         };
-        let outcome = shared.activities.get(&id).and_then(|slot| slot.outcome.clone());
+        let outcome = shared
+            .activities
+            .get(&id)
+            .and_then(|slot| slot.outcome.clone());
         if let Some(outcome) = outcome {
             this.wait = Wait::Done;
             return Poll::Ready(outcome.and_then(|payload| {
@@ -524,7 +535,11 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
             return Poll::Pending;
         }
         let epoch = *this.epoch.get_or_insert(shared.cancel_epoch);
-        if let Some(payload) = shared.signals.get_mut(&this.name).and_then(|q| q.pop_front()) {
+        if let Some(payload) = shared
+            .signals
+            .get_mut(&this.name)
+            .and_then(|q| q.pop_front())
+        {
             return Poll::Ready(payload.decode::<T>().map_err(WorkflowError::from));
         }
         if shared.cancel_epoch > epoch {

@@ -306,9 +306,7 @@ impl EventKind {
                 value.kind_name() == v2.kind_name()
             }
             (K::PatchMarked { patch }, K::PatchMarked { patch: p2 }) => patch == p2,
-            (K::WorkflowCompleted { output }, K::WorkflowCompleted { output: o2 }) => {
-                output == o2
-            }
+            (K::WorkflowCompleted { output }, K::WorkflowCompleted { output: o2 }) => output == o2,
             (K::WorkflowFailed { failure }, K::WorkflowFailed { failure: f2 }) => {
                 failure.kind == f2.kind
             }
@@ -389,7 +387,10 @@ impl fmt::Display for EventKind {
                 None => write!(f, "{name}(until={fire_at})"),
             },
             EventKind::TimerFired { timer_id } => write!(f, "{name}({timer_id})"),
-            EventKind::SignalReceived { name: signal, payload } => {
+            EventKind::SignalReceived {
+                name: signal,
+                payload,
+            } => {
                 write!(f, "{name}({signal:?}, payload={})", payload.preview(CUT))
             }
             EventKind::ValueRecorded { value } => write!(f, "{name}({})", value.kind_name()),

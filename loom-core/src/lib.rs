@@ -50,7 +50,7 @@ pub use options::{ActivityOptions, RetryPolicy};
 pub use types::{ActivityId, Payload, PayloadError, Seq, TimerId, Timestamp, WorkflowId};
 pub use workflow::{
     Activity, ActivityContext, ActivityInfo, BoxFuture, DynActivity, DynWorkflow, Registry,
-    RegistryError, activity_type, workflow_type,
+    RegistryError, RunFuture, Workflow, activity_type, workflow_type,
 };
 
 /// Deterministic combinators for awaiting several workflow futures at once.

@@ -298,7 +298,10 @@ impl WorkflowMachine {
             Some(other) => {
                 return Err(ReplayError::Corrupt {
                     seq: Some(history[0].seq),
-                    reason: format!("the first event is {}, not WorkflowStarted", other.type_name()),
+                    reason: format!(
+                        "the first event is {}, not WorkflowStarted",
+                        other.type_name()
+                    ),
                 });
             }
             None => {
@@ -411,7 +414,10 @@ impl WorkflowMachine {
         &self.id
     }
 
-    fn activate_inner(&mut self, messages: Vec<EventKind>) -> Result<Vec<(EventKind, String)>, ReplayError> {
+    fn activate_inner(
+        &mut self,
+        messages: Vec<EventKind>,
+    ) -> Result<Vec<(EventKind, String)>, ReplayError> {
         if !self.replayed {
             self.replay()?;
             self.replayed = true;
@@ -424,7 +430,9 @@ impl WorkflowMachine {
                     Err(format!("{} is not a message", message.type_name()))
                 } else if inner.finished.is_some() {
                     Err("the workflow has ended".to_owned())
-                } else if matches!(message, EventKind::CancelRequested { .. }) && inner.cancel_requested {
+                } else if matches!(message, EventKind::CancelRequested { .. })
+                    && inner.cancel_requested
+                {
                     Err("cancel was already requested".to_owned())
                 } else {
                     inner.check_input(&message)
@@ -482,10 +490,12 @@ impl WorkflowMachine {
                     });
                 }
                 if index > 0 {
-                    inner.check_input(&event.kind).map_err(|reason| ReplayError::Corrupt {
-                        seq: Some(event.seq),
-                        reason,
-                    })?;
+                    inner
+                        .check_input(&event.kind)
+                        .map_err(|reason| ReplayError::Corrupt {
+                            seq: Some(event.seq),
+                            reason,
+                        })?;
                     inner.apply_input(&event.kind);
                 }
                 inner.cursor = index + 1;
@@ -536,7 +546,10 @@ impl WorkflowMachine {
         match self.def.start(self.id.clone(), input, self.shared.clone()) {
             Ok(run) => self.run = Some(run),
             Err(e) => {
-                let failure = Failure::non_retryable("bad_input", format!("the input does not match {name}'s input type: {e}"));
+                let failure = Failure::non_retryable(
+                    "bad_input",
+                    format!("the input does not match {name}'s input type: {e}"),
+                );
                 self.finish(Err(WorkflowError::Failed(failure)));
             }
         }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// Loom writes time into histories that outlive processes and machines, so it never uses
 /// `Instant`. loom-core never reads a clock: every timestamp it sees was passed in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Timestamp(i64);
 
@@ -53,7 +55,9 @@ impl fmt::Display for Timestamp {
 ///
 /// Sequence numbers are decided by loom-core from the history, never by a storage backend,
 /// so that every backend stores the same history for the same run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Seq(u64);
 
@@ -220,8 +224,14 @@ mod tests {
     #[test]
     fn timestamp_arithmetic_saturates() {
         let t = Timestamp::from_millis(1_000);
-        assert_eq!(t.saturating_add(Duration::from_millis(500)).as_millis(), 1_500);
-        assert_eq!(Timestamp::MAX.saturating_add(Duration::from_secs(1)), Timestamp::MAX);
+        assert_eq!(
+            t.saturating_add(Duration::from_millis(500)).as_millis(),
+            1_500
+        );
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
         assert_eq!(
             t.saturating_duration_since(Timestamp::from_millis(2_000)),
             Duration::ZERO

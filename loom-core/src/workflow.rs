@@ -149,7 +149,12 @@ pub trait DynWorkflow: Send + Sync {
     /// Checks that `input` decodes as the workflow's input type.
     fn check_input(&self, input: &Payload) -> Result<(), PayloadError>;
     /// Starts the code on `input`; the future resolves to the encoded output.
-    fn start(&self, id: WorkflowId, input: &Payload, shared: Shared) -> Result<RunFuture, PayloadError>;
+    fn start(
+        &self,
+        id: WorkflowId,
+        input: &Payload,
+        shared: Shared,
+    ) -> Result<RunFuture, PayloadError>;
 }
 
 /// The running code of one workflow, with its output encoded.
@@ -162,7 +167,11 @@ pub trait DynActivity: Send + Sync {
     /// [`Activity::options`].
     fn options(&self) -> ActivityOptions;
     /// Runs one attempt on an encoded input; decoding errors are non-retryable failures.
-    fn run(self: Arc<Self>, ctx: ActivityContext, input: Payload) -> BoxFuture<Result<Payload, Failure>>;
+    fn run(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: Payload,
+    ) -> BoxFuture<Result<Payload, Failure>>;
 }
 
 struct WorkflowType<W>(PhantomData<fn() -> W>);
@@ -180,7 +189,12 @@ impl<W: Workflow> DynWorkflow for WorkflowType<W> {
         input.decode::<W::Input>().map(drop)
     }
 
-    fn start(&self, id: WorkflowId, input: &Payload, shared: Shared) -> Result<RunFuture, PayloadError> {
+    fn start(
+        &self,
+        id: WorkflowId,
+        input: &Payload,
+        shared: Shared,
+    ) -> Result<RunFuture, PayloadError> {
         let input: W::Input = input.decode()?;
         let ctx = WorkflowContext::<W>::new(id, input, shared);
         Ok(Box::pin(async move {
@@ -201,13 +215,18 @@ impl<A: Activity> DynActivity for ActivityType<A> {
         A::options()
     }
 
-    fn run(self: Arc<Self>, ctx: ActivityContext, input: Payload) -> BoxFuture<Result<Payload, Failure>> {
+    fn run(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: Payload,
+    ) -> BoxFuture<Result<Payload, Failure>> {
         Box::pin(async move {
             let input: A::Input = input
                 .decode()
                 .map_err(|e| Failure::non_retryable("bad_input", e.to_string()))?;
             let output = self.0.run(ctx, input).await?;
-            Payload::encode(&output).map_err(|e| Failure::non_retryable("bad_output", e.to_string()))
+            Payload::encode(&output)
+                .map_err(|e| Failure::non_retryable("bad_output", e.to_string()))
         })
     }
 }
@@ -253,7 +272,10 @@ impl Registry {
     }
 
     /// Registers an erased workflow type.
-    pub fn add_dyn_workflow(&mut self, w: Arc<dyn DynWorkflow>) -> Result<&mut Self, RegistryError> {
+    pub fn add_dyn_workflow(
+        &mut self,
+        w: Arc<dyn DynWorkflow>,
+    ) -> Result<&mut Self, RegistryError> {
         if self.workflows.contains_key(w.name()) {
             return Err(RegistryError::DuplicateWorkflow(w.name().to_owned()));
         }

@@ -1,0 +1,848 @@
+//! Scenario tests of the replay machine, one behaviour each, on hand-written histories.
+
+mod support;
+
+use std::time::Duration;
+
+use loom_core::future::{join, join_all};
+use loom_core::{
+    Activity, ActivityContext, ActivityError, EventKind, Failure, LogLevel, Outcome, Payload,
+    ReplayError, Seq, Timestamp, Workflow, WorkflowContext, WorkflowError, workflow_type,
+};
+use serde::{Deserialize, Serialize};
+use support::{Driver, cancel, completed, fired, signal, started_event};
+
+// ---- activities (only their names and types matter to loom-core) ----
+
+struct Charge;
+impl Activity for Charge {
+    const NAME: &'static str = "charge";
+    type Input = u32;
+    type Output = bool;
+    async fn run(&self, _: ActivityContext, amount: u32) -> Result<bool, Failure> {
+        Ok(amount < 100)
+    }
+}
+
+struct Email;
+impl Activity for Email {
+    const NAME: &'static str = "email";
+    type Input = String;
+    type Output = ();
+    async fn run(&self, _: ActivityContext, _: String) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+struct Refund;
+impl Activity for Refund {
+    const NAME: &'static str = "refund";
+    type Input = u32;
+    type Output = ();
+    async fn run(&self, _: ActivityContext, _: u32) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+// ---- workflows ----
+
+#[derive(Default, Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct OrderState {
+    paid: bool,
+    emailed: bool,
+}
+
+/// Charge, then email only if paid.
+struct Order;
+impl Workflow for Order {
+    const NAME: &'static str = "Order";
+    type Input = u32;
+    type State = OrderState;
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let paid = ctx
+            .step("payment", ctx.activity::<Charge>(*ctx.input()))
+            .await?;
+        ctx.update_state(|s| s.paid = paid)?;
+        if !paid {
+            ctx.logger().warn("payment declined");
+            return Ok("declined".into());
+        }
+        ctx.activity::<Email>("a@b.c".into()).await?;
+        ctx.update_state(|s| s.emailed = true)?;
+        ctx.logger().info("order done");
+        Ok("done".into())
+    }
+}
+
+/// The same as Order but emails with a different activity: a code change.
+struct OrderRenamed;
+impl Workflow for OrderRenamed {
+    const NAME: &'static str = "Order";
+    type Input = u32;
+    type State = OrderState;
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let paid = ctx
+            .step("payment", ctx.activity::<Charge>(*ctx.input()))
+            .await?;
+        ctx.update_state(|s| s.paid = paid)?;
+        ctx.activity::<Refund>(1).await?;
+        Ok("changed".into())
+    }
+}
+
+fn order_history() -> Driver {
+    let mut d = Driver::start::<Order>(&10);
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    d.feed(vec![completed(charge, true)]);
+    let email = d.activity(1);
+    d.feed(vec![completed(email, ())]);
+    d
+}
+
+#[test]
+fn a_workflow_runs_to_completion_one_task_at_a_time() {
+    let mut d = Driver::start::<Order>(&10);
+    let first = d.ok(vec![]);
+    let kinds: Vec<_> = first.events.iter().map(|e| e.kind.type_name()).collect();
+    assert_eq!(kinds, ["StepStarted", "ActivityScheduled"]);
+    assert_eq!(first.events[0].seq, Seq::new(2));
+    let charge = d.activity(0);
+    d.feed(vec![completed(charge, true)]);
+    let email = d.activity(1);
+    let last = d.ok(vec![completed(email, ())]);
+    assert_eq!(
+        d.kinds(),
+        [
+            "WorkflowStarted",
+            "StepStarted",
+            "ActivityScheduled",
+            "ActivityCompleted",
+            "StepCompleted",
+            "StateSet",
+            "ActivityScheduled",
+            "ActivityCompleted",
+            "StateSet",
+            "WorkflowCompleted"
+        ]
+    );
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode("done").expect("encode")
+        })
+    );
+    let progress = d.machine().progress();
+    assert_eq!(
+        progress.state,
+        Payload::encode(&OrderState {
+            paid: true,
+            emailed: true
+        })
+        .expect("encode")
+    );
+    assert_eq!(last.logs.len(), 1);
+    assert_eq!(last.logs[0].level, LogLevel::Info);
+}
+
+#[test]
+fn the_branch_not_taken_schedules_nothing() {
+    let mut d = Driver::start::<Order>(&500);
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    let last = d.ok(vec![completed(charge, false)]);
+    assert!(matches!(
+        d.machine().outcome(),
+        Some(Outcome::Completed { .. })
+    ));
+    let scheduled = d
+        .kinds()
+        .iter()
+        .filter(|k| **k == "ActivityScheduled")
+        .count();
+    assert_eq!(scheduled, 1, "no email after a declined payment");
+    assert_eq!(last.logs[0].message, "payment declined");
+}
+
+#[test]
+fn replaying_a_finished_history_adds_nothing_and_logs_nothing() {
+    let d = order_history();
+    let mut fresh = Driver::with_history(workflow_type::<Order>(), d.history.clone());
+    let decision = fresh.ok(vec![]);
+    assert!(decision.events.is_empty(), "{:?}", decision.events);
+    assert!(
+        decision.logs.is_empty(),
+        "replayed lines are not logged again"
+    );
+    assert_eq!(fresh.machine().outcome(), d.machine().outcome());
+    assert_eq!(fresh.machine().progress(), d.machine().progress());
+}
+
+#[test]
+fn a_changed_activity_is_a_nondeterminism_error_at_its_sequence_number() {
+    let d = order_history();
+    let mut changed = Driver::with_history(workflow_type::<OrderRenamed>(), d.history.clone());
+    let err = changed.step(vec![]).expect_err("the code changed");
+    let nd = err.nondeterminism().expect("a non-determinism error");
+    // Seq 7 is the email ActivityScheduled; the new code schedules "refund" there.
+    assert_eq!(nd.seq, Seq::new(7));
+    assert!(
+        nd.recorded.as_deref().unwrap_or("").contains("\"email\""),
+        "{nd}"
+    );
+    assert!(
+        nd.attempted.as_deref().unwrap_or("").contains("\"refund\""),
+        "{nd}"
+    );
+    assert!(err.to_string().contains("#7"), "{err}");
+}
+
+#[test]
+fn a_poisoned_machine_keeps_failing_and_appends_nothing() {
+    let d = order_history();
+    let before = d.history.clone();
+    let mut machine = loom_core::WorkflowMachine::new(
+        workflow_type::<OrderRenamed>(),
+        "wf-1".into(),
+        d.history.clone(),
+    )
+    .expect("well-formed");
+    let act = loom_core::Activation::new(Timestamp::from_millis(5_000), 3);
+    let first = machine.activate(act.clone()).expect_err("mismatch");
+    let second = machine.activate(act).expect_err("still poisoned");
+    assert_eq!(first, second);
+    assert_eq!(d.history, before);
+}
+
+/// Waits for a signal after its first activity: a task that issues no command.
+struct ChargeThenWait;
+impl Workflow for ChargeThenWait {
+    const NAME: &'static str = "ChargeThenWait";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        ctx.activity::<Charge>(1).await?;
+        ctx.wait_signal::<String>("go").await
+    }
+}
+
+/// The same, but a new command where the old code waited.
+struct ChargeThenEmail;
+impl Workflow for ChargeThenEmail {
+    const NAME: &'static str = "ChargeThenWait";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        ctx.activity::<Charge>(1).await?;
+        ctx.activity::<Email>("x".into()).await?;
+        ctx.wait_signal::<String>("go").await
+    }
+}
+
+#[test]
+fn a_new_command_past_the_end_of_history_is_caught() {
+    let mut d = Driver::start::<ChargeThenWait>(&());
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    let decided = d.ok(vec![completed(charge, true)]);
+    assert!(
+        decided.events.len() == 1,
+        "only the completion: the code waits"
+    );
+    let mut changed = Driver::with_history(workflow_type::<ChargeThenEmail>(), d.history.clone());
+    let err = changed.step(vec![]).expect_err("new command during replay");
+    let nd = err.nondeterminism().expect("non-determinism");
+    assert_eq!(nd.seq, Seq::new(4));
+    assert_eq!(nd.recorded, None);
+    assert!(nd.attempted.as_deref().unwrap_or("").contains("email"));
+}
+
+#[test]
+fn a_recorded_command_the_code_no_longer_issues_is_caught() {
+    let mut d = Driver::start::<ChargeThenEmail>(&());
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    d.feed(vec![completed(charge, true)]);
+    let mut changed = Driver::with_history(workflow_type::<ChargeThenWait>(), d.history.clone());
+    let err = changed
+        .step(vec![])
+        .expect_err("a recorded command was dropped");
+    let nd = err.nondeterminism().expect("non-determinism");
+    assert_eq!(nd.seq, Seq::new(4));
+    assert_eq!(nd.attempted, None);
+    assert!(err.to_string().contains("nothing"), "{err}");
+}
+
+#[test]
+fn a_second_result_for_one_activity_is_dropped() {
+    let mut d = Driver::start::<ChargeThenWait>(&());
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    let decided = d.ok(vec![completed(charge, true), completed(charge, false)]);
+    assert_eq!(decided.events.len(), 1);
+    assert_eq!(decided.dropped.len(), 1);
+    assert!(
+        decided.dropped[0].1.contains("already ended"),
+        "{:?}",
+        decided.dropped
+    );
+    let unknown = d.ok(vec![completed(loom_core::ActivityId(Seq::new(99)), 1)]);
+    assert!(unknown.events.is_empty());
+    assert!(unknown.dropped[0].1.contains("never scheduled"));
+}
+
+/// Retries are recorded; only the final failure reaches the code, which compensates.
+struct Compensate;
+impl Workflow for Compensate {
+    const NAME: &'static str = "Compensate";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        match ctx.activity::<Charge>(5).await {
+            Ok(_) => Ok("charged".into()),
+            Err(ActivityError::Failed {
+                attempts, failure, ..
+            }) => {
+                ctx.activity::<Refund>(5).await?;
+                Ok(format!("refunded after {attempts}: {}", failure.kind))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[test]
+fn retries_are_recorded_and_the_final_failure_reaches_the_code() {
+    let mut d = Driver::start::<Compensate>(&());
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    let retry = EventKind::ActivityFailed {
+        activity_id: charge,
+        attempt: 1,
+        failure: Failure::new("network", "reset"),
+        retry_at: Some(Timestamp::from_millis(2_000)),
+    };
+    let decided = d.ok(vec![retry]);
+    assert_eq!(decided.events.len(), 1, "a retry resolves nothing");
+    assert_eq!(d.machine().progress().pending_activities[0].attempts, 1);
+    let last = EventKind::ActivityFailed {
+        activity_id: charge,
+        attempt: 2,
+        failure: Failure::new("network", "reset"),
+        retry_at: None,
+    };
+    d.feed(vec![last]);
+    let refund = d.activity(1);
+    d.feed(vec![completed(refund, ())]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode("refunded after 2: network").expect("encode")
+        })
+    );
+}
+
+/// An unhandled activity failure fails the workflow with the cause.
+struct Unhandled;
+impl Workflow for Unhandled {
+    const NAME: &'static str = "Unhandled";
+    type Input = ();
+    type State = ();
+    type Output = bool;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<bool, WorkflowError> {
+        Ok(ctx.activity::<Charge>(5).await?)
+    }
+}
+
+#[test]
+fn an_unhandled_activity_failure_fails_the_workflow_with_its_cause() {
+    let mut d = Driver::start::<Unhandled>(&());
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    d.feed(vec![EventKind::ActivityTimedOut {
+        activity_id: charge,
+        attempt: 3,
+        retry_at: None,
+    }]);
+    let Some(Outcome::Failed { failure }) = d.machine().outcome() else {
+        panic!("expected failure, got {:?}", d.machine().outcome());
+    };
+    assert_eq!(failure.kind, "activity_timed_out");
+    assert!(failure.message.contains("charge"), "{}", failure.message);
+}
+
+/// Sleeps, then races a signal against a timeout.
+struct Approval;
+impl Workflow for Approval {
+    const NAME: &'static str = "Approval";
+    type Input = u64;
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        ctx.sleep(Duration::from_secs(1)).await?;
+        let answer = ctx
+            .wait_signal_timeout::<bool>("approve", Duration::from_secs(*ctx.input()))
+            .await?;
+        Ok(match answer {
+            Some(true) => "approved".into(),
+            Some(false) => "rejected".into(),
+            None => "timed out".into(),
+        })
+    }
+}
+
+#[test]
+fn timers_fire_and_a_signal_sent_early_is_kept() {
+    let mut d = Driver::start::<Approval>(&60);
+    d.feed(vec![]);
+    let nap = d.timer(0);
+    // The signal arrives before the code waits for it; it is buffered.
+    d.feed(vec![signal("approve", true)]);
+    assert_eq!(
+        d.machine().progress().buffered_signals.get("approve"),
+        Some(&1)
+    );
+    d.advance(1_000);
+    d.feed(vec![fired(nap)]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode("approved").expect("encode")
+        })
+    );
+}
+
+#[test]
+fn a_signal_wait_times_out_with_a_durable_timer() {
+    let mut d = Driver::start::<Approval>(&60);
+    d.feed(vec![]);
+    let nap = d.timer(0);
+    d.advance(1_000);
+    d.feed(vec![fired(nap)]);
+    let timeout = d.timer(1);
+    let EventKind::TimerScheduled {
+        fire_at,
+        duration_ms,
+    } = &d.history[timeout.0.get() as usize - 1].kind
+    else {
+        panic!("a timer");
+    };
+    assert_eq!(*duration_ms, Some(60_000));
+    assert_eq!(*fire_at, Timestamp::from_millis(62_000));
+    assert_eq!(d.machine().progress().awaiting_signals, ["approve"]);
+    d.crash();
+    d.feed(vec![fired(timeout)]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode("timed out").expect("encode")
+        })
+    );
+    // A timer cannot fire twice.
+    let again = d.ok(vec![fired(timeout)]);
+    assert!(again.events.is_empty());
+}
+
+/// Waits for an activity; on cancel, runs a cleanup activity and ends cancelled.
+struct Cleanup;
+impl Workflow for Cleanup {
+    const NAME: &'static str = "Cleanup";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        match ctx.activity::<Charge>(1).await {
+            Err(ActivityError::Cancelled { .. }) => {
+                assert!(ctx.is_cancel_requested());
+                ctx.activity::<Refund>(1).await?;
+                Err(WorkflowError::Cancelled)
+            }
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+}
+
+#[test]
+fn cancellation_reaches_the_code_which_cleans_up() {
+    let mut d = Driver::start::<Cleanup>(&());
+    d.feed(vec![]);
+    d.feed(vec![cancel()]);
+    assert_eq!(
+        d.kinds().last(),
+        Some(&"ActivityScheduled"),
+        "the cleanup activity"
+    );
+    // A second cancel request is dropped.
+    let again = d.ok(vec![cancel()]);
+    assert_eq!(again.dropped.len(), 1);
+    let refund = d.activity(1);
+    d.crash();
+    d.feed(vec![completed(refund, ())]);
+    assert_eq!(d.machine().outcome(), Some(Outcome::Cancelled));
+    assert_eq!(d.kinds().last(), Some(&"WorkflowCancelled"));
+}
+
+/// Fans out n activities and sums their results.
+struct FanOut;
+impl Workflow for FanOut {
+    const NAME: &'static str = "FanOut";
+    type Input = u32;
+    type State = ();
+    type Output = u32;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u32, WorkflowError> {
+        let calls = (0..*ctx.input()).map(|i| ctx.activity::<Charge>(i));
+        let mut sum = 0;
+        for paid in join_all(calls).await {
+            sum += u32::from(paid?);
+        }
+        Ok(sum)
+    }
+}
+
+#[test]
+fn fan_out_of_many_activities_completes_whatever_the_completion_order() {
+    // 40 is past the size where join_all switches to a waker-driven FuturesOrdered.
+    let mut d = Driver::start::<FanOut>(&40);
+    let first = d.ok(vec![]);
+    assert_eq!(first.events.len(), 40);
+    let ids: Vec<_> = (0..40).map(|i| d.activity(i)).collect();
+    // Complete them in reverse, a few per task, crashing in between.
+    for chunk in ids.iter().rev().collect::<Vec<_>>().chunks(7) {
+        d.crash();
+        let msgs = chunk.iter().map(|id| completed(**id, true)).collect();
+        d.feed(msgs);
+    }
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&40).expect("encode")
+        })
+    );
+}
+
+/// Races an activity against a timer.
+struct Race;
+impl Workflow for Race {
+    const NAME: &'static str = "Race";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let call = ctx.activity::<Charge>(1);
+        let timer = ctx.sleep(Duration::from_secs(5));
+        Ok(match loom_core::future::select(call, timer).await {
+            loom_core::future::Either::Left(_) => "activity".into(),
+            loom_core::future::Either::Right(_) => "timer".into(),
+        })
+    }
+}
+
+#[test]
+fn a_race_is_decided_by_the_recorded_order_of_results() {
+    for (first_timer, expected) in [(true, "timer"), (false, "activity")] {
+        let mut d = Driver::start::<Race>(&());
+        d.feed(vec![]);
+        let (call, timer) = (d.activity(0), d.timer(0));
+        let msgs = if first_timer {
+            vec![fired(timer), completed(call, true)]
+        } else {
+            vec![completed(call, true), fired(timer)]
+        };
+        d.feed(msgs);
+        let want = Some(Outcome::Completed {
+            output: Payload::encode(expected).expect("encode"),
+        });
+        assert_eq!(d.machine().outcome(), want);
+        // And a replay of that history agrees.
+        d.crash();
+        d.feed(vec![]);
+        assert_eq!(d.machine().outcome(), want);
+    }
+}
+
+/// Records time, randomness and a uuid, and writes them to the output.
+struct Values;
+impl Workflow for Values {
+    const NAME: &'static str = "Values";
+    type Input = ();
+    type State = ();
+    type Output = (i64, u64, String);
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(i64, u64, String), WorkflowError> {
+        let now = ctx.now();
+        let r = ctx.random_u64();
+        let id = ctx.uuid();
+        ctx.sleep(Duration::from_millis(10)).await?;
+        Ok((now.as_millis(), r, id.to_string()))
+    }
+}
+
+#[test]
+fn time_and_randomness_are_recorded_and_replayed() {
+    let mut d = Driver::start::<Values>(&());
+    d.feed(vec![]);
+    let timer = d.timer(0);
+    // Replay at another time with other entropy: the recorded values come back.
+    d.crash();
+    d.advance(99_000);
+    d.entropy = 12_345;
+    d.feed(vec![fired(timer)]);
+    let Some(Outcome::Completed { output }) = d.machine().outcome() else {
+        panic!("completed");
+    };
+    let (now, r, id): (i64, u64, String) = output.decode().expect("decode");
+    assert_eq!(now, 1_000);
+    let recorded: Vec<_> = d
+        .history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ValueRecorded { value } => Some(value.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded[1], loom_core::RecordedValue::Random(r));
+    assert_eq!(
+        recorded[2],
+        loom_core::RecordedValue::Uuid(id.parse().expect("a uuid"))
+    );
+}
+
+/// Old code: one activity. New code: a patched branch adds an email first.
+struct Patched;
+impl Workflow for Patched {
+    const NAME: &'static str = "ChargeThenWait";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        if ctx.patched("email-first") {
+            ctx.activity::<Email>("first".into()).await?;
+        }
+        ctx.activity::<Charge>(1).await?;
+        ctx.wait_signal::<String>("go").await
+    }
+}
+
+#[test]
+fn patched_keeps_old_runs_on_the_old_branch_and_new_runs_on_the_new() {
+    // An old run, written before the patch, replays cleanly and keeps the old branch.
+    let mut old = Driver::start::<ChargeThenWait>(&());
+    old.feed(vec![]);
+    let charge = old.activity(0);
+    old.feed(vec![completed(charge, true)]);
+    let mut replayed = Driver::with_history(workflow_type::<Patched>(), old.history.clone());
+    replayed.feed(vec![signal("go", "went")]);
+    assert!(matches!(
+        replayed.machine().outcome(),
+        Some(Outcome::Completed { .. })
+    ));
+    assert!(!replayed.kinds().contains(&"PatchMarked"));
+    // A new run takes the new branch and records it; its replay agrees.
+    let mut new = Driver::with_history(
+        workflow_type::<Patched>(),
+        vec![started_event("ChargeThenWait", 1, Payload::NULL)],
+    );
+    new.feed(vec![]);
+    assert_eq!(
+        new.kinds(),
+        ["WorkflowStarted", "PatchMarked", "ActivityScheduled"]
+    );
+    new.crash();
+    assert!(new.ok(vec![]).events.is_empty());
+}
+
+/// Panics in its code.
+struct Panics;
+impl Workflow for Panics {
+    const NAME: &'static str = "Panics";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(_: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        panic!("boom in workflow code")
+    }
+}
+
+#[test]
+fn a_panic_is_reported_not_recorded() {
+    let mut d = Driver::start::<Panics>(&());
+    let err = d.step(vec![]).expect_err("panicked");
+    assert_eq!(
+        err,
+        ReplayError::Panicked {
+            message: "boom in workflow code".into()
+        }
+    );
+    assert_eq!(d.history.len(), 1, "nothing was appended");
+}
+
+#[test]
+fn input_that_does_not_match_the_type_fails_the_workflow_cleanly() {
+    let mut d = Driver::with_history(
+        workflow_type::<Order>(),
+        vec![started_event(
+            "Order",
+            1,
+            Payload::encode("not a number").expect("encode"),
+        )],
+    );
+    d.feed(vec![]);
+    let Some(Outcome::Failed { failure }) = d.machine().outcome() else {
+        panic!("failed");
+    };
+    assert_eq!(failure.kind, "bad_input");
+    assert!(failure.message.contains("Order"), "{}", failure.message);
+}
+
+#[test]
+fn corrupt_and_foreign_histories_are_refused() {
+    let d = order_history();
+    // A gap in the numbering.
+    let mut gap = d.history.clone();
+    gap.remove(3);
+    let err = loom_core::WorkflowMachine::new(workflow_type::<Order>(), "x".into(), gap)
+        .expect_err("gap");
+    assert!(
+        matches!(err, ReplayError::Corrupt { seq: Some(s), .. } if s == Seq::new(5)),
+        "{err}"
+    );
+    // A result for an activity that was never scheduled.
+    let mut bogus = d.history.clone();
+    bogus[3].kind = completed(loom_core::ActivityId(Seq::new(77)), true);
+    let mut replay = Driver::with_history(workflow_type::<Order>(), bogus);
+    let err = replay.step(vec![]).expect_err("bogus");
+    assert!(
+        matches!(err, ReplayError::Corrupt { seq: Some(s), .. } if s == Seq::new(4)),
+        "{err}"
+    );
+    // Empty history, wrong first event.
+    assert!(loom_core::WorkflowMachine::new(workflow_type::<Order>(), "x".into(), vec![]).is_err());
+    assert!(
+        loom_core::WorkflowMachine::new(
+            workflow_type::<Order>(),
+            "x".into(),
+            d.history[1..].to_vec()
+        )
+        .is_err()
+    );
+    // Another workflow's history, another version, a newer format.
+    let err = Driver::with_history(workflow_type::<Approval>(), d.history.clone())
+        .step(vec![])
+        .expect_err("wrong type");
+    assert!(matches!(err, ReplayError::WrongWorkflow { .. }), "{err}");
+    let mut v2 = d.history.clone();
+    if let EventKind::WorkflowStarted { version, .. } = &mut v2[0].kind {
+        *version = 2;
+    }
+    let err = Driver::with_history(workflow_type::<Order>(), v2)
+        .step(vec![])
+        .expect_err("version");
+    assert!(
+        matches!(
+            err,
+            ReplayError::VersionMismatch {
+                recorded: 2,
+                code: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut future = d.history.clone();
+    if let EventKind::WorkflowStarted { format, .. } = &mut future[0].kind {
+        *format = loom_core::HISTORY_FORMAT + 1;
+    }
+    let err = Driver::with_history(workflow_type::<Order>(), future)
+        .step(vec![])
+        .expect_err("format");
+    assert!(
+        matches!(err, ReplayError::UnsupportedFormat { .. }),
+        "{err}"
+    );
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Counters {
+    a: u32,
+    b: u32,
+    c: u32,
+}
+
+/// Writes several fields at once, one field, and none.
+struct Writes;
+impl Workflow for Writes {
+    const NAME: &'static str = "Writes";
+    type Input = ();
+    type State = Counters;
+    type Output = u32;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u32, WorkflowError> {
+        ctx.update_state(|s| {
+            s.a = 1;
+            s.b = 2;
+        })?;
+        ctx.update_state(|s| s.c = 3)?;
+        ctx.update_state(|s| s.c = 3)?;
+        let (a, b) = join(
+            ctx.sleep(Duration::from_secs(1)),
+            ctx.sleep(Duration::from_secs(2)),
+        )
+        .await;
+        a?;
+        b?;
+        Ok(ctx.with_state(|s| s.a + s.b + s.c))
+    }
+}
+
+#[test]
+fn state_writes_are_recorded_as_set_or_batch_and_visible_in_progress() {
+    let mut d = Driver::start::<Writes>(&());
+    d.feed(vec![]);
+    assert_eq!(
+        d.kinds(),
+        [
+            "WorkflowStarted",
+            "StateUpdated",
+            "StateSet",
+            "TimerScheduled",
+            "TimerScheduled"
+        ]
+    );
+    let progress = d.machine().progress();
+    assert_eq!(
+        progress.state.as_json(),
+        &serde_json::json!({"a": 1, "b": 2, "c": 3})
+    );
+    assert_eq!(progress.pending_timers.len(), 2);
+    let (t1, t2) = (d.timer(0), d.timer(1));
+    d.crash();
+    d.feed(vec![fired(t2), fired(t1)]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&6).expect("encode")
+        })
+    );
+}
+
+#[test]
+fn events_after_the_end_are_refused_on_replay_and_dropped_live() {
+    let mut d = order_history();
+    let after = d.ok(vec![signal("late", 1)]);
+    assert!(after.events.is_empty());
+    assert!(after.dropped[0].1.contains("ended"));
+    let mut tampered = d.history.clone();
+    tampered.push(loom_core::Event {
+        seq: Seq::new(tampered.len() as u64 + 1),
+        at: Timestamp::from_millis(9),
+        kind: signal("late", 1),
+    });
+    let err = Driver::with_history(workflow_type::<Order>(), tampered)
+        .step(vec![])
+        .expect_err("tampered");
+    assert!(matches!(err, ReplayError::Corrupt { .. }), "{err}");
+}
