@@ -271,7 +271,7 @@ impl EventKind {
     /// `sleep_until`); state keys and values; step name; the kind of recorded value; patch id;
     /// the output of a completion and the error kind of a failure. Activity options are not
     /// compared: tuning a timeout must not break running workflows.
-    pub(crate) fn same_command(&self, attempted: &EventKind) -> bool {
+    pub fn same_command(&self, attempted: &EventKind) -> bool {
         use EventKind as K;
         match (self, attempted) {
             (

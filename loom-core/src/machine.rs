@@ -913,8 +913,12 @@ impl Inner {
         self.logs.push(record);
     }
 
+    /// A fresh random number when the next command will be new; zero while replaying, so
+    /// that replay never draws from the stream and a replayed machine continues it exactly
+    /// where an uninterrupted one would.
     pub(crate) fn next_random(&mut self) -> u64 {
-        self.rng.next_u64()
+        let live = self.cursor >= self.history.len() && !self.replaying;
+        if live { self.rng.next_u64() } else { 0 }
     }
 }
 
