@@ -889,11 +889,9 @@ impl Inner {
                     .or_default()
                     .push_back(payload.clone());
             }
-            EventKind::CancelRequested { .. } => {
-                if !self.cancel_requested {
-                    self.cancel_requested = true;
-                    self.cancel_epoch += 1;
-                }
+            EventKind::CancelRequested { .. } if !self.cancel_requested => {
+                self.cancel_requested = true;
+                self.cancel_epoch += 1;
             }
             _ => {}
         }

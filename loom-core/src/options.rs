@@ -68,7 +68,7 @@ impl RetryPolicy {
             return false;
         }
         match failure {
-            Some(f) => !f.non_retryable && !self.non_retryable.iter().any(|k| *k == f.kind),
+            Some(f) => !f.non_retryable && !self.non_retryable.contains(&f.kind),
             None => true,
         }
     }

@@ -1,0 +1,97 @@
+//! Storage errors with meanings, whatever the backend said.
+
+use loom_core::{Seq, WorkflowId};
+
+use crate::model::{TaskId, WorkflowStatus};
+
+/// A backend's own error, kept as the source of a [`StorageError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a storage call, by meaning. Callers branch on the variant; the backend's
+/// own error, when there is one, is attached as the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// No workflow with this id.
+    #[error("no workflow with id {0:?}")]
+    NotFound(WorkflowId),
+    /// A workflow with this id already exists; nothing was written.
+    #[error("a workflow with id {id:?} already exists ({status})")]
+    AlreadyExists {
+        /// The id.
+        id: WorkflowId,
+        /// The existing workflow's status.
+        status: WorkflowStatus,
+    },
+    /// The history moved on since the caller read it (optimistic concurrency); nothing was
+    /// written.
+    #[error("workflow {id:?} has events up to {actual}, the caller expected {expected}")]
+    Conflict {
+        /// The workflow.
+        id: WorkflowId,
+        /// The last sequence number the caller expected.
+        expected: Seq,
+        /// The actual last sequence number.
+        actual: Seq,
+    },
+    /// The caller's lease on this task expired, was taken by another worker, or the task no
+    /// longer exists; nothing was written.
+    #[error("the lease on task {0} is no longer held")]
+    LeaseLost(TaskId),
+    /// The workflow has ended and accepts no more signals or cancel requests.
+    #[error("workflow {id:?} has already ended ({status})")]
+    Closed {
+        /// The workflow.
+        id: WorkflowId,
+        /// How it ended.
+        status: WorkflowStatus,
+    },
+    /// The request itself is malformed (not a retry matter).
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The database could not be reached or is busy; retrying later may succeed. Never a
+    /// reason to fail a workflow.
+    #[error("storage unavailable: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Stored data cannot be read back: a tampered or damaged database.
+    #[error("corrupt storage: {message}")]
+    Corrupt {
+        /// What is damaged, and where.
+        message: String,
+        /// The backend's or decoder's error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl StorageError {
+    /// An `Unavailable` error with a cause.
+    pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StorageError::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A `Corrupt` error with a cause.
+    pub fn corrupt(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StorageError::Corrupt {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Whether the same call may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+}
+
+/// The result of a storage call.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,340 @@
+//! The records that cross the [`Storage`](crate::Storage) trait.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use loom_core::{
+    ActivityId, ActivityOptions, Event, EventKind, Failure, LogRecord, Payload, Progress, Seq,
+    Timestamp, WorkflowId,
+};
+use serde::{Deserialize, Serialize};
+
+/// A task's id, unique within one store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task{}", self.0)
+    }
+}
+
+/// A message's id, unique within one store; later messages have larger ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(pub u64);
+
+/// A claim on a task until `expires_at`. `token` is the fencing token: it changes with every
+/// claim, and every commit checks it, so a worker whose lease expired cannot commit even if
+/// nobody else has claimed the task yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The task.
+    pub task: TaskId,
+    /// The fencing token of this claim.
+    pub token: u64,
+    /// When the claim lapses, by the store's clock.
+    pub expires_at: Timestamp,
+}
+
+/// What a claim asks for.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    /// Who claims (a worker id), for people reading leases.
+    pub owner: String,
+    /// The most tasks to hand out.
+    pub max: usize,
+    /// How long the claim lasts unless renewed.
+    pub lease: Duration,
+}
+
+impl ClaimRequest {
+    /// A request by `owner` for up to `max` tasks, leased for `lease`.
+    pub fn new(owner: impl Into<String>, max: usize, lease: Duration) -> Self {
+        ClaimRequest {
+            owner: owner.into(),
+            max,
+            lease,
+        }
+    }
+}
+
+/// An input waiting to be moved into a workflow's history by its next workflow task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its id; consumed messages are named by it.
+    pub id: MessageId,
+    /// The input: an activity result, a fired timer, a signal, a cancel request.
+    pub kind: EventKind,
+    /// When it becomes deliverable (a timer's fire time; otherwise when it was sent).
+    pub visible_at: Timestamp,
+}
+
+/// A claimed workflow task: run the workflow's code on its new messages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowTask {
+    /// The claim.
+    pub lease: Lease,
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// Its type's name.
+    pub workflow_name: String,
+    /// The last event in its history at claim time: the `expected_last_seq` of the commit,
+    /// and how a runtime knows whether a cached machine is current.
+    pub last_seq: Seq,
+    /// The messages due now, by `(visible_at, id)`.
+    pub messages: Vec<Message>,
+    /// How many times this task has been handed out without being completed or released,
+    /// this claim included. A task that keeps crashing its worker shows a rising count.
+    pub deliveries: u32,
+}
+
+/// A claimed activity task: run one attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityTask {
+    /// The claim.
+    pub lease: Lease,
+    /// The workflow that scheduled it.
+    pub workflow_id: WorkflowId,
+    /// The activity.
+    pub activity_id: ActivityId,
+    /// The activity type's name.
+    pub name: String,
+    /// Its input.
+    pub input: Payload,
+    /// Its options as scheduled.
+    pub options: ActivityOptions,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// How many times this attempt has been handed out, this claim included.
+    pub deliveries: u32,
+}
+
+/// The commit of a workflow task: one atomic step.
+///
+/// The store appends `events` (numbered from `expected_last_seq + 1`), deletes the `consumed`
+/// messages, creates the tasks the events imply (see [`TaskPlan`](crate::TaskPlan)), stores the
+/// progress and logs, and releases the lease; all or nothing. It fails with `LeaseLost` if the
+/// lease is not current and `Conflict` if the history moved on.
+#[derive(Clone, Debug)]
+pub struct WorkflowTaskCompletion {
+    /// The lease of the claimed task.
+    pub lease: Lease,
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// The history's last sequence number as the task saw it.
+    pub expected_last_seq: Seq,
+    /// The new events.
+    pub events: Vec<Event>,
+    /// The messages the task moved into the history (or dropped as duplicates).
+    pub consumed: Vec<MessageId>,
+    /// Where the workflow stands after the task.
+    pub progress: Option<Progress>,
+    /// Lines the workflow code logged.
+    pub logs: Vec<LogRecord>,
+}
+
+/// The commit of an activity attempt: its result becomes a message to the workflow, and a
+/// failure with a `retry_at` schedules the next attempt, in one step.
+#[derive(Clone, Debug)]
+pub struct ActivityTaskCompletion {
+    /// The lease of the claimed task.
+    pub lease: Lease,
+    /// `ActivityCompleted`, `ActivityFailed` or `ActivityTimedOut` for the task's activity.
+    pub result: EventKind,
+}
+
+/// How to give a claimed task back without completing it.
+#[derive(Clone, Debug, Default)]
+pub struct Release {
+    /// When it may be claimed again; `None` means at once.
+    pub visible_at: Option<Timestamp>,
+    /// For a workflow task: pause the workflow with this reason (a non-determinism error, a
+    /// panic) until the task succeeds.
+    pub pause: Option<String>,
+}
+
+/// A workflow's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowStatus {
+    /// Started and not ended.
+    Running,
+    /// Its last workflow task could not be decided (non-determinism, a panic); it is retried
+    /// and resumes when code that replays cleanly runs.
+    Paused,
+    /// Returned its output.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Was cancelled.
+    Cancelled,
+}
+
+impl WorkflowStatus {
+    /// Every status, in display order.
+    pub const ALL: [WorkflowStatus; 5] = [
+        WorkflowStatus::Running,
+        WorkflowStatus::Paused,
+        WorkflowStatus::Completed,
+        WorkflowStatus::Failed,
+        WorkflowStatus::Cancelled,
+    ];
+
+    /// Whether the workflow has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Cancelled
+        )
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowStatus::Running => "running",
+            WorkflowStatus::Paused => "paused",
+            WorkflowStatus::Completed => "completed",
+            WorkflowStatus::Failed => "failed",
+            WorkflowStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for WorkflowStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WorkflowStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkflowStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {s:?}: expected running, paused, completed, failed or cancelled"
+                )
+            })
+    }
+}
+
+/// One workflow, as `describe` and `list` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSummary {
+    /// Its id.
+    pub id: WorkflowId,
+    /// Its type's name.
+    pub name: String,
+    /// Its type's version at start.
+    pub version: u32,
+    /// Its status.
+    pub status: WorkflowStatus,
+    /// Its input.
+    pub input: Payload,
+    /// When it was created, by the store's clock.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When it ended.
+    pub closed_at: Option<Timestamp>,
+    /// The last event in its history.
+    pub last_seq: Seq,
+    /// Its output, once completed.
+    pub output: Option<Payload>,
+    /// Its error, once failed.
+    pub failure: Option<Failure>,
+    /// Why it is paused.
+    pub pause_reason: Option<String>,
+    /// Where it stood after its last workflow task.
+    pub progress: Option<Progress>,
+}
+
+/// A position in a listing, newest first: the last item of the previous page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCursor {
+    /// The last item's creation time.
+    pub created_at: Timestamp,
+    /// The last item's id.
+    pub id: WorkflowId,
+}
+
+/// Which workflows to list. Results are newest first: by creation time, then id, descending.
+#[derive(Clone, Debug)]
+pub struct ListQuery {
+    /// Only this status.
+    pub status: Option<WorkflowStatus>,
+    /// Only this workflow type.
+    pub name: Option<String>,
+    /// Only those created at or after.
+    pub created_after: Option<Timestamp>,
+    /// Only those created before.
+    pub created_before: Option<Timestamp>,
+    /// The most items in the page.
+    pub limit: usize,
+    /// Continue after this item.
+    pub after: Option<ListCursor>,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            status: None,
+            name: None,
+            created_after: None,
+            created_before: None,
+            limit: 50,
+            after: None,
+        }
+    }
+}
+
+impl ListQuery {
+    /// Whether `s` passes the filters (not the cursor or limit).
+    pub fn matches(&self, s: &WorkflowSummary) -> bool {
+        self.status.is_none_or(|st| st == s.status)
+            && self.name.as_deref().is_none_or(|n| n == s.name)
+            && self.created_after.is_none_or(|t| s.created_at >= t)
+            && self.created_before.is_none_or(|t| s.created_at < t)
+    }
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<ListCursor>,
+}
+
+/// Counts over the whole store.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Workflows by status (statuses with none are absent).
+    pub workflows: BTreeMap<WorkflowStatus, u64>,
+    /// Events in all histories.
+    pub events: u64,
+    /// Workflow tasks that can be claimed now.
+    pub workflow_tasks_ready: u64,
+    /// Workflow tasks held under a live lease.
+    pub workflow_tasks_running: u64,
+    /// Activity tasks that can be claimed now.
+    pub activity_tasks_ready: u64,
+    /// Activity tasks held under a live lease.
+    pub activity_tasks_running: u64,
+    /// Activity tasks waiting for a retry time.
+    pub activity_tasks_waiting: u64,
+    /// Messages not yet due (armed timers, mostly).
+    pub messages_waiting: u64,
+    /// Since when the oldest ready task has been ready.
+    pub oldest_ready_at: Option<Timestamp>,
+    /// When the next not-yet-due task or message becomes due.
+    pub next_due_at: Option<Timestamp>,
+}

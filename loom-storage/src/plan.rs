@@ -1,0 +1,183 @@
+//! What a batch of new events implies for the task queue, decided once for every backend.
+//!
+//! Backends do not interpret events on their own: they call [`TaskPlan::from_events`] and
+//! store what it says, so the same history produces the same tasks on every backend.
+
+use loom_core::{
+    ActivityId, ActivityOptions, Event, EventKind, Failure, Payload, Seq, TimerId, Timestamp,
+};
+
+use crate::error::{Result, StorageError};
+use crate::model::WorkflowStatus;
+
+/// An activity task to create (attempt 1, due at once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewActivity {
+    /// The activity.
+    pub activity_id: ActivityId,
+    /// Its type's name.
+    pub name: String,
+    /// Its input.
+    pub input: Payload,
+    /// Its options.
+    pub options: ActivityOptions,
+}
+
+/// A timer to arm: a `TimerFired` message that becomes visible at `fire_at`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTimer {
+    /// The timer.
+    pub timer_id: TimerId,
+    /// When it fires.
+    pub fire_at: Timestamp,
+    /// The duration asked for, when the code used `sleep` (a backend with its own clock may
+    /// arm the timer from its clock and this duration).
+    pub duration_ms: Option<u64>,
+}
+
+impl NewTimer {
+    /// The message to deliver when the timer fires.
+    pub fn message(&self) -> EventKind {
+        EventKind::TimerFired {
+            timer_id: self.timer_id,
+        }
+    }
+}
+
+/// How the workflow ended, if these events end it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Terminal {
+    /// The final status.
+    pub status: WorkflowStatus,
+    /// The output, when completed.
+    pub output: Option<Payload>,
+    /// The error, when failed.
+    pub failure: Option<Failure>,
+}
+
+/// The tasks and status change implied by a batch of new events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskPlan {
+    /// Activities to run.
+    pub activities: Vec<NewActivity>,
+    /// Timers to arm.
+    pub timers: Vec<NewTimer>,
+    /// Set when the batch ends the workflow: every other pending task and message of the
+    /// workflow is then deleted.
+    pub terminal: Option<Terminal>,
+}
+
+impl TaskPlan {
+    /// Reads the plan off the new events.
+    pub fn from_events(events: &[Event]) -> Self {
+        let mut plan = TaskPlan::default();
+        for e in events {
+            match &e.kind {
+                EventKind::ActivityScheduled {
+                    name,
+                    input,
+                    options,
+                } => plan.activities.push(NewActivity {
+                    activity_id: ActivityId(e.seq),
+                    name: name.clone(),
+                    input: input.clone(),
+                    options: options.clone(),
+                }),
+                EventKind::TimerScheduled {
+                    fire_at,
+                    duration_ms,
+                } => plan.timers.push(NewTimer {
+                    timer_id: TimerId(e.seq),
+                    fire_at: *fire_at,
+                    duration_ms: *duration_ms,
+                }),
+                EventKind::WorkflowCompleted { output } => {
+                    plan.terminal = Some(Terminal {
+                        status: WorkflowStatus::Completed,
+                        output: Some(output.clone()),
+                        failure: None,
+                    });
+                }
+                EventKind::WorkflowFailed { failure } => {
+                    plan.terminal = Some(Terminal {
+                        status: WorkflowStatus::Failed,
+                        output: None,
+                        failure: Some(failure.clone()),
+                    });
+                }
+                EventKind::WorkflowCancelled {} => {
+                    plan.terminal = Some(Terminal {
+                        status: WorkflowStatus::Cancelled,
+                        output: None,
+                        failure: None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        plan
+    }
+}
+
+/// Checks that `events` continue a history whose last event is `last`: numbered
+/// `last + 1, last + 2, ...`, none of them a `WorkflowStarted`.
+pub fn check_continues(last: Seq, events: &[Event]) -> Result<()> {
+    let mut expected = last.next();
+    for e in events {
+        if e.seq != expected {
+            return Err(StorageError::InvalidArgument(format!(
+                "events must be numbered consecutively: expected {expected}, got {}",
+                e.seq
+            )));
+        }
+        if matches!(e.kind, EventKind::WorkflowStarted { .. }) {
+            return Err(StorageError::InvalidArgument(format!(
+                "{} is a WorkflowStarted event; only create_workflow writes one",
+                e.seq
+            )));
+        }
+        expected = expected.next();
+    }
+    Ok(())
+}
+
+/// Reads the name, version and input off a `WorkflowStarted` event numbered 1.
+pub fn started_fields(started: &Event) -> Result<(&str, u32, &Payload)> {
+    match &started.kind {
+        EventKind::WorkflowStarted {
+            name,
+            version,
+            input,
+            ..
+        } if started.seq == Seq::FIRST => Ok((name, *version, input)),
+        _ => Err(StorageError::InvalidArgument(
+            "a workflow is created from a WorkflowStarted event numbered 1".into(),
+        )),
+    }
+}
+
+/// The activity a result message refers to, and when its next attempt is due, if any.
+pub fn activity_result(result: &EventKind) -> Result<(ActivityId, u32, Option<Timestamp>)> {
+    match result {
+        EventKind::ActivityCompleted {
+            activity_id,
+            attempt,
+            ..
+        } => Ok((*activity_id, *attempt, None)),
+        EventKind::ActivityFailed {
+            activity_id,
+            attempt,
+            retry_at,
+            ..
+        }
+        | EventKind::ActivityTimedOut {
+            activity_id,
+            attempt,
+            retry_at,
+        } => Ok((*activity_id, *attempt, *retry_at)),
+        other => Err(StorageError::InvalidArgument(format!(
+            "an activity result must be ActivityCompleted, ActivityFailed or ActivityTimedOut, not {}",
+            other.type_name()
+        ))),
+    }
+}
