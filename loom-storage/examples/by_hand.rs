@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use loom_core::{
     Activation, Activity, ActivityContext, ActivityInfo, EventKind, Failure, HISTORY_FORMAT,
-    Payload, Registry, Seq, Workflow, WorkflowContext, WorkflowError, WorkflowId,
-    WorkflowMachine,
+    Payload, Registry, Seq, Workflow, WorkflowContext, WorkflowError, WorkflowId, WorkflowMachine,
 };
 use loom_storage::{
     ActivityTaskCompletion, ClaimRequest, Clock, MemoryStorage, Storage, SystemClock,
@@ -63,7 +62,10 @@ impl Workflow for OrderProcessing {
 
     async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
         let paid = ctx
-            .step("payment", ctx.activity::<ProcessPayment>(ctx.input().order_id.clone()))
+            .step(
+                "payment",
+                ctx.activity::<ProcessPayment>(ctx.input().order_id.clone()),
+            )
             .await?;
         ctx.update_state(|s| s.payment_confirmed = paid)?;
         if !paid {
@@ -117,7 +119,8 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             let mut machine = WorkflowMachine::new(def.clone(), task.workflow_id.clone(), history)?;
             entropy += 1;
             let messages = task.messages.iter().map(|m| m.kind.clone());
-            let decision = machine.activate(Activation::new(clock.now(), entropy).with_messages(messages))?;
+            let decision =
+                machine.activate(Activation::new(clock.now(), entropy).with_messages(messages))?;
             for e in &decision.events {
                 println!("  {} {}", e.seq, e.kind);
             }
@@ -174,7 +177,13 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
                 summary.status,
                 summary.output.map(|o| o.to_string()).unwrap_or_default()
             );
-            println!("state: {}", summary.progress.map(|p| p.state.to_string()).unwrap_or_default());
+            println!(
+                "state: {}",
+                summary
+                    .progress
+                    .map(|p| p.state.to_string())
+                    .unwrap_or_default()
+            );
             for line in store.logs(&id).await? {
                 println!("log: {}", line.message);
             }
