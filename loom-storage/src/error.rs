@@ -59,6 +59,10 @@ pub enum StorageError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The database cannot be used by this build: written by a newer Loom, or not a Loom
+    /// database at all. Nothing was changed.
+    #[error("incompatible storage: {0}")]
+    Incompatible(String),
     /// Stored data cannot be read back: a tampered or damaged database.
     #[error("corrupt storage: {message}")]
     Corrupt {

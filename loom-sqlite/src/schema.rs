@@ -1,0 +1,85 @@
+//! The schema and its versioned migrations.
+//!
+//! Each migration runs once, inside the transaction that records it in `loom_migrations`, so
+//! a crash mid-migration leaves the database as it was, and two processes opening a new file
+//! at once serialise on SQLite's write lock (`BEGIN IMMEDIATE`): the second finds the work
+//! done. A database whose recorded version is newer than this build's is refused.
+
+/// Migrations in order; the version of migration `i` is `i + 1`. Never edit one that has
+/// shipped: add a new one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE workflows (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        input         TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        closed_at     INTEGER,
+        last_seq      INTEGER NOT NULL,
+        output        TEXT,
+        failure       TEXT,
+        pause_reason  TEXT,
+        progress      TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX workflows_by_time ON workflows (created_at DESC, id DESC);
+    CREATE INDEX workflows_by_status ON workflows (status, created_at DESC, id DESC);
+
+    CREATE TABLE events (
+        workflow_id   TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+        seq           INTEGER NOT NULL,
+        at            INTEGER NOT NULL,
+        kind          TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, seq)
+    ) WITHOUT ROWID;
+
+    -- Inputs waiting for a workflow's next task. A timer is a message visible at its time.
+    CREATE TABLE messages (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_id   TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+        visible_at    INTEGER NOT NULL,
+        kind          TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_workflow ON messages (workflow_id, visible_at, id);
+    CREATE INDEX messages_by_time ON messages (visible_at);
+
+    -- Workflow tasks (kind 0, one per workflow) and activity attempts (kind 1).
+    -- While a lease is held, visible_at equals the lease's expiry, so "claimable" is simply
+    -- visible_at <= now, one range scan of tasks_ready, and an expired lease becomes
+    -- claimable again without anyone touching the row.
+    CREATE TABLE tasks (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind              INTEGER NOT NULL,
+        workflow_id       TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+        visible_at        INTEGER,
+        lease_token       INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at  INTEGER,
+        lease_owner       TEXT,
+        deliveries        INTEGER NOT NULL DEFAULT 0,
+        activity_id       INTEGER,
+        name              TEXT,
+        input             TEXT,
+        options           TEXT,
+        attempt           INTEGER
+    );
+    CREATE INDEX tasks_ready ON tasks (kind, visible_at) WHERE visible_at IS NOT NULL;
+    CREATE UNIQUE INDEX tasks_workflow_task ON tasks (workflow_id) WHERE kind = 0;
+    CREATE INDEX tasks_by_workflow ON tasks (workflow_id, kind);
+
+    CREATE TABLE logs (
+        n             INTEGER PRIMARY KEY AUTOINCREMENT,
+        workflow_id   TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+        seq           INTEGER NOT NULL,
+        at            INTEGER NOT NULL,
+        level         TEXT NOT NULL,
+        message       TEXT NOT NULL
+    );
+    CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
