@@ -20,11 +20,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{is_busy, map_err};
 
+/// Answers a caller, given why the batch's commit failed (`None`: it is durable).
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
 /// What one job hands back after running: whether its work stands, and how to answer its
 /// caller once the batch's commit is known.
 pub(crate) struct Ran {
     ok: bool,
-    answer: Box<dyn FnOnce(Option<&str>) + Send>,
+    answer: Answer,
 }
 
 /// A write request waiting for the writer thread.

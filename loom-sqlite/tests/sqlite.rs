@@ -1,0 +1,436 @@
+//! SQLite-specific behaviour: the file on disk, migrations, bad files, group commit, and two
+//! processes on one file.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
+use loom_sqlite::{Durability, SqliteOptions, SqliteStorage};
+use loom_storage::{ClaimRequest, ListQuery, Storage, StorageError};
+
+fn started(name: &str) -> Event {
+    Event {
+        seq: Seq::FIRST,
+        at: Timestamp::from_millis(0),
+        kind: EventKind::WorkflowStarted {
+            name: name.into(),
+            version: 1,
+            input: Payload::encode(&"in").expect("encode"),
+            format: HISTORY_FORMAT,
+        },
+    }
+}
+
+async fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+    SqliteStorage::open(path, SqliteOptions::default()).await
+}
+
+fn schema_versions(path: &Path) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).expect("open raw");
+    let mut stmt = conn
+        .prepare("SELECT version FROM loom_migrations ORDER BY version")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_is_migrated_once_and_reopens_with_its_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("loom.db");
+    {
+        let store = open(&path).await.expect("create");
+        store
+            .create_workflow(&WorkflowId::new("kept"), started("Keep"))
+            .await
+            .expect("create workflow");
+    }
+    assert_eq!(schema_versions(&path), vec![1]);
+    let store = open(&path).await.expect("reopen");
+    assert_eq!(
+        schema_versions(&path),
+        vec![1],
+        "migrations are not applied twice"
+    );
+    let s = store
+        .describe(&WorkflowId::new("kept"))
+        .await
+        .expect("still there");
+    assert_eq!(s.name, "Keep");
+    let mode: String = rusqlite::Connection::open(&path)
+        .expect("raw")
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal mode");
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_a_newer_loom_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("future.db");
+    drop(open(&path).await.expect("create"));
+    rusqlite::Connection::open(&path)
+        .expect("raw")
+        .execute(
+            "INSERT INTO loom_migrations (version, applied_at) VALUES (99, 0)",
+            [],
+        )
+        .expect("pretend to be newer");
+    let err = open(&path).await.expect_err("refused");
+    assert!(matches!(err, StorageError::Incompatible(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("future.db") && msg.contains("99") && msg.contains("newer"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_sqlite_is_refused_by_name_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notes.txt");
+    let text = "these are not the bytes of a database\n".repeat(200);
+    std::fs::write(&path, &text).expect("write");
+    let err = open(&path).await.expect_err("refused");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("notes.txt") && msg.contains("not a SQLite database"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        text,
+        "the file is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_that_is_not_loom_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("other.db");
+    rusqlite::Connection::open(&path)
+        .expect("raw")
+        .execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        .expect("someone else's schema");
+    let err = open(&path).await.expect_err("refused");
+    assert!(matches!(err, StorageError::Incompatible(_)), "{err}");
+    assert!(err.to_string().contains("not a Loom database"), "{err}");
+    let tables: i64 = rusqlite::Connection::open(&path)
+        .expect("raw")
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(tables, 1, "nothing was added to the foreign database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("no").join("such").join("loom.db");
+    let err = open(&path).await.expect_err("no directory");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("does not exist") && msg.contains("such"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("no").exists(), "nothing was created");
+    // A parent that is a file, not a directory.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").expect("write");
+    let err = open(&file.join("loom.db"))
+        .await
+        .expect_err("parent is a file");
+    assert!(err.to_string().contains("plain"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_page_is_reported_as_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("damaged.db");
+    {
+        let store = open(&path).await.expect("create");
+        for i in 0..300 {
+            store
+                .create_workflow(&WorkflowId::new(format!("wf-{i:04}")), started("Big"))
+                .await
+                .expect("create");
+        }
+    }
+    // Checkpoint the WAL into the main file so the damage lands on real pages.
+    rusqlite::Connection::open(&path)
+        .expect("raw")
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open file");
+    let len = f.seek(SeekFrom::End(0)).expect("len");
+    assert!(
+        len > 16 * 4096,
+        "the database spans many pages ({len} bytes)"
+    );
+    // Overwrite every page after the first two with garbage.
+    let mut page = 2 * 4096;
+    while page < len {
+        f.seek(SeekFrom::Start(page)).expect("seek");
+        f.write_all(&[0xA5; 4096]).expect("scribble");
+        page += 4096;
+    }
+    f.sync_all().expect("sync");
+    let mut first = [0u8; 16];
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.read_exact(&mut first).expect("read header");
+    assert_eq!(&first, b"SQLite format 3\0", "the header still says SQLite");
+    let outcome = async {
+        let store = open(&path).await?;
+        store.list(&ListQuery::default()).await.map(drop)
+    }
+    .await;
+    let err = outcome.expect_err("damage is detected");
+    assert!(
+        matches!(
+            err,
+            StorageError::Corrupt { .. } | StorageError::Incompatible(_)
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("damaged.db"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_request_in_a_batch_does_not_undo_the_others() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(open(&dir.path().join("batch.db")).await.expect("open"));
+    store
+        .create_workflow(&WorkflowId::new("taken"), started("First"))
+        .await
+        .expect("create");
+    // Many writes at once, so that they share transactions, one of them bound to fail.
+    let mut handles = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let id = if i == 31 {
+                "taken".to_owned()
+            } else {
+                format!("wf-{i}")
+            };
+            store
+                .create_workflow(&WorkflowId::new(id), started("Second"))
+                .await
+        }));
+    }
+    let mut failures = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.await.expect("task") {
+            Ok(()) => assert_ne!(i, 31),
+            Err(StorageError::AlreadyExists { .. }) => {
+                assert_eq!(i, 31);
+                failures += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(failures, 1);
+    let page = store
+        .list(&ListQuery {
+            limit: 1_000,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 64);
+    let taken = store
+        .describe(&WorkflowId::new("taken"))
+        .await
+        .expect("describe");
+    assert_eq!(taken.name, "First", "the failed duplicate changed nothing");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.events, 64);
+    assert_eq!(stats.workflow_tasks_ready, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_durability_mode_works_the_same() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SqliteOptions {
+        durability: Durability::Fast,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStorage::open(dir.path().join("fast.db"), options)
+        .await
+        .expect("open");
+    store
+        .create_workflow(&WorkflowId::new("wf"), started("Fast"))
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .claim_workflow_tasks(&ClaimRequest::new("w", 5, Duration::from_secs(5)))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+}
+
+// ---- two processes ----
+
+fn probe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loom-sqlite-probe"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_claiming_from_one_file_never_share_a_task() {
+    const N: usize = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shared.db");
+    let store = open(&path).await.expect("open");
+    for i in 0..N {
+        store
+            .create_workflow(&WorkflowId::new(format!("wf-{i:03}")), started("Shared"))
+            .await
+            .expect("create");
+    }
+    let mut child = probe()
+        .args(["claim", path.to_str().expect("utf-8 path"), "child"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the second process");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert_eq!(first, "ready", "the child opened the file");
+    let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
+    // This process claims too, at the same time, one task per claim.
+    let mut mine = Vec::new();
+    let req = ClaimRequest::new("parent", 1, Duration::from_secs(600));
+    let mut empty = 0;
+    while empty < 3 {
+        let tasks = store.claim_workflow_tasks(&req).await.expect("claim");
+        if tasks.is_empty() {
+            empty += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            empty = 0;
+        }
+        mine.extend(tasks.into_iter().map(|t| t.workflow_id.to_string()));
+        // Leave the other process room: SQLite's busy handler sleeps between tries, so a
+        // writer that takes the lock back at once can starve it (fairness, not safety).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let theirs = reader.join().expect("reader");
+    let out = child.wait_with_output().expect("child finishes");
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: Vec<&String> = mine.iter().chain(theirs.iter()).collect();
+    let unique: BTreeSet<&String> = all.iter().copied().collect();
+    assert_eq!(
+        all.len(),
+        unique.len(),
+        "a task was claimed by both processes"
+    );
+    assert_eq!(unique.len(), N, "every task was claimed by one of them");
+    assert!(!theirs.is_empty(), "the second process took part");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_batch_loses_only_unacknowledged_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("crash.db");
+    drop(open(&path).await.expect("create"));
+    let mut acked = BTreeSet::new();
+    for round in 0..5 {
+        let mut child = probe()
+            .args([
+                "write",
+                path.to_str().expect("utf-8 path"),
+                &format!("r{round}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the writer");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        // Let it run for a varying number of acknowledgements, then SIGKILL it mid-stream.
+        let target = 20 + round * 37;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked
+            .iter()
+            .filter(|id: &&String| id.starts_with(&format!("r{round}-")))
+            .count()
+            < target
+        {
+            assert!(Instant::now() < deadline, "the writer made no progress");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(id) = line.strip_prefix("ack ") {
+                        acked.insert(id.to_owned());
+                    }
+                }
+                _ => break,
+            }
+        }
+        child.kill().expect("SIGKILL");
+        // Lines printed before the kill landed are acknowledgements too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(id) = line.strip_prefix("ack ") {
+                acked.insert(id.to_owned());
+            }
+        }
+        child.wait().expect("reap");
+    }
+    let raw = rusqlite::Connection::open(&path).expect("raw");
+    let check: String = raw
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+    drop(raw);
+    let store = open(&path).await.expect("reopen after the crashes");
+    for id in &acked {
+        let history = store
+            .load_history(&WorkflowId::new(id.clone()), Seq::ZERO)
+            .await
+            .expect("an acknowledged workflow survives");
+        assert_eq!(history.len(), 11, "{id}: every acknowledged event survives");
+    }
+    let all = store
+        .list(&ListQuery {
+            limit: 100_000,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(all.items.len() >= acked.len());
+    for s in &all.items {
+        let history = store.load_history(&s.id, Seq::ZERO).await.expect("history");
+        assert!(
+            history.len() == 1 || history.len() == 11,
+            "{}: a half-written append ({} events)",
+            s.id,
+            history.len()
+        );
+        assert_eq!(
+            s.last_seq.get() as usize,
+            history.len(),
+            "{}: summary and history agree",
+            s.id
+        );
+    }
+}
