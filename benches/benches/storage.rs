@@ -84,7 +84,9 @@ fn backends() -> Vec<Backend> {
 
 /// Creates `n` workflows named `{prefix}-{i}`.
 async fn create_many(store: &Arc<dyn Storage>, prefix: &str, n: usize) -> Vec<WorkflowId> {
-    let ids: Vec<WorkflowId> = (0..n).map(|i| WorkflowId::new(format!("{prefix}-{i}"))).collect();
+    let ids: Vec<WorkflowId> = (0..n)
+        .map(|i| WorkflowId::new(format!("{prefix}-{i}")))
+        .collect();
     for chunk in ids.chunks(CONCURRENCY) {
         let futs: Vec<_> = chunk
             .iter()
@@ -108,7 +110,9 @@ fn storage(c: &mut Criterion) {
     for backend in backends() {
         let name = backend.name;
         let mut group = c.benchmark_group(format!("storage/{name}"));
-        group.sample_size(20).measurement_time(Duration::from_secs(4));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(4));
 
         // One caller: every append waits for its own commit.
         for events in [1u64, 10] {
@@ -205,8 +209,13 @@ fn storage(c: &mut Criterion) {
                             .map(|w| {
                                 let store = store.clone();
                                 async move {
-                                    let req = ClaimRequest::new(format!("w{w}"), 1, Duration::from_secs(60));
-                                    let tasks = store.claim_workflow_tasks(&req).await.expect("claim");
+                                    let req = ClaimRequest::new(
+                                        format!("w{w}"),
+                                        1,
+                                        Duration::from_secs(60),
+                                    );
+                                    let tasks =
+                                        store.claim_workflow_tasks(&req).await.expect("claim");
                                     for t in tasks {
                                         store
                                             .complete_workflow_task(WorkflowTaskCompletion {

@@ -2,10 +2,10 @@
 //! where durability across restarts is not needed.
 //!
 //! All state sits behind one mutex, held only for in-memory work and never across an await.
-//! Queries scan their tables; that is fine for tests and small embedded uses, and the
-//! database backends carry the indexes that large queues need.
+//! Claims read an ordered index of ready tasks, so they cost O(batch) however many workflows
+//! wait; listing and stats scan (they are rare, and the database backends index them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +36,10 @@ struct State {
     counter: u64,
     workflows: BTreeMap<WorkflowId, WorkflowRecord>,
     tasks: BTreeMap<TaskId, TaskRecord>,
+    /// Every task with a `visible_at`, by kind (workflow tasks first) and time: the claim
+    /// index. Kept in step with `TaskRecord::visible_at` by `insert_task`, `set_visible` and
+    /// `remove_task`, the only writers of that field.
+    ready: [BTreeSet<(Timestamp, TaskId)>; 2],
     events: u64,
 }
 
@@ -45,11 +49,14 @@ struct WorkflowRecord {
     messages: BTreeMap<MessageId, Message>,
     logs: Vec<LogRecord>,
     task: TaskId,
+    activities: BTreeSet<TaskId>,
 }
 
 struct TaskRecord {
     kind: TaskKind,
-    /// When it may be claimed; `None`: not runnable (a workflow waiting for messages).
+    /// When it may be claimed; `None`: not runnable (a workflow waiting for messages). While
+    /// a lease is held this is the lease's expiry, so a lapsed lease makes the task claimable
+    /// again without anyone touching it.
     visible_at: Option<Timestamp>,
     lease: Option<HeldLease>,
     deliveries: u32,
@@ -78,11 +85,21 @@ struct ActivityRecord {
 impl TaskRecord {
     fn is_claimable(&self, now: Timestamp) -> bool {
         self.visible_at.is_some_and(|t| t <= now)
-            && self.lease.as_ref().is_none_or(|l| l.expires_at <= now)
     }
 
     fn is_running(&self, now: Timestamp) -> bool {
-        self.lease.as_ref().is_some_and(|l| l.expires_at > now)
+        self.live_lease(now).is_some()
+    }
+
+    fn live_lease(&self, now: Timestamp) -> Option<&HeldLease> {
+        self.lease.as_ref().filter(|l| l.expires_at > now)
+    }
+
+    fn slot(&self) -> usize {
+        match self.kind {
+            TaskKind::Workflow(_) => 0,
+            TaskKind::Activity(_) => 1,
+        }
     }
 }
 
@@ -150,7 +167,44 @@ impl State {
         }
     }
 
-    fn post(&mut self, id: &WorkflowId, kind: EventKind, visible_at: Timestamp) {
+    fn insert_task(&mut self, kind: TaskKind, visible_at: Option<Timestamp>) -> TaskId {
+        let id = TaskId(self.next());
+        let task = TaskRecord {
+            kind,
+            visible_at,
+            lease: None,
+            deliveries: 0,
+        };
+        if let Some(v) = visible_at {
+            self.ready[task.slot()].insert((v, id));
+        }
+        self.tasks.insert(id, task);
+        id
+    }
+
+    fn set_visible(&mut self, id: TaskId, visible_at: Option<Timestamp>) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let slot = task.slot();
+        if let Some(old) = task.visible_at {
+            self.ready[slot].remove(&(old, id));
+        }
+        task.visible_at = visible_at;
+        if let Some(v) = visible_at {
+            self.ready[slot].insert((v, id));
+        }
+    }
+
+    fn remove_task(&mut self, id: TaskId) {
+        if let Some(task) = self.tasks.remove(&id) {
+            if let Some(v) = task.visible_at {
+                self.ready[task.slot()].remove(&(v, id));
+            }
+        }
+    }
+
+    fn post(&mut self, id: &WorkflowId, kind: EventKind, visible_at: Timestamp, now: Timestamp) {
         let message_id = MessageId(self.next());
         let Some(wf) = self.workflows.get_mut(id) else {
             return;
@@ -163,22 +217,25 @@ impl State {
                 visible_at,
             },
         );
-        if let Some(task) = self.tasks.get_mut(&wf.task) {
-            task.visible_at = Some(task.visible_at.map_or(visible_at, |t| t.min(visible_at)));
-        }
+        let task_id = wf.task;
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        // A leased task stays invisible until its lease lapses or its holder commits.
+        let due = match task.live_lease(now) {
+            Some(l) => visible_at.max(l.expires_at),
+            None => visible_at,
+        };
+        let next = task.visible_at.map_or(due, |t| t.min(due));
+        self.set_visible(task_id, Some(next));
     }
 
     fn add_activity(&mut self, record: ActivityRecord, visible_at: Timestamp) {
-        let id = TaskId(self.next());
-        self.tasks.insert(
-            id,
-            TaskRecord {
-                kind: TaskKind::Activity(record),
-                visible_at: Some(visible_at),
-                lease: None,
-                deliveries: 0,
-            },
-        );
+        let workflow = record.workflow_id.clone();
+        let id = self.insert_task(TaskKind::Activity(record), Some(visible_at));
+        if let Some(wf) = self.workflows.get_mut(&workflow) {
+            wf.activities.insert(id);
+        }
     }
 
     /// Validates an append without changing anything.
@@ -224,7 +281,7 @@ impl State {
             self.add_activity(record, now);
         }
         for t in &plan.timers {
-            self.post(id, t.message(), t.fire_at);
+            self.post(id, t.message(), t.fire_at, now);
         }
         if let Some(end) = plan.terminal {
             let Some(wf) = self.workflows.get_mut(id) else {
@@ -236,41 +293,48 @@ impl State {
             wf.summary.pause_reason = None;
             wf.summary.closed_at = Some(now);
             wf.messages.clear();
-            let workflow_task = wf.task;
-            self.tasks.retain(|task_id, task| match &task.kind {
-                TaskKind::Activity(a) => a.workflow_id != *id,
-                TaskKind::Workflow(_) => *task_id != workflow_task,
-            });
+            let doomed: Vec<TaskId> = std::mem::take(&mut wf.activities)
+                .into_iter()
+                .chain([wf.task])
+                .collect();
+            for task in doomed {
+                self.remove_task(task);
+            }
         }
     }
 
-    /// Makes a workflow's task ready at its earliest message, or not ready if it has none.
-    fn refresh(&mut self, id: &WorkflowId) {
+    /// Makes an unleased workflow task ready at its earliest message, or not ready if it has
+    /// none. A leased one is left alone: its holder's commit refreshes it.
+    fn refresh(&mut self, id: &WorkflowId, now: Timestamp) {
         let Some(wf) = self.workflows.get(id) else {
             return;
         };
         let earliest = wf.messages.values().map(|m| m.visible_at).min();
-        if let Some(task) = self.tasks.get_mut(&wf.task) {
-            task.visible_at = earliest;
+        let task = wf.task;
+        if self
+            .tasks
+            .get(&task)
+            .is_some_and(|t| t.live_lease(now).is_none())
+        {
+            self.set_visible(task, earliest);
         }
     }
 
     fn claimable(&self, now: Timestamp, max: usize, workflow: bool) -> Vec<TaskId> {
-        let mut ready: Vec<(Timestamp, TaskId)> = self
-            .tasks
+        let slot = usize::from(!workflow);
+        self.ready[slot]
             .iter()
-            .filter(|(_, t)| matches!(t.kind, TaskKind::Workflow(_)) == workflow)
-            .filter(|(_, t)| t.is_claimable(now))
-            .filter_map(|(id, t)| t.visible_at.map(|v| (v, *id)))
-            .collect();
-        ready.sort();
-        ready.into_iter().take(max).map(|(_, id)| id).collect()
+            .take_while(|(v, _)| *v <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     fn lease(&mut self, id: TaskId, now: Timestamp, duration: Duration) -> Option<(Lease, u32)> {
         let token = self.next();
-        let task = self.tasks.get_mut(&id)?;
         let expires_at = now.saturating_add(duration);
+        self.set_visible(id, Some(expires_at));
+        let task = self.tasks.get_mut(&id)?;
         task.lease = Some(HeldLease { token, expires_at });
         task.deliveries += 1;
         Some((
@@ -327,16 +391,7 @@ impl Storage for MemoryStorage {
             pause_reason: None,
             progress: None,
         };
-        let task = TaskId(st.next());
-        st.tasks.insert(
-            task,
-            TaskRecord {
-                kind: TaskKind::Workflow(id.clone()),
-                visible_at: Some(now),
-                lease: None,
-                deliveries: 0,
-            },
-        );
+        let task = st.insert_task(TaskKind::Workflow(id.clone()), Some(now));
         st.events += 1;
         st.workflows.insert(
             id.clone(),
@@ -346,6 +401,7 @@ impl Storage for MemoryStorage {
                 messages: BTreeMap::new(),
                 logs: Vec::new(),
                 task,
+                activities: BTreeSet::new(),
             },
         );
         Ok(())
@@ -361,13 +417,7 @@ impl Storage for MemoryStorage {
         let mut st = self.lock();
         st.check_append(id, expected_last_seq, &events)?;
         st.apply_append(id, events, now);
-        if !st.workflow(id)?.summary.status.is_terminal() {
-            // Keep a leased task's readiness as it is; otherwise follow the messages.
-            let task = st.workflow(id)?.task;
-            if st.tasks.get(&task).is_some_and(|t| t.lease.is_none()) {
-                st.refresh(id);
-            }
-        }
+        st.refresh(id, now);
         Ok(())
     }
 
@@ -448,7 +498,7 @@ impl Storage for MemoryStorage {
             task.lease = None;
             task.deliveries = 0;
         }
-        st.refresh(&c.workflow_id);
+        st.refresh(&c.workflow_id, now);
         Ok(())
     }
 
@@ -496,8 +546,11 @@ impl Storage for MemoryStorage {
                 record.activity_id, record.attempt
             )));
         }
-        st.tasks.remove(&c.lease.task);
-        st.post(&record.workflow_id, c.result, now);
+        st.remove_task(c.lease.task);
+        if let Some(wf) = st.workflows.get_mut(&record.workflow_id) {
+            wf.activities.remove(&c.lease.task);
+        }
+        st.post(&record.workflow_id, c.result, now, now);
         if let Some(at) = retry_at {
             let next = ActivityRecord {
                 attempt: attempt + 1,
@@ -516,6 +569,7 @@ impl Storage for MemoryStorage {
         if let Some(held) = task.lease.as_mut() {
             held.expires_at = expires_at;
         }
+        st.set_visible(lease.task, Some(expires_at));
         Ok(Lease {
             expires_at,
             ..*lease
@@ -528,11 +582,11 @@ impl Storage for MemoryStorage {
         let task = st.held(lease, now)?;
         task.lease = None;
         task.deliveries = 0;
-        task.visible_at = Some(release.visible_at.unwrap_or(now));
         let workflow = match &task.kind {
             TaskKind::Workflow(id) => Some(id.clone()),
             TaskKind::Activity(_) => None,
         };
+        st.set_visible(lease.task, Some(release.visible_at.unwrap_or(now)));
         if let (Some(id), Some(reason)) = (workflow, release.pause) {
             if let Some(wf) = st.workflows.get_mut(&id) {
                 wf.summary.status = WorkflowStatus::Paused;
@@ -551,7 +605,7 @@ impl Storage for MemoryStorage {
             name: name.to_owned(),
             payload,
         };
-        st.post(id, kind, now);
+        st.post(id, kind, now, now);
         Ok(())
     }
 
@@ -559,7 +613,7 @@ impl Storage for MemoryStorage {
         let now = self.clock.now();
         let mut st = self.lock();
         st.signal_target(id)?;
-        st.post(id, EventKind::CancelRequested { reason }, now);
+        st.post(id, EventKind::CancelRequested { reason }, now, now);
         Ok(())
     }
 
