@@ -56,9 +56,12 @@ fn step(seq: u64) -> Event {
     }
 }
 
+/// Opens a fresh, empty store of one backend.
+type Open = Box<dyn Fn(&Runtime) -> Arc<dyn Storage>>;
+
 struct Backend {
     name: &'static str,
-    open: Box<dyn Fn(&Runtime) -> Arc<dyn Storage>>,
+    open: Open,
 }
 
 fn backends() -> Vec<Backend> {
