@@ -1,0 +1,321 @@
+//! The client API: start workflows, follow them, signal and cancel them, from any process.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_core::{
+    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Registry, Seq, Workflow, WorkflowId,
+};
+use loom_storage::{
+    Clock, ListQuery, Page, Storage, StorageError, SystemClock, WorkflowStatus, WorkflowSummary,
+};
+use tokio::sync::Notify;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The storage call failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A workflow with this id exists, with another type or input, so this start is not a
+    /// repeat of that one.
+    #[error("a different workflow already has id {0:?}")]
+    IdInUse(WorkflowId),
+    /// The input or output does not match the workflow's types.
+    #[error("{0}")]
+    Payload(String),
+    /// No workflow type of this name is registered.
+    #[error("unknown workflow {name:?}; registered: {known}")]
+    UnknownWorkflow {
+        /// The name asked for.
+        name: String,
+        /// The names that are registered, comma-separated.
+        known: String,
+    },
+    /// The workflow failed.
+    #[error("workflow {id:?} failed: {failure}")]
+    Failed {
+        /// The workflow.
+        id: WorkflowId,
+        /// Its error.
+        failure: Failure,
+    },
+    /// The workflow was cancelled.
+    #[error("workflow {0:?} was cancelled")]
+    Cancelled(WorkflowId),
+    /// Waiting for the result took longer than asked.
+    #[error("workflow {0:?} did not finish in time")]
+    Timeout(WorkflowId),
+}
+
+/// Options for starting a workflow.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// The workflow's id; a random UUID when `None`. Starting again with the same id, type and
+    /// input returns the existing workflow instead of starting a second one.
+    pub id: Option<WorkflowId>,
+}
+
+impl StartOptions {
+    /// Start with this id.
+    pub fn id(id: impl Into<WorkflowId>) -> Self {
+        StartOptions {
+            id: Some(id.into()),
+        }
+    }
+}
+
+/// A started workflow of type `W`.
+#[derive(Clone)]
+pub struct WorkflowHandle<W> {
+    client: Client,
+    id: WorkflowId,
+    _type: PhantomData<fn() -> W>,
+}
+
+impl<W: Workflow> WorkflowHandle<W> {
+    /// The workflow's id.
+    pub fn id(&self) -> &WorkflowId {
+        &self.id
+    }
+
+    /// Waits for the workflow to end and returns its typed output.
+    pub async fn result(&self) -> Result<W::Output, ClientError> {
+        let summary = self.client.wait(&self.id, None).await?;
+        typed_output::<W>(summary)
+    }
+
+    /// Like [`result`](Self::result), giving up after `timeout`.
+    pub async fn result_within(&self, timeout: Duration) -> Result<W::Output, ClientError> {
+        let summary = self.client.wait(&self.id, Some(timeout)).await?;
+        typed_output::<W>(summary)
+    }
+}
+
+fn typed_output<W: Workflow>(summary: WorkflowSummary) -> Result<W::Output, ClientError> {
+    match summary.status {
+        WorkflowStatus::Completed => summary
+            .output
+            .unwrap_or(Payload::NULL)
+            .decode()
+            .map_err(|e| ClientError::Payload(format!("the output of {:?}: {e}", summary.id))),
+        WorkflowStatus::Failed => Err(ClientError::Failed {
+            id: summary.id,
+            failure: summary
+                .failure
+                .unwrap_or_else(|| Failure::new("unknown", "no error was recorded")),
+        }),
+        _ => Err(ClientError::Cancelled(summary.id)),
+    }
+}
+
+/// Starts, follows, signals and cancels workflows on a [`Storage`]. Cheap to clone.
+///
+/// A client needs no worker in its process: a workflow started here runs on any worker that
+/// shares the storage. A client made by [`Worker::client`](crate::Worker::client) also wakes
+/// that worker at once when it starts or signals a workflow.
+#[derive(Clone)]
+pub struct Client {
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    wake: Option<Arc<Notify>>,
+    finished: Option<Arc<Notify>>,
+}
+
+impl Client {
+    /// A client on `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Client {
+            storage,
+            clock: Arc::new(SystemClock),
+            wake: None,
+            finished: None,
+        }
+    }
+
+    pub(crate) fn with_notifiers(mut self, wake: Arc<Notify>, finished: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self.finished = Some(finished);
+        self
+    }
+
+    /// The storage this client uses.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Starts workflow `W` with `input`. Idempotent on the id: starting the same type with the
+    /// same input under an existing id returns the existing workflow; anything else under that
+    /// id is [`ClientError::IdInUse`].
+    pub async fn start<W: Workflow>(
+        &self,
+        input: &W::Input,
+        options: StartOptions,
+    ) -> Result<WorkflowHandle<W>, ClientError> {
+        let input = Payload::encode(input).map_err(|e| ClientError::Payload(e.to_string()))?;
+        let id = self
+            .start_erased(W::NAME, W::VERSION, input, options)
+            .await?;
+        Ok(WorkflowHandle {
+            client: self.clone(),
+            id,
+            _type: PhantomData,
+        })
+    }
+
+    /// Starts a workflow by name with a JSON input, checking both against `registry`: the way
+    /// a command line or another language starts workflows.
+    pub async fn start_by_name(
+        &self,
+        registry: &Registry,
+        name: &str,
+        input: Payload,
+        options: StartOptions,
+    ) -> Result<WorkflowId, ClientError> {
+        let Some(def) = registry.workflow(name) else {
+            return Err(ClientError::UnknownWorkflow {
+                name: name.to_owned(),
+                known: registry.workflow_names().collect::<Vec<_>>().join(", "),
+            });
+        };
+        def.check_input(&input).map_err(|e| {
+            ClientError::Payload(format!("the input does not fit workflow {name}: {e}"))
+        })?;
+        self.start_erased(def.name(), def.version(), input, options)
+            .await
+    }
+
+    async fn start_erased(
+        &self,
+        name: &str,
+        version: u32,
+        input: Payload,
+        options: StartOptions,
+    ) -> Result<WorkflowId, ClientError> {
+        let id = options
+            .id
+            .unwrap_or_else(|| WorkflowId::new(uuid::Uuid::new_v4().to_string()));
+        let started = Event {
+            seq: Seq::FIRST,
+            at: self.clock.now(),
+            kind: EventKind::WorkflowStarted {
+                name: name.to_owned(),
+                version,
+                input: input.clone(),
+                format: HISTORY_FORMAT,
+            },
+        };
+        match self.storage.create_workflow(&id, started).await {
+            Ok(()) => {
+                if let Some(wake) = &self.wake {
+                    wake.notify_one();
+                }
+                Ok(id)
+            }
+            Err(StorageError::AlreadyExists { .. }) => {
+                let existing = self.storage.describe(&id).await?;
+                if existing.name == name && existing.input == input {
+                    Ok(id)
+                } else {
+                    Err(ClientError::IdInUse(id))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A handle on an existing workflow of type `W`.
+    pub fn handle<W: Workflow>(&self, id: impl Into<WorkflowId>) -> WorkflowHandle<W> {
+        WorkflowHandle {
+            client: self.clone(),
+            id: id.into(),
+            _type: PhantomData,
+        }
+    }
+
+    /// The workflow's summary.
+    pub async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary, ClientError> {
+        Ok(self.storage.describe(id).await?)
+    }
+
+    /// The workflow's status.
+    pub async fn status(&self, id: &WorkflowId) -> Result<WorkflowStatus, ClientError> {
+        Ok(self.storage.describe(id).await?.status)
+    }
+
+    /// The workflow's history.
+    pub async fn history(&self, id: &WorkflowId) -> Result<Vec<Event>, ClientError> {
+        Ok(self.storage.load_history(id, Seq::ZERO).await?)
+    }
+
+    /// Waits until the workflow ends (or `timeout` passes) and returns its summary, whatever
+    /// the ending.
+    pub async fn wait(
+        &self,
+        id: &WorkflowId,
+        timeout: Option<Duration>,
+    ) -> Result<WorkflowSummary, ClientError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut pause = Duration::from_millis(2);
+        loop {
+            // Register interest before looking, so an ending between the look and the wait
+            // still wakes us.
+            let finished = self.finished.clone();
+            let notified = finished.as_ref().map(|n| n.notified());
+            let summary = self.storage.describe(id).await?;
+            if summary.status.is_terminal() {
+                return Ok(summary);
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Err(ClientError::Timeout(id.clone()));
+            }
+            let sleep = tokio::time::sleep(pause);
+            match notified {
+                Some(n) => {
+                    tokio::select! {
+                        () = n => {}
+                        () = sleep => {}
+                    }
+                }
+                None => sleep.await,
+            }
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Sends a signal; it waits in storage until the workflow consumes it.
+    pub async fn signal(
+        &self,
+        id: &WorkflowId,
+        name: &str,
+        payload: Payload,
+    ) -> Result<(), ClientError> {
+        self.storage.signal(id, name, payload).await?;
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks a workflow to cancel; its code sees the request as a cancellation error.
+    pub async fn cancel(&self, id: &WorkflowId, reason: Option<String>) -> Result<(), ClientError> {
+        self.storage.request_cancel(id, reason).await?;
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Lists workflows, newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page<WorkflowSummary>, ClientError> {
+        Ok(self.storage.list(query).await?)
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}

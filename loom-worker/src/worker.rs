@@ -1,0 +1,830 @@
+//! The worker: claims tasks, runs them, commits their results, and keeps its leases alive.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use loom_core::{
+    Activation, ActivityContext, ActivityInfo, EventKind, Failure, LogLevel, Registry, Seq,
+    WorkflowId, WorkflowMachine,
+};
+use loom_storage::{
+    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, Lease, Release, Storage,
+    StorageError, SystemClock, TaskId, WorkflowTask, WorkflowTaskCompletion,
+};
+use lru::LruCache;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::client::Client;
+
+/// How a worker behaves. `Default` suits most uses; tests shorten the times.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// This worker's name in leases and logs.
+    pub id: String,
+    /// Workflow tasks run at once.
+    pub workflow_concurrency: usize,
+    /// Activity attempts run at once.
+    pub activity_concurrency: usize,
+    /// How long to wait between polls when no work is known; local work wakes the worker at
+    /// once, so this only bounds how late work from other processes is noticed.
+    pub poll_interval: Duration,
+    /// The lease taken on each task; renewed at a third of it while the task runs.
+    pub lease: Duration,
+    /// On shutdown, how long running tasks may take before they are cancelled and their
+    /// leases released.
+    pub shutdown_grace: Duration,
+    /// Workflows kept in memory between tasks (sticky execution); 0 disables the cache.
+    pub cache_capacity: usize,
+    /// How long a paused workflow (non-determinism, a panic, an unknown type) waits before it
+    /// is tried again.
+    pub pause_retry: Duration,
+    /// A task handed out more times than this without completing (it crashed or hung its
+    /// workers each time) is parked: a workflow is paused, an activity attempt fails.
+    pub max_deliveries: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: format!(
+                "worker-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().to_string()[..8]
+            ),
+            workflow_concurrency: 8,
+            activity_concurrency: 32,
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            cache_capacity: 10_000,
+            pause_retry: Duration::from_secs(60),
+            max_deliveries: 5,
+        }
+    }
+}
+
+/// Counters of a worker's work so far.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    /// Workflow tasks committed.
+    pub workflow_tasks: AtomicU64,
+    /// Workflow tasks that could not be decided (non-determinism, panic) and paused the run.
+    pub workflow_tasks_paused: AtomicU64,
+    /// Workflows that ended while this worker ran them.
+    pub workflows_finished: AtomicU64,
+    /// Activity attempts that succeeded.
+    pub activities_completed: AtomicU64,
+    /// Activity attempts that failed or timed out (retried or not).
+    pub activities_failed: AtomicU64,
+    /// Commits refused because the lease was lost or the history moved on.
+    pub commits_refused: AtomicU64,
+    /// Machines reused from the sticky cache.
+    pub cache_hits: AtomicU64,
+    /// Histories loaded and replayed because no current machine was cached.
+    pub cache_misses: AtomicU64,
+    /// Tasks running now.
+    pub running: AtomicI64,
+}
+
+impl WorkerMetrics {
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            workflow_tasks: get(&self.workflow_tasks),
+            workflow_tasks_paused: get(&self.workflow_tasks_paused),
+            workflows_finished: get(&self.workflows_finished),
+            activities_completed: get(&self.activities_completed),
+            activities_failed: get(&self.activities_failed),
+            commits_refused: get(&self.commits_refused),
+            cache_hits: get(&self.cache_hits),
+            cache_misses: get(&self.cache_misses),
+            running: self.running.load(Ordering::Relaxed).max(0).unsigned_abs(),
+        }
+    }
+}
+
+/// The counters of [`WorkerMetrics`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[expect(
+    missing_docs,
+    reason = "the fields mirror WorkerMetrics, documented there"
+)]
+pub struct MetricsSnapshot {
+    pub workflow_tasks: u64,
+    pub workflow_tasks_paused: u64,
+    pub workflows_finished: u64,
+    pub activities_completed: u64,
+    pub activities_failed: u64,
+    pub commits_refused: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub running: u64,
+}
+
+/// Runs workflows and activities from a [`Storage`]. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    registry: Registry,
+    config: WorkerConfig,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<WorkerMetrics>,
+    /// Wakes the workflow loop: a message arrived for some workflow in this process.
+    workflow_work: Arc<Notify>,
+    /// Wakes the activity loop: a workflow task scheduled activities.
+    activity_work: Notify,
+    /// Wakes clients waiting for results: some workflow ended.
+    finished: Arc<Notify>,
+    cache: Mutex<Option<LruCache<WorkflowId, WorkflowMachine>>>,
+    /// Leases of the tasks running now, kept current by renewal, released on shutdown.
+    leases: Mutex<BTreeMap<TaskId, Lease>>,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The worker was asked to run with a registry that has no workflow types.
+    #[error("no workflow types are registered")]
+    EmptyRegistry,
+}
+
+impl Worker {
+    /// A worker for the types in `registry`, on `storage`, with the default configuration.
+    pub fn new(storage: Arc<dyn Storage>, registry: Registry) -> Self {
+        Self::with_config(storage, registry, WorkerConfig::default())
+    }
+
+    /// A worker with an explicit configuration.
+    pub fn with_config(
+        storage: Arc<dyn Storage>,
+        registry: Registry,
+        config: WorkerConfig,
+    ) -> Self {
+        let cache = NonZeroUsize::new(config.cache_capacity).map(LruCache::new);
+        Worker {
+            shared: Arc::new(Shared {
+                storage,
+                registry,
+                clock: Arc::new(SystemClock),
+                metrics: Arc::new(WorkerMetrics::default()),
+                workflow_work: Arc::new(Notify::new()),
+                activity_work: Notify::new(),
+                finished: Arc::new(Notify::new()),
+                cache: Mutex::new(cache),
+                leases: Mutex::new(BTreeMap::new()),
+                config,
+            }),
+        }
+    }
+
+    /// A client on the same storage that wakes this worker as soon as it starts or signals a
+    /// workflow, and is woken as soon as this worker ends one.
+    pub fn client(&self) -> Client {
+        Client::new(self.shared.storage.clone()).with_notifiers(
+            self.shared.workflow_work.clone(),
+            self.shared.finished.clone(),
+        )
+    }
+
+    /// The worker's counters.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.shared.config
+    }
+
+    /// Drops every cached machine, so the next task of each workflow replays its history.
+    pub fn clear_cache(&self) {
+        if let Some(cache) = self.shared.cache_guard().as_mut() {
+            cache.clear();
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then stops claiming, lets running tasks finish for up
+    /// to the configured grace period, cancels the rest and releases their leases so that
+    /// another worker can take them at once.
+    pub async fn run(
+        &self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<MetricsSnapshot, WorkerError> {
+        if self.shared.registry.workflow_names().next().is_none() {
+            return Err(WorkerError::EmptyRegistry);
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workflows = tokio::spawn(self.shared.clone().workflow_loop(stop_rx.clone()));
+        let activities = tokio::spawn(self.shared.clone().activity_loop(stop_rx));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        self.shared.workflow_work.notify_one();
+        self.shared.activity_work.notify_one();
+        for handle in [workflows, activities] {
+            if let Err(e) = handle.await {
+                warn!(error = %e, "a worker loop ended abnormally");
+            }
+        }
+        Ok(self.shared.metrics.snapshot())
+    }
+
+    /// Runs until no task is ready, running, or due within `horizon`: for scripts and tests.
+    pub async fn run_until_idle(&self, horizon: Duration) -> Result<MetricsSnapshot, WorkerError> {
+        let shared = self.shared.clone();
+        let idle = async move {
+            let mut quiet = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if shared.is_idle(horizon).await {
+                    quiet += 1;
+                    // Two looks in a row, so work committed between them is seen.
+                    if quiet >= 2 {
+                        return;
+                    }
+                } else {
+                    quiet = 0;
+                }
+            }
+        };
+        self.run(idle).await
+    }
+}
+
+/// A future that resolves on Ctrl-C or, on Unix, SIGTERM: pass it to [`Worker::run`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Exponential backoff for storage errors: the database going away is waited out, never
+/// turned into a workflow failure.
+struct Backoff(Duration);
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff(Self::START)
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::START;
+    }
+}
+
+impl Shared {
+    fn cache_guard(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<LruCache<WorkflowId, WorkflowMachine>>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn is_idle(&self, horizon: Duration) -> bool {
+        if self.metrics.running.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        let Ok(stats) = self.storage.stats().await else {
+            return false;
+        };
+        let soon = self.clock.now().saturating_add(horizon);
+        stats.workflow_tasks_ready == 0
+            && stats.activity_tasks_ready == 0
+            && stats.workflow_tasks_running == 0
+            && stats.activity_tasks_running == 0
+            && stats.next_due_at.is_none_or(|t| t > soon)
+    }
+
+    fn claim_request(&self, max: usize) -> ClaimRequest {
+        ClaimRequest::new(self.config.id.clone(), max, self.config.lease)
+    }
+
+    async fn workflow_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.workflow_concurrency.max(1)));
+        let mut running = JoinSet::new();
+        let mut backoff = Backoff::new();
+        while !*stop.borrow() {
+            while running.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    () = wait_stop(stop.clone()) => break,
+                }
+                continue;
+            }
+            let tasks = match self
+                .storage
+                .claim_workflow_tasks(&self.claim_request(free))
+                .await
+            {
+                Ok(tasks) => {
+                    backoff.reset();
+                    tasks
+                }
+                Err(e) => {
+                    warn!(error = %e, "claiming workflow tasks failed; backing off");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            if tasks.is_empty() {
+                tokio::select! {
+                    () = self.workflow_work.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = wait_stop(stop.clone()) => break,
+                }
+                continue;
+            }
+            for task in tasks {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = self.clone();
+                self.track(task.lease);
+                self.metrics.running.fetch_add(1, Ordering::SeqCst);
+                let span = info_span!("workflow_task", workflow_id = %task.workflow_id, workflow = %task.workflow_name);
+                running.spawn(
+                    async move {
+                        let lease = task.lease;
+                        this.clone()
+                            .with_renewal(lease, this.clone().workflow_task(task))
+                            .await;
+                        this.untrack(lease.task);
+                        this.metrics.running.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        self.drain(running).await;
+    }
+
+    async fn activity_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.activity_concurrency.max(1)));
+        let mut running = JoinSet::new();
+        let mut backoff = Backoff::new();
+        while !*stop.borrow() {
+            while running.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    () = wait_stop(stop.clone()) => break,
+                }
+                continue;
+            }
+            let tasks = match self
+                .storage
+                .claim_activity_tasks(&self.claim_request(free))
+                .await
+            {
+                Ok(tasks) => {
+                    backoff.reset();
+                    tasks
+                }
+                Err(e) => {
+                    warn!(error = %e, "claiming activity tasks failed; backing off");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            if tasks.is_empty() {
+                tokio::select! {
+                    () = self.activity_work.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = wait_stop(stop.clone()) => break,
+                }
+                continue;
+            }
+            for task in tasks {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = self.clone();
+                self.track(task.lease);
+                self.metrics.running.fetch_add(1, Ordering::SeqCst);
+                let span = info_span!(
+                    "activity",
+                    workflow_id = %task.workflow_id,
+                    activity = %task.name,
+                    attempt = task.attempt
+                );
+                running.spawn(
+                    async move {
+                        let lease = task.lease;
+                        this.clone()
+                            .with_renewal(lease, this.clone().activity_task(task))
+                            .await;
+                        this.untrack(lease.task);
+                        this.metrics.running.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        self.drain(running).await;
+    }
+
+    /// Lets running tasks finish within the grace period, then cancels the rest and releases
+    /// their leases so another worker takes them at once.
+    async fn drain(&self, mut running: JoinSet<()>) {
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = running.join_next() => if next.is_none() { return },
+                () = &mut grace => break,
+            }
+        }
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        let leases: Vec<Lease> = std::mem::take(&mut *self.leases_guard())
+            .into_values()
+            .collect();
+        for lease in leases {
+            self.metrics.running.fetch_sub(1, Ordering::SeqCst);
+            if let Err(e) = self.storage.release_task(&lease, Release::default()).await {
+                debug!(task = %lease.task, error = %e, "could not release a lease on shutdown");
+            }
+        }
+    }
+
+    fn leases_guard(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, Lease>> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn track(&self, lease: Lease) {
+        self.leases_guard().insert(lease.task, lease);
+    }
+
+    fn untrack(&self, task: TaskId) {
+        self.leases_guard().remove(&task);
+    }
+
+    /// Runs `work` while renewing its lease every third of the lease. If the lease is lost,
+    /// the work is dropped: whatever it would commit would be refused anyway.
+    async fn with_renewal(self: Arc<Self>, lease: Lease, work: impl Future<Output = ()>) {
+        let renew = async {
+            let mut current = lease;
+            loop {
+                tokio::time::sleep(self.config.lease / 3).await;
+                match self.storage.renew_lease(&current, self.config.lease).await {
+                    Ok(renewed) => {
+                        current = renewed;
+                        self.leases_guard().insert(renewed.task, renewed);
+                    }
+                    Err(StorageError::LeaseLost(_)) => {
+                        warn!(task = %lease.task, "lease lost while the task ran; abandoning it");
+                        return;
+                    }
+                    Err(e) => debug!(error = %e, "renewing a lease failed; will retry"),
+                }
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = renew => {}
+        }
+    }
+
+    fn current_lease(&self, lease: Lease) -> Lease {
+        self.leases_guard()
+            .get(&lease.task)
+            .copied()
+            .unwrap_or(lease)
+    }
+
+    async fn release_paused(&self, lease: Lease, reason: String) {
+        self.metrics
+            .workflow_tasks_paused
+            .fetch_add(1, Ordering::Relaxed);
+        let release = Release {
+            visible_at: Some(self.clock.now().saturating_add(self.config.pause_retry)),
+            pause: Some(reason),
+        };
+        if let Err(e) = self
+            .storage
+            .release_task(&self.current_lease(lease), release)
+            .await
+        {
+            warn!(error = %e, "could not pause the workflow; its lease will lapse instead");
+        }
+    }
+
+    async fn workflow_task(self: Arc<Self>, task: WorkflowTask) {
+        let id = task.workflow_id.clone();
+        if task.deliveries > self.config.max_deliveries {
+            let reason = format!(
+                "its task was handed out {} times without completing (it crashed or hung its worker each time)",
+                task.deliveries
+            );
+            warn!(%reason, "pausing workflow");
+            self.release_paused(task.lease, reason).await;
+            return;
+        }
+        let Some(def) = self.registry.workflow(&task.workflow_name).cloned() else {
+            let known: Vec<&str> = self.registry.workflow_names().collect();
+            let reason = format!(
+                "this worker has no workflow type {:?} registered (it has: {})",
+                task.workflow_name,
+                known.join(", ")
+            );
+            warn!(%reason, "pausing workflow");
+            self.release_paused(task.lease, reason).await;
+            return;
+        };
+        let cached = self.cache_guard().as_mut().and_then(|c| c.pop(&id));
+        let mut machine = match cached.filter(|m| m.last_seq() == task.last_seq) {
+            Some(m) => {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                m
+            }
+            None => {
+                self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                let history = match self.storage.load_history(&id, Seq::ZERO).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        warn!(error = %e, "loading the history failed; the task will be retried");
+                        let _ = self
+                            .storage
+                            .release_task(&self.current_lease(task.lease), Release::default())
+                            .await;
+                        return;
+                    }
+                };
+                match WorkflowMachine::new(def, id.clone(), history) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "the history cannot be replayed; pausing workflow");
+                        self.release_paused(task.lease, e.to_string()).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let activation = Activation {
+            now: self.clock.now(),
+            entropy: rand::random(),
+            messages: task.messages.iter().map(|m| m.kind.clone()).collect(),
+        };
+        let decision = match machine.activate(activation) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "the workflow task cannot be decided; pausing workflow");
+                self.release_paused(task.lease, e.to_string()).await;
+                return;
+            }
+        };
+        for (kind, reason) in &decision.dropped {
+            debug!(message = kind.type_name(), %reason, "dropped a message");
+        }
+        let schedules_activities = decision
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }));
+        for line in &decision.logs {
+            log_line(&id, line.level, &line.message);
+        }
+        let finished = machine.outcome().is_some();
+        let completion = WorkflowTaskCompletion {
+            lease: self.current_lease(task.lease),
+            workflow_id: id.clone(),
+            expected_last_seq: task.last_seq,
+            events: decision.events,
+            consumed: task.messages.iter().map(|m| m.id).collect(),
+            progress: Some(machine.progress()),
+            logs: decision.logs,
+        };
+        match self.storage.complete_workflow_task(completion).await {
+            Ok(()) => {
+                self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
+                if schedules_activities {
+                    self.activity_work.notify_one();
+                }
+                if finished {
+                    self.metrics
+                        .workflows_finished
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.finished.notify_waiters();
+                } else if let Some(cache) = self.cache_guard().as_mut() {
+                    cache.put(id, machine);
+                }
+            }
+            Err(e @ (StorageError::LeaseLost(_) | StorageError::Conflict { .. })) => {
+                // Another worker owns the workflow now; our decision is void and our machine
+                // stale. Nothing was written.
+                self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "workflow task commit refused");
+            }
+            Err(e) => warn!(error = %e, "committing the workflow task failed; it will be retried"),
+        }
+    }
+
+    async fn activity_task(self: Arc<Self>, task: ActivityTask) {
+        let policy = task.options.retry.clone();
+        let outcome = if task.deliveries > self.config.max_deliveries {
+            Err(Some(Failure::new(
+                "worker_lost",
+                format!(
+                    "attempt {} was handed out {} times without finishing (it crashed or hung its worker each time)",
+                    task.attempt, task.deliveries
+                ),
+            )))
+        } else if let Some(activity) = self.registry.activity(&task.name).cloned() {
+            self.run_attempt(activity, &task).await
+        } else if task.deliveries < self.config.max_deliveries {
+            // Another worker may have it: give the task back for a while.
+            warn!(activity = %task.name, "no activity of this name is registered here; releasing it");
+            let later = self.clock.now().saturating_add(self.config.pause_retry);
+            let release = Release {
+                visible_at: Some(later),
+                pause: None,
+            };
+            let _ = self
+                .storage
+                .release_task(&self.current_lease(task.lease), release)
+                .await;
+            return;
+        } else {
+            Err(Some(Failure::non_retryable(
+                "unknown_activity",
+                format!("no worker has an activity named {:?} registered", task.name),
+            )))
+        };
+        let now = self.clock.now();
+        let retry_at = |failure: Option<&Failure>| {
+            policy
+                .allows_retry(task.attempt, failure)
+                .then(|| now.saturating_add(policy.backoff(task.attempt, rand::random())))
+        };
+        let result = match outcome {
+            Ok(result) => {
+                self.metrics
+                    .activities_completed
+                    .fetch_add(1, Ordering::Relaxed);
+                EventKind::ActivityCompleted {
+                    activity_id: task.activity_id,
+                    attempt: task.attempt,
+                    result,
+                }
+            }
+            Err(Some(failure)) => {
+                self.metrics
+                    .activities_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%failure, "activity attempt failed");
+                EventKind::ActivityFailed {
+                    activity_id: task.activity_id,
+                    attempt: task.attempt,
+                    retry_at: retry_at(Some(&failure)),
+                    failure,
+                }
+            }
+            Err(None) => {
+                self.metrics
+                    .activities_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!("activity attempt timed out");
+                EventKind::ActivityTimedOut {
+                    activity_id: task.activity_id,
+                    attempt: task.attempt,
+                    retry_at: retry_at(None),
+                }
+            }
+        };
+        let completion = ActivityTaskCompletion {
+            lease: self.current_lease(task.lease),
+            result,
+        };
+        match self.storage.complete_activity_task(completion).await {
+            Ok(()) => self.workflow_work.notify_one(),
+            Err(StorageError::LeaseLost(_)) => {
+                self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                debug!("activity result refused: the lease was lost or the workflow ended");
+            }
+            Err(e) => {
+                warn!(error = %e, "reporting the activity result failed; the attempt will run again")
+            }
+        }
+    }
+
+    /// Runs one attempt under its start-to-close timeout (and heartbeat timeout, if set).
+    /// `Err(None)` is a timeout; a panic is a retryable failure of kind `panic`.
+    async fn run_attempt(
+        &self,
+        activity: Arc<dyn loom_core::DynActivity>,
+        task: &ActivityTask,
+    ) -> Result<loom_core::Payload, Option<Failure>> {
+        let last_beat = Arc::new(AtomicI64::new(self.clock.now().as_millis()));
+        let beat = {
+            let last_beat = last_beat.clone();
+            let clock = self.clock.clone();
+            Arc::new(move |_details: Option<loom_core::Payload>| {
+                last_beat.store(clock.now().as_millis(), Ordering::Relaxed);
+            }) as Arc<dyn Fn(Option<loom_core::Payload>) + Send + Sync>
+        };
+        let ctx = ActivityContext::new(
+            ActivityInfo {
+                workflow_id: task.workflow_id.clone(),
+                activity_id: task.activity_id,
+                name: task.name.clone(),
+                attempt: task.attempt,
+            },
+            Some(beat),
+        );
+        let attempt = AssertUnwindSafe(activity.run(ctx, task.input.clone())).catch_unwind();
+        let heartbeat_timeout = task.options.heartbeat_timeout_ms.map(Duration::from_millis);
+        let watchdog = async {
+            let Some(limit) = heartbeat_timeout else {
+                return std::future::pending::<()>().await;
+            };
+            loop {
+                tokio::time::sleep(limit / 2).await;
+                let since = self.clock.now().as_millis() - last_beat.load(Ordering::Relaxed);
+                if since > i64::try_from(limit.as_millis()).unwrap_or(i64::MAX) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            ran = tokio::time::timeout(task.options.start_to_close_timeout, attempt) => match ran {
+                Ok(Ok(Ok(result))) => Ok(result),
+                Ok(Ok(Err(failure))) => Err(Some(failure)),
+                Ok(Err(panic)) => Err(Some(Failure::new("panic", panic_message(panic.as_ref())))),
+                Err(_elapsed) => Err(None),
+            },
+            () = watchdog => Err(None),
+        }
+    }
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("the activity panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("the activity panicked: {s}")
+    } else {
+        "the activity panicked".to_owned()
+    }
+}
+
+fn log_line(id: &WorkflowId, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Debug => {
+            tracing::debug!(target: "loom::workflow", workflow_id = %id, "{message}")
+        }
+        LogLevel::Info => tracing::info!(target: "loom::workflow", workflow_id = %id, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "loom::workflow", workflow_id = %id, "{message}"),
+        LogLevel::Error => {
+            tracing::error!(target: "loom::workflow", workflow_id = %id, "{message}")
+        }
+    }
+}

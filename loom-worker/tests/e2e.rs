@@ -1,0 +1,999 @@
+//! End-to-end behaviour of the worker and client, on MemoryStorage and on SQLite. Timers and
+//! retry intervals are milliseconds long: no test waits seconds for real time to pass.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use loom_core::future::join_all;
+use loom_core::{
+    Activity, ActivityContext, ActivityError, ActivityOptions, EventKind, Failure, Payload,
+    Registry, RetryPolicy, Workflow, WorkflowContext, WorkflowError, WorkflowId,
+};
+use loom_sqlite::{SqliteOptions, SqliteStorage};
+use loom_storage::{MemoryStorage, Storage, WorkflowStatus};
+use loom_worker::{Client, ClientError, MetricsSnapshot, StartOptions, Worker, WorkerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+// ---- activities ----
+
+fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_interval: Duration::from_millis(5),
+        backoff_coefficient: 2.0,
+        max_interval: Duration::from_millis(20),
+        non_retryable: vec!["card_declined".into()],
+    }
+}
+
+struct ProcessPayment;
+impl Activity for ProcessPayment {
+    const NAME: &'static str = "process_payment";
+    type Input = String;
+    type Output = bool;
+    async fn run(&self, _: ActivityContext, order_id: String) -> Result<bool, Failure> {
+        Ok(!order_id.starts_with("declined"))
+    }
+}
+
+struct SendConfirmation(Arc<AtomicU32>);
+impl Activity for SendConfirmation {
+    const NAME: &'static str = "send_confirmation";
+    type Input = String;
+    type Output = ();
+    async fn run(&self, _: ActivityContext, _email: String) -> Result<(), Failure> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Fails the first `fail_times` attempts of each call, then succeeds.
+struct Flaky;
+impl Activity for Flaky {
+    const NAME: &'static str = "flaky";
+    type Input = u32;
+    type Output = u32;
+    fn options() -> ActivityOptions {
+        ActivityOptions {
+            retry: fast_retry(5),
+            ..ActivityOptions::default()
+        }
+    }
+    async fn run(&self, ctx: ActivityContext, fail_times: u32) -> Result<u32, Failure> {
+        if ctx.info().attempt <= fail_times {
+            return Err(Failure::new(
+                "flaky",
+                format!("attempt {} fails", ctx.info().attempt),
+            ));
+        }
+        Ok(ctx.info().attempt)
+    }
+}
+
+/// Sleeps for its input in milliseconds.
+struct Slow;
+impl Activity for Slow {
+    const NAME: &'static str = "slow";
+    type Input = u64;
+    type Output = u64;
+    fn options() -> ActivityOptions {
+        ActivityOptions {
+            retry: fast_retry(2),
+            start_to_close_timeout: Duration::from_millis(50),
+            heartbeat_timeout_ms: None,
+        }
+    }
+    async fn run(&self, _: ActivityContext, ms: u64) -> Result<u64, Failure> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+}
+
+struct Double;
+impl Activity for Double {
+    const NAME: &'static str = "double";
+    type Input = u64;
+    type Output = u64;
+    async fn run(&self, _: ActivityContext, n: u64) -> Result<u64, Failure> {
+        Ok(n * 2)
+    }
+}
+
+struct Panicky;
+impl Activity for Panicky {
+    const NAME: &'static str = "panicky";
+    type Input = ();
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions {
+            retry: fast_retry(2),
+            ..ActivityOptions::default()
+        }
+    }
+    async fn run(&self, _: ActivityContext, (): ()) -> Result<(), Failure> {
+        panic!("activity code blew up")
+    }
+}
+
+/// Never heartbeats, and runs longer than its heartbeat timeout.
+struct Silent;
+impl Activity for Silent {
+    const NAME: &'static str = "silent";
+    type Input = ();
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions {
+            retry: RetryPolicy::no_retries(),
+            start_to_close_timeout: Duration::from_secs(30),
+            heartbeat_timeout_ms: Some(40),
+        }
+    }
+    async fn run(&self, _: ActivityContext, (): ()) -> Result<(), Failure> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    }
+}
+
+// ---- workflows ----
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Order {
+    order_id: String,
+    customer_email: String,
+}
+
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct OrderState {
+    payment_confirmed: bool,
+    email_sent: bool,
+}
+
+struct OrderProcessing;
+impl Workflow for OrderProcessing {
+    const NAME: &'static str = "OrderProcessing";
+    type Input = Order;
+    type State = OrderState;
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let paid = ctx
+            .step(
+                "payment",
+                ctx.activity::<ProcessPayment>(ctx.input().order_id.clone()),
+            )
+            .await?;
+        ctx.update_state(|s| s.payment_confirmed = paid)?;
+        if !paid {
+            return Ok("payment declined".into());
+        }
+        ctx.activity::<SendConfirmation>(ctx.input().customer_email.clone())
+            .await?;
+        ctx.update_state(|s| s.email_sent = true)?;
+        Ok(format!("order {} complete", ctx.input().order_id))
+    }
+}
+
+struct Retrying;
+impl Workflow for Retrying {
+    const NAME: &'static str = "Retrying";
+    type Input = u32;
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        match ctx.activity::<Flaky>(*ctx.input()).await {
+            Ok(attempt) => Ok(format!("succeeded on attempt {attempt}")),
+            Err(ActivityError::Failed { attempts, .. }) => Ok(format!("gave up after {attempts}")),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+struct TimesOut;
+impl Workflow for TimesOut {
+    const NAME: &'static str = "TimesOut";
+    type Input = u64;
+    type State = ();
+    type Output = u64;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        Ok(ctx.activity::<Slow>(*ctx.input()).await?)
+    }
+}
+
+struct Nap;
+impl Workflow for Nap {
+    const NAME: &'static str = "Nap";
+    type Input = u64;
+    type State = ();
+    type Output = u64;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        ctx.sleep(Duration::from_millis(*ctx.input())).await?;
+        Ok(ctx.activity::<Double>(*ctx.input()).await?)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Approval {
+    approved: bool,
+    by: String,
+}
+
+struct AwaitApproval;
+impl Workflow for AwaitApproval {
+    const NAME: &'static str = "AwaitApproval";
+    type Input = u64;
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let first: Approval = ctx.wait_signal("approve").await?;
+        let second = ctx
+            .wait_signal_timeout::<Approval>("approve", Duration::from_millis(*ctx.input()))
+            .await?;
+        Ok(format!(
+            "{}:{} then {}",
+            first.by,
+            first.approved,
+            second.map_or("timeout".to_owned(), |a| format!("{}:{}", a.by, a.approved))
+        ))
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct CleanupState {
+    cleaned_up: bool,
+}
+
+struct CancelMe;
+impl Workflow for CancelMe {
+    const NAME: &'static str = "CancelMe";
+    type Input = ();
+    type State = CleanupState;
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        match ctx.sleep(Duration::from_secs(3_600)).await {
+            Err(WorkflowError::Cancelled) => {
+                ctx.activity::<Double>(1).await?;
+                ctx.update_state(|s| s.cleaned_up = true)?;
+                Err(WorkflowError::Cancelled)
+            }
+            other => other,
+        }
+    }
+}
+
+struct FanOut;
+impl Workflow for FanOut {
+    const NAME: &'static str = "FanOut";
+    type Input = u64;
+    type State = ();
+    type Output = u64;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let calls = (1..=*ctx.input()).map(|i| ctx.activity::<Double>(i));
+        let mut sum = 0;
+        for r in join_all(calls).await {
+            sum += r?;
+        }
+        Ok(sum)
+    }
+}
+
+/// Version A of a workflow: double, wait for a signal, double again.
+struct Evolving;
+impl Workflow for Evolving {
+    const NAME: &'static str = "Evolving";
+    type Input = u64;
+    type State = ();
+    type Output = u64;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let a = ctx.activity::<Double>(*ctx.input()).await?;
+        let () = ctx.wait_signal("go").await?;
+        Ok(ctx.activity::<Double>(a).await?)
+    }
+}
+
+/// An incompatible change to `Evolving`: the first activity's input differs.
+struct EvolvingBroken;
+impl Workflow for EvolvingBroken {
+    const NAME: &'static str = "Evolving";
+    type Input = u64;
+    type State = ();
+    type Output = u64;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let a = ctx.activity::<Double>(*ctx.input() + 1).await?;
+        let () = ctx.wait_signal("go").await?;
+        Ok(ctx.activity::<Double>(a).await?)
+    }
+}
+
+struct PanicsInActivity;
+impl Workflow for PanicsInActivity {
+    const NAME: &'static str = "PanicsInActivity";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        match ctx.activity::<Panicky>(()).await {
+            Err(ActivityError::Failed {
+                failure, attempts, ..
+            }) => Ok(format!("{} after {attempts}", failure.kind)),
+            other => Ok(format!("unexpected: {other:?}")),
+        }
+    }
+}
+
+struct HeartbeatLost;
+impl Workflow for HeartbeatLost {
+    const NAME: &'static str = "HeartbeatLost";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        match ctx.activity::<Silent>(()).await {
+            Err(ActivityError::TimedOut { attempts, .. }) => {
+                Ok(format!("timed out after {attempts}"))
+            }
+            other => Ok(format!("unexpected: {other:?}")),
+        }
+    }
+}
+
+// ---- harness ----
+
+fn registry_with(emails: Arc<AtomicU32>, evolving_broken: bool) -> Registry {
+    let mut r = Registry::new();
+    r.add_workflow::<OrderProcessing>()
+        .and_then(|r| r.add_workflow::<Retrying>())
+        .and_then(|r| r.add_workflow::<TimesOut>())
+        .and_then(|r| r.add_workflow::<Nap>())
+        .and_then(|r| r.add_workflow::<AwaitApproval>())
+        .and_then(|r| r.add_workflow::<CancelMe>())
+        .and_then(|r| r.add_workflow::<FanOut>())
+        .and_then(|r| r.add_workflow::<PanicsInActivity>())
+        .and_then(|r| r.add_workflow::<HeartbeatLost>())
+        .and_then(|r| r.add_activity(ProcessPayment))
+        .and_then(|r| r.add_activity(SendConfirmation(emails)))
+        .and_then(|r| r.add_activity(Flaky))
+        .and_then(|r| r.add_activity(Slow))
+        .and_then(|r| r.add_activity(Double))
+        .and_then(|r| r.add_activity(Panicky))
+        .and_then(|r| r.add_activity(Silent))
+        .expect("registry");
+    if evolving_broken {
+        r.add_workflow::<EvolvingBroken>().expect("register");
+    } else {
+        r.add_workflow::<Evolving>().expect("register");
+    }
+    r
+}
+
+fn registry() -> Registry {
+    registry_with(Arc::new(AtomicU32::new(0)), false)
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        id: "test-worker".into(),
+        poll_interval: Duration::from_millis(20),
+        lease: Duration::from_secs(2),
+        shutdown_grace: Duration::from_millis(500),
+        pause_retry: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    }
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<MetricsSnapshot>,
+}
+
+impl Running {
+    async fn stop(self) -> MetricsSnapshot {
+        let _ = self.stop.send(());
+        self.handle.await.expect("worker task")
+    }
+}
+
+fn spawn(worker: &Worker) -> Running {
+    let (stop, rx) = oneshot::channel::<()>();
+    let worker = worker.clone();
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("worker runs")
+    });
+    Running { stop, handle }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn memory() -> Arc<dyn Storage> {
+    Arc::new(MemoryStorage::new())
+}
+
+async fn sqlite() -> Arc<dyn Storage> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStorage::open(dir.path().join("loom.db"), SqliteOptions::default())
+        .await
+        .expect("open");
+    std::mem::forget(dir);
+    Arc::new(store)
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::memory().await).await;
+                }
+            )*
+        }
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    order_processing_pays_then_emails,
+    a_declined_payment_sends_no_email,
+    a_flaky_activity_is_retried_and_each_attempt_recorded,
+    retries_run_out_and_the_code_handles_it,
+    a_hung_activity_times_out_and_the_workflow_fails_with_the_cause,
+    a_durable_sleep_survives_a_worker_restart,
+    signals_sent_before_and_after_the_wait_are_delivered_in_order,
+    cancellation_reaches_the_code_which_cleans_up,
+    parallel_activities_fan_out_and_in,
+    a_nondeterministic_change_pauses_and_the_fix_resumes,
+    a_panicking_activity_is_a_failure_and_the_worker_survives,
+    a_silent_activity_times_out_on_its_heartbeat,
+    the_sticky_cache_and_replay_give_the_same_result,
+    starting_twice_with_one_id_is_idempotent,
+    an_unknown_workflow_type_pauses_with_a_clear_reason,
+);
+
+fn order(id: &str) -> Order {
+    Order {
+        order_id: id.into(),
+        customer_email: "ada@example.com".into(),
+    }
+}
+
+async fn order_processing_pays_then_emails(store: Arc<dyn Storage>) {
+    let emails = Arc::new(AtomicU32::new(0));
+    let worker = Worker::with_config(store, registry_with(emails.clone(), false), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<OrderProcessing>(&order("42"), StartOptions::id("order-42"))
+        .await
+        .expect("start");
+    let output = handle.result_within(WAIT).await.expect("result");
+    assert_eq!(output, "order 42 complete");
+    let summary = client.describe(handle.id()).await.expect("describe");
+    assert_eq!(summary.status, WorkflowStatus::Completed);
+    let state: OrderState = summary
+        .progress
+        .expect("progress")
+        .state
+        .decode()
+        .expect("state");
+    assert_eq!(
+        state,
+        OrderState {
+            payment_confirmed: true,
+            email_sent: true
+        }
+    );
+    assert_eq!(emails.load(Ordering::SeqCst), 1);
+    running.stop().await;
+}
+
+async fn a_declined_payment_sends_no_email(store: Arc<dyn Storage>) {
+    let emails = Arc::new(AtomicU32::new(0));
+    let worker = Worker::with_config(store, registry_with(emails.clone(), false), config());
+    let running = spawn(&worker);
+    let handle = worker
+        .client()
+        .start::<OrderProcessing>(&order("declined-7"), StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "payment declined"
+    );
+    assert_eq!(emails.load(Ordering::SeqCst), 0);
+    running.stop().await;
+}
+
+fn count(history: &[loom_core::Event], f: impl Fn(&EventKind) -> bool) -> usize {
+    history.iter().filter(|e| f(&e.kind)).count()
+}
+
+async fn a_flaky_activity_is_retried_and_each_attempt_recorded(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<Retrying>(&3, StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "succeeded on attempt 4"
+    );
+    let history = client.history(handle.id()).await.expect("history");
+    let failed: Vec<(u32, bool)> = history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ActivityFailed {
+                attempt, retry_at, ..
+            } => Some((*attempt, retry_at.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec![(1, true), (2, true), (3, true)]);
+    assert_eq!(
+        count(&history, |k| matches!(
+            k,
+            EventKind::ActivityCompleted { attempt: 4, .. }
+        )),
+        1
+    );
+    running.stop().await;
+}
+
+async fn retries_run_out_and_the_code_handles_it(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let running = spawn(&worker);
+    let handle = worker
+        .client()
+        .start::<Retrying>(&99, StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "gave up after 5"
+    );
+    running.stop().await;
+}
+
+async fn a_hung_activity_times_out_and_the_workflow_fails_with_the_cause(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<TimesOut>(&5_000, StartOptions::default())
+        .await
+        .expect("start");
+    let err = handle.result_within(WAIT).await.expect_err("times out");
+    let ClientError::Failed { failure, .. } = err else {
+        panic!("expected a failure, got {err}");
+    };
+    assert_eq!(failure.kind, "activity_timed_out");
+    assert!(
+        failure.message.contains("slow") && failure.message.contains("2 attempt"),
+        "{}",
+        failure.message
+    );
+    let history = client.history(handle.id()).await.expect("history");
+    assert_eq!(
+        count(&history, |k| matches!(
+            k,
+            EventKind::ActivityTimedOut { .. }
+        )),
+        2
+    );
+    // And a fast one completes within the same timeout.
+    let quick = client
+        .start::<TimesOut>(&1, StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(quick.result_within(WAIT).await.expect("result"), 1);
+    running.stop().await;
+}
+
+async fn a_durable_sleep_survives_a_worker_restart(store: Arc<dyn Storage>) {
+    let client = Client::new(store.clone());
+    let handle = client
+        .start::<Nap>(&300, StartOptions::default())
+        .await
+        .expect("start");
+    // The first worker starts the timer, then goes away before it fires.
+    let first = Worker::with_config(store.clone(), registry(), config());
+    let running = spawn(&first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let history = client.history(handle.id()).await.expect("history");
+        if count(&history, |k| matches!(k, EventKind::TimerScheduled { .. })) == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timer was never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.stop().await;
+    assert_eq!(
+        client.status(handle.id()).await.expect("status"),
+        WorkflowStatus::Running
+    );
+    // Nothing runs while the timer is due; a new worker fires it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let second = Worker::with_config(store, registry(), config());
+    let running = spawn(&second);
+    assert_eq!(handle.result_within(WAIT).await.expect("result"), 600);
+    let history = client.history(handle.id()).await.expect("history");
+    assert_eq!(
+        count(&history, |k| matches!(k, EventKind::TimerFired { .. })),
+        1
+    );
+    let scheduled_at = history[1].at;
+    let fired_at = history
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::TimerFired { .. }))
+        .expect("fired")
+        .at;
+    assert!(
+        fired_at.as_millis() - scheduled_at.as_millis() >= 300,
+        "the timer fired after its time"
+    );
+    running.stop().await;
+}
+
+fn approval(by: &str, approved: bool) -> Payload {
+    Payload::encode(&Approval {
+        approved,
+        by: by.into(),
+    })
+    .expect("encode")
+}
+
+async fn signals_sent_before_and_after_the_wait_are_delivered_in_order(store: Arc<dyn Storage>) {
+    let client = Client::new(store.clone());
+    // Sent before any worker runs, so before the code waits.
+    let handle = client
+        .start::<AwaitApproval>(&10_000, StartOptions::default())
+        .await
+        .expect("start");
+    client
+        .signal(handle.id(), "approve", approval("ann", true))
+        .await
+        .expect("signal");
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    // Wait until the code consumed the first and waits for the second, then send it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = client.describe(handle.id()).await.expect("describe");
+        let waiting = s.progress.is_some_and(|p| {
+            p.awaiting_signals.contains(&"approve".to_owned()) && p.pending_timers.len() == 1
+        });
+        if waiting {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workflow never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client
+        .signal(handle.id(), "approve", approval("bob", false))
+        .await
+        .expect("signal");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "ann:true then bob:false"
+    );
+    // A signal to a finished workflow is refused.
+    let err = client
+        .signal(handle.id(), "approve", Payload::NULL)
+        .await
+        .expect_err("closed");
+    assert!(
+        matches!(
+            err,
+            ClientError::Storage(loom_storage::StorageError::Closed { .. })
+        ),
+        "{err}"
+    );
+    // Signals sent together stay in order, and the timeout path works.
+    let timed = client
+        .start::<AwaitApproval>(&30, StartOptions::default())
+        .await
+        .expect("start");
+    client
+        .signal(timed.id(), "approve", approval("cy", true))
+        .await
+        .expect("signal");
+    assert_eq!(
+        timed.result_within(WAIT).await.expect("result"),
+        "cy:true then timeout"
+    );
+    running.stop().await;
+}
+
+async fn cancellation_reaches_the_code_which_cleans_up(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<CancelMe>(&(), StartOptions::default())
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .describe(handle.id())
+        .await
+        .expect("describe")
+        .progress
+        .is_none_or(|p| p.pending_timers.is_empty())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never slept");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client
+        .cancel(handle.id(), Some("changed my mind".into()))
+        .await
+        .expect("cancel");
+    let err = handle.result_within(WAIT).await.expect_err("cancelled");
+    assert!(matches!(err, ClientError::Cancelled(_)), "{err}");
+    let summary = client.describe(handle.id()).await.expect("describe");
+    assert_eq!(summary.status, WorkflowStatus::Cancelled);
+    let state = summary.progress.expect("progress").state;
+    assert_eq!(state.as_json()["cleaned_up"], true);
+    running.stop().await;
+}
+
+async fn parallel_activities_fan_out_and_in(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<FanOut>(&20, StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(handle.result_within(WAIT).await.expect("result"), 420);
+    let history = client.history(handle.id()).await.expect("history");
+    // All twenty were scheduled in the first task, before any result came back.
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.type_name()).collect();
+    assert!(
+        kinds[1..21].iter().all(|k| *k == "ActivityScheduled"),
+        "{kinds:?}"
+    );
+    running.stop().await;
+}
+
+async fn a_nondeterministic_change_pauses_and_the_fix_resumes(store: Arc<dyn Storage>) {
+    let good = Worker::with_config(store.clone(), registry(), config());
+    let client = good.client();
+    let running = spawn(&good);
+    let handle = client
+        .start::<Evolving>(&5, StartOptions::default())
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .describe(handle.id())
+        .await
+        .expect("describe")
+        .progress
+        .is_none_or(|p| p.awaiting_signals.is_empty())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.stop().await;
+    let events_before = client.history(handle.id()).await.expect("history").len();
+
+    // Deploy the broken change; the signal makes it replay.
+    let broken = Worker::with_config(
+        store.clone(),
+        registry_with(Arc::new(AtomicU32::new(0)), true),
+        config(),
+    );
+    let running = spawn(&broken);
+    client
+        .signal(handle.id(), "go", Payload::NULL)
+        .await
+        .expect("signal");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let summary = loop {
+        let s = client.describe(handle.id()).await.expect("describe");
+        if s.status == WorkflowStatus::Paused {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let reason = summary.pause_reason.expect("a reason");
+    assert!(
+        reason.contains("non-determinism") && reason.contains("#2") && reason.contains("double"),
+        "{reason}"
+    );
+    let metrics = running.stop().await;
+    assert!(metrics.workflow_tasks_paused >= 1);
+    assert_eq!(
+        client.history(handle.id()).await.expect("history").len(),
+        events_before,
+        "nothing was appended by the broken code"
+    );
+
+    // Roll back to the good code: the workflow resumes and completes with the signal.
+    let fixed = Worker::with_config(store, registry(), config());
+    let running = spawn(&fixed);
+    assert_eq!(handle.result_within(WAIT).await.expect("result"), 20);
+    running.stop().await;
+}
+
+async fn a_panicking_activity_is_a_failure_and_the_worker_survives(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<PanicsInActivity>(&(), StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "panic after 2"
+    );
+    // The worker still runs other workflows.
+    let other = client
+        .start::<FanOut>(&3, StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(other.result_within(WAIT).await.expect("result"), 12);
+    running.stop().await;
+}
+
+async fn a_silent_activity_times_out_on_its_heartbeat(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let running = spawn(&worker);
+    let handle = worker
+        .client()
+        .start::<HeartbeatLost>(&(), StartOptions::default())
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "timed out after 1"
+    );
+    running.stop().await;
+}
+
+async fn the_sticky_cache_and_replay_give_the_same_result(store: Arc<dyn Storage>) {
+    let mut outputs = Vec::new();
+    for capacity in [1_000, 0] {
+        let cfg = WorkerConfig {
+            cache_capacity: capacity,
+            ..config()
+        };
+        let worker = Worker::with_config(store.clone(), registry(), cfg);
+        let client = worker.client();
+        let running = spawn(&worker);
+        let handle = client
+            .start::<FanOut>(&6, StartOptions::default())
+            .await
+            .expect("start");
+        let seq = client
+            .start::<Retrying>(&2, StartOptions::default())
+            .await
+            .expect("start");
+        outputs.push((
+            handle.result_within(WAIT).await.expect("result"),
+            seq.result_within(WAIT).await.expect("result"),
+            client.history(handle.id()).await.expect("history").len(),
+        ));
+        let metrics = running.stop().await;
+        if capacity == 0 {
+            assert_eq!(metrics.cache_hits, 0, "no cache, no hits");
+        } else {
+            assert!(metrics.cache_hits > 0, "the cache was used: {metrics:?}");
+        }
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+async fn starting_twice_with_one_id_is_idempotent(store: Arc<dyn Storage>) {
+    let worker = Worker::with_config(store, registry(), config());
+    let client = worker.client();
+    let a = client
+        .start::<FanOut>(&2, StartOptions::id("same"))
+        .await
+        .expect("start");
+    let b = client
+        .start::<FanOut>(&2, StartOptions::id("same"))
+        .await
+        .expect("repeat");
+    assert_eq!(a.id(), b.id());
+    let err = client
+        .start::<FanOut>(&3, StartOptions::id("same"))
+        .await
+        .err()
+        .expect("a different input under the same id is refused");
+    assert!(matches!(err, ClientError::IdInUse(_)), "{err}");
+    let running = spawn(&worker);
+    assert_eq!(a.result_within(WAIT).await.expect("result"), 6);
+    let page = client
+        .list(&loom_storage::ListQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 1);
+    running.stop().await;
+}
+
+async fn an_unknown_workflow_type_pauses_with_a_clear_reason(store: Arc<dyn Storage>) {
+    // Started by a client that knows a type this worker does not.
+    let mut other = Registry::new();
+    other.add_workflow::<Evolving>().expect("register");
+    let client = Client::new(store.clone());
+    let id = client
+        .start_by_name(
+            &other,
+            "Evolving",
+            Payload::encode(&1u64).expect("encode"),
+            StartOptions::default(),
+        )
+        .await
+        .expect("start");
+    let mut mine = Registry::new();
+    mine.add_workflow::<FanOut>()
+        .expect("register")
+        .add_activity(Double)
+        .expect("register");
+    let worker = Worker::with_config(store, mine, config());
+    let running = spawn(&worker);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let summary = loop {
+        let s = client.describe(&id).await.expect("describe");
+        if s.status == WorkflowStatus::Paused {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let reason = summary.pause_reason.expect("reason");
+    assert!(
+        reason.contains("\"Evolving\"") && reason.contains("FanOut"),
+        "{reason}"
+    );
+    running.stop().await;
+    // Bad names and inputs are refused at start, before anything is written.
+    let err = client
+        .start_by_name(&other, "Nope", Payload::NULL, StartOptions::default())
+        .await
+        .expect_err("unknown");
+    assert!(
+        err.to_string().contains("unknown workflow \"Nope\""),
+        "{err}"
+    );
+    let err = client
+        .start_by_name(
+            &other,
+            "Evolving",
+            Payload::encode("text").expect("encode"),
+            StartOptions::id("bad-input"),
+        )
+        .await
+        .expect_err("bad input");
+    assert!(matches!(err, ClientError::Payload(_)), "{err}");
+    assert!(
+        client
+            .describe(&WorkflowId::new("bad-input"))
+            .await
+            .is_err()
+    );
+}
