@@ -1,0 +1,117 @@
+//! A worker process for loom-worker's crash tests: it runs a worker with the `Chain`
+//! workflow on a SQLite file until it is killed (`run`) or until no work is left (`drain`).
+//! Not part of Loom's command line; `cargo test -p loom-worker` builds and drives it.
+//!
+//! ```text
+//! loom-worker-probe run PATH     # work until killed
+//! loom-worker-probe drain PATH   # work until idle, then exit 0
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_core::{
+    Activity, ActivityContext, Failure, Registry, Workflow, WorkflowContext, WorkflowError,
+};
+use loom_sqlite::{SqliteOptions, SqliteStorage};
+use loom_worker::{Worker, WorkerConfig};
+use serde::{Deserialize, Serialize};
+
+/// The input of a `Chain` run.
+#[derive(Serialize, Deserialize)]
+struct ChainInput {
+    steps: u32,
+    salt: u64,
+}
+
+/// `steps` activities in sequence, a short durable sleep after every third, and a state write
+/// after each.
+struct Chain;
+
+#[derive(Default, Serialize, Deserialize)]
+struct ChainState {
+    done: u32,
+}
+
+impl Workflow for Chain {
+    const NAME: &'static str = "Chain";
+    type Input = ChainInput;
+    type State = ChainState;
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let mut acc = ctx.input().salt;
+        for i in 0..ctx.input().steps {
+            acc = ctx.activity::<Step>((acc, i)).await?;
+            ctx.update_state(|s| s.done = i + 1)?;
+            if i % 3 == 1 {
+                ctx.sleep(Duration::from_millis(5)).await?;
+            }
+        }
+        Ok(acc)
+    }
+}
+
+/// One step: a little work, then `(acc * 31 + i) mod 1,000,003`.
+struct Step;
+
+impl Activity for Step {
+    const NAME: &'static str = "step";
+    type Input = (u64, u32);
+    type Output = u64;
+
+    async fn run(&self, _: ActivityContext, (acc, i): (u64, u32)) -> Result<u64, Failure> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok((acc * 31 + u64::from(i)) % 1_000_003)
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, path) = match args.as_slice() {
+        [mode, path] if mode == "run" || mode == "drain" => (mode.clone(), path.clone()),
+        _ => {
+            eprintln!("usage: loom-worker-probe (run | drain) PATH");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loom-worker-probe: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let store = SqliteStorage::open(&path, SqliteOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut registry = Registry::new();
+        registry
+            .add_workflow::<Chain>()
+            .and_then(|r| r.add_activity(Step))
+            .map_err(|e| e.to_string())?;
+        let config = WorkerConfig {
+            lease: Duration::from_millis(600),
+            poll_interval: Duration::from_millis(20),
+            workflow_concurrency: 4,
+            activity_concurrency: 8,
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::with_config(Arc::new(store), registry, config);
+        let report = if mode == "run" {
+            worker.run(std::future::pending()).await
+        } else {
+            worker.run_until_idle(Duration::from_secs(2)).await
+        };
+        report.map(drop).map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loom-worker-probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
