@@ -117,6 +117,36 @@ impl Activity for Panicky {
     }
 }
 
+/// Runs for a minute unless cancelled.
+struct Long;
+impl Activity for Long {
+    const NAME: &'static str = "long";
+    type Input = ();
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions {
+            retry: RetryPolicy::no_retries(),
+            start_to_close_timeout: Duration::from_secs(120),
+            heartbeat_timeout_ms: None,
+        }
+    }
+    async fn run(&self, _: ActivityContext, (): ()) -> Result<(), Failure> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+
+struct LongRunning;
+impl Workflow for LongRunning {
+    const NAME: &'static str = "LongRunning";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        Ok(ctx.activity::<Long>(()).await?)
+    }
+}
+
 /// Never heartbeats, and runs longer than its heartbeat timeout.
 struct Silent;
 impl Activity for Silent {
@@ -357,6 +387,8 @@ fn registry_with(emails: Arc<AtomicU32>, evolving_broken: bool) -> Registry {
         .and_then(|r| r.add_activity(Double))
         .and_then(|r| r.add_activity(Panicky))
         .and_then(|r| r.add_activity(Silent))
+        .and_then(|r| r.add_workflow::<LongRunning>())
+        .and_then(|r| r.add_activity(Long))
         .expect("registry");
     if evolving_broken {
         r.add_workflow::<EvolvingBroken>().expect("register");
@@ -459,6 +491,7 @@ on_both_backends!(
     the_sticky_cache_and_replay_give_the_same_result,
     starting_twice_with_one_id_is_idempotent,
     an_unknown_workflow_type_pauses_with_a_clear_reason,
+    shutdown_releases_unfinished_work_at_once,
 );
 
 fn order(id: &str) -> Order {
@@ -995,5 +1028,42 @@ async fn an_unknown_workflow_type_pauses_with_a_clear_reason(store: Arc<dyn Stor
             .describe(&WorkflowId::new("bad-input"))
             .await
             .is_err()
+    );
+}
+
+async fn shutdown_releases_unfinished_work_at_once(store: Arc<dyn Storage>) {
+    let cfg = WorkerConfig {
+        lease: Duration::from_secs(60),
+        shutdown_grace: Duration::from_millis(100),
+        ..config()
+    };
+    let worker = Worker::with_config(store.clone(), registry(), cfg);
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<LongRunning>(&(), StartOptions::default())
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.stats().await.expect("stats").activity_tasks_running == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the activity never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::time::Instant::now();
+    running.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "shutdown waited only for its grace period"
+    );
+    // The attempt it could not finish is claimable now, not after its 60 s lease.
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.activity_tasks_running, 0);
+    assert_eq!(stats.activity_tasks_ready, 1);
+    assert_eq!(
+        client.status(handle.id()).await.expect("status"),
+        WorkflowStatus::Running
     );
 }
