@@ -1,8 +1,241 @@
-//! # loom-cli: the `loom` command (not built yet)
+//! # loom-cli: the `loom` command, as a library
 //!
-//! This crate will hold the `loom` binary and the library behind it, so that users can build
-//! their own `loom`-style binary with their workflow types registered: init, worker, start,
-//! list, inspect, signal, cancel, stats, replay, demo and bench. See issue 6.
+//! This crate is the **room of people and scripts**: it parses the command line, opens the
+//! backend a `--db` URL names, and drives loom-worker's `Worker` and `Client`, printing tables
+//! and progress for people and one JSON document per command for scripts (`--json`).
 //!
-//! What it must not touch: SQL (it opens backends by URL through their crates) and workflow
-//! semantics. Today it prints that it is not built yet and exits with an error.
+//! What it must not touch: SQL or a backend's internals (it opens backends through their
+//! crates), and workflow semantics (loom-core's).
+//!
+//! Build your own `loom` with your workflow types registered, and every command works on them:
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//!
+//! fn main() -> ExitCode {
+//!     let mut registry = loom_cli::examples::registry(); // or Registry::new()
+//!     // registry.add_workflow::<MyWorkflow>().unwrap().add_activity(MyActivity).unwrap();
+//!     loom_cli::run(registry)
+//! }
+//! ```
+//!
+//! Exit codes: 0 success; 1 the operation failed (a workflow failed under `--wait`, a replay
+//! found a mismatch, the database is unavailable); 2 bad usage or bad input (malformed JSON, an
+//! unknown workflow or id, a file that is not a Loom database).
+
+mod commands;
+mod db;
+pub mod examples;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use loom_core::Registry;
+use loom_storage::StorageError;
+use loom_worker::ClientError;
+
+/// Runs the `loom` command line with the workflow and activity types in `registry`, reading
+/// the process's arguments, and returns the exit code.
+pub fn run(registry: Registry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loom: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::execute(cli, registry)) {
+        Ok(code) => code,
+        Err(fail) => {
+            eprintln!("loom: {}", fail.message);
+            ExitCode::from(fail.code)
+        }
+    }
+}
+
+/// Loom: durable workflows. Start them, run them, inspect them.
+#[derive(Debug, Parser)]
+#[command(name = "loom", version, about, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// The database: sqlite://PATH (postgres:// and redb:// when built in).
+    #[arg(long, global = true, env = "LOOM_DB", default_value = db::DEFAULT_URL)]
+    pub(crate) db: String,
+    /// Print one JSON document on stdout instead of text for people.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the database and its schema.
+    Init,
+    /// Run a worker for the registered workflows until Ctrl-C (or until idle).
+    Worker {
+        /// Workflow tasks run at once (activities run four times as many).
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Seconds between polls for work from other processes.
+        #[arg(long, default_value_t = 0.5)]
+        poll_interval: f64,
+        /// Exit once no task is runnable or due within a second.
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Start a workflow and print its id.
+    Start {
+        /// The workflow type's name (see `loom workflows`).
+        workflow: String,
+        /// The input, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// The workflow's id (default: a new UUID). Starting again with the same id and input
+        /// returns the existing workflow.
+        #[arg(long)]
+        id: Option<String>,
+        /// Wait for the result and print it (a worker must be running).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List workflows, newest first.
+    List {
+        /// The most workflows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only this status: running, paused, completed, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this workflow type.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show one workflow: status, input, state, output or error, what it waits for.
+    Inspect {
+        /// The workflow's id.
+        id: String,
+        /// Also show the numbered event history.
+        #[arg(long)]
+        events: bool,
+    },
+    /// Send a signal to a workflow.
+    Signal {
+        /// The workflow's id.
+        id: String,
+        /// The signal's name.
+        name: String,
+        /// The payload, as JSON.
+        #[arg(long, default_value = "null")]
+        payload: String,
+    },
+    /// Ask a workflow to cancel.
+    Cancel {
+        /// The workflow's id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Print a workflow's result (exit 1 if it failed or was cancelled).
+    Result {
+        /// The workflow's id.
+        id: String,
+        /// Wait until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Counts: workflows by status, events, tasks ready and running.
+    Stats,
+    /// Replay a stored history against this binary's code: the check to run before deploying
+    /// changed workflow code (exit 1 on a mismatch).
+    Replay {
+        /// The workflow's id.
+        id: String,
+    },
+    /// List the workflow and activity types this binary has registered.
+    Workflows,
+    /// Start a batch of the example workflows, run them with an in-process worker, and
+    /// report what happened.
+    Demo {
+        /// How many OrderProcessing workflows to start (the other examples scale with it).
+        #[arg(long, default_value_t = 8)]
+        orders: usize,
+    },
+}
+
+/// A command's failure: a sentence for stderr and an exit code.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Fail {
+    /// Bad usage or bad input: exit code 2.
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Fail {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// The operation failed: exit code 1.
+    pub(crate) fn failed(message: impl Into<String>) -> Self {
+        Fail {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn from_storage(e: StorageError) -> Self {
+        let message = sentence(&e);
+        match e {
+            StorageError::NotFound(_)
+            | StorageError::AlreadyExists { .. }
+            | StorageError::InvalidArgument(_)
+            | StorageError::Incompatible(_)
+            | StorageError::Corrupt { .. } => Fail::usage(message),
+            _ => Fail::failed(message),
+        }
+    }
+
+    pub(crate) fn from_client(e: ClientError) -> Self {
+        match e {
+            ClientError::Storage(e) => Fail::from_storage(e),
+            ClientError::IdInUse(_)
+            | ClientError::Payload(_)
+            | ClientError::UnknownWorkflow { .. } => Fail::usage(e.to_string()),
+            other => Fail::failed(other.to_string()),
+        }
+    }
+}
+
+/// An error and its causes as one sentence.
+fn sentence(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}

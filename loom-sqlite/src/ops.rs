@@ -111,7 +111,7 @@ impl Db<'_> {
             return Err(StorageError::NotFound(id.clone()));
         };
         let status = status.parse().map_err(|e: String| StorageError::Corrupt {
-            message: format!("workflow {id:?} in {}: {e}", self.path.display()),
+            message: format!("workflow \"{id}\" in {}: {e}", self.path.display()),
             source: None,
         })?;
         Ok((seq(last), status))
@@ -393,7 +393,7 @@ impl Db<'_> {
             .map(|(mid, visible_at, kind)| {
                 Ok(Message {
                     id: MessageId(mid.unsigned_abs()),
-                    kind: self.decode(&kind, || format!("message {mid} of workflow {id:?}"))?,
+                    kind: self.decode(&kind, || format!("message {mid} of workflow \"{id}\""))?,
                     visible_at: Timestamp::from_millis(visible_at),
                 })
             })
@@ -404,7 +404,7 @@ impl Db<'_> {
         let (kind, workflow) = self.held(&c.lease)?;
         if kind != WORKFLOW_TASK || workflow != c.workflow_id {
             return Err(StorageError::InvalidArgument(format!(
-                "{} is not the workflow task of {:?}",
+                "{} is not the workflow task of \"{}\"",
                 c.lease.task, c.workflow_id
             )));
         }
@@ -584,7 +584,7 @@ impl Db<'_> {
                 Ok(Event {
                     seq: seq(n),
                     at: Timestamp::from_millis(at),
-                    kind: self.decode(&kind, || format!("event #{n} of workflow {id:?}"))?,
+                    kind: self.decode(&kind, || format!("event #{n} of workflow \"{id}\""))?,
                 })
             })
             .collect()
@@ -805,7 +805,7 @@ impl RawSummary {
 
     fn decode(self, db: &Db<'_>) -> Result<WorkflowSummary> {
         let id = self.id;
-        let field = |what: &str| format!("the {what} of workflow {id:?}");
+        let field = |what: &str| format!("the {what} of workflow \"{id}\"");
         let status = self
             .status
             .parse()

@@ -13,10 +13,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum StorageError {
     /// No workflow with this id.
-    #[error("no workflow with id {0:?}")]
+    #[error("no workflow with id {0}")]
     NotFound(WorkflowId),
     /// A workflow with this id already exists; nothing was written.
-    #[error("a workflow with id {id:?} already exists ({status})")]
+    #[error("a workflow with id {id} already exists ({status})")]
     AlreadyExists {
         /// The id.
         id: WorkflowId,
@@ -25,7 +25,7 @@ pub enum StorageError {
     },
     /// The history moved on since the caller read it (optimistic concurrency); nothing was
     /// written.
-    #[error("workflow {id:?} has events up to {actual}, the caller expected {expected}")]
+    #[error("workflow {id} has events up to {actual}, the caller expected {expected}")]
     Conflict {
         /// The workflow.
         id: WorkflowId,
@@ -39,7 +39,7 @@ pub enum StorageError {
     #[error("the lease on task {0} is no longer held")]
     LeaseLost(TaskId),
     /// The workflow has ended and accepts no more signals or cancel requests.
-    #[error("workflow {id:?} has already ended ({status})")]
+    #[error("workflow {id} has already ended ({status})")]
     Closed {
         /// The workflow.
         id: WorkflowId,

@@ -472,7 +472,7 @@ impl Storage for MemoryStorage {
             TaskKind::Workflow(id) if *id == c.workflow_id => {}
             _ => {
                 return Err(StorageError::InvalidArgument(format!(
-                    "{} is not the workflow task of {:?}",
+                    "{} is not the workflow task of \"{}\"",
                     c.lease.task, c.workflow_id
                 )));
             }

@@ -21,7 +21,7 @@ pub enum ClientError {
     Storage(#[from] StorageError),
     /// A workflow with this id exists, with another type or input, so this start is not a
     /// repeat of that one.
-    #[error("a different workflow already has id {0:?}")]
+    #[error("a different workflow already has id {0}")]
     IdInUse(WorkflowId),
     /// The input or output does not match the workflow's types.
     #[error("{0}")]
@@ -35,7 +35,7 @@ pub enum ClientError {
         known: String,
     },
     /// The workflow failed.
-    #[error("workflow {id:?} failed: {failure}")]
+    #[error("workflow {id} failed: {failure}")]
     Failed {
         /// The workflow.
         id: WorkflowId,
@@ -43,10 +43,10 @@ pub enum ClientError {
         failure: Failure,
     },
     /// The workflow was cancelled.
-    #[error("workflow {0:?} was cancelled")]
+    #[error("workflow {0} was cancelled")]
     Cancelled(WorkflowId),
     /// Waiting for the result took longer than asked.
-    #[error("workflow {0:?} did not finish in time")]
+    #[error("workflow {0} did not finish in time")]
     Timeout(WorkflowId),
 }
 

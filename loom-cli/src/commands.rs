@@ -1,0 +1,760 @@
+//! One function per command.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use loom_core::{Activation, EventKind, Payload, Registry, WorkflowId, WorkflowMachine};
+use loom_storage::{Clock, ListQuery, Storage, SystemClock, WorkflowStatus, WorkflowSummary};
+use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
+use serde_json::json;
+
+use crate::db::{self, DbUrl, Missing};
+use crate::render;
+use crate::{Cli, Command, Fail};
+
+pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fail> {
+    let url = DbUrl::parse(&cli.db)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Init => init(&url, json).await,
+        Command::Workflows => workflows(&registry, json),
+        Command::Worker {
+            workers,
+            poll_interval,
+            exit_when_idle,
+        } => {
+            let store = db::open(&url, Missing::Create, false).await?;
+            worker(
+                store,
+                registry,
+                workers,
+                poll_interval,
+                exit_when_idle,
+                json,
+            )
+            .await
+        }
+        Command::Start {
+            workflow,
+            input,
+            id,
+            wait,
+        } => {
+            let input = parse_json("--input", &input)?;
+            if registry.workflow(&workflow).is_none() {
+                return Err(unknown_workflow(&registry, &workflow));
+            }
+            let store = db::open(&url, Missing::Create, false).await?;
+            start(store, &registry, &workflow, input, id, wait, json).await
+        }
+        Command::List {
+            limit,
+            status,
+            name,
+        } => {
+            let status = status
+                .map(|s| s.parse::<WorkflowStatus>())
+                .transpose()
+                .map_err(Fail::usage)?;
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            list(store, limit, status, name, json).await
+        }
+        Command::Inspect { id, events } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            inspect(store, &WorkflowId::new(id), events, json).await
+        }
+        Command::Signal { id, name, payload } => {
+            let payload = parse_json("--payload", &payload)?;
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let id = WorkflowId::new(id);
+            Client::new(store)
+                .signal(&id, &name, payload)
+                .await
+                .map_err(Fail::from_client)?;
+            if json {
+                render::json(&json!({ "id": id, "signal": name, "sent": true }))?;
+            } else {
+                println!("Sent signal {name:?} to {id}.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id, reason } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let id = WorkflowId::new(id);
+            Client::new(store)
+                .cancel(&id, reason)
+                .await
+                .map_err(Fail::from_client)?;
+            if json {
+                render::json(&json!({ "id": id, "cancel_requested": true }))?;
+            } else {
+                println!("Asked {id} to cancel; it will stop at its next wait.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Result { id, wait } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let client = Client::new(store);
+            let id = WorkflowId::new(id);
+            let summary = if wait {
+                client.wait(&id, None).await
+            } else {
+                client.describe(&id).await
+            }
+            .map_err(Fail::from_client)?;
+            if !summary.status.is_terminal() {
+                return Err(Fail::failed(format!(
+                    "workflow {id} is {} and has no result yet (use --wait to wait for it)",
+                    summary.status
+                )));
+            }
+            print_result(&summary, json)
+        }
+        Command::Stats => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            stats(store, json).await
+        }
+        Command::Replay { id } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            replay(store, &registry, &WorkflowId::new(id), json).await
+        }
+        Command::Demo { orders } => {
+            let store = db::open(&url, Missing::Create, false).await?;
+            demo(store, registry, &url, orders.max(1), json).await
+        }
+    }
+}
+
+fn parse_json(flag: &str, text: &str) -> Result<Payload, Fail> {
+    Payload::parse(text).map_err(|e| Fail::usage(format!("{flag} is not valid JSON ({e})")))
+}
+
+fn unknown_workflow(registry: &Registry, name: &str) -> Fail {
+    let known: Vec<&str> = registry.workflow_names().collect();
+    Fail::usage(format!(
+        "unknown workflow {name:?}; this loom knows: {}",
+        known.join(", ")
+    ))
+}
+
+async fn init(url: &DbUrl, json: bool) -> Result<ExitCode, Fail> {
+    let existed = url.file().is_some_and(std::path::Path::exists);
+    db::open(url, Missing::Create, true).await?;
+    if json {
+        render::json(&json!({ "db": url.display(), "created": !existed }))?;
+    } else if existed {
+        println!("A Loom database already exists at {}.", url.display());
+    } else {
+        println!("Created a Loom database at {}.", url.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workflows(registry: &Registry, json: bool) -> Result<ExitCode, Fail> {
+    let workflows: Vec<serde_json::Value> = registry
+        .workflow_names()
+        .filter_map(|n| registry.workflow(n))
+        .map(|w| json!({ "name": w.name(), "version": w.version() }))
+        .collect();
+    let activities: Vec<&str> = registry.activity_names().collect();
+    if json {
+        render::json(&json!({ "workflows": workflows, "activities": activities }))?;
+    } else {
+        let mut t = render::table(&["WORKFLOW", "VERSION"]);
+        for w in &workflows {
+            t.add_row(vec![
+                w["name"].to_string().trim_matches('"').to_owned(),
+                w["version"].to_string(),
+            ]);
+        }
+        println!("{t}");
+        println!("activities: {}", activities.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn start(
+    store: Arc<dyn Storage>,
+    registry: &Registry,
+    workflow: &str,
+    input: Payload,
+    id: Option<String>,
+    wait: bool,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let client = Client::new(store);
+    let options = StartOptions {
+        id: id.map(WorkflowId::new),
+    };
+    let id = client
+        .start_by_name(registry, workflow, input, options)
+        .await
+        .map_err(Fail::from_client)?;
+    if !wait {
+        if json {
+            render::json(&json!({ "id": id, "workflow": workflow }))?;
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json && std::io::stderr().is_terminal() {
+        eprintln!(
+            "Started {id}; waiting for a worker to finish it (run `loom worker` elsewhere)..."
+        );
+    }
+    let summary = client.wait(&id, None).await.map_err(Fail::from_client)?;
+    print_result(&summary, json)
+}
+
+/// Prints a finished workflow's output, or its error with exit code 1.
+fn print_result(summary: &WorkflowSummary, json: bool) -> Result<ExitCode, Fail> {
+    let ok = summary.status == WorkflowStatus::Completed;
+    if json {
+        render::json(&json!({
+            "id": summary.id,
+            "status": summary.status,
+            "output": summary.output,
+            "failure": summary.failure,
+        }))?;
+    } else if let Some(output) = summary.output.as_ref().filter(|_| ok) {
+        println!("{}", output.as_json());
+    } else if summary.status == WorkflowStatus::Failed {
+        let why = summary
+            .failure
+            .as_ref()
+            .map_or_else(|| "no error recorded".to_owned(), ToString::to_string);
+        eprintln!("loom: workflow {} failed: {why}", summary.id);
+    } else {
+        eprintln!("loom: workflow {} was {}", summary.id, summary.status);
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn list(
+    store: Arc<dyn Storage>,
+    limit: usize,
+    status: Option<WorkflowStatus>,
+    name: Option<String>,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let query = ListQuery {
+        status,
+        name,
+        limit,
+        ..ListQuery::default()
+    };
+    let page = store.list(&query).await.map_err(Fail::from_storage)?;
+    if json {
+        render::json(&json!({ "workflows": page.items, "more": page.next.is_some() }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if page.items.is_empty() {
+        println!("No workflows.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = render::table(&["ID", "WORKFLOW", "STATUS", "STEP", "CREATED", "UPDATED"]);
+    for s in &page.items {
+        let step = s
+            .progress
+            .as_ref()
+            .and_then(|p| p.current_step.clone())
+            .unwrap_or_default();
+        t.add_row(vec![
+            s.id.to_string(),
+            s.name.clone(),
+            s.status.to_string(),
+            step,
+            render::time(s.created_at),
+            render::time(s.updated_at),
+        ]);
+    }
+    println!("{t}");
+    if page.next.is_some() {
+        println!("(more than {limit}; use --limit to see more)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn inspect(
+    store: Arc<dyn Storage>,
+    id: &WorkflowId,
+    events: bool,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    let history = if events {
+        Some(
+            store
+                .load_history(id, loom_core::Seq::ZERO)
+                .await
+                .map_err(Fail::from_storage)?,
+        )
+    } else {
+        None
+    };
+    if json {
+        let mut doc = serde_json::to_value(&summary)
+            .map_err(|e| Fail::failed(format!("cannot encode the summary: {e}")))?;
+        if let Some(h) = &history {
+            doc["events"] = serde_json::to_value(h)
+                .map_err(|e| Fail::failed(format!("cannot encode the history: {e}")))?;
+        }
+        render::json(&doc)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |label: &str, value: String| println!("{label:<10} {value}");
+    line("id", summary.id.to_string());
+    line("workflow", format!("{} v{}", summary.name, summary.version));
+    line("status", summary.status.to_string());
+    if let Some(reason) = &summary.pause_reason {
+        line("paused", reason.clone());
+    }
+    line("created", render::time(summary.created_at));
+    line("updated", render::time(summary.updated_at));
+    if let Some(t) = summary.closed_at {
+        line("ended", render::time(t));
+    }
+    line("input", render::payload(&summary.input, 200));
+    if let Some(p) = &summary.progress {
+        line("state", render::payload(&p.state, 200));
+        if let Some(step) = &p.current_step {
+            line("step", step.clone());
+        }
+    }
+    if let Some(o) = &summary.output {
+        line("output", render::payload(o, 200));
+    }
+    if let Some(f) = &summary.failure {
+        line("error", f.to_string());
+    }
+    line("events", summary.last_seq.get().to_string());
+    if let Some(p) = summary
+        .progress
+        .as_ref()
+        .filter(|_| !summary.status.is_terminal())
+    {
+        for a in &p.pending_activities {
+            line(
+                "waiting",
+                format!(
+                    "activity {} ({}), {} attempt(s) so far",
+                    a.name, a.id, a.attempts
+                ),
+            );
+        }
+        for t in &p.pending_timers {
+            line(
+                "waiting",
+                format!("timer {} until {}", t.id, render::time(t.fire_at)),
+            );
+        }
+        for s in &p.awaiting_signals {
+            line("waiting", format!("signal {s:?}"));
+        }
+    }
+    if let Some(h) = history {
+        println!();
+        let mut t = render::table(&["#", "TIME", "EVENT"]);
+        for e in &h {
+            t.add_row(vec![
+                e.seq.get().to_string(),
+                render::time(e.at),
+                e.kind.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stats(store: Arc<dyn Storage>, json: bool) -> Result<ExitCode, Fail> {
+    let s = store.stats().await.map_err(Fail::from_storage)?;
+    let now = SystemClock.now();
+    let oldest_ready_age = s.oldest_ready_at.map(|t| now.saturating_duration_since(t));
+    if json {
+        let mut doc = serde_json::to_value(&s).map_err(|e| Fail::failed(e.to_string()))?;
+        doc["oldest_ready_age_ms"] = json!(oldest_ready_age.map(|d| d.as_millis() as u64));
+        render::json(&doc)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = render::table(&["WORKFLOWS", "COUNT"]);
+    for status in WorkflowStatus::ALL {
+        t.add_row(vec![
+            status.to_string(),
+            s.workflows.get(&status).copied().unwrap_or(0).to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!("events                  {}", s.events);
+    println!(
+        "workflow tasks ready    {}  running {}",
+        s.workflow_tasks_ready, s.workflow_tasks_running
+    );
+    println!(
+        "activity tasks ready    {}  running {}  waiting to retry {}",
+        s.activity_tasks_ready, s.activity_tasks_running, s.activity_tasks_waiting
+    );
+    println!("timers and messages due later  {}", s.messages_waiting);
+    if let Some(age) = oldest_ready_age {
+        println!("oldest ready task       waiting {}", render::duration(age));
+    }
+    if let Some(t) = s.next_due_at {
+        println!("next due                {}", render::time(t));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(
+    store: Arc<dyn Storage>,
+    registry: &Registry,
+    id: &WorkflowId,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    let Some(def) = registry.workflow(&summary.name).cloned() else {
+        return Err(unknown_workflow(registry, &summary.name));
+    };
+    let history = store
+        .load_history(id, loom_core::Seq::ZERO)
+        .await
+        .map_err(Fail::from_storage)?;
+    let events = history.len();
+    let result = WorkflowMachine::new(def.clone(), id.clone(), history)
+        .and_then(|mut m| m.activate(Activation::new(SystemClock.now(), 0)).map(drop));
+    let verdict = match &result {
+        Ok(()) => {
+            json!({ "id": id, "deterministic": true, "events": events, "workflow": def.name(), "version": def.version() })
+        }
+        Err(e) => json!({
+            "id": id, "deterministic": false, "events": events, "error": e.to_string(),
+            "seq": e.nondeterminism().map(|n| n.seq.get()),
+        }),
+    };
+    if json {
+        render::json(&verdict)?;
+    } else {
+        match &result {
+            Ok(()) => println!(
+                "{id}: deterministic. {events} events replay cleanly on this binary's {} v{}.",
+                def.name(),
+                def.version()
+            ),
+            Err(e) => eprintln!("loom: {id} does not replay on this binary's code: {e}"),
+        }
+    }
+    Ok(if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn worker(
+    store: Arc<dyn Storage>,
+    registry: Registry,
+    workers: usize,
+    poll_interval: f64,
+    exit_when_idle: bool,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    if !(poll_interval.is_finite() && poll_interval > 0.0) {
+        return Err(Fail::usage(
+            "--poll-interval must be a positive number of seconds",
+        ));
+    }
+    let live = !json && std::io::stderr().is_terminal();
+    if !live {
+        // Plain logs for files and pipes; RUST_LOG refines them.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,loom=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let config = WorkerConfig {
+        workflow_concurrency: workers.max(1),
+        activity_concurrency: workers.max(1) * 4,
+        poll_interval: Duration::from_secs_f64(poll_interval),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::with_config(store, registry, config);
+    let metrics = worker.metrics();
+    let started = Instant::now();
+    let progress = live.then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let ticker = progress.clone().map(|bar| {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let m = metrics.snapshot();
+                bar.set_message(format!(
+                    "workflow tasks {} · finished {} · activities {} ok, {} failed · paused {} · running {}",
+                    m.workflow_tasks, m.workflows_finished, m.activities_completed, m.activities_failed,
+                    m.workflow_tasks_paused, m.running
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let report = if exit_when_idle {
+        worker.run_until_idle(Duration::from_secs(1)).await
+    } else {
+        worker.run(loom_worker::shutdown_signal()).await
+    }
+    .map_err(|e| Fail::usage(e.to_string()))?;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let elapsed = started.elapsed();
+    if json {
+        render::json(&json!({ "elapsed_ms": elapsed.as_millis() as u64, "metrics": report }))?;
+    } else {
+        eprintln!(
+            "Worker stopped after {}: {} workflow tasks, {} workflows finished, {} activities completed, {} attempts failed, {} tasks paused.",
+            render::duration(elapsed),
+            report.workflow_tasks,
+            report.workflows_finished,
+            report.activities_completed,
+            report.activities_failed,
+            report.workflow_tasks_paused
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(
+    store: Arc<dyn Storage>,
+    registry: Registry,
+    url: &DbUrl,
+    orders: usize,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    use crate::examples::{Approval, FanOut, FlakyCharge, Greeting, OrderProcessing, Reminder};
+    use loom_core::Workflow;
+
+    let config = WorkerConfig {
+        poll_interval: Duration::from_millis(100),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::with_config(store.clone(), registry.clone(), config);
+    let client = worker.client();
+    let run = format!("demo-{}", SystemClock.now().as_millis());
+    let scale = orders.div_ceil(4).max(1);
+    let mut ids: Vec<(String, WorkflowId)> = Vec::new();
+    let started = Instant::now();
+    let start = |name: &'static str, n: usize, input: serde_json::Value| {
+        let client = client.clone();
+        let registry = registry.clone();
+        let id = WorkflowId::new(format!("{run}-{}-{n}", name.to_lowercase()));
+        async move {
+            client
+                .start_by_name(
+                    &registry,
+                    name,
+                    Payload::from_json(input),
+                    StartOptions { id: Some(id) },
+                )
+                .await
+                .map(|id| (name.to_owned(), id))
+                .map_err(Fail::from_client)
+        }
+    };
+    for n in 0..orders {
+        let order_id = if n == orders - 1 && orders > 1 {
+            format!("declined-{n}")
+        } else {
+            format!("{n:04}")
+        };
+        ids.push(
+            start(
+                OrderProcessing::NAME,
+                n,
+                json!({"order_id": order_id, "customer_email": format!("customer{n}@example.com")}),
+            )
+            .await?,
+        );
+    }
+    for n in 0..scale {
+        ids.push(start(Greeting::NAME, n, json!({"name": format!("guest {n}")})).await?);
+        ids.push(start(FlakyCharge::NAME, n, json!({"fail_times": 2})).await?);
+        ids.push(start(FanOut::NAME, n, json!({"n": 10})).await?);
+        ids.push(start(Reminder::NAME, n, json!({"seconds": 1})).await?);
+    }
+    let approved = start(
+        Approval::NAME,
+        0,
+        json!({"request_id": "budget-2027", "timeout_secs": 30}),
+    )
+    .await?;
+    let unanswered = start(
+        Approval::NAME,
+        1,
+        json!({"request_id": "late-request", "timeout_secs": 1}),
+    )
+    .await?;
+    client
+        .signal(
+            &approved.1,
+            "approve",
+            Payload::from_json(json!({"approved": true, "by": "ada"})),
+        )
+        .await
+        .map_err(Fail::from_client)?;
+    ids.push(approved);
+    ids.push(unanswered);
+
+    let total = ids.len() as u64;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} workflows finished · {elapsed} · {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let running = {
+        let worker = worker.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        (stop, handle)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut summaries: BTreeMap<WorkflowId, WorkflowSummary> = BTreeMap::new();
+    loop {
+        let mut done = 0;
+        for (_, id) in &ids {
+            let s = store.describe(id).await.map_err(Fail::from_storage)?;
+            if s.status.is_terminal() {
+                done += 1;
+            }
+            summaries.insert(id.clone(), s);
+        }
+        if let Some(bar) = &bar {
+            let m = worker.metrics().snapshot();
+            bar.set_position(done);
+            bar.set_message(format!(
+                "{} activities, {} retried",
+                m.activities_completed, m.activities_failed
+            ));
+        }
+        if done == total {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(Fail::failed(format!(
+                "the demo did not finish within two minutes ({done} of {total} workflows ended)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    let _ = running.0.send(());
+    let metrics = match running.1.await {
+        Ok(Ok(m)) => m,
+        _ => worker.metrics().snapshot(),
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    // What happened, read back from the histories.
+    let mut timers = 0;
+    let mut signals = 0;
+    let mut by_type: BTreeMap<String, (usize, Option<String>)> = BTreeMap::new();
+    for (name, id) in &ids {
+        let history = store
+            .load_history(id, loom_core::Seq::ZERO)
+            .await
+            .map_err(Fail::from_storage)?;
+        timers += history
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::TimerFired { .. }))
+            .count();
+        signals += history
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::SignalReceived { .. }))
+            .count();
+        let entry = by_type.entry(name.clone()).or_default();
+        entry.0 += 1;
+        if let Some(out) = summaries.get(id).and_then(|s| s.output.as_ref()) {
+            entry.1.get_or_insert_with(|| render::payload(out, 60));
+        }
+    }
+    let count = |st: WorkflowStatus| summaries.values().filter(|s| s.status == st).count();
+    let (completed, failed, cancelled) = (
+        count(WorkflowStatus::Completed),
+        count(WorkflowStatus::Failed),
+        count(WorkflowStatus::Cancelled),
+    );
+    if json {
+        render::json(&json!({
+            "db": url.display(),
+            "workflows": total,
+            "completed": completed,
+            "failed": failed,
+            "cancelled": cancelled,
+            "elapsed_ms": elapsed.as_millis() as u64,
+            "activity_attempts_failed_and_retried": metrics.activities_failed,
+            "timers_fired": timers,
+            "signals_received": signals,
+            "ids": ids.iter().map(|(_, id)| id).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!(
+            "Ran {total} workflows in {} on {}: {completed} completed, {failed} failed, {cancelled} cancelled.",
+            render::duration(elapsed),
+            url.display()
+        );
+        println!(
+            "Along the way: {} activity attempts failed and were retried with backoff, {timers} durable timers fired, {signals} signal(s) received.",
+            metrics.activities_failed
+        );
+        let mut t = render::table(&["WORKFLOW", "RUNS", "A RESULT"]);
+        for (name, (n, example)) in &by_type {
+            t.add_row(vec![
+                name.clone(),
+                n.to_string(),
+                example.clone().unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+        let sample = ids
+            .first()
+            .map(|(_, id)| id.to_string())
+            .unwrap_or_default();
+        println!("Look closer: loom list · loom inspect {sample} --events · loom stats");
+    }
+    Ok(if failed == 0 && cancelled == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,146 @@
+//! `--db` URLs and opening the backend they name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use loom_storage::Storage;
+
+use crate::Fail;
+
+/// The database used when neither `--db` nor `LOOM_DB` is given.
+pub(crate) const DEFAULT_URL: &str = "sqlite://.loom/loom.db";
+
+/// A parsed `--db` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DbUrl {
+    /// `sqlite://PATH`.
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`.
+    Postgres(String),
+    /// `redb://PATH`.
+    Redb(PathBuf),
+}
+
+impl DbUrl {
+    pub(crate) fn parse(url: &str) -> Result<Self, Fail> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Fail::usage(format!(
+                "--db {url:?} is not a database URL; use sqlite://PATH (for example {DEFAULT_URL})"
+            ))
+        })?;
+        if rest.is_empty() {
+            return Err(Fail::usage(format!("--db {url:?} names no database")));
+        }
+        match scheme {
+            "sqlite" => Ok(DbUrl::Sqlite(PathBuf::from(rest))),
+            "postgres" | "postgresql" => Ok(DbUrl::Postgres(url.to_owned())),
+            "redb" => Ok(DbUrl::Redb(PathBuf::from(rest))),
+            other => Err(Fail::usage(format!(
+                "--db {url:?}: unknown scheme {other:?}; use sqlite://PATH, postgres://... or redb://PATH"
+            ))),
+        }
+    }
+
+    /// The URL as people should see it.
+    pub(crate) fn display(&self) -> String {
+        match self {
+            DbUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+            DbUrl::Postgres(u) => u.clone(),
+            DbUrl::Redb(p) => format!("redb://{}", p.display()),
+        }
+    }
+
+    /// The file, for the embedded backends.
+    pub(crate) fn file(&self) -> Option<&Path> {
+        match self {
+            DbUrl::Sqlite(p) | DbUrl::Redb(p) => Some(p),
+            DbUrl::Postgres(_) => None,
+        }
+    }
+}
+
+/// How a command treats a database that does not exist yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// Create it (and its directory, for `init` and the default location).
+    Create,
+    /// Refuse: a command that only reads or changes existing workflows.
+    Refuse,
+}
+
+pub(crate) async fn open(
+    url: &DbUrl,
+    missing: Missing,
+    make_dirs: bool,
+) -> Result<Arc<dyn Storage>, Fail> {
+    if let Some(file) = url.file() {
+        if !file.exists() {
+            if missing == Missing::Refuse {
+                return Err(Fail::usage(format!(
+                    "there is no Loom database at {}; run `loom init` (or `loom start`) first, or pass --db",
+                    url.display()
+                )));
+            }
+            let default_dir = Path::new(".loom");
+            let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(dir) = parent {
+                if !dir.exists() && (make_dirs || dir == default_dir) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Fail::usage(format!(
+                            "cannot create the directory {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                }
+            }
+        }
+    }
+    match url {
+        #[cfg(feature = "sqlite")]
+        DbUrl::Sqlite(path) => {
+            let store = loom_sqlite::SqliteStorage::open(path, loom_sqlite::SqliteOptions::default())
+                .await
+                .map_err(Fail::from_storage)?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "sqlite"))]
+        DbUrl::Sqlite(_) => Err(Fail::usage(
+            "this loom was built without the sqlite backend (Cargo feature `sqlite`)".to_owned(),
+        )),
+        DbUrl::Postgres(_) => Err(Fail::usage(
+            "this loom has no PostgreSQL backend built in yet (it is planned: the loom-postgres crate); \
+             use sqlite://PATH"
+                .to_owned(),
+        )),
+        DbUrl::Redb(_) => Err(Fail::usage(
+            "this loom has no redb backend built in yet (it is planned: the loom-redb crate); use sqlite://PATH"
+                .to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_by_scheme() {
+        assert_eq!(
+            DbUrl::parse("sqlite://.loom/loom.db").expect("ok"),
+            DbUrl::Sqlite(PathBuf::from(".loom/loom.db"))
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite:///tmp/x.db").expect("ok"),
+            DbUrl::Sqlite(PathBuf::from("/tmp/x.db"))
+        );
+        assert!(matches!(
+            DbUrl::parse("postgres://u@h/db"),
+            Ok(DbUrl::Postgres(_))
+        ));
+        assert!(matches!(DbUrl::parse("redb://a.redb"), Ok(DbUrl::Redb(_))));
+        for bad in ["loom.db", "mysql://x", "sqlite://"] {
+            let err = DbUrl::parse(bad).expect_err(bad);
+            assert_eq!(err.code, 2, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The example workflows compiled into `loom`, each a small model for writing your own.
+//!
+//! | workflow | input | what it shows |
+//! |---|---|---|
+//! | `OrderProcessing` | `{"order_id", "customer_email"}` | two activities, the second only if the first succeeded; typed state |
+//! | `Greeting` | `{"name"}` | the smallest workflow: one activity |
+//! | `Approval` | `{"request_id", "timeout_secs"}` | waiting for a signal `approve` (`{"approved", "by"}`) with a durable timeout |
+//! | `Reminder` | `{"seconds"}` | a durable sleep, then an activity |
+//! | `FlakyCharge` | `{"fail_times"}` | an activity that fails, retried with exponential backoff |
+//! | `FanOut` | `{"n"}` | `n` activities in parallel, output their sum |
+
+use std::time::Duration;
+
+use loom_core::future::join_all;
+use loom_core::{
+    Activity, ActivityContext, ActivityOptions, Failure, Registry, RetryPolicy, Workflow,
+    WorkflowContext, WorkflowError,
+};
+use serde::{Deserialize, Serialize};
+
+/// A registry with every example workflow and activity.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    add_to(&mut r).expect("the examples have distinct names");
+    r
+}
+
+/// Adds the examples to `registry`, for binaries that also register their own types.
+pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
+    registry
+        .add_workflow::<OrderProcessing>()?
+        .add_workflow::<Greeting>()?
+        .add_workflow::<Approval>()?
+        .add_workflow::<Reminder>()?
+        .add_workflow::<FlakyCharge>()?
+        .add_workflow::<FanOut>()?
+        .add_activity(ProcessPayment)?
+        .add_activity(SendConfirmation)?
+        .add_activity(Greet)?
+        .add_activity(RecordDecision)?
+        .add_activity(SendReminder)?
+        .add_activity(Charge)?
+        .add_activity(Compute)?;
+    Ok(())
+}
+
+// ---- OrderProcessing ----
+
+/// An order to process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    /// The order's id; ids starting with `declined` are declined by the payment activity.
+    pub order_id: String,
+    /// Where the confirmation goes.
+    pub customer_email: String,
+}
+
+/// What `OrderProcessing` records as it goes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OrderState {
+    /// The payment went through.
+    pub payment_confirmed: bool,
+    /// The confirmation was sent.
+    pub email_sent: bool,
+}
+
+/// Charges the order, then sends a confirmation only if the charge went through.
+pub struct OrderProcessing;
+
+impl Workflow for OrderProcessing {
+    const NAME: &'static str = "OrderProcessing";
+    type Input = Order;
+    type State = OrderState;
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let order = ctx.input().clone();
+        let paid = ctx
+            .step(
+                "payment",
+                ctx.activity::<ProcessPayment>(order.order_id.clone()),
+            )
+            .await?;
+        ctx.update_state(|s| s.payment_confirmed = paid)?;
+        if !paid {
+            ctx.logger()
+                .warn(format!("payment for order {} declined", order.order_id));
+            return Ok(format!("order {} declined", order.order_id));
+        }
+        ctx.step(
+            "confirmation",
+            ctx.activity::<SendConfirmation>(order.customer_email),
+        )
+        .await?;
+        ctx.update_state(|s| s.email_sent = true)?;
+        Ok(format!("order {} complete", order.order_id))
+    }
+}
+
+/// Charges an order (simulated: ids starting with `declined` are declined).
+pub struct ProcessPayment;
+
+impl Activity for ProcessPayment {
+    const NAME: &'static str = "process_payment";
+    type Input = String;
+    type Output = bool;
+
+    async fn run(&self, _: ActivityContext, order_id: String) -> Result<bool, Failure> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(!order_id.starts_with("declined"))
+    }
+}
+
+/// Sends an order confirmation (simulated).
+pub struct SendConfirmation;
+
+impl Activity for SendConfirmation {
+    const NAME: &'static str = "send_confirmation";
+    type Input = String;
+    type Output = ();
+
+    async fn run(&self, _: ActivityContext, email: String) -> Result<(), Failure> {
+        tracing::info!(%email, "confirmation sent");
+        Ok(())
+    }
+}
+
+// ---- Greeting ----
+
+/// The input of `Greeting`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GreetingInput {
+    /// Who to greet.
+    pub name: String,
+}
+
+/// Greets someone through one activity.
+pub struct Greeting;
+
+impl Workflow for Greeting {
+    const NAME: &'static str = "Greeting";
+    type Input = GreetingInput;
+    type State = ();
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        Ok(ctx.activity::<Greet>(ctx.input().name.clone()).await?)
+    }
+}
+
+/// Makes a greeting.
+pub struct Greet;
+
+impl Activity for Greet {
+    const NAME: &'static str = "greet";
+    type Input = String;
+    type Output = String;
+
+    async fn run(&self, _: ActivityContext, name: String) -> Result<String, Failure> {
+        Ok(format!("Hello, {name}!"))
+    }
+}
+
+// ---- Approval ----
+
+/// The input of `Approval`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    /// What is being approved.
+    pub request_id: String,
+    /// How long to wait for the `approve` signal.
+    pub timeout_secs: u64,
+}
+
+/// The payload of the `approve` signal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    /// Approved or rejected.
+    pub approved: bool,
+    /// By whom.
+    pub by: String,
+}
+
+/// What `Approval` returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalOutcome {
+    /// `approved`, `rejected` or `timed_out`.
+    pub decision: String,
+    /// Who decided, unless it timed out.
+    pub by: Option<String>,
+}
+
+/// Waits for an `approve` signal, or times out with a durable timer.
+pub struct Approval;
+
+impl Workflow for Approval {
+    const NAME: &'static str = "Approval";
+    type Input = ApprovalRequest;
+    type State = ();
+    type Output = ApprovalOutcome;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<ApprovalOutcome, WorkflowError> {
+        let timeout = Duration::from_secs(ctx.input().timeout_secs);
+        let decision = ctx
+            .step(
+                "awaiting approval",
+                ctx.wait_signal_timeout::<ApprovalDecision>("approve", timeout),
+            )
+            .await?;
+        let outcome = match decision {
+            Some(d) => ApprovalOutcome {
+                decision: if d.approved { "approved" } else { "rejected" }.into(),
+                by: Some(d.by),
+            },
+            None => ApprovalOutcome {
+                decision: "timed_out".into(),
+                by: None,
+            },
+        };
+        ctx.activity::<RecordDecision>((ctx.input().request_id.clone(), outcome.decision.clone()))
+            .await?;
+        Ok(outcome)
+    }
+}
+
+/// Records an approval decision (simulated).
+pub struct RecordDecision;
+
+impl Activity for RecordDecision {
+    const NAME: &'static str = "record_decision";
+    type Input = (String, String);
+    type Output = ();
+
+    async fn run(
+        &self,
+        _: ActivityContext,
+        (request, decision): (String, String),
+    ) -> Result<(), Failure> {
+        tracing::info!(%request, %decision, "decision recorded");
+        Ok(())
+    }
+}
+
+// ---- Reminder ----
+
+/// The input of `Reminder`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReminderInput {
+    /// How long to sleep before reminding.
+    pub seconds: u64,
+}
+
+/// Sleeps durably, then sends a reminder.
+pub struct Reminder;
+
+impl Workflow for Reminder {
+    const NAME: &'static str = "Reminder";
+    type Input = ReminderInput;
+    type State = ();
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        ctx.step(
+            "sleeping",
+            ctx.sleep(Duration::from_secs(ctx.input().seconds)),
+        )
+        .await?;
+        Ok(ctx.activity::<SendReminder>(ctx.input().seconds).await?)
+    }
+}
+
+/// Sends a reminder (simulated).
+pub struct SendReminder;
+
+impl Activity for SendReminder {
+    const NAME: &'static str = "send_reminder";
+    type Input = u64;
+    type Output = String;
+
+    async fn run(&self, _: ActivityContext, seconds: u64) -> Result<String, Failure> {
+        Ok(format!("reminded after {seconds}s"))
+    }
+}
+
+// ---- FlakyCharge ----
+
+/// The input of `FlakyCharge`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlakyInput {
+    /// How many attempts fail before one succeeds.
+    pub fail_times: u32,
+}
+
+/// Charges through a flaky service: retried with exponential backoff until it succeeds.
+pub struct FlakyCharge;
+
+impl Workflow for FlakyCharge {
+    const NAME: &'static str = "FlakyCharge";
+    type Input = FlakyInput;
+    type State = ();
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let attempt = ctx.activity::<Charge>(ctx.input().fail_times).await?;
+        Ok(format!("charged on attempt {attempt}"))
+    }
+}
+
+/// Fails its first `fail_times` attempts, then succeeds and returns the attempt number.
+pub struct Charge;
+
+impl Activity for Charge {
+    const NAME: &'static str = "charge";
+    type Input = u32;
+    type Output = u32;
+
+    fn options() -> ActivityOptions {
+        ActivityOptions {
+            retry: RetryPolicy {
+                max_attempts: 10,
+                initial_interval: Duration::from_millis(100),
+                backoff_coefficient: 2.0,
+                max_interval: Duration::from_secs(2),
+                non_retryable: vec![],
+            },
+            ..ActivityOptions::default()
+        }
+    }
+
+    async fn run(&self, ctx: ActivityContext, fail_times: u32) -> Result<u32, Failure> {
+        let attempt = ctx.info().attempt;
+        if attempt <= fail_times {
+            return Err(Failure::new(
+                "service_unavailable",
+                format!("the payment service did not answer (attempt {attempt})"),
+            ));
+        }
+        Ok(attempt)
+    }
+}
+
+// ---- FanOut ----
+
+/// The input of `FanOut`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanOutInput {
+    /// How many activities to run in parallel.
+    pub n: u32,
+}
+
+/// Runs `n` activities in parallel and returns the sum of their results (the sum of
+/// squares 1..=n).
+pub struct FanOut;
+
+impl Workflow for FanOut {
+    const NAME: &'static str = "FanOut";
+    type Input = FanOutInput;
+    type State = ();
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let calls = (1..=ctx.input().n).map(|i| ctx.activity::<Compute>(i));
+        let mut sum = 0;
+        for result in join_all(calls).await {
+            sum += result?;
+        }
+        Ok(sum)
+    }
+}
+
+/// Squares its input.
+pub struct Compute;
+
+impl Activity for Compute {
+    const NAME: &'static str = "compute";
+    type Input = u32;
+    type Output = u64;
+
+    async fn run(&self, _: ActivityContext, i: u32) -> Result<u64, Failure> {
+        Ok(u64::from(i) * u64::from(i))
+    }
+}
