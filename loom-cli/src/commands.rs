@@ -45,9 +45,13 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             wait,
         } => {
             let input = parse_json("--input", &input)?;
-            if registry.workflow(&workflow).is_none() {
+            // Check name and input before touching the database, so bad input writes nothing.
+            let Some(def) = registry.workflow(&workflow) else {
                 return Err(unknown_workflow(&registry, &workflow));
-            }
+            };
+            def.check_input(&input).map_err(|e| {
+                Fail::usage(format!("--input does not fit workflow {workflow}: {e}"))
+            })?;
             let store = db::open(&url, Missing::Create, false).await?;
             start(store, &registry, &workflow, input, id, wait, json).await
         }

@@ -83,15 +83,20 @@ pub(crate) async fn open(
             }
             let default_dir = Path::new(".loom");
             let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(dir) = parent {
-                if !dir.exists() && (make_dirs || dir == default_dir) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Fail::usage(format!(
-                            "cannot create the directory {}: {e}",
-                            dir.display()
-                        ))
-                    })?;
+            if let Some(dir) = parent.filter(|d| !d.exists()) {
+                if !(make_dirs || dir == default_dir) {
+                    return Err(Fail::usage(format!(
+                        "cannot create {}: the directory {} does not exist (`loom init` creates it)",
+                        url.display(),
+                        dir.display()
+                    )));
                 }
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Fail::usage(format!(
+                        "cannot create the directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
             }
         }
     }

@@ -1,0 +1,647 @@
+//! The real `loom` binary, run as a user would: every command, its JSON output, its exit
+//! codes, and the bad inputs it must refuse cleanly.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn loom(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loom"));
+    cmd.current_dir(dir)
+        .env_remove("LOOM_DB")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn json_of(out: &[u8]) -> Value {
+    serde_json::from_slice(out).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(out)
+        )
+    })
+}
+
+/// Starts a workflow and returns its id.
+fn start(dir: &Path, workflow: &str, input: &str) -> String {
+    let out = loom(dir)
+        .args(["start", workflow, "--input", input, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    json_of(&out)["id"].as_str().expect("an id").to_owned()
+}
+
+fn drain(dir: &Path) {
+    loom(dir)
+        .args(["worker", "--exit-when-idle", "--poll-interval", "0.05"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("Worker stopped"));
+}
+
+fn inspect(dir: &Path, id: &str) -> Value {
+    let out = loom(dir)
+        .args(["inspect", id, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    json_of(&out)
+}
+
+#[test]
+fn init_creates_the_database_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path())
+        .arg("init")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "Created a Loom database at sqlite://.loom/loom.db",
+        ));
+    assert!(dir.path().join(".loom/loom.db").exists());
+    loom(dir.path())
+        .arg("init")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("already exists"));
+    let out = loom(dir.path())
+        .args(["init", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["created"], false);
+    // An explicit path gets its directories made by init.
+    loom(dir.path())
+        .args(["--db", "sqlite://nested/dir/x.db", "init", "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"created\": true"));
+}
+
+#[test]
+fn start_run_and_read_the_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(dir.path(), "Greeting", r#"{"name": "Ada"}"#);
+    // Not finished yet: no worker ran.
+    loom(dir.path())
+        .args(["result", &id])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("has no result yet"));
+    drain(dir.path());
+    loom(dir.path())
+        .args(["result", &id])
+        .assert()
+        .success()
+        .stdout("\"Hello, Ada!\"\n");
+    let out = loom(dir.path())
+        .args(["result", &id, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(doc["output"], "Hello, Ada!");
+    // The same id and input again is the same workflow; another input under it is refused.
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name":"Bo"}"#,
+            "--id",
+            "fixed",
+        ])
+        .assert()
+        .success()
+        .stdout("fixed\n");
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name":"Bo"}"#,
+            "--id",
+            "fixed",
+        ])
+        .assert()
+        .success();
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name":"Cy"}"#,
+            "--id",
+            "fixed",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "a different workflow already has id fixed",
+        ));
+}
+
+#[test]
+fn order_processing_state_and_history_are_visible() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(
+        dir.path(),
+        "OrderProcessing",
+        r#"{"order_id": "42", "customer_email": "a@b.c"}"#,
+    );
+    drain(dir.path());
+    let doc = inspect(dir.path(), &id);
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(doc["output"], "order 42 complete");
+    assert_eq!(doc["progress"]["state"]["payment_confirmed"], true);
+    assert_eq!(doc["progress"]["state"]["email_sent"], true);
+    let out = loom(dir.path())
+        .args(["inspect", &id, "--events", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let events = json_of(&out)["events"].as_array().expect("events").clone();
+    assert_eq!(events[0]["type"], "WorkflowStarted");
+    assert_eq!(events.last().expect("last")["type"], "WorkflowCompleted");
+    loom(dir.path())
+        .args(["inspect", &id, "--events"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("ActivityScheduled(\"process_payment\"")
+                .and(predicate::str::contains("StateSet(\"email_sent\" = true)")),
+        );
+}
+
+#[test]
+fn list_filters_and_pages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["Ann", "Bob", "Cy"] {
+        start(dir.path(), "Greeting", &format!(r#"{{"name": "{name}"}}"#));
+    }
+    let fan = start(dir.path(), "FanOut", r#"{"n": 3}"#);
+    let out = loom(dir.path())
+        .args(["list", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let all = json_of(&out);
+    assert_eq!(all["workflows"].as_array().expect("list").len(), 4);
+    assert_eq!(all["workflows"][0]["id"], fan.as_str(), "newest first");
+    let out = loom(dir.path())
+        .args(["list", "--json", "--name", "Greeting", "--limit", "2"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let page = json_of(&out);
+    assert_eq!(page["workflows"].as_array().expect("list").len(), 2);
+    assert_eq!(page["more"], true);
+    drain(dir.path());
+    let out = loom(dir.path())
+        .args(["list", "--json", "--status", "completed"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        json_of(&out)["workflows"].as_array().expect("list").len(),
+        4
+    );
+    loom(dir.path())
+        .arg("list")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Greeting"));
+    loom(dir.path())
+        .args(["list", "--status", "sleeping"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown status \"sleeping\""));
+}
+
+#[test]
+fn signals_reach_a_waiting_workflow() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(
+        dir.path(),
+        "Approval",
+        r#"{"request_id": "r1", "timeout_secs": 3600}"#,
+    );
+    drain(dir.path());
+    let doc = inspect(dir.path(), &id);
+    assert_eq!(doc["status"], "running");
+    assert_eq!(doc["progress"]["awaiting_signals"][0], "approve");
+    loom(dir.path())
+        .args(["inspect", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("waiting    signal \"approve\""));
+    loom(dir.path())
+        .args([
+            "signal",
+            &id,
+            "approve",
+            "--payload",
+            r#"{"approved": true, "by": "ann"}"#,
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Sent signal"));
+    drain(dir.path());
+    let doc = inspect(dir.path(), &id);
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(doc["output"]["decision"], "approved");
+    assert_eq!(doc["output"]["by"], "ann");
+    // A signal to a finished workflow fails.
+    loom(dir.path())
+        .args(["signal", &id, "approve"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("has already ended"));
+}
+
+#[test]
+fn cancel_ends_a_workflow_cancelled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(dir.path(), "Reminder", r#"{"seconds": 86400}"#);
+    drain(dir.path());
+    loom(dir.path())
+        .args(["cancel", &id, "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"cancel_requested\": true"));
+    drain(dir.path());
+    assert_eq!(inspect(dir.path(), &id)["status"], "cancelled");
+    loom(dir.path())
+        .args(["result", &id])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("was cancelled"));
+}
+
+#[test]
+fn stats_count_workflows_and_tasks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    start(dir.path(), "Greeting", r#"{"name": "Ann"}"#);
+    start(dir.path(), "Reminder", r#"{"seconds": 3600}"#);
+    let out = loom(dir.path())
+        .args(["stats", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let s = json_of(&out);
+    assert_eq!(s["workflows"]["running"], 2);
+    assert_eq!(s["workflow_tasks_ready"], 2);
+    drain(dir.path());
+    let out = loom(dir.path())
+        .args(["stats", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let s = json_of(&out);
+    assert_eq!(s["workflows"]["completed"], 1);
+    assert_eq!(s["workflows"]["running"], 1);
+    assert_eq!(s["messages_waiting"], 1, "the reminder's timer");
+    loom(dir.path())
+        .arg("stats")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("completed"));
+}
+
+#[test]
+fn replay_reports_deterministic_or_the_first_mismatch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(
+        dir.path(),
+        "OrderProcessing",
+        r#"{"order_id": "7", "customer_email": "a@b.c"}"#,
+    );
+    drain(dir.path());
+    loom(dir.path())
+        .args(["replay", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("deterministic"));
+    // Tamper with the stored history: the payment activity becomes another one.
+    let conn = rusqlite::Connection::open(dir.path().join(".loom/loom.db")).expect("open");
+    let changed = conn
+        .execute(
+            "UPDATE events SET kind = replace(kind, 'process_payment', 'refund_payment') WHERE workflow_id = ?1 AND seq = 3",
+            [&id],
+        )
+        .expect("tamper");
+    assert_eq!(changed, 1);
+    drop(conn);
+    loom(dir.path())
+        .args(["replay", &id])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("non-determinism at #3")
+                .and(predicate::str::contains("refund_payment")),
+        );
+    let out = loom(dir.path())
+        .args(["replay", &id, "--json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["deterministic"], false);
+    assert_eq!(doc["seq"], 3);
+}
+
+#[test]
+fn the_demo_runs_every_example_to_completion() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = loom(dir.path())
+        .args(["demo", "--json", "--orders", "4"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["completed"], doc["workflows"]);
+    assert_eq!(doc["failed"], 0);
+    assert!(
+        doc["activity_attempts_failed_and_retried"]
+            .as_u64()
+            .expect("count")
+            >= 2
+    );
+    assert!(doc["timers_fired"].as_u64().expect("count") >= 2);
+    assert_eq!(doc["signals_received"], 1);
+    loom(dir.path())
+        .args(["demo", "--orders", "1"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("completed, 0 failed")
+                .and(predicate::str::contains("FlakyCharge")),
+        );
+}
+
+#[test]
+fn workflows_lists_the_examples() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = loom(dir.path())
+        .args(["workflows", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    let names: Vec<&str> = doc["workflows"]
+        .as_array()
+        .expect("workflows")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Approval",
+            "FanOut",
+            "FlakyCharge",
+            "Greeting",
+            "OrderProcessing",
+            "Reminder"
+        ]
+    );
+}
+
+#[test]
+fn start_wait_with_a_worker_in_another_process_and_sigterm_stops_it_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_loom"))
+        .current_dir(dir.path())
+        .env_remove("LOOM_DB")
+        .args(["worker", "--poll-interval", "0.05"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a worker");
+    loom(dir.path())
+        .args(["start", "FanOut", "--input", r#"{"n": 5}"#, "--wait"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .stdout("55\n");
+    let failing = loom(dir.path())
+        .args([
+            "start",
+            "FlakyCharge",
+            "--input",
+            r#"{"fail_times": 1}"#,
+            "--wait",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&failing)["output"], "charged on attempt 2");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a graceful stop exits 0");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut worker.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert!(stderr.contains("Worker stopped"), "{stderr}");
+}
+
+// ---- bad input: a clear sentence on stderr, the right exit code, nothing written ----
+
+#[test]
+fn malformed_or_mistyped_input_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path())
+        .args(["start", "Greeting", "--input", "{name: Ada"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with(
+            "loom: --input is not valid JSON",
+        ));
+    loom(dir.path())
+        .args(["start", "Greeting", "--input", r#"{"nom": "Ada"}"#])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("--input does not fit workflow Greeting")
+                .and(predicate::str::contains("name")),
+        );
+    loom(dir.path())
+        .args(["start", "Nope", "--input", "{}"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("unknown workflow \"Nope\"")
+                .and(predicate::str::contains("OrderProcessing")),
+        );
+    assert!(!dir.path().join(".loom").exists(), "nothing was written");
+    loom(dir.path())
+        .args(["signal", "x", "go", "--payload", "[1,"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--payload is not valid JSON"));
+}
+
+#[test]
+fn unknown_ids_and_missing_databases_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path())
+        .arg("list")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "there is no Loom database at sqlite://.loom/loom.db",
+        ));
+    assert!(
+        !dir.path().join(".loom").exists(),
+        "reading created nothing"
+    );
+    loom(dir.path()).arg("init").assert().success();
+    for args in [
+        vec!["inspect", "ghost"],
+        vec!["result", "ghost"],
+        vec!["signal", "ghost", "go"],
+        vec!["cancel", "ghost"],
+        vec!["replay", "ghost"],
+    ] {
+        loom(dir.path())
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::eq("loom: no workflow with id ghost\n"));
+    }
+}
+
+#[test]
+fn bad_database_urls_and_files_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("notes.db"),
+        "not a database at all\n".repeat(100),
+    )
+    .expect("write");
+    loom(dir.path())
+        .args(["--db", "sqlite://notes.db", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "notes.db is not a SQLite database",
+        ));
+    let other = rusqlite::Connection::open(dir.path().join("other.db")).expect("open");
+    other
+        .execute_batch("CREATE TABLE people (name TEXT)")
+        .expect("schema");
+    drop(other);
+    loom(dir.path())
+        .args(["--db", "sqlite://other.db", "stats"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not a Loom database"));
+    loom(dir.path())
+        .args([
+            "--db",
+            "sqlite://missing/dir/loom.db",
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name":"x"}"#,
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not exist"));
+    loom(dir.path())
+        .args(["--db", "loom.db", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not a database URL"));
+    loom(dir.path())
+        .args(["--db", "postgres://postgres@127.0.0.1/test", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "no PostgreSQL backend built in yet",
+        ));
+    loom(dir.path())
+        .args(["--db", "mysql://x", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown scheme"));
+    loom(dir.path())
+        .env("LOOM_DB", "sqlite://via-env.db")
+        .args(["init", "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("via-env.db"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path())
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("replay"));
+    loom(dir.path()).arg("frobnicate").assert().code(2);
+    loom(dir.path()).args(["start"]).assert().code(2);
+    loom(dir.path())
+        .args(["worker", "--poll-interval", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--poll-interval must be a positive",
+        ));
+}
