@@ -126,6 +126,28 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let store = db::open(&url, Missing::Refuse, false).await?;
             replay(store, &registry, &WorkflowId::new(id), json).await
         }
+        Command::Bench {
+            workflows,
+            activities,
+            workers,
+            payload_bytes,
+            rate,
+        } => {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(Fail::usage(
+                    "--rate must be a positive number of workflows per second",
+                ));
+            }
+            let store = db::open(&url, Missing::Create, false).await?;
+            let args = crate::bench::BenchArgs {
+                workflows,
+                activities,
+                workers,
+                payload_bytes,
+                rate,
+            };
+            crate::bench::bench(store, registry, &url.display(), args, json).await
+        }
         Command::Demo { orders } => {
             let store = db::open(&url, Missing::Create, false).await?;
             demo(store, registry, &url, orders.max(1), json).await

@@ -23,6 +23,7 @@
 //! found a mismatch, the database is unavailable); 2 bad usage or bad input (malformed JSON, an
 //! unknown workflow or id, a file that is not a Loom database).
 
+mod bench;
 mod commands;
 mod db;
 pub mod examples;
@@ -169,6 +170,26 @@ pub(crate) enum Command {
     },
     /// List the workflow and activity types this binary has registered.
     Workflows,
+    /// Load-test the engine: start N workflows of K sequential activities, run them with an
+    /// in-process worker, check every output, and report throughput, latency and memory.
+    Bench {
+        /// How many workflows.
+        #[arg(long, default_value_t = 1_000)]
+        workflows: usize,
+        /// Sequential activities in each.
+        #[arg(long, default_value_t = 2)]
+        activities: u32,
+        /// Workflow tasks run at once (activities run four times as many).
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
+        /// Bytes of payload carried by each activity's input.
+        #[arg(long, default_value_t = 16)]
+        payload_bytes: usize,
+        /// Start workflows at this many per second while the worker runs, instead of all up
+        /// front (measures latency under a steady load).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
     /// Start a batch of the example workflows, run them with an in-process worker, and
     /// report what happened.
     Demo {

@@ -413,6 +413,58 @@ fn the_demo_runs_every_example_to_completion() {
 }
 
 #[test]
+fn bench_checks_every_output_and_reports_its_figures() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = loom(dir.path())
+        .args([
+            "--db",
+            "sqlite://bench.db",
+            "bench",
+            "--workflows",
+            "30",
+            "--activities",
+            "3",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["workflows"], 30);
+    assert!(doc["workflows_per_second"].as_f64().expect("throughput") > 0.0);
+    assert_eq!(doc["start_to_completion_ms"]["samples"], 30);
+    // Two hand-offs per workflow of three steps.
+    assert_eq!(doc["activity_completion_to_next_started_us"]["samples"], 60);
+    assert_eq!(doc["worker"]["activities_completed"], 90);
+    assert!(doc["peak_memory_kib"].as_u64().expect("memory") > 0);
+    loom(dir.path())
+        .args(["bench", "--workflows", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("at least 1"));
+    loom(dir.path())
+        .args([
+            "--db",
+            "sqlite://rate.db",
+            "bench",
+            "--workflows",
+            "5",
+            "--rate",
+            "200",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("all completed correctly")
+                .and(predicate::str::contains("started at 200/s")),
+        );
+}
+
+#[test]
 fn workflows_lists_the_examples() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = loom(dir.path())

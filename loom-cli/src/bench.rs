@@ -1,0 +1,358 @@
+//! `loom bench`: an end-to-end load test of the whole engine on one backend.
+//!
+//! It starts N workflows of K sequential activities (all up front, or at a fixed rate), runs a
+//! worker in this process until every one completes, checks every output, and reports
+//! throughput, latencies and peak memory. It refuses to report if any workflow did not
+//! complete correctly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use loom_core::{
+    Activity, ActivityContext, EventKind, Failure, Registry, Seq, Workflow, WorkflowContext,
+    WorkflowError, WorkflowId,
+};
+use loom_storage::{Storage, WorkflowStatus};
+use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Fail, render};
+
+/// The benchmark's parameters.
+#[derive(Clone, Debug)]
+pub(crate) struct BenchArgs {
+    pub(crate) workflows: usize,
+    pub(crate) activities: u32,
+    pub(crate) workers: usize,
+    pub(crate) payload_bytes: usize,
+    pub(crate) rate: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ChainInput {
+    activities: u32,
+    payload: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StepInput {
+    step: u32,
+    payload: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StepOutput {
+    value: u64,
+    started_us: u64,
+    finished_us: u64,
+}
+
+/// K sequential activities; the output is the sum of their values, 1 + 2 + ... + K.
+struct BenchChain;
+
+impl Workflow for BenchChain {
+    const NAME: &'static str = "LoomBenchChain";
+    type Input = ChainInput;
+    type State = ();
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let mut sum = 0;
+        for step in 0..ctx.input().activities {
+            let input = StepInput {
+                step,
+                payload: ctx.input().payload.clone(),
+            };
+            sum += ctx.activity::<BenchStep>(input).await?.value;
+        }
+        Ok(sum)
+    }
+}
+
+struct BenchStep;
+
+impl Activity for BenchStep {
+    const NAME: &'static str = "loom_bench_step";
+    type Input = StepInput;
+    type Output = StepOutput;
+
+    async fn run(&self, _: ActivityContext, input: StepInput) -> Result<StepOutput, Failure> {
+        let started_us = micros();
+        // The payload only travels: it is what a real activity's input would weigh.
+        let value = u64::from(input.step) + 1;
+        Ok(StepOutput {
+            value,
+            started_us,
+            finished_us: micros(),
+        })
+    }
+}
+
+fn micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Peak resident memory of this process, from Linux's `/proc/self/status`.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summarize(mut values: Vec<f64>) -> serde_json::Value {
+    values.sort_by(f64::total_cmp);
+    json!({
+        "samples": values.len(),
+        "p50": percentile(&values, 50.0),
+        "p95": percentile(&values, 95.0),
+        "p99": percentile(&values, 99.0),
+        "max": values.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+pub(crate) async fn bench(
+    store: Arc<dyn Storage>,
+    mut registry: Registry,
+    url: &str,
+    args: BenchArgs,
+    json: bool,
+) -> Result<std::process::ExitCode, Fail> {
+    if args.workflows == 0 || args.activities == 0 {
+        return Err(Fail::usage(
+            "--workflows and --activities must be at least 1",
+        ));
+    }
+    if registry.workflow(BenchChain::NAME).is_none() {
+        registry
+            .add_workflow::<BenchChain>()
+            .and_then(|r| r.add_activity(BenchStep))
+            .map_err(|e| Fail::usage(e.to_string()))?;
+    }
+    let config = WorkerConfig {
+        workflow_concurrency: args.workers.max(1),
+        activity_concurrency: args.workers.max(1) * 4,
+        poll_interval: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::with_config(store.clone(), registry, config);
+    let client = worker.client();
+    let run = format!("bench-{}", micros());
+    let ids: Vec<WorkflowId> = (0..args.workflows)
+        .map(|n| WorkflowId::new(format!("{run}-{n}")))
+        .collect();
+    let input = ChainInput {
+        activities: args.activities,
+        payload: "x".repeat(args.payload_bytes),
+    };
+    let live = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+
+    // Up front: start everything, then run. With a rate: start while running.
+    let mut start_elapsed = None;
+    if args.rate.is_none() {
+        let t = Instant::now();
+        start_all(&client, &ids, &input).await?;
+        start_elapsed = Some(t.elapsed());
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let began = Instant::now();
+    let starter = args.rate.map(|rate| {
+        let client = client.clone();
+        let ids = ids.clone();
+        let input = input.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut tick = tokio::time::interval(every);
+            for id in ids {
+                tick.tick().await;
+                let options = StartOptions { id: Some(id) };
+                if let Err(e) = client.start::<BenchChain>(&input, options).await {
+                    return Err(Fail::failed(format!("starting a workflow failed: {e}")));
+                }
+            }
+            Ok(())
+        })
+    });
+    let bar = live.then(|| {
+        let bar = ProgressBar::new(args.workflows as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} workflows · {per_sec} · {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let metrics = worker.metrics();
+    let deadline = Duration::from_secs(3_600);
+    loop {
+        let finished = metrics.snapshot().workflows_finished;
+        if let Some(bar) = &bar {
+            bar.set_position(finished);
+        }
+        if finished >= args.workflows as u64 {
+            break;
+        }
+        if began.elapsed() > deadline {
+            return Err(Fail::failed("the benchmark did not finish within an hour"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = began.elapsed();
+    let _ = stop.send(());
+    if let Some(starter) = starter {
+        match starter.await {
+            Ok(result) => result?,
+            Err(e) => return Err(Fail::failed(format!("the starter task failed: {e}"))),
+        }
+    }
+    let report = match running.await {
+        Ok(Ok(report)) => report,
+        _ => metrics.snapshot(),
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let peak_kib = peak_memory_kib();
+
+    // Check every workflow, and read the latencies off the histories.
+    let expected = u64::from(args.activities) * (u64::from(args.activities) + 1) / 2;
+    let mut end_to_end_ms = Vec::with_capacity(ids.len());
+    let mut handoff_us = Vec::new();
+    for id in &ids {
+        let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+        let output = summary.output.as_ref().and_then(|o| o.decode::<u64>().ok());
+        if summary.status != WorkflowStatus::Completed || output != Some(expected) {
+            return Err(Fail::failed(format!(
+                "refusing to report: workflow {id} ended {} with output {:?}, expected {expected}",
+                summary.status, summary.output
+            )));
+        }
+        let history = store
+            .load_history(id, Seq::ZERO)
+            .await
+            .map_err(Fail::from_storage)?;
+        let (first, last) = (history.first(), history.last());
+        if let (Some(first), Some(last)) = (first, last) {
+            end_to_end_ms.push((last.at.as_millis() - first.at.as_millis()) as f64);
+        }
+        let mut previous_finish: Option<u64> = None;
+        for e in &history {
+            if let EventKind::ActivityCompleted { result, .. } = &e.kind {
+                let step: StepOutput = result
+                    .decode()
+                    .map_err(|e| Fail::failed(format!("a step result did not decode: {e}")))?;
+                if let Some(prev) = previous_finish {
+                    handoff_us.push(step.started_us.saturating_sub(prev) as f64);
+                }
+                previous_finish = Some(step.finished_us);
+            }
+        }
+    }
+    let secs = elapsed.as_secs_f64();
+    let doc = json!({
+        "db": url,
+        "workflows": args.workflows,
+        "activities_per_workflow": args.activities,
+        "workers": args.workers,
+        "payload_bytes": args.payload_bytes,
+        "rate": args.rate,
+        "start_seconds": start_elapsed.map(|d| d.as_secs_f64()),
+        "starts_per_second": start_elapsed.map(|d| args.workflows as f64 / d.as_secs_f64()),
+        "run_seconds": secs,
+        "workflows_per_second": args.workflows as f64 / secs,
+        "activities_per_second": (args.workflows as f64 * f64::from(args.activities)) / secs,
+        "start_to_completion_ms": summarize(end_to_end_ms),
+        "activity_completion_to_next_started_us": summarize(handoff_us),
+        "peak_memory_kib": peak_kib,
+        "worker": report,
+    });
+    if json {
+        render::json(&doc)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let f = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.1}"));
+    println!(
+        "{} workflows x {} activities on {url}, {} workflow slots, {} payload bytes{}: all completed correctly.",
+        args.workflows,
+        args.activities,
+        args.workers,
+        args.payload_bytes,
+        args.rate
+            .map(|r| format!(", started at {r}/s"))
+            .unwrap_or_default()
+    );
+    if let Some(d) = start_elapsed {
+        println!(
+            "started in {} ({:.0} starts/s)",
+            render::duration(d),
+            args.workflows as f64 / d.as_secs_f64()
+        );
+    }
+    println!(
+        "ran in {}: {:.0} workflows/s, {:.0} activities/s",
+        render::duration(elapsed),
+        doc["workflows_per_second"].as_f64().unwrap_or(0.0),
+        doc["activities_per_second"].as_f64().unwrap_or(0.0)
+    );
+    let e2e = &doc["start_to_completion_ms"];
+    println!(
+        "start to completion (ms): p50 {}  p95 {}  p99 {}  max {}",
+        f(&e2e["p50"]),
+        f(&e2e["p95"]),
+        f(&e2e["p99"]),
+        f(&e2e["max"])
+    );
+    let h = &doc["activity_completion_to_next_started_us"];
+    println!(
+        "activity completed to next activity started (us): p50 {}  p95 {}  p99 {}",
+        f(&h["p50"]),
+        f(&h["p95"]),
+        f(&h["p99"])
+    );
+    if let Some(kib) = peak_kib {
+        println!("peak memory: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn start_all(client: &Client, ids: &[WorkflowId], input: &ChainInput) -> Result<(), Fail> {
+    const AT_ONCE: usize = 64;
+    for chunk in ids.chunks(AT_ONCE) {
+        let mut set = tokio::task::JoinSet::new();
+        for id in chunk {
+            let client = client.clone();
+            let input = input.clone();
+            let options = StartOptions {
+                id: Some(id.clone()),
+            };
+            set.spawn(async move { client.start::<BenchChain>(&input, options).await.map(drop) });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| Fail::failed(format!("a start task failed: {e}")))?
+                .map_err(Fail::from_client)?;
+        }
+    }
+    Ok(())
+}
