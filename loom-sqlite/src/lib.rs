@@ -12,8 +12,8 @@
 //!   survives a process crash but may lose the last commits on a power cut; it is an explicit
 //!   option, named as such.
 //! - **Group commit.** Every write goes to one writer thread that runs all waiting requests in
-//!   one transaction, each in its own savepoint, and answers each caller once the commit is
-//!   durable: one fsync for many workflows' transitions.
+//!   one transaction and answers each caller once the commit is durable: one fsync for many
+//!   workflows' transitions. A request that fails is undone alone (see `writer.rs`).
 //! - **Reads in parallel.** Reads use a small pool of separate connections on the blocking
 //!   thread pool; WAL lets them run while the writer writes.
 //! - **Never blocks the runtime.** Callers await channels; SQLite runs on the writer thread and
@@ -168,9 +168,11 @@ impl SqliteStorage {
         &self.inner.path
     }
 
+    /// Runs `work` in the writer's next batch. `work` may run more than once (see the
+    /// writer), so it takes its inputs by reference.
     async fn write<T, F>(&self, work: F) -> Result<T>
     where
-        F: FnOnce(&Db<'_>) -> Result<T> + Send + 'static,
+        F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let path = self.inner.path.clone();
