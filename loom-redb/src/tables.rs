@@ -692,7 +692,7 @@ impl Tx<'_, redb::WriteTransaction> {
             }
         }
         if !c.logs.is_empty() {
-            let mut next = {
+            let first = {
                 let logs = self.tx.open_table(LOGS).map_err(|e| self.err(e))?;
                 let last = logs
                     .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
