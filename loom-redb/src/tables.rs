@@ -703,11 +703,10 @@ impl Tx<'_, redb::WriteTransaction> {
                 last.map_or(0, |(k, _)| k.value().1 + 1)
             };
             let mut logs = self.tx.open_table(LOGS).map_err(|e| self.err(e))?;
-            for line in &c.logs {
+            for (n, line) in (first..).zip(&c.logs) {
                 let bytes = encode(line)?;
-                logs.insert((id.as_str(), next), bytes.as_slice())
+                logs.insert((id.as_str(), n), bytes.as_slice())
                     .map_err(|e| self.err(e))?;
-                next += 1;
             }
         }
         let mut row = self.workflow(id)?;
