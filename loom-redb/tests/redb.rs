@@ -1,0 +1,243 @@
+//! redb-specific behaviour: reopening, the format version, bad files, one process per file,
+//! and a writer killed mid-transaction.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
+use loom_redb::RedbStorage;
+use loom_storage::{ListQuery, Storage, StorageError};
+
+fn started() -> Event {
+    Event {
+        seq: Seq::FIRST,
+        at: Timestamp::from_millis(0),
+        kind: EventKind::WorkflowStarted {
+            name: "Kept".into(),
+            version: 1,
+            input: Payload::NULL,
+            format: HISTORY_FORMAT,
+        },
+    }
+}
+
+fn probe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loom-redb-probe"))
+}
+
+/// Waits until the writer thread of a dropped store has let go of the file.
+async fn reopen(path: &Path) -> RedbStorage {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedbStorage::open(path).await {
+            Ok(store) => return store,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_reopens_with_its_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("loom.redb");
+    let store = RedbStorage::open(&path).await.expect("create");
+    store
+        .create_workflow(&WorkflowId::new("kept"), started())
+        .await
+        .expect("create");
+    drop(store);
+    let store = reopen(&path).await;
+    assert_eq!(
+        store
+            .describe(&WorkflowId::new("kept"))
+            .await
+            .expect("describe")
+            .name,
+        "Kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_a_newer_loom_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("future.redb");
+    drop(RedbStorage::open(&path).await.expect("create"));
+    // Pretend a newer Loom wrote it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match redb::Database::open(&path) {
+            Ok(db) => break db,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let tx = db.begin_write().expect("write");
+    {
+        let mut meta = tx
+            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .expect("meta");
+        meta.insert("format", 99).expect("insert");
+    }
+    tx.commit().expect("commit");
+    drop(db);
+    let err = RedbStorage::open(&path).await.expect_err("refused");
+    assert!(matches!(err, StorageError::Incompatible(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("future.redb") && msg.contains("99") && msg.contains("newer"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_redb_is_refused_by_name_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notes.txt");
+    let text = "not a redb database\n".repeat(500);
+    std::fs::write(&path, &text).expect("write");
+    let err = RedbStorage::open(&path).await.expect_err("refused");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        text,
+        "the file is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_gets_a_clear_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("held.redb");
+    let store = RedbStorage::open(&path).await.expect("open");
+    store
+        .create_workflow(&WorkflowId::new("mine"), started())
+        .await
+        .expect("create");
+    let started_at = Instant::now();
+    let out = probe()
+        .args(["open", path.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run a second process");
+    assert!(started_at.elapsed() < Duration::from_secs(10), "no hang");
+    assert!(
+        !out.status.success(),
+        "the second process must not open the file"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already open in another process")
+            && stderr.contains("one process per file")
+            && stderr.contains("SQLite"),
+        "{stderr}"
+    );
+    // The first process is unaffected.
+    assert_eq!(
+        store
+            .describe(&WorkflowId::new("mine"))
+            .await
+            .expect("describe")
+            .name,
+        "Kept"
+    );
+
+    // And the other way round: while a child holds the file, this process is refused.
+    drop(store);
+    let other = dir.path().join("child.redb");
+    let mut child = probe()
+        .args(["open", other.to_str().expect("utf-8 path")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("utf-8"), "open");
+    let err = RedbStorage::open(&other)
+        .await
+        .expect_err("held by the child");
+    assert!(
+        err.to_string().contains("already open in another process"),
+        "{err}"
+    );
+    child.wait().expect("reap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_mid_transaction_leaves_a_consistent_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("crash.redb");
+    let mut acked = BTreeSet::new();
+    for round in 0..4 {
+        let mut child = probe()
+            .args([
+                "write",
+                path.to_str().expect("utf-8 path"),
+                &format!("r{round}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the writer");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let target = 15 + round * 29;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut mine = 0;
+        while mine < target {
+            assert!(Instant::now() < deadline, "the writer made no progress");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(id) = line.strip_prefix("ack ") {
+                        acked.insert(id.to_owned());
+                        mine += 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+        child.kill().expect("SIGKILL");
+        for line in lines.map_while(Result::ok) {
+            if let Some(id) = line.strip_prefix("ack ") {
+                acked.insert(id.to_owned());
+            }
+        }
+        child.wait().expect("reap");
+    }
+    let store = RedbStorage::open(&path)
+        .await
+        .expect("reopen after the crashes");
+    for id in &acked {
+        let history = store
+            .load_history(&WorkflowId::new(id.clone()), Seq::ZERO)
+            .await
+            .expect("an acknowledged workflow survives");
+        assert_eq!(history.len(), 11, "{id}: every acknowledged event survives");
+    }
+    let all = store
+        .list(&ListQuery {
+            limit: 100_000,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(all.items.len() >= acked.len());
+    for s in &all.items {
+        let history = store.load_history(&s.id, Seq::ZERO).await.expect("history");
+        assert!(
+            history.len() == 1 || history.len() == 11,
+            "{}: {} events",
+            s.id,
+            history.len()
+        );
+        assert_eq!(
+            s.last_seq.get() as usize,
+            history.len(),
+            "{}: summary and history agree",
+            s.id
+        );
+    }
+}
