@@ -71,6 +71,18 @@ fn backends() -> Vec<Backend> {
             open: Box::new(|_| Arc::new(MemoryStorage::new())),
         },
         Backend {
+            name: "redb",
+            open: Box::new(|rt| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("bench.redb");
+                std::mem::forget(dir);
+                Arc::new(
+                    rt.block_on(loom_redb::RedbStorage::open(path))
+                        .expect("open"),
+                )
+            }),
+        },
+        Backend {
             name: "sqlite",
             open: Box::new(|rt| {
                 let dir = tempfile::tempdir().expect("temp dir");

@@ -117,9 +117,14 @@ pub(crate) async fn open(
              use sqlite://PATH"
                 .to_owned(),
         )),
+        #[cfg(feature = "redb")]
+        DbUrl::Redb(path) => {
+            let store = loom_redb::RedbStorage::open(path).await.map_err(Fail::from_storage)?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "redb"))]
         DbUrl::Redb(_) => Err(Fail::usage(
-            "this loom has no redb backend built in yet (it is planned: the loom-redb crate); use sqlite://PATH"
-                .to_owned(),
+            "this loom was built without the redb backend (Cargo feature `redb`)".to_owned(),
         )),
     }
 }

@@ -465,6 +465,40 @@ fn bench_checks_every_output_and_reports_its_figures() {
 }
 
 #[test]
+fn the_redb_backend_runs_the_same_commands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = ["--db", "redb://loom.redb"];
+    let out = loom(dir.path())
+        .args(db)
+        .args(["demo", "--orders", "2", "--json"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["completed"], doc["workflows"]);
+    assert_eq!(doc["db"], "redb://loom.redb");
+    let out = loom(dir.path())
+        .args(db)
+        .args(["stats", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["workflows"]["completed"], doc["workflows"]);
+    let id = doc["ids"][0].as_str().expect("an id").to_owned();
+    loom(dir.path())
+        .args(db)
+        .args(["replay", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("deterministic"));
+}
+
+#[test]
 fn workflows_lists_the_examples() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = loom(dir.path())

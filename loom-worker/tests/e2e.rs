@@ -1,4 +1,4 @@
-//! End-to-end behaviour of the worker and client, on MemoryStorage and on SQLite. Timers and
+//! End-to-end behaviour of the worker and client, on MemoryStorage, SQLite and redb. Timers and
 //! retry intervals are milliseconds long: no test waits seconds for real time to pass.
 
 use std::sync::Arc;
@@ -454,7 +454,16 @@ async fn sqlite() -> Arc<dyn Storage> {
     Arc::new(store)
 }
 
-macro_rules! on_both_backends {
+async fn redb() -> Arc<dyn Storage> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = loom_redb::RedbStorage::open(dir.path().join("loom.redb"))
+        .await
+        .expect("open");
+    std::mem::forget(dir);
+    Arc::new(store)
+}
+
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
             $(
@@ -472,10 +481,18 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        mod on_redb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::redb().await).await;
+                }
+            )*
+        }
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     order_processing_pays_then_emails,
     a_declined_payment_sends_no_email,
     a_flaky_activity_is_retried_and_each_attempt_recorded,
