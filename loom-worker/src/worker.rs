@@ -228,8 +228,12 @@ impl Worker {
             return Err(WorkerError::EmptyRegistry);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let workflows = tokio::spawn(self.shared.clone().workflow_loop(stop_rx.clone()));
-        let activities = tokio::spawn(self.shared.clone().activity_loop(stop_rx));
+        let workflows = tokio::spawn(
+            self.shared
+                .clone()
+                .claim_loop(Kind::Workflow, stop_rx.clone()),
+        );
+        let activities = tokio::spawn(self.shared.clone().claim_loop(Kind::Activity, stop_rx));
         shutdown.await;
         let _ = stop_tx.send(true);
         self.shared.workflow_work.notify_one();
@@ -336,8 +340,14 @@ impl Shared {
         ClaimRequest::new(self.config.id.clone(), max, self.config.lease)
     }
 
-    async fn workflow_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.workflow_concurrency.max(1)));
+    /// Claims tasks of one kind as slots free up and runs each under a renewed lease, until
+    /// stopped; then drains what is running.
+    async fn claim_loop(self: Arc<Self>, kind: Kind, stop: watch::Receiver<bool>) {
+        let (concurrency, wake) = match kind {
+            Kind::Workflow => (self.config.workflow_concurrency, &*self.workflow_work),
+            Kind::Activity => (self.config.activity_concurrency, &self.activity_work),
+        };
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut running = JoinSet::new();
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
@@ -350,24 +360,33 @@ impl Shared {
                 }
                 continue;
             }
-            let tasks = match self
-                .storage
-                .claim_workflow_tasks(&self.claim_request(free))
-                .await
-            {
+            let req = self.claim_request(free);
+            let claimed = match kind {
+                Kind::Workflow => self
+                    .storage
+                    .claim_workflow_tasks(&req)
+                    .await
+                    .map(|ts| ts.into_iter().map(Claimed::Workflow).collect::<Vec<_>>()),
+                Kind::Activity => self
+                    .storage
+                    .claim_activity_tasks(&req)
+                    .await
+                    .map(|ts| ts.into_iter().map(Claimed::Activity).collect()),
+            };
+            let tasks = match claimed {
                 Ok(tasks) => {
                     backoff.reset();
                     tasks
                 }
                 Err(e) => {
-                    warn!(error = %e, "claiming workflow tasks failed; backing off");
+                    warn!(error = %e, ?kind, "claiming tasks failed; backing off");
                     backoff.wait().await;
                     continue;
                 }
             };
             if tasks.is_empty() {
                 tokio::select! {
-                    () = self.workflow_work.notified() => {}
+                    () = wake.notified() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     () = wait_stop(stop.clone()) => break,
                 }
@@ -378,82 +397,16 @@ impl Shared {
                     break;
                 };
                 let this = self.clone();
-                self.track(task.lease);
+                let (lease, span) = (task.lease(), task.span());
+                self.track(lease);
                 self.metrics.running.fetch_add(1, Ordering::SeqCst);
-                let span = info_span!("workflow_task", workflow_id = %task.workflow_id, workflow = %task.workflow_name);
                 running.spawn(
                     async move {
-                        let lease = task.lease;
-                        this.clone()
-                            .with_renewal(lease, this.clone().workflow_task(task))
-                            .await;
-                        this.untrack(lease.task);
-                        this.metrics.running.fetch_sub(1, Ordering::SeqCst);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-        }
-        self.drain(running).await;
-    }
-
-    async fn activity_loop(self: Arc<Self>, stop: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.activity_concurrency.max(1)));
-        let mut running = JoinSet::new();
-        let mut backoff = Backoff::new();
-        while !*stop.borrow() {
-            while running.try_join_next().is_some() {}
-            let free = slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    _ = running.join_next() => {}
-                    () = wait_stop(stop.clone()) => break,
-                }
-                continue;
-            }
-            let tasks = match self
-                .storage
-                .claim_activity_tasks(&self.claim_request(free))
-                .await
-            {
-                Ok(tasks) => {
-                    backoff.reset();
-                    tasks
-                }
-                Err(e) => {
-                    warn!(error = %e, "claiming activity tasks failed; backing off");
-                    backoff.wait().await;
-                    continue;
-                }
-            };
-            if tasks.is_empty() {
-                tokio::select! {
-                    () = self.activity_work.notified() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
-                    () = wait_stop(stop.clone()) => break,
-                }
-                continue;
-            }
-            for task in tasks {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let this = self.clone();
-                self.track(task.lease);
-                self.metrics.running.fetch_add(1, Ordering::SeqCst);
-                let span = info_span!(
-                    "activity",
-                    workflow_id = %task.workflow_id,
-                    activity = %task.name,
-                    attempt = task.attempt
-                );
-                running.spawn(
-                    async move {
-                        let lease = task.lease;
-                        this.clone()
-                            .with_renewal(lease, this.clone().activity_task(task))
-                            .await;
+                        let work = match task {
+                            Claimed::Workflow(t) => this.clone().workflow_task(t).boxed(),
+                            Claimed::Activity(t) => this.clone().activity_task(t).boxed(),
+                        };
+                        this.clone().with_renewal(lease, work).await;
                         this.untrack(lease.task);
                         this.metrics.running.fetch_sub(1, Ordering::SeqCst);
                         drop(permit);
@@ -794,6 +747,42 @@ impl Shared {
                 Err(_elapsed) => Err(None),
             },
             () = watchdog => Err(None),
+        }
+    }
+}
+
+/// The two kinds of task a worker claims.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Workflow,
+    Activity,
+}
+
+/// A claimed task of either kind.
+enum Claimed {
+    Workflow(WorkflowTask),
+    Activity(ActivityTask),
+}
+
+impl Claimed {
+    fn lease(&self) -> Lease {
+        match self {
+            Claimed::Workflow(t) => t.lease,
+            Claimed::Activity(t) => t.lease,
+        }
+    }
+
+    fn span(&self) -> tracing::Span {
+        match self {
+            Claimed::Workflow(t) => {
+                info_span!("workflow_task", workflow_id = %t.workflow_id, workflow = %t.workflow_name)
+            }
+            Claimed::Activity(t) => info_span!(
+                "activity",
+                workflow_id = %t.workflow_id,
+                activity = %t.name,
+                attempt = t.attempt
+            ),
         }
     }
 }
