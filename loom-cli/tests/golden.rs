@@ -1,0 +1,69 @@
+//! Golden histories: histories written by earlier builds of Loom, kept in `tests/golden/`,
+//! must replay on this build's example workflows forever, to the same output. A failure here
+//! means a change broke running workflows: version it (`Workflow::VERSION`, `ctx.patched`,
+//! `HISTORY_FORMAT`) instead of editing the fixture.
+
+use loom_core::{Activation, Event, Outcome, Payload, Timestamp, WorkflowMachine};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Golden {
+    workflow_id: String,
+    events: Vec<Event>,
+    output: Payload,
+}
+
+#[test]
+fn every_golden_history_replays_to_its_recorded_output() {
+    let registry = loom_cli::examples::registry();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut checked = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the golden directory")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).expect("read");
+        let golden: Golden = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: not a golden history: {e}", path.display()));
+        let Some(loom_core::EventKind::WorkflowStarted { name, .. }) =
+            golden.events.first().map(|e| &e.kind)
+        else {
+            panic!("{}: the first event is not WorkflowStarted", path.display());
+        };
+        let def = registry
+            .workflow(name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: workflow {name} is no longer registered",
+                    path.display()
+                )
+            })
+            .clone();
+        let mut machine =
+            WorkflowMachine::new(def, golden.workflow_id.clone().into(), golden.events)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let decision = machine
+            .activate(Activation::new(Timestamp::from_millis(0), 0))
+            .unwrap_or_else(|e| panic!("{} no longer replays: {e}", path.display()));
+        assert!(
+            decision.events.is_empty(),
+            "{}: replay added events",
+            path.display()
+        );
+        assert_eq!(
+            machine.outcome(),
+            Some(Outcome::Completed {
+                output: golden.output
+            }),
+            "{}: a different ending",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the golden histories, found {checked}"
+    );
+}
