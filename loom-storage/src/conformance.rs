@@ -1298,11 +1298,36 @@ macro_rules! __loom_conformance_fns {
     };
 }
 
+/// Makes one test function per case on a store that may be missing; the body of
+/// `conformance_tests!(optional: ...)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __loom_conformance_optional_fns {
+    (($fresh:expr) $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fresh = $fresh;
+                let Some(store) = fresh().await else {
+                    return;
+                };
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+
 /// Makes one `#[tokio::test]` per conformance case, each on a store from `$fresh`, an
 /// expression of type `Fn() -> impl Future<Output = Arc<dyn Storage>>`. The calling crate
 /// needs tokio (with `macros` and `rt-multi-thread`) among its dev-dependencies.
+///
+/// For a backend that needs a server, `conformance_tests!(optional: fresh)` takes a factory
+/// returning `Option<Arc<dyn Storage>>`: `None` skips the case (the factory says so loudly).
 #[macro_export]
 macro_rules! conformance_tests {
+    (optional: $fresh:expr) => {
+        $crate::for_each_conformance_case!($crate::__loom_conformance_optional_fns, ($fresh));
+    };
     ($fresh:expr) => {
         $crate::for_each_conformance_case!($crate::__loom_conformance_fns, ($fresh));
     };

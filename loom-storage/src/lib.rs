@@ -135,4 +135,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The lines a workflow's code logged, in order.
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>>;
+
+    /// Resolves when the store learns that new work may be ready (another process enqueued
+    /// it), so that idle workers wake at once instead of at their next poll. Backends without
+    /// such notifications never resolve, and workers rely on polling.
+    async fn work_signal(&self) {
+        std::future::pending::<()>().await;
+    }
 }

@@ -387,6 +387,7 @@ impl Shared {
             if tasks.is_empty() {
                 tokio::select! {
                     () = wake.notified() => {}
+                    () = self.storage.work_signal() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     () = wait_stop(stop.clone()) => break,
                 }
