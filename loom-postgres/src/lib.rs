@@ -273,13 +273,12 @@ impl PostgresStorage {
                 match listener.await {
                     Ok(mut l) => {
                         pause = Duration::from_millis(100);
-                        loop {
-                            match l.try_recv().await {
-                                Ok(_) => match work.upgrade() {
-                                    Some(n) => n.notify_waiters(),
-                                    None => return,
-                                },
-                                Err(_) => break,
+                        // `Ok(None)` means the connection was re-established and notifications
+                        // may have been missed: waking the workers then is right too.
+                        while l.try_recv().await.is_ok() {
+                            match work.upgrade() {
+                                Some(n) => n.notify_waiters(),
+                                None => return,
                             }
                         }
                     }
