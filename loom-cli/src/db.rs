@@ -103,23 +103,37 @@ pub(crate) async fn open(
     match url {
         #[cfg(feature = "sqlite")]
         DbUrl::Sqlite(path) => {
-            let store = loom_sqlite::SqliteStorage::open(path, loom_sqlite::SqliteOptions::default())
-                .await
-                .map_err(Fail::from_storage)?;
+            let store =
+                loom_sqlite::SqliteStorage::open(path, loom_sqlite::SqliteOptions::default())
+                    .await
+                    .map_err(Fail::from_storage)?;
             Ok(Arc::new(store))
         }
         #[cfg(not(feature = "sqlite"))]
         DbUrl::Sqlite(_) => Err(Fail::usage(
             "this loom was built without the sqlite backend (Cargo feature `sqlite`)".to_owned(),
         )),
+        #[cfg(feature = "postgres")]
+        DbUrl::Postgres(url) => {
+            let options = loom_postgres::PostgresOptions {
+                schema: std::env::var("LOOM_PG_SCHEMA").unwrap_or_else(|_| "loom".to_owned()),
+                ..loom_postgres::PostgresOptions::default()
+            };
+            let store = loom_postgres::PostgresStorage::connect(url, options)
+                .await
+                .map_err(Fail::from_storage)?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "postgres"))]
         DbUrl::Postgres(_) => Err(Fail::usage(
-            "this loom has no PostgreSQL backend built in yet (it is planned: the loom-postgres crate); \
-             use sqlite://PATH"
+            "this loom was built without the PostgreSQL backend (Cargo feature `postgres`)"
                 .to_owned(),
         )),
         #[cfg(feature = "redb")]
         DbUrl::Redb(path) => {
-            let store = loom_redb::RedbStorage::open(path).await.map_err(Fail::from_storage)?;
+            let store = loom_redb::RedbStorage::open(path)
+                .await
+                .map_err(Fail::from_storage)?;
             Ok(Arc::new(store))
         }
         #[cfg(not(feature = "redb"))]

@@ -86,6 +86,8 @@ pub struct WorkerMetrics {
     pub activities_failed: AtomicU64,
     /// Commits refused because the lease was lost or the history moved on.
     pub commits_refused: AtomicU64,
+    /// Leases found lost while renewing them (the work was abandoned before committing).
+    pub leases_lost: AtomicU64,
     /// Machines reused from the sticky cache.
     pub cache_hits: AtomicU64,
     /// Histories loaded and replayed because no current machine was cached.
@@ -105,6 +107,7 @@ impl WorkerMetrics {
             activities_completed: get(&self.activities_completed),
             activities_failed: get(&self.activities_failed),
             commits_refused: get(&self.commits_refused),
+            leases_lost: get(&self.leases_lost),
             cache_hits: get(&self.cache_hits),
             cache_misses: get(&self.cache_misses),
             running: self.running.load(Ordering::Relaxed).max(0).unsigned_abs(),
@@ -125,6 +128,7 @@ pub struct MetricsSnapshot {
     pub activities_completed: u64,
     pub activities_failed: u64,
     pub commits_refused: u64,
+    pub leases_lost: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub running: u64,
@@ -468,6 +472,7 @@ impl Shared {
                         self.leases_guard().insert(renewed.task, renewed);
                     }
                     Err(StorageError::LeaseLost(_)) => {
+                        self.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
                         warn!(task = %lease.task, "lease lost while the task ran; abandoning it");
                         return;
                     }

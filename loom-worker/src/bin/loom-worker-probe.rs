@@ -1,11 +1,15 @@
-//! A worker process for loom-worker's crash tests: it runs a worker with the `Chain`
-//! workflow on a SQLite file until it is killed (`run`) or until no work is left (`drain`).
-//! Not part of Loom's command line; `cargo test -p loom-worker` builds and drives it.
+//! A worker process for loom-worker's crash and multi-process tests: it runs a worker with the
+//! `Chain` workflow until it is killed or sent SIGTERM (`run`; on SIGTERM it prints its
+//! counters as JSON) or until no work is left (`drain`). Not part of Loom's command line;
+//! `cargo test -p loom-worker` builds and drives it.
 //!
 //! ```text
-//! loom-worker-probe run PATH     # work until killed
-//! loom-worker-probe drain PATH   # work until idle, then exit 0
+//! loom-worker-probe run TARGET     # work until killed or SIGTERM
+//! loom-worker-probe drain TARGET   # work until idle, then exit 0
 //! ```
+//!
+//! TARGET is a SQLite file, or a `postgres://` URL with the schema in `LOOM_PROBE_SCHEMA`.
+//! `LOOM_PROBE_WORKER_ID` names the worker in its leases.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,28 +88,55 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let store = SqliteStorage::open(&path, SqliteOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let store: Arc<dyn loom_storage::Storage> = if path.starts_with("postgres://") {
+            let options = loom_postgres::PostgresOptions {
+                schema: std::env::var("LOOM_PROBE_SCHEMA").unwrap_or_else(|_| "loom".into()),
+                max_connections: 8,
+                ..loom_postgres::PostgresOptions::default()
+            };
+            Arc::new(
+                loom_postgres::PostgresStorage::connect(&path, options)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            Arc::new(
+                SqliteStorage::open(&path, SqliteOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        };
         let mut registry = Registry::new();
         registry
             .add_workflow::<Chain>()
             .and_then(|r| r.add_activity(Step))
             .map_err(|e| e.to_string())?;
-        let config = WorkerConfig {
+        let mut config = WorkerConfig {
             lease: Duration::from_millis(600),
             poll_interval: Duration::from_millis(20),
             workflow_concurrency: 4,
             activity_concurrency: 8,
             ..WorkerConfig::default()
         };
-        let worker = Worker::with_config(Arc::new(store), registry, config);
-        let report = if mode == "run" {
-            worker.run(std::future::pending()).await
+        if let Ok(id) = std::env::var("LOOM_PROBE_WORKER_ID") {
+            config.id = id;
+        }
+        let worker = Worker::with_config(store, registry, config);
+        if mode == "run" {
+            let report = worker
+                .run(loom_worker::shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            println!("{json}");
+            Ok(())
         } else {
-            worker.run_until_idle(Duration::from_secs(2)).await
-        };
-        report.map(drop).map_err(|e| e.to_string())
+            worker
+                .run_until_idle(Duration::from_secs(2))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

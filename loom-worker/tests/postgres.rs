@@ -1,0 +1,191 @@
+//! Several worker processes on one PostgreSQL database: every workflow completes exactly once;
+//! a worker frozen with SIGSTOP past its lease has its late commits refused; killing every
+//! database connection mid-run loses nothing. Against the real server in
+//! `LOOM_TEST_POSTGRES_URL` (skipped loudly without one, failing under `CI=true`).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
+use loom_postgres::{PostgresOptions, PostgresStorage, testing};
+use loom_storage::{Storage, WorkflowStatus};
+
+const WORKFLOWS: u64 = 240;
+const STEPS: u32 = 6;
+const WORKERS: usize = 3;
+
+fn expected(salt: u64) -> u64 {
+    (0..STEPS).fold(salt, |acc, i| (acc * 31 + u64::from(i)) % 1_000_003)
+}
+
+fn worker(url: &str, schema: &str, id: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_loom-worker-probe"))
+        .args(["run", url])
+        .env("LOOM_PROBE_SCHEMA", schema)
+        .env("LOOM_PROBE_WORKER_ID", id)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a worker process")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -{sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_share_one_database_without_duplicates_or_losses() {
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::url();
+    let schema = testing::fresh_schema();
+    let options = PostgresOptions {
+        schema: schema.clone(),
+        max_connections: 4,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStorage::connect(&url, options)
+        .await
+        .expect("connect");
+    for n in 0..WORKFLOWS {
+        let input = serde_json::json!({ "steps": STEPS, "salt": n * 7 + 1 });
+        let started = Event {
+            seq: Seq::FIRST,
+            at: Timestamp::from_millis(0),
+            kind: EventKind::WorkflowStarted {
+                name: "Chain".into(),
+                version: 1,
+                input: Payload::from_json(input),
+                format: HISTORY_FORMAT,
+            },
+        };
+        store
+            .create_workflow(&WorkflowId::new(format!("chain-{n}")), started)
+            .await
+            .expect("create");
+    }
+    let ids: Vec<String> = (0..WORKERS).map(|i| format!("{schema}-w{i}")).collect();
+    let mut children: Vec<Child> = ids.iter().map(|id| worker(&url, &schema, id)).collect();
+
+    // Freeze worker 0 while it holds leases, past their 600 ms length.
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("admin connection");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {schema}.tasks WHERE lease_owner = $1 AND lease_expires_at > {schema}.loom_now_ms()"
+        )))
+        .bind(&ids[0])
+        .fetch_one(&admin)
+        .await
+        .expect("count leases");
+        if held > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker 0 never held a lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&children[0], "STOP");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    signal(&children[0], "CONT");
+
+    // Cut every Loom connection to the database in the middle of the run.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cut: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'loom' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("find connections");
+    for pid in &cut {
+        let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&admin)
+            .await;
+    }
+    assert!(!cut.is_empty(), "there were connections to cut");
+
+    // Everything completes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stats = store.stats().await;
+        let done = stats
+            .as_ref()
+            .map(|s| {
+                s.workflows
+                    .get(&WorkflowStatus::Completed)
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if done == WORKFLOWS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {WORKFLOWS} workflows completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Stop the workers and read their counters.
+    let mut refused = Vec::new();
+    for child in &children {
+        signal(child, "TERM");
+    }
+    for child in children.iter_mut() {
+        let out = std::io::read_to_string(child.stdout.take().expect("stdout")).expect("read");
+        child.wait().expect("reap");
+        let report: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("a worker printed no report ({e}): {out:?}"));
+        let n = |k: &str| report[k].as_u64().unwrap_or(0);
+        refused.push((n("commits_refused") + n("leases_lost"), n("workflow_tasks")));
+    }
+    assert!(
+        refused[0].0 > 0,
+        "the frozen worker's late work was refused: {refused:?}"
+    );
+    assert!(
+        refused.iter().filter(|(_, tasks)| *tasks > 0).count() >= 2,
+        "the work was shared: {refused:?}"
+    );
+
+    for n in 0..WORKFLOWS {
+        let id = WorkflowId::new(format!("chain-{n}"));
+        let summary = store.describe(&id).await.expect("describe");
+        assert_eq!(summary.status, WorkflowStatus::Completed);
+        let output: u64 = summary.output.expect("output").decode().expect("a number");
+        assert_eq!(output, expected(n * 7 + 1), "{id}");
+        let history = store.load_history(&id, Seq::ZERO).await.expect("history");
+        let mut results: BTreeMap<Seq, usize> = BTreeMap::new();
+        let mut terminal = 0;
+        for e in &history {
+            match &e.kind {
+                EventKind::ActivityCompleted { activity_id, .. } => {
+                    *results.entry(activity_id.0).or_default() += 1
+                }
+                kind if kind.is_terminal() => terminal += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            results.len(),
+            STEPS as usize,
+            "{id}: every activity has a result"
+        );
+        assert!(
+            results.values().all(|n| *n == 1),
+            "{id}: a result was recorded twice"
+        );
+        assert_eq!(terminal, 1, "{id}: one ending");
+    }
+}
