@@ -2,7 +2,9 @@
 //! once to show group commit), history loads, workflow starts, and claim+complete cycles.
 //!
 //! Run with `cargo bench -p loom-benches --bench storage`. SQLite runs in its default, durable
-//! mode (WAL, `synchronous = FULL`) in a temporary directory.
+//! mode (WAL, `synchronous = FULL`) and redb with durable commits, in a temporary directory;
+//! PostgreSQL runs when the server in `LOOM_TEST_POSTGRES_URL` (default: the local test
+//! server) answers, each case in a fresh schema.
 
 #![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
 
@@ -64,8 +66,8 @@ struct Backend {
     open: Open,
 }
 
-fn backends() -> Vec<Backend> {
-    vec![
+fn backends(rt: &Runtime) -> Vec<Backend> {
+    let mut all = vec![
         Backend {
             name: "memory",
             open: Box::new(|_| Arc::new(MemoryStorage::new())),
@@ -94,7 +96,20 @@ fn backends() -> Vec<Backend> {
                 )
             }),
         },
-    ]
+    ];
+    // PostgreSQL when a server answers (LOOM_TEST_POSTGRES_URL; a fresh schema per case).
+    if rt.block_on(loom_postgres::testing::server_available()) {
+        all.push(Backend {
+            name: "postgres",
+            open: Box::new(|rt| {
+                let store = rt
+                    .block_on(loom_postgres::testing::fresh())
+                    .expect("a server");
+                Arc::new(store)
+            }),
+        });
+    }
+    all
 }
 
 /// Creates `n` workflows named `{prefix}-{i}`.
@@ -122,7 +137,7 @@ fn storage(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    for backend in backends() {
+    for backend in backends(&rt) {
         let name = backend.name;
         let mut group = c.benchmark_group(format!("storage/{name}"));
         group

@@ -61,7 +61,11 @@ const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Migrations in order; never edit one that shipped.
 const MIGRATIONS: &[&str] = &[r#"
-CREATE FUNCTION loom_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
+-- The database's clock in milliseconds. STABLE, not VOLATILE: evaluated once per statement,
+-- which is the meaning we want, and it lets `visible_at <= loom_now_ms()` be an index
+-- condition (a volatile call is only a filter, and a claim that finds nothing would walk the
+-- whole index of leased and future tasks).
+CREATE FUNCTION loom_now_ms() RETURNS bigint LANGUAGE sql STABLE
     AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 
 CREATE TABLE workflows (
