@@ -37,6 +37,7 @@ pub mod testing;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -164,6 +165,8 @@ pub struct PostgresStorage {
     pool: PgPool,
     channel: String,
     work: Arc<Notify>,
+    /// Set while a NOTIFY is on its way: bursts of new work send one.
+    notifying: Arc<AtomicBool>,
 }
 
 fn sql_err(e: sqlx::Error) -> StorageError {
@@ -251,6 +254,7 @@ impl PostgresStorage {
             pool,
             channel: format!("loom_work_{schema}"),
             work: Arc::new(Notify::new()),
+            notifying: Arc::new(AtomicBool::new(false)),
         };
         store.listen();
         Ok(store)
@@ -301,12 +305,39 @@ impl PostgresStorage {
         self.pool.begin().await.map_err(sql_err)
     }
 
-    async fn notify(&self, tx: &mut Transaction<'static, Postgres>) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.channel)
-            .execute(&mut **tx)
-            .await
-            .map_err(sql_err)?;
+    /// Tells other processes that work is ready, after the commit that made it so.
+    ///
+    /// Not inside the data transaction: PostgreSQL serialises the commits of transactions that
+    /// NOTIFY (a global lock held through the commit's WAL flush), which would undo its group
+    /// commit. A separate, tiny transaction has no WAL to flush; bursts send one notification.
+    fn notify_later(&self) {
+        if self.notifying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, channel, flag) = (
+            self.pool.clone(),
+            self.channel.clone(),
+            self.notifying.clone(),
+        );
+        tokio::spawn(async move {
+            // Cleared first: work committed while this one is in flight sends another.
+            flag.store(false, Ordering::Release);
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&channel)
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(error = %e, "NOTIFY failed; workers will find the work by polling");
+            }
+        });
+    }
+
+    /// Commits, then notifies other processes if `woke`.
+    async fn commit(&self, tx: Transaction<'static, Postgres>, woke: bool) -> Result<()> {
+        tx.commit().await.map_err(sql_err)?;
+        if woke {
+            self.notify_later();
+        }
         Ok(())
     }
 
@@ -710,8 +741,7 @@ impl Storage for PostgresStorage {
         .execute(&mut *tx)
         .await
         .map_err(sql_err)?;
-        self.notify(&mut tx).await?;
-        tx.commit().await.map_err(sql_err)
+        self.commit(tx, true).await
     }
 
     async fn append_events(
@@ -723,10 +753,7 @@ impl Storage for PostgresStorage {
         let mut tx = self.begin().await?;
         let woke = append(&mut tx, id, expected_last_seq, &events).await?;
         refresh(&mut tx, id).await?;
-        if woke {
-            self.notify(&mut tx).await?;
-        }
-        tx.commit().await.map_err(sql_err)
+        self.commit(tx, woke).await
     }
 
     async fn load_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
@@ -880,10 +907,7 @@ impl Storage for PostgresStorage {
             .await
             .map_err(sql_err)?;
         refresh(&mut tx, id).await?;
-        if woke {
-            self.notify(&mut tx).await?;
-        }
-        tx.commit().await.map_err(sql_err)
+        self.commit(tx, woke).await
     }
 
     async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
@@ -965,8 +989,7 @@ impl Storage for PostgresStorage {
             )
             .await?;
         }
-        self.notify(&mut tx).await?;
-        tx.commit().await.map_err(sql_err)
+        self.commit(tx, true).await
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
@@ -1013,10 +1036,7 @@ impl Storage for PostgresStorage {
                 .await
                 .map_err(sql_err)?;
         }
-        if release.visible_at.is_none() {
-            self.notify(&mut tx).await?;
-        }
-        tx.commit().await.map_err(sql_err)
+        self.commit(tx, release.visible_at.is_none()).await
     }
 
     async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
@@ -1166,8 +1186,7 @@ impl PostgresStorage {
             });
         }
         post(&mut tx, id, kind, VisibleAt::Now).await?;
-        self.notify(&mut tx).await?;
-        tx.commit().await.map_err(sql_err)
+        self.commit(tx, true).await
     }
 }
 
