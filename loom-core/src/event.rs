@@ -176,6 +176,11 @@ pub enum EventKind {
         /// The change's id.
         patch: String,
     },
+    /// The workflow's first task ran and the code issued no command (it is waiting for a
+    /// signal, say). Appended only then, so that a history holding nothing but
+    /// `WorkflowStarted` always means the first task has not run: a replay of that history must
+    /// not write the code's log lines a second time.
+    WorkflowTaskCompleted {},
 }
 
 /// A non-deterministic value recorded in history.
@@ -205,6 +210,7 @@ impl EventKind {
     pub fn role(&self) -> Role {
         match self {
             EventKind::WorkflowStarted { .. }
+            | EventKind::WorkflowTaskCompleted {}
             | EventKind::CancelRequested { .. }
             | EventKind::ActivityCompleted { .. }
             | EventKind::ActivityFailed { .. }
@@ -246,6 +252,7 @@ impl EventKind {
             EventKind::SignalReceived { .. } => "SignalReceived",
             EventKind::ValueRecorded { .. } => "ValueRecorded",
             EventKind::PatchMarked { .. } => "PatchMarked",
+            EventKind::WorkflowTaskCompleted {} => "WorkflowTaskCompleted",
         }
     }
 
@@ -262,7 +269,11 @@ impl EventKind {
     /// Whether this input may arrive as a message after the start (everything but
     /// `WorkflowStarted`, which only `create` writes).
     pub fn is_message(&self) -> bool {
-        self.role() == Role::Input && !matches!(self, EventKind::WorkflowStarted { .. })
+        self.role() == Role::Input
+            && !matches!(
+                self,
+                EventKind::WorkflowStarted { .. } | EventKind::WorkflowTaskCompleted {}
+            )
     }
 
     /// Whether a command issued by the code now is the same command as this recorded one.
@@ -395,6 +406,7 @@ impl fmt::Display for EventKind {
             }
             EventKind::ValueRecorded { value } => write!(f, "{name}({})", value.kind_name()),
             EventKind::PatchMarked { patch } => write!(f, "{name}({patch:?})"),
+            EventKind::WorkflowTaskCompleted {} => write!(f, "{name}"),
         }
     }
 }

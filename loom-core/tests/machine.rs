@@ -846,3 +846,43 @@ fn events_after_the_end_are_refused_on_replay_and_dropped_live() {
         .expect_err("tampered");
     assert!(matches!(err, ReplayError::Corrupt { .. }), "{err}");
 }
+
+/// Logs, then waits: its first task issues no command.
+struct LogsThenWaits;
+impl Workflow for LogsThenWaits {
+    const NAME: &'static str = "LogsThenWaits";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        ctx.logger().info("waiting for go");
+        ctx.wait_signal::<String>("go").await
+    }
+}
+
+#[test]
+fn a_first_task_without_commands_is_marked_so_replay_logs_nothing_twice() {
+    let mut d = Driver::start::<LogsThenWaits>(&());
+    let first = d.ok(vec![]);
+    assert_eq!(first.logs.len(), 1);
+    assert_eq!(d.kinds(), ["WorkflowStarted", "WorkflowTaskCompleted"]);
+    // A fresh machine on that history replays the start: no second log line, no new events.
+    d.crash();
+    let again = d.ok(vec![]);
+    assert!(
+        again.logs.is_empty(),
+        "the line was logged once: {:?}",
+        again.logs
+    );
+    assert!(again.events.is_empty());
+    d.crash();
+    d.feed(vec![signal("go", "now")]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode("now").expect("encode")
+        })
+    );
+    // The marker is not a message anyone can send.
+    assert!(!EventKind::WorkflowTaskCompleted {}.is_message());
+}
