@@ -7,9 +7,9 @@
 //! loom_storage::conformance_tests!(|| async { std::sync::Arc::new(MyStorage::open_temp().await) });
 //! ```
 //!
-//! Cases that need time to pass use leases of a few tens of milliseconds and real sleeps of
-//! about a hundred, so the suite stays fast on any backend, including those that judge time by
-//! the database's clock. Timers "not yet due" are an hour away; "due" ones an hour ago.
+//! Cases that need time to pass use leases of 400 ms and real sleeps of 700 ms, so the suite
+//! stays fast on any backend, including those that judge time by the database's clock, and
+//! holds on a loaded machine. Timers "not yet due" are an hour away; "due" ones an hour ago.
 
 #![allow(clippy::missing_panics_doc)]
 
@@ -31,8 +31,10 @@ use crate::{
 pub type Store = Arc<dyn Storage>;
 
 const LEASE: Duration = Duration::from_secs(30);
-const SHORT_LEASE: Duration = Duration::from_millis(60);
-const PAST_SHORT_LEASE: Duration = Duration::from_millis(160);
+// Long enough that a claim and an immediate renewal finish inside it on a loaded machine with
+// a database server on the same two cores (60 ms was not); short enough to keep the suite fast.
+const SHORT_LEASE: Duration = Duration::from_millis(400);
+const PAST_SHORT_LEASE: Duration = Duration::from_millis(700);
 const HOUR_MS: i64 = 3_600_000;
 
 fn wid(s: &str) -> WorkflowId {
