@@ -1,7 +1,11 @@
 //! A hand-cranked runtime for loom-core's tests: keeps a history, feeds activations, and can
 //! "crash" (drop the machine so the next activation replays from the history).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each of which uses part of it"
+)]
 
 use std::sync::Arc;
 
