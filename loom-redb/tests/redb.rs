@@ -1,7 +1,6 @@
 //! redb-specific behaviour: reopening, the format version, bad files, one process per file,
 //! and a writer killed mid-transaction.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
 use loom_redb::RedbStorage;
-use loom_storage::{ListQuery, Storage, StorageError};
+use loom_storage::conformance::crash;
+use loom_storage::{Storage, StorageError};
 
 fn started() -> Event {
     Event {
@@ -171,73 +171,17 @@ async fn a_second_process_gets_a_clear_error_not_a_hang() {
 async fn a_writer_killed_mid_transaction_leaves_a_consistent_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("crash.redb");
-    let mut acked = BTreeSet::new();
-    for round in 0..4 {
-        let mut child = probe()
-            .args([
-                "write",
-                path.to_str().expect("utf-8 path"),
-                &format!("r{round}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the writer");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let target = 15 + round * 29;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut mine = 0;
-        while mine < target {
-            assert!(Instant::now() < deadline, "the writer made no progress");
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(id) = line.strip_prefix("ack ") {
-                        acked.insert(id.to_owned());
-                        mine += 1;
-                    }
-                }
-                _ => break,
-            }
-        }
-        child.kill().expect("SIGKILL");
-        for line in lines.map_while(Result::ok) {
-            if let Some(id) = line.strip_prefix("ack ") {
-                acked.insert(id.to_owned());
-            }
-        }
-        child.wait().expect("reap");
-    }
+    let file = path.to_str().expect("utf-8 path").to_owned();
+    let acked = crash::kill_repeatedly(
+        |round| {
+            let mut cmd = probe();
+            cmd.args(["write", &file, &format!("r{round}")]);
+            cmd
+        },
+        4,
+    );
     let store = RedbStorage::open(&path)
         .await
         .expect("reopen after the crashes");
-    for id in &acked {
-        let history = store
-            .load_history(&WorkflowId::new(id.clone()), Seq::ZERO)
-            .await
-            .expect("an acknowledged workflow survives");
-        assert_eq!(history.len(), 11, "{id}: every acknowledged event survives");
-    }
-    let all = store
-        .list(&ListQuery {
-            limit: 100_000,
-            ..ListQuery::default()
-        })
-        .await
-        .expect("list");
-    assert!(all.items.len() >= acked.len());
-    for s in &all.items {
-        let history = store.load_history(&s.id, Seq::ZERO).await.expect("history");
-        assert!(
-            history.len() == 1 || history.len() == 11,
-            "{}: {} events",
-            s.id,
-            history.len()
-        );
-        assert_eq!(
-            s.last_seq.get() as usize,
-            history.len(),
-            "{}: summary and history agree",
-            s.id
-        );
-    }
+    crash::check_survivors(&store, &acked).await;
 }

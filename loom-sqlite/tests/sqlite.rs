@@ -6,10 +6,11 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
 use loom_sqlite::{Durability, SqliteOptions, SqliteStorage};
+use loom_storage::conformance::crash;
 use loom_storage::{ClaimRequest, ListQuery, Storage, StorageError};
 
 fn started(name: &str) -> Event {
@@ -354,48 +355,15 @@ async fn a_process_killed_mid_batch_loses_only_unacknowledged_work() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("crash.db");
     drop(open(&path).await.expect("create"));
-    let mut acked = BTreeSet::new();
-    for round in 0..5 {
-        let mut child = probe()
-            .args([
-                "write",
-                path.to_str().expect("utf-8 path"),
-                &format!("r{round}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the writer");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        // Let it run for a varying number of acknowledgements, then SIGKILL it mid-stream.
-        let target = 20 + round * 37;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acked
-            .iter()
-            .filter(|id: &&String| id.starts_with(&format!("r{round}-")))
-            .count()
-            < target
-        {
-            assert!(Instant::now() < deadline, "the writer made no progress");
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(id) = line.strip_prefix("ack ") {
-                        acked.insert(id.to_owned());
-                    }
-                }
-                _ => break,
-            }
-        }
-        child.kill().expect("SIGKILL");
-        // Lines printed before the kill landed are acknowledgements too.
-        for line in lines.map_while(Result::ok) {
-            if let Some(id) = line.strip_prefix("ack ") {
-                acked.insert(id.to_owned());
-            }
-        }
-        child.wait().expect("reap");
-    }
+    let file = path.to_str().expect("utf-8 path").to_owned();
+    let acked = crash::kill_repeatedly(
+        |round| {
+            let mut cmd = probe();
+            cmd.args(["write", &file, &format!("r{round}")]);
+            cmd
+        },
+        5,
+    );
     let raw = rusqlite::Connection::open(&path).expect("raw");
     let check: String = raw
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -403,34 +371,5 @@ async fn a_process_killed_mid_batch_loses_only_unacknowledged_work() {
     assert_eq!(check, "ok");
     drop(raw);
     let store = open(&path).await.expect("reopen after the crashes");
-    for id in &acked {
-        let history = store
-            .load_history(&WorkflowId::new(id.clone()), Seq::ZERO)
-            .await
-            .expect("an acknowledged workflow survives");
-        assert_eq!(history.len(), 11, "{id}: every acknowledged event survives");
-    }
-    let all = store
-        .list(&ListQuery {
-            limit: 100_000,
-            ..ListQuery::default()
-        })
-        .await
-        .expect("list");
-    assert!(all.items.len() >= acked.len());
-    for s in &all.items {
-        let history = store.load_history(&s.id, Seq::ZERO).await.expect("history");
-        assert!(
-            history.len() == 1 || history.len() == 11,
-            "{}: a half-written append ({} events)",
-            s.id,
-            history.len()
-        );
-        assert_eq!(
-            s.last_seq.get() as usize,
-            history.len(),
-            "{}: summary and history agree",
-            s.id
-        );
-    }
+    crash::check_survivors(&store, &acked).await;
 }

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
 use loom_sqlite::{SqliteOptions, SqliteStorage};
+use loom_storage::conformance::crash;
 use loom_storage::{ClaimRequest, Storage};
 
 fn main() -> ExitCode {
@@ -75,51 +75,8 @@ async fn claim(path: &str, owner: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Eight concurrent writers, each creating a workflow and then appending ten events to it in
-/// one call, forever; prints `ack ID` once an append is acknowledged.
+/// The shared crash writer (`loom_storage::conformance::crash`) on this file.
 async fn write(path: &str, prefix: &str) -> Result<(), String> {
     let store = Arc::new(open(path).await?);
-    let mut handles = Vec::new();
-    for writer in 0..8 {
-        let store = store.clone();
-        let prefix = prefix.to_owned();
-        handles.push(tokio::spawn(async move {
-            for n in 0u64.. {
-                let id = WorkflowId::new(format!("{prefix}-{writer}-{n}"));
-                let started = Event {
-                    seq: Seq::FIRST,
-                    at: Timestamp::from_millis(0),
-                    kind: EventKind::WorkflowStarted {
-                        name: "Probe".into(),
-                        version: 1,
-                        input: Payload::NULL,
-                        format: HISTORY_FORMAT,
-                    },
-                };
-                store
-                    .create_workflow(&id, started)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let events = (2..=11)
-                    .map(|s| Event {
-                        seq: Seq::new(s),
-                        at: Timestamp::from_millis(0),
-                        kind: EventKind::StepStarted {
-                            name: format!("s{s}"),
-                        },
-                    })
-                    .collect();
-                store
-                    .append_events(&id, Seq::FIRST, events)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!("ack {id}");
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for h in handles {
-        h.await.map_err(|e| e.to_string())??;
-    }
-    Ok(())
+    crash::write_acknowledged(store, prefix).await
 }
