@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -41,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use batch::{ActivityItem, CreateItem, DeliverItem, Outcome, WorkflowItem, unexpected};
 use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, LogLevel, LogRecord, Payload, Progress, Seq,
     Timestamp, WorkflowId,
@@ -61,7 +63,8 @@ use tokio::sync::Notify;
 const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Migrations in order; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 -- The database's clock in milliseconds. STABLE, not VOLATILE: evaluated once per statement,
 -- which is the meaning we want, and it lets `visible_at <= loom_now_ms()` be an index
 -- condition (a volatile call is only a filter, and a claim that finds nothing would walk the
@@ -133,7 +136,9 @@ CREATE TABLE logs (
     message      text NOT NULL
 );
 CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
-"#];
+"#,
+    include_str!("commit.sql"),
+];
 
 const WORKFLOW_TASK: i16 = 0;
 const ACTIVITY_TASK: i16 = 1;
@@ -147,6 +152,10 @@ pub struct PostgresOptions {
     pub max_connections: u32,
     /// How long a call waits for a free connection before failing as `Unavailable`.
     pub acquire_timeout: Duration,
+    /// How many group commits may be in flight at once, each on its own connection.
+    pub commit_concurrency: usize,
+    /// The most commits one group commit carries.
+    pub max_batch: usize,
 }
 
 impl Default for PostgresOptions {
@@ -155,6 +164,8 @@ impl Default for PostgresOptions {
             schema: "loom".into(),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
+            commit_concurrency: 2,
+            max_batch: 128,
         }
     }
 }
@@ -167,6 +178,8 @@ pub struct PostgresStorage {
     work: Arc<Notify>,
     /// Set while a NOTIFY is on its way: bursts of new work send one.
     notifying: Arc<AtomicBool>,
+    /// The group commit of the hot path.
+    committer: batch::Committer,
 }
 
 fn sql_err(e: sqlx::Error) -> StorageError {
@@ -203,6 +216,10 @@ fn seq(n: i64) -> Seq {
 
 fn seq_i64(s: Seq) -> i64 {
     i64::try_from(s.get()).unwrap_or(i64::MAX)
+}
+
+fn task_i64(t: TaskId) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -250,11 +267,23 @@ impl PostgresStorage {
                 )
             })?;
         migrate(&pool, &schema).await?;
+        let channel = format!("loom_work_{schema}");
+        let notifying = Arc::new(AtomicBool::new(false));
+        let committer = {
+            let (pool, channel, notifying) = (pool.clone(), channel.clone(), notifying.clone());
+            batch::Committer::start(
+                pool.clone(),
+                options.commit_concurrency,
+                options.max_batch,
+                move || notify_later(&pool, &channel, &notifying),
+            )
+        };
         let store = PostgresStorage {
             pool,
-            channel: format!("loom_work_{schema}"),
+            channel,
             work: Arc::new(Notify::new()),
-            notifying: Arc::new(AtomicBool::new(false)),
+            notifying,
+            committer,
         };
         store.listen();
         Ok(store)
@@ -311,25 +340,7 @@ impl PostgresStorage {
     /// NOTIFY (a global lock held through the commit's WAL flush), which would undo its group
     /// commit. A separate, tiny transaction has no WAL to flush; bursts send one notification.
     fn notify_later(&self) {
-        if self.notifying.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (pool, channel, flag) = (
-            self.pool.clone(),
-            self.channel.clone(),
-            self.notifying.clone(),
-        );
-        tokio::spawn(async move {
-            // Cleared first: work committed while this one is in flight sends another.
-            flag.store(false, Ordering::Release);
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&channel)
-                .execute(&pool)
-                .await
-            {
-                tracing::debug!(error = %e, "NOTIFY failed; workers will find the work by polling");
-            }
-        });
+        notify_later(&self.pool, &self.channel, &self.notifying);
     }
 
     /// Commits, then notifies other processes if `woke`.
@@ -348,6 +359,25 @@ impl PostgresStorage {
 }
 
 /// The URL without its password, for messages.
+/// Sends one `NOTIFY` on `channel` from a task of its own, unless one is already on its way.
+fn notify_later(pool: &PgPool, channel: &str, notifying: &Arc<AtomicBool>) {
+    if notifying.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (pool, channel, flag) = (pool.clone(), channel.to_owned(), notifying.clone());
+    tokio::spawn(async move {
+        // Cleared first: work committed while this one is in flight sends another.
+        flag.store(false, Ordering::Release);
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; workers will find the work by polling");
+        }
+    });
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
@@ -664,7 +694,7 @@ fn summary(row: &PgRow) -> Result<WorkflowSummary> {
 
 impl PostgresStorage {
     /// Claims up to `max` ready tasks of `kind` in one statement.
-    async fn claim(&self, tx: &mut Tx, kind: i16, req: &ClaimRequest) -> Result<Vec<PgRow>> {
+    async fn claim(&self, kind: i16, req: &ClaimRequest) -> Result<Vec<PgRow>> {
         sqlx::query(
             "WITH picked AS (
                 SELECT id FROM tasks WHERE kind = $1 AND visible_at <= loom_now_ms()
@@ -680,7 +710,7 @@ impl PostgresStorage {
         .bind(i64::try_from(req.max).unwrap_or(i64::MAX))
         .bind(millis(req.lease))
         .bind(&req.owner)
-        .fetch_all(&mut **tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(sql_err)
     }
@@ -703,45 +733,23 @@ impl Storage for PostgresStorage {
                 "a workflow id cannot be empty".into(),
             ));
         }
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO workflows (id, name, version, status, input, created_at, updated_at, last_seq)
-             VALUES ($1, $2, $3, 'running', $4, loom_now_ms(), loom_now_ms(), 1) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(name)
-        .bind(i32::try_from(version).unwrap_or(i32::MAX))
-        .bind(encode(input)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_err)?
-        .rows_affected();
-        if inserted == 0 {
-            let status: String = sqlx::query_scalar("SELECT status FROM workflows WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(sql_err)?;
-            return Err(StorageError::AlreadyExists {
+        let item = CreateItem {
+            t: "c",
+            wf: id.as_str(),
+            name,
+            version,
+            input: encode(input)?,
+            at: started.at.as_millis(),
+            kind: encode(&started.kind)?,
+        };
+        match self.committer.commit(&item, true).await? {
+            Outcome::Ok => Ok(()),
+            Outcome::Exists(status) => Err(StorageError::AlreadyExists {
                 id: id.clone(),
-                status: status.parse().unwrap_or(WorkflowStatus::Running),
-            });
+                status: batch::status(&status, id)?,
+            }),
+            other => Err(unexpected(&other)),
         }
-        sqlx::query("INSERT INTO events (workflow_id, seq, at, kind) VALUES ($1, 1, $2, $3)")
-            .bind(id.as_str())
-            .bind(started.at.as_millis())
-            .bind(encode(&started.kind)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        sqlx::query(
-            "INSERT INTO tasks (kind, workflow_id, visible_at) VALUES (0, $1, loom_now_ms())",
-        )
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_err)?;
-        self.commit(tx, true).await
     }
 
     async fn append_events(
@@ -757,24 +765,25 @@ impl Storage for PostgresStorage {
     }
 
     async fn load_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
-        let mut tx = self.begin().await?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM workflows WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        if exists.is_none() {
-            return Err(StorageError::NotFound(id.clone()));
-        }
         let rows = sqlx::query(
             "SELECT seq, at, kind FROM events WHERE workflow_id = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(id.as_str())
         .bind(seq_i64(after))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        tx.commit().await.map_err(sql_err)?;
+        // Nothing after `after`: either the history ends there or there is no such workflow.
+        if rows.is_empty() {
+            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM workflows WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(sql_err)?;
+            if exists.is_none() {
+                return Err(StorageError::NotFound(id.clone()));
+            }
+        }
         rows.iter()
             .map(|r| {
                 let n: i64 = r.get(0);
@@ -792,53 +801,55 @@ impl Storage for PostgresStorage {
         if req.max == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let rows = self.claim(&mut tx, WORKFLOW_TASK, req).await?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(sql_err)?;
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = rows.iter().map(|r| r.get::<String, _>(1)).collect();
-        let workflows = sqlx::query("SELECT id, name, last_seq FROM workflows WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        let messages = sqlx::query(
-            "SELECT workflow_id, id, visible_at, kind FROM messages WHERE workflow_id = ANY($1) AND visible_at <= loom_now_ms()
-             ORDER BY workflow_id, visible_at, id",
+        // One statement: claim, then read each claimed workflow's name, last sequence number
+        // and due messages (as parallel arrays, oldest first).
+        let rows = sqlx::query(
+            "WITH picked AS (
+                SELECT id, visible_at FROM tasks WHERE kind = 0 AND visible_at <= loom_now_ms()
+                ORDER BY visible_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = loom_now_ms() + $2,
+                    visible_at = loom_now_ms() + $2, lease_owner = $3, deliveries = t.deliveries + 1
+                FROM picked WHERE t.id = picked.id
+                RETURNING t.id, t.workflow_id, t.lease_token, t.lease_expires_at, t.deliveries
+             )
+             SELECT c.id, c.workflow_id, c.lease_token, c.lease_expires_at, c.deliveries,
+                 w.name, w.last_seq, m.ids, m.ats, m.kinds
+             FROM claimed c
+             JOIN picked p ON p.id = c.id
+             JOIN workflows w ON w.id = c.workflow_id
+             CROSS JOIN LATERAL (
+                SELECT array_agg(id ORDER BY visible_at, id) AS ids,
+                       array_agg(visible_at ORDER BY visible_at, id) AS ats,
+                       array_agg(kind ORDER BY visible_at, id) AS kinds
+                FROM messages WHERE workflow_id = c.workflow_id AND visible_at <= loom_now_ms()
+             ) m
+             ORDER BY p.visible_at, p.id",
         )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
+        .bind(i64::try_from(req.max).unwrap_or(i64::MAX))
+        .bind(millis(req.lease))
+        .bind(&req.owner)
+        .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        tx.commit().await.map_err(sql_err)?;
         let mut tasks = Vec::with_capacity(rows.len());
         for row in &rows {
             let workflow_id: String = row.get(1);
-            let Some(w) = workflows
-                .iter()
-                .find(|w| w.get::<String, _>(0) == workflow_id)
-            else {
-                continue;
-            };
-            let mut due = Vec::new();
-            for m in messages
-                .iter()
-                .filter(|m| m.get::<String, _>(0) == workflow_id)
-            {
-                let mid: i64 = m.get(1);
-                let kind: String = m.get(3);
+            let ids: Vec<i64> = row.get::<Option<Vec<i64>>, _>(7).unwrap_or_default();
+            let ats: Vec<i64> = row.get::<Option<Vec<i64>>, _>(8).unwrap_or_default();
+            let kinds: Vec<String> = row.get::<Option<Vec<String>>, _>(9).unwrap_or_default();
+            let mut due = Vec::with_capacity(ids.len());
+            for ((mid, at), kind) in ids.into_iter().zip(ats).zip(kinds) {
                 due.push(Message {
                     id: MessageId(mid.unsigned_abs()),
                     kind: decode(&kind, || format!("message {mid} of workflow {workflow_id}"))?,
-                    visible_at: Timestamp::from_millis(m.get(2)),
+                    visible_at: Timestamp::from_millis(at),
                 });
             }
             tasks.push(WorkflowTask {
                 lease: lease_of(row),
-                workflow_name: w.get(1),
-                last_seq: seq(w.get(2)),
+                workflow_name: row.get(5),
+                last_seq: seq(row.get(6)),
                 messages: due,
                 deliveries: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),
                 workflow_id: WorkflowId::new(workflow_id),
@@ -848,75 +859,100 @@ impl Storage for PostgresStorage {
     }
 
     async fn complete_workflow_task(&self, c: WorkflowTaskCompletion) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let (kind, workflow) = held(&mut tx, &c.lease).await?;
-        if kind != WORKFLOW_TASK || workflow != c.workflow_id {
-            return Err(StorageError::InvalidArgument(format!(
-                "{} is not the workflow task of {}",
-                c.lease.task, c.workflow_id
-            )));
-        }
         let id = &c.workflow_id;
-        let woke = append(&mut tx, id, c.expected_last_seq, &c.events).await?;
-        if !c.consumed.is_empty() {
-            let consumed: Vec<i64> = c
+        check_continues(c.expected_last_seq, &c.events)?;
+        let plan = TaskPlan::from_events(&c.events);
+        let item = WorkflowItem {
+            t: "w",
+            wf: id.as_str(),
+            task: task_i64(c.lease.task),
+            token: i64::try_from(c.lease.token).unwrap_or(i64::MAX),
+            expected: seq_i64(c.expected_last_seq),
+            last: seq_i64(c.events.last().map_or(c.expected_last_seq, |e| e.seq)),
+            events: c
+                .events
+                .iter()
+                .map(|e| Ok((seq_i64(e.seq), e.at.as_millis(), encode(&e.kind)?)))
+                .collect::<Result<_>>()?,
+            acts: plan
+                .activities
+                .iter()
+                .map(|a| {
+                    Ok((
+                        seq_i64(a.activity_id.0),
+                        a.name.as_str(),
+                        encode(&a.input)?,
+                        encode(&a.options)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            timers: plan
+                .timers
+                .iter()
+                .map(|t| {
+                    // Judged by the database's clock: a timer never fires before its duration
+                    // has passed there, whatever the clock of the worker that computed `fire_at`.
+                    let (mode, value) = match t.duration_ms {
+                        Some(ms) => VisibleAt::After(i64::try_from(ms).unwrap_or(i64::MAX)),
+                        None => VisibleAt::At(t.fire_at),
+                    }
+                    .params();
+                    Ok((encode(&t.message())?, mode, value))
+                })
+                .collect::<Result<_>>()?,
+            term: plan
+                .terminal
+                .as_ref()
+                .map(|end| {
+                    Ok::<_, StorageError>((
+                        end.status.as_str(),
+                        end.output.as_ref().map(encode).transpose()?,
+                        end.failure.as_ref().map(encode).transpose()?,
+                    ))
+                })
+                .transpose()?,
+            consumed: c
                 .consumed
                 .iter()
                 .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX))
-                .collect();
-            sqlx::query("DELETE FROM messages WHERE workflow_id = $1 AND id = ANY($2)")
-                .bind(id.as_str())
-                .bind(&consumed)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_err)?;
+                .collect(),
+            logs: c
+                .logs
+                .iter()
+                .map(|l| {
+                    (
+                        seq_i64(l.seq),
+                        l.at.as_millis(),
+                        level_str(l.level),
+                        l.message.as_str(),
+                    )
+                })
+                .collect(),
+            progress: c.progress.as_ref().map(encode).transpose()?,
+        };
+        let wakes = !plan.activities.is_empty();
+        match self.committer.commit(&item, wakes).await? {
+            Outcome::Ok => Ok(()),
+            Outcome::LeaseLost => Err(StorageError::LeaseLost(c.lease.task)),
+            Outcome::NotThatTask => Err(StorageError::InvalidArgument(format!(
+                "{} is not the workflow task of {}",
+                c.lease.task, c.workflow_id
+            ))),
+            Outcome::NotFound => Err(StorageError::NotFound(id.clone())),
+            Outcome::Closed(status) => Err(StorageError::Closed {
+                id: id.clone(),
+                status: batch::status(&status, id)?,
+            }),
+            Outcome::Conflict(actual) => Err(batch::conflict(id, c.expected_last_seq, actual)),
+            other => Err(unexpected(&other)),
         }
-        if !c.logs.is_empty() {
-            let seqs: Vec<i64> = c.logs.iter().map(|l| seq_i64(l.seq)).collect();
-            let ats: Vec<i64> = c.logs.iter().map(|l| l.at.as_millis()).collect();
-            let levels: Vec<&str> = c.logs.iter().map(|l| level_str(l.level)).collect();
-            let texts: Vec<&str> = c.logs.iter().map(|l| l.message.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO logs (workflow_id, seq, at, level, message)
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[])",
-            )
-            .bind(id.as_str())
-            .bind(&seqs)
-            .bind(&ats)
-            .bind(&levels)
-            .bind(&texts)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        }
-        let progress = c.progress.as_ref().map(encode).transpose()?;
-        sqlx::query(
-            "UPDATE workflows SET progress = COALESCE($2, progress), updated_at = loom_now_ms(),
-               status = CASE WHEN status = 'paused' THEN 'running' ELSE status END,
-               pause_reason = CASE WHEN status = 'paused' THEN NULL ELSE pause_reason END
-             WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .bind(progress)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_err)?;
-        sqlx::query("UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0 WHERE id = $1")
-            .bind(i64::try_from(c.lease.task.0).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        refresh(&mut tx, id).await?;
-        self.commit(tx, woke).await
     }
 
     async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
         if req.max == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let rows = self.claim(&mut tx, ACTIVITY_TASK, req).await?;
-        tx.commit().await.map_err(sql_err)?;
+        let rows = self.claim(ACTIVITY_TASK, req).await?;
         rows.iter()
             .map(|row| {
                 let task: i64 = row.get(0);
@@ -937,59 +973,31 @@ impl Storage for PostgresStorage {
     }
 
     async fn complete_activity_task(&self, c: ActivityTaskCompletion) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let (kind, workflow) = held(&mut tx, &c.lease).await?;
-        if kind != ACTIVITY_TASK {
-            return Err(StorageError::InvalidArgument(format!(
+        let (activity, attempt, retry_at) = activity_result(&c.result)?;
+        let item = ActivityItem {
+            t: "a",
+            task: task_i64(c.lease.task),
+            token: i64::try_from(c.lease.token).unwrap_or(i64::MAX),
+            act: seq_i64(activity.0),
+            attempt,
+            result: encode(&c.result)?,
+            retry_at: retry_at.map(Timestamp::as_millis),
+        };
+        match self.committer.commit(&item, true).await? {
+            Outcome::Ok => Ok(()),
+            Outcome::LeaseLost => Err(StorageError::LeaseLost(c.lease.task)),
+            Outcome::NotThatTask => Err(StorageError::InvalidArgument(format!(
                 "{} is not an activity task",
                 c.lease.task
-            )));
+            ))),
+            Outcome::Mismatch(task_activity, task_attempt) => {
+                Err(StorageError::InvalidArgument(format!(
+                    "the result is for {activity} attempt {attempt}, the task is {} attempt {task_attempt}",
+                    ActivityId(seq(task_activity))
+                )))
+            }
+            other => Err(unexpected(&other)),
         }
-        let task = i64::try_from(c.lease.task.0).unwrap_or(i64::MAX);
-        let row = sqlx::query(
-            "SELECT activity_id, name, input, options, attempt FROM tasks WHERE id = $1",
-        )
-        .bind(task)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql_err)?;
-        let activity = ActivityId(seq(row.get::<Option<i64>, _>(0).unwrap_or(0)));
-        let attempt = u32::try_from(row.get::<Option<i32>, _>(4).unwrap_or(1)).unwrap_or(1);
-        let (result_for, result_attempt, retry_at) = activity_result(&c.result)?;
-        if result_for != activity || result_attempt != attempt {
-            return Err(StorageError::InvalidArgument(format!(
-                "the result is for {result_for} attempt {result_attempt}, the task is {activity} attempt {attempt}"
-            )));
-        }
-        sqlx::query("DELETE FROM tasks WHERE id = $1")
-            .bind(task)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_err)?;
-        post(&mut tx, &workflow, &c.result, VisibleAt::Now).await?;
-        if let Some(at) = retry_at {
-            let name: Option<String> = row.get(1);
-            let input: Option<String> = row.get(2);
-            let options: Option<String> = row.get(3);
-            let input: Payload = decode(&input.unwrap_or_default(), || {
-                format!("the input of activity task {task}")
-            })?;
-            let options: ActivityOptions = decode(&options.unwrap_or_default(), || {
-                format!("the options of activity task {task}")
-            })?;
-            insert_activity(
-                &mut tx,
-                &workflow,
-                activity,
-                &name.unwrap_or_default(),
-                &input,
-                &options,
-                attempt + 1,
-                VisibleAt::At(at),
-            )
-            .await?;
-        }
-        self.commit(tx, true).await
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
@@ -1177,16 +1185,20 @@ impl Storage for PostgresStorage {
 
 impl PostgresStorage {
     async fn deliver(&self, id: &WorkflowId, kind: &EventKind) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let (_, status) = lock_workflow(&mut tx, id).await?;
-        if status.is_terminal() {
-            return Err(StorageError::Closed {
+        let item = DeliverItem {
+            t: "s",
+            wf: id.as_str(),
+            kind: encode(kind)?,
+        };
+        match self.committer.commit(&item, true).await? {
+            Outcome::Ok => Ok(()),
+            Outcome::NotFound => Err(StorageError::NotFound(id.clone())),
+            Outcome::Closed(status) => Err(StorageError::Closed {
                 id: id.clone(),
-                status,
-            });
+                status: batch::status(&status, id)?,
+            }),
+            other => Err(unexpected(&other)),
         }
-        post(&mut tx, id, kind, VisibleAt::Now).await?;
-        self.commit(tx, true).await
     }
 }
 
