@@ -164,7 +164,7 @@ impl Default for PostgresOptions {
             schema: "loom".into(),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
-            commit_concurrency: 2,
+            commit_concurrency: 4,
             max_batch: 128,
         }
     }
@@ -645,7 +645,7 @@ async fn append(tx: &mut Tx, id: &WorkflowId, expected: Seq, events: &[Event]) -
         .map_err(sql_err)?;
         for sql in [
             "DELETE FROM messages WHERE workflow_id = $1",
-            "DELETE FROM tasks WHERE workflow_id = $1",
+            "DELETE FROM tasks WHERE (workflow_id = $1 AND kind = 0) OR (workflow_id = $1 AND kind = 1)",
         ] {
             sqlx::query(sql)
                 .bind(id.as_str())
@@ -696,13 +696,13 @@ impl PostgresStorage {
     /// Claims up to `max` ready tasks of `kind` in one statement.
     async fn claim(&self, kind: i16, req: &ClaimRequest) -> Result<Vec<PgRow>> {
         sqlx::query(
-            "WITH picked AS (
-                SELECT id FROM tasks WHERE kind = $1 AND visible_at <= loom_now_ms()
+            "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), picked AS (
+                SELECT id FROM tasks WHERE kind = $1 AND visible_at <= (SELECT ms FROM now)
                 ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
              )
-             UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = loom_now_ms() + $3,
-                 visible_at = loom_now_ms() + $3, lease_owner = $4, deliveries = t.deliveries + 1
-             FROM picked WHERE t.id = picked.id
+             UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = now.ms + $3,
+                 visible_at = now.ms + $3, lease_owner = $4, deliveries = t.deliveries + 1
+             FROM picked, now WHERE t.id = picked.id
              RETURNING t.id, t.workflow_id, t.lease_token, t.lease_expires_at, t.deliveries,
                  t.activity_id, t.name, t.input, t.options, t.attempt",
         )
@@ -804,13 +804,13 @@ impl Storage for PostgresStorage {
         // One statement: claim, then read each claimed workflow's name, last sequence number
         // and due messages (as parallel arrays, oldest first).
         let rows = sqlx::query(
-            "WITH picked AS (
-                SELECT id, visible_at FROM tasks WHERE kind = 0 AND visible_at <= loom_now_ms()
+            "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), picked AS (
+                SELECT id, visible_at FROM tasks WHERE kind = 0 AND visible_at <= (SELECT ms FROM now)
                 ORDER BY visible_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
              ), claimed AS (
-                UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = loom_now_ms() + $2,
-                    visible_at = loom_now_ms() + $2, lease_owner = $3, deliveries = t.deliveries + 1
-                FROM picked WHERE t.id = picked.id
+                UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = now.ms + $2,
+                    visible_at = now.ms + $2, lease_owner = $3, deliveries = t.deliveries + 1
+                FROM picked, now WHERE t.id = picked.id
                 RETURNING t.id, t.workflow_id, t.lease_token, t.lease_expires_at, t.deliveries
              )
              SELECT c.id, c.workflow_id, c.lease_token, c.lease_expires_at, c.deliveries,
@@ -822,7 +822,7 @@ impl Storage for PostgresStorage {
                 SELECT array_agg(id ORDER BY visible_at, id) AS ids,
                        array_agg(visible_at ORDER BY visible_at, id) AS ats,
                        array_agg(kind ORDER BY visible_at, id) AS kinds
-                FROM messages WHERE workflow_id = c.workflow_id AND visible_at <= loom_now_ms()
+                FROM messages WHERE workflow_id = c.workflow_id AND visible_at <= (SELECT ms FROM now)
              ) m
              ORDER BY p.visible_at, p.id",
         )
@@ -832,6 +832,9 @@ impl Storage for PostgresStorage {
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
+        if std::env::var_os("LOOM_TRACE_BATCH").is_some() {
+            eprintln!("wclaim {} {}", req.max, rows.len());
+        }
         let mut tasks = Vec::with_capacity(rows.len());
         for row in &rows {
             let workflow_id: String = row.get(1);
@@ -953,6 +956,9 @@ impl Storage for PostgresStorage {
             return Ok(Vec::new());
         }
         let rows = self.claim(ACTIVITY_TASK, req).await?;
+        if std::env::var_os("LOOM_TRACE_BATCH").is_some() {
+            eprintln!("aclaim {} {}", req.max, rows.len());
+        }
         rows.iter()
             .map(|row| {
                 let task: i64 = row.get(0);
