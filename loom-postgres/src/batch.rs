@@ -120,12 +120,7 @@ fn closed() -> StorageError {
 
 /// Commits `batch`, or its items one by one if the statement fails on the database's side.
 async fn run(pool: &PgPool, batch: Vec<Pending>, woke: &(dyn Fn() + Send + Sync)) {
-    let t0 = std::time::Instant::now();
-    let r = execute(pool, &batch).await;
-    if std::env::var_os("LOOM_TRACE_BATCH").is_some() {
-        eprintln!("batch {} {}", t0.elapsed().as_micros(), batch.len());
-    }
-    match r {
+    match execute(pool, &batch).await {
         Ok(outcomes) => {
             let mut wakes = false;
             for (p, outcome) in batch.into_iter().zip(outcomes) {

@@ -832,9 +832,6 @@ impl Storage for PostgresStorage {
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        if std::env::var_os("LOOM_TRACE_BATCH").is_some() {
-            eprintln!("wclaim {} {}", req.max, rows.len());
-        }
         let mut tasks = Vec::with_capacity(rows.len());
         for row in &rows {
             let workflow_id: String = row.get(1);
@@ -956,9 +953,6 @@ impl Storage for PostgresStorage {
             return Ok(Vec::new());
         }
         let rows = self.claim(ACTIVITY_TASK, req).await?;
-        if std::env::var_os("LOOM_TRACE_BATCH").is_some() {
-            eprintln!("aclaim {} {}", req.max, rows.len());
-        }
         rows.iter()
             .map(|row| {
                 let task: i64 = row.get(0);
