@@ -1,19 +1,19 @@
 //! `loom bench`: an end-to-end load test of the whole engine on one backend.
 //!
 //! It starts N workflows of K sequential activities (all up front, or at a fixed rate), runs a
-//! worker in this process until every one completes, checks every output, and reports
-//! throughput, latencies and peak memory. It refuses to report if any workflow did not
-//! complete correctly.
+//! worker in this process (and, with `--processes`, in helper `loom worker` processes on the
+//! same database) until every one completes, checks every output, and reports throughput,
+//! latencies and peak memory. It refuses to report if any workflow did not complete correctly.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use loom_core::{
-    Activity, ActivityContext, EventKind, Failure, Registry, Seq, Workflow, WorkflowContext,
-    WorkflowError, WorkflowId,
+    Activity, ActivityContext, EventKind, Failure, Registry, Seq, Timestamp, Workflow,
+    WorkflowContext, WorkflowError, WorkflowId,
 };
-use loom_storage::{Storage, WorkflowStatus};
+use loom_storage::{ListQuery, Storage, WorkflowStatus};
 use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,6 +28,7 @@ pub(crate) struct BenchArgs {
     pub(crate) workers: usize,
     pub(crate) payload_bytes: usize,
     pub(crate) rate: Option<f64>,
+    pub(crate) processes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,10 +125,87 @@ fn summarize(mut values: Vec<f64>) -> serde_json::Value {
     })
 }
 
+/// Registers the benchmark's workflow and activity, unless the registry has them.
+pub(crate) fn register(registry: &mut Registry) -> Result<(), Fail> {
+    if registry.workflow(BenchChain::NAME).is_none() {
+        registry
+            .add_workflow::<BenchChain>()
+            .and_then(|r| r.add_activity(BenchStep))
+            .map_err(|e| Fail::usage(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Helper worker processes; killed when dropped, whatever happened.
+struct Helpers(Vec<std::process::Child>);
+
+impl Helpers {
+    /// Starts `n` `loom worker` processes of this binary on `db`.
+    fn start(n: usize, db: &str, workers: usize) -> Result<Helpers, Fail> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Fail::failed(format!("cannot find this program to start helpers: {e}")))?;
+        let mut helpers = Helpers(Vec::with_capacity(n));
+        for _ in 0..n {
+            let child = std::process::Command::new(&exe)
+                .args(["--db", db, "worker", "--bench", "--poll-interval", "0.05"])
+                .args(["--workers", &workers.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| Fail::failed(format!("cannot start a helper worker: {e}")))?;
+            helpers.0.push(child);
+        }
+        Ok(helpers)
+    }
+
+    /// Fails if a helper has exited: they run until the benchmark ends.
+    fn check(&mut self) -> Result<(), Fail> {
+        for child in &mut self.0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Fail::failed(format!(
+                    "a helper worker process exited early ({status}); run `loom worker` on the same --db to see why"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether no workflow of this benchmark run is still running or paused, across processes.
+async fn all_finished(store: &dyn Storage, since: Timestamp) -> Result<bool, Fail> {
+    for status in [WorkflowStatus::Running, WorkflowStatus::Paused] {
+        let page = store
+            .list(&ListQuery {
+                status: Some(status),
+                name: Some(BenchChain::NAME.to_owned()),
+                created_after: Some(since),
+                limit: 1,
+                ..ListQuery::default()
+            })
+            .await
+            .map_err(Fail::from_storage)?;
+        if !page.items.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 pub(crate) async fn bench(
     store: Arc<dyn Storage>,
     mut registry: Registry,
     url: &str,
+    raw_url: &str,
     args: BenchArgs,
     json: bool,
 ) -> Result<std::process::ExitCode, Fail> {
@@ -136,12 +214,7 @@ pub(crate) async fn bench(
             "--workflows and --activities must be at least 1",
         ));
     }
-    if registry.workflow(BenchChain::NAME).is_none() {
-        registry
-            .add_workflow::<BenchChain>()
-            .and_then(|r| r.add_activity(BenchStep))
-            .map_err(|e| Fail::usage(e.to_string()))?;
-    }
+    register(&mut registry)?;
     let config = WorkerConfig {
         workflow_concurrency: args.workers.max(1),
         activity_concurrency: args.workers.max(1) * 4,
@@ -159,6 +232,12 @@ pub(crate) async fn bench(
         payload: "x".repeat(args.payload_bytes),
     };
     let live = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Workflows created from here on are this run's (less a second for clock granularity).
+    let since = Timestamp::from_millis(
+        i64::try_from(micros() / 1_000)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(1_000),
+    );
 
     // Up front: start everything, then run. With a rate: start while running.
     let mut start_elapsed = None;
@@ -179,6 +258,7 @@ pub(crate) async fn bench(
         })
     };
     let began = Instant::now();
+    let mut helpers = Helpers::start(args.processes - 1, raw_url, args.workers)?;
     let starter = args.rate.map(|rate| {
         let client = client.clone();
         let ids = ids.clone();
@@ -214,12 +294,24 @@ pub(crate) async fn bench(
         if finished >= args.workflows as u64 {
             break;
         }
+        // With helpers, this process sees only its own share finish: ask the database once
+        // every workflow has been started.
+        if args.processes > 1 {
+            helpers.check()?;
+            let started = starter
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished);
+            if started && all_finished(&*store, since).await? {
+                break;
+            }
+        }
         if began.elapsed() > deadline {
             return Err(Fail::failed("the benchmark did not finish within an hour"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = began.elapsed();
+    drop(helpers);
     let _ = stop.send(());
     if let Some(starter) = starter {
         match starter.await {
@@ -278,6 +370,7 @@ pub(crate) async fn bench(
         "workers": args.workers,
         "payload_bytes": args.payload_bytes,
         "rate": args.rate,
+        "processes": args.processes,
         "start_seconds": start_elapsed.map(|d| d.as_secs_f64()),
         "starts_per_second": start_elapsed.map(|d| args.workflows as f64 / d.as_secs_f64()),
         "run_seconds": secs,
@@ -294,9 +387,14 @@ pub(crate) async fn bench(
     }
     let f = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.1}"));
     println!(
-        "{} workflows x {} activities on {url}, {} workflow slots, {} payload bytes{}: all completed correctly.",
+        "{} workflows x {} activities on {url}, {}{} workflow slots, {} payload bytes{}: all completed correctly.",
         args.workflows,
         args.activities,
+        if args.processes > 1 {
+            format!("{} processes x ", args.processes)
+        } else {
+            String::new()
+        },
         args.workers,
         args.payload_bytes,
         args.rate
@@ -332,7 +430,12 @@ pub(crate) async fn bench(
         f(&h["p99"])
     );
     if let Some(kib) = peak_kib {
-        println!("peak memory: {:.1} MiB", kib as f64 / 1024.0);
+        let whose = if args.processes > 1 {
+            " (this process)"
+        } else {
+            ""
+        };
+        println!("peak memory{whose}: {:.1} MiB", kib as f64 / 1024.0);
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -26,7 +26,12 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             workers,
             poll_interval,
             exit_when_idle,
+            bench,
         } => {
+            let mut registry = registry;
+            if bench {
+                crate::bench::register(&mut registry)?;
+            }
             let store = db::open(&url, Missing::Create, false).await?;
             worker(
                 store,
@@ -132,6 +137,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             workers,
             payload_bytes,
             rate,
+            processes,
         } => {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(Fail::usage(
@@ -145,8 +151,9 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 workers,
                 payload_bytes,
                 rate,
+                processes: processes.max(1),
             };
-            crate::bench::bench(store, registry, &url.display(), args, json).await
+            crate::bench::bench(store, registry, &url.display(), &cli.db, args, json).await
         }
         Command::Demo { orders } => {
             let store = db::open(&url, Missing::Create, false).await?;

@@ -98,6 +98,9 @@ pub(crate) enum Command {
         /// Exit once no task is runnable or due within a second.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Also run `loom bench`'s workflow (for `loom bench --processes`).
+        #[arg(long, hide = true)]
+        bench: bool,
     },
     /// Start a workflow and print its id.
     Start {
@@ -189,6 +192,10 @@ pub(crate) enum Command {
         /// front (measures latency under a steady load).
         #[arg(long)]
         rate: Option<f64>,
+        /// Worker processes sharing the work: this one and PROCESSES - 1 `loom worker`
+        /// processes it starts on the same database (SQLite or PostgreSQL).
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
     },
     /// Start a batch of the example workflows, run them with an in-process worker, and
     /// report what happened.
