@@ -13,6 +13,7 @@
 //! retried one item at a time, so one bad item cannot fail its neighbours.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use loom_core::{Seq, WorkflowId};
 use loom_storage::{Result, StorageError, WorkflowStatus};
@@ -57,6 +58,8 @@ struct Pending {
 #[derive(Clone)]
 pub(crate) struct Committer {
     queue: mpsc::UnboundedSender<Pending>,
+    /// Statements sent, for tests and diagnostics.
+    statements: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -72,8 +75,10 @@ impl Committer {
         let (queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         let woke: Arc<dyn Fn() + Send + Sync> = Arc::new(woke);
+        let statements = Arc::new(AtomicU64::new(0));
         for _ in 0..concurrency.max(1) {
             let (rx, pool, woke) = (rx.clone(), pool.clone(), woke.clone());
+            let counter = statements.clone();
             tokio::spawn(async move {
                 loop {
                     let batch = {
@@ -88,11 +93,16 @@ impl Committer {
                         }
                         batch
                     };
-                    run(&pool, batch, &*woke).await;
+                    run(&pool, batch, &*woke, &counter).await;
                 }
             });
         }
-        Committer { queue }
+        Committer { queue, statements }
+    }
+
+    /// How many statements the committer tasks have sent.
+    pub(crate) fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
     /// Queues `item` and waits for its outcome.
@@ -119,7 +129,13 @@ fn closed() -> StorageError {
 }
 
 /// Commits `batch`, or its items one by one if the statement fails on the database's side.
-async fn run(pool: &PgPool, batch: Vec<Pending>, woke: &(dyn Fn() + Send + Sync)) {
+async fn run(
+    pool: &PgPool,
+    batch: Vec<Pending>,
+    woke: &(dyn Fn() + Send + Sync),
+    statements: &AtomicU64,
+) {
+    statements.fetch_add(1, Ordering::Relaxed);
     match execute(pool, &batch).await {
         Ok(outcomes) => {
             let mut wakes = false;
@@ -135,7 +151,7 @@ async fn run(pool: &PgPool, batch: Vec<Pending>, woke: &(dyn Fn() + Send + Sync)
         Err(e) if batch.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
             tracing::debug!(error = %e, items = batch.len(), "a batched commit failed; committing its items one by one");
             for p in batch {
-                Box::pin(run(pool, vec![p], woke)).await;
+                Box::pin(run(pool, vec![p], woke, statements)).await;
             }
         }
         Err(e) => {
@@ -266,7 +282,7 @@ pub(crate) struct WorkflowItem<'a> {
     pub term: Option<(&'static str, Option<String>, Option<String>)>,
     pub consumed: Vec<i64>,
     /// `(seq, at, level, message)`.
-    pub logs: Vec<(i64, i64, &'static str, &'a str)>,
+    pub logs: Vec<(i64, i64, &'static str, std::borrow::Cow<'a, str>)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
 }
@@ -299,5 +315,75 @@ pub(crate) fn unexpected(outcome: &Outcome) -> StorageError {
             "PostgreSQL's loom_commit answered {outcome:?}, which this call never expects"
         ),
         source: None,
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+
+    fn create(id: &str) -> CreateItem<'_> {
+        CreateItem {
+            t: "c",
+            wf: id,
+            name: "Batched",
+            version: 1,
+            input: "null".into(),
+            at: 0,
+            kind:
+                r#"{"type":"WorkflowStarted","name":"Batched","version":1,"input":null,"format":1}"#
+                    .into(),
+        }
+    }
+
+    /// Items queued together share one statement; an item the server rejects (here one of an
+    /// unknown kind) fails alone after the batch is retried item by item, and an item that
+    /// fails a check (a stale lease) reports it without touching its neighbours.
+    #[tokio::test]
+    async fn one_bad_item_fails_alone() {
+        let Some(store) = crate::testing::fresh().await else {
+            return;
+        };
+        let committer = Committer::start(store.pool.clone(), 1, 128, || {});
+        let bogus = serde_json::json!({ "t": "x" });
+        let stale = ActivityItem {
+            t: "a",
+            task: 999_999,
+            token: 1,
+            act: 1,
+            attempt: 1,
+            result: "{}".into(),
+            retry_at: None,
+        };
+        let (first, second) = (create("batched-a"), create("batched-b"));
+        // On this current-thread runtime, all five are queued before the committer runs.
+        let (a, b, c, d, e) = tokio::join!(
+            committer.commit(&first, true),
+            committer.commit(&bogus, true),
+            committer.commit(&second, true),
+            committer.commit(&stale, true),
+            committer.commit(&first, true),
+        );
+        assert!(matches!(a, Ok(Outcome::Ok)), "{a:?}");
+        assert!(b.is_err(), "an unknown item kind must fail: {b:?}");
+        assert!(matches!(c, Ok(Outcome::Ok)), "{c:?}");
+        assert!(matches!(d, Ok(Outcome::LeaseLost)), "{d:?}");
+        assert!(
+            matches!(e, Ok(Outcome::Exists(ref s)) if s == "running"),
+            "{e:?}"
+        );
+        assert_eq!(
+            committer.statements(),
+            6,
+            "one statement for the batch, then one for each of its five items"
+        );
+        for id in ["batched-a", "batched-b"] {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE workflow_id = $1")
+                .bind(id)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(n, 1, "{id} has its WorkflowStarted event once");
+        }
     }
 }

@@ -218,6 +218,16 @@ fn seq_i64(s: Seq) -> i64 {
     i64::try_from(s.get()).unwrap_or(i64::MAX)
 }
 
+/// A log line as PostgreSQL text can hold it: NUL characters become U+FFFD, so that a line
+/// that contains one cannot make its workflow task's commit fail for ever.
+fn log_text(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.contains('\0') {
+        std::borrow::Cow::Owned(message.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(message)
+    }
+}
+
 fn task_i64(t: TaskId) -> i64 {
     i64::try_from(t.0).unwrap_or(i64::MAX)
 }
@@ -733,6 +743,12 @@ impl Storage for PostgresStorage {
                 "a workflow id cannot be empty".into(),
             ));
         }
+        if id.as_str().contains('\0') {
+            return Err(StorageError::InvalidArgument(
+                "a workflow id cannot contain a NUL character (PostgreSQL text cannot hold one)"
+                    .into(),
+            ));
+        }
         let item = CreateItem {
             t: "c",
             wf: id.as_str(),
@@ -924,7 +940,7 @@ impl Storage for PostgresStorage {
                         seq_i64(l.seq),
                         l.at.as_millis(),
                         level_str(l.level),
-                        l.message.as_str(),
+                        log_text(&l.message),
                     )
                 })
                 .collect(),
@@ -1206,6 +1222,7 @@ impl std::fmt::Debug for PostgresStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStorage")
             .field("channel", &self.channel)
+            .field("group_commits", &self.committer.statements())
             .finish_non_exhaustive()
     }
 }

@@ -1209,17 +1209,30 @@ pub async fn logs_are_kept_with_their_task(store: Store) {
         level: LogLevel::Info,
         message: format!("line {n}"),
     };
-    c.logs = vec![line(1), line(2)];
+    // Any text is kept as written; a NUL, which some databases cannot store in text, may
+    // come back as U+FFFD, but never makes the commit fail.
+    let tricky = "quote \" back\\slash {\"json\": [1]} \u{1F600} tab\t newline\n";
+    let mut odd = line(3);
+    odd.message = tricky.into();
+    let mut nul = line(4);
+    nul.message = "before\0after".into();
+    c.logs = vec![line(1), line(2), odd, nul];
     store.complete_workflow_task(c).await.expect("complete");
     let logs = store.logs(&wid("wf-1")).await.expect("logs");
-    assert_eq!(logs.len(), 2);
+    assert_eq!(logs.len(), 4);
     assert_eq!(logs[0].message, "line 1");
     assert_eq!(logs[1].message, "line 2");
+    assert_eq!(logs[2].message, tricky);
+    assert!(
+        ["before\0after", "before\u{FFFD}after"].contains(&logs[3].message.as_str()),
+        "{:?}",
+        logs[3].message
+    );
     // A failed commit writes no logs.
     let mut stale = completion(&task, vec![]);
-    stale.logs = vec![line(3)];
+    stale.logs = vec![line(5)];
     assert!(store.complete_workflow_task(stale).await.is_err());
-    assert_eq!(store.logs(&wid("wf-1")).await.expect("logs").len(), 2);
+    assert_eq!(store.logs(&wid("wf-1")).await.expect("logs").len(), 4);
 }
 
 /// Runs every case, each on a fresh store, from one test; for backends that prefer one
