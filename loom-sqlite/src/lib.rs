@@ -8,7 +8,10 @@
 //! ## How it is built
 //!
 //! - **Durable by default.** WAL mode with `synchronous = FULL`: a call that returned `Ok`
-//!   survives a process crash and a power cut. [`Durability::Fast`] (`synchronous = NORMAL`)
+//!   survives a process crash and a power cut. The exceptions are claims and lease renewals,
+//!   which a power cut may erase (handing the task back to the queue, as the cut does to the
+//!   lease anyway); they wait for no fsync of their own, and the next durable commit carries
+//!   them to the disk. [`Durability::Fast`] (`synchronous = NORMAL`)
 //!   survives a process crash but may lose the last commits on a power cut; it is an explicit
 //!   option, named as such.
 //! - **Group commit.** Every write goes to one writer thread that runs all waiting requests in
@@ -151,8 +154,14 @@ impl SqliteStorage {
         }
         let conn = conn::open(&path, options.durability, options.busy_timeout)?;
         conn::migrate(&conn, &path)?;
-        let writer = Writer::start(conn, path.clone(), options.clock.clone(), options.max_batch)
-            .map_err(|e| StorageError::unavailable("cannot start the SQLite writer thread", e))?;
+        let writer = Writer::start(
+            conn,
+            path.clone(),
+            options.clock.clone(),
+            options.max_batch,
+            options.durability == Durability::Full,
+        )
+        .map_err(|e| StorageError::unavailable("cannot start the SQLite writer thread", e))?;
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 path,
@@ -168,9 +177,28 @@ impl SqliteStorage {
         &self.inner.path
     }
 
-    /// Runs `work` in the writer's next batch. `work` may run more than once (see the
-    /// writer), so it takes its inputs by reference.
+    /// Runs `work` in the writer's next batch, answering once it is durable. `work` may run
+    /// more than once (see the writer), so it takes its inputs by reference.
     async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_with(true, work).await
+    }
+
+    /// Like [`write`](Self::write), for a claim or a lease renewal: one that a power cut may
+    /// erase, which only hands the task back to the queue. Its commit waits for no fsync of
+    /// its own; the next durable commit carries it to the disk.
+    async fn write_relaxed<T, F>(&self, work: F) -> Result<T>
+    where
+        F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_with(false, work).await
+    }
+
+    async fn write_with<T, F>(&self, durable: bool, work: F) -> Result<T>
     where
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -178,7 +206,7 @@ impl SqliteStorage {
         let path = self.inner.path.clone();
         self.inner
             .writer
-            .write(move |conn, now| {
+            .write(durable, move |conn, now| {
                 work(&Db {
                     conn,
                     path: &path,
@@ -263,7 +291,8 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         let req = req.clone();
-        self.write(move |db| db.claim_workflow_tasks(&req)).await
+        self.write_relaxed(move |db| db.claim_workflow_tasks(&req))
+            .await
     }
 
     async fn complete_workflow_task(&self, completion: WorkflowTaskCompletion) -> Result<()> {
@@ -276,7 +305,8 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         let req = req.clone();
-        self.write(move |db| db.claim_activity_tasks(&req)).await
+        self.write_relaxed(move |db| db.claim_activity_tasks(&req))
+            .await
     }
 
     async fn complete_activity_task(&self, completion: ActivityTaskCompletion) -> Result<()> {
@@ -286,7 +316,8 @@ impl Storage for SqliteStorage {
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
         let lease = *lease;
-        self.write(move |db| db.renew_lease(&lease, extend)).await
+        self.write_relaxed(move |db| db.renew_lease(&lease, extend))
+            .await
     }
 
     async fn release_task(&self, lease: &Lease, release: Release) -> Result<()> {

@@ -14,6 +14,13 @@
 //! the batch back and run it again with a savepoint around each job, so that job is undone
 //! alone. Savepoints are not used otherwise: they cost a statement journal copy of every page
 //! a job touches, which was the largest avoidable cost in the writer's profile.
+//!
+//! Not every write needs its own fsync. A claim or a lease renewal that a power cut erases
+//! only hands its task back to the queue, which is what the cut does to the claim's lease
+//! anyway. So a batch of nothing but such *relaxed* jobs commits with `synchronous = NORMAL`
+//! (in WAL mode: no fsync), and the next durable commit's fsync of the log carries it to the
+//! disk with everything before it. A process crash loses neither: the log is in the operating
+//! system's cache.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -32,6 +39,8 @@ use crate::conn::{is_busy, map_err};
 /// A job may run more than once: if another job of its batch fails after writing, the batch
 /// is rolled back and run again with a savepoint around each job. Its answer is sent once.
 pub(crate) trait Job: Send {
+    /// Whether the caller must be answered only once the change survives a power cut.
+    fn durable(&self) -> bool;
     /// Runs inside the batch's transaction; returns whether the work stands.
     fn run(&mut self, conn: &Connection, now: Timestamp) -> bool;
     /// Answers the caller with the result of its last run, or with `commit_error` if the
@@ -40,6 +49,7 @@ pub(crate) trait Job: Send {
 }
 
 struct Request<F, T> {
+    durable: bool,
     work: F,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
@@ -57,6 +67,10 @@ where
     F: Fn(&Connection, Timestamp) -> Result<T> + Send,
     T: Send + 'static,
 {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
     fn run(&mut self, conn: &Connection, now: Timestamp) -> bool {
         let result =
             catch_unwind(AssertUnwindSafe(|| (self.work)(conn, now))).unwrap_or_else(|_| {
@@ -88,28 +102,41 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
+    /// Starts the writer thread on `conn`, whose `synchronous` setting is FULL if
+    /// `full_sync` (then relaxed batches switch it to NORMAL for their commit).
     pub(crate) fn start(
         conn: Connection,
         path: PathBuf,
         clock: Arc<dyn Clock>,
         max_batch: usize,
+        full_sync: bool,
     ) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel(max_batch.max(1) * 4);
         std::thread::Builder::new()
             .name("loom-sqlite-writer".into())
-            .spawn(move || run(conn, &path, clock.as_ref(), rx, max_batch.max(1)))?;
+            .spawn(move || {
+                let mut writer = Thread {
+                    conn,
+                    path,
+                    full_sync,
+                    synced: full_sync,
+                };
+                writer.run(clock.as_ref(), rx, max_batch.max(1));
+            })?;
         Ok(Writer { jobs })
     }
 
-    /// Runs `work` in the next batch and returns its result once that batch is committed.
-    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    /// Runs `work` in the next batch and returns its result once that batch is committed;
+    /// `durable`: committed to the disk, not only to the operating system (see the module
+    /// doc for the writes that need not be).
+    pub(crate) async fn write<T, F>(&self, durable: bool, work: F) -> Result<T>
     where
         F: Fn(&Connection, Timestamp) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Request {
+            durable,
             work,
             result: None,
             reply,
@@ -123,23 +150,47 @@ impl Writer {
     }
 }
 
-fn run(
+/// The writer thread's connection and what it knows of it.
+struct Thread {
     conn: Connection,
-    path: &Path,
-    clock: &dyn Clock,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-    max_batch: usize,
-) {
-    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    path: PathBuf,
+    /// The store's setting: `synchronous = FULL`.
+    full_sync: bool,
+    /// The connection's current setting is FULL.
+    synced: bool,
+}
+
+impl Thread {
+    fn run(&mut self, clock: &dyn Clock, mut rx: mpsc::Receiver<Box<dyn Job>>, max_batch: usize) {
+        let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
+            let sync = self.full_sync && batch.iter().any(|j| j.durable());
+            if sync != self.synced {
+                let pragma = if sync {
+                    "PRAGMA synchronous = FULL"
+                } else {
+                    "PRAGMA synchronous = NORMAL"
+                };
+                match self.conn.execute_batch(pragma) {
+                    Ok(()) => self.synced = sync,
+                    Err(e) => {
+                        let reason = map_err(&self.path, e).to_string();
+                        for job in batch.drain(..) {
+                            job.answer(Some(&reason));
+                        }
+                        continue;
+                    }
+                }
+            }
+            commit_batch(&self.conn, &self.path, clock, &mut batch);
         }
-        commit_batch(&conn, path, clock, &mut batch);
     }
 }
 
@@ -251,6 +302,34 @@ mod tests {
 
     use super::*;
 
+    /// A batch of relaxed jobs commits without an fsync of its own (`synchronous = NORMAL`);
+    /// a batch with a durable job commits with `synchronous = FULL`.
+    #[tokio::test]
+    async fn only_durable_batches_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL")
+            .expect("pragmas");
+        let writer =
+            Writer::start(conn, path.clone(), Arc::new(SystemClock), 64, true).expect("start");
+        let mode = |durable| {
+            let writer = writer.clone();
+            async move {
+                writer
+                    .write(durable, |conn, _| {
+                        conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                            .map_err(|e| StorageError::unavailable("pragma", e))
+                    })
+                    .await
+                    .expect("write")
+            }
+        };
+        assert_eq!(mode(false).await, 1, "relaxed: NORMAL");
+        assert_eq!(mode(true).await, 2, "durable: FULL");
+        assert_eq!(mode(false).await, 1, "relaxed again: NORMAL");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_that_fails_after_writing_is_undone_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -258,13 +337,14 @@ mod tests {
         let conn = Connection::open(&path).expect("open");
         conn.execute_batch("CREATE TABLE t (v INTEGER)")
             .expect("schema");
-        let writer = Writer::start(conn, path.clone(), Arc::new(SystemClock), 64).expect("start");
+        let writer =
+            Writer::start(conn, path.clone(), Arc::new(SystemClock), 64, true).expect("start");
         let mut handles = Vec::new();
         for v in 0..40i64 {
             let writer = writer.clone();
             handles.push(tokio::spawn(async move {
                 writer
-                    .write(move |conn, _| {
+                    .write(v % 2 == 0, move |conn, _| {
                         conn.execute("INSERT INTO t (v) VALUES (?1)", [v])
                             .map_err(|e| StorageError::unavailable("insert", e))?;
                         if v % 10 == 7 {
