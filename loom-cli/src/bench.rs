@@ -29,6 +29,7 @@ pub(crate) struct BenchArgs {
     pub(crate) payload_bytes: usize,
     pub(crate) rate: Option<f64>,
     pub(crate) processes: usize,
+    pub(crate) idle: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +70,20 @@ impl Workflow for BenchChain {
             sum += ctx.activity::<BenchStep>(input).await?.value;
         }
         Ok(sum)
+    }
+}
+
+/// A workflow that waits a year on a durable timer: the idle population of `--idle`.
+struct BenchIdle;
+
+impl Workflow for BenchIdle {
+    const NAME: &'static str = "LoomBenchIdle";
+    type Input = ();
+    type Output = ();
+    type State = ();
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        ctx.sleep(Duration::from_secs(365 * 24 * 3_600)).await
     }
 }
 
@@ -133,7 +148,102 @@ pub(crate) fn register(registry: &mut Registry) -> Result<(), Fail> {
             .and_then(|r| r.add_activity(BenchStep))
             .map_err(|e| Fail::usage(e.to_string()))?;
     }
+    if registry.workflow(BenchIdle::NAME).is_none() {
+        registry
+            .add_workflow::<BenchIdle>()
+            .map_err(|e| Fail::usage(e.to_string()))?;
+    }
     Ok(())
+}
+
+/// Starts `n` workflows that wait a year on a timer and runs a worker of their own until
+/// every one waits, so that the measured run claims among them. Returns how long it took.
+async fn park_idle(
+    store: &Arc<dyn Storage>,
+    registry: &Registry,
+    run: &str,
+    n: usize,
+    config: &WorkerConfig,
+    live: bool,
+) -> Result<Duration, Fail> {
+    let t = Instant::now();
+    let worker = Worker::with_config(store.clone(), registry.clone(), config.clone());
+    let client = worker.client();
+    let bar = live.then(|| {
+        let bar = ProgressBar::new(n as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} idle workflows started · {per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    const AT_ONCE: usize = 256;
+    for (c, chunk) in (0..n).collect::<Vec<_>>().chunks(AT_ONCE).enumerate() {
+        let mut set = tokio::task::JoinSet::new();
+        for i in chunk {
+            let client = client.clone();
+            let options = StartOptions {
+                id: Some(WorkflowId::new(format!("{run}-idle-{i}"))),
+            };
+            set.spawn(async move { client.start::<BenchIdle>(&(), options).await.map(drop) });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| Fail::failed(format!("a start task failed: {e}")))?
+                .map_err(Fail::from_client)?;
+        }
+        if let Some(bar) = &bar {
+            bar.set_position(((c + 1) * AT_ONCE).min(n) as u64);
+        }
+    }
+    // Parked when no workflow task is ready or running: each idle workflow has armed its timer.
+    loop {
+        let stats = store.stats().await.map_err(Fail::from_storage)?;
+        if stats.workflow_tasks_ready == 0 && stats.workflow_tasks_running == 0 {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(3_600) {
+            return Err(Fail::failed(
+                "the idle workflows did not park within an hour",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    let _ = running.await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let paused = store
+        .stats()
+        .await
+        .map_err(Fail::from_storage)?
+        .workflows
+        .get(&WorkflowStatus::Paused)
+        .copied()
+        .unwrap_or(0);
+    if paused > 0 {
+        return Err(Fail::failed(format!(
+            "refusing to report: {paused} workflows are paused"
+        )));
+    }
+    Ok(t.elapsed())
+}
+
+/// Resets this process's peak resident memory to its current size (Linux), so that the peak
+/// reported is the measured run's.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Helper worker processes; killed when dropped, whatever happened.
@@ -221,9 +331,15 @@ pub(crate) async fn bench(
         poll_interval: Duration::from_millis(50),
         ..WorkerConfig::default()
     };
+    let run = format!("bench-{}", micros());
+    let live = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut idle_elapsed = None;
+    if args.idle > 0 {
+        idle_elapsed = Some(park_idle(&store, &registry, &run, args.idle, &config, live).await?);
+        reset_peak_memory();
+    }
     let worker = Worker::with_config(store.clone(), registry, config);
     let client = worker.client();
-    let run = format!("bench-{}", micros());
     let ids: Vec<WorkflowId> = (0..args.workflows)
         .map(|n| WorkflowId::new(format!("{run}-{n}")))
         .collect();
@@ -231,7 +347,6 @@ pub(crate) async fn bench(
         activities: args.activities,
         payload: "x".repeat(args.payload_bytes),
     };
-    let live = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Workflows created from here on are this run's (less a second for clock granularity).
     let since = Timestamp::from_millis(
         i64::try_from(micros() / 1_000)
@@ -371,6 +486,8 @@ pub(crate) async fn bench(
         "payload_bytes": args.payload_bytes,
         "rate": args.rate,
         "processes": args.processes,
+        "idle_workflows": args.idle,
+        "idle_park_seconds": idle_elapsed.map(|d| d.as_secs_f64()),
         "start_seconds": start_elapsed.map(|d| d.as_secs_f64()),
         "starts_per_second": start_elapsed.map(|d| args.workflows as f64 / d.as_secs_f64()),
         "run_seconds": secs,
@@ -401,6 +518,13 @@ pub(crate) async fn bench(
             .map(|r| format!(", started at {r}/s"))
             .unwrap_or_default()
     );
+    if let Some(d) = idle_elapsed {
+        println!(
+            "{} idle workflows waiting on timers in the database (parked in {})",
+            args.idle,
+            render::duration(d)
+        );
+    }
     if let Some(d) = start_elapsed {
         println!(
             "started in {} ({:.0} starts/s)",

@@ -138,6 +138,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             payload_bytes,
             rate,
             processes,
+            idle,
         } => {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(Fail::usage(
@@ -152,6 +153,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 payload_bytes,
                 rate,
                 processes: processes.max(1),
+                idle,
             };
             crate::bench::bench(store, registry, &url.display(), &cli.db, args, json).await
         }

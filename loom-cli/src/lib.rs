@@ -196,6 +196,10 @@ pub(crate) enum Command {
         /// processes it starts on the same database (SQLite or PostgreSQL).
         #[arg(long, default_value_t = 1)]
         processes: usize,
+        /// Before the run, start this many workflows that wait a year on a timer and let them
+        /// park: the run then claims its work among them.
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
     },
     /// Start a batch of the example workflows, run them with an in-process worker, and
     /// report what happened.
