@@ -13,6 +13,12 @@
 //! - **Fencing in the committing transaction.** Every commit locks its task row and checks the
 //!   lease's token and expiry in the same transaction that writes; a worker whose lease lapsed
 //!   (paused, partitioned, slow) cannot commit.
+//! - **Group commit on the server.** The commits of the hot path (starts, workflow-task and
+//!   activity commits, signals) queue up and go to the PL/pgSQL function `loom_commit` as one
+//!   array: one round trip, one transaction and one WAL flush for all of them, each checked and
+//!   answered on its own (see `batch.rs` and `commit.sql`). Round trips, not the disk, bound a
+//!   database on the other side of a network, and a per-statement start-up cost bounds one on
+//!   the same machine.
 //! - **One clock: the database's.** Lease expiry and due times are compared with
 //!   `clock_timestamp()` on the server, and a timer armed by `sleep(d)` becomes visible at the
 //!   database's now plus `d`, so clock skew between hosts can neither fire a timer early nor steal
