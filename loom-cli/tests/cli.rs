@@ -464,6 +464,51 @@ fn bench_checks_every_output_and_reports_its_figures() {
         );
 }
 
+/// `--processes 2` shares the run with a helper `loom worker` process and still checks every
+/// workflow; `--idle` parks workflows on long timers first, and they stay waiting.
+#[test]
+fn bench_runs_across_processes_among_idle_workflows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = loom(dir.path())
+        .args([
+            "--db",
+            "sqlite://shared.db",
+            "bench",
+            "--workflows",
+            "40",
+            "--activities",
+            "2",
+            "--processes",
+            "2",
+            "--idle",
+            "25",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(180))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["processes"], 2);
+    assert_eq!(doc["idle_workflows"], 25);
+    assert_eq!(doc["start_to_completion_ms"]["samples"], 40);
+    let out = loom(dir.path())
+        .args(["--db", "sqlite://shared.db", "stats", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let stats = json_of(&out);
+    assert_eq!(stats["workflows"]["completed"], 40, "{stats}");
+    assert_eq!(
+        stats["workflows"]["running"], 25,
+        "the idle ones still wait: {stats}"
+    );
+}
+
 #[test]
 fn the_redb_backend_runs_the_same_commands() {
     let dir = tempfile::tempdir().expect("temp dir");
