@@ -89,8 +89,10 @@ pub(crate) enum Command {
     Init,
     /// Run a worker for the registered workflows until Ctrl-C (or until idle).
     Worker {
-        /// Workflow tasks run at once (activities run four times as many).
-        #[arg(long, default_value_t = 4)]
+        /// Workflow tasks run at once (activities run four times as many). A workflow task
+        /// mostly waits for its commit, so throughput grows with this well past the core count:
+        /// PostgreSQL wants hundreds.
+        #[arg(long, default_value_t = 64)]
         workers: usize,
         /// Seconds between polls for work from other processes.
         #[arg(long, default_value_t = 0.5)]
