@@ -11,12 +11,3 @@ async fn fresh() -> Option<Arc<dyn Storage>> {
 }
 
 loom_storage::conformance_tests!(optional: fresh);
-
-/// PostgreSQL implements eager claims (the shared check, which backends opt into).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eager_claims_are_made() {
-    let Some(store) = fresh().await else {
-        return;
-    };
-    loom_storage::conformance::eager_claims_are_made(store).await;
-}
