@@ -11,10 +11,7 @@
 //!   survives a process crash and a power cut. The exceptions are claims and lease renewals,
 //!   which a power cut may erase (handing the task back to the queue, as the cut does to the
 //!   lease anyway); they wait for no fsync of their own, and the next durable commit carries
-//!   them to the disk. So does an activity result committed together with an eager claim of
-//!   the workflow task it wakes: that task's durable commit follows at once, and a power cut
-//!   in between only runs the activity again, as at-least-once allows.
-//!   [`Durability::Fast`] (`synchronous = NORMAL`)
+//!   them to the disk. [`Durability::Fast`] (`synchronous = NORMAL`)
 //!   survives a process crash but may lose the last commits on a power cut; it is an explicit
 //!   option, named as such.
 //! - **Group commit.** Every write goes to one writer thread that runs all waiting requests in
@@ -64,7 +61,7 @@ use loom_storage::{
 use rusqlite::Connection;
 
 use crate::ops::Db;
-use crate::writer::{Sync, Writer};
+use crate::writer::Writer;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,7 +184,7 @@ impl SqliteStorage {
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.write_with(Sync::Always, work).await
+        self.write_with(true, work).await
     }
 
     /// Like [`write`](Self::write), for a claim or a lease renewal: one that a power cut may
@@ -198,10 +195,10 @@ impl SqliteStorage {
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.write_with(Sync::Never, work).await
+        self.write_with(false, work).await
     }
 
-    async fn write_with<T, F>(&self, sync: Sync<T>, work: F) -> Result<T>
+    async fn write_with<T, F>(&self, durable: bool, work: F) -> Result<T>
     where
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -209,7 +206,7 @@ impl SqliteStorage {
         let path = self.inner.path.clone();
         self.inner
             .writer
-            .write(sync, move |conn, now| {
+            .write(durable, move |conn, now| {
                 work(&Db {
                     conn,
                     path: &path,
@@ -294,7 +291,7 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         let req = req.clone();
-        self.write_relaxed(move |db| db.claim_workflow_tasks(&req, None))
+        self.write_relaxed(move |db| db.claim_workflow_tasks(&req))
             .await
     }
 
@@ -303,57 +300,18 @@ impl Storage for SqliteStorage {
             .await
     }
 
-    async fn complete_workflow_task_and_claim(
-        &self,
-        completion: WorkflowTaskCompletion,
-        eager: &ClaimRequest,
-    ) -> Result<Vec<ActivityTask>> {
-        let req = eager.clone();
-        self.write(move |db| {
-            db.complete_workflow_task(&completion)?;
-            if req.max == 0 {
-                return Ok(Vec::new());
-            }
-            db.claim_activity_tasks(&req, Some(&completion.workflow_id))
-        })
-        .await
-    }
-
     async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
         if req.max == 0 {
             return Ok(Vec::new());
         }
         let req = req.clone();
-        self.write_relaxed(move |db| db.claim_activity_tasks(&req, None))
+        self.write_relaxed(move |db| db.claim_activity_tasks(&req))
             .await
     }
 
     async fn complete_activity_task(&self, completion: ActivityTaskCompletion) -> Result<()> {
-        self.write(move |db| db.complete_activity_task(&completion).map(drop))
+        self.write(move |db| db.complete_activity_task(&completion))
             .await
-    }
-
-    async fn complete_activity_task_and_claim(
-        &self,
-        completion: ActivityTaskCompletion,
-        eager: &ClaimRequest,
-    ) -> Result<Option<WorkflowTask>> {
-        let req = ClaimRequest {
-            max: eager.max.min(1),
-            ..eager.clone()
-        };
-        // Relaxed when the workflow task is claimed: this worker runs it at once, and its
-        // durable commit carries this result to the disk before anything depends on it (a
-        // power cut in between runs the activity again, as at-least-once allows). When the
-        // claim fails, the result is synced before the call returns, as any commit is.
-        self.write_with(Sync::If(Option::is_none), move |db| {
-            let workflow = db.complete_activity_task(&completion)?;
-            if req.max == 0 {
-                return Ok(None);
-            }
-            Ok(db.claim_workflow_tasks(&req, Some(&workflow))?.pop())
-        })
-        .await
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {

@@ -316,37 +316,19 @@ impl Db<'_> {
 
     /// Claims up to `max` ready tasks of `kind`: sets a new token and the expiry, which is
     /// also the time the task becomes visible again if the lease lapses.
-    /// With `of`, only that workflow's tasks (an eager claim).
-    fn claim(
-        &self,
-        kind: i64,
-        req: &ClaimRequest,
-        of: Option<&WorkflowId>,
-    ) -> Result<Vec<(Lease, WorkflowId, u32, i64)>> {
+    fn claim(&self, kind: i64, req: &ClaimRequest) -> Result<Vec<(Lease, WorkflowId, u32, i64)>> {
         let now = ms(self.now);
         let expires = self.now.saturating_add(req.lease);
-        let max = i64::try_from(req.max).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = match of {
-            None => self
-                .conn
-                .prepare_cached(
-                    "SELECT id FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
-                )
-                .and_then(|mut s| s.query_map(params![kind, now, max], |r| r.get(0))?.collect()),
-            Some(id) => self
-                .conn
-                .prepare_cached(
-                    // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
-                    // it would walk every ready task of the kind.
-                    "SELECT id FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
-                     ORDER BY visible_at, id LIMIT ?3",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![kind, now, max, id.as_str()], |r| r.get(0))?
-                        .collect()
-                }),
-        }
-        .map_err(|e| self.sql(e))?;
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![kind, now, i64::try_from(req.max).unwrap_or(i64::MAX)], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -372,14 +354,9 @@ impl Db<'_> {
         Ok(claimed)
     }
 
-    /// With `of`, only that workflow's task (an eager claim).
-    pub(crate) fn claim_workflow_tasks(
-        &self,
-        req: &ClaimRequest,
-        of: Option<&WorkflowId>,
-    ) -> Result<Vec<WorkflowTask>> {
+    pub(crate) fn claim_workflow_tasks(&self, req: &ClaimRequest) -> Result<Vec<WorkflowTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, _) in self.claim(WORKFLOW_TASK, req, of)? {
+        for (lease, workflow_id, deliveries, _) in self.claim(WORKFLOW_TASK, req)? {
             let (name, last): (String, i64) = self
                 .conn
                 .prepare_cached("SELECT name, last_seq FROM workflows WHERE id = ?1")
@@ -480,14 +457,9 @@ impl Db<'_> {
         self.refresh(id)
     }
 
-    /// With `of`, only that workflow's tasks (an eager claim).
-    pub(crate) fn claim_activity_tasks(
-        &self,
-        req: &ClaimRequest,
-        of: Option<&WorkflowId>,
-    ) -> Result<Vec<ActivityTask>> {
+    pub(crate) fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, row) in self.claim(ACTIVITY_TASK, req, of)? {
+        for (lease, workflow_id, deliveries, row) in self.claim(ACTIVITY_TASK, req)? {
             let (activity, name, input, options, attempt): (i64, String, String, String, u32) = self
                 .conn
                 .prepare_cached("SELECT activity_id, name, input, options, attempt FROM tasks WHERE id = ?1")
@@ -509,8 +481,7 @@ impl Db<'_> {
         Ok(tasks)
     }
 
-    /// Returns the activity's workflow.
-    pub(crate) fn complete_activity_task(&self, c: &ActivityTaskCompletion) -> Result<WorkflowId> {
+    pub(crate) fn complete_activity_task(&self, c: &ActivityTaskCompletion) -> Result<()> {
         let (kind, workflow) = self.held(&c.lease)?;
         if kind != ACTIVITY_TASK {
             return Err(StorageError::InvalidArgument(format!(
@@ -557,7 +528,7 @@ impl Db<'_> {
                 at,
             )?;
         }
-        Ok(workflow)
+        Ok(())
     }
 
     pub(crate) fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {

@@ -289,14 +289,6 @@ async fn the_fast_durability_mode_works_the_same() {
 
 // ---- two processes ----
 
-/// SQLite implements eager claims (the shared check, which backends opt into).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eager_claims_hand_a_workflow_its_next_step() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(&dir.path().join("eager.db")).await.expect("open");
-    loom_storage::conformance::eager_claims_are_made(Arc::new(store)).await;
-}
-
 fn probe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_loom-sqlite-probe"))
 }
