@@ -188,24 +188,15 @@ async fn park_idle(
                 .await
         })
     };
-    const AT_ONCE: usize = 256;
-    for (c, chunk) in (0..n).collect::<Vec<_>>().chunks(AT_ONCE).enumerate() {
-        let mut set = tokio::task::JoinSet::new();
-        for i in chunk {
-            let client = client.clone();
-            let options = StartOptions {
-                id: Some(WorkflowId::new(format!("{run}-idle-{i}"))),
-            };
-            set.spawn(async move { client.start::<BenchIdle>(&(), options).await.map(drop) });
-        }
-        while let Some(r) = set.join_next().await {
-            r.map_err(|e| Fail::failed(format!("a start task failed: {e}")))?
-                .map_err(Fail::from_client)?;
-        }
+    let ids: Vec<WorkflowId> = (0..n)
+        .map(|i| WorkflowId::new(format!("{run}-idle-{i}")))
+        .collect();
+    start_all::<BenchIdle>(&client, &ids, &(), |started| {
         if let Some(bar) = &bar {
-            bar.set_position(((c + 1) * AT_ONCE).min(n) as u64);
+            bar.set_position(started as u64);
         }
-    }
+    })
+    .await?;
     // Parked when no workflow task is ready or running: each idle workflow has armed its timer.
     loop {
         let stats = store.stats().await.map_err(Fail::from_storage)?;
@@ -358,7 +349,7 @@ pub(crate) async fn bench(
     let mut start_elapsed = None;
     if args.rate.is_none() {
         let t = Instant::now();
-        start_all(&client, &ids, &input).await?;
+        start_all::<BenchChain>(&client, &ids, &input, |_| {}).await?;
         start_elapsed = Some(t.elapsed());
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -564,8 +555,19 @@ pub(crate) async fn bench(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn start_all(client: &Client, ids: &[WorkflowId], input: &ChainInput) -> Result<(), Fail> {
-    const AT_ONCE: usize = 64;
+/// Starts a workflow of type `W` with `input` under each id, a chunk at a time; `done` hears
+/// how many have started after each chunk.
+async fn start_all<W: Workflow>(
+    client: &Client,
+    ids: &[WorkflowId],
+    input: &W::Input,
+    mut done: impl FnMut(usize),
+) -> Result<(), Fail>
+where
+    W::Input: Clone + Send + Sync + 'static,
+{
+    const AT_ONCE: usize = 128;
+    let mut started = 0;
     for chunk in ids.chunks(AT_ONCE) {
         let mut set = tokio::task::JoinSet::new();
         for id in chunk {
@@ -574,12 +576,14 @@ async fn start_all(client: &Client, ids: &[WorkflowId], input: &ChainInput) -> R
             let options = StartOptions {
                 id: Some(id.clone()),
             };
-            set.spawn(async move { client.start::<BenchChain>(&input, options).await.map(drop) });
+            set.spawn(async move { client.start::<W>(&input, options).await.map(drop) });
         }
         while let Some(r) = set.join_next().await {
             r.map_err(|e| Fail::failed(format!("a start task failed: {e}")))?
                 .map_err(Fail::from_client)?;
         }
+        started += chunk.len();
+        done(started);
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, LogLevel, LogRecord, Payload, Progress, Seq,
     Timestamp, WorkflowId,
 };
-use loom_storage::plan::{activity_result, check_continues, started_fields};
+use loom_storage::plan::{activity_result, check_append, check_continues, started_fields};
 use loom_storage::{
     ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListCursor, ListQuery, Message,
     MessageId, Page, Release, Result, Stats, Storage, StorageError, TaskId, TaskPlan,
@@ -585,20 +585,7 @@ async fn insert_activity(
 /// ready (for NOTIFY).
 async fn append(tx: &mut Tx, id: &WorkflowId, expected: Seq, events: &[Event]) -> Result<bool> {
     let (actual, status) = lock_workflow(tx, id).await?;
-    if status.is_terminal() && !events.is_empty() {
-        return Err(StorageError::Closed {
-            id: id.clone(),
-            status,
-        });
-    }
-    if actual != expected {
-        return Err(StorageError::Conflict {
-            id: id.clone(),
-            expected,
-            actual,
-        });
-    }
-    check_continues(expected, events)?;
+    check_append(id, actual, status, expected, events)?;
     let Some(last) = events.last() else {
         return Ok(false);
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, LogRecord, Payload, Seq, Timestamp, WorkflowId,
 };
-use loom_storage::plan::{activity_result, check_continues, started_fields};
+use loom_storage::plan::{activity_result, check_append, started_fields};
 use loom_storage::{
     ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListCursor, ListQuery, Message,
     MessageId, Page, Release, Result, Stats, StorageError, TaskId, TaskPlan, WorkflowStatus,
@@ -493,20 +493,13 @@ impl Tx<'_, redb::WriteTransaction> {
     /// Checks and appends events and stores what they imply.
     fn append(&self, id: &WorkflowId, expected: Seq, events: &[Event]) -> Result<()> {
         let mut row = self.workflow(id)?;
-        if row.summary.status.is_terminal() && !events.is_empty() {
-            return Err(StorageError::Closed {
-                id: id.clone(),
-                status: row.summary.status,
-            });
-        }
-        if row.summary.last_seq != expected {
-            return Err(StorageError::Conflict {
-                id: id.clone(),
-                expected,
-                actual: row.summary.last_seq,
-            });
-        }
-        check_continues(expected, events)?;
+        check_append(
+            id,
+            row.summary.last_seq,
+            row.summary.status,
+            expected,
+            events,
+        )?;
         let Some(last) = events.last() else {
             return Ok(());
         };

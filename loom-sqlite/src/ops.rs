@@ -8,7 +8,7 @@ use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, Failure, LogLevel, LogRecord, Payload, Progress,
     Seq, Timestamp, WorkflowId,
 };
-use loom_storage::plan::{activity_result, check_continues, started_fields};
+use loom_storage::plan::{activity_result, check_append, started_fields};
 use loom_storage::{
     ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListCursor, ListQuery, Message,
     MessageId, Page, Release, Result, Stats, StorageError, TaskId, TaskPlan, WorkflowStatus,
@@ -139,20 +139,7 @@ impl Db<'_> {
     /// Checks and appends events, and stores what they imply (see `TaskPlan`).
     pub(crate) fn append(&self, id: &WorkflowId, expected: Seq, events: &[Event]) -> Result<()> {
         let (actual, status) = self.status(id)?;
-        if status.is_terminal() && !events.is_empty() {
-            return Err(StorageError::Closed {
-                id: id.clone(),
-                status,
-            });
-        }
-        if actual != expected {
-            return Err(StorageError::Conflict {
-                id: id.clone(),
-                expected,
-                actual,
-            });
-        }
-        check_continues(expected, events)?;
+        check_append(id, actual, status, expected, events)?;
         let Some(last) = events.last() else {
             return Ok(());
         };

@@ -22,7 +22,7 @@ use crate::model::{
     MessageId, Page, Release, Stats, TaskId, WorkflowStatus, WorkflowSummary, WorkflowTask,
     WorkflowTaskCompletion,
 };
-use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
+use crate::plan::{TaskPlan, activity_result, check_append, started_fields};
 
 /// A complete in-memory backend. Cheap to create; everything is lost when it is dropped.
 pub struct MemoryStorage {
@@ -241,20 +241,7 @@ impl State {
     /// Validates an append without changing anything.
     fn check_append(&self, id: &WorkflowId, expected: Seq, events: &[Event]) -> Result<()> {
         let wf = self.workflow(id)?;
-        if wf.summary.status.is_terminal() && !events.is_empty() {
-            return Err(StorageError::Closed {
-                id: id.clone(),
-                status: wf.summary.status,
-            });
-        }
-        if wf.summary.last_seq != expected {
-            return Err(StorageError::Conflict {
-                id: id.clone(),
-                expected,
-                actual: wf.summary.last_seq,
-            });
-        }
-        check_continues(expected, events)
+        check_append(id, wf.summary.last_seq, wf.summary.status, expected, events)
     }
 
     /// Appends checked events and applies their plan. Infallible: call `check_append` first.

@@ -5,6 +5,7 @@
 
 use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, Failure, Payload, Seq, TimerId, Timestamp,
+    WorkflowId,
 };
 
 use crate::error::{Result, StorageError};
@@ -117,6 +118,33 @@ impl TaskPlan {
         }
         plan
     }
+}
+
+/// Checks an append of `events` to workflow `id`, whose history ends at `actual` and whose
+/// status is `status`, by a caller that expects it to end at `expected`: an ended workflow
+/// takes no more events (`Closed`), a moved history is a `Conflict`, and the events must
+/// continue it (see [`check_continues`]). Every backend's append runs this one check.
+pub fn check_append(
+    id: &WorkflowId,
+    actual: Seq,
+    status: WorkflowStatus,
+    expected: Seq,
+    events: &[Event],
+) -> Result<()> {
+    if status.is_terminal() && !events.is_empty() {
+        return Err(StorageError::Closed {
+            id: id.clone(),
+            status,
+        });
+    }
+    if actual != expected {
+        return Err(StorageError::Conflict {
+            id: id.clone(),
+            expected,
+            actual,
+        });
+    }
+    check_continues(expected, events)
 }
 
 /// Checks that `events` continue a history whose last event is `last`: numbered
