@@ -346,8 +346,64 @@ impl PostgresStorage {
         });
     }
 
+    /// Starts a transaction. Only ever called inside [`Self::detached`]: see there.
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(sql_err)
+    }
+
+    /// Runs `op` (which holds a transaction) on a task of its own and waits for it, so that
+    /// a caller that stops waiting (a `select!`, a timeout, an aborted task) never cancels it
+    /// half-way.
+    ///
+    /// sqlx 0.9.0's `Pool::begin` is not cancel-safe on PostgreSQL (transact-rs/sqlx#4393):
+    /// a future dropped while `BEGIN` is in flight returns its connection to the pool inside
+    /// an open transaction that nothing ends. Every later statement on that connection,
+    /// group commits included, then runs inside it: their results come back as if committed,
+    /// are visible to that connection's own reads, and are lost when it closes. The worker
+    /// drops a lease renewal whenever its task ends first, so this was not hypothetical: a
+    /// multi-process test lost workflow steps to it.
+    async fn detached<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(PostgresStorage) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(op(self.clone()))
+            .await
+            .map_err(|e| StorageError::Unavailable {
+                message: format!("a PostgreSQL transaction's task ended early: {e}"),
+                source: None,
+            })?
+    }
+
+    /// [`Storage::release_task`], in a transaction (run it through [`Self::detached`]).
+    async fn release(&self, lease: &Lease, release: Release) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let (kind, workflow) = held(&mut tx, lease).await?;
+        let task = task_i64(lease.task);
+        match release.visible_at {
+            Some(t) => sqlx::query(
+                "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0, visible_at = $2 WHERE id = $1",
+            )
+            .bind(task)
+            .bind(t.as_millis()),
+            None => sqlx::query(
+                "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0, visible_at = loom_now_ms() WHERE id = $1",
+            )
+            .bind(task),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        if let (WORKFLOW_TASK, Some(reason)) = (kind, &release.pause) {
+            sqlx::query("UPDATE workflows SET status = 'paused', pause_reason = $2, updated_at = loom_now_ms() WHERE id = $1")
+                .bind(workflow.as_str())
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql_err)?;
+        }
+        self.commit(tx, release.visible_at.is_none()).await
     }
 
     /// Tells other processes that work is ready, after the commit that made it so.
@@ -767,10 +823,14 @@ impl Storage for PostgresStorage {
         expected_last_seq: Seq,
         events: Vec<Event>,
     ) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let woke = append(&mut tx, id, expected_last_seq, &events).await?;
-        refresh(&mut tx, id).await?;
-        self.commit(tx, woke).await
+        let id = id.clone();
+        self.detached(move |store| async move {
+            let mut tx = store.begin().await?;
+            let woke = append(&mut tx, &id, expected_last_seq, &events).await?;
+            refresh(&mut tx, &id).await?;
+            store.commit(tx, woke).await
+        })
+        .await
     }
 
     async fn load_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
@@ -1010,50 +1070,31 @@ impl Storage for PostgresStorage {
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
-        let mut tx = self.begin().await?;
-        held(&mut tx, lease).await?;
-        let expires: i64 = sqlx::query_scalar(
-            "UPDATE tasks SET lease_expires_at = loom_now_ms() + $2, visible_at = loom_now_ms() + $2 WHERE id = $1 RETURNING lease_expires_at",
+        // One statement, no transaction: the check and the extension together.
+        let expires: Option<i64> = sqlx::query_scalar(
+            "UPDATE tasks SET lease_expires_at = loom_now_ms() + $3, visible_at = loom_now_ms() + $3
+             WHERE id = $1 AND lease_token = $2 AND lease_expires_at > loom_now_ms()
+             RETURNING lease_expires_at",
         )
-        .bind(i64::try_from(lease.task.0).unwrap_or(i64::MAX))
+        .bind(task_i64(lease.task))
+        .bind(i64::try_from(lease.token).unwrap_or(i64::MAX))
         .bind(millis(extend))
-        .fetch_one(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
         .map_err(sql_err)?;
-        tx.commit().await.map_err(sql_err)?;
-        Ok(Lease {
-            expires_at: Timestamp::from_millis(expires),
-            ..*lease
-        })
+        match expires {
+            Some(expires) => Ok(Lease {
+                expires_at: Timestamp::from_millis(expires),
+                ..*lease
+            }),
+            None => Err(StorageError::LeaseLost(lease.task)),
+        }
     }
 
     async fn release_task(&self, lease: &Lease, release: Release) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let (kind, workflow) = held(&mut tx, lease).await?;
-        let task = i64::try_from(lease.task.0).unwrap_or(i64::MAX);
-        match release.visible_at {
-            Some(t) => sqlx::query(
-                "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0, visible_at = $2 WHERE id = $1",
-            )
-            .bind(task)
-            .bind(t.as_millis()),
-            None => sqlx::query(
-                "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0, visible_at = loom_now_ms() WHERE id = $1",
-            )
-            .bind(task),
-        }
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_err)?;
-        if let (WORKFLOW_TASK, Some(reason)) = (kind, &release.pause) {
-            sqlx::query("UPDATE workflows SET status = 'paused', pause_reason = $2, updated_at = loom_now_ms() WHERE id = $1")
-                .bind(workflow.as_str())
-                .bind(reason)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql_err)?;
-        }
-        self.commit(tx, release.visible_at.is_none()).await
+        let lease = *lease;
+        self.detached(move |store| async move { store.release(&lease, release).await })
+            .await
     }
 
     async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
