@@ -25,9 +25,19 @@ fn worker(url: &str, schema: &str, id: &str) -> Child {
         .env("LOOM_PROBE_SCHEMA", schema)
         .env("LOOM_PROBE_WORKER_ID", id)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(worker_log(id))
         .spawn()
         .expect("spawn a worker process")
+}
+
+/// Where a worker's stderr goes: a file in `LOOM_TEST_WORKER_LOGS` if that is set (run with
+/// `RUST_LOG` to have the workers log there), nowhere otherwise.
+fn worker_log(id: &str) -> Stdio {
+    match std::env::var_os("LOOM_TEST_WORKER_LOGS") {
+        Some(dir) => std::fs::File::create(std::path::Path::new(&dir).join(format!("{id}.log")))
+            .map_or_else(|_| Stdio::null(), Stdio::from),
+        None => Stdio::null(),
+    }
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -130,10 +140,10 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
         if done == WORKFLOWS {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {WORKFLOWS} workflows completed"
-        );
+        if Instant::now() >= deadline {
+            let stuck = stuck_workflows(&admin, &schema).await;
+            panic!("only {done} of {WORKFLOWS} workflows completed; the others:\n{stuck}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -188,4 +198,29 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
         );
         assert_eq!(terminal, 1, "{id}: one ending");
     }
+}
+
+/// For a failure message: each unfinished workflow with its last event and its task rows.
+async fn stuck_workflows(admin: &sqlx::PgPool, schema: &str) -> String {
+    let rows: Vec<(String, String, i64, String, String)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT w.id, w.status, w.last_seq, \
+                    COALESCE((SELECT e.kind FROM {schema}.events e \
+                              WHERE e.workflow_id = w.id ORDER BY e.seq DESC LIMIT 1), ''), \
+                    COALESCE((SELECT string_agg(format('kind %s visible %s owner %s token %s deliveries %s', \
+                                     t.kind, t.visible_at, t.lease_owner, t.lease_token, t.deliveries), '; ') \
+                              FROM {schema}.tasks t WHERE t.workflow_id = w.id), 'no task') \
+                    || ' / messages ' || (SELECT COUNT(*) FROM {schema}.messages m WHERE m.workflow_id = w.id) \
+                    || ' / now ' || {schema}.loom_now_ms() \
+             FROM {schema}.workflows w WHERE w.status <> 'completed' ORDER BY w.id LIMIT 20"
+        )))
+        .fetch_all(admin)
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .map(|(id, status, seq, last, tasks)| {
+            let last: String = last.chars().take(160).collect();
+            format!("{id} {status} last_seq {seq}: {last} | {tasks}\n")
+        })
+        .collect()
 }

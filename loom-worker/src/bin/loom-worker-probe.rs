@@ -80,6 +80,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Tests that want to see what a worker did set RUST_LOG; the log goes to stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
