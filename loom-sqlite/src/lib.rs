@@ -61,7 +61,7 @@ use loom_storage::{
 use rusqlite::Connection;
 
 use crate::ops::Db;
-use crate::writer::Writer;
+use crate::writer::{Sync, Writer};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl SqliteStorage {
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.write_with(true, work).await
+        self.write_with(Sync::Always, work).await
     }
 
     /// Like [`write`](Self::write), for a claim or a lease renewal: one that a power cut may
@@ -195,10 +195,10 @@ impl SqliteStorage {
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.write_with(false, work).await
+        self.write_with(Sync::Never, work).await
     }
 
-    async fn write_with<T, F>(&self, durable: bool, work: F) -> Result<T>
+    async fn write_with<T, F>(&self, sync: Sync<T>, work: F) -> Result<T>
     where
         F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -206,7 +206,7 @@ impl SqliteStorage {
         let path = self.inner.path.clone();
         self.inner
             .writer
-            .write(durable, move |conn, now| {
+            .write(sync, move |conn, now| {
                 work(&Db {
                     conn,
                     path: &path,
@@ -291,7 +291,7 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         let req = req.clone();
-        self.write_relaxed(move |db| db.claim_workflow_tasks(&req))
+        self.write_relaxed(move |db| db.claim_workflow_tasks(&req, None))
             .await
     }
 
@@ -300,18 +300,57 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn complete_workflow_task_and_claim(
+        &self,
+        completion: WorkflowTaskCompletion,
+        eager: &ClaimRequest,
+    ) -> Result<Vec<ActivityTask>> {
+        let req = eager.clone();
+        self.write(move |db| {
+            db.complete_workflow_task(&completion)?;
+            if req.max == 0 {
+                return Ok(Vec::new());
+            }
+            db.claim_activity_tasks(&req, Some(&completion.workflow_id))
+        })
+        .await
+    }
+
     async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
         if req.max == 0 {
             return Ok(Vec::new());
         }
         let req = req.clone();
-        self.write_relaxed(move |db| db.claim_activity_tasks(&req))
+        self.write_relaxed(move |db| db.claim_activity_tasks(&req, None))
             .await
     }
 
     async fn complete_activity_task(&self, completion: ActivityTaskCompletion) -> Result<()> {
-        self.write(move |db| db.complete_activity_task(&completion))
+        self.write(move |db| db.complete_activity_task(&completion).map(drop))
             .await
+    }
+
+    async fn complete_activity_task_and_claim(
+        &self,
+        completion: ActivityTaskCompletion,
+        eager: &ClaimRequest,
+    ) -> Result<Option<WorkflowTask>> {
+        let req = ClaimRequest {
+            max: eager.max.min(1),
+            ..eager.clone()
+        };
+        // Relaxed when the workflow task is claimed: this worker runs it at once, and its
+        // durable commit carries this result to the disk before anything depends on it (a
+        // power cut in between runs the activity again, as at-least-once allows). When the
+        // claim fails, the result is synced before the call returns, as any commit is.
+        self.write_with(Sync::If(Option::is_none), move |db| {
+            let workflow = db.complete_activity_task(&completion)?;
+            if req.max == 0 {
+                return Ok(None);
+            }
+            Ok(db.claim_workflow_tasks(&req, Some(&workflow))?.pop())
+        })
+        .await
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {

@@ -303,19 +303,37 @@ impl Db<'_> {
 
     /// Claims up to `max` ready tasks of `kind`: sets a new token and the expiry, which is
     /// also the time the task becomes visible again if the lease lapses.
-    fn claim(&self, kind: i64, req: &ClaimRequest) -> Result<Vec<(Lease, WorkflowId, u32, i64)>> {
+    /// With `of`, only that workflow's tasks (an eager claim).
+    fn claim(
+        &self,
+        kind: i64,
+        req: &ClaimRequest,
+        of: Option<&WorkflowId>,
+    ) -> Result<Vec<(Lease, WorkflowId, u32, i64)>> {
         let now = ms(self.now);
         let expires = self.now.saturating_add(req.lease);
-        let ids: Vec<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![kind, now, i64::try_from(req.max).unwrap_or(i64::MAX)], |r| r.get(0))?
-                    .collect()
-            })
-            .map_err(|e| self.sql(e))?;
+        let max = i64::try_from(req.max).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = match of {
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+                )
+                .and_then(|mut s| s.query_map(params![kind, now, max], |r| r.get(0))?.collect()),
+            Some(id) => self
+                .conn
+                .prepare_cached(
+                    // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
+                    // it would walk every ready task of the kind.
+                    "SELECT id FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
+                     ORDER BY visible_at, id LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![kind, now, max, id.as_str()], |r| r.get(0))?
+                        .collect()
+                }),
+        }
+        .map_err(|e| self.sql(e))?;
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -341,9 +359,14 @@ impl Db<'_> {
         Ok(claimed)
     }
 
-    pub(crate) fn claim_workflow_tasks(&self, req: &ClaimRequest) -> Result<Vec<WorkflowTask>> {
+    /// With `of`, only that workflow's task (an eager claim).
+    pub(crate) fn claim_workflow_tasks(
+        &self,
+        req: &ClaimRequest,
+        of: Option<&WorkflowId>,
+    ) -> Result<Vec<WorkflowTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, _) in self.claim(WORKFLOW_TASK, req)? {
+        for (lease, workflow_id, deliveries, _) in self.claim(WORKFLOW_TASK, req, of)? {
             let (name, last): (String, i64) = self
                 .conn
                 .prepare_cached("SELECT name, last_seq FROM workflows WHERE id = ?1")
@@ -444,9 +467,14 @@ impl Db<'_> {
         self.refresh(id)
     }
 
-    pub(crate) fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
+    /// With `of`, only that workflow's tasks (an eager claim).
+    pub(crate) fn claim_activity_tasks(
+        &self,
+        req: &ClaimRequest,
+        of: Option<&WorkflowId>,
+    ) -> Result<Vec<ActivityTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, row) in self.claim(ACTIVITY_TASK, req)? {
+        for (lease, workflow_id, deliveries, row) in self.claim(ACTIVITY_TASK, req, of)? {
             let (activity, name, input, options, attempt): (i64, String, String, String, u32) = self
                 .conn
                 .prepare_cached("SELECT activity_id, name, input, options, attempt FROM tasks WHERE id = ?1")
@@ -468,7 +496,8 @@ impl Db<'_> {
         Ok(tasks)
     }
 
-    pub(crate) fn complete_activity_task(&self, c: &ActivityTaskCompletion) -> Result<()> {
+    /// Returns the activity's workflow.
+    pub(crate) fn complete_activity_task(&self, c: &ActivityTaskCompletion) -> Result<WorkflowId> {
         let (kind, workflow) = self.held(&c.lease)?;
         if kind != ACTIVITY_TASK {
             return Err(StorageError::InvalidArgument(format!(
@@ -515,7 +544,7 @@ impl Db<'_> {
                 at,
             )?;
         }
-        Ok(())
+        Ok(workflow)
     }
 
     pub(crate) fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {

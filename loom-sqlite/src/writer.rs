@@ -20,7 +20,9 @@
 //! anyway. So a batch of nothing but such *relaxed* jobs commits with `synchronous = NORMAL`
 //! (in WAL mode: no fsync), and the next durable commit's fsync of the log carries it to the
 //! disk with everything before it. A process crash loses neither: the log is in the operating
-//! system's cache.
+//! system's cache. A relaxed job may also find, once it has run, that its result must reach
+//! the disk after all (see [`Sync::If`]); the writer then syncs the log file itself after the
+//! commit, before answering anyone.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ use crate::conn::{is_busy, map_err};
 pub(crate) trait Job: Send {
     /// Whether the caller must be answered only once the change survives a power cut.
     fn durable(&self) -> bool;
+    /// After a run: whether this relaxed job's result turned out to need the disk.
+    fn needs_sync(&self) -> bool;
     /// Runs inside the batch's transaction; returns whether the work stands.
     fn run(&mut self, conn: &Connection, now: Timestamp) -> bool;
     /// Answers the caller with the result of its last run, or with `commit_error` if the
@@ -48,8 +52,18 @@ pub(crate) trait Job: Send {
     fn answer(self: Box<Self>, commit_error: Option<&str>);
 }
 
+/// When a write must reach the disk before its caller hears of it.
+pub(crate) enum Sync<T> {
+    /// Always: a commit of work.
+    Always,
+    /// Never on its own: a claim or a renewal, carried by the next durable commit.
+    Never,
+    /// Only if its result passes this test (checked after it ran).
+    If(fn(&T) -> bool),
+}
+
 struct Request<F, T> {
-    durable: bool,
+    sync: Sync<T>,
     work: F,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
@@ -68,7 +82,14 @@ where
     T: Send + 'static,
 {
     fn durable(&self) -> bool {
-        self.durable
+        matches!(self.sync, Sync::Always)
+    }
+
+    fn needs_sync(&self) -> bool {
+        match (&self.sync, &self.result) {
+            (Sync::If(test), Some(Ok(value))) => test(value),
+            _ => false,
+        }
     }
 
     fn run(&mut self, conn: &Connection, now: Timestamp) -> bool {
@@ -129,14 +150,14 @@ impl Writer {
     /// Runs `work` in the next batch and returns its result once that batch is committed;
     /// `durable`: committed to the disk, not only to the operating system (see the module
     /// doc for the writes that need not be).
-    pub(crate) async fn write<T, F>(&self, durable: bool, work: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, sync: Sync<T>, work: F) -> Result<T>
     where
         F: Fn(&Connection, Timestamp) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Request {
-            durable,
+            sync,
             work,
             result: None,
             reply,
@@ -189,7 +210,8 @@ impl Thread {
                     }
                 }
             }
-            commit_batch(&self.conn, &self.path, clock, &mut batch);
+            let synced = self.synced;
+            commit_batch(&self.conn, &self.path, clock, &mut batch, synced);
         }
     }
 }
@@ -281,14 +303,33 @@ fn attempt(
     }
 }
 
-fn commit_batch(conn: &Connection, path: &Path, clock: &dyn Clock, batch: &mut Vec<Box<dyn Job>>) {
-    let outcome = match attempt(conn, path, clock, batch, false) {
+/// Commits the batch (its commit syncs the log if `synced`) and answers every job.
+fn commit_batch(
+    conn: &Connection,
+    path: &Path,
+    clock: &dyn Clock,
+    batch: &mut Vec<Box<dyn Job>>,
+    synced: bool,
+) {
+    let mut outcome = match attempt(conn, path, clock, batch, false) {
         Attempt::Done(outcome) => outcome,
         Attempt::Dirty => match attempt(conn, path, clock, batch, true) {
             Attempt::Done(outcome) => outcome,
             Attempt::Dirty => Some("a write failed halfway and could not be isolated".to_owned()),
         },
     };
+    if outcome.is_none() && !synced && batch.iter().any(|j| j.needs_sync()) {
+        // The same fdatasync of the log that `synchronous = FULL` does at commit.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let synced = std::fs::File::open(&wal).and_then(|f| f.sync_data());
+        if let Err(e) = synced {
+            outcome = Some(format!(
+                "committed, but syncing {} failed: {e}",
+                Path::new(&wal).display()
+            ));
+        }
+    }
     for job in batch.drain(..) {
         job.answer(outcome.as_deref());
     }
@@ -317,10 +358,13 @@ mod tests {
             let writer = writer.clone();
             async move {
                 writer
-                    .write(durable, |conn, _| {
-                        conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
-                            .map_err(|e| StorageError::unavailable("pragma", e))
-                    })
+                    .write(
+                        if durable { Sync::Always } else { Sync::Never },
+                        |conn, _| {
+                            conn.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                                .map_err(|e| StorageError::unavailable("pragma", e))
+                        },
+                    )
                     .await
                     .expect("write")
             }
@@ -328,6 +372,24 @@ mod tests {
         assert_eq!(mode(false).await, 1, "relaxed: NORMAL");
         assert_eq!(mode(true).await, 2, "durable: FULL");
         assert_eq!(mode(false).await, 1, "relaxed again: NORMAL");
+        // A job that may need the disk runs relaxed; when its result says it does, the writer
+        // syncs the log itself after the commit and still answers with the result.
+        for wanted in [false, true] {
+            let got = writer
+                .write(Sync::If(|needs: &(i64, bool)| needs.1), move |conn, _| {
+                    conn.execute_batch(
+                        "CREATE TABLE IF NOT EXISTS t (v INTEGER); INSERT INTO t VALUES (1)",
+                    )
+                    .map_err(|e| StorageError::unavailable("insert", e))?;
+                    let mode = conn
+                        .query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                        .map_err(|e| StorageError::unavailable("pragma", e))?;
+                    Ok((mode, wanted))
+                })
+                .await
+                .expect("write");
+            assert_eq!(got, (1, wanted), "runs relaxed whatever its result");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,8 +405,13 @@ mod tests {
         for v in 0..40i64 {
             let writer = writer.clone();
             handles.push(tokio::spawn(async move {
+                let sync = if v % 2 == 0 {
+                    Sync::Always
+                } else {
+                    Sync::Never
+                };
                 writer
-                    .write(v % 2 == 0, move |conn, _| {
+                    .write(sync, move |conn, _| {
                         conn.execute("INSERT INTO t (v) VALUES (?1)", [v])
                             .map_err(|e| StorageError::unavailable("insert", e))?;
                         if v % 10 == 7 {

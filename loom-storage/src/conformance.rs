@@ -687,6 +687,123 @@ pub async fn an_activity_result_wakes_the_workflow(store: Store) {
     );
 }
 
+/// A workflow-task commit that claims eagerly hands out at most what was asked, each task a
+/// real claim (its lease commits), and leaves the rest for any claimer. Backends may claim
+/// nothing.
+pub async fn an_eager_commit_claims_only_its_own_activities(store: Store) {
+    create(&store, "other").await;
+    let other = claim_workflow(&store).await;
+    store
+        .complete_workflow_task(completion(&other, vec![schedule("other", 0)]))
+        .await
+        .expect("complete other");
+    create(&store, "wf-1").await;
+    let task = claim_workflow(&store).await;
+    let c = completion(&task, vec![schedule("a", 1), schedule("b", 2)]);
+    let eager = store
+        .complete_workflow_task_and_claim(c, &claim(1))
+        .await
+        .expect("complete and claim");
+    assert!(eager.len() <= 1, "asked for one, got {eager:?}");
+    for t in &eager {
+        assert_eq!(
+            t.workflow_id,
+            wid("wf-1"),
+            "only the committed workflow's activities"
+        );
+        store
+            .complete_activity_task(ActivityTaskCompletion {
+                lease: t.lease,
+                result: EventKind::ActivityCompleted {
+                    activity_id: t.activity_id,
+                    attempt: 1,
+                    result: json(1),
+                },
+            })
+            .await
+            .expect("the eager lease commits");
+    }
+    let rest = store.claim_activity_tasks(&claim(10)).await.expect("claim");
+    assert_eq!(
+        rest.len(),
+        3 - eager.len(),
+        "the others wait for any claimer"
+    );
+    assert_eq!(history_len(&store, "wf-1").await, 3);
+}
+
+/// An activity commit that claims eagerly claims the workflow task its result woke, with the
+/// result among its messages, or claims nothing and leaves it ready; while another lease
+/// holds the workflow task, it claims nothing.
+pub async fn an_eager_activity_commit_claims_the_woken_task(store: Store) {
+    let id = with_scheduled_activity(&store, "wf-1").await;
+    let task = claim_activity(&store).await;
+    let result = EventKind::ActivityCompleted {
+        activity_id: id,
+        attempt: 1,
+        result: json(true),
+    };
+    let eager = store
+        .complete_activity_task_and_claim(
+            ActivityTaskCompletion {
+                lease: task.lease,
+                result: result.clone(),
+            },
+            &claim(1),
+        )
+        .await
+        .expect("complete and claim");
+    let wf = match eager {
+        Some(wf) => {
+            no_ready_workflow_task(&store).await;
+            wf
+        }
+        None => claim_workflow(&store).await,
+    };
+    assert_eq!(wf.workflow_id, wid("wf-1"));
+    assert_eq!(wf.messages.len(), 1);
+    assert_eq!(wf.messages[0].kind, result);
+    // Schedule a second activity and keep the workflow task leased while it completes.
+    store
+        .complete_workflow_task(completion(&wf, vec![schedule("again", 1)]))
+        .await
+        .expect("complete");
+    let second = claim_activity(&store).await;
+    store
+        .signal(&wid("wf-1"), "hold", json(0))
+        .await
+        .expect("signal");
+    let held = claim_workflow(&store).await;
+    let eager = store
+        .complete_activity_task_and_claim(
+            ActivityTaskCompletion {
+                lease: second.lease,
+                result: EventKind::ActivityCompleted {
+                    activity_id: second.activity_id,
+                    attempt: 1,
+                    result: json(2),
+                },
+            },
+            &claim(1),
+        )
+        .await
+        .expect("complete while the workflow task is held");
+    assert!(
+        eager.is_none(),
+        "a leased workflow task is not claimed again: {eager:?}"
+    );
+    store
+        .complete_workflow_task(completion(&held, vec![]))
+        .await
+        .expect("the holder still commits");
+    let next = claim_workflow(&store).await;
+    assert_eq!(
+        next.messages.len(),
+        1,
+        "the result waited for the next task"
+    );
+}
+
 /// A failed attempt with a retry time is delivered to the workflow and schedules the next
 /// attempt, which is not handed out before its time.
 pub async fn a_failed_attempt_schedules_the_next(store: Store) {
@@ -1278,6 +1395,8 @@ macro_rules! for_each_conformance_case {
             release_and_pause,
             scheduled_activities_become_tasks,
             an_activity_result_wakes_the_workflow,
+            an_eager_commit_claims_only_its_own_activities,
+            an_eager_activity_commit_claims_the_woken_task,
             a_failed_attempt_schedules_the_next,
             an_activity_result_must_match_its_task,
             an_expired_activity_lease_cannot_report,

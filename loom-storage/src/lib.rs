@@ -105,11 +105,43 @@ pub trait Storage: Send + Sync + 'static {
     /// Commits a workflow task; see [`WorkflowTaskCompletion`].
     async fn complete_workflow_task(&self, completion: WorkflowTaskCompletion) -> Result<()>;
 
+    /// Commits a workflow task like [`complete_workflow_task`](Self::complete_workflow_task)
+    /// and, in the same step, claims for `eager` up to `eager.max` of the activity tasks that
+    /// this commit created and that are due now, so the committing worker can start them at
+    /// once (eager activity dispatch). What it returns is claimed exactly as by
+    /// [`claim_activity_tasks`](Self::claim_activity_tasks); the rest wait for any claimer.
+    /// Backends without it commit and claim nothing, which is always correct.
+    async fn complete_workflow_task_and_claim(
+        &self,
+        completion: WorkflowTaskCompletion,
+        eager: &ClaimRequest,
+    ) -> Result<Vec<ActivityTask>> {
+        let _ = eager;
+        self.complete_workflow_task(completion).await?;
+        Ok(Vec::new())
+    }
+
     /// Claims up to `req.max` due activity tasks, oldest due first.
     async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>>;
 
     /// Commits an activity attempt; see [`ActivityTaskCompletion`].
     async fn complete_activity_task(&self, completion: ActivityTaskCompletion) -> Result<()>;
+
+    /// Commits an activity attempt like
+    /// [`complete_activity_task`](Self::complete_activity_task) and, if its result made the
+    /// workflow's task ready and no lease holds it, claims that task for `eager` in the same
+    /// step, so the worker can run it at once (eager workflow task). What it returns is claimed
+    /// exactly as by [`claim_workflow_tasks`](Self::claim_workflow_tasks). Backends without it
+    /// commit and claim nothing, which is always correct.
+    async fn complete_activity_task_and_claim(
+        &self,
+        completion: ActivityTaskCompletion,
+        eager: &ClaimRequest,
+    ) -> Result<Option<WorkflowTask>> {
+        let _ = eager;
+        self.complete_activity_task(completion).await?;
+        Ok(None)
+    }
 
     /// Extends a live lease by `extend` from now. `LeaseLost` if it is not live.
     async fn renew_lease(&self, lease: &Lease, extend: std::time::Duration) -> Result<Lease>;

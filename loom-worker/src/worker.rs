@@ -18,7 +18,7 @@ use loom_storage::{
     StorageError, SystemClock, TaskId, WorkflowTask, WorkflowTaskCompletion,
 };
 use lru::LruCache;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -155,6 +155,10 @@ struct Shared {
     cache: Mutex<Option<LruCache<WorkflowId, WorkflowMachine>>>,
     /// Leases of the tasks running now, kept current by renewal, released on shutdown.
     leases: Mutex<BTreeMap<TaskId, Lease>>,
+    /// Free workflow-task slots; a task holds one while it runs.
+    workflow_slots: Arc<Semaphore>,
+    /// Free activity slots.
+    activity_slots: Arc<Semaphore>,
 }
 
 /// Why a worker stopped with an error.
@@ -181,6 +185,8 @@ impl Worker {
         let cache = NonZeroUsize::new(config.cache_capacity).map(LruCache::new);
         Worker {
             shared: Arc::new(Shared {
+                workflow_slots: Arc::new(Semaphore::new(config.workflow_concurrency.max(1))),
+                activity_slots: Arc::new(Semaphore::new(config.activity_concurrency.max(1))),
                 storage,
                 registry,
                 clock: Arc::new(SystemClock),
@@ -347,19 +353,19 @@ impl Shared {
     /// Claims tasks of one kind as slots free up and runs each under a renewed lease, until
     /// stopped; then drains what is running.
     async fn claim_loop(self: Arc<Self>, kind: Kind, stop: watch::Receiver<bool>) {
-        let (concurrency, wake) = match kind {
-            Kind::Workflow => (self.config.workflow_concurrency, &*self.workflow_work),
-            Kind::Activity => (self.config.activity_concurrency, &self.activity_work),
+        let (slots, wake) = match kind {
+            Kind::Workflow => (self.workflow_slots.clone(), &*self.workflow_work),
+            Kind::Activity => (self.activity_slots.clone(), &self.activity_work),
         };
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut running = JoinSet::new();
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
             while running.try_join_next().is_some() {}
             let free = slots.available_permits();
             if free == 0 {
+                // A slot frees when a task ends, whether or not its chain goes on.
                 tokio::select! {
-                    _ = running.join_next() => {}
+                    permit = slots.clone().acquire_owned() => drop(permit),
                     () = wait_stop(stop.clone()) => break,
                 }
                 continue;
@@ -401,23 +407,8 @@ impl Shared {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let this = self.clone();
-                let (lease, span) = (task.lease(), task.span());
-                self.track(lease);
-                self.metrics.running.fetch_add(1, Ordering::SeqCst);
-                running.spawn(
-                    async move {
-                        let work = match task {
-                            Claimed::Workflow(t) => this.clone().workflow_task(t).boxed(),
-                            Claimed::Activity(t) => this.clone().activity_task(t).boxed(),
-                        };
-                        this.clone().with_renewal(lease, work).await;
-                        this.untrack(lease.task);
-                        this.metrics.running.fetch_sub(1, Ordering::SeqCst);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+                self.track(task.lease());
+                running.spawn(self.clone().run_chain(task, permit));
             }
         }
         self.drain(running).await;
@@ -459,9 +450,42 @@ impl Shared {
         self.leases_guard().remove(&task);
     }
 
+    /// Runs a claimed task, then the task its commit claimed eagerly (the workflow task an
+    /// activity's result woke, the activity a workflow task scheduled), and so on: one
+    /// workflow's sequential steps follow each other without a trip through the claim loops.
+    /// Each task holds a slot of its kind while it runs.
+    async fn run_chain(self: Arc<Self>, mut task: Claimed, mut permit: OwnedSemaphorePermit) {
+        loop {
+            let (lease, span) = (task.lease(), task.span());
+            self.track(lease);
+            self.metrics.running.fetch_add(1, Ordering::SeqCst);
+            let work = match task {
+                Claimed::Workflow(t) => self.clone().workflow_task(t).boxed(),
+                Claimed::Activity(t) => self.clone().activity_task(t).boxed(),
+            };
+            let next = self
+                .clone()
+                .with_renewal(lease, work)
+                .instrument(span)
+                .await
+                .flatten();
+            self.untrack(lease.task);
+            self.metrics.running.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+            match next {
+                Some(Next(t, p)) => (task, permit) = (t, p),
+                None => return,
+            }
+        }
+    }
+
     /// Runs `work` while renewing its lease every third of the lease. If the lease is lost,
-    /// the work is dropped: whatever it would commit would be refused anyway.
-    async fn with_renewal(self: Arc<Self>, lease: Lease, work: impl Future<Output = ()>) {
+    /// the work is dropped (`None`): whatever it would commit would be refused anyway.
+    async fn with_renewal<T>(
+        self: Arc<Self>,
+        lease: Lease,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
         let renew = async {
             let mut current = lease;
             loop {
@@ -481,8 +505,8 @@ impl Shared {
             }
         };
         tokio::select! {
-            () = work => {}
-            () = renew => {}
+            done = work => Some(done),
+            () = renew => None,
         }
     }
 
@@ -510,7 +534,8 @@ impl Shared {
         }
     }
 
-    async fn workflow_task(self: Arc<Self>, task: WorkflowTask) {
+    /// Runs one workflow task; returns the activity its commit claimed eagerly, if any.
+    async fn workflow_task(self: Arc<Self>, task: WorkflowTask) -> Option<Next> {
         let id = task.workflow_id.clone();
         if task.deliveries > self.config.max_deliveries {
             let reason = format!(
@@ -519,7 +544,7 @@ impl Shared {
             );
             warn!(%reason, "pausing workflow");
             self.release_paused(task.lease, reason).await;
-            return;
+            return None;
         }
         let Some(def) = self.registry.workflow(&task.workflow_name).cloned() else {
             let known: Vec<&str> = self.registry.workflow_names().collect();
@@ -530,7 +555,7 @@ impl Shared {
             );
             warn!(%reason, "pausing workflow");
             self.release_paused(task.lease, reason).await;
-            return;
+            return None;
         };
         let cached = self.cache_guard().as_mut().and_then(|c| c.pop(&id));
         let mut machine = match cached.filter(|m| m.last_seq() == task.last_seq) {
@@ -548,7 +573,7 @@ impl Shared {
                             .storage
                             .release_task(&self.current_lease(task.lease), Release::default())
                             .await;
-                        return;
+                        return None;
                     }
                 };
                 match WorkflowMachine::new(def, id.clone(), history) {
@@ -556,7 +581,7 @@ impl Shared {
                     Err(e) => {
                         warn!(error = %e, "the history cannot be replayed; pausing workflow");
                         self.release_paused(task.lease, e.to_string()).await;
-                        return;
+                        return None;
                     }
                 }
             }
@@ -571,16 +596,17 @@ impl Shared {
             Err(e) => {
                 warn!(error = %e, "the workflow task cannot be decided; pausing workflow");
                 self.release_paused(task.lease, e.to_string()).await;
-                return;
+                return None;
             }
         };
         for (kind, reason) in &decision.dropped {
             debug!(message = kind.type_name(), %reason, "dropped a message");
         }
-        let schedules_activities = decision
+        let scheduled = decision
             .events
             .iter()
-            .any(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }));
+            .filter(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }))
+            .count();
         for line in &decision.logs {
             log_line(&id, line.level, &line.message);
         }
@@ -594,10 +620,27 @@ impl Shared {
             progress: Some(machine.progress()),
             logs: decision.logs,
         };
-        match self.storage.complete_workflow_task(completion).await {
-            Ok(()) => {
+        // With a free activity slot, the commit also claims one of the activities it
+        // schedules, and this worker starts it without a trip through the claim loop.
+        let slot = (scheduled > 0 && !finished)
+            .then(|| self.eager_slot(&self.activity_slots))
+            .flatten();
+        let committed = match slot {
+            Some(_) => {
+                self.storage
+                    .complete_workflow_task_and_claim(completion, &self.claim_request(1))
+                    .await
+            }
+            None => self
+                .storage
+                .complete_workflow_task(completion)
+                .await
+                .map(|()| Vec::new()),
+        };
+        match committed {
+            Ok(claimed) => {
                 self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
-                if schedules_activities {
+                if scheduled > claimed.len() {
                     self.activity_work.notify_one();
                 }
                 if finished {
@@ -608,18 +651,66 @@ impl Shared {
                 } else if let Some(cache) = self.cache_guard().as_mut() {
                     cache.put(id, machine);
                 }
+                self.take_eager(claimed.into_iter().map(Claimed::Activity), slot)
+                    .await
             }
             Err(e @ (StorageError::LeaseLost(_) | StorageError::Conflict { .. })) => {
                 // Another worker owns the workflow now; our decision is void and our machine
                 // stale. Nothing was written.
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
                 debug!(error = %e, "workflow task commit refused");
+                None
             }
-            Err(e) => warn!(error = %e, "committing the workflow task failed; it will be retried"),
+            Err(e) => {
+                warn!(error = %e, "committing the workflow task failed; it will be retried");
+                None
+            }
         }
     }
 
-    async fn activity_task(self: Arc<Self>, task: ActivityTask) {
+    /// A slot for an eager claim, while at least half of each kind's slots are free. A busy
+    /// worker has its claim loops batching claims already (an eager claim is a claim of one,
+    /// measured at about a fifth less throughput under a backlog), and runs the queue oldest
+    /// first rather than letting workflows in flight overtake it; a lightly loaded one gains
+    /// the hand-off's latency.
+    fn eager_slot(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        let half_free = |s: &Semaphore, of: usize| s.available_permits() * 2 >= of.max(1);
+        if !half_free(&self.workflow_slots, self.config.workflow_concurrency)
+            || !half_free(&self.activity_slots, self.config.activity_concurrency)
+        {
+            return None;
+        }
+        slots.clone().try_acquire_owned().ok()
+    }
+
+    /// The first of `claimed` as the next task of a chain, holding `slot`; any others (a
+    /// backend that returned more than asked) are given back at once.
+    async fn take_eager(
+        &self,
+        claimed: impl Iterator<Item = Claimed>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<Next> {
+        let mut next = None;
+        let mut slot = slot;
+        for task in claimed {
+            match slot.take() {
+                Some(permit) => {
+                    self.track(task.lease());
+                    next = Some(Next(task, permit));
+                }
+                None => {
+                    let _ = self
+                        .storage
+                        .release_task(&task.lease(), Release::default())
+                        .await;
+                }
+            }
+        }
+        next
+    }
+
+    /// Runs one activity attempt; returns the workflow task its commit claimed eagerly, if any.
+    async fn activity_task(self: Arc<Self>, task: ActivityTask) -> Option<Next> {
         let policy = task.options.retry.clone();
         let outcome = if task.deliveries > self.config.max_deliveries {
             Err(Some(Failure::new(
@@ -643,7 +734,7 @@ impl Shared {
                 .storage
                 .release_task(&self.current_lease(task.lease), release)
                 .await;
-            return;
+            return None;
         } else {
             Err(Some(Failure::non_retryable(
                 "unknown_activity",
@@ -695,14 +786,37 @@ impl Shared {
             lease: self.current_lease(task.lease),
             result,
         };
-        match self.storage.complete_activity_task(completion).await {
-            Ok(()) => self.workflow_work.notify_one(),
+        // With a free workflow slot, the commit also claims the workflow task the result
+        // wakes, and this worker runs it next.
+        let slot = self.eager_slot(&self.workflow_slots);
+        let committed = match slot {
+            Some(_) => {
+                self.storage
+                    .complete_activity_task_and_claim(completion, &self.claim_request(1))
+                    .await
+            }
+            None => self
+                .storage
+                .complete_activity_task(completion)
+                .await
+                .map(|()| None),
+        };
+        match committed {
+            Ok(claimed) => {
+                if claimed.is_none() {
+                    self.workflow_work.notify_one();
+                }
+                self.take_eager(claimed.into_iter().map(Claimed::Workflow), slot)
+                    .await
+            }
             Err(StorageError::LeaseLost(_)) => {
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
                 debug!("activity result refused: the lease was lost or the workflow ended");
+                None
             }
             Err(e) => {
-                warn!(error = %e, "reporting the activity result failed; the attempt will run again")
+                warn!(error = %e, "reporting the activity result failed; the attempt will run again");
+                None
             }
         }
     }
@@ -763,6 +877,9 @@ enum Kind {
     Workflow,
     Activity,
 }
+
+/// The task a commit claimed eagerly, with the slot it will run in.
+struct Next(Claimed, OwnedSemaphorePermit);
 
 /// A claimed task of either kind.
 enum Claimed {
