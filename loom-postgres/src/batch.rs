@@ -27,8 +27,8 @@ use crate::sql_err;
 /// What the server said of one item.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Written.
-    Ok,
+    /// Written; with what the item's eager claim claimed, as JSON (`None`: nothing).
+    Ok(Option<String>),
     /// The lease is not held (expired, taken, or the task is gone).
     LeaseLost,
     /// The task is not of the kind, or not of the workflow, the caller said.
@@ -140,7 +140,7 @@ async fn run(
         Ok(outcomes) => {
             let mut wakes = false;
             for (p, outcome) in batch.into_iter().zip(outcomes) {
-                wakes |= p.wakes && matches!(outcome, Outcome::Ok);
+                wakes |= p.wakes && matches!(outcome, Outcome::Ok(_));
                 // A caller that stopped waiting has nothing to be told.
                 let _ = p.reply.send(Ok(outcome));
             }
@@ -192,7 +192,7 @@ async fn execute(pool: &PgPool, batch: &[Pending]) -> Result<Vec<Outcome>, sqlx:
         let n: Option<i64> = row.try_get(2)?;
         let text: Option<String> = row.try_get(3)?;
         let outcome = match code {
-            0 => Outcome::Ok,
+            0 => Outcome::Ok(text),
             1 => Outcome::LeaseLost,
             2 => Outcome::NotThatTask,
             3 => Outcome::NotFound,
@@ -285,11 +285,22 @@ pub(crate) struct WorkflowItem<'a> {
     pub logs: Vec<(i64, i64, &'static str, std::borrow::Cow<'a, str>)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// Also claim up to `max` of the activities this commit creates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eager: Option<Eager<'a>>,
+}
+
+/// An eager claim riding on a commit: for whom, and for how long.
+#[derive(Serialize)]
+pub(crate) struct Eager<'a> {
+    pub owner: &'a str,
+    pub lease_ms: i64,
+    pub max: i64,
 }
 
 /// An activity attempt's commit (`"t": "a"`).
 #[derive(Serialize)]
-pub(crate) struct ActivityItem {
+pub(crate) struct ActivityItem<'a> {
     pub t: &'static str,
     pub task: i64,
     pub token: i64,
@@ -298,6 +309,9 @@ pub(crate) struct ActivityItem {
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<i64>,
+    /// Also claim the workflow task the result wakes, if no lease holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eager: Option<Eager<'a>>,
 }
 
 /// A signal or cancel request (`"t": "s"`).
@@ -354,6 +368,7 @@ mod tests {
             attempt: 1,
             result: "{}".into(),
             retry_at: None,
+            eager: None,
         };
         let (first, second) = (create("batched-a"), create("batched-b"));
         // On this current-thread runtime, all five are queued before the committer runs.
@@ -364,9 +379,9 @@ mod tests {
             committer.commit(&stale, true),
             committer.commit(&first, true),
         );
-        assert!(matches!(a, Ok(Outcome::Ok)), "{a:?}");
+        assert!(matches!(a, Ok(Outcome::Ok(None))), "{a:?}");
         assert!(b.is_err(), "an unknown item kind must fail: {b:?}");
-        assert!(matches!(c, Ok(Outcome::Ok)), "{c:?}");
+        assert!(matches!(c, Ok(Outcome::Ok(None))), "{c:?}");
         assert!(matches!(d, Ok(Outcome::LeaseLost)), "{d:?}");
         assert!(
             matches!(e, Ok(Outcome::Exists(ref s)) if s == "running"),

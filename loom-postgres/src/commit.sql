@@ -12,7 +12,10 @@
 --              "acts":[[activity_id,name,input,options]],"timers":[[kind,mode,value]],
 --              "term":[status,output,failure]?,"consumed":[id],"logs":[[seq,at,level,text]],
 --              "progress":text?}
---   activity: {"t":"a","task","token","act","attempt","result","retry_at"?}
+--   activity: {"t":"a","task","token","act","attempt","result","retry_at"?,"eager"?}
+--   (a workflow or activity item's "eager": {"owner","lease_ms","max"} also claims, in the
+--   same step, the activity tasks the workflow task scheduled (up to max) or the workflow task
+--   the activity's result woke; r_text is then that claim as JSON, or NULL)
 --   deliver:  {"t":"s","wf","kind"}
 -- Result codes: 0 ok, 1 lease lost, 2 not that kind of task, 3 no such workflow,
 -- 4 closed (r_text = status), 5 conflict (r_seq = actual last seq),
@@ -70,6 +73,7 @@ DECLARE
     wt record;
     ar record;
     ad record;
+    eager jsonb;
     sr record;
 BEGIN
     FOR item, pos IN
@@ -87,6 +91,7 @@ BEGIN
         wf := item->>'wf';
         task_id := (item->>'task')::bigint;
         token := (item->>'token')::bigint;
+        eager := item->'eager';
         CASE item->>'t'
         WHEN 'c' THEN
             WITH w AS (
@@ -176,6 +181,25 @@ BEGIN
                         visible_at = (SELECT MIN(m.visible_at) FROM messages m
                                       WHERE m.workflow_id = wf AND m.id NOT IN (SELECT id FROM d))
                     WHERE id = task_id;
+                    IF eager IS NOT NULL AND jsonb_array_length(item->'acts') > 0 THEN
+                        WITH picked AS (
+                            SELECT id FROM tasks
+                            WHERE workflow_id = wf AND kind = 1 AND visible_at <= now_ms
+                            ORDER BY visible_at, id LIMIT (eager->>'max')::bigint
+                            FOR UPDATE SKIP LOCKED
+                        ), claimed AS (
+                            UPDATE tasks t SET lease_token = t.lease_token + 1,
+                                lease_expires_at = now_ms + (eager->>'lease_ms')::bigint,
+                                visible_at = now_ms + (eager->>'lease_ms')::bigint,
+                                lease_owner = eager->>'owner', deliveries = t.deliveries + 1
+                            FROM picked WHERE t.id = picked.id
+                            RETURNING t.id, t.lease_token, t.lease_expires_at, t.deliveries,
+                                t.activity_id, t.name, t.input, t.options, t.attempt
+                        )
+                        SELECT jsonb_agg(jsonb_build_array(id, lease_token, lease_expires_at,
+                                   deliveries, activity_id, name, input, options, attempt))::text
+                        INTO r_text FROM claimed;
+                    END IF;
                 END IF;
             END IF;
 
@@ -213,6 +237,25 @@ BEGIN
                     INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input, options, attempt)
                     VALUES (1, ar.workflow_id, (item->>'retry_at')::bigint, ar.activity_id, ar.name,
                             ar.input, ar.options, ar.attempt + 1);
+                END IF;
+                IF eager IS NOT NULL THEN
+                    -- Ready now only if no live lease held it (see the update above).
+                    WITH claimed AS (
+                        UPDATE tasks SET lease_token = lease_token + 1,
+                            lease_expires_at = now_ms + (eager->>'lease_ms')::bigint,
+                            visible_at = now_ms + (eager->>'lease_ms')::bigint,
+                            lease_owner = eager->>'owner', deliveries = deliveries + 1
+                        WHERE kind = 0 AND workflow_id = ar.workflow_id AND visible_at <= now_ms
+                        RETURNING id, lease_token, lease_expires_at, deliveries
+                    )
+                    SELECT jsonb_build_array(c.id, c.lease_token, c.lease_expires_at, c.deliveries,
+                               ar.workflow_id, w.name, w.last_seq,
+                               (SELECT COALESCE(jsonb_agg(jsonb_build_array(m.id, m.visible_at, m.kind)
+                                                          ORDER BY m.visible_at, m.id), '[]'::jsonb)
+                                FROM messages m
+                                WHERE m.workflow_id = ar.workflow_id AND m.visible_at <= now_ms))::text
+                    INTO r_text
+                    FROM claimed c JOIN workflows w ON w.id = ar.workflow_id;
                 END IF;
             END IF;
 

@@ -808,7 +808,7 @@ impl Storage for PostgresStorage {
             kind: encode(&started.kind)?,
         };
         match self.committer.commit(&item, true).await? {
-            Outcome::Ok => Ok(()),
+            Outcome::Ok(_) => Ok(()),
             Outcome::Exists(status) => Err(StorageError::AlreadyExists {
                 id: id.clone(),
                 status: batch::status(&status, id)?,
@@ -928,92 +928,22 @@ impl Storage for PostgresStorage {
     }
 
     async fn complete_workflow_task(&self, c: WorkflowTaskCompletion) -> Result<()> {
-        let id = &c.workflow_id;
-        check_continues(c.expected_last_seq, &c.events)?;
-        let plan = TaskPlan::from_events(&c.events);
-        let item = WorkflowItem {
-            t: "w",
-            wf: id.as_str(),
-            task: task_i64(c.lease.task),
-            token: i64::try_from(c.lease.token).unwrap_or(i64::MAX),
-            expected: seq_i64(c.expected_last_seq),
-            last: seq_i64(c.events.last().map_or(c.expected_last_seq, |e| e.seq)),
-            events: c
-                .events
-                .iter()
-                .map(|e| Ok((seq_i64(e.seq), e.at.as_millis(), encode(&e.kind)?)))
-                .collect::<Result<_>>()?,
-            acts: plan
-                .activities
-                .iter()
-                .map(|a| {
-                    Ok((
-                        seq_i64(a.activity_id.0),
-                        a.name.as_str(),
-                        encode(&a.input)?,
-                        encode(&a.options)?,
-                    ))
-                })
-                .collect::<Result<_>>()?,
-            timers: plan
-                .timers
-                .iter()
-                .map(|t| {
-                    // Judged by the database's clock: a timer never fires before its duration
-                    // has passed there, whatever the clock of the worker that computed `fire_at`.
-                    let (mode, value) = match t.duration_ms {
-                        Some(ms) => VisibleAt::After(i64::try_from(ms).unwrap_or(i64::MAX)),
-                        None => VisibleAt::At(t.fire_at),
-                    }
-                    .params();
-                    Ok((encode(&t.message())?, mode, value))
-                })
-                .collect::<Result<_>>()?,
-            term: plan
-                .terminal
-                .as_ref()
-                .map(|end| {
-                    Ok::<_, StorageError>((
-                        end.status.as_str(),
-                        end.output.as_ref().map(encode).transpose()?,
-                        end.failure.as_ref().map(encode).transpose()?,
-                    ))
-                })
-                .transpose()?,
-            consumed: c
-                .consumed
-                .iter()
-                .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX))
-                .collect(),
-            logs: c
-                .logs
-                .iter()
-                .map(|l| {
-                    (
-                        seq_i64(l.seq),
-                        l.at.as_millis(),
-                        level_str(l.level),
-                        log_text(&l.message),
-                    )
-                })
-                .collect(),
-            progress: c.progress.as_ref().map(encode).transpose()?,
-        };
-        let wakes = !plan.activities.is_empty();
-        match self.committer.commit(&item, wakes).await? {
-            Outcome::Ok => Ok(()),
-            Outcome::LeaseLost => Err(StorageError::LeaseLost(c.lease.task)),
-            Outcome::NotThatTask => Err(StorageError::InvalidArgument(format!(
-                "{} is not the workflow task of {}",
-                c.lease.task, c.workflow_id
-            ))),
-            Outcome::NotFound => Err(StorageError::NotFound(id.clone())),
-            Outcome::Closed(status) => Err(StorageError::Closed {
-                id: id.clone(),
-                status: batch::status(&status, id)?,
-            }),
-            Outcome::Conflict(actual) => Err(batch::conflict(id, c.expected_last_seq, actual)),
-            other => Err(unexpected(&other)),
+        self.commit_workflow_task(c, None).await.map(drop)
+    }
+
+    async fn complete_workflow_task_and_claim(
+        &self,
+        c: WorkflowTaskCompletion,
+        eager: &ClaimRequest,
+    ) -> Result<Vec<ActivityTask>> {
+        let id = c.workflow_id.clone();
+        if eager.max == 0 {
+            self.complete_workflow_task(c).await?;
+            return Ok(Vec::new());
+        }
+        match self.commit_workflow_task(c, Some(eager)).await? {
+            None => Ok(Vec::new()),
+            Some(json) => eager_activities(&json, &id),
         }
     }
 
@@ -1042,30 +972,21 @@ impl Storage for PostgresStorage {
     }
 
     async fn complete_activity_task(&self, c: ActivityTaskCompletion) -> Result<()> {
-        let (activity, attempt, retry_at) = activity_result(&c.result)?;
-        let item = ActivityItem {
-            t: "a",
-            task: task_i64(c.lease.task),
-            token: i64::try_from(c.lease.token).unwrap_or(i64::MAX),
-            act: seq_i64(activity.0),
-            attempt,
-            result: encode(&c.result)?,
-            retry_at: retry_at.map(Timestamp::as_millis),
-        };
-        match self.committer.commit(&item, true).await? {
-            Outcome::Ok => Ok(()),
-            Outcome::LeaseLost => Err(StorageError::LeaseLost(c.lease.task)),
-            Outcome::NotThatTask => Err(StorageError::InvalidArgument(format!(
-                "{} is not an activity task",
-                c.lease.task
-            ))),
-            Outcome::Mismatch(task_activity, task_attempt) => {
-                Err(StorageError::InvalidArgument(format!(
-                    "the result is for {activity} attempt {attempt}, the task is {} attempt {task_attempt}",
-                    ActivityId(seq(task_activity))
-                )))
-            }
-            other => Err(unexpected(&other)),
+        self.commit_activity_task(c, None).await.map(drop)
+    }
+
+    async fn complete_activity_task_and_claim(
+        &self,
+        c: ActivityTaskCompletion,
+        eager: &ClaimRequest,
+    ) -> Result<Option<WorkflowTask>> {
+        if eager.max == 0 {
+            self.complete_activity_task(c).await?;
+            return Ok(None);
+        }
+        match self.commit_activity_task(c, Some(eager)).await? {
+            None => Ok(None),
+            Some(json) => eager_workflow_task(&json).map(Some),
         }
     }
 
@@ -1241,7 +1162,7 @@ impl PostgresStorage {
             kind: encode(kind)?,
         };
         match self.committer.commit(&item, true).await? {
-            Outcome::Ok => Ok(()),
+            Outcome::Ok(_) => Ok(()),
             Outcome::NotFound => Err(StorageError::NotFound(id.clone())),
             Outcome::Closed(status) => Err(StorageError::Closed {
                 id: id.clone(),
@@ -1250,6 +1171,214 @@ impl PostgresStorage {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+impl PostgresStorage {
+    /// Commits a workflow task, with an eager claim of its activities if `eager`; returns the
+    /// claim as the server's JSON.
+    async fn commit_workflow_task(
+        &self,
+        c: WorkflowTaskCompletion,
+        eager: Option<&ClaimRequest>,
+    ) -> Result<Option<String>> {
+        let id = &c.workflow_id;
+        check_continues(c.expected_last_seq, &c.events)?;
+        let plan = TaskPlan::from_events(&c.events);
+        let item = WorkflowItem {
+            t: "w",
+            wf: id.as_str(),
+            task: task_i64(c.lease.task),
+            token: i64::try_from(c.lease.token).unwrap_or(i64::MAX),
+            expected: seq_i64(c.expected_last_seq),
+            last: seq_i64(c.events.last().map_or(c.expected_last_seq, |e| e.seq)),
+            events: c
+                .events
+                .iter()
+                .map(|e| Ok((seq_i64(e.seq), e.at.as_millis(), encode(&e.kind)?)))
+                .collect::<Result<_>>()?,
+            acts: plan
+                .activities
+                .iter()
+                .map(|a| {
+                    Ok((
+                        seq_i64(a.activity_id.0),
+                        a.name.as_str(),
+                        encode(&a.input)?,
+                        encode(&a.options)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            timers: plan
+                .timers
+                .iter()
+                .map(|t| {
+                    // Judged by the database's clock: a timer never fires before its duration
+                    // has passed there, whatever the clock of the worker that computed `fire_at`.
+                    let (mode, value) = match t.duration_ms {
+                        Some(ms) => VisibleAt::After(i64::try_from(ms).unwrap_or(i64::MAX)),
+                        None => VisibleAt::At(t.fire_at),
+                    }
+                    .params();
+                    Ok((encode(&t.message())?, mode, value))
+                })
+                .collect::<Result<_>>()?,
+            term: plan
+                .terminal
+                .as_ref()
+                .map(|end| {
+                    Ok::<_, StorageError>((
+                        end.status.as_str(),
+                        end.output.as_ref().map(encode).transpose()?,
+                        end.failure.as_ref().map(encode).transpose()?,
+                    ))
+                })
+                .transpose()?,
+            consumed: c
+                .consumed
+                .iter()
+                .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX))
+                .collect(),
+            logs: c
+                .logs
+                .iter()
+                .map(|l| {
+                    (
+                        seq_i64(l.seq),
+                        l.at.as_millis(),
+                        level_str(l.level),
+                        log_text(&l.message),
+                    )
+                })
+                .collect(),
+            progress: c.progress.as_ref().map(encode).transpose()?,
+            eager: eager.map(|r| batch::Eager {
+                owner: &r.owner,
+                lease_ms: millis(r.lease),
+                max: i64::try_from(r.max).unwrap_or(i64::MAX),
+            }),
+        };
+        let wakes = !plan.activities.is_empty();
+        match self.committer.commit(&item, wakes).await? {
+            Outcome::Ok(claimed) => Ok(claimed),
+            Outcome::LeaseLost => Err(StorageError::LeaseLost(c.lease.task)),
+            Outcome::NotThatTask => Err(StorageError::InvalidArgument(format!(
+                "{} is not the workflow task of {}",
+                c.lease.task, c.workflow_id
+            ))),
+            Outcome::NotFound => Err(StorageError::NotFound(id.clone())),
+            Outcome::Closed(status) => Err(StorageError::Closed {
+                id: id.clone(),
+                status: batch::status(&status, id)?,
+            }),
+            Outcome::Conflict(actual) => Err(batch::conflict(id, c.expected_last_seq, actual)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Commits an activity attempt, with an eager claim of the workflow task it wakes if
+    /// `eager`; returns the claim as the server's JSON.
+    async fn commit_activity_task(
+        &self,
+        c: ActivityTaskCompletion,
+        eager: Option<&ClaimRequest>,
+    ) -> Result<Option<String>> {
+        let (activity, attempt, retry_at) = activity_result(&c.result)?;
+        let item = ActivityItem {
+            t: "a",
+            task: task_i64(c.lease.task),
+            token: i64::try_from(c.lease.token).unwrap_or(i64::MAX),
+            act: seq_i64(activity.0),
+            attempt,
+            result: encode(&c.result)?,
+            retry_at: retry_at.map(Timestamp::as_millis),
+            eager: eager.map(|r| batch::Eager {
+                owner: &r.owner,
+                lease_ms: millis(r.lease),
+                max: 1,
+            }),
+        };
+        match self.committer.commit(&item, true).await? {
+            Outcome::Ok(claimed) => Ok(claimed),
+            Outcome::LeaseLost => Err(StorageError::LeaseLost(c.lease.task)),
+            Outcome::NotThatTask => Err(StorageError::InvalidArgument(format!(
+                "{} is not an activity task",
+                c.lease.task
+            ))),
+            Outcome::Mismatch(task_activity, task_attempt) => {
+                Err(StorageError::InvalidArgument(format!(
+                    "the result is for {activity} attempt {attempt}, the task is {} attempt {task_attempt}",
+                    ActivityId(seq(task_activity))
+                )))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The activity tasks a workflow-task commit claimed, from `loom_commit`'s JSON:
+/// `[[task, token, expires, deliveries, activity_id, name, input, options, attempt], ...]`.
+fn eager_activities(json: &str, id: &WorkflowId) -> Result<Vec<ActivityTask>> {
+    type Row = (i64, i64, i64, i32, i64, String, String, String, i32);
+    let rows: Vec<Row> = decode(json, || format!("the eager claim of {id}'s activities"))?;
+    rows.into_iter()
+        .map(
+            |(task, token, expires, deliveries, activity, name, input, options, attempt)| {
+                Ok(ActivityTask {
+                    lease: Lease {
+                        task: TaskId(task.unsigned_abs()),
+                        token: token.unsigned_abs(),
+                        expires_at: Timestamp::from_millis(expires),
+                    },
+                    workflow_id: id.clone(),
+                    activity_id: ActivityId(seq(activity)),
+                    name,
+                    input: decode(&input, || format!("the input of activity task {task}"))?,
+                    options: decode(&options, || format!("the options of activity task {task}"))?,
+                    attempt: u32::try_from(attempt).unwrap_or(1),
+                    deliveries: u32::try_from(deliveries).unwrap_or(0),
+                })
+            },
+        )
+        .collect()
+}
+
+/// The workflow task an activity commit claimed, from `loom_commit`'s JSON:
+/// `[task, token, expires, deliveries, workflow_id, name, last_seq, [[id, visible_at, kind], ...]]`.
+fn eager_workflow_task(json: &str) -> Result<WorkflowTask> {
+    type Row = (
+        i64,
+        i64,
+        i64,
+        i32,
+        String,
+        String,
+        i64,
+        Vec<(i64, i64, String)>,
+    );
+    let (task, token, expires, deliveries, workflow_id, name, last, messages): Row =
+        decode(json, || "the eager claim of a workflow task".to_owned())?;
+    let messages = messages
+        .into_iter()
+        .map(|(mid, at, kind)| {
+            Ok(Message {
+                id: MessageId(mid.unsigned_abs()),
+                kind: decode(&kind, || format!("message {mid} of workflow {workflow_id}"))?,
+                visible_at: Timestamp::from_millis(at),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(WorkflowTask {
+        lease: Lease {
+            task: TaskId(task.unsigned_abs()),
+            token: token.unsigned_abs(),
+            expires_at: Timestamp::from_millis(expires),
+        },
+        workflow_id: WorkflowId::new(workflow_id),
+        workflow_name: name,
+        last_seq: seq(last),
+        messages,
+        deliveries: u32::try_from(deliveries).unwrap_or(0),
+    })
 }
 
 impl std::fmt::Debug for PostgresStorage {

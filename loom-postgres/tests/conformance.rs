@@ -38,3 +38,12 @@ async fn an_id_with_a_nul_is_refused() {
     let page = store.list(&ListQuery::default()).await.expect("list");
     assert!(page.items.is_empty(), "nothing was written");
 }
+
+/// PostgreSQL implements eager claims (the shared check, which backends opt into).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_claims_are_made() {
+    let Some(store) = fresh().await else {
+        return;
+    };
+    loom_storage::conformance::eager_claims_are_made(store).await;
+}

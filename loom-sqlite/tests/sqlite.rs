@@ -289,78 +289,12 @@ async fn the_fast_durability_mode_works_the_same() {
 
 // ---- two processes ----
 
-/// SQLite implements eager claims: the commit of a workflow task hands back the activity it
-/// scheduled, and that activity's commit hands back the workflow task it woke.
+/// SQLite implements eager claims (the shared check, which backends opt into).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eager_claims_hand_a_workflow_its_next_step() {
-    use loom_core::ActivityOptions;
-    use loom_storage::{ActivityTaskCompletion, WorkflowTaskCompletion};
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(&dir.path().join("eager.db")).await.expect("open");
-    let id = WorkflowId::new("chain");
-    store
-        .create_workflow(&id, started("Chain"))
-        .await
-        .expect("create");
-    let req = ClaimRequest::new("eager-test", 1, Duration::from_secs(30));
-    let task = store
-        .claim_workflow_tasks(&req)
-        .await
-        .expect("claim")
-        .remove(0);
-    let schedule = Event {
-        seq: Seq::new(2),
-        at: Timestamp::from_millis(1),
-        kind: EventKind::ActivityScheduled {
-            name: "step".into(),
-            input: Payload::encode(&1).expect("encode"),
-            options: ActivityOptions::default(),
-        },
-    };
-    let commit = WorkflowTaskCompletion {
-        lease: task.lease,
-        workflow_id: id.clone(),
-        expected_last_seq: task.last_seq,
-        events: vec![schedule],
-        consumed: Vec::new(),
-        progress: None,
-        logs: Vec::new(),
-    };
-    let mut activities = store
-        .complete_workflow_task_and_claim(commit, &req)
-        .await
-        .expect("commit and claim");
-    assert_eq!(
-        activities.len(),
-        1,
-        "the scheduled activity is claimed with the commit"
-    );
-    let activity = activities.remove(0);
-    let woken = store
-        .complete_activity_task_and_claim(
-            ActivityTaskCompletion {
-                lease: activity.lease,
-                result: EventKind::ActivityCompleted {
-                    activity_id: activity.activity_id,
-                    attempt: 1,
-                    result: Payload::encode(&2).expect("encode"),
-                },
-            },
-            &req,
-        )
-        .await
-        .expect("complete and claim")
-        .expect("the woken workflow task is claimed with the result");
-    assert_eq!(woken.workflow_id, id);
-    assert_eq!(woken.messages.len(), 1);
-    assert!(
-        store
-            .claim_workflow_tasks(&req)
-            .await
-            .expect("claim")
-            .is_empty(),
-        "nobody else can claim it"
-    );
+    loom_storage::conformance::eager_claims_are_made(Arc::new(store)).await;
 }
 
 fn probe() -> Command {

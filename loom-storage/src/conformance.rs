@@ -804,6 +804,51 @@ pub async fn an_eager_activity_commit_claims_the_woken_task(store: Store) {
     );
 }
 
+/// For backends that implement eager claims (not part of the suite every backend runs): a
+/// workflow task's commit hands back the activity it scheduled, and that activity's commit
+/// hands back the workflow task it woke, which nobody else can then claim.
+pub async fn eager_claims_are_made(store: Store) {
+    create(&store, "chain").await;
+    let task = claim_workflow(&store).await;
+    let mut activities = store
+        .complete_workflow_task_and_claim(completion(&task, vec![schedule("step", 1)]), &claim(1))
+        .await
+        .expect("commit and claim");
+    assert_eq!(
+        activities.len(),
+        1,
+        "the scheduled activity is claimed with the commit"
+    );
+    let activity = activities.remove(0);
+    assert_eq!(activity.name, "step");
+    let result = EventKind::ActivityCompleted {
+        activity_id: activity.activity_id,
+        attempt: 1,
+        result: json(2),
+    };
+    let woken = store
+        .complete_activity_task_and_claim(
+            ActivityTaskCompletion {
+                lease: activity.lease,
+                result: result.clone(),
+            },
+            &claim(1),
+        )
+        .await
+        .expect("complete and claim")
+        .expect("the woken workflow task is claimed with the result");
+    assert_eq!(woken.workflow_id, wid("chain"));
+    assert_eq!(woken.workflow_name, "Conformance");
+    assert_eq!(woken.last_seq, Seq::new(2));
+    assert_eq!(woken.messages.len(), 1);
+    assert_eq!(woken.messages[0].kind, result);
+    no_ready_workflow_task(&store).await;
+    store
+        .complete_workflow_task(completion(&woken, vec![]))
+        .await
+        .expect("the eager lease commits");
+}
+
 /// A failed attempt with a retry time is delivered to the workflow and schedules the next
 /// attempt, which is not handed out before its time.
 pub async fn a_failed_attempt_schedules_the_next(store: Store) {
