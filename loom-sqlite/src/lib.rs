@@ -54,8 +54,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, Lease, ListQuery, Page, Release,
-    Result, Stats, Storage, StorageError, SystemClock, WorkflowSummary, WorkflowTask,
+    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, DecidedTask, Lease, ListQuery, Page,
+    Release, Result, Stats, Storage, StorageError, SystemClock, WorkflowSummary, WorkflowTask,
     WorkflowTaskCompletion,
 };
 use rusqlite::Connection;
@@ -351,6 +351,21 @@ impl Storage for SqliteStorage {
             Ok(db.claim_workflow_tasks(&req, Some(&workflow))?.pop())
         })
         .await
+    }
+
+    fn decides_ahead(&self) -> bool {
+        true
+    }
+
+    async fn complete_activity_and_decide(
+        &self,
+        activity: ActivityTaskCompletion,
+        decided: DecidedTask,
+        eager: &ClaimRequest,
+    ) -> Result<Option<Vec<ActivityTask>>> {
+        let eager = eager.clone();
+        self.write(move |db| db.complete_activity_and_decide(&activity, &decided, &eager))
+            .await
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {

@@ -10,9 +10,9 @@ use loom_core::{
 };
 use loom_storage::plan::{activity_result, check_append, started_fields};
 use loom_storage::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListCursor, ListQuery, Message,
-    MessageId, Page, Release, Result, Stats, StorageError, TaskId, TaskPlan, WorkflowStatus,
-    WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    ActivityTask, ActivityTaskCompletion, ClaimRequest, DecidedTask, Lease, ListCursor, ListQuery,
+    Message, MessageId, Page, Release, Result, Stats, StorageError, TaskId, TaskPlan,
+    WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -545,6 +545,50 @@ impl Db<'_> {
             )?;
         }
         Ok(workflow)
+    }
+
+    /// Commits an activity's result and, if a claim of its workflow task would hand out
+    /// exactly that result on the history `d` started from, the task `d` decided, then claims
+    /// up to `eager.max` of the activities it scheduled. `None`: only the result committed.
+    pub(crate) fn complete_activity_and_decide(
+        &self,
+        c: &ActivityTaskCompletion,
+        d: &DecidedTask,
+        eager: &ClaimRequest,
+    ) -> Result<Option<Vec<ActivityTask>>> {
+        let workflow = self.complete_activity_task(c)?;
+        if workflow != d.workflow_id {
+            return Err(StorageError::InvalidArgument(format!(
+                "the activity belongs to \"{workflow}\", the decision to \"{}\"",
+                d.workflow_id
+            )));
+        }
+        let (last, _) = self.status(&workflow)?;
+        let due = self.due_messages(&workflow)?;
+        if last != d.expected_last_seq || due.len() != 1 || due[0].kind != c.result {
+            return Ok(None);
+        }
+        let one = ClaimRequest {
+            max: 1,
+            ..eager.clone()
+        };
+        // Nothing is claimed if a live lease holds the task: someone else is deciding it.
+        let Some(task) = self.claim_workflow_tasks(&one, Some(&workflow))?.pop() else {
+            return Ok(None);
+        };
+        self.complete_workflow_task(&WorkflowTaskCompletion {
+            lease: task.lease,
+            workflow_id: workflow.clone(),
+            expected_last_seq: d.expected_last_seq,
+            events: d.events.clone(),
+            consumed: vec![due[0].id],
+            progress: d.progress.clone(),
+            logs: d.logs.clone(),
+        })?;
+        if eager.max == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        self.claim_activity_tasks(eager, Some(&workflow)).map(Some)
     }
 
     pub(crate) fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {

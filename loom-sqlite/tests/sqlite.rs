@@ -295,6 +295,8 @@ async fn eager_claims_hand_a_workflow_its_next_step() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(&dir.path().join("eager.db")).await.expect("open");
     loom_storage::conformance::eager_claims_are_made(Arc::new(store)).await;
+    let store = open(&dir.path().join("ahead.db")).await.expect("open");
+    loom_storage::conformance::decisions_ahead_are_applied(Arc::new(store)).await;
 }
 
 fn probe() -> Command {

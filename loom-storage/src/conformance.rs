@@ -23,8 +23,8 @@ use loom_core::{
 };
 
 use crate::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, ListQuery, Release, Storage, StorageError,
-    WorkflowStatus, WorkflowTask, WorkflowTaskCompletion,
+    ActivityTask, ActivityTaskCompletion, ClaimRequest, DecidedTask, ListQuery, Release, Storage,
+    StorageError, WorkflowStatus, WorkflowTask, WorkflowTaskCompletion,
 };
 
 /// A fresh store for one case.
@@ -804,6 +804,140 @@ pub async fn an_eager_activity_commit_claims_the_woken_task(store: Store) {
     );
 }
 
+/// The activity `id`'s completion with `value`, and the decision a worker would make from it
+/// alone on a history ending at `last`: record the result, schedule `next`.
+fn decided(
+    task: &ActivityTask,
+    last: Seq,
+    value: i64,
+    next: &str,
+) -> (ActivityTaskCompletion, DecidedTask) {
+    let result = EventKind::ActivityCompleted {
+        activity_id: task.activity_id,
+        attempt: 1,
+        result: json(value),
+    };
+    let decided = DecidedTask {
+        workflow_id: task.workflow_id.clone(),
+        expected_last_seq: last,
+        events: vec![
+            event(last.get() + 1, result.clone()),
+            event(last.get() + 2, schedule(next, value)),
+        ],
+        progress: None,
+        logs: Vec::new(),
+    };
+    let completion = ActivityTaskCompletion {
+        lease: task.lease,
+        result,
+    };
+    (completion, decided)
+}
+
+/// A decision made ahead from an activity's result is applied whole or not at all: applied,
+/// the history holds it and the result is consumed; not applied, the result waits for the
+/// workflow's next task as usual. A decision from a stale history, or made while another
+/// message is due, is never applied.
+pub async fn a_decision_ahead_is_applied_whole_or_not_at_all(store: Store) {
+    with_scheduled_activity(&store, "wf-1").await;
+    let task = claim_activity(&store).await;
+    let (done, decision) = decided(&task, Seq::new(2), 7, "next");
+    let applied = store
+        .complete_activity_and_decide(done, decision, &claim(0))
+        .await
+        .expect("complete and decide");
+    let history = store
+        .load_history(&wid("wf-1"), Seq::ZERO)
+        .await
+        .expect("history");
+    match applied {
+        Some(claimed) => {
+            assert!(claimed.is_empty(), "asked to claim none");
+            assert_eq!(history.len(), 4, "the decision is in the history");
+            no_ready_workflow_task(&store).await;
+        }
+        None => {
+            assert_eq!(history.len(), 2, "nothing of the decision is written");
+            let wf = claim_workflow(&store).await;
+            assert_eq!(wf.messages.len(), 1, "the result waits as a message");
+            // The normal path decides the same.
+            let same = vec![wf.messages[0].kind.clone(), schedule("next", 7)];
+            store
+                .complete_workflow_task(completion(&wf, same))
+                .await
+                .expect("the normal path goes on");
+        }
+    }
+    // Now one activity waits; decide from a stale history: never applied.
+    let next = claim_activity(&store).await;
+    let (done, decision) = decided(&next, Seq::new(1), 8, "stale");
+    let applied = store
+        .complete_activity_and_decide(done, decision, &claim(1))
+        .await
+        .expect("complete");
+    assert!(applied.is_none(), "a stale decision is not applied");
+    let wf = claim_workflow(&store).await;
+    assert_eq!(wf.messages.len(), 1, "the result still arrived");
+    store
+        .complete_workflow_task(completion(&wf, vec![schedule("third", 3)]))
+        .await
+        .expect("complete");
+    // A signal is due too: a decision from the result alone is not applied.
+    store
+        .signal(&wid("wf-1"), "poke", json(0))
+        .await
+        .expect("signal");
+    let third = claim_activity(&store).await;
+    let last = store
+        .describe(&wid("wf-1"))
+        .await
+        .expect("describe")
+        .last_seq;
+    let (done, decision) = decided(&third, last, 9, "blind");
+    let applied = store
+        .complete_activity_and_decide(done, decision, &claim(1))
+        .await
+        .expect("complete");
+    assert!(
+        applied.is_none(),
+        "a decision that missed a signal is not applied"
+    );
+    let wf = claim_workflow(&store).await;
+    assert_eq!(
+        wf.messages.len(),
+        2,
+        "the signal and the result wait together"
+    );
+}
+
+/// For backends that implement [`Storage::complete_activity_and_decide`] (not part of the
+/// suite every backend runs): a decision made ahead is applied, with its eager claim.
+pub async fn decisions_ahead_are_applied(store: Store) {
+    with_scheduled_activity(&store, "wf-1").await;
+    let task = claim_activity(&store).await;
+    let (done, decision) = decided(&task, Seq::new(2), 7, "next");
+    let claimed = store
+        .complete_activity_and_decide(done, decision, &claim(1))
+        .await
+        .expect("complete and decide")
+        .expect("applied");
+    assert_eq!(
+        claimed.len(),
+        1,
+        "the scheduled activity is claimed with the decision"
+    );
+    assert_eq!(claimed[0].name, "next");
+    assert_eq!(history_len(&store, "wf-1").await, 4);
+    no_ready_workflow_task(&store).await;
+    assert!(
+        store
+            .claim_activity_tasks(&claim(10))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
 /// For backends that implement eager claims (not part of the suite every backend runs): a
 /// workflow task's commit hands back the activity it scheduled, and that activity's commit
 /// hands back the workflow task it woke, which nobody else can then claim.
@@ -1442,6 +1576,7 @@ macro_rules! for_each_conformance_case {
             an_activity_result_wakes_the_workflow,
             an_eager_commit_claims_only_its_own_activities,
             an_eager_activity_commit_claims_the_woken_task,
+            a_decision_ahead_is_applied_whole_or_not_at_all,
             a_failed_attempt_schedules_the_next,
             an_activity_result_must_match_its_task,
             an_expired_activity_lease_cannot_report,

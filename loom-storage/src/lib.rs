@@ -66,9 +66,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Result, StorageError};
 pub use memory::MemoryStorage;
 pub use model::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListCursor, ListQuery, Message,
-    MessageId, Page, Release, Stats, TaskId, WorkflowStatus, WorkflowSummary, WorkflowTask,
-    WorkflowTaskCompletion,
+    ActivityTask, ActivityTaskCompletion, ClaimRequest, DecidedTask, Lease, ListCursor, ListQuery,
+    Message, MessageId, Page, Release, Stats, TaskId, WorkflowStatus, WorkflowSummary,
+    WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
 
@@ -140,6 +140,31 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Option<WorkflowTask>> {
         let _ = eager;
         self.complete_activity_task(completion).await?;
+        Ok(None)
+    }
+
+    /// Whether [`complete_activity_and_decide`](Self::complete_activity_and_decide) can apply a
+    /// decision. A caller that cannot reuse its machine after a refused decision asks first.
+    fn decides_ahead(&self) -> bool {
+        false
+    }
+
+    /// Commits an activity attempt and, in the same step, the workflow task its result wakes,
+    /// as `decided` by the caller from that result alone, if and only if that is exactly what
+    /// a claim of the task would have handed out: the task is free, the result is its only
+    /// due message, and the history still ends at `decided.expected_last_seq`. Then it also
+    /// claims for `eager` up to `eager.max` of the activities the decision scheduled, and
+    /// returns them (`Some`). Otherwise only the activity's result is committed, as by
+    /// [`complete_activity_task`](Self::complete_activity_task), and the caller's decision is
+    /// void (`None`). Backends without it always do the latter, which is always correct.
+    async fn complete_activity_and_decide(
+        &self,
+        activity: ActivityTaskCompletion,
+        decided: DecidedTask,
+        eager: &ClaimRequest,
+    ) -> Result<Option<Vec<ActivityTask>>> {
+        let _ = (decided, eager);
+        self.complete_activity_task(activity).await?;
         Ok(None)
     }
 

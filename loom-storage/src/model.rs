@@ -137,6 +137,23 @@ pub struct WorkflowTaskCompletion {
     pub logs: Vec<LogRecord>,
 }
 
+/// A workflow task decided ahead of its claim, from an activity's result alone: the worker
+/// that ran the activity holds the workflow's machine and fed it the result. See
+/// [`Storage::complete_activity_and_decide`](crate::Storage::complete_activity_and_decide).
+#[derive(Clone, Debug)]
+pub struct DecidedTask {
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// The history's last sequence number the decision started from.
+    pub expected_last_seq: Seq,
+    /// The new events: the result as an input event, then the commands it caused.
+    pub events: Vec<Event>,
+    /// Where the workflow stands after the task.
+    pub progress: Option<Progress>,
+    /// Lines the workflow code logged.
+    pub logs: Vec<LogRecord>,
+}
+
 /// The commit of an activity attempt: its result becomes a message to the workflow, and a
 /// failure with a `retry_at` schedules the next attempt, in one step.
 #[derive(Clone, Debug)]

@@ -14,8 +14,8 @@ use loom_core::{
     WorkflowId, WorkflowMachine,
 };
 use loom_storage::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, Lease, Release, Storage,
-    StorageError, SystemClock, TaskId, WorkflowTask, WorkflowTaskCompletion,
+    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, DecidedTask, Lease, Release,
+    Storage, StorageError, SystemClock, TaskId, WorkflowTask, WorkflowTaskCompletion,
 };
 use lru::LruCache;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -668,6 +668,101 @@ impl Shared {
         }
     }
 
+    /// Decides the workflow task an activity's result wakes right here, from the machine this
+    /// worker cached, and commits both in one step (one durable commit for the whole
+    /// hand-off), if the worker is lightly loaded and the machine is at hand. The store applies
+    /// the decision only if a claim would have handed out exactly this result on the same
+    /// history; otherwise it commits the result alone and the decision is dropped with the
+    /// machine. `None`: nothing was tried (and nothing committed); `Some(next)`: the result is
+    /// handled, and `next` is the activity claimed with the decision, if any.
+    async fn decide_ahead(
+        &self,
+        workflow_id: &WorkflowId,
+        completion: &ActivityTaskCompletion,
+    ) -> Option<Option<Next>> {
+        if !self.storage.decides_ahead() {
+            return None;
+        }
+        let workflow_slot = self.eager_slot(&self.workflow_slots)?;
+        let mut machine = self
+            .cache_guard()
+            .as_mut()
+            .and_then(|c| c.pop(workflow_id))
+            .filter(|m| m.outcome().is_none())?;
+        let expected_last_seq = machine.last_seq();
+        let activation = Activation {
+            now: self.clock.now(),
+            entropy: rand::random(),
+            messages: vec![completion.result.clone()],
+        };
+        // A machine that cannot take the result as it is (an error, a dropped duplicate) is
+        // left to the normal path, which replays from the history.
+        let decision = machine
+            .activate(activation)
+            .ok()
+            .filter(|d| d.dropped.is_empty())?;
+        self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+        let scheduled = decision
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }))
+            .count();
+        let finished = machine.outcome().is_some();
+        let activity_slot = (scheduled > 0 && !finished)
+            .then(|| self.eager_slot(&self.activity_slots))
+            .flatten();
+        let eager = self.claim_request(usize::from(activity_slot.is_some()));
+        let decided = DecidedTask {
+            workflow_id: workflow_id.clone(),
+            expected_last_seq,
+            events: decision.events,
+            progress: Some(machine.progress()),
+            logs: decision.logs.clone(),
+        };
+        let committed = self
+            .storage
+            .complete_activity_and_decide(completion.clone(), decided, &eager)
+            .await;
+        drop(workflow_slot);
+        match committed {
+            Ok(Some(claimed)) => {
+                for line in &decision.logs {
+                    log_line(workflow_id, line.level, &line.message);
+                }
+                self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
+                if scheduled > claimed.len() {
+                    self.activity_work.notify_one();
+                }
+                if finished {
+                    self.metrics
+                        .workflows_finished
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.finished.notify_waiters();
+                } else if let Some(cache) = self.cache_guard().as_mut() {
+                    cache.put(workflow_id.clone(), machine);
+                }
+                Some(
+                    self.take_eager(claimed.into_iter().map(Claimed::Activity), activity_slot)
+                        .await,
+                )
+            }
+            Ok(None) => {
+                // The result alone was committed; the task runs the normal way.
+                self.workflow_work.notify_one();
+                Some(None)
+            }
+            Err(StorageError::LeaseLost(_)) => {
+                self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                debug!("activity result refused: the lease was lost or the workflow ended");
+                Some(None)
+            }
+            Err(e) => {
+                warn!(error = %e, "reporting the activity result failed; the attempt will run again");
+                Some(None)
+            }
+        }
+    }
+
     /// A slot for an eager claim, while at least half of each kind's slots are free. A busy
     /// worker has its claim loops batching claims already (an eager claim is a claim of one,
     /// measured at about a fifth less throughput under a backlog), and runs the queue oldest
@@ -786,6 +881,9 @@ impl Shared {
             lease: self.current_lease(task.lease),
             result,
         };
+        if let Some(done) = self.decide_ahead(&task.workflow_id, &completion).await {
+            return done;
+        }
         // With a free workflow slot, the commit also claims the workflow task the result
         // wakes, and this worker runs it next.
         let slot = self.eager_slot(&self.workflow_slots);
