@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -92,6 +92,10 @@ pub struct WorkerMetrics {
     pub cache_hits: AtomicU64,
     /// Histories loaded and replayed because no current machine was cached.
     pub cache_misses: AtomicU64,
+    /// Tasks a commit handed straight to this worker (eager dispatch), skipping a claim.
+    pub eager_tasks: AtomicU64,
+    /// Workflow tasks decided ahead from an activity's result and committed with it.
+    pub decided_ahead: AtomicU64,
     /// Tasks running now.
     pub running: AtomicI64,
 }
@@ -110,6 +114,8 @@ impl WorkerMetrics {
             leases_lost: get(&self.leases_lost),
             cache_hits: get(&self.cache_hits),
             cache_misses: get(&self.cache_misses),
+            eager_tasks: get(&self.eager_tasks),
+            decided_ahead: get(&self.decided_ahead),
             running: self.running.load(Ordering::Relaxed).max(0).unsigned_abs(),
         }
     }
@@ -131,6 +137,8 @@ pub struct MetricsSnapshot {
     pub leases_lost: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    pub eager_tasks: u64,
+    pub decided_ahead: u64,
     pub running: u64,
 }
 
@@ -159,6 +167,8 @@ struct Shared {
     workflow_slots: Arc<Semaphore>,
     /// Free activity slots.
     activity_slots: Arc<Semaphore>,
+    /// Set when shutdown begins: running tasks finish, but no commit claims another.
+    stopping: AtomicBool,
 }
 
 /// Why a worker stopped with an error.
@@ -187,6 +197,7 @@ impl Worker {
             shared: Arc::new(Shared {
                 workflow_slots: Arc::new(Semaphore::new(config.workflow_concurrency.max(1))),
                 activity_slots: Arc::new(Semaphore::new(config.activity_concurrency.max(1))),
+                stopping: AtomicBool::new(false),
                 storage,
                 registry,
                 clock: Arc::new(SystemClock),
@@ -245,6 +256,7 @@ impl Worker {
         );
         let activities = tokio::spawn(self.shared.clone().claim_loop(Kind::Activity, stop_rx));
         shutdown.await;
+        self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         self.shared.workflow_work.notify_one();
         self.shared.activity_work.notify_one();
@@ -352,6 +364,12 @@ impl Shared {
 
     /// Claims tasks of one kind as slots free up and runs each under a renewed lease, until
     /// stopped; then drains what is running.
+    ///
+    /// The slots are taken before the claim, never after: a claimed task starts at once, so
+    /// its lease is renewed from the moment it is granted. (Claiming first and then waiting
+    /// for a slot let a task's lease lapse unrenewed while a chain held the slot, and another
+    /// worker ran it too.) The slots go back while the loop waits for work, so a chain can
+    /// borrow them for its next step meanwhile.
     async fn claim_loop(self: Arc<Self>, kind: Kind, stop: watch::Receiver<bool>) {
         let (slots, wake) = match kind {
             Kind::Workflow => (self.workflow_slots.clone(), &*self.workflow_work),
@@ -361,16 +379,24 @@ impl Shared {
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
             while running.try_join_next().is_some() {}
-            let free = slots.available_permits();
-            if free == 0 {
-                // A slot frees when a task ends, whether or not its chain goes on.
-                tokio::select! {
-                    permit = slots.clone().acquire_owned() => drop(permit),
-                    () = wait_stop(stop.clone()) => break,
-                }
-                continue;
+            // At least one slot (waiting for a task or a chain step to end), then every
+            // other free one.
+            let mut permits = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = wait_stop(stop.clone()) => break,
+            };
+            let more = slots.available_permits();
+            if more > 0
+                && let Ok(p) = slots
+                    .clone()
+                    .try_acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX))
+            {
+                permits.merge(p);
             }
-            let req = self.claim_request(free);
+            let req = self.claim_request(permits.num_permits());
             let claimed = match kind {
                 Kind::Workflow => self
                     .storage
@@ -389,12 +415,14 @@ impl Shared {
                     tasks
                 }
                 Err(e) => {
+                    drop(permits);
                     warn!(error = %e, ?kind, "claiming tasks failed; backing off");
                     backoff.wait().await;
                     continue;
                 }
             };
             if tasks.is_empty() {
+                drop(permits);
                 tokio::select! {
                     () = wake.notified() => {}
                     () = self.storage.work_signal() => {}
@@ -404,12 +432,18 @@ impl Shared {
                 continue;
             }
             for task in tasks {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
+                let Some(permit) = permits.split(1) else {
+                    // More than asked for (no backend does this): give it back at once.
+                    let _ = self
+                        .storage
+                        .release_task(&task.lease(), Release::default())
+                        .await;
+                    continue;
                 };
                 self.track(task.lease());
                 running.spawn(self.clone().run_chain(task, permit));
             }
+            // Unused slots (fewer tasks than asked for) go back as `permits` drops.
         }
         self.drain(running).await;
     }
@@ -576,6 +610,27 @@ impl Shared {
                         return None;
                     }
                 };
+                if history.last().map(|e| e.seq) != Some(task.last_seq) {
+                    // The claim and the history disagree (a store that is not read-your-writes
+                    // across connections, or a fault): deciding now could consume a message
+                    // the machine does not know. Give the task back and try again later.
+                    debug!(
+                        claimed = %task.last_seq,
+                        loaded = history.len(),
+                        "the history does not end where the claim said; retrying the task"
+                    );
+                    let release = Release {
+                        visible_at: Some(
+                            self.clock.now().saturating_add(self.config.poll_interval),
+                        ),
+                        pause: None,
+                    };
+                    let _ = self
+                        .storage
+                        .release_task(&self.current_lease(task.lease), release)
+                        .await;
+                    return None;
+                }
                 match WorkflowMachine::new(def, id.clone(), history) {
                     Ok(m) => m,
                     Err(e) => {
@@ -600,7 +655,7 @@ impl Shared {
             }
         };
         for (kind, reason) in &decision.dropped {
-            debug!(message = kind.type_name(), %reason, "dropped a message");
+            debug!(message = kind.type_name(), %reason, last_seq = %task.last_seq, "dropped a message");
         }
         let scheduled = decision
             .events
@@ -611,6 +666,14 @@ impl Shared {
             log_line(&id, line.level, &line.message);
         }
         let finished = machine.outcome().is_some();
+        debug!(
+            task = %task.lease.task,
+            token = task.lease.token,
+            from = %task.last_seq,
+            to = %machine.last_seq(),
+            consumed = ?task.messages.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+            "workflow task decided"
+        );
         let completion = WorkflowTaskCompletion {
             lease: self.current_lease(task.lease),
             workflow_id: id.clone(),
@@ -639,6 +702,7 @@ impl Shared {
         };
         match committed {
             Ok(claimed) => {
+                debug!(eager = claimed.len(), "workflow task committed");
                 self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
                 if scheduled > claimed.len() {
                     self.activity_work.notify_one();
@@ -726,6 +790,7 @@ impl Shared {
         drop(workflow_slot);
         match committed {
             Ok(Some(claimed)) => {
+                self.metrics.decided_ahead.fetch_add(1, Ordering::Relaxed);
                 for line in &decision.logs {
                     log_line(workflow_id, line.level, &line.message);
                 }
@@ -763,12 +828,15 @@ impl Shared {
         }
     }
 
-    /// A slot for an eager claim, while at least half of each kind's slots are free. A busy
-    /// worker has its claim loops batching claims already (an eager claim is a claim of one,
-    /// measured at about a fifth less throughput under a backlog), and runs the queue oldest
-    /// first rather than letting workflows in flight overtake it; a lightly loaded one gains
-    /// the hand-off's latency.
+    /// A slot for an eager claim, while at least half of each kind's slots are free and the
+    /// worker is not shutting down. A busy worker has its claim loops batching claims already
+    /// (an eager claim is a claim of one, measured at about a fifth less throughput under a
+    /// backlog), and runs the queue oldest first rather than letting workflows in flight
+    /// overtake it; a lightly loaded one gains the hand-off's latency.
     fn eager_slot(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
         let half_free = |s: &Semaphore, of: usize| s.available_permits() * 2 >= of.max(1);
         if !half_free(&self.workflow_slots, self.config.workflow_concurrency)
             || !half_free(&self.activity_slots, self.config.activity_concurrency)
@@ -791,6 +859,7 @@ impl Shared {
             match slot.take() {
                 Some(permit) => {
                     self.track(task.lease());
+                    self.metrics.eager_tasks.fetch_add(1, Ordering::Relaxed);
                     next = Some(Next(task, permit));
                 }
                 None => {
