@@ -11,7 +11,10 @@
 //!   survives a process crash and a power cut. The exceptions are claims and lease renewals,
 //!   which a power cut may erase (handing the task back to the queue, as the cut does to the
 //!   lease anyway); they wait for no fsync of their own, and the next durable commit carries
-//!   them to the disk. [`Durability::Fast`] (`synchronous = NORMAL`)
+//!   them to the disk. So does an activity result committed together with an eager claim of
+//!   the workflow task it wakes: that task's durable commit follows at once, and a power cut
+//!   in between only runs the activity again, as at-least-once allows.
+//!   [`Durability::Fast`] (`synchronous = NORMAL`)
 //!   survives a process crash but may lose the last commits on a power cut; it is an explicit
 //!   option, named as such.
 //! - **Group commit.** Every write goes to one writer thread that runs all waiting requests in
