@@ -1102,3 +1102,156 @@ async fn shutdown_releases_unfinished_work_at_once(store: Arc<dyn Storage>) {
         WorkflowStatus::Running
     );
 }
+
+// ---- a store whose claims disagree with its histories ----
+
+/// MemoryStorage, except that its first `lies` claims of a workflow task past the first
+/// report a `last_seq` one beyond the history: what a PostgreSQL connection stuck in an
+/// uncommitted transaction reported (it saw its own writes; every other connection did not).
+struct StaleClaims {
+    inner: MemoryStorage,
+    lies: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Storage for StaleClaims {
+    async fn create_workflow(
+        &self,
+        id: &WorkflowId,
+        started: loom_core::Event,
+    ) -> loom_storage::Result<()> {
+        self.inner.create_workflow(id, started).await
+    }
+    async fn append_events(
+        &self,
+        id: &WorkflowId,
+        expected_last_seq: loom_core::Seq,
+        events: Vec<loom_core::Event>,
+    ) -> loom_storage::Result<()> {
+        self.inner
+            .append_events(id, expected_last_seq, events)
+            .await
+    }
+    async fn load_history(
+        &self,
+        id: &WorkflowId,
+        after: loom_core::Seq,
+    ) -> loom_storage::Result<Vec<loom_core::Event>> {
+        self.inner.load_history(id, after).await
+    }
+    async fn claim_workflow_tasks(
+        &self,
+        req: &loom_storage::ClaimRequest,
+    ) -> loom_storage::Result<Vec<loom_storage::WorkflowTask>> {
+        let mut tasks = self.inner.claim_workflow_tasks(req).await?;
+        for task in &mut tasks {
+            let lie = task.last_seq > loom_core::Seq::FIRST
+                && self
+                    .lies
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if lie {
+                task.last_seq = loom_core::Seq::new(task.last_seq.get() + 1);
+            }
+        }
+        Ok(tasks)
+    }
+    async fn complete_workflow_task(
+        &self,
+        completion: loom_storage::WorkflowTaskCompletion,
+    ) -> loom_storage::Result<()> {
+        self.inner.complete_workflow_task(completion).await
+    }
+    async fn claim_activity_tasks(
+        &self,
+        req: &loom_storage::ClaimRequest,
+    ) -> loom_storage::Result<Vec<loom_storage::ActivityTask>> {
+        self.inner.claim_activity_tasks(req).await
+    }
+    async fn complete_activity_task(
+        &self,
+        completion: loom_storage::ActivityTaskCompletion,
+    ) -> loom_storage::Result<()> {
+        self.inner.complete_activity_task(completion).await
+    }
+    async fn renew_lease(
+        &self,
+        lease: &loom_storage::Lease,
+        extend: Duration,
+    ) -> loom_storage::Result<loom_storage::Lease> {
+        self.inner.renew_lease(lease, extend).await
+    }
+    async fn release_task(
+        &self,
+        lease: &loom_storage::Lease,
+        release: loom_storage::Release,
+    ) -> loom_storage::Result<()> {
+        self.inner.release_task(lease, release).await
+    }
+    async fn signal(
+        &self,
+        id: &WorkflowId,
+        name: &str,
+        payload: Payload,
+    ) -> loom_storage::Result<()> {
+        self.inner.signal(id, name, payload).await
+    }
+    async fn request_cancel(
+        &self,
+        id: &WorkflowId,
+        reason: Option<String>,
+    ) -> loom_storage::Result<()> {
+        self.inner.request_cancel(id, reason).await
+    }
+    async fn describe(
+        &self,
+        id: &WorkflowId,
+    ) -> loom_storage::Result<loom_storage::WorkflowSummary> {
+        self.inner.describe(id).await
+    }
+    async fn list(
+        &self,
+        query: &loom_storage::ListQuery,
+    ) -> loom_storage::Result<loom_storage::Page<loom_storage::WorkflowSummary>> {
+        self.inner.list(query).await
+    }
+    async fn stats(&self) -> loom_storage::Result<loom_storage::Stats> {
+        self.inner.stats().await
+    }
+    async fn logs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<loom_core::LogRecord>> {
+        self.inner.logs(id).await
+    }
+}
+
+/// A claim whose `last_seq` is not where the history ends is never decided: the worker gives
+/// the task back and decides it once the two agree. (Deciding it anyway commits against a
+/// history the machine does not have: refused here, and on the PostgreSQL connection that
+/// once reported such claims, accepted, consuming a message without recording it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_disagrees_with_the_history_is_not_decided() {
+    let store = Arc::new(StaleClaims {
+        inner: MemoryStorage::new(),
+        lies: AtomicU32::new(2),
+    });
+    let emails = Arc::new(AtomicU32::new(0));
+    let worker = Worker::with_config(
+        store.clone(),
+        registry_with(emails.clone(), false),
+        config(),
+    );
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<OrderProcessing>(&order("7"), StartOptions::id("order-7"))
+        .await
+        .expect("start");
+    let output = handle.result_within(WAIT).await.expect("result");
+    assert_eq!(output, "order 7 complete");
+    let metrics = running.stop().await;
+    assert_eq!(store.lies.load(Ordering::SeqCst), 0, "both lies were told");
+    assert_eq!(
+        metrics.commits_refused, 0,
+        "no decision was made from a claim that disagreed with the history: {metrics:?}"
+    );
+    assert_eq!(emails.load(Ordering::SeqCst), 1);
+}
