@@ -177,17 +177,7 @@ async fn park_idle(
         );
         bar
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let worker = worker.clone();
-        tokio::spawn(async move {
-            worker
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, running) = spawn_worker(&worker);
     let ids: Vec<WorkflowId> = (0..n)
         .map(|i| WorkflowId::new(format!("{run}-idle-{i}")))
         .collect();
@@ -352,17 +342,7 @@ pub(crate) async fn bench(
         start_all::<BenchChain>(&client, &ids, &input, |_| {}).await?;
         start_elapsed = Some(t.elapsed());
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let worker = worker.clone();
-        tokio::spawn(async move {
-            worker
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, running) = spawn_worker(&worker);
     let began = Instant::now();
     let mut helpers = Helpers::start(args.processes - 1, raw_url, args.workers)?;
     let starter = args.rate.map(|rate| {
@@ -586,4 +566,23 @@ where
         done(started);
     }
     Ok(())
+}
+
+/// Runs `worker` on a task of its own until the returned sender is used or dropped.
+fn spawn_worker(
+    worker: &Worker,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<loom_worker::MetricsSnapshot, loom_worker::WorkerError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = worker.clone();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, running)
 }

@@ -145,6 +145,14 @@ async fn no_ready_workflow_task(store: &Store) {
     );
 }
 
+async fn no_ready_activity_task(store: &Store) {
+    let tasks = store.claim_activity_tasks(&claim(10)).await.expect("claim");
+    assert!(
+        tasks.is_empty(),
+        "expected no ready activity task, got {tasks:?}"
+    );
+}
+
 async fn history_len(store: &Store, id: &str) -> usize {
     store
         .load_history(&wid(id), Seq::ZERO)
@@ -481,13 +489,7 @@ pub async fn completion_with_a_stale_sequence_number_conflicts(store: Store) {
         .expect_err("conflict");
     assert!(matches!(err, StorageError::Conflict { .. }), "{err}");
     assert_eq!(history_len(&store, "wf-1").await, 2);
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
 }
 
 /// A lease that expired cannot commit, even if nobody claimed the task since; nothing is
@@ -510,13 +512,7 @@ pub async fn an_expired_lease_cannot_commit(store: Store) {
         "{err}"
     );
     assert_eq!(history_len(&store, "wf-1").await, 1);
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
     let again = claim_workflow(&store).await;
     assert_ne!(again.lease.token, task.lease.token);
     assert_eq!(again.deliveries, 2, "the second delivery is counted");
@@ -648,13 +644,7 @@ pub async fn scheduled_activities_become_tasks(store: Store) {
     assert_eq!(task.input, json(5));
     assert_eq!(task.options, ActivityOptions::default());
     assert_eq!(task.attempt, 1);
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
 }
 
 /// An activity's result wakes its workflow with the result as a message, in one step.
@@ -678,13 +668,7 @@ pub async fn an_activity_result_wakes_the_workflow(store: Store) {
     assert_eq!(wf.messages.len(), 1);
     assert_eq!(wf.messages[0].kind, result);
     assert_eq!(wf.last_seq, Seq::new(2));
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
 }
 
 /// A workflow-task commit that claims eagerly hands out at most what was asked, each task a
@@ -929,13 +913,7 @@ pub async fn decisions_ahead_are_applied(store: Store) {
     assert_eq!(claimed[0].name, "next");
     assert_eq!(history_len(&store, "wf-1").await, 4);
     no_ready_workflow_task(&store).await;
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
 }
 
 /// For backends that implement eager claims (not part of the suite every backend runs): a
@@ -1002,13 +980,7 @@ pub async fn a_failed_attempt_schedules_the_next(store: Store) {
         })
         .await
         .expect("complete");
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
     let stats = store.stats().await.expect("stats");
     assert_eq!(stats.activity_tasks_waiting, 1);
     assert!(stats.next_due_at.is_some_and(|t| t <= later));
@@ -1273,13 +1245,7 @@ pub async fn ending_a_workflow_closes_it(store: Store) {
     assert_eq!(s.status, WorkflowStatus::Completed);
     assert_eq!(s.output, Some(json("done")));
     assert!(s.closed_at.is_some());
-    assert!(
-        store
-            .claim_activity_tasks(&claim(10))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    no_ready_activity_task(&store).await;
     no_ready_workflow_task(&store).await;
     let stats = store.stats().await.expect("stats");
     assert_eq!(stats.messages_waiting, 0);

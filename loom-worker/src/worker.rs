@@ -657,11 +657,7 @@ impl Shared {
         for (kind, reason) in &decision.dropped {
             debug!(message = kind.type_name(), %reason, last_seq = %task.last_seq, "dropped a message");
         }
-        let scheduled = decision
-            .events
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }))
-            .count();
+        let scheduled = activities_scheduled(&decision.events);
         for line in &decision.logs {
             log_line(&id, line.level, &line.message);
         }
@@ -703,19 +699,7 @@ impl Shared {
         match committed {
             Ok(claimed) => {
                 debug!(eager = claimed.len(), "workflow task committed");
-                self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
-                if scheduled > claimed.len() {
-                    self.activity_work.notify_one();
-                }
-                if finished {
-                    self.metrics
-                        .workflows_finished
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.finished.notify_waiters();
-                } else if let Some(cache) = self.cache_guard().as_mut() {
-                    cache.put(id, machine);
-                }
-                self.take_eager(claimed.into_iter().map(Claimed::Activity), slot)
+                self.decision_committed(id, machine, scheduled, claimed, slot)
                     .await
             }
             Err(e @ (StorageError::LeaseLost(_) | StorageError::Conflict { .. })) => {
@@ -766,11 +750,7 @@ impl Shared {
             .ok()
             .filter(|d| d.dropped.is_empty())?;
         self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-        let scheduled = decision
-            .events
-            .iter()
-            .filter(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }))
-            .count();
+        let scheduled = activities_scheduled(&decision.events);
         let finished = machine.outcome().is_some();
         let activity_slot = (scheduled > 0 && !finished)
             .then(|| self.eager_slot(&self.activity_slots))
@@ -794,21 +774,15 @@ impl Shared {
                 for line in &decision.logs {
                     log_line(workflow_id, line.level, &line.message);
                 }
-                self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
-                if scheduled > claimed.len() {
-                    self.activity_work.notify_one();
-                }
-                if finished {
-                    self.metrics
-                        .workflows_finished
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.finished.notify_waiters();
-                } else if let Some(cache) = self.cache_guard().as_mut() {
-                    cache.put(workflow_id.clone(), machine);
-                }
                 Some(
-                    self.take_eager(claimed.into_iter().map(Claimed::Activity), activity_slot)
-                        .await,
+                    self.decision_committed(
+                        workflow_id.clone(),
+                        machine,
+                        scheduled,
+                        claimed,
+                        activity_slot,
+                    )
+                    .await,
                 )
             }
             Ok(None) => {
@@ -826,6 +800,33 @@ impl Shared {
                 Some(None)
             }
         }
+    }
+
+    /// After a workflow task's decision committed: counts it, wakes the activity loop for the
+    /// activities not claimed with it, keeps the machine for the next task (or announces the
+    /// end), and returns the claimed activity as the chain's next step.
+    async fn decision_committed(
+        &self,
+        id: WorkflowId,
+        machine: WorkflowMachine,
+        scheduled: usize,
+        claimed: Vec<ActivityTask>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<Next> {
+        self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
+        if scheduled > claimed.len() {
+            self.activity_work.notify_one();
+        }
+        if machine.outcome().is_some() {
+            self.metrics
+                .workflows_finished
+                .fetch_add(1, Ordering::Relaxed);
+            self.finished.notify_waiters();
+        } else if let Some(cache) = self.cache_guard().as_mut() {
+            cache.put(id, machine);
+        }
+        self.take_eager(claimed.into_iter().map(Claimed::Activity), slot)
+            .await
     }
 
     /// A slot for an eager claim, while at least half of each kind's slots are free and the
@@ -1106,4 +1107,12 @@ fn log_line(id: &WorkflowId, level: LogLevel, message: &str) {
             tracing::error!(target: "loom::workflow", workflow_id = %id, "{message}")
         }
     }
+}
+
+/// How many activities a decision schedules.
+fn activities_scheduled(events: &[loom_core::Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }))
+        .count()
 }
