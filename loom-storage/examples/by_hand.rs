@@ -16,7 +16,7 @@ use loom_core::{
     Payload, Registry, Seq, Workflow, WorkflowContext, WorkflowError, WorkflowId, WorkflowMachine,
 };
 use loom_storage::{
-    ActivityTaskCompletion, ClaimRequest, Clock, MemoryStorage, Storage, SystemClock,
+    ActivityTaskCompletion, AfterActivity, ClaimRequest, Clock, MemoryStorage, Storage, SystemClock,
     WorkflowTaskCompletion,
 };
 use serde::{Deserialize, Serialize};
@@ -119,8 +119,9 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             let mut machine = WorkflowMachine::new(def.clone(), task.workflow_id.clone(), history)?;
             entropy += 1;
             let messages = task.messages.iter().map(|m| m.kind.clone());
+            // The task's time is the store's clock at the claim.
             let decision =
-                machine.activate(Activation::new(clock.now(), entropy).with_messages(messages))?;
+                machine.activate(Activation::new(task.claimed_at, entropy).with_messages(messages))?;
             for e in &decision.events {
                 println!("  {} {}", e.seq, e.kind);
             }
@@ -133,6 +134,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
                     consumed: task.messages.iter().map(|m| m.id).collect(),
                     progress: Some(machine.progress()),
                     logs: decision.logs,
+                    eager: None,
                 })
                 .await?;
         }
@@ -166,7 +168,10 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             store
                 .complete_activity_task(ActivityTaskCompletion {
                     lease: task.lease,
+                    workflow_id: task.workflow_id.clone(),
                     result,
+                    retry_after: None,
+                    then: AfterActivity::Nothing,
                 })
                 .await?;
         }

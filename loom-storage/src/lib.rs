@@ -2,10 +2,11 @@
 //!
 //! This crate is the **room of durable state, in the abstract**. It defines the async
 //! [`Storage`] trait (what a worker and a client need from a database, and nothing more), the
-//! records that cross it, the errors with meanings ([`StorageError`]), the shared reading of
-//! what new events imply for the task queue ([`TaskPlan`]), a complete in-process backend
-//! ([`MemoryStorage`]), and, behind the `conformance` feature, the one test suite that every
-//! backend runs.
+//! records that cross it, the errors with meanings ([`StorageError`]), the [`engine`] that
+//! holds every rule of the store once (backends only read, check and apply what it decides),
+//! a complete in-process backend ([`MemoryStorage`]), and, behind features, the writer thread
+//! the embedded file backends share (`writer`) and the one conformance suite and differential
+//! test that every backend runs (`conformance`).
 //!
 //! What it must not touch: SQL, files or any particular database (those live in the backend
 //! crates), and workflow semantics (loom-core decides the events; a backend stores them).
@@ -22,7 +23,9 @@
 //! - A workflow task's commit ([`Storage::complete_workflow_task`]) is one atomic step: append
 //!   the events, consume the messages, create the implied tasks, store progress and logs,
 //!   release the lease. An activity's commit turns its result into a message and, for a
-//!   retry, creates the next attempt's task, also in one step.
+//!   retry, makes the task the next attempt's, also in one step.
+//! - Every time that decides when work becomes claimable (timers, retries, releases, lease
+//!   expiry) is the store's clock plus a duration the caller passes, never a caller's clock.
 //!
 //! ```
 //! use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
@@ -54,10 +57,14 @@
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod engine;
 pub mod error;
 pub mod memory;
 pub mod model;
 pub mod plan;
+pub mod transact;
+#[cfg(feature = "writer")]
+pub mod writer;
 
 use async_trait::async_trait;
 use loom_core::{Event, LogRecord, Payload, Seq, WorkflowId};
@@ -66,33 +73,26 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Result, StorageError};
 pub use memory::MemoryStorage;
 pub use model::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, DecidedTask, Lease, ListCursor, ListQuery,
-    Message, MessageId, Page, Release, Stats, TaskId, WorkflowStatus, WorkflowSummary,
-    WorkflowTask, WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
+    DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
+    Release, Stats, TaskId, WorkflowStatus, WorkflowSummary, WorkflowTask,
+    WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
+pub use transact::{Read, Transact};
 
 /// Durable storage for workflows, histories, messages and tasks.
 ///
-/// Every method is atomic: it happens entirely or not at all. Errors carry meanings (see
+/// Every method is atomic: it happens entirely or not at all. What each write does is decided
+/// by the [`engine`], the same for every backend. Errors carry meanings (see
 /// [`StorageError`]); `Unavailable` is the only retryable one, and no error from here is ever
 /// a reason to fail a workflow.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// Creates a workflow from its `WorkflowStarted` event (numbered 1) and makes its first
     /// workflow task ready. A second create with the same id is `AlreadyExists` and writes
-    /// nothing, whatever the existing workflow's status.
+    /// nothing, whatever the existing workflow's status. See [`engine::create`].
     async fn create_workflow(&self, id: &WorkflowId, started: Event) -> Result<()>;
-
-    /// Appends `events` to a history whose last event must be `expected_last_seq`
-    /// (`Conflict` otherwise), creating the tasks they imply. Runtimes use
-    /// [`complete_workflow_task`](Self::complete_workflow_task); this is for tools and tests.
-    async fn append_events(
-        &self,
-        id: &WorkflowId,
-        expected_last_seq: Seq,
-        events: Vec<Event>,
-    ) -> Result<()>;
 
     /// The events of a history after `after` (use `Seq::ZERO` for all), in order.
     async fn load_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>>;
@@ -102,73 +102,25 @@ pub trait Storage: Send + Sync + 'static {
     /// released) and no live lease holds it.
     async fn claim_workflow_tasks(&self, req: &ClaimRequest) -> Result<Vec<WorkflowTask>>;
 
-    /// Commits a workflow task; see [`WorkflowTaskCompletion`].
-    async fn complete_workflow_task(&self, completion: WorkflowTaskCompletion) -> Result<()>;
-
-    /// Commits a workflow task like [`complete_workflow_task`](Self::complete_workflow_task)
-    /// and, in the same step, claims for `eager` up to `eager.max` of the activity tasks that
-    /// this commit created and that are due now, so the committing worker can start them at
-    /// once (eager activity dispatch). What it returns is claimed exactly as by
-    /// [`claim_activity_tasks`](Self::claim_activity_tasks); the rest wait for any claimer.
-    /// Backends without it commit and claim nothing, which is always correct.
-    async fn complete_workflow_task_and_claim(
+    /// Commits a workflow task (see [`engine::complete_workflow_task`]); answers the activity
+    /// tasks claimed with it when the completion asked for an eager claim.
+    async fn complete_workflow_task(
         &self,
         completion: WorkflowTaskCompletion,
-        eager: &ClaimRequest,
-    ) -> Result<Vec<ActivityTask>> {
-        let _ = eager;
-        self.complete_workflow_task(completion).await?;
-        Ok(Vec::new())
-    }
+    ) -> Result<Vec<ActivityTask>>;
 
     /// Claims up to `req.max` due activity tasks, oldest due first.
     async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>>;
 
-    /// Commits an activity attempt; see [`ActivityTaskCompletion`].
-    async fn complete_activity_task(&self, completion: ActivityTaskCompletion) -> Result<()>;
-
-    /// Commits an activity attempt like
-    /// [`complete_activity_task`](Self::complete_activity_task) and, if its result made the
-    /// workflow's task ready and no lease holds it, claims that task for `eager` in the same
-    /// step, so the worker can run it at once (eager workflow task). What it returns is claimed
-    /// exactly as by [`claim_workflow_tasks`](Self::claim_workflow_tasks). Backends without it
-    /// commit and claim nothing, which is always correct.
-    async fn complete_activity_task_and_claim(
+    /// Commits an activity attempt (see [`engine::complete_activity_task`]); answers what the
+    /// completion's [`AfterActivity`] claimed or committed with it.
+    async fn complete_activity_task(
         &self,
         completion: ActivityTaskCompletion,
-        eager: &ClaimRequest,
-    ) -> Result<Option<WorkflowTask>> {
-        let _ = eager;
-        self.complete_activity_task(completion).await?;
-        Ok(None)
-    }
+    ) -> Result<ActivityCommitted>;
 
-    /// Whether [`complete_activity_and_decide`](Self::complete_activity_and_decide) can apply a
-    /// decision. A caller that cannot reuse its machine after a refused decision asks first.
-    fn decides_ahead(&self) -> bool {
-        false
-    }
-
-    /// Commits an activity attempt and, in the same step, the workflow task its result wakes,
-    /// as `decided` by the caller from that result alone, if and only if that is exactly what
-    /// a claim of the task would have handed out: the task is free, the result is its only
-    /// due message, and the history still ends at `decided.expected_last_seq`. Then it also
-    /// claims for `eager` up to `eager.max` of the activities the decision scheduled, and
-    /// returns them (`Some`). Otherwise only the activity's result is committed, as by
-    /// [`complete_activity_task`](Self::complete_activity_task), and the caller's decision is
-    /// void (`None`). Backends without it always do the latter, which is always correct.
-    async fn complete_activity_and_decide(
-        &self,
-        activity: ActivityTaskCompletion,
-        decided: DecidedTask,
-        eager: &ClaimRequest,
-    ) -> Result<Option<Vec<ActivityTask>>> {
-        let _ = (decided, eager);
-        self.complete_activity_task(activity).await?;
-        Ok(None)
-    }
-
-    /// Extends a live lease by `extend` from now. `LeaseLost` if it is not live.
+    /// Extends a live lease by `extend` from now, by the store's clock. `LeaseLost` if it is
+    /// not live.
     async fn renew_lease(&self, lease: &Lease, extend: std::time::Duration) -> Result<Lease>;
 
     /// Gives a claimed task back without completing it; see [`Release`].
@@ -192,6 +144,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The lines a workflow's code logged, in order.
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>>;
+
+    /// What a workflow waits for in the store: its tasks and messages, by id.
+    async fn pending(&self, id: &WorkflowId) -> Result<Pending>;
 
     /// Resolves when the store learns that new work may be ready (another process enqueued
     /// it), so that idle workers wake at once instead of at their next poll. Backends without

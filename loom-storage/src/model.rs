@@ -41,7 +41,7 @@ pub struct Lease {
 }
 
 /// What a claim asks for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRequest {
     /// Who claims (a worker id), for people reading leases.
     pub owner: String,
@@ -90,6 +90,10 @@ pub struct WorkflowTask {
     /// How many times this task has been handed out without being completed or released,
     /// this claim included. A task that keeps crashing its worker shows a rising count.
     pub deliveries: u32,
+    /// The store's clock when the task was claimed: the time of the workflow task, stamped on
+    /// its events and returned by `ctx.now()`, so that a worker whose own clock is off changes
+    /// nothing in the history.
+    pub claimed_at: Timestamp,
 }
 
 /// A claimed activity task: run one attempt.
@@ -111,6 +115,8 @@ pub struct ActivityTask {
     pub attempt: u32,
     /// How many times this attempt has been handed out, this claim included.
     pub deliveries: u32,
+    /// The store's clock when the attempt was claimed.
+    pub claimed_at: Timestamp,
 }
 
 /// The commit of a workflow task: one atomic step.
@@ -118,7 +124,8 @@ pub struct ActivityTask {
 /// The store appends `events` (numbered from `expected_last_seq + 1`), deletes the `consumed`
 /// messages, creates the tasks the events imply (see [`TaskPlan`](crate::TaskPlan)), stores the
 /// progress and logs, and releases the lease; all or nothing. It fails with `LeaseLost` if the
-/// lease is not current and `Conflict` if the history moved on.
+/// lease is not current and `Conflict` if the history moved on. See
+/// [`engine::complete_workflow_task`](crate::engine::complete_workflow_task) for the rule.
 #[derive(Clone, Debug)]
 pub struct WorkflowTaskCompletion {
     /// The lease of the claimed task.
@@ -135,11 +142,15 @@ pub struct WorkflowTaskCompletion {
     pub progress: Option<Progress>,
     /// Lines the workflow code logged.
     pub logs: Vec<LogRecord>,
+    /// Also claim, in the same step, up to `eager.max` of the activity tasks this commit
+    /// creates (eager dispatch): the committing worker starts them at once. The answer lists
+    /// what was claimed, each exactly as by [`Storage::claim_activity_tasks`](crate::Storage::claim_activity_tasks).
+    pub eager: Option<ClaimRequest>,
 }
 
 /// A workflow task decided ahead of its claim, from an activity's result alone: the worker
 /// that ran the activity holds the workflow's machine and fed it the result. See
-/// [`Storage::complete_activity_and_decide`](crate::Storage::complete_activity_and_decide).
+/// [`AfterActivity::Decide`].
 #[derive(Clone, Debug)]
 pub struct DecidedTask {
     /// The workflow.
@@ -155,22 +166,67 @@ pub struct DecidedTask {
 }
 
 /// The commit of an activity attempt: its result becomes a message to the workflow, and a
-/// failure with a `retry_at` schedules the next attempt, in one step.
+/// failure with a `retry_after` schedules the next attempt, in one step. See
+/// [`engine::complete_activity_task`](crate::engine::complete_activity_task) for the rule.
 #[derive(Clone, Debug)]
 pub struct ActivityTaskCompletion {
     /// The lease of the claimed task.
     pub lease: Lease,
-    /// `ActivityCompleted`, `ActivityFailed` or `ActivityTimedOut` for the task's activity.
+    /// The workflow that scheduled the activity.
+    pub workflow_id: WorkflowId,
+    /// `ActivityCompleted`, `ActivityFailed` or `ActivityTimedOut` for the task's activity and
+    /// attempt, with `retry_at` left `None`: the store writes it.
     pub result: EventKind,
+    /// For a failure or timeout that is retried: how long after the commit the next attempt
+    /// is due. The store computes the time from its own clock and records it as the result's
+    /// `retry_at`.
+    pub retry_after: Option<Duration>,
+    /// What else the same step does.
+    pub then: AfterActivity,
+}
+
+/// What an activity's commit does besides recording the result.
+#[derive(Clone, Debug, Default)]
+pub enum AfterActivity {
+    /// Nothing: the result waits for the workflow's next task.
+    #[default]
+    Nothing,
+    /// Also claim the workflow task the result wakes, unless a live lease holds it (eager
+    /// dispatch); the answer is [`ActivityCommitted::WorkflowTask`] when it was claimed.
+    ClaimWorkflowTask(ClaimRequest),
+    /// Also commit the workflow task the result wakes, as `decided` by the caller from the
+    /// result alone, if and only if that is exactly what a claim of that task would have
+    /// handed out: the workflow is open, no lease holds its task, no other message is due,
+    /// and its history still ends at `decided.expected_last_seq`. Then claim up to
+    /// `claim.max` of the activities the decision scheduled
+    /// ([`ActivityCommitted::Decided`]). Otherwise the result waits as a message, as with
+    /// [`ClaimWorkflowTask`](Self::ClaimWorkflowTask) under `claim`.
+    Decide {
+        /// The decision.
+        decided: DecidedTask,
+        /// Who claims, for how long, and how many of the scheduled activities at most.
+        claim: ClaimRequest,
+    },
+}
+
+/// What an activity's commit claimed besides committing the result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActivityCommitted {
+    /// Nothing.
+    Nothing,
+    /// The workflow task the result woke, claimed for the caller.
+    WorkflowTask(WorkflowTask),
+    /// The decision made ahead was committed, with these activities claimed.
+    Decided(Vec<ActivityTask>),
 }
 
 /// How to give a claimed task back without completing it.
 #[derive(Clone, Debug, Default)]
 pub struct Release {
-    /// When it may be claimed again; `None` means at once.
-    pub visible_at: Option<Timestamp>,
+    /// How long after now, by the store's clock, it may be claimed again (zero: at once).
+    pub after: Duration,
     /// For a workflow task: pause the workflow with this reason (a non-determinism error, a
-    /// panic) until the task succeeds.
+    /// panic) until the task succeeds. Refused for an activity task.
     pub pause: Option<String>,
 }
 
@@ -354,4 +410,31 @@ pub struct Stats {
     pub oldest_ready_at: Option<Timestamp>,
     /// When the next not-yet-due task or message becomes due.
     pub next_due_at: Option<Timestamp>,
+    /// The store's clock when it counted.
+    pub at: Timestamp,
+}
+
+/// What one open workflow waits for in the store: its tasks and its messages.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Its workflow task (if the workflow is open) and its activity tasks, by id.
+    pub tasks: Vec<PendingTask>,
+    /// Its messages (activity results, timers, signals, cancel requests), by id.
+    pub messages: Vec<Message>,
+}
+
+/// One task of a workflow, as [`Pending`] shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingTask {
+    /// Its id.
+    pub id: TaskId,
+    /// `None` for the workflow task; the activity, its name and attempt for an activity task.
+    pub activity: Option<(ActivityId, String, u32)>,
+    /// When it may be claimed (a live lease's expiry while one holds it); `None`: not until a
+    /// message arrives.
+    pub visible_at: Option<Timestamp>,
+    /// When the lease that holds it lapses, if one does.
+    pub leased_until: Option<Timestamp>,
+    /// Times handed out without completing.
+    pub deliveries: u32,
 }

@@ -1,0 +1,194 @@
+//! The applier the embedded backends share: checks, then primitives, in one transaction of
+//! the backend's.
+
+use loom_core::{
+    Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId,
+};
+
+use crate::engine::check::{Check, Found, Subject, TaskView, WorkflowView};
+use crate::engine::op::{Applied, NewTask, Op, WorkflowChange, WriteSet};
+use crate::error::Result;
+use crate::model::{ActivityTask, ClaimRequest, MessageId, TaskId, WorkflowTask};
+
+/// The reads and primitive writes of one backend transaction. Each method does exactly what
+/// its [`Op`] says and nothing else; the rules that choose them are the engine's.
+///
+/// `now` is the store's clock for the whole write set: the applier reads it once.
+pub trait Apply {
+    /// A task, for checks.
+    fn task(&mut self, task: TaskId) -> Result<Option<TaskView>>;
+    /// A workflow, for checks.
+    fn workflow(&mut self, workflow: &WorkflowId) -> Result<Option<WorkflowView>>;
+    /// A workflow's workflow task, for checks.
+    fn workflow_task(&mut self, workflow: &WorkflowId) -> Result<Option<TaskView>>;
+    /// The earliest `visible_at` among a workflow's messages.
+    fn earliest_message(&mut self, workflow: &WorkflowId) -> Result<Option<Timestamp>>;
+
+    /// [`Op::CreateWorkflow`].
+    fn create_workflow(
+        &mut self,
+        now: Timestamp,
+        id: &WorkflowId,
+        name: &str,
+        version: u32,
+        input: &Payload,
+        started: &Event,
+    ) -> Result<()>;
+    /// [`Op::AppendEvents`].
+    fn append_events(&mut self, workflow: &WorkflowId, events: &[Event]) -> Result<()>;
+    /// [`Op::UpdateWorkflow`].
+    fn update_workflow(
+        &mut self,
+        now: Timestamp,
+        workflow: &WorkflowId,
+        change: &WorkflowChange,
+    ) -> Result<()>;
+    /// [`Op::InsertTask`].
+    fn insert_task(&mut self, workflow: &WorkflowId, task: &NewTask, due: Timestamp)
+    -> Result<()>;
+    /// [`Op::DeleteTask`].
+    fn delete_task(&mut self, task: TaskId) -> Result<()>;
+    /// [`Op::Requeue`].
+    fn requeue(&mut self, task: TaskId, due: Timestamp) -> Result<()>;
+    /// [`Op::Post`], with `retry_at` already written into `kind`.
+    fn post(&mut self, workflow: &WorkflowId, kind: &EventKind, visible: Timestamp)
+    -> Result<()>;
+    /// [`Op::Wake`].
+    fn wake(&mut self, now: Timestamp, workflow: &WorkflowId, at: Timestamp) -> Result<()>;
+    /// [`Op::Consume`].
+    fn consume(&mut self, workflow: &WorkflowId, ids: &[MessageId]) -> Result<()>;
+    /// [`Op::DeleteWork`].
+    fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()>;
+    /// [`Op::AppendLogs`].
+    fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()>;
+    /// [`Op::Settle`].
+    fn settle(&mut self, workflow: &WorkflowId) -> Result<()>;
+    /// [`Op::Release`].
+    fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()>;
+    /// [`Op::Pause`].
+    fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()>;
+    /// [`Op::Renew`].
+    fn renew(&mut self, task: TaskId, until: Timestamp) -> Result<()>;
+    /// [`Op::ClaimWorkflowTasks`].
+    fn claim_workflow_tasks(
+        &mut self,
+        now: Timestamp,
+        of: Option<&WorkflowId>,
+        req: &ClaimRequest,
+    ) -> Result<Vec<WorkflowTask>>;
+    /// [`Op::ClaimActivityTasks`].
+    fn claim_activity_tasks(
+        &mut self,
+        now: Timestamp,
+        of: Option<&WorkflowId>,
+        req: &ClaimRequest,
+    ) -> Result<Vec<ActivityTask>>;
+}
+
+/// Applies `ws` at store time `now`: every check, then every op. A failed check is the
+/// answer, with nothing written; so is an error of the backend's, after which the caller must
+/// roll its transaction back.
+pub fn apply(store: &mut dyn Apply, ws: &WriteSet, now: Timestamp) -> Result<Applied> {
+    for check in &ws.checks {
+        let found = read(store, check)?;
+        check.verdict(&found, now)?;
+    }
+    let mut applied = Applied::default();
+    run(store, &ws.ops, now, &mut applied)?;
+    Ok(applied)
+}
+
+/// Reads what `check` needs.
+fn read(store: &mut dyn Apply, check: &Check) -> Result<Found> {
+    Ok(match check.subject() {
+        Subject::Task(task) => Found::Task(store.task(task)?),
+        Subject::Workflow(id) => Found::Workflow(store.workflow(id)?),
+        Subject::WorkflowTask(id) => Found::Task(store.workflow_task(id)?),
+        Subject::Messages(id) => Found::EarliestMessage(store.earliest_message(id)?),
+    })
+}
+
+fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied) -> Result<()> {
+    for op in ops {
+        match op {
+            Op::CreateWorkflow {
+                id,
+                name,
+                version,
+                input,
+                started,
+            } => store.create_workflow(now, id, name, *version, input, started)?,
+            Op::AppendEvents { workflow, events } => store.append_events(workflow, events)?,
+            Op::UpdateWorkflow { workflow, change } => {
+                store.update_workflow(now, workflow, change)?;
+            }
+            Op::InsertTask {
+                workflow,
+                task,
+                due,
+            } => store.insert_task(workflow, task, due.resolve(now))?,
+            Op::DeleteTask { task } => store.delete_task(*task)?,
+            Op::Requeue { task, due } => store.requeue(*task, due.resolve(now))?,
+            Op::Post {
+                workflow,
+                kind,
+                visible,
+                retry_at,
+            } => {
+                let kind = match retry_at {
+                    Some(at) => with_retry_at(kind, at.resolve(now)),
+                    None => kind.clone(),
+                };
+                store.post(workflow, &kind, visible.resolve(now))?;
+            }
+            Op::Wake { workflow, at } => store.wake(now, workflow, at.resolve(now))?,
+            Op::Consume { workflow, ids } => store.consume(workflow, ids)?,
+            Op::DeleteWork { workflow } => store.delete_work(workflow)?,
+            Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
+            Op::Settle { workflow } => store.settle(workflow)?,
+            Op::Release { task, due } => store.release(*task, due.resolve(now))?,
+            Op::Pause { task, reason } => store.pause(now, *task, reason)?,
+            Op::Renew { task, until } => {
+                let until = until.resolve(now);
+                store.renew(*task, until)?;
+                applied.renewed_until = Some(until);
+            }
+            Op::ClaimWorkflowTasks { of, req } => {
+                let claimed = store.claim_workflow_tasks(now, of.as_ref(), req)?;
+                applied.workflow_tasks.extend(claimed);
+            }
+            Op::ClaimActivityTasks { of, req } => {
+                let claimed = store.claim_activity_tasks(now, of.as_ref(), req)?;
+                applied.activity_tasks.extend(claimed);
+            }
+            Op::If {
+                all,
+                then,
+                otherwise,
+            } => {
+                let mut holds = true;
+                for check in all {
+                    let found = read(store, check)?;
+                    if check.verdict(&found, now).is_err() {
+                        holds = false;
+                        break;
+                    }
+                }
+                applied.decided = Some(holds);
+                run(store, if holds { then } else { otherwise }, now, applied)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `kind` (an `ActivityFailed` or `ActivityTimedOut`) recording `at` as its `retry_at`.
+pub(crate) fn with_retry_at(kind: &EventKind, at: Timestamp) -> EventKind {
+    let mut kind = kind.clone();
+    if let EventKind::ActivityFailed { retry_at, .. } | EventKind::ActivityTimedOut { retry_at, .. } =
+        &mut kind
+    {
+        *retry_at = Some(at);
+    }
+    kind
+}

@@ -1,0 +1,372 @@
+//! The vocabulary of primitive writes, and what an applied write set answers.
+
+use std::time::Duration;
+
+use loom_core::{
+    ActivityId, ActivityOptions, Event, EventKind, LogRecord, Payload, Progress, Timestamp,
+    WorkflowId,
+};
+
+use crate::engine::check::Check;
+use crate::error::{Result, StorageError};
+use crate::model::{
+    ActivityCommitted, ActivityTask, ClaimRequest, Lease, MessageId, TaskId, WorkflowTask,
+};
+use crate::plan::Terminal;
+
+/// A time in a write set, resolved by the applier against the store's clock when it applies
+/// the set: the worker passes durations, never its own idea of the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// The store's now.
+    Now,
+    /// The store's now plus this.
+    After(Duration),
+    /// This absolute time (a `sleep_until` in workflow code).
+    At(Timestamp),
+}
+
+impl When {
+    /// The time this is, at store time `now`.
+    pub fn resolve(self, now: Timestamp) -> Timestamp {
+        match self {
+            When::Now => now,
+            When::After(d) => now.saturating_add(d),
+            When::At(t) => t,
+        }
+    }
+}
+
+/// A task to insert.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NewTask {
+    /// The workflow's one workflow task.
+    Workflow,
+    /// An activity attempt.
+    Activity(ActivitySpec),
+}
+
+/// What an activity task runs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActivitySpec {
+    /// The activity.
+    pub activity_id: ActivityId,
+    /// Its type's name.
+    pub name: String,
+    /// Its input.
+    pub input: Payload,
+    /// Its options as scheduled.
+    pub options: ActivityOptions,
+    /// The attempt, from 1.
+    pub attempt: u32,
+}
+
+/// A change to a workflow's row. `updated_at` always becomes the store's now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkflowChange {
+    /// The history's new last sequence number.
+    pub last_seq: Option<loom_core::Seq>,
+    /// Where the workflow stands now.
+    pub progress: Option<Progress>,
+    /// What happens to its status.
+    pub status: StatusChange,
+}
+
+/// What a write does to a workflow's status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum StatusChange {
+    /// Nothing.
+    #[default]
+    Keep,
+    /// A paused workflow runs again (its pause reason is cleared); others are unchanged.
+    Resume,
+    /// The workflow ends: status, output or failure, `closed_at` the store's now; a pause
+    /// reason is cleared.
+    Close(Terminal),
+}
+
+/// One primitive write. Each names the rows it touches; none decides anything.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Inserts a running workflow (created and updated now) whose history is `started`.
+    CreateWorkflow {
+        /// Its id.
+        id: WorkflowId,
+        /// Its type's name.
+        name: String,
+        /// Its type's version.
+        version: u32,
+        /// Its input.
+        input: Payload,
+        /// Event 1.
+        started: Event,
+    },
+    /// Appends events to a history (the row's `last_seq` is set by [`Op::UpdateWorkflow`]).
+    AppendEvents {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The events, numbered on from the history's last.
+        events: Vec<Event>,
+    },
+    /// Changes a workflow's row.
+    UpdateWorkflow {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The change.
+        change: WorkflowChange,
+    },
+    /// Inserts a task, unleased, never delivered, claimable from `due`.
+    InsertTask {
+        /// Its workflow.
+        workflow: WorkflowId,
+        /// What it is.
+        task: NewTask,
+        /// When it may be claimed.
+        due: When,
+    },
+    /// Deletes a task.
+    DeleteTask {
+        /// The task.
+        task: TaskId,
+    },
+    /// Turns an activity task into its next attempt: attempt plus one, lease cleared,
+    /// deliveries zero, claimable from `due`.
+    Requeue {
+        /// The activity task.
+        task: TaskId,
+        /// When the next attempt is due.
+        due: When,
+    },
+    /// Adds a message for a workflow, deliverable from `visible`. With `retry_at`, the
+    /// message (an `ActivityFailed` or `ActivityTimedOut`) records that resolved time as its
+    /// `retry_at`.
+    Post {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The input it carries.
+        kind: EventKind,
+        /// When it becomes deliverable.
+        visible: When,
+        /// When the next attempt of the activity it reports is due, to record in it.
+        retry_at: Option<When>,
+    },
+    /// The workflow's task becomes claimable no later than `at`, but never while a live lease
+    /// holds it: `visible_at = min(visible_at, max(at, live lease's expiry))`.
+    Wake {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// When.
+        at: When,
+    },
+    /// Deletes these messages of the workflow.
+    Consume {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// Deletes every task and message of a workflow that has ended.
+    DeleteWork {
+        /// The workflow.
+        workflow: WorkflowId,
+    },
+    /// Appends log lines to a workflow's logs.
+    AppendLogs {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The lines, in order.
+        logs: Vec<LogRecord>,
+    },
+    /// The workflow's task is released (no lease, deliveries zero) and becomes claimable at
+    /// its earliest remaining message, or not at all if it has none. Reads the messages as
+    /// the ops before it left them.
+    Settle {
+        /// The workflow.
+        workflow: WorkflowId,
+    },
+    /// A task is released (no lease, deliveries zero) and claimable from `due`.
+    Release {
+        /// The task.
+        task: TaskId,
+        /// When.
+        due: When,
+    },
+    /// The workflow of this workflow task is paused with a reason (updated now).
+    Pause {
+        /// The workflow task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// The task's live lease now lapses at `until`; answered in [`Applied::renewed_until`].
+    Renew {
+        /// The task.
+        task: TaskId,
+        /// The new expiry.
+        until: When,
+    },
+    /// Claims up to `req.max` claimable workflow tasks (of one workflow, with `of`), oldest
+    /// first by `(visible_at, id)`: a new fencing token, deliveries plus one, the lease
+    /// lapsing at now plus `req.lease` (which is also when the task is claimable again if it
+    /// is not renewed). Each is answered with its due messages by `(visible_at, id)`.
+    ClaimWorkflowTasks {
+        /// Only this workflow's task.
+        of: Option<WorkflowId>,
+        /// Who, how many, how long.
+        req: ClaimRequest,
+    },
+    /// Claims up to `req.max` claimable activity tasks (of one workflow, with `of`), as
+    /// [`ClaimWorkflowTasks`](Self::ClaimWorkflowTasks) does.
+    ClaimActivityTasks {
+        /// Only this workflow's tasks.
+        of: Option<WorkflowId>,
+        /// Who, how many, how long.
+        req: ClaimRequest,
+    },
+    /// Applies `then` if every condition holds (evaluated as checks, without failing the
+    /// write set), `otherwise` if not; [`Applied::decided`] says which.
+    If {
+        /// The conditions.
+        all: Vec<Check>,
+        /// Ops applied when they hold.
+        then: Vec<Op>,
+        /// Ops applied when one does not.
+        otherwise: Vec<Op>,
+    },
+}
+
+/// When a write must reach the disk before its caller hears of it. Backends with a cheaper,
+/// non-durable commit (SQLite's `synchronous = NORMAL`, redb's `Durability::None`) use it for
+/// writes that a power cut may erase without harm; the next durable commit carries them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sync {
+    /// Always: it commits work.
+    #[default]
+    Durable,
+    /// Never on its own: a claim or a renewal, whose loss only hands a task back.
+    Relaxed,
+    /// Only if it did not claim a workflow task: an activity's result whose woken workflow
+    /// task the same caller runs next, and whose durable commit carries the result (a power
+    /// cut in between runs the activity again, which at-least-once allows).
+    RelaxedIfClaimed,
+}
+
+/// What the store must check and then write for one operation, decided by the engine.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteSet {
+    /// Conditions that must all hold, in order; the first that fails is the operation's
+    /// error and nothing is written.
+    pub checks: Vec<Check>,
+    /// The writes, in order.
+    pub ops: Vec<Op>,
+    /// How durable the commit must be before the caller hears of it.
+    pub sync: Sync,
+}
+
+impl WriteSet {
+    /// The workflow this write set is about, when it names one: batching appliers order their
+    /// items by it, so that concurrent batches lock rows in one order.
+    pub fn workflow(&self) -> Option<&WorkflowId> {
+        self.checks
+            .iter()
+            .find_map(Check::workflow)
+            .or_else(|| self.ops.iter().find_map(Op::workflow))
+    }
+
+    /// Whether the caller should be answered only once the commit is durable, given what it
+    /// answered.
+    pub fn needs_sync(&self, applied: &Applied) -> bool {
+        match self.sync {
+            Sync::Durable => true,
+            Sync::Relaxed => false,
+            Sync::RelaxedIfClaimed => applied.workflow_tasks.is_empty(),
+        }
+    }
+
+    /// Whether applying it may make work claimable for other processes (a new activity task,
+    /// a message): backends that notify idle workers do so after such a commit.
+    pub fn wakes(&self) -> bool {
+        fn any(ops: &[Op]) -> bool {
+            ops.iter().any(|op| match op {
+                Op::InsertTask { .. }
+                | Op::Post { .. }
+                | Op::Requeue { .. }
+                | Op::Release { .. }
+                | Op::Wake { .. } => true,
+                Op::If {
+                    then, otherwise, ..
+                } => any(then) || any(otherwise),
+                _ => false,
+            })
+        }
+        any(&self.ops)
+    }
+}
+
+impl Op {
+    /// The workflow the op names, if it names one directly.
+    pub fn workflow(&self) -> Option<&WorkflowId> {
+        match self {
+            Op::CreateWorkflow { id, .. } => Some(id),
+            Op::AppendEvents { workflow, .. }
+            | Op::UpdateWorkflow { workflow, .. }
+            | Op::InsertTask { workflow, .. }
+            | Op::Post { workflow, .. }
+            | Op::Wake { workflow, .. }
+            | Op::Consume { workflow, .. }
+            | Op::DeleteWork { workflow }
+            | Op::AppendLogs { workflow, .. }
+            | Op::Settle { workflow } => Some(workflow),
+            Op::ClaimWorkflowTasks { of, .. } | Op::ClaimActivityTasks { of, .. } => of.as_ref(),
+            Op::If { all, then, .. } => all
+                .iter()
+                .find_map(Check::workflow)
+                .or_else(|| then.iter().find_map(Op::workflow)),
+            Op::DeleteTask { .. }
+            | Op::Requeue { .. }
+            | Op::Release { .. }
+            | Op::Pause { .. }
+            | Op::Renew { .. } => None,
+        }
+    }
+}
+
+/// What applying a write set answered besides "done".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Workflow tasks claimed, in claim order.
+    pub workflow_tasks: Vec<WorkflowTask>,
+    /// Activity tasks claimed, in claim order.
+    pub activity_tasks: Vec<ActivityTask>,
+    /// For a write set with an [`Op::If`]: whether its conditions held.
+    pub decided: Option<bool>,
+    /// The new expiry of a renewed lease, for an [`Op::Renew`].
+    pub renewed_until: Option<Timestamp>,
+}
+
+impl Applied {
+    /// The answer to an activity's commit.
+    pub fn activity_committed(mut self) -> ActivityCommitted {
+        if self.decided == Some(true) {
+            return ActivityCommitted::Decided(self.activity_tasks);
+        }
+        match self.workflow_tasks.pop() {
+            Some(task) => ActivityCommitted::WorkflowTask(task),
+            None => ActivityCommitted::Nothing,
+        }
+    }
+
+    /// The answer to a lease's renewal.
+    pub fn renewed(&self, lease: &Lease) -> Result<Lease> {
+        match self.renewed_until {
+            Some(expires_at) => Ok(Lease {
+                expires_at,
+                ..*lease
+            }),
+            None => Err(StorageError::Unavailable {
+                message: format!("the renewal of {} answered no expiry", lease.task),
+                source: None,
+            }),
+        }
+    }
+}

@@ -1,0 +1,750 @@
+//! The rules: each storage operation, decided from its request alone.
+
+use std::borrow::Cow;
+
+use loom_core::{Event, EventKind, LogRecord, Progress, WorkflowId};
+
+use crate::engine::check::Check;
+use crate::engine::op::{
+    ActivitySpec, NewTask, Op, StatusChange, Sync, When, WorkflowChange, WriteSet,
+};
+use crate::error::{Result, StorageError};
+use crate::model::{
+    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release,
+    WorkflowTaskCompletion,
+};
+use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
+
+/// Starts a workflow: if no workflow has the id, its row, its history's first event and its
+/// first workflow task (claimable now). The id must be non-empty text without NUL characters
+/// (which some databases cannot store), and `started` a `WorkflowStarted` event numbered 1.
+pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
+    if id.as_str().is_empty() {
+        return Err(StorageError::InvalidArgument(
+            "a workflow id cannot be empty".into(),
+        ));
+    }
+    if id.as_str().contains('\0') {
+        return Err(StorageError::InvalidArgument(
+            "a workflow id cannot contain a NUL character".into(),
+        ));
+    }
+    let (name, version, input) = started_fields(&started)?;
+    if name.contains('\0') {
+        return Err(StorageError::InvalidArgument(
+            "a workflow type's name cannot contain a NUL character".into(),
+        ));
+    }
+    let (name, input) = (name.to_owned(), input.clone());
+    Ok(WriteSet {
+        checks: vec![Check::Absent {
+            workflow: id.clone(),
+        }],
+        ops: vec![
+            Op::CreateWorkflow {
+                id: id.clone(),
+                name,
+                version,
+                input,
+                started,
+            },
+            Op::InsertTask {
+                workflow: id.clone(),
+                task: NewTask::Workflow,
+                due: When::Now,
+            },
+        ],
+        sync: Sync::Durable,
+    })
+}
+
+/// Commits a workflow task. The caller's lease must hold the workflow's task, the workflow
+/// must be open, and its history must end where the task saw it; the events must continue it.
+/// Then, in one step: the events are appended and the row updated (a paused workflow runs
+/// again); what the events imply is created (an activity task per `ActivityScheduled`, due
+/// now; a `TimerFired` message per `TimerScheduled`, due its duration after the commit by the
+/// store's clock, or at its time for `sleep_until`); the consumed messages are deleted; the
+/// task is released and claimable again at its earliest remaining message. A terminal event
+/// instead closes the workflow and deletes all of its tasks and messages. Log lines are kept
+/// (NUL characters become U+FFFD). With `eager`, the new activity tasks are then claimed, up
+/// to `eager.max`.
+pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
+    check_continues(c.expected_last_seq, &c.events)?;
+    let workflow = c.workflow_id;
+    let checks = vec![
+        Check::Leased {
+            task: c.lease.task,
+            token: c.lease.token,
+        },
+        Check::WorkflowTaskOf {
+            task: c.lease.task,
+            workflow: workflow.clone(),
+        },
+        Check::Open {
+            workflow: workflow.clone(),
+        },
+        Check::LastSeq {
+            workflow: workflow.clone(),
+            expected: c.expected_last_seq,
+        },
+    ];
+    let ops = decision_ops(
+        &workflow,
+        c.events,
+        c.consumed,
+        c.progress,
+        c.logs,
+        c.eager,
+    );
+    Ok(WriteSet {
+        checks,
+        ops,
+        sync: Sync::Durable,
+    })
+}
+
+/// The writes of a decided workflow task (see [`complete_workflow_task`]), after its checks.
+fn decision_ops(
+    workflow: &WorkflowId,
+    events: Vec<Event>,
+    consumed: Vec<MessageId>,
+    progress: Option<Progress>,
+    logs: Vec<LogRecord>,
+    eager: Option<ClaimRequest>,
+) -> Vec<Op> {
+    let plan = TaskPlan::from_events(&events);
+    let last_seq = events.last().map(|e| e.seq);
+    let mut ops = Vec::new();
+    if !events.is_empty() {
+        ops.push(Op::AppendEvents {
+            workflow: workflow.clone(),
+            events,
+        });
+    }
+    let ended = plan.terminal.is_some();
+    ops.push(Op::UpdateWorkflow {
+        workflow: workflow.clone(),
+        change: WorkflowChange {
+            last_seq,
+            progress,
+            status: match plan.terminal {
+                Some(end) => StatusChange::Close(end),
+                None => StatusChange::Resume,
+            },
+        },
+    });
+    if ended {
+        ops.push(Op::DeleteWork {
+            workflow: workflow.clone(),
+        });
+    } else {
+        let scheduled = plan.activities.len();
+        for a in plan.activities {
+            ops.push(Op::InsertTask {
+                workflow: workflow.clone(),
+                task: NewTask::Activity(ActivitySpec {
+                    activity_id: a.activity_id,
+                    name: a.name,
+                    input: a.input,
+                    options: a.options,
+                    attempt: 1,
+                }),
+                due: When::Now,
+            });
+        }
+        for t in &plan.timers {
+            ops.push(Op::Post {
+                workflow: workflow.clone(),
+                kind: t.message(),
+                visible: match t.duration_ms {
+                    Some(ms) => When::After(std::time::Duration::from_millis(ms)),
+                    None => When::At(t.fire_at),
+                },
+                retry_at: None,
+            });
+        }
+        if !consumed.is_empty() {
+            ops.push(Op::Consume {
+                workflow: workflow.clone(),
+                ids: consumed,
+            });
+        }
+        ops.push(Op::Settle {
+            workflow: workflow.clone(),
+        });
+        if let Some(req) = eager.filter(|r| r.max > 0 && scheduled > 0) {
+            ops.push(Op::ClaimActivityTasks {
+                of: Some(workflow.clone()),
+                req,
+            });
+        }
+    }
+    if !logs.is_empty() {
+        let logs = logs
+            .into_iter()
+            .map(|mut l| {
+                if let Cow::Owned(text) = safe_log_text(&l.message) {
+                    l.message = text;
+                }
+                l
+            })
+            .collect();
+        ops.push(Op::AppendLogs {
+            workflow: workflow.clone(),
+            logs,
+        });
+    }
+    ops
+}
+
+/// A log line as every backend can store it: NUL characters become U+FFFD, so that a line
+/// holding one can never make its workflow task's commit fail.
+pub fn safe_log_text(message: &str) -> Cow<'_, str> {
+    if message.contains('\0') {
+        Cow::Owned(message.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(message)
+    }
+}
+
+/// Commits an activity attempt. The caller's lease must hold the task, and the result must be
+/// for its workflow, activity and attempt, with `retry_at` unset. Then, in one step: a retried
+/// failure turns the task into the next attempt, due `retry_after` after the commit by the
+/// store's clock (the result records that time as its `retry_at`); otherwise the task is
+/// deleted. The result waits as a message for the workflow, whose task becomes claimable now
+/// (or when a live lease on it ends).
+///
+/// With [`AfterActivity::ClaimWorkflowTask`], that workflow task is then claimed if it can be.
+/// With [`AfterActivity::Decide`], the caller's decision is committed instead of the message
+/// if it is exactly what a claim would hand out (the workflow open, its task free, no message
+/// due, its history where the decision started); then the activities it scheduled are claimed
+/// up to `claim.max`. If not, the result waits as a message and the task is claimed as with
+/// `ClaimWorkflowTask`. A decision must start with the result itself as its first event and
+/// cannot be made from a retried failure (the retry time is the store's to record).
+pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
+    let (activity, attempt, retry_at) = activity_result(&c.result)?;
+    if retry_at.is_some() {
+        return Err(StorageError::InvalidArgument(
+            "an activity result's retry_at is written by the store: pass retry_after instead"
+                .into(),
+        ));
+    }
+    if c.retry_after.is_some() && matches!(c.result, EventKind::ActivityCompleted { .. }) {
+        return Err(StorageError::InvalidArgument(
+            "a completed activity attempt has no retry".into(),
+        ));
+    }
+    let workflow = c.workflow_id;
+    let task = c.lease.task;
+    let checks = vec![
+        Check::Leased {
+            task,
+            token: c.lease.token,
+        },
+        Check::ActivityAttempt {
+            task,
+            workflow: workflow.clone(),
+            activity,
+            attempt,
+        },
+    ];
+    let mut ops = vec![match c.retry_after {
+        Some(d) => Op::Requeue {
+            task,
+            due: When::After(d),
+        },
+        None => Op::DeleteTask { task },
+    }];
+    let deliver = |result: EventKind, claim: Option<ClaimRequest>| {
+        let mut ops = vec![
+            Op::Post {
+                workflow: workflow.clone(),
+                kind: result,
+                visible: When::Now,
+                retry_at: c.retry_after.map(When::After),
+            },
+            Op::Wake {
+                workflow: workflow.clone(),
+                at: When::Now,
+            },
+        ];
+        if let Some(req) = claim.filter(|r| r.max > 0) {
+            ops.push(Op::ClaimWorkflowTasks {
+                of: Some(workflow.clone()),
+                req: ClaimRequest { max: 1, ..req },
+            });
+        }
+        ops
+    };
+    let sync = match c.then {
+        AfterActivity::Nothing => {
+            ops.extend(deliver(c.result, None));
+            Sync::Durable
+        }
+        AfterActivity::ClaimWorkflowTask(req) => {
+            ops.extend(deliver(c.result, Some(req)));
+            Sync::RelaxedIfClaimed
+        }
+        AfterActivity::Decide { decided, claim } => {
+            if decided.workflow_id != workflow {
+                return Err(StorageError::InvalidArgument(format!(
+                    "the activity belongs to \"{workflow}\", the decision to \"{}\"",
+                    decided.workflow_id
+                )));
+            }
+            if c.retry_after.is_some() {
+                return Err(StorageError::InvalidArgument(
+                    "a workflow task cannot be decided ahead from a retried failure".into(),
+                ));
+            }
+            check_continues(decided.expected_last_seq, &decided.events)?;
+            if decided.events.first().map(|e| &e.kind) != Some(&c.result) {
+                return Err(StorageError::InvalidArgument(
+                    "a decision made ahead must start with the activity's result".into(),
+                ));
+            }
+            let conditions = vec![
+                Check::Open {
+                    workflow: workflow.clone(),
+                },
+                Check::LastSeq {
+                    workflow: workflow.clone(),
+                    expected: decided.expected_last_seq,
+                },
+                Check::Free {
+                    workflow: workflow.clone(),
+                },
+                Check::NothingDue {
+                    workflow: workflow.clone(),
+                },
+            ];
+            let then = decision_ops(
+                &workflow,
+                decided.events,
+                Vec::new(),
+                decided.progress,
+                decided.logs,
+                Some(claim.clone()),
+            );
+            ops.push(Op::If {
+                all: conditions,
+                then,
+                otherwise: deliver(c.result, Some(claim)),
+            });
+            Sync::RelaxedIfClaimed
+        }
+    };
+    Ok(WriteSet { checks, ops, sync })
+}
+
+/// Extends a live lease to `extend` after now by the store's clock. A claim's renewal that a
+/// power cut erases only lets the lease lapse sooner, so it needs no sync of its own.
+pub fn renew(lease: &Lease, extend: std::time::Duration) -> WriteSet {
+    WriteSet {
+        checks: vec![Check::Leased {
+            task: lease.task,
+            token: lease.token,
+        }],
+        ops: vec![Op::Renew {
+            task: lease.task,
+            until: When::After(extend),
+        }],
+        sync: Sync::Relaxed,
+    }
+}
+
+/// Gives a claimed task back: claimable `release.after` from now by the store's clock, its
+/// deliveries forgiven. A workflow task may pause its workflow with a reason (shown until its
+/// next commit succeeds).
+pub fn release(lease: &Lease, release: Release) -> WriteSet {
+    let mut checks = vec![Check::Leased {
+        task: lease.task,
+        token: lease.token,
+    }];
+    let mut ops = vec![Op::Release {
+        task: lease.task,
+        due: When::After(release.after),
+    }];
+    if let Some(reason) = release.pause {
+        checks.push(Check::IsWorkflowTask { task: lease.task });
+        ops.push(Op::Pause {
+            task: lease.task,
+            reason,
+        });
+    }
+    WriteSet {
+        checks,
+        ops,
+        sync: Sync::Durable,
+    }
+}
+
+/// Delivers a signal or a cancel request to an open workflow: a message, due now, which makes
+/// its task claimable now (or when a live lease on it ends).
+pub fn deliver(id: &WorkflowId, kind: EventKind) -> Result<WriteSet> {
+    if !matches!(
+        kind,
+        EventKind::SignalReceived { .. } | EventKind::CancelRequested { .. }
+    ) {
+        return Err(StorageError::InvalidArgument(format!(
+            "only a signal or a cancel request is delivered from outside, not {}",
+            kind.type_name()
+        )));
+    }
+    Ok(WriteSet {
+        checks: vec![Check::Open {
+            workflow: id.clone(),
+        }],
+        ops: vec![
+            Op::Post {
+                workflow: id.clone(),
+                kind,
+                visible: When::Now,
+                retry_at: None,
+            },
+            Op::Wake {
+                workflow: id.clone(),
+                at: When::Now,
+            },
+        ],
+        sync: Sync::Durable,
+    })
+}
+
+/// Claims up to `req.max` claimable workflow tasks (see [`Op::ClaimWorkflowTasks`]).
+pub fn claim_workflow_tasks(req: &ClaimRequest) -> WriteSet {
+    claim(req, |req| Op::ClaimWorkflowTasks { of: None, req })
+}
+
+/// Claims up to `req.max` claimable activity tasks (see [`Op::ClaimActivityTasks`]).
+pub fn claim_activity_tasks(req: &ClaimRequest) -> WriteSet {
+    claim(req, |req| Op::ClaimActivityTasks { of: None, req })
+}
+
+fn claim(req: &ClaimRequest, op: impl FnOnce(ClaimRequest) -> Op) -> WriteSet {
+    WriteSet {
+        checks: Vec::new(),
+        ops: if req.max == 0 {
+            Vec::new()
+        } else {
+            vec![op(req.clone())]
+        },
+        sync: Sync::Relaxed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use loom_core::{
+        ActivityId, ActivityOptions, Failure, HISTORY_FORMAT, LogLevel, Payload, Timestamp,
+    };
+
+    use super::*;
+    use crate::model::{DecidedTask, TaskId};
+    use loom_core::Seq;
+
+    fn event(seq: u64, kind: EventKind) -> Event {
+        Event {
+            seq: Seq::new(seq),
+            at: Timestamp::from_millis(0),
+            kind,
+        }
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            task: TaskId(9),
+            token: 4,
+            expires_at: Timestamp::from_millis(0),
+        }
+    }
+
+    fn commit(events: Vec<EventKind>) -> WorkflowTaskCompletion {
+        WorkflowTaskCompletion {
+            lease: lease(),
+            workflow_id: WorkflowId::new("wf"),
+            expected_last_seq: Seq::new(3),
+            events: events
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| event(4 + i as u64, k))
+                .collect(),
+            consumed: vec![MessageId(1)],
+            progress: None,
+            logs: Vec::new(),
+            eager: None,
+        }
+    }
+
+    fn schedule(name: &str) -> EventKind {
+        EventKind::ActivityScheduled {
+            name: name.into(),
+            input: Payload::NULL,
+            options: ActivityOptions::default(),
+        }
+    }
+
+    #[test]
+    fn an_id_a_database_cannot_hold_is_refused() {
+        let started = event(
+            1,
+            EventKind::WorkflowStarted {
+                name: "W".into(),
+                version: 1,
+                input: Payload::NULL,
+                format: HISTORY_FORMAT,
+            },
+        );
+        for id in ["", "a\0b"] {
+            assert!(matches!(
+                create(&WorkflowId::new(id), started.clone()),
+                Err(StorageError::InvalidArgument(_))
+            ));
+        }
+        assert!(create(&WorkflowId::new("ok"), started).is_ok());
+    }
+
+    #[test]
+    fn a_commit_checks_its_lease_then_the_workflow() {
+        let ws = complete_workflow_task(commit(vec![schedule("a")])).unwrap();
+        let subjects: Vec<_> = ws.checks.iter().map(Check::subject).collect();
+        assert_eq!(
+            subjects,
+            [
+                crate::engine::check::Subject::Task(TaskId(9)),
+                crate::engine::check::Subject::Task(TaskId(9)),
+                crate::engine::check::Subject::Workflow(&WorkflowId::new("wf")),
+                crate::engine::check::Subject::Workflow(&WorkflowId::new("wf")),
+            ]
+        );
+        assert!(matches!(ws.checks[0], Check::Leased { token: 4, .. }));
+    }
+
+    #[test]
+    fn a_commit_creates_what_its_events_imply() {
+        let mut c = commit(vec![
+            schedule("a"),
+            EventKind::TimerScheduled {
+                fire_at: Timestamp::from_millis(5_000),
+                duration_ms: Some(5_000),
+            },
+            EventKind::TimerScheduled {
+                fire_at: Timestamp::from_millis(7_000),
+                duration_ms: None,
+            },
+        ]);
+        c.eager = Some(ClaimRequest::new("w", 1, Duration::from_secs(30)));
+        let ops = complete_workflow_task(c).unwrap().ops;
+        let kinds: Vec<_> = ops.iter().map(op_name).collect();
+        assert_eq!(
+            kinds,
+            [
+                "AppendEvents",
+                "UpdateWorkflow",
+                "InsertTask",
+                "Post",
+                "Post",
+                "Consume",
+                "Settle",
+                "ClaimActivityTasks"
+            ]
+        );
+        // A timer set by `sleep` is due its duration after the commit, by the store's clock.
+        assert!(matches!(
+            ops[3],
+            Op::Post { visible: When::After(d), .. } if d == Duration::from_secs(5)
+        ));
+        assert!(matches!(
+            ops[4],
+            Op::Post { visible: When::At(t), .. } if t == Timestamp::from_millis(7_000)
+        ));
+        assert!(matches!(
+            &ops[1],
+            Op::UpdateWorkflow { change, .. }
+                if change.status == StatusChange::Resume && change.last_seq == Some(Seq::new(6))
+        ));
+    }
+
+    #[test]
+    fn an_ending_commit_closes_and_schedules_nothing() {
+        let ops = complete_workflow_task(commit(vec![
+            schedule("late"),
+            EventKind::WorkflowCompleted {
+                output: Payload::NULL,
+            },
+        ]))
+        .unwrap()
+        .ops;
+        let kinds: Vec<_> = ops.iter().map(op_name).collect();
+        assert_eq!(kinds, ["AppendEvents", "UpdateWorkflow", "DeleteWork"]);
+    }
+
+    #[test]
+    fn events_must_continue_the_history() {
+        let mut c = commit(vec![schedule("a")]);
+        c.events[0].seq = Seq::new(7);
+        assert!(matches!(
+            complete_workflow_task(c),
+            Err(StorageError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn log_lines_lose_their_nul_characters() {
+        let mut c = commit(vec![]);
+        c.logs = vec![LogRecord {
+            seq: Seq::new(3),
+            at: Timestamp::from_millis(0),
+            level: LogLevel::Info,
+            message: "a\0b".into(),
+        }];
+        let ops = complete_workflow_task(c).unwrap().ops;
+        assert!(ops.iter().any(|op| matches!(
+            op,
+            Op::AppendLogs { logs, .. } if logs[0].message == "a\u{FFFD}b"
+        )));
+    }
+
+    fn result(retry_after: Option<Duration>, then: AfterActivity) -> ActivityTaskCompletion {
+        let kind = match retry_after {
+            Some(_) => EventKind::ActivityFailed {
+                activity_id: ActivityId(Seq::new(2)),
+                attempt: 1,
+                failure: Failure::new("x", "y"),
+                retry_at: None,
+            },
+            None => EventKind::ActivityCompleted {
+                activity_id: ActivityId(Seq::new(2)),
+                attempt: 1,
+                result: Payload::NULL,
+            },
+        };
+        ActivityTaskCompletion {
+            lease: lease(),
+            workflow_id: WorkflowId::new("wf"),
+            result: kind,
+            retry_after,
+            then,
+        }
+    }
+
+    #[test]
+    fn a_retried_failure_requeues_the_task_on_the_store_clock() {
+        let ws = complete_activity_task(result(
+            Some(Duration::from_secs(2)),
+            AfterActivity::Nothing,
+        ))
+        .unwrap();
+        assert!(matches!(
+            ws.ops[0],
+            Op::Requeue { due: When::After(d), .. } if d == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            ws.ops[1],
+            Op::Post { retry_at: Some(When::After(d)), .. } if d == Duration::from_secs(2)
+        ));
+        assert_eq!(ws.sync, Sync::Durable);
+    }
+
+    #[test]
+    fn the_worker_does_not_write_retry_at() {
+        let mut c = result(Some(Duration::from_secs(1)), AfterActivity::Nothing);
+        if let EventKind::ActivityFailed { retry_at, .. } = &mut c.result {
+            *retry_at = Some(Timestamp::from_millis(1));
+        }
+        assert!(complete_activity_task(c).is_err());
+        let done = result(None, AfterActivity::Nothing);
+        let retried_success = ActivityTaskCompletion {
+            retry_after: Some(Duration::from_secs(1)),
+            ..done
+        };
+        assert!(complete_activity_task(retried_success).is_err());
+    }
+
+    #[test]
+    fn a_decision_ahead_must_start_with_its_result() {
+        let claim = ClaimRequest::new("w", 1, Duration::from_secs(30));
+        let decided = |first: EventKind| DecidedTask {
+            workflow_id: WorkflowId::new("wf"),
+            expected_last_seq: Seq::new(3),
+            events: vec![event(4, first), event(5, schedule("next"))],
+            progress: None,
+            logs: Vec::new(),
+        };
+        let ok = result(None, AfterActivity::Nothing).result;
+        let ws = complete_activity_task(result(
+            None,
+            AfterActivity::Decide {
+                decided: decided(ok),
+                claim: claim.clone(),
+            },
+        ))
+        .unwrap();
+        assert!(matches!(&ws.ops[1], Op::If { all, .. } if all.len() == 4));
+        let other = EventKind::SignalReceived {
+            name: "s".into(),
+            payload: Payload::NULL,
+        };
+        assert!(
+            complete_activity_task(result(
+                None,
+                AfterActivity::Decide {
+                    decided: decided(other),
+                    claim,
+                },
+            ))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn only_signals_and_cancels_are_delivered() {
+        let id = WorkflowId::new("wf");
+        assert!(
+            deliver(
+                &id,
+                EventKind::SignalReceived {
+                    name: "s".into(),
+                    payload: Payload::NULL
+                }
+            )
+            .is_ok()
+        );
+        assert!(deliver(&id, EventKind::CancelRequested { reason: None }).is_ok());
+        assert!(deliver(&id, EventKind::TimerFired {
+            timer_id: loom_core::TimerId(Seq::new(2))
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn a_claim_of_none_writes_nothing() {
+        let ws = claim_activity_tasks(&ClaimRequest::new("w", 0, Duration::from_secs(1)));
+        assert!(ws.ops.is_empty() && ws.checks.is_empty());
+    }
+
+    fn op_name(op: &Op) -> &'static str {
+        match op {
+            Op::CreateWorkflow { .. } => "CreateWorkflow",
+            Op::AppendEvents { .. } => "AppendEvents",
+            Op::UpdateWorkflow { .. } => "UpdateWorkflow",
+            Op::InsertTask { .. } => "InsertTask",
+            Op::DeleteTask { .. } => "DeleteTask",
+            Op::Requeue { .. } => "Requeue",
+            Op::Post { .. } => "Post",
+            Op::Wake { .. } => "Wake",
+            Op::Consume { .. } => "Consume",
+            Op::DeleteWork { .. } => "DeleteWork",
+            Op::AppendLogs { .. } => "AppendLogs",
+            Op::Settle { .. } => "Settle",
+            Op::Release { .. } => "Release",
+            Op::Pause { .. } => "Pause",
+            Op::Renew { .. } => "Renew",
+            Op::ClaimWorkflowTasks { .. } => "ClaimWorkflowTasks",
+            Op::ClaimActivityTasks { .. } => "ClaimActivityTasks",
+            Op::If { .. } => "If",
+        }
+    }
+}

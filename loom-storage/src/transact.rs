@@ -1,0 +1,152 @@
+//! Backends that apply write sets in transactions of their own: the one implementation of
+//! [`Storage`] for `MemoryStorage`, SQLite and redb.
+//!
+//! Such a backend implements [`Transact`]: apply one [`WriteSet`] atomically with
+//! [`engine::apply`](crate::engine::apply), and run reads on a consistent snapshot through
+//! [`Read`]. Everything else, every method of `Storage`, is written once here.
+
+use async_trait::async_trait;
+use loom_core::{Event, EventKind, LogRecord, Payload, Seq, Timestamp, WorkflowId};
+
+use crate::Storage;
+use crate::engine::{self, Applied, WriteSet};
+use crate::error::Result;
+use crate::model::{
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery,
+    Page, Pending, Release, Stats, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+};
+
+/// The reads of a snapshot.
+pub trait Read {
+    /// The events of a history after `after`, in order (`NotFound` for no such workflow).
+    fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>>;
+    /// One workflow's summary.
+    fn describe(&mut self, id: &WorkflowId) -> Result<WorkflowSummary>;
+    /// A page of workflows, newest first.
+    fn list(&mut self, query: &ListQuery) -> Result<Page<WorkflowSummary>>;
+    /// Counts at store time `now`.
+    fn stats(&mut self, now: Timestamp) -> Result<Stats>;
+    /// A workflow's log lines, in order.
+    fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>>;
+    /// A workflow's tasks and messages.
+    fn pending(&mut self, id: &WorkflowId, now: Timestamp) -> Result<Pending>;
+}
+
+/// A read to run on a snapshot at store time `now`.
+pub type ReadJob<T> = Box<dyn FnOnce(&mut dyn Read, Timestamp) -> Result<T> + Send>;
+
+/// A backend that applies write sets itself. Implementing it implements [`Storage`].
+#[async_trait]
+pub trait Transact: Send + Sync + 'static {
+    /// Applies `ws` with [`engine::apply`] in one transaction, at the store's now, and
+    /// answers once the commit is as durable as [`WriteSet::needs_sync`] asks. A failed check
+    /// or an error writes nothing.
+    async fn transact(&self, ws: WriteSet) -> Result<Applied>;
+
+    /// Runs `read` on a consistent snapshot.
+    async fn read<T: Send + 'static>(&self, read: ReadJob<T>) -> Result<T>;
+
+    /// See [`Storage::work_signal`].
+    async fn work_signal(&self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn run<T: Transact + ?Sized>(store: &T, ws: WriteSet) -> Result<Applied> {
+    if ws.checks.is_empty() && ws.ops.is_empty() {
+        return Ok(Applied::default());
+    }
+    store.transact(ws).await
+}
+
+#[async_trait]
+impl<T: Transact> Storage for T {
+    async fn create_workflow(&self, id: &WorkflowId, started: Event) -> Result<()> {
+        run(self, engine::create(id, started)?).await.map(drop)
+    }
+
+    async fn load_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
+        let id = id.clone();
+        self.read(Box::new(move |r, _| r.load_history(&id, after)))
+            .await
+    }
+
+    async fn claim_workflow_tasks(&self, req: &ClaimRequest) -> Result<Vec<WorkflowTask>> {
+        Ok(run(self, engine::claim_workflow_tasks(req))
+            .await?
+            .workflow_tasks)
+    }
+
+    async fn complete_workflow_task(
+        &self,
+        completion: WorkflowTaskCompletion,
+    ) -> Result<Vec<ActivityTask>> {
+        Ok(run(self, engine::complete_workflow_task(completion)?)
+            .await?
+            .activity_tasks)
+    }
+
+    async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
+        Ok(run(self, engine::claim_activity_tasks(req))
+            .await?
+            .activity_tasks)
+    }
+
+    async fn complete_activity_task(
+        &self,
+        completion: ActivityTaskCompletion,
+    ) -> Result<ActivityCommitted> {
+        Ok(run(self, engine::complete_activity_task(completion)?)
+            .await?
+            .activity_committed())
+    }
+
+    async fn renew_lease(&self, lease: &Lease, extend: std::time::Duration) -> Result<Lease> {
+        run(self, engine::renew(lease, extend)).await?.renewed(lease)
+    }
+
+    async fn release_task(&self, lease: &Lease, release: Release) -> Result<()> {
+        run(self, engine::release(lease, release)).await.map(drop)
+    }
+
+    async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
+        let kind = EventKind::SignalReceived {
+            name: name.to_owned(),
+            payload,
+        };
+        run(self, engine::deliver(id, kind)?).await.map(drop)
+    }
+
+    async fn request_cancel(&self, id: &WorkflowId, reason: Option<String>) -> Result<()> {
+        let kind = EventKind::CancelRequested { reason };
+        run(self, engine::deliver(id, kind)?).await.map(drop)
+    }
+
+    async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary> {
+        let id = id.clone();
+        self.read(Box::new(move |r, _| r.describe(&id))).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page<WorkflowSummary>> {
+        let query = query.clone();
+        self.read(Box::new(move |r, _| r.list(&query))).await
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        self.read(Box::new(|r, now| r.stats(now))).await
+    }
+
+    async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
+        let id = id.clone();
+        self.read(Box::new(move |r, _| r.logs(&id))).await
+    }
+
+    async fn pending(&self, id: &WorkflowId) -> Result<Pending> {
+        let id = id.clone();
+        self.read(Box::new(move |r, now| r.pending(&id, now))).await
+    }
+
+    async fn work_signal(&self) {
+        Transact::work_signal(self).await;
+    }
+}
