@@ -13,7 +13,17 @@ use crate::schema::{LATEST, MIGRATIONS};
 pub(crate) fn map_err(path: &Path, e: rusqlite::Error) -> StorageError {
     let shown = path.display();
     let Some(code) = e.sqlite_error().map(|f| f.code) else {
-        return StorageError::unavailable(format!("SQLite error on {shown}"), e);
+        // rusqlite's own errors: a stored value of the wrong type is damaged data, not a busy
+        // database.
+        return match e {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..) => {
+                StorageError::corrupt(format!("a value in {shown} cannot be read"), e)
+            }
+            _ => StorageError::unavailable(format!("SQLite error on {shown}"), e),
+        };
     };
     match code {
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
@@ -37,6 +47,9 @@ pub(crate) fn map_err(path: &Path, e: rusqlite::Error) -> StorageError {
         }
         ErrorCode::SystemIoFailure => {
             StorageError::unavailable(format!("an I/O error on {shown}"), e)
+        }
+        ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig => {
+            StorageError::rejected(format!("SQLite refused a write to {shown}"), e)
         }
         _ => StorageError::unavailable(format!("SQLite error on {shown}"), e),
     }

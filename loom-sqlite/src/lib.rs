@@ -2,8 +2,10 @@
 //!
 //! This crate is the **SQLite room**: it implements [`loom_storage::Storage`] on one SQLite
 //! file through rusqlite (SQLite bundled, so a fresh machine needs no system library). It knows
-//! SQL and SQLite's behaviour; it must not touch workflow semantics: it stores what loom-core
-//! decided and reads task plans with [`loom_storage::TaskPlan`], like every backend.
+//! SQL and SQLite's behaviour; it decides nothing: every rule of the store is
+//! [`loom_storage::engine`]'s, and this crate reads the rows a check names and applies the
+//! engine's primitives in SQL (`apply.rs`), on the writer thread every embedded backend
+//! shares ([`loom_storage::writer`]).
 //!
 //! ## How it is built
 //!
@@ -17,9 +19,9 @@
 //!   [`Durability::Fast`] (`synchronous = NORMAL`)
 //!   survives a process crash but may lose the last commits on a power cut; it is an explicit
 //!   option, named as such.
-//! - **Group commit.** Every write goes to one writer thread that runs all waiting requests in
-//!   one transaction and answers each caller once the commit is durable: one fsync for many
-//!   workflows' transitions. A request that fails is undone alone (see `writer.rs`).
+//! - **Group commit.** Every write goes to one writer thread that runs all waiting write sets
+//!   in one transaction and answers each caller once the commit is durable: one fsync for many
+//!   workflows' transitions. A write set that fails is undone alone (see `commit.rs`).
 //! - **Reads in parallel.** Reads use a small pool of separate connections on the blocking
 //!   thread pool; WAL lets them run while the writer writes.
 //! - **Never blocks the runtime.** Callers await channels; SQLite runs on the writer thread and
@@ -45,26 +47,27 @@
 //! # });
 //! ```
 
+mod apply;
+mod commit;
 mod conn;
-mod ops;
+mod db;
+mod read;
 mod schema;
-mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
-use loom_storage::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, DecidedTask, Lease, ListQuery, Page,
-    Release, Result, Stats, Storage, StorageError, SystemClock, WorkflowSummary, WorkflowTask,
-    WorkflowTaskCompletion,
-};
+use loom_storage::engine::{Applied, WriteSet};
+use loom_storage::transact::ReadJob;
+use loom_storage::writer::{self, Writer};
+use loom_storage::{Clock, Result, StorageError, SystemClock, Transact};
 use rusqlite::Connection;
 
-use crate::ops::Db;
-use crate::writer::{Sync, Writer};
+use crate::commit::SqliteCommit;
+use crate::db::Db;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,6 +130,7 @@ struct Inner {
     options: SqliteOptions,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    disk_syncs: Arc<AtomicU64>,
 }
 
 impl SqliteStorage {
@@ -143,26 +147,34 @@ impl SqliteStorage {
     /// [`open`](Self::open), for callers outside an async runtime.
     pub fn open_blocking(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(StorageError::Unavailable {
-                    message: format!(
-                        "cannot open {}: the directory {} does not exist",
-                        path.display(),
-                        parent.display()
-                    ),
-                    source: None,
-                });
-            }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StorageError::Unavailable {
+                message: format!(
+                    "cannot open {}: the directory {} does not exist",
+                    path.display(),
+                    parent.display()
+                ),
+                source: None,
+            });
         }
         let conn = conn::open(&path, options.durability, options.busy_timeout)?;
         conn::migrate(&conn, &path)?;
-        let writer = Writer::start(
+        let disk_syncs = Arc::new(AtomicU64::new(0));
+        let full_sync = options.durability == Durability::Full;
+        let commit = SqliteCommit {
             conn,
-            path.clone(),
+            path: path.clone(),
+            full_sync,
+            synced: full_sync,
+            disk_syncs: disk_syncs.clone(),
+        };
+        let writer = Writer::start(
+            "loom-sqlite-writer",
+            commit,
             options.clock.clone(),
             options.max_batch,
-            options.durability == Durability::Full,
         )
         .map_err(|e| StorageError::unavailable("cannot start the SQLite writer thread", e))?;
         Ok(SqliteStorage {
@@ -171,6 +183,7 @@ impl SqliteStorage {
                 options,
                 writer,
                 readers: Mutex::new(Vec::new()),
+                disk_syncs,
             }),
         })
     }
@@ -180,79 +193,10 @@ impl SqliteStorage {
         &self.inner.path
     }
 
-    /// Runs `work` in the writer's next batch, answering once it is durable. `work` may run
-    /// more than once (see the writer), so it takes its inputs by reference.
-    async fn write<T, F>(&self, work: F) -> Result<T>
-    where
-        F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.write_with(Sync::Always, work).await
-    }
-
-    /// Like [`write`](Self::write), for a claim or a lease renewal: one that a power cut may
-    /// erase, which only hands the task back to the queue. Its commit waits for no fsync of
-    /// its own; the next durable commit carries it to the disk.
-    async fn write_relaxed<T, F>(&self, work: F) -> Result<T>
-    where
-        F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.write_with(Sync::Never, work).await
-    }
-
-    async fn write_with<T, F>(&self, sync: Sync<T>, work: F) -> Result<T>
-    where
-        F: Fn(&Db<'_>) -> Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let path = self.inner.path.clone();
-        self.inner
-            .writer
-            .write(sync, move |conn, now| {
-                work(&Db {
-                    conn,
-                    path: &path,
-                    now,
-                })
-            })
-            .await
-    }
-
-    async fn read<T, F>(&self, work: F) -> Result<T>
-    where
-        F: FnOnce(&Db<'_>) -> Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let idle = inner
-                .readers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let conn = match idle {
-                Some(conn) => conn,
-                None => conn::open(
-                    &inner.path,
-                    inner.options.durability,
-                    inner.options.busy_timeout,
-                )?,
-            };
-            let db = Db {
-                conn: &conn,
-                path: &inner.path,
-                now: inner.options.clock.now(),
-            };
-            let result = work(&db);
-            let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < inner.options.readers {
-                idle.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| StorageError::unavailable("a SQLite read failed", e))?
+    /// How many commits have waited for the disk so far: a measure of what relaxed writes
+    /// (claims, renewals) save, for tests and diagnostics.
+    pub fn disk_syncs(&self) -> u64 {
+        self.inner.disk_syncs.load(Ordering::Relaxed)
     }
 }
 
@@ -266,154 +210,45 @@ impl std::fmt::Debug for SqliteStorage {
 }
 
 #[async_trait]
-impl Storage for SqliteStorage {
-    async fn create_workflow(&self, id: &WorkflowId, started: Event) -> Result<()> {
-        let id = id.clone();
-        self.write(move |db| db.create_workflow(&id, &started))
-            .await
+impl Transact for SqliteStorage {
+    async fn transact(&self, ws: WriteSet) -> Result<Applied> {
+        self.inner.writer.write(ws).await
     }
 
-    async fn append_events(
-        &self,
-        id: &WorkflowId,
-        expected_last_seq: Seq,
-        events: Vec<Event>,
-    ) -> Result<()> {
-        let id = id.clone();
-        self.write(move |db| db.append_events(&id, expected_last_seq, &events))
-            .await
-    }
-
-    async fn load_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
-        let id = id.clone();
-        self.read(move |db| db.load_history(&id, after)).await
-    }
-
-    async fn claim_workflow_tasks(&self, req: &ClaimRequest) -> Result<Vec<WorkflowTask>> {
-        if req.max == 0 {
-            return Ok(Vec::new());
-        }
-        let req = req.clone();
-        self.write_relaxed(move |db| db.claim_workflow_tasks(&req, None))
-            .await
-    }
-
-    async fn complete_workflow_task(&self, completion: WorkflowTaskCompletion) -> Result<()> {
-        self.write(move |db| db.complete_workflow_task(&completion))
-            .await
-    }
-
-    async fn complete_workflow_task_and_claim(
-        &self,
-        completion: WorkflowTaskCompletion,
-        eager: &ClaimRequest,
-    ) -> Result<Vec<ActivityTask>> {
-        let req = eager.clone();
-        self.write(move |db| {
-            db.complete_workflow_task(&completion)?;
-            if req.max == 0 {
-                return Ok(Vec::new());
+    async fn read<T: Send + 'static>(&self, read: ReadJob<T>) -> Result<T> {
+        let inner = self.inner.clone();
+        writer::blocking("a SQLite read failed", move || {
+            let idle = inner
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => conn::open(
+                    &inner.path,
+                    inner.options.durability,
+                    inner.options.busy_timeout,
+                )?,
+            };
+            let now = inner.options.clock.now();
+            // One snapshot for the whole read, as SQLite's statements would each take their own.
+            conn.execute_batch("BEGIN")
+                .map_err(|e| conn::map_err(&inner.path, e))?;
+            let result = read(
+                &mut Db {
+                    conn: &conn,
+                    path: &inner.path,
+                },
+                now,
+            );
+            let ended = conn.execute_batch("COMMIT");
+            let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            if ended.is_ok() && idle.len() < inner.options.readers {
+                idle.push(conn);
             }
-            db.claim_activity_tasks(&req, Some(&completion.workflow_id))
+            result
         })
         .await
-    }
-
-    async fn claim_activity_tasks(&self, req: &ClaimRequest) -> Result<Vec<ActivityTask>> {
-        if req.max == 0 {
-            return Ok(Vec::new());
-        }
-        let req = req.clone();
-        self.write_relaxed(move |db| db.claim_activity_tasks(&req, None))
-            .await
-    }
-
-    async fn complete_activity_task(&self, completion: ActivityTaskCompletion) -> Result<()> {
-        self.write(move |db| db.complete_activity_task(&completion).map(drop))
-            .await
-    }
-
-    async fn complete_activity_task_and_claim(
-        &self,
-        completion: ActivityTaskCompletion,
-        eager: &ClaimRequest,
-    ) -> Result<Option<WorkflowTask>> {
-        let req = ClaimRequest {
-            max: eager.max.min(1),
-            ..eager.clone()
-        };
-        // Relaxed when the workflow task is claimed: this worker runs it at once, and its
-        // durable commit carries this result to the disk before anything depends on it (a
-        // power cut in between runs the activity again, as at-least-once allows). When the
-        // claim fails, the result is synced before the call returns, as any commit is.
-        self.write_with(Sync::If(Option::is_none), move |db| {
-            let workflow = db.complete_activity_task(&completion)?;
-            if req.max == 0 {
-                return Ok(None);
-            }
-            Ok(db.claim_workflow_tasks(&req, Some(&workflow))?.pop())
-        })
-        .await
-    }
-
-    fn decides_ahead(&self) -> bool {
-        true
-    }
-
-    async fn complete_activity_and_decide(
-        &self,
-        activity: ActivityTaskCompletion,
-        decided: DecidedTask,
-        eager: &ClaimRequest,
-    ) -> Result<Option<Vec<ActivityTask>>> {
-        let eager = eager.clone();
-        self.write(move |db| db.complete_activity_and_decide(&activity, &decided, &eager))
-            .await
-    }
-
-    async fn renew_lease(&self, lease: &Lease, extend: Duration) -> Result<Lease> {
-        let lease = *lease;
-        self.write_relaxed(move |db| db.renew_lease(&lease, extend))
-            .await
-    }
-
-    async fn release_task(&self, lease: &Lease, release: Release) -> Result<()> {
-        let lease = *lease;
-        self.write(move |db| db.release_task(&lease, &release))
-            .await
-    }
-
-    async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
-        let id = id.clone();
-        let kind = EventKind::SignalReceived {
-            name: name.to_owned(),
-            payload,
-        };
-        self.write(move |db| db.signal(&id, &kind)).await
-    }
-
-    async fn request_cancel(&self, id: &WorkflowId, reason: Option<String>) -> Result<()> {
-        let id = id.clone();
-        let kind = EventKind::CancelRequested { reason };
-        self.write(move |db| db.signal(&id, &kind)).await
-    }
-
-    async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary> {
-        let id = id.clone();
-        self.read(move |db| db.describe(&id)).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Page<WorkflowSummary>> {
-        let query = query.clone();
-        self.read(move |db| db.list(&query)).await
-    }
-
-    async fn stats(&self) -> Result<Stats> {
-        self.read(|db| db.stats()).await
-    }
-
-    async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
-        let id = id.clone();
-        self.read(move |db| db.logs(&id)).await
     }
 }

@@ -59,6 +59,17 @@ pub enum StorageError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The database rejected the write as invalid (a constraint it enforces, a value it cannot
+    /// hold): nothing was written, and the same write will be rejected again. A bug or a
+    /// damaged database, not a busy one; never a reason to fail a workflow either.
+    #[error("the database rejected the write: {message}")]
+    Rejected {
+        /// What was rejected.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The database cannot be used by this build: written by a newer Loom, or not a Loom
     /// database at all. Nothing was changed.
     #[error("incompatible storage: {0}")]
@@ -78,6 +89,14 @@ impl StorageError {
     /// An `Unavailable` error with a cause.
     pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         StorageError::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A `Rejected` error with a cause.
+    pub fn rejected(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StorageError::Rejected {
             message: message.into(),
             source: Some(source.into()),
         }

@@ -11,11 +11,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use loom_core::{
     Activation, ActivityContext, ActivityInfo, EventKind, Failure, LogLevel, Registry, Seq,
-    WorkflowId, WorkflowMachine,
+    Timestamp, WorkflowId, WorkflowMachine,
 };
 use loom_storage::{
-    ActivityTask, ActivityTaskCompletion, ClaimRequest, Clock, DecidedTask, Lease, Release,
-    Storage, StorageError, SystemClock, TaskId, WorkflowTask, WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest, Clock,
+    DecidedTask, Lease, Release, Storage, StorageError, SystemClock, TaskId, WorkflowTask,
+    WorkflowTaskCompletion,
 };
 use lru::LruCache;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -25,7 +26,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::client::Client;
 
 /// How a worker behaves. `Default` suits most uses; tests shorten the times.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// This worker's name in leases and logs.
     pub id: String,
@@ -49,6 +50,27 @@ pub struct WorkerConfig {
     /// A task handed out more times than this without completing (it crashed or hung its
     /// workers each time) is parked: a workflow is paused, an activity attempt fails.
     pub max_deliveries: u32,
+    /// This worker's clock. It only measures spans here (heartbeats, the time an activity
+    /// took): every time that is stored comes from the store's clock. Tests share a
+    /// [`ManualClock`](loom_storage::ManualClock) with an embedded store to move time instead
+    /// of sleeping.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("id", &self.id)
+            .field("workflow_concurrency", &self.workflow_concurrency)
+            .field("activity_concurrency", &self.activity_concurrency)
+            .field("poll_interval", &self.poll_interval)
+            .field("lease", &self.lease)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("pause_retry", &self.pause_retry)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for WorkerConfig {
@@ -67,6 +89,7 @@ impl Default for WorkerConfig {
             cache_capacity: 10_000,
             pause_retry: Duration::from_secs(60),
             max_deliveries: 5,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -200,7 +223,7 @@ impl Worker {
                 stopping: AtomicBool::new(false),
                 storage,
                 registry,
-                clock: Arc::new(SystemClock),
+                clock: config.clock.clone(),
                 metrics: Arc::new(WorkerMetrics::default()),
                 workflow_work: Arc::new(Notify::new()),
                 activity_work: Notify::new(),
@@ -350,7 +373,7 @@ impl Shared {
         let Ok(stats) = self.storage.stats().await else {
             return false;
         };
-        let soon = self.clock.now().saturating_add(horizon);
+        let soon = stats.at.saturating_add(horizon);
         stats.workflow_tasks_ready == 0
             && stats.activity_tasks_ready == 0
             && stats.workflow_tasks_running == 0
@@ -556,7 +579,7 @@ impl Shared {
             .workflow_tasks_paused
             .fetch_add(1, Ordering::Relaxed);
         let release = Release {
-            visible_at: Some(self.clock.now().saturating_add(self.config.pause_retry)),
+            after: self.config.pause_retry,
             pause: Some(reason),
         };
         if let Err(e) = self
@@ -620,9 +643,7 @@ impl Shared {
                         "the history does not end where the claim said; retrying the task"
                     );
                     let release = Release {
-                        visible_at: Some(
-                            self.clock.now().saturating_add(self.config.poll_interval),
-                        ),
+                        after: self.config.poll_interval,
                         pause: None,
                     };
                     let _ = self
@@ -641,8 +662,9 @@ impl Shared {
                 }
             }
         };
+        // The task's time is the store's clock at the claim, never this worker's own.
         let activation = Activation {
-            now: self.clock.now(),
+            now: task.claimed_at,
             entropy: rand::random(),
             messages: task.messages.iter().map(|m| m.kind.clone()).collect(),
         };
@@ -670,6 +692,11 @@ impl Shared {
             consumed = ?task.messages.iter().map(|m| m.id.0).collect::<Vec<_>>(),
             "workflow task decided"
         );
+        // With a free activity slot, the commit also claims one of the activities it
+        // schedules, and this worker starts it without a trip through the claim loop.
+        let slot = (scheduled > 0 && !finished)
+            .then(|| self.eager_slot(&self.activity_slots))
+            .flatten();
         let completion = WorkflowTaskCompletion {
             lease: self.current_lease(task.lease),
             workflow_id: id.clone(),
@@ -678,24 +705,9 @@ impl Shared {
             consumed: task.messages.iter().map(|m| m.id).collect(),
             progress: Some(machine.progress()),
             logs: decision.logs,
+            eager: slot.as_ref().map(|_| self.claim_request(1)),
         };
-        // With a free activity slot, the commit also claims one of the activities it
-        // schedules, and this worker starts it without a trip through the claim loop.
-        let slot = (scheduled > 0 && !finished)
-            .then(|| self.eager_slot(&self.activity_slots))
-            .flatten();
-        let committed = match slot {
-            Some(_) => {
-                self.storage
-                    .complete_workflow_task_and_claim(completion, &self.claim_request(1))
-                    .await
-            }
-            None => self
-                .storage
-                .complete_workflow_task(completion)
-                .await
-                .map(|()| Vec::new()),
-        };
+        let committed = self.storage.complete_workflow_task(completion).await;
         match committed {
             Ok(claimed) => {
                 debug!(eager = claimed.len(), "workflow task committed");
@@ -717,21 +729,17 @@ impl Shared {
     }
 
     /// Decides the workflow task an activity's result wakes right here, from the machine this
-    /// worker cached, and commits both in one step (one durable commit for the whole
-    /// hand-off), if the worker is lightly loaded and the machine is at hand. The store applies
-    /// the decision only if a claim would have handed out exactly this result on the same
-    /// history; otherwise it commits the result alone and the decision is dropped with the
-    /// machine. `None`: nothing was tried (and nothing committed); `Some(next)`: the result is
-    /// handled, and `next` is the activity claimed with the decision, if any.
-    async fn decide_ahead(
+    /// worker cached, so that the result's commit can carry the decision too (one durable
+    /// commit for the whole hand-off, see [`AfterActivity::Decide`]). `None` when the machine
+    /// is not at hand or cannot take the result as it is (an error, a dropped duplicate): the
+    /// result is then committed the ordinary way. The machine leaves the cache either way; it
+    /// goes back only if the store applies the decision.
+    fn decide_ahead(
         &self,
         workflow_id: &WorkflowId,
-        completion: &ActivityTaskCompletion,
-    ) -> Option<Option<Next>> {
-        if !self.storage.decides_ahead() {
-            return None;
-        }
-        let workflow_slot = self.eager_slot(&self.workflow_slots)?;
+        result: &EventKind,
+        now: Timestamp,
+    ) -> Option<Ahead> {
         let mut machine = self
             .cache_guard()
             .as_mut()
@@ -739,12 +747,10 @@ impl Shared {
             .filter(|m| m.outcome().is_none())?;
         let expected_last_seq = machine.last_seq();
         let activation = Activation {
-            now: self.clock.now(),
+            now,
             entropy: rand::random(),
-            messages: vec![completion.result.clone()],
+            messages: vec![result.clone()],
         };
-        // A machine that cannot take the result as it is (an error, a dropped duplicate) is
-        // left to the normal path, which replays from the history.
         let decision = machine
             .activate(activation)
             .ok()
@@ -755,51 +761,21 @@ impl Shared {
         let activity_slot = (scheduled > 0 && !finished)
             .then(|| self.eager_slot(&self.activity_slots))
             .flatten();
-        let eager = self.claim_request(usize::from(activity_slot.is_some()));
+        let logs = decision.logs.clone();
         let decided = DecidedTask {
             workflow_id: workflow_id.clone(),
             expected_last_seq,
             events: decision.events,
             progress: Some(machine.progress()),
-            logs: decision.logs.clone(),
+            logs: decision.logs,
         };
-        let committed = self
-            .storage
-            .complete_activity_and_decide(completion.clone(), decided, &eager)
-            .await;
-        drop(workflow_slot);
-        match committed {
-            Ok(Some(claimed)) => {
-                self.metrics.decided_ahead.fetch_add(1, Ordering::Relaxed);
-                for line in &decision.logs {
-                    log_line(workflow_id, line.level, &line.message);
-                }
-                Some(
-                    self.decision_committed(
-                        workflow_id.clone(),
-                        machine,
-                        scheduled,
-                        claimed,
-                        activity_slot,
-                    )
-                    .await,
-                )
-            }
-            Ok(None) => {
-                // The result alone was committed; the task runs the normal way.
-                self.workflow_work.notify_one();
-                Some(None)
-            }
-            Err(StorageError::LeaseLost(_)) => {
-                self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
-                debug!("activity result refused: the lease was lost or the workflow ended");
-                Some(None)
-            }
-            Err(e) => {
-                warn!(error = %e, "reporting the activity result failed; the attempt will run again");
-                Some(None)
-            }
-        }
+        Some(Ahead {
+            decided,
+            machine,
+            scheduled,
+            logs,
+            activity_slot,
+        })
     }
 
     /// After a workflow task's decision committed: counts it, wakes the activity loop for the
@@ -876,6 +852,7 @@ impl Shared {
 
     /// Runs one activity attempt; returns the workflow task its commit claimed eagerly, if any.
     async fn activity_task(self: Arc<Self>, task: ActivityTask) -> Option<Next> {
+        let store_time = StoreTime::new(task.claimed_at, self.clock.now());
         let policy = task.options.retry.clone();
         let outcome = if task.deliveries > self.config.max_deliveries {
             Err(Some(Failure::new(
@@ -890,9 +867,8 @@ impl Shared {
         } else if task.deliveries < self.config.max_deliveries {
             // Another worker may have it: give the task back for a while.
             warn!(activity = %task.name, "no activity of this name is registered here; releasing it");
-            let later = self.clock.now().saturating_add(self.config.pause_retry);
             let release = Release {
-                visible_at: Some(later),
+                after: self.config.pause_retry,
                 pause: None,
             };
             let _ = self
@@ -906,12 +882,12 @@ impl Shared {
                 format!("no worker has an activity named {:?} registered", task.name),
             )))
         };
-        let now = self.clock.now();
-        let retry_at = |failure: Option<&Failure>| {
+        let retry_after = |failure: Option<&Failure>| {
             policy
                 .allows_retry(task.attempt, failure)
-                .then(|| now.saturating_add(policy.backoff(task.attempt, rand::random())))
+                .then(|| policy.backoff(task.attempt, rand::random()))
         };
+        let mut retry_after_set = None;
         let result = match outcome {
             Ok(result) => {
                 self.metrics
@@ -928,10 +904,11 @@ impl Shared {
                     .activities_failed
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(%failure, "activity attempt failed");
+                retry_after_set = retry_after(Some(&failure));
                 EventKind::ActivityFailed {
                     activity_id: task.activity_id,
                     attempt: task.attempt,
-                    retry_at: retry_at(Some(&failure)),
+                    retry_at: None,
                     failure,
                 }
             }
@@ -940,42 +917,70 @@ impl Shared {
                     .activities_failed
                     .fetch_add(1, Ordering::Relaxed);
                 debug!("activity attempt timed out");
+                retry_after_set = retry_after(None);
                 EventKind::ActivityTimedOut {
                     activity_id: task.activity_id,
                     attempt: task.attempt,
-                    retry_at: retry_at(None),
+                    retry_at: None,
                 }
             }
+        };
+        let retry_after = retry_after_set;
+        // With a free workflow slot, the commit also takes the workflow task the result wakes:
+        // decided here from the cached machine if it is at hand, or claimed to run next.
+        let workflow_slot = self.eager_slot(&self.workflow_slots);
+        let workflow_id = task.workflow_id.clone();
+        let ahead = match &workflow_slot {
+            Some(_) if retry_after.is_none() => {
+                let now = store_time.now(self.clock.as_ref());
+                self.decide_ahead(&workflow_id, &result, now)
+            }
+            _ => None,
+        };
+        let then = match (&workflow_slot, &ahead) {
+            (Some(_), Some(ahead)) => AfterActivity::Decide {
+                decided: ahead.decided.clone(),
+                claim: self.claim_request(usize::from(ahead.activity_slot.is_some())),
+            },
+            (Some(_), None) => AfterActivity::ClaimWorkflowTask(self.claim_request(1)),
+            (None, _) => AfterActivity::Nothing,
         };
         let completion = ActivityTaskCompletion {
             lease: self.current_lease(task.lease),
+            workflow_id: workflow_id.clone(),
             result,
+            retry_after,
+            then,
         };
-        if let Some(done) = self.decide_ahead(&task.workflow_id, &completion).await {
-            return done;
-        }
-        // With a free workflow slot, the commit also claims the workflow task the result
-        // wakes, and this worker runs it next.
-        let slot = self.eager_slot(&self.workflow_slots);
-        let committed = match slot {
-            Some(_) => {
-                self.storage
-                    .complete_activity_task_and_claim(completion, &self.claim_request(1))
+        match self.storage.complete_activity_task(completion).await {
+            Ok(ActivityCommitted::Decided(claimed)) => {
+                drop(workflow_slot);
+                let Some(ahead) = ahead else {
+                    warn!("the store applied a decision this worker did not make");
+                    return None;
+                };
+                self.metrics.decided_ahead.fetch_add(1, Ordering::Relaxed);
+                for line in &ahead.logs {
+                    log_line(&workflow_id, line.level, &line.message);
+                }
+                self.decision_committed(
+                    workflow_id,
+                    ahead.machine,
+                    ahead.scheduled,
+                    claimed,
+                    ahead.activity_slot,
+                )
+                .await
+            }
+            Ok(ActivityCommitted::WorkflowTask(woken)) => {
+                // A decision ahead, if one was made, was not applied: its machine is dropped
+                // and the claimed task replays from the history.
+                self.take_eager([Claimed::Workflow(woken)].into_iter(), workflow_slot)
                     .await
             }
-            None => self
-                .storage
-                .complete_activity_task(completion)
-                .await
-                .map(|()| None),
-        };
-        match committed {
-            Ok(claimed) => {
-                if claimed.is_none() {
-                    self.workflow_work.notify_one();
-                }
-                self.take_eager(claimed.into_iter().map(Claimed::Workflow), slot)
-                    .await
+            Ok(ActivityCommitted::Nothing) => {
+                self.workflow_work.notify_one();
+                None
             }
             Err(StorageError::LeaseLost(_)) => {
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
@@ -1037,6 +1042,39 @@ impl Shared {
             () = watchdog => Err(None),
         }
     }
+}
+
+/// The store's clock as this worker reckons it: a time the store gave (a claim's) plus what
+/// this worker's clock measured since. Only differences of the worker's clock count, so a
+/// worker whose clock is off by any amount still stamps the store's time.
+#[derive(Clone, Copy, Debug)]
+struct StoreTime {
+    store: Timestamp,
+    local: Timestamp,
+}
+
+impl StoreTime {
+    fn new(store: Timestamp, local: Timestamp) -> Self {
+        StoreTime { store, local }
+    }
+
+    fn now(&self, clock: &dyn Clock) -> Timestamp {
+        self.store
+            .saturating_add(clock.now().saturating_duration_since(self.local))
+    }
+}
+
+/// A workflow task decided ahead from an activity's result, waiting for the result's commit.
+struct Ahead {
+    decided: DecidedTask,
+    /// The machine after the decision: cached again if the store applies it.
+    machine: WorkflowMachine,
+    /// Activities the decision scheduled.
+    scheduled: usize,
+    /// Its log lines, written once the decision is committed.
+    logs: Vec<loom_core::LogRecord>,
+    /// The slot the activity claimed with the decision runs in.
+    activity_slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The two kinds of task a worker claims.

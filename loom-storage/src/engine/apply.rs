@@ -89,9 +89,17 @@ pub trait Apply {
 /// answer, with nothing written; so is an error of the backend's, after which the caller must
 /// roll its transaction back.
 pub fn apply(store: &mut dyn Apply, ws: &WriteSet, now: Timestamp) -> Result<Applied> {
+    // Checks of one row follow each other (a lease, then that task's kind); the row is read
+    // once for them.
+    let mut last: Option<(Subject<'_>, Found)> = None;
     for check in &ws.checks {
-        let found = read(store, check)?;
+        let subject = check.subject();
+        let found = match last.take() {
+            Some((s, found)) if s == subject => found,
+            _ => read(store, check)?,
+        };
         check.verdict(&found, now)?;
+        last = Some((subject, found));
     }
     let mut applied = Applied::default();
     run(store, &ws.ops, now, &mut applied)?;

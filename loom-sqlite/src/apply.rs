@@ -1,0 +1,453 @@
+//! The engine's primitives in SQL: each method is one or two statements and decides nothing
+//! (see `loom_storage::engine::Op` for what each one means). A leased task's `visible_at` is
+//! its lease's expiry, so "claimable" is `visible_at <= now`: one range scan of `tasks_ready`.
+
+use loom_core::{
+    ActivityId, ActivityOptions, Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId,
+};
+use loom_storage::engine::{
+    Apply, NewTask, StatusChange, TaskView, WorkflowChange, WorkflowView,
+};
+use loom_storage::{
+    ActivityTask, ClaimRequest, Lease, Message, MessageId, Result, TaskId, WorkflowTask,
+};
+use rusqlite::{OptionalExtension, Params, params};
+
+use crate::db::{
+    ACTIVITY_TASK, Db, WORKFLOW_TASK, encode, id_i64, level_str, ms, seq, seq_i64, task_i64,
+};
+
+impl Db<'_> {
+    fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params))
+            .map_err(|e| self.sql(e))
+    }
+
+    fn task_view(&self, sql: &str, key: impl Params) -> Result<Option<TaskView>> {
+        type Row = (String, i64, Option<i64>, Option<u32>, i64, Option<i64>);
+        let row: Option<Row> = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_row(key, |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })
+                .optional()
+            })
+            .map_err(|e| self.sql(e))?;
+        Ok(row.map(|(workflow, kind, activity, attempt, token, expires)| TaskView {
+            workflow: WorkflowId::new(workflow),
+            activity: (kind == ACTIVITY_TASK)
+                .then(|| (ActivityId(seq(activity.unwrap_or(0))), attempt.unwrap_or(1))),
+            token: token.unsigned_abs(),
+            lease_expires_at: expires.map(Timestamp::from_millis),
+        }))
+    }
+
+    /// Claims up to `req.max` claimable tasks of `kind` (of one workflow, with `of`): a new
+    /// token, the lease's expiry (also the time the task is claimable again), the owner, one
+    /// more delivery. Returns each lease, workflow, delivery count and row id.
+    fn claim(
+        &self,
+        now: Timestamp,
+        kind: i64,
+        req: &ClaimRequest,
+        of: Option<&WorkflowId>,
+    ) -> Result<Vec<(Lease, WorkflowId, u32, i64)>> {
+        let expires = now.saturating_add(req.lease);
+        let max = i64::try_from(req.max).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = match of {
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+                )
+                .and_then(|mut s| s.query_map(params![kind, ms(now), max], |r| r.get(0))?.collect()),
+            Some(id) => self
+                .conn
+                .prepare_cached(
+                    // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
+                    // it would walk every claimable task of the kind.
+                    "SELECT id FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
+                     ORDER BY visible_at, id LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![kind, ms(now), max, id.as_str()], |r| r.get(0))?
+                        .collect()
+                }),
+        }
+        .map_err(|e| self.sql(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = ?2, visible_at = ?2,
+                 lease_owner = ?3, deliveries = deliveries + 1 WHERE id = ?1
+                 RETURNING lease_token, deliveries, workflow_id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (token, deliveries, workflow): (i64, u32, String) = stmt
+                .query_row(params![id, ms(expires), req.owner], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(|e| self.sql(e))?;
+            let lease = Lease {
+                task: TaskId(id.unsigned_abs()),
+                token: token.unsigned_abs(),
+                expires_at: expires,
+            };
+            claimed.push((lease, WorkflowId::new(workflow), deliveries, id));
+        }
+        Ok(claimed)
+    }
+
+    /// A workflow's messages due at `now`, by `(visible_at, id)`.
+    pub(crate) fn due_messages(&self, id: &WorkflowId, now: Timestamp) -> Result<Vec<Message>> {
+        let rows: Vec<(i64, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, visible_at, kind FROM messages WHERE workflow_id = ?1 AND visible_at <= ?2
+                 ORDER BY visible_at, id",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![id.as_str(), ms(now)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.into_iter()
+            .map(|(mid, visible_at, kind)| {
+                Ok(Message {
+                    id: MessageId(mid.unsigned_abs()),
+                    kind: self.decode(&kind, || format!("message {mid} of workflow \"{id}\""))?,
+                    visible_at: Timestamp::from_millis(visible_at),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Apply for Db<'_> {
+    fn task(&mut self, task: TaskId) -> Result<Option<TaskView>> {
+        self.task_view(
+            "SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
+             FROM tasks WHERE id = ?1",
+            [task_i64(task)],
+        )
+    }
+
+    fn workflow(&mut self, workflow: &WorkflowId) -> Result<Option<WorkflowView>> {
+        let row: Option<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT last_seq, status FROM workflows WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([workflow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.sql(e))?;
+        row.map(|(last, status)| {
+            Ok(WorkflowView {
+                status: self.status(&status, workflow.as_str())?,
+                last_seq: seq(last),
+            })
+        })
+        .transpose()
+    }
+
+    fn workflow_task(&mut self, workflow: &WorkflowId) -> Result<Option<TaskView>> {
+        self.task_view(
+            "SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
+             FROM tasks WHERE workflow_id = ?1 AND kind = 0",
+            [workflow.as_str()],
+        )
+    }
+
+    fn earliest_message(&mut self, workflow: &WorkflowId) -> Result<Option<Timestamp>> {
+        let earliest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(visible_at) FROM messages WHERE workflow_id = ?1")
+            .and_then(|mut s| s.query_row([workflow.as_str()], |r| r.get(0)))
+            .map_err(|e| self.sql(e))?;
+        Ok(earliest.map(Timestamp::from_millis))
+    }
+
+    fn create_workflow(
+        &mut self,
+        now: Timestamp,
+        id: &WorkflowId,
+        name: &str,
+        version: u32,
+        input: &Payload,
+        started: &Event,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO workflows (id, name, version, status, input, created_at, updated_at, last_seq)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5, 1)",
+            params![id.as_str(), name, version, encode(input)?, ms(now)],
+        )?;
+        self.append_events(id, std::slice::from_ref(started))
+    }
+
+    fn append_events(&mut self, workflow: &WorkflowId, events: &[Event]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO events (workflow_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(|e| self.sql(e))?;
+        for e in events {
+            stmt.execute(params![
+                workflow.as_str(),
+                seq_i64(e.seq),
+                ms(e.at),
+                encode(&e.kind)?
+            ])
+            .map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    fn update_workflow(
+        &mut self,
+        now: Timestamp,
+        workflow: &WorkflowId,
+        change: &WorkflowChange,
+    ) -> Result<()> {
+        let last = change.last_seq.map(seq_i64);
+        let progress = change.progress.as_ref().map(encode).transpose()?;
+        let id = workflow.as_str();
+        match &change.status {
+            StatusChange::Keep => self.exec(
+                "UPDATE workflows SET last_seq = COALESCE(?2, last_seq),
+                 progress = COALESCE(?3, progress), updated_at = ?4 WHERE id = ?1",
+                params![id, last, progress, ms(now)],
+            )?,
+            StatusChange::Resume => self.exec(
+                "UPDATE workflows SET last_seq = COALESCE(?2, last_seq),
+                 progress = COALESCE(?3, progress), updated_at = ?4,
+                 pause_reason = CASE WHEN status = 'paused' THEN NULL ELSE pause_reason END,
+                 status = CASE WHEN status = 'paused' THEN 'running' ELSE status END
+                 WHERE id = ?1",
+                params![id, last, progress, ms(now)],
+            )?,
+            StatusChange::Close(end) => self.exec(
+                "UPDATE workflows SET last_seq = COALESCE(?2, last_seq),
+                 progress = COALESCE(?3, progress), updated_at = ?4, closed_at = ?4,
+                 status = ?5, output = ?6, failure = ?7, pause_reason = NULL WHERE id = ?1",
+                params![
+                    id,
+                    last,
+                    progress,
+                    ms(now),
+                    end.status.as_str(),
+                    end.output.as_ref().map(encode).transpose()?,
+                    end.failure.as_ref().map(encode).transpose()?
+                ],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn insert_task(&mut self, workflow: &WorkflowId, task: &NewTask, due: Timestamp) -> Result<()> {
+        match task {
+            NewTask::Workflow => self.exec(
+                "INSERT INTO tasks (kind, workflow_id, visible_at) VALUES (?1, ?2, ?3)",
+                params![WORKFLOW_TASK, workflow.as_str(), ms(due)],
+            )?,
+            NewTask::Activity(a) => self.exec(
+                "INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input, options, attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    ACTIVITY_TASK,
+                    workflow.as_str(),
+                    ms(due),
+                    seq_i64(a.activity_id.0),
+                    a.name,
+                    encode(&a.input)?,
+                    encode(&a.options)?,
+                    a.attempt
+                ],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn delete_task(&mut self, task: TaskId) -> Result<()> {
+        self.exec("DELETE FROM tasks WHERE id = ?1", [task_i64(task)])
+            .map(drop)
+    }
+
+    fn requeue(&mut self, task: TaskId, due: Timestamp) -> Result<()> {
+        self.exec(
+            "UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL, lease_owner = NULL,
+             deliveries = 0, visible_at = ?2 WHERE id = ?1",
+            params![task_i64(task), ms(due)],
+        )
+        .map(drop)
+    }
+
+    fn post(&mut self, workflow: &WorkflowId, kind: &EventKind, visible: Timestamp) -> Result<()> {
+        self.exec(
+            "INSERT INTO messages (workflow_id, visible_at, kind) VALUES (?1, ?2, ?3)",
+            params![workflow.as_str(), ms(visible), encode(kind)?],
+        )
+        .map(drop)
+    }
+
+    fn wake(&mut self, now: Timestamp, workflow: &WorkflowId, at: Timestamp) -> Result<()> {
+        self.exec(
+            "UPDATE tasks SET visible_at = MIN(COALESCE(visible_at, ?2),
+                 CASE WHEN lease_expires_at > ?3 THEN MAX(?2, lease_expires_at) ELSE ?2 END)
+             WHERE workflow_id = ?1 AND kind = 0",
+            params![workflow.as_str(), ms(at), ms(now)],
+        )
+        .map(drop)
+    }
+
+    fn consume(&mut self, workflow: &WorkflowId, ids: &[MessageId]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE id = ?1 AND workflow_id = ?2")
+            .map_err(|e| self.sql(e))?;
+        for m in ids {
+            stmt.execute(params![id_i64(m.0), workflow.as_str()])
+                .map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()> {
+        self.exec(
+            "DELETE FROM messages WHERE workflow_id = ?1",
+            [workflow.as_str()],
+        )?;
+        self.exec("DELETE FROM tasks WHERE workflow_id = ?1", [workflow.as_str()])
+            .map(drop)
+    }
+
+    fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO logs (workflow_id, seq, at, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(|e| self.sql(e))?;
+        for l in logs {
+            stmt.execute(params![
+                workflow.as_str(),
+                seq_i64(l.seq),
+                ms(l.at),
+                level_str(l.level),
+                l.message
+            ])
+            .map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, workflow: &WorkflowId) -> Result<()> {
+        self.exec(
+            "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
+             visible_at = (SELECT MIN(visible_at) FROM messages WHERE workflow_id = ?1)
+             WHERE workflow_id = ?1 AND kind = 0",
+            [workflow.as_str()],
+        )
+        .map(drop)
+    }
+
+    fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()> {
+        self.exec(
+            "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
+             visible_at = ?2 WHERE id = ?1",
+            params![task_i64(task), ms(due)],
+        )
+        .map(drop)
+    }
+
+    fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()> {
+        self.exec(
+            "UPDATE workflows SET status = 'paused', pause_reason = ?2, updated_at = ?3
+             WHERE id = (SELECT workflow_id FROM tasks WHERE id = ?1)",
+            params![task_i64(task), reason, ms(now)],
+        )
+        .map(drop)
+    }
+
+    fn renew(&mut self, task: TaskId, until: Timestamp) -> Result<()> {
+        self.exec(
+            "UPDATE tasks SET lease_expires_at = ?2, visible_at = ?2 WHERE id = ?1",
+            params![task_i64(task), ms(until)],
+        )
+        .map(drop)
+    }
+
+    fn claim_workflow_tasks(
+        &mut self,
+        now: Timestamp,
+        of: Option<&WorkflowId>,
+        req: &ClaimRequest,
+    ) -> Result<Vec<WorkflowTask>> {
+        let mut tasks = Vec::new();
+        for (lease, workflow_id, deliveries, _) in self.claim(now, WORKFLOW_TASK, req, of)? {
+            let (name, last): (String, i64) = self
+                .conn
+                .prepare_cached("SELECT name, last_seq FROM workflows WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([workflow_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                })
+                .map_err(|e| self.sql(e))?;
+            let messages = self.due_messages(&workflow_id, now)?;
+            tasks.push(WorkflowTask {
+                lease,
+                workflow_id,
+                workflow_name: name,
+                last_seq: seq(last),
+                messages,
+                deliveries,
+                claimed_at: now,
+            });
+        }
+        Ok(tasks)
+    }
+
+    fn claim_activity_tasks(
+        &mut self,
+        now: Timestamp,
+        of: Option<&WorkflowId>,
+        req: &ClaimRequest,
+    ) -> Result<Vec<ActivityTask>> {
+        let mut tasks = Vec::new();
+        for (lease, workflow_id, deliveries, row) in self.claim(now, ACTIVITY_TASK, req, of)? {
+            type Row = (i64, String, String, String, u32);
+            let (activity, name, input, options, attempt): Row = self
+                .conn
+                .prepare_cached(
+                    "SELECT activity_id, name, input, options, attempt FROM tasks WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([row], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                })
+                .map_err(|e| self.sql(e))?;
+            let options: ActivityOptions =
+                self.decode(&options, || format!("the options of activity task {row}"))?;
+            tasks.push(ActivityTask {
+                lease,
+                activity_id: ActivityId(seq(activity)),
+                input: self.decode(&input, || format!("the input of activity task {row}"))?,
+                options,
+                workflow_id,
+                name,
+                attempt,
+                deliveries,
+                claimed_at: now,
+            });
+        }
+        Ok(tasks)
+    }
+}

@@ -1,0 +1,168 @@
+//! One connection inside one transaction or snapshot, and the conversions between Loom's
+//! records and SQLite's columns.
+
+use std::path::Path;
+
+use loom_core::{Failure, LogLevel, Payload, Progress, Seq, Timestamp, WorkflowId};
+use loom_storage::{Result, StorageError, TaskId, WorkflowSummary};
+use rusqlite::Connection;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::conn::map_err;
+
+/// `tasks.kind` of a workflow task.
+pub(crate) const WORKFLOW_TASK: i64 = 0;
+/// `tasks.kind` of an activity task.
+pub(crate) const ACTIVITY_TASK: i64 = 1;
+
+/// One connection inside one transaction (writes) or snapshot (reads), with the file's path
+/// for errors. None of its methods begins or commits.
+pub(crate) struct Db<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) path: &'a Path,
+}
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+pub(crate) fn seq(n: i64) -> Seq {
+    Seq::new(n.max(0).unsigned_abs())
+}
+
+pub(crate) fn seq_i64(s: Seq) -> i64 {
+    i64::try_from(s.get()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn task_i64(t: TaskId) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn id_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StorageError::InvalidArgument(format!("cannot encode a value as JSON: {e}")))
+}
+
+pub(crate) fn level_str(l: LogLevel) -> &'static str {
+    match l {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+pub(crate) fn parse_level(s: &str) -> LogLevel {
+    match s {
+        "debug" => LogLevel::Debug,
+        "warn" => LogLevel::Warn,
+        "error" => LogLevel::Error,
+        _ => LogLevel::Info,
+    }
+}
+
+impl Db<'_> {
+    pub(crate) fn sql(&self, e: rusqlite::Error) -> StorageError {
+        map_err(self.path, e)
+    }
+
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        text: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<T> {
+        serde_json::from_str(text).map_err(|e| {
+            StorageError::corrupt(
+                format!("{} in {} cannot be decoded", what(), self.path.display()),
+                e,
+            )
+        })
+    }
+
+    pub(crate) fn status(&self, text: &str, id: &str) -> Result<loom_storage::WorkflowStatus> {
+        text.parse().map_err(|e: String| StorageError::Corrupt {
+            message: format!("workflow \"{id}\" in {}: {e}", self.path.display()),
+            source: None,
+        })
+    }
+}
+
+/// The columns of a workflow's summary, in [`RawSummary`]'s order.
+pub(crate) const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, \
+                                  closed_at, last_seq, output, failure, pause_reason, progress";
+
+/// A workflow row as SQLite returns it, before decoding.
+pub(crate) struct RawSummary {
+    id: String,
+    name: String,
+    version: u32,
+    status: String,
+    input: String,
+    created_at: i64,
+    updated_at: i64,
+    closed_at: Option<i64>,
+    last_seq: i64,
+    output: Option<String>,
+    failure: Option<String>,
+    pause_reason: Option<String>,
+    progress: Option<String>,
+}
+
+impl RawSummary {
+    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawSummary {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            version: r.get(2)?,
+            status: r.get(3)?,
+            input: r.get(4)?,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+            closed_at: r.get(7)?,
+            last_seq: r.get(8)?,
+            output: r.get(9)?,
+            failure: r.get(10)?,
+            pause_reason: r.get(11)?,
+            progress: r.get(12)?,
+        })
+    }
+
+    pub(crate) fn decode(self, db: &Db<'_>) -> Result<WorkflowSummary> {
+        let id = self.id;
+        let field = |what: &str| format!("the {what} of workflow \"{id}\"");
+        let status = db.status(&self.status, &id)?;
+        let input: Payload = db.decode(&self.input, || field("input"))?;
+        let output: Option<Payload> = self
+            .output
+            .map(|t| db.decode(&t, || field("output")))
+            .transpose()?;
+        let failure: Option<Failure> = self
+            .failure
+            .map(|t| db.decode(&t, || field("failure")))
+            .transpose()?;
+        let progress: Option<Progress> = self
+            .progress
+            .map(|t| db.decode(&t, || field("progress")))
+            .transpose()?;
+        Ok(WorkflowSummary {
+            id: WorkflowId::new(id),
+            name: self.name,
+            version: self.version,
+            status,
+            input,
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+            closed_at: self.closed_at.map(Timestamp::from_millis),
+            last_seq: seq(self.last_seq),
+            output,
+            failure,
+            pause_reason: self.pause_reason,
+            progress,
+        })
+    }
+}

@@ -1,0 +1,266 @@
+//! The reads: histories, summaries, listings, stats, logs and pending work, on a snapshot.
+
+use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
+use loom_storage::{
+    ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, Stats,
+    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
+};
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, params, params_from_iter};
+
+use crate::db::{Db, RawSummary, SUMMARY, ms, parse_level, seq, seq_i64};
+
+impl Db<'_> {
+    /// `NotFound` unless the workflow exists.
+    fn exists(&self, id: &WorkflowId) -> Result<()> {
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT 1 FROM workflows WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+            .map_err(|e| self.sql(e))?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(StorageError::NotFound(id.clone())),
+        }
+    }
+}
+
+impl Read for Db<'_> {
+    fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
+        self.exists(id)?;
+        let rows: Vec<(i64, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at, kind FROM events WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![id.as_str(), seq_i64(after)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.into_iter()
+            .map(|(n, at, kind)| {
+                Ok(Event {
+                    seq: seq(n),
+                    at: Timestamp::from_millis(at),
+                    kind: self.decode(&kind, || format!("event #{n} of workflow \"{id}\""))?,
+                })
+            })
+            .collect()
+    }
+
+    fn describe(&mut self, id: &WorkflowId) -> Result<WorkflowSummary> {
+        let sql = format!("SELECT {SUMMARY} FROM workflows WHERE id = ?1");
+        let raw = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([id.as_str()], RawSummary::from_row).optional())
+            .map_err(|e| self.sql(e))?;
+        match raw {
+            Some(raw) => raw.decode(self),
+            None => Err(StorageError::NotFound(id.clone())),
+        }
+    }
+
+    fn list(&mut self, q: &ListQuery) -> Result<Page<WorkflowSummary>> {
+        let mut sql = format!("SELECT {SUMMARY} FROM workflows WHERE 1 = 1");
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(status) = q.status {
+            sql.push_str(" AND status = ?");
+            args.push(Value::Text(status.as_str().into()));
+        }
+        if let Some(name) = &q.name {
+            sql.push_str(" AND name = ?");
+            args.push(Value::Text(name.clone()));
+        }
+        if let Some(t) = q.created_after {
+            sql.push_str(" AND created_at >= ?");
+            args.push(Value::Integer(ms(t)));
+        }
+        if let Some(t) = q.created_before {
+            sql.push_str(" AND created_at < ?");
+            args.push(Value::Integer(ms(t)));
+        }
+        if let Some(c) = &q.after {
+            sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
+            args.push(Value::Integer(ms(c.created_at)));
+            args.push(Value::Integer(ms(c.created_at)));
+            args.push(Value::Text(c.id.as_str().into()));
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+        args.push(Value::Integer(
+            i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1,
+        ));
+        let raws: Vec<RawSummary> = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params_from_iter(args), RawSummary::from_row)?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        let more = raws.len() > q.limit;
+        let items = raws
+            .into_iter()
+            .take(q.limit)
+            .map(|r| r.decode(self))
+            .collect::<Result<Vec<_>>>()?;
+        let next = match items.last() {
+            Some(last) if more => Some(ListCursor {
+                created_at: last.created_at,
+                id: last.id.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    fn stats(&mut self, now: Timestamp) -> Result<Stats> {
+        let mut stats = Stats {
+            at: now,
+            ..Stats::default()
+        };
+        let now = ms(now);
+        let by_status: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached("SELECT status, COUNT(*) FROM workflows GROUP BY status")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.sql(e))?;
+        for (status, n) in by_status {
+            let status: WorkflowStatus = self.status(&status, "?")?;
+            stats.workflows.insert(status, n.unsigned_abs());
+        }
+        let one = |sql: &str| -> Result<Option<i64>> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.query_row([now], |r| r.get(0)))
+                .map_err(|e| self.sql(e))
+        };
+        let count = |sql: &str| -> Result<u64> { Ok(one(sql)?.unwrap_or(0).unsigned_abs()) };
+        stats.events = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| self.sql(e))?
+            .unsigned_abs();
+        let ready = "visible_at <= ?1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)";
+        stats.workflow_tasks_ready = count(&format!(
+            "SELECT COUNT(*) FROM tasks WHERE kind = 0 AND {ready}"
+        ))?;
+        stats.activity_tasks_ready = count(&format!(
+            "SELECT COUNT(*) FROM tasks WHERE kind = 1 AND {ready}"
+        ))?;
+        stats.workflow_tasks_running =
+            count("SELECT COUNT(*) FROM tasks WHERE kind = 0 AND lease_expires_at > ?1")?;
+        stats.activity_tasks_running =
+            count("SELECT COUNT(*) FROM tasks WHERE kind = 1 AND lease_expires_at > ?1")?;
+        stats.activity_tasks_waiting = count(
+            "SELECT COUNT(*) FROM tasks WHERE kind = 1 AND visible_at > ?1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)",
+        )?;
+        stats.messages_waiting = count("SELECT COUNT(*) FROM messages WHERE visible_at > ?1")?;
+        stats.oldest_ready_at = one(&format!("SELECT MIN(visible_at) FROM tasks WHERE {ready}"))?
+            .map(Timestamp::from_millis);
+        let next_task = one(
+            "SELECT MIN(visible_at) FROM tasks WHERE visible_at > ?1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)",
+        )?;
+        let next_message = one("SELECT MIN(visible_at) FROM messages WHERE visible_at > ?1")?;
+        stats.next_due_at = next_task
+            .into_iter()
+            .chain(next_message)
+            .min()
+            .map(Timestamp::from_millis);
+        Ok(stats)
+    }
+
+    fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
+        self.exists(id)?;
+        let rows: Vec<(i64, i64, String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at, level, message FROM logs WHERE workflow_id = ?1 ORDER BY n",
+            )
+            .and_then(|mut s| {
+                s.query_map([id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(n, at, level, message)| LogRecord {
+                seq: seq(n),
+                at: Timestamp::from_millis(at),
+                level: parse_level(&level),
+                message,
+            })
+            .collect())
+    }
+
+    fn pending(&mut self, id: &WorkflowId, now: Timestamp) -> Result<Pending> {
+        self.exists(id)?;
+        type Row = (i64, i64, Option<i64>, Option<String>, Option<u32>, Option<i64>, Option<i64>, u32);
+        let rows: Vec<Row> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, activity_id, name, attempt, visible_at, lease_expires_at, deliveries
+                 FROM tasks WHERE workflow_id = ?1 ORDER BY id",
+            )
+            .and_then(|mut s| {
+                s.query_map([id.as_str()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        let tasks = rows
+            .into_iter()
+            .map(
+                |(task, kind, activity, name, attempt, visible, lease, deliveries)| PendingTask {
+                    id: TaskId(task.unsigned_abs()),
+                    activity: (kind == crate::db::ACTIVITY_TASK).then(|| {
+                        (
+                            loom_core::ActivityId(seq(activity.unwrap_or(0))),
+                            name.unwrap_or_default(),
+                            attempt.unwrap_or(1),
+                        )
+                    }),
+                    visible_at: visible.map(Timestamp::from_millis),
+                    leased_until: lease.filter(|t| *t > ms(now)).map(Timestamp::from_millis),
+                    deliveries,
+                },
+            )
+            .collect();
+        let rows: Vec<(i64, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, visible_at, kind FROM messages WHERE workflow_id = ?1 ORDER BY id",
+            )
+            .and_then(|mut s| {
+                s.query_map([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        let messages = rows
+            .into_iter()
+            .map(|(mid, visible_at, kind)| {
+                Ok(Message {
+                    id: MessageId(mid.unsigned_abs()),
+                    kind: self.decode(&kind, || format!("message {mid} of workflow \"{id}\""))?,
+                    visible_at: Timestamp::from_millis(visible_at),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Pending { tasks, messages })
+    }
+}
