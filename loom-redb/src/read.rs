@@ -1,0 +1,175 @@
+//! The reads, on a redb read transaction: histories, summaries, listings, stats, logs and
+//! pending work.
+
+use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
+use loom_storage::engine::rows::{TaskRecord, WorkflowRecord};
+use loom_storage::{
+    ListCursor, ListQuery, Message, Page, Pending, Read, Result, Stats, StorageError, TaskId,
+    WorkflowSummary,
+};
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use crate::tables::{
+    BY_CREATED, EVENTS, LOGS, MESSAGES, TASKS, TaskRow, Tx, WF_ACTIVITIES, WORKFLOWS,
+};
+
+impl Tx<'_, redb::ReadTransaction> {
+    fn workflow(&self, id: &WorkflowId) -> Result<WorkflowRecord> {
+        let table = self.tx.open_table(WORKFLOWS).map_err(|e| self.err(e))?;
+        let row = table.get(id.as_str()).map_err(|e| self.err(e))?;
+        match row {
+            Some(bytes) => self.decode(bytes.value(), || format!("workflow {id}")),
+            None => Err(StorageError::NotFound(id.clone())),
+        }
+    }
+
+    fn task(&self, id: u64) -> Result<Option<TaskRecord>> {
+        let table = self.tx.open_table(TASKS).map_err(|e| self.err(e))?;
+        let row = table.get(id).map_err(|e| self.err(e))?;
+        row.map(|bytes| {
+            self.decode::<TaskRow>(bytes.value(), || format!("task{id}"))
+                .map(TaskRecord::from)
+        })
+        .transpose()
+    }
+}
+
+impl Read for Tx<'_, redb::ReadTransaction> {
+    fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
+        self.workflow(id)?;
+        let table = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let start = after.get().saturating_add(1);
+        let mut events = Vec::new();
+        for entry in table.range((id.as_str(), start)..=(id.as_str(), u64::MAX)).map_err(|e| self.err(e))? {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let seq = key.value().1;
+            events.push(self.decode(value.value(), || format!("event #{seq} of workflow {id}"))?);
+        }
+        Ok(events)
+    }
+
+    fn describe(&mut self, id: &WorkflowId) -> Result<WorkflowSummary> {
+        Ok(self.workflow(id)?.summary)
+    }
+
+    fn list(&mut self, q: &ListQuery) -> Result<Page<WorkflowSummary>> {
+        let index = self.tx.open_table(BY_CREATED).map_err(|e| self.err(e))?;
+        let mut items = Vec::new();
+        let mut more = false;
+        let rows = match &q.after {
+            Some(c) => index.range(..(c.created_at.as_millis(), c.id.as_str())),
+            None => index.range::<(i64, &str)>(..),
+        }
+        .map_err(|e| self.err(e))?;
+        for entry in rows.rev() {
+            let (key, ()) = entry.map(|(k, _)| (k, ())).map_err(|e| self.err(e))?;
+            let id = WorkflowId::new(key.value().1);
+            let summary = self.workflow(&id)?.summary;
+            if !q.matches(&summary) {
+                continue;
+            }
+            if items.len() == q.limit {
+                more = true;
+                break;
+            }
+            items.push(summary);
+        }
+        let next = match items.last() {
+            Some(last) if more => Some(ListCursor {
+                created_at: last.created_at,
+                id: last.id.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    fn stats(&mut self, now: Timestamp) -> Result<Stats> {
+        let mut stats = Stats {
+            at: now,
+            ..Stats::default()
+        };
+        let now = now.as_millis();
+        let workflows = self.tx.open_table(WORKFLOWS).map_err(|e| self.err(e))?;
+        for entry in workflows.iter().map_err(|e| self.err(e))? {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            let row: WorkflowRecord = self.decode(value.value(), || "a workflow".to_owned())?;
+            *stats.workflows.entry(row.summary.status).or_default() += 1;
+        }
+        let events = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        stats.events = events.len().map_err(|e| self.err(e))?;
+        let messages = self.tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+        for entry in messages.iter().map_err(|e| self.err(e))? {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            let m: Message = self.decode(value.value(), || "a message".to_owned())?;
+            if m.visible_at.as_millis() > now {
+                stats.messages_waiting += 1;
+                stats.next_due_at = Some(stats.next_due_at.map_or(m.visible_at, |t| t.min(m.visible_at)));
+            }
+        }
+        let tasks = self.tx.open_table(TASKS).map_err(|e| self.err(e))?;
+        for entry in tasks.iter().map_err(|e| self.err(e))? {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            let task: TaskRecord = self.decode::<TaskRow>(value.value(), || "a task".to_owned())?.into();
+            let workflow = !task.is_activity();
+            if task.lease.is_some_and(|(_, until)| until.as_millis() > now) {
+                *if workflow { &mut stats.workflow_tasks_running } else { &mut stats.activity_tasks_running } += 1;
+            } else if let Some(at) = task.visible_at {
+                let v = at.as_millis();
+                if v <= now {
+                    *if workflow { &mut stats.workflow_tasks_ready } else { &mut stats.activity_tasks_ready } += 1;
+                    stats.oldest_ready_at = Some(stats.oldest_ready_at.map_or(at, |t| t.min(at)));
+                } else {
+                    if !workflow {
+                        stats.activity_tasks_waiting += 1;
+                    }
+                    stats.next_due_at = Some(stats.next_due_at.map_or(at, |t| t.min(at)));
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
+        self.workflow(id)?;
+        let table = self.tx.open_table(LOGS).map_err(|e| self.err(e))?;
+        let mut logs = Vec::new();
+        for entry in table.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(|e| self.err(e))? {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            logs.push(self.decode(value.value(), || format!("a log line of workflow {id}"))?);
+        }
+        Ok(logs)
+    }
+
+    fn pending(&mut self, id: &WorkflowId, now: Timestamp) -> Result<Pending> {
+        let workflow = self.workflow(id)?;
+        let mut ids: Vec<u64> = {
+            let index = self.tx.open_table(WF_ACTIVITIES).map_err(|e| self.err(e))?;
+            let range = index
+                .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+                .map_err(|e| self.err(e))?;
+            range
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| self.err(e))?
+        };
+        ids.extend(workflow.task.map(|t| t.0));
+        ids.sort_unstable();
+        let mut tasks = Vec::new();
+        for task in ids {
+            if let Some(record) = self.task(task)? {
+                tasks.push(record.pending(TaskId(task), now));
+            }
+        }
+        let table = self.tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+        let mut messages: Vec<Message> = Vec::new();
+        for entry in table
+            .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            messages.push(self.decode(value.value(), || format!("a message of workflow {id}"))?);
+        }
+        Ok(Pending { tasks, messages })
+    }
+}
