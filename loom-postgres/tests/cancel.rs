@@ -69,7 +69,7 @@ async fn dropped_calls_leave_no_transaction_open() {
                 .map(|r| r.map(|l| lease = l).map(drop))
         } else {
             let release = Release {
-                visible_at: Some(Timestamp::from_millis(i64::MAX / 2)),
+                after: Duration::from_secs(3_600 * 24 * 365),
                 pause: None,
             };
             tokio::time::timeout(wait, store.release_task(&lease, release))

@@ -1,0 +1,306 @@
+-- Migration 3: the store engine's applier on the server.
+--
+-- `loom_apply(batch)` applies many callers' write sets (see loom_storage::engine) in one
+-- statement, so one round trip and one WAL flush serve them all. It decides nothing: each
+-- item carries the engine's checks and its writes, grouped by the Rust side into steps
+-- (wire.rs). The checks are evaluated under row locks before anything is written; an item
+-- whose check fails writes nothing and reports which check failed and what it found (the
+-- Rust side turns that into the engine's error), and the other items still commit. Items are
+-- applied in workflow-id order, and every item locks a workflow's task before the workflow's
+-- row, so two batches lock in one order.
+--
+-- Item:   {"wf"?, "task"?, "checks": [check], "steps": [step]}
+-- Check:  ["leased", task, token] | ["wft_of", task, wf] | ["is_wft", task]
+--         | ["attempt", task, wf, activity, attempt] | ["absent", wf] | ["open", wf]
+--         | ["last", wf, seq] | ["free", wf] | ["quiet", wf]
+-- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
+--         a workflow [status, last_seq], or the earliest message time; null for no row.
+-- Step:   {"s":"w", "wf", parts...}   runs of primitive writes, one statement
+--         {"s":"settle", "wf"}         the workflow task released to its earliest message
+--         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
+--         {"s":"if", "all": [check], "then": [step], "else": [step]}
+-- A time is [mode, value]: 0 the database's now, 1 now plus value ms, 2 value itself.
+-- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
+--   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
+--    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]]]],
+--    "decided": bool}
+-- and r_now, the database's clock for the item.
+
+DROP FUNCTION loom_commit(jsonb);
+
+CREATE FUNCTION loom_at(now_ms bigint, mode smallint, value bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE mode WHEN 0 THEN now_ms WHEN 1 THEN now_ms + value ELSE value END
+$$;
+
+-- The first check of `checks` that fails at `now_ms`, as [position, found]; NULL if all hold.
+-- Rows are locked as they are read. Consecutive checks of one row read it once.
+CREATE FUNCTION loom_checks(checks jsonb, now_ms bigint) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    c jsonb;
+    i integer := 0;
+    ok boolean;
+    found_row jsonb;
+    t_id bigint;
+    t record;
+    t_found boolean := false;
+    w_id text;
+    w record;
+    w_found boolean := false;
+    -- The workflow whose task the checks have locked, if any.
+    locked_wft text;
+    earliest bigint;
+BEGIN
+    FOR c IN SELECT value FROM jsonb_array_elements(checks) LOOP
+        i := i + 1;
+        CASE c->>0
+        WHEN 'leased', 'wft_of', 'is_wft', 'attempt' THEN
+            IF t_id IS DISTINCT FROM (c->>1)::bigint THEN
+                t_id := (c->>1)::bigint;
+                SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
+                INTO t FROM tasks WHERE id = t_id FOR UPDATE;
+                t_found := FOUND;
+                IF t_found AND t.kind = 0 THEN
+                    locked_wft := t.workflow_id;
+                END IF;
+            END IF;
+            ok := t_found AND CASE c->>0
+                WHEN 'leased' THEN t.lease_token = (c->>2)::bigint
+                                   AND t.lease_expires_at > now_ms
+                WHEN 'wft_of' THEN t.kind = 0 AND t.workflow_id = c->>2
+                WHEN 'is_wft' THEN t.kind = 0
+                ELSE t.kind = 1 AND t.workflow_id = c->>2
+                     AND t.activity_id = (c->>3)::bigint AND t.attempt = (c->>4)::integer
+            END;
+            found_row := CASE WHEN t_found THEN jsonb_build_array(t.workflow_id, t.kind,
+                t.activity_id, t.attempt, t.lease_token, t.lease_expires_at) END;
+        WHEN 'absent', 'open', 'last' THEN
+            IF w_id IS DISTINCT FROM c->>1 THEN
+                w_id := c->>1;
+                IF c->>0 = 'absent' THEN
+                    -- A missing row cannot be locked: concurrent starts of one id queue here.
+                    PERFORM pg_advisory_xact_lock(hashtextextended('loom:' || w_id, 0));
+                END IF;
+                -- The workflow's task before the workflow: the order every item takes.
+                IF locked_wft IS DISTINCT FROM w_id THEN
+                    PERFORM 1 FROM tasks WHERE workflow_id = w_id AND kind = 0 FOR UPDATE;
+                    locked_wft := w_id;
+                END IF;
+                SELECT status, last_seq INTO w FROM workflows WHERE id = w_id FOR UPDATE;
+                w_found := FOUND;
+            END IF;
+            ok := CASE c->>0
+                WHEN 'absent' THEN NOT w_found
+                WHEN 'open' THEN w_found AND w.status NOT IN ('completed', 'failed', 'cancelled')
+                ELSE w_found AND w.last_seq = (c->>2)::bigint
+            END;
+            found_row := CASE WHEN w_found THEN jsonb_build_array(w.status, w.last_seq) END;
+        WHEN 'free' THEN
+            SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
+            INTO t FROM tasks WHERE workflow_id = c->>1 AND kind = 0 FOR UPDATE;
+            t_found := FOUND;
+            t_id := NULL;
+            IF t_found THEN
+                locked_wft := c->>1;
+            END IF;
+            ok := t_found AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now_ms);
+            found_row := CASE WHEN t_found THEN jsonb_build_array(t.workflow_id, t.kind,
+                t.activity_id, t.attempt, t.lease_token, t.lease_expires_at) END;
+        WHEN 'quiet' THEN
+            SELECT MIN(visible_at) INTO earliest FROM messages WHERE workflow_id = c->>1;
+            ok := earliest IS NULL OR earliest > now_ms;
+            found_row := to_jsonb(earliest);
+        ELSE
+            RAISE EXCEPTION 'loom_apply: unknown check %', c->>0;
+        END CASE;
+        -- A comparison with a NULL column (no lease, no row) does not hold.
+        IF NOT COALESCE(ok, false) THEN
+            RETURN jsonb_build_array(i, COALESCE(found_row, 'null'::jsonb));
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- Applies `steps` at `now_ms`, adding what they claim or decide to `answer`.
+CREATE FUNCTION loom_steps(steps jsonb, now_ms bigint, answer jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    s jsonb;
+    wf text;
+    claimed jsonb;
+    failed jsonb;
+BEGIN
+    FOR s IN SELECT value FROM jsonb_array_elements(steps) LOOP
+        wf := s->>'wf';
+        CASE s->>'s'
+        WHEN 'w' THEN
+            -- Every part is driven by an array or object of `s`; absent parts write nothing.
+            -- No two parts of one step touch the same row (the engine guarantees it), which
+            -- is what lets them share one statement and one snapshot.
+            WITH cw AS (
+                INSERT INTO workflows (id, name, version, status, input, created_at,
+                                       updated_at, last_seq)
+                SELECT s->'cw'->>0, s->'cw'->>1, (s->'cw'->>2)::integer, 'running',
+                       s->'cw'->>3, now_ms, now_ms, 1
+                WHERE s ? 'cw'
+            ), ev AS (
+                INSERT INTO events (workflow_id, seq, at, kind)
+                SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                FROM jsonb_array_elements(s->'ev') AS e
+            ), uw AS (
+                UPDATE workflows SET
+                    last_seq = COALESCE((s->'uw'->>'last')::bigint, last_seq),
+                    progress = COALESCE(s->'uw'->>'progress', progress),
+                    updated_at = now_ms,
+                    status = CASE s->'uw'->>'st'
+                        WHEN 'close' THEN s->'uw'->'term'->>0
+                        WHEN 'resume' THEN CASE WHEN status = 'paused' THEN 'running' ELSE status END
+                        ELSE status END,
+                    pause_reason = CASE s->'uw'->>'st'
+                        WHEN 'close' THEN NULL
+                        WHEN 'resume' THEN CASE WHEN status = 'paused' THEN NULL ELSE pause_reason END
+                        ELSE pause_reason END,
+                    output = CASE WHEN s->'uw'->>'st' = 'close' THEN s->'uw'->'term'->>1 ELSE output END,
+                    failure = CASE WHEN s->'uw'->>'st' = 'close' THEN s->'uw'->'term'->>2 ELSE failure END,
+                    closed_at = CASE WHEN s->'uw'->>'st' = 'close' THEN now_ms ELSE closed_at END
+                WHERE id = wf AND s ? 'uw'
+            ), it AS (
+                INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
+                                   options, attempt)
+                SELECT (t->>0)::smallint, wf, loom_at(now_ms, (t->>1)::smallint, (t->>2)::bigint),
+                       (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                FROM jsonb_array_elements(s->'it') AS t
+            ), dt AS (
+                DELETE FROM tasks
+                WHERE id IN (SELECT d::bigint FROM jsonb_array_elements_text(s->'dt') AS d)
+            ), rq AS (
+                UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
+                    lease_owner = NULL, deliveries = 0,
+                    visible_at = loom_at(now_ms, (r->>1)::smallint, (r->>2)::bigint)
+                FROM jsonb_array_elements(s->'rq') AS r
+                WHERE tasks.id = (r->>0)::bigint
+            ), rl AS (
+                UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
+                    visible_at = loom_at(now_ms, (r->>1)::smallint, (r->>2)::bigint)
+                FROM jsonb_array_elements(s->'rl') AS r
+                WHERE tasks.id = (r->>0)::bigint
+            ), po AS (
+                INSERT INTO messages (workflow_id, visible_at, kind)
+                SELECT wf, loom_at(now_ms, (p->>1)::smallint, (p->>2)::bigint),
+                    CASE WHEN jsonb_typeof(p->3) = 'number'
+                        THEN jsonb_set((p->>0)::jsonb, '{retry_at}',
+                            to_jsonb(loom_at(now_ms, (p->>3)::smallint, (p->>4)::bigint)))::text
+                        ELSE p->>0 END
+                FROM jsonb_array_elements(s->'po') AS p
+            ), wk AS (
+                UPDATE tasks SET visible_at = LEAST(COALESCE(visible_at, x.at),
+                    CASE WHEN lease_expires_at > now_ms THEN GREATEST(x.at, lease_expires_at)
+                         ELSE x.at END)
+                FROM (SELECT loom_at(now_ms, (s->'wk'->>0)::smallint, (s->'wk'->>1)::bigint) AS at
+                      WHERE s ? 'wk') AS x
+                WHERE tasks.kind = 0 AND tasks.workflow_id = wf
+            ), cm AS (
+                DELETE FROM messages WHERE workflow_id = wf
+                  AND id IN (SELECT c::bigint FROM jsonb_array_elements_text(s->'cm') AS c)
+            ), dwm AS (
+                DELETE FROM messages WHERE workflow_id = wf AND s ? 'dw'
+            ), dwt AS (
+                DELETE FROM tasks WHERE workflow_id = wf AND s ? 'dw'
+            ), lg AS (
+                INSERT INTO logs (workflow_id, seq, at, level, message)
+                SELECT wf, (l->>0)::bigint, (l->>1)::bigint, l->>2, l->>3
+                FROM jsonb_array_elements(s->'lg') AS l
+            ), pa AS (
+                UPDATE workflows SET status = 'paused', pause_reason = p->>1, updated_at = now_ms
+                FROM jsonb_array_elements(s->'pa') AS p
+                WHERE workflows.id = (SELECT workflow_id FROM tasks WHERE tasks.id = (p->>0)::bigint)
+            )
+            SELECT NULL INTO claimed;
+
+        WHEN 'settle' THEN
+            UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
+                visible_at = (SELECT MIN(m.visible_at) FROM messages m WHERE m.workflow_id = wf)
+            WHERE kind = 0 AND workflow_id = wf;
+
+        WHEN 'claim_a' THEN
+            WITH picked AS (
+                SELECT id FROM tasks
+                WHERE workflow_id = wf AND kind = 1 AND visible_at <= now_ms
+                ORDER BY visible_at, id LIMIT (s->>'max')::bigint
+                FOR UPDATE SKIP LOCKED
+            ), c AS (
+                UPDATE tasks t SET lease_token = t.lease_token + 1,
+                    lease_expires_at = now_ms + (s->>'lease_ms')::bigint,
+                    visible_at = now_ms + (s->>'lease_ms')::bigint,
+                    lease_owner = s->>'owner', deliveries = t.deliveries + 1
+                FROM picked WHERE t.id = picked.id
+                RETURNING t.id, t.lease_token, t.lease_expires_at, t.deliveries,
+                    t.activity_id, t.name, t.input, t.options, t.attempt
+            )
+            SELECT jsonb_agg(jsonb_build_array(id, lease_token, lease_expires_at, deliveries,
+                       activity_id, name, input, options, attempt) ORDER BY id)
+            INTO claimed FROM c;
+            answer := jsonb_set(answer, '{acts}',
+                COALESCE(answer->'acts', '[]'::jsonb) || COALESCE(claimed, '[]'::jsonb));
+
+        WHEN 'claim_w' THEN
+            WITH c AS (
+                UPDATE tasks SET lease_token = lease_token + 1,
+                    lease_expires_at = now_ms + (s->>'lease_ms')::bigint,
+                    visible_at = now_ms + (s->>'lease_ms')::bigint,
+                    lease_owner = s->>'owner', deliveries = deliveries + 1
+                WHERE kind = 0 AND workflow_id = wf AND visible_at <= now_ms
+                RETURNING id, lease_token, lease_expires_at, deliveries
+            )
+            SELECT jsonb_build_array(c.id, c.lease_token, c.lease_expires_at, c.deliveries,
+                       wf, w.name, w.last_seq,
+                       (SELECT COALESCE(jsonb_agg(jsonb_build_array(m.id, m.visible_at, m.kind)
+                                                  ORDER BY m.visible_at, m.id), '[]'::jsonb)
+                        FROM messages m WHERE m.workflow_id = wf AND m.visible_at <= now_ms))
+            INTO claimed
+            FROM c JOIN workflows w ON w.id = wf;
+            IF claimed IS NOT NULL THEN
+                answer := jsonb_set(answer, '{wfts}',
+                    COALESCE(answer->'wfts', '[]'::jsonb) || jsonb_build_array(claimed));
+            END IF;
+
+        WHEN 'if' THEN
+            failed := loom_checks(s->'all', now_ms);
+            answer := jsonb_set(answer, '{decided}', to_jsonb(failed IS NULL));
+            answer := loom_steps(CASE WHEN failed IS NULL THEN s->'then' ELSE s->'else' END,
+                                 now_ms, answer);
+        ELSE
+            RAISE EXCEPTION 'loom_apply: unknown step %', s->>'s';
+        END CASE;
+    END LOOP;
+    RETURN answer;
+END $$;
+
+CREATE FUNCTION loom_apply(batch jsonb)
+RETURNS TABLE (r_index integer, r_failed integer, r_found jsonb, r_now bigint, r_out jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    item jsonb;
+    pos integer;
+    failed jsonb;
+BEGIN
+    FOR item, pos IN
+        SELECT b.value, b.ordinality::integer
+        FROM jsonb_array_elements(batch) WITH ORDINALITY AS b
+        ORDER BY COALESCE(b.value->>'wf',
+                 (SELECT tk.workflow_id FROM tasks tk WHERE tk.id = (b.value->>'task')::bigint)),
+                 b.ordinality
+    LOOP
+        r_index := pos;
+        r_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        r_out := NULL;
+        failed := loom_checks(item->'checks', r_now);
+        r_failed := (failed->>0)::integer;
+        r_found := failed->1;
+        IF failed IS NULL THEN
+            r_out := loom_steps(item->'steps', r_now, '{}'::jsonb);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;

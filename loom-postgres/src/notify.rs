@@ -1,0 +1,77 @@
+//! Waking idle workers in other processes: `NOTIFY` after a commit that made work ready, and a
+//! `LISTEN`ing connection that feeds [`Storage::work_signal`](loom_storage::Storage::work_signal).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+
+use crate::PostgresStorage;
+
+impl PostgresStorage {
+    /// Keeps a `LISTEN`ing connection that wakes idle workers; reconnects when it drops.
+    pub(crate) fn listen(&self) {
+        let (pool, channel, work) = (
+            self.pool.clone(),
+            self.channel.clone(),
+            Arc::downgrade(&self.work),
+        );
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                if work.upgrade().is_none() {
+                    return;
+                }
+                let listener = async {
+                    let mut l = PgListener::connect_with(&pool).await?;
+                    l.listen(&channel).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                match listener.await {
+                    Ok(mut l) => {
+                        pause = Duration::from_millis(100);
+                        // `Ok(None)` means the connection was re-established and notifications
+                        // may have been missed: waking the workers then is right too.
+                        while l.try_recv().await.is_ok() {
+                            match work.upgrade() {
+                                Some(n) => n.notify_waiters(),
+                                None => return,
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "LISTEN failed; retrying"),
+                }
+                if pool.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+}
+
+/// Tells other processes that work is ready, after the commit that made it so.
+///
+/// Not inside the data transaction: PostgreSQL serialises the commits of transactions that
+/// NOTIFY (a global lock held through the commit's WAL flush), which would undo its group
+/// commit. A separate, tiny transaction has no WAL to flush; bursts send one notification.
+/// Sends one `NOTIFY` on `channel` from a task of its own, unless one is already on its way.
+pub(crate) fn notify_later(pool: &PgPool, channel: &str, notifying: &Arc<AtomicBool>) {
+    if notifying.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (pool, channel, flag) = (pool.clone(), channel.to_owned(), notifying.clone());
+    tokio::spawn(async move {
+        // Cleared first: work committed while this one is in flight sends another.
+        flag.store(false, Ordering::Release);
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; workers will find the work by polling");
+        }
+    });
+}

@@ -1,0 +1,261 @@
+//! The reads: histories, summaries, listings, stats, logs and pending work.
+
+use loom_core::{Event, LogLevel, LogRecord, Progress, Seq, Timestamp, WorkflowId};
+use loom_storage::{
+    ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, Stats,
+    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::wire::decode;
+use crate::{PostgresStorage, seq, seq_i64, sql_err};
+
+const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress";
+
+fn summary(row: &PgRow) -> Result<WorkflowSummary> {
+    let id: String = row.get(0);
+    let field = |what: &str| format!("the {what} of workflow {id}");
+    let status: String = row.get(3);
+    let status = status.parse().map_err(|e: String| StorageError::Corrupt {
+        message: format!("{}: {e}", field("status")),
+        source: None,
+    })?;
+    let input: String = row.get(4);
+    let output: Option<String> = row.get(9);
+    let failure: Option<String> = row.get(10);
+    let progress: Option<String> = row.get(12);
+    Ok(WorkflowSummary {
+        id: WorkflowId::new(id.clone()),
+        name: row.get(1),
+        version: u32::try_from(row.get::<i32, _>(2)).unwrap_or(0),
+        status,
+        input: decode(&input, || field("input"))?,
+        created_at: Timestamp::from_millis(row.get(5)),
+        updated_at: Timestamp::from_millis(row.get(6)),
+        closed_at: row.get::<Option<i64>, _>(7).map(Timestamp::from_millis),
+        last_seq: seq(row.get(8)),
+        output: output.map(|t| decode(&t, || field("output"))).transpose()?,
+        failure: failure
+            .map(|t| decode(&t, || field("failure")))
+            .transpose()?,
+        pause_reason: row.get(11),
+        progress: progress
+            .map(|t| decode::<Progress>(&t, || field("progress")))
+            .transpose()?,
+    })
+}
+
+impl PostgresStorage {
+    pub(crate) async fn fetch_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind FROM events WHERE workflow_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .bind(seq_i64(after))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        // Nothing after `after`: either the history ends there or there is no such workflow.
+        if rows.is_empty() {
+            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM workflows WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(sql_err)?;
+            if exists.is_none() {
+                return Err(StorageError::NotFound(id.clone()));
+            }
+        }
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.get(0);
+                let kind: String = r.get(2);
+                Ok(Event {
+                    seq: seq(n),
+                    at: Timestamp::from_millis(r.get(1)),
+                    kind: decode(&kind, || format!("event #{n} of workflow {id}"))?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn fetch_summary(&self, id: &WorkflowId) -> Result<WorkflowSummary> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {SUMMARY} FROM workflows WHERE id = $1"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        match row {
+            Some(row) => summary(&row),
+            None => Err(StorageError::NotFound(id.clone())),
+        }
+    }
+
+    pub(crate) async fn fetch_list(&self, q: &ListQuery) -> Result<Page<WorkflowSummary>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {SUMMARY} FROM workflows
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
+               AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4)
+               AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6))
+             ORDER BY created_at DESC, id DESC LIMIT $7"
+        )))
+        .bind(q.status.map(WorkflowStatus::as_str))
+        .bind(q.name.as_deref())
+        .bind(q.created_after.map(Timestamp::as_millis))
+        .bind(q.created_before.map(Timestamp::as_millis))
+        .bind(q.after.as_ref().map(|c| c.created_at.as_millis()))
+        .bind(q.after.as_ref().map_or("", |c| c.id.as_str()))
+        .bind(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        let more = rows.len() > q.limit;
+        let items = rows
+            .iter()
+            .take(q.limit)
+            .map(summary)
+            .collect::<Result<Vec<_>>>()?;
+        let next = match items.last() {
+            Some(last) if more => Some(ListCursor {
+                created_at: last.created_at,
+                id: last.id.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    pub(crate) async fn fetch_stats(&self) -> Result<Stats> {
+        let mut stats = Stats::default();
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM workflows GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_err)?;
+        for r in rows {
+            let status: String = r.get(0);
+            if let Ok(status) = status.parse::<WorkflowStatus>() {
+                stats
+                    .workflows
+                    .insert(status, r.get::<i64, _>(1).unsigned_abs());
+            }
+        }
+        let r = sqlx::query(
+            "WITH now AS (SELECT loom_now_ms() AS t)
+             SELECT
+               (SELECT COUNT(*) FROM events),
+               (SELECT COUNT(*) FROM tasks, now WHERE kind = 0 AND visible_at <= now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)),
+               (SELECT COUNT(*) FROM tasks, now WHERE kind = 0 AND lease_expires_at > now.t),
+               (SELECT COUNT(*) FROM tasks, now WHERE kind = 1 AND visible_at <= now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)),
+               (SELECT COUNT(*) FROM tasks, now WHERE kind = 1 AND lease_expires_at > now.t),
+               (SELECT COUNT(*) FROM tasks, now WHERE kind = 1 AND visible_at > now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)),
+               (SELECT COUNT(*) FROM messages, now WHERE visible_at > now.t),
+               (SELECT MIN(visible_at) FROM tasks, now WHERE visible_at <= now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)),
+               (SELECT MIN(v) FROM (
+                   SELECT MIN(visible_at) AS v FROM tasks, now WHERE visible_at > now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)
+                   UNION ALL SELECT MIN(visible_at) FROM messages, now WHERE visible_at > now.t) due),
+               (SELECT t FROM now)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        let n = |i: usize| r.get::<i64, _>(i).unsigned_abs();
+        stats.events = n(0);
+        stats.workflow_tasks_ready = n(1);
+        stats.workflow_tasks_running = n(2);
+        stats.activity_tasks_ready = n(3);
+        stats.activity_tasks_running = n(4);
+        stats.activity_tasks_waiting = n(5);
+        stats.messages_waiting = n(6);
+        stats.oldest_ready_at = r.get::<Option<i64>, _>(7).map(Timestamp::from_millis);
+        stats.next_due_at = r.get::<Option<i64>, _>(8).map(Timestamp::from_millis);
+        stats.at = Timestamp::from_millis(r.get(9));
+        Ok(stats)
+    }
+
+    pub(crate) async fn fetch_logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
+        self.fetch_summary(id).await?;
+        let rows = sqlx::query(
+            "SELECT seq, at, level, message FROM logs WHERE workflow_id = $1 ORDER BY n",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| LogRecord {
+                seq: seq(r.get(0)),
+                at: Timestamp::from_millis(r.get(1)),
+                level: match r.get::<String, _>(2).as_str() {
+                    "debug" => LogLevel::Debug,
+                    "warn" => LogLevel::Warn,
+                    "error" => LogLevel::Error,
+                    _ => LogLevel::Info,
+                },
+                message: r.get(3),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn fetch_pending(&self, id: &WorkflowId) -> Result<Pending> {
+        let rows = sqlx::query(
+            "WITH now AS (SELECT loom_now_ms() AS t)
+             SELECT t.id, t.kind, t.activity_id, t.name, t.attempt, t.visible_at,
+                 CASE WHEN t.lease_expires_at > now.t THEN t.lease_expires_at END, t.deliveries,
+                 EXISTS (SELECT 1 FROM workflows WHERE id = $1)
+             FROM now LEFT JOIN tasks t ON t.workflow_id = $1
+             ORDER BY t.id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        if !rows.first().is_some_and(|r| r.get::<bool, _>(8)) {
+            return Err(StorageError::NotFound(id.clone()));
+        }
+        let tasks = rows
+            .iter()
+            .filter_map(|r| {
+                let task: Option<i64> = r.get(0);
+                let task = task?;
+                let kind: i16 = r.get(1);
+                Some(PendingTask {
+                    id: TaskId(task.unsigned_abs()),
+                    activity: (kind == 1).then(|| {
+                        (
+                            loom_core::ActivityId(seq(r.get::<Option<i64>, _>(2).unwrap_or(0))),
+                            r.get::<Option<String>, _>(3).unwrap_or_default(),
+                            u32::try_from(r.get::<Option<i32>, _>(4).unwrap_or(1)).unwrap_or(1),
+                        )
+                    }),
+                    visible_at: r.get::<Option<i64>, _>(5).map(Timestamp::from_millis),
+                    leased_until: r.get::<Option<i64>, _>(6).map(Timestamp::from_millis),
+                    deliveries: u32::try_from(r.get::<i32, _>(7)).unwrap_or(0),
+                })
+            })
+            .collect();
+        let rows = sqlx::query(
+            "SELECT id, visible_at, kind FROM messages WHERE workflow_id = $1 ORDER BY id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        let messages = rows
+            .iter()
+            .map(|r| {
+                let mid: i64 = r.get(0);
+                let kind: String = r.get(2);
+                Ok(Message {
+                    id: MessageId(mid.unsigned_abs()),
+                    kind: decode(&kind, || format!("message {mid} of workflow {id}"))?,
+                    visible_at: Timestamp::from_millis(r.get(1)),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Pending { tasks, messages })
+    }
+}

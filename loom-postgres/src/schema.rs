@@ -1,0 +1,146 @@
+//! The schema and its versioned migrations. Never edit one that shipped: add a new one.
+
+use loom_storage::{Result, StorageError};
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgPool;
+
+use crate::sql_err;
+
+/// The schema version this build writes.
+pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Migrations in order; never edit one that shipped.
+const MIGRATIONS: &[&str] = &[
+    r#"
+-- The database's clock in milliseconds. STABLE, not VOLATILE: evaluated once per statement,
+-- which is the meaning we want, and it lets `visible_at <= loom_now_ms()` be an index
+-- condition (a volatile call is only a filter, and a claim that finds nothing would walk the
+-- whole index of leased and future tasks).
+CREATE FUNCTION loom_now_ms() RETURNS bigint LANGUAGE sql STABLE
+    AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+CREATE TABLE workflows (
+    id            text PRIMARY KEY,
+    name          text NOT NULL,
+    version       integer NOT NULL,
+    status        text NOT NULL,
+    input         text NOT NULL,
+    created_at    bigint NOT NULL,
+    updated_at    bigint NOT NULL,
+    closed_at     bigint,
+    last_seq      bigint NOT NULL,
+    output        text,
+    failure       text,
+    pause_reason  text,
+    progress      text
+);
+CREATE INDEX workflows_by_time ON workflows (created_at DESC, id DESC);
+CREATE INDEX workflows_by_status ON workflows (status, created_at DESC, id DESC);
+
+CREATE TABLE events (
+    workflow_id  text NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    seq          bigint NOT NULL,
+    at           bigint NOT NULL,
+    kind         text NOT NULL,
+    PRIMARY KEY (workflow_id, seq)
+);
+
+CREATE TABLE messages (
+    id           bigserial PRIMARY KEY,
+    workflow_id  text NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    visible_at   bigint NOT NULL,
+    kind         text NOT NULL
+);
+CREATE INDEX messages_by_workflow ON messages (workflow_id, visible_at, id);
+CREATE INDEX messages_by_time ON messages (visible_at);
+
+-- While leased, visible_at is the lease's expiry: claimable is visible_at <= now.
+CREATE TABLE tasks (
+    id                bigserial PRIMARY KEY,
+    kind              smallint NOT NULL,
+    workflow_id       text NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    visible_at        bigint,
+    lease_token       bigint NOT NULL DEFAULT 0,
+    lease_expires_at  bigint,
+    lease_owner       text,
+    deliveries        integer NOT NULL DEFAULT 0,
+    activity_id       bigint,
+    name              text,
+    input             text,
+    options           text,
+    attempt           integer
+);
+CREATE INDEX tasks_ready ON tasks (kind, visible_at, id) WHERE visible_at IS NOT NULL;
+CREATE UNIQUE INDEX tasks_workflow_task ON tasks (workflow_id) WHERE kind = 0;
+CREATE INDEX tasks_by_workflow ON tasks (workflow_id);
+
+CREATE TABLE logs (
+    n            bigserial PRIMARY KEY,
+    workflow_id  text NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    seq          bigint NOT NULL,
+    at           bigint NOT NULL,
+    level        text NOT NULL,
+    message      text NOT NULL
+);
+CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
+"#,
+    include_str!("commit.sql"),
+    include_str!("apply.sql"),
+];
+
+/// Creates the schema if needed and applies the migrations it lacks, under an advisory
+/// lock, so workers starting at once apply them once. A schema written by a newer Loom is
+/// refused.
+pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(sql_err)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("loom-migrations:{schema}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(sql_err)?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.loom_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(sql_err)?;
+    let current: i64 = sqlx::query_scalar::<_, Option<i32>>(AssertSqlSafe(format!(
+        "SELECT MAX(version) FROM {schema}.loom_migrations"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(sql_err)?
+    .map_or(0, i64::from);
+    if current > LATEST {
+        return Err(StorageError::Incompatible(format!(
+            "the PostgreSQL schema {schema} has Loom schema version {current}, written by a newer Loom; \
+             this build knows up to {LATEST}. Upgrade Loom to use it"
+        )));
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET LOCAL search_path TO {schema}; {sql}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {schema}.loom_migrations (version) VALUES ($1)"
+        )))
+        .bind(i as i32 + 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_err)?;
+    }
+    tx.commit().await.map_err(sql_err)
+}
