@@ -131,6 +131,41 @@ async fn create_many(store: &Arc<dyn Storage>, prefix: &str, n: usize) -> Vec<Wo
     ids
 }
 
+/// Claims the one ready workflow task and commits `events` step events and a timer that is
+/// already due, so the workflow is ready again at once (`events + 1` events in all).
+async fn cycle(store: &Arc<dyn Storage>, events: u64) {
+    let req = ClaimRequest::new("bench", 1, Duration::from_secs(60));
+    let t = store
+        .claim_workflow_tasks(&req)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("a ready task");
+    let first = t.last_seq.get() + 1;
+    let mut new: Vec<Event> = (first..first + events).map(step).collect();
+    new.push(Event {
+        seq: Seq::new(first + events),
+        at: Timestamp::from_millis(0),
+        kind: EventKind::TimerScheduled {
+            fire_at: Timestamp::from_millis(0),
+            duration_ms: None,
+        },
+    });
+    store
+        .complete_workflow_task(WorkflowTaskCompletion {
+            lease: t.lease,
+            workflow_id: t.workflow_id,
+            expected_last_seq: t.last_seq,
+            events: new,
+            consumed: t.messages.iter().map(|m| m.id).collect(),
+            progress: None,
+            logs: Vec::new(),
+            eager: None,
+        })
+        .await
+        .expect("complete");
+}
+
 fn storage(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -144,46 +179,14 @@ fn storage(c: &mut Criterion) {
             .sample_size(20)
             .measurement_time(Duration::from_secs(4));
 
-        // One caller: every append waits for its own commit.
+        // One caller: every workflow task's commit waits for its own transaction. Each task
+        // also arms a timer that is already due, so the workflow is ready again at once.
         for events in [1u64, 10] {
             let store = (backend.open)(&rt);
-            let id = rt.block_on(create_many(&store, "append", 1)).remove(0);
-            let mut last = 1u64;
+            rt.block_on(create_many(&store, "task", 1));
             group.throughput(Throughput::Elements(1));
-            group.bench_function(format!("append_{events}_event(s)"), |b| {
-                b.iter(|| {
-                    let batch: Vec<Event> = (last + 1..=last + events).map(step).collect();
-                    rt.block_on(store.append_events(&id, Seq::new(last), batch))
-                        .expect("append");
-                    last += events;
-                });
-            });
-        }
-
-        // Many callers at once: group commit shares one transaction between them.
-        {
-            let store = (backend.open)(&rt);
-            let ids = rt.block_on(create_many(&store, "concurrent", CONCURRENCY));
-            let mut last = 1u64;
-            group.throughput(Throughput::Elements(CONCURRENCY as u64));
-            group.bench_function(format!("append_1_event_x{CONCURRENCY}_concurrent"), |b| {
-                b.iter(|| {
-                    let futs: Vec<_> = ids
-                        .iter()
-                        .map(|id| {
-                            let store = store.clone();
-                            let id = id.clone();
-                            async move {
-                                store
-                                    .append_events(&id, Seq::new(last), vec![step(last + 1)])
-                                    .await
-                                    .expect("append")
-                            }
-                        })
-                        .collect();
-                    rt.block_on(join_all(futs));
-                    last += 1;
-                });
+            group.bench_function(format!("claim_commit_{events}_event(s)"), |b| {
+                b.iter(|| rt.block_on(cycle(&store, events)));
             });
         }
 
@@ -206,11 +209,9 @@ fn storage(c: &mut Criterion) {
             let id = rt.block_on(create_many(&store, "load", 1)).remove(0);
             let mut last = 1;
             while last < len {
-                let upto = (last + 500).min(len);
-                let batch = (last + 1..=upto).map(step).collect();
-                rt.block_on(store.append_events(&id, Seq::new(last), batch))
-                    .expect("append");
-                last = upto;
+                let n = (len - last).min(500);
+                rt.block_on(cycle(&store, n - 1));
+                last += n;
             }
             group.throughput(Throughput::Elements(len));
             group.bench_function(format!("load_history_{len}"), |b| {
@@ -256,6 +257,7 @@ fn storage(c: &mut Criterion) {
                                                 consumed: t.messages.iter().map(|m| m.id).collect(),
                                                 progress: None,
                                                 logs: Vec::new(),
+                                                eager: None,
                                             })
                                             .await
                                             .expect("complete");

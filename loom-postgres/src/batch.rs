@@ -190,7 +190,12 @@ async fn execute(pool: &PgPool, batch: &[Pending]) -> Result<Vec<Answer>, sqlx::
             .and_then(|i| answers.get_mut(i));
         match slot {
             Some(slot) => *slot = Some(answer),
-            None => return Err(bad(format!("the index {index} for a batch of {}", batch.len()))),
+            None => {
+                return Err(bad(format!(
+                    "the index {index} for a batch of {}",
+                    batch.len()
+                )));
+            }
         }
     }
     answers
@@ -250,8 +255,26 @@ mod tests {
         assert!(matches!(a, Ok(Answer { failed: None, .. })), "{a:?}");
         assert!(b.is_err(), "an unknown step must fail: {b:?}");
         assert!(matches!(c, Ok(Answer { failed: None, .. })), "{c:?}");
-        assert!(matches!(d, Ok(Answer { failed: Some((1, _)), .. })), "{d:?}");
-        assert!(matches!(e, Ok(Answer { failed: Some((1, _)), .. })), "{e:?}");
+        assert!(
+            matches!(
+                d,
+                Ok(Answer {
+                    failed: Some((1, _)),
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+        assert!(
+            matches!(
+                e,
+                Ok(Answer {
+                    failed: Some((1, _)),
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
         assert_eq!(
             committer.statements(),
             6,

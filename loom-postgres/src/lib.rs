@@ -57,9 +57,9 @@ use async_trait::async_trait;
 use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::engine::{self, Applied, Op, WriteSet};
 use loom_storage::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery,
-    Page, Pending, Release, Result, Stats, Storage, StorageError, TaskId, WorkflowSummary,
-    WorkflowTask, WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
+    Pending, Release, Result, Stats, Storage, StorageError, TaskId, WorkflowSummary, WorkflowTask,
+    WorkflowTaskCompletion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
@@ -287,10 +287,12 @@ impl Storage for PostgresStorage {
         match (ws.checks.as_slice(), ws.ops.as_slice()) {
             (
                 [engine::Check::Leased { task, token }],
-                [Op::Renew {
-                    until: engine::When::After(d),
-                    ..
-                }],
+                [
+                    Op::Renew {
+                        until: engine::When::After(d),
+                        ..
+                    },
+                ],
             ) if *task == lease.task && *token == lease.token => self.renew(lease, *d).await,
             _ => Err(unexpected(&ws)),
         }

@@ -49,7 +49,13 @@ fn check(c: &Check) -> Value {
             workflow,
             activity,
             attempt,
-        } => json!(["attempt", n(task.0), workflow.as_str(), n(activity.0.get()), attempt]),
+        } => json!([
+            "attempt",
+            n(task.0),
+            workflow.as_str(),
+            n(activity.0.get()),
+            attempt
+        ]),
         Check::Absent { workflow } => json!(["absent", workflow.as_str()]),
         Check::Open { workflow } => json!(["open", workflow.as_str()]),
         Check::LastSeq { workflow, expected } => {
@@ -116,14 +122,15 @@ impl WriteStep {
                 input,
                 started,
             } => {
-                let fits = self.set(
-                    "cw",
-                    json!([id.as_str(), name, version, encode(input)?]),
-                );
+                let fits = self.set("cw", json!([id.as_str(), name, version, encode(input)?]));
                 if fits {
                     self.push(
                         "ev",
-                        json!([n(started.seq.get()), started.at.as_millis(), encode(&started.kind)?]),
+                        json!([
+                            n(started.seq.get()),
+                            started.at.as_millis(),
+                            encode(&started.kind)?
+                        ]),
                     );
                 }
                 fits
@@ -258,7 +265,9 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
             continue;
         }
         if !run.is_empty() {
-            out.push(Value::Object(std::mem::replace(&mut run, WriteStep::new()).step));
+            out.push(Value::Object(
+                std::mem::replace(&mut run, WriteStep::new()).step,
+            ));
             if run.add(op)? {
                 continue;
             }
@@ -350,9 +359,14 @@ pub(crate) fn applied(ws: &WriteSet, answer: Answer) -> Result<Applied> {
         applied.decided = decided.as_bool();
     }
     if let Some(Value::Array(acts)) = out.get("acts") {
-        let workflow = ws.workflow().cloned().unwrap_or_else(|| WorkflowId::new(""));
+        let workflow = ws
+            .workflow()
+            .cloned()
+            .unwrap_or_else(|| WorkflowId::new(""));
         for a in acts {
-            applied.activity_tasks.push(activity_task(a, &workflow, now)?);
+            applied
+                .activity_tasks
+                .push(activity_task(a, &workflow, now)?);
         }
     }
     if let Some(Value::Array(wfts)) = out.get("wfts") {
@@ -404,20 +418,17 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
             }
             let (status, last): (String, i64) =
                 serde_json::from_value(found.clone()).map_err(|_| bad())?;
-            let status: WorkflowStatus = status.parse().map_err(|e: String| {
-                StorageError::Corrupt {
+            let status: WorkflowStatus =
+                status.parse().map_err(|e: String| StorageError::Corrupt {
                     message: format!("a workflow's status: {e}"),
                     source: None,
-                }
-            })?;
+                })?;
             Found::Workflow(Some(WorkflowView {
                 status,
                 last_seq: Seq::new(last.max(0).unsigned_abs()),
             }))
         }
-        C::NothingDue { .. } => {
-            Found::EarliestMessage(found.as_i64().map(Timestamp::from_millis))
-        }
+        C::NothingDue { .. } => Found::EarliestMessage(found.as_i64().map(Timestamp::from_millis)),
     })
 }
 
@@ -448,7 +459,16 @@ fn activity_task(row: &Value, workflow: &WorkflowId, now: Timestamp) -> Result<A
 /// A workflow task claimed by `claim_w`:
 /// `[task, token, expires, deliveries, workflow_id, name, last_seq, [[id, at, kind]]]`.
 fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
-    type Row = (i64, i64, i64, i32, String, String, i64, Vec<(i64, i64, String)>);
+    type Row = (
+        i64,
+        i64,
+        i64,
+        i32,
+        String,
+        String,
+        i64,
+        Vec<(i64, i64, String)>,
+    );
     let (task, token, expires, deliveries, workflow_id, name, last, messages): Row =
         serde_json::from_value(row.clone())
             .map_err(|e| protocol(format!("an eager claim of a workflow task: {e}")))?;

@@ -36,8 +36,7 @@ impl RedbCommit {
                     .map_err(|e| StorageError::unavailable("cannot defer a redb commit", e))?;
             }
             // A panic here drops the transaction, which aborts it.
-            let applied =
-                engine::apply(&mut RowApply(&mut Tx { tx: &tx, path }), ws, clock.now());
+            let applied = engine::apply(&mut RowApply(&mut Tx { tx: &tx, path }), ws, clock.now());
             match applied {
                 Ok(applied) => {
                     tx.commit().map_err(|e| redb_err(path, e))?;

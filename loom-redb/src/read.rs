@@ -40,7 +40,10 @@ impl Read for Tx<'_, redb::ReadTransaction> {
         let table = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;
         let start = after.get().saturating_add(1);
         let mut events = Vec::new();
-        for entry in table.range((id.as_str(), start)..=(id.as_str(), u64::MAX)).map_err(|e| self.err(e))? {
+        for entry in table
+            .range((id.as_str(), start)..=(id.as_str(), u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
             let (key, value) = entry.map_err(|e| self.err(e))?;
             let seq = key.value().1;
             events.push(self.decode(value.value(), || format!("event #{seq} of workflow {id}"))?);
@@ -104,20 +107,34 @@ impl Read for Tx<'_, redb::ReadTransaction> {
             let m: Message = self.decode(value.value(), || "a message".to_owned())?;
             if m.visible_at.as_millis() > now {
                 stats.messages_waiting += 1;
-                stats.next_due_at = Some(stats.next_due_at.map_or(m.visible_at, |t| t.min(m.visible_at)));
+                stats.next_due_at = Some(
+                    stats
+                        .next_due_at
+                        .map_or(m.visible_at, |t| t.min(m.visible_at)),
+                );
             }
         }
         let tasks = self.tx.open_table(TASKS).map_err(|e| self.err(e))?;
         for entry in tasks.iter().map_err(|e| self.err(e))? {
             let (_, value) = entry.map_err(|e| self.err(e))?;
-            let task: TaskRecord = self.decode::<TaskRow>(value.value(), || "a task".to_owned())?.into();
+            let task: TaskRecord = self
+                .decode::<TaskRow>(value.value(), || "a task".to_owned())?
+                .into();
             let workflow = !task.is_activity();
             if task.lease.is_some_and(|(_, until)| until.as_millis() > now) {
-                *if workflow { &mut stats.workflow_tasks_running } else { &mut stats.activity_tasks_running } += 1;
+                *if workflow {
+                    &mut stats.workflow_tasks_running
+                } else {
+                    &mut stats.activity_tasks_running
+                } += 1;
             } else if let Some(at) = task.visible_at {
                 let v = at.as_millis();
                 if v <= now {
-                    *if workflow { &mut stats.workflow_tasks_ready } else { &mut stats.activity_tasks_ready } += 1;
+                    *if workflow {
+                        &mut stats.workflow_tasks_ready
+                    } else {
+                        &mut stats.activity_tasks_ready
+                    } += 1;
                     stats.oldest_ready_at = Some(stats.oldest_ready_at.map_or(at, |t| t.min(at)));
                 } else {
                     if !workflow {
@@ -134,7 +151,10 @@ impl Read for Tx<'_, redb::ReadTransaction> {
         self.workflow(id)?;
         let table = self.tx.open_table(LOGS).map_err(|e| self.err(e))?;
         let mut logs = Vec::new();
-        for entry in table.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(|e| self.err(e))? {
+        for entry in table
+            .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
             let (_, value) = entry.map_err(|e| self.err(e))?;
             logs.push(self.decode(value.value(), || format!("a log line of workflow {id}"))?);
         }

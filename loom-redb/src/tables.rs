@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
-pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> =
-    TableDefinition::new("messages");
+pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// `(kind, visible_at, task)`: every task that has a `visible_at`, the claim index.
 pub(crate) const READY: TableDefinition<(u8, i64, u64), ()> = TableDefinition::new("ready");

@@ -5,9 +5,7 @@
 use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId,
 };
-use loom_storage::engine::{
-    Apply, NewTask, StatusChange, TaskView, WorkflowChange, WorkflowView,
-};
+use loom_storage::engine::{Apply, NewTask, StatusChange, TaskView, WorkflowChange, WorkflowView};
 use loom_storage::{
     ActivityTask, ClaimRequest, Lease, Message, MessageId, Result, TaskId, WorkflowTask,
 };
@@ -32,18 +30,27 @@ impl Db<'_> {
             .prepare_cached(sql)
             .and_then(|mut s| {
                 s.query_row(key, |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })
                 .optional()
             })
             .map_err(|e| self.sql(e))?;
-        Ok(row.map(|(workflow, kind, activity, attempt, token, expires)| TaskView {
-            workflow: WorkflowId::new(workflow),
-            activity: (kind == ACTIVITY_TASK)
-                .then(|| (ActivityId(seq(activity.unwrap_or(0))), attempt.unwrap_or(1))),
-            token: token.unsigned_abs(),
-            lease_expires_at: expires.map(Timestamp::from_millis),
-        }))
+        Ok(row.map(
+            |(workflow, kind, activity, attempt, token, expires)| TaskView {
+                workflow: WorkflowId::new(workflow),
+                activity: (kind == ACTIVITY_TASK)
+                    .then(|| (ActivityId(seq(activity.unwrap_or(0))), attempt.unwrap_or(1))),
+                token: token.unsigned_abs(),
+                lease_expires_at: expires.map(Timestamp::from_millis),
+            },
+        ))
     }
 
     /// Claims up to `req.max` claimable tasks of `kind` (of one workflow, with `of`): a new
@@ -325,8 +332,11 @@ impl Apply for Db<'_> {
             "DELETE FROM messages WHERE workflow_id = ?1",
             [workflow.as_str()],
         )?;
-        self.exec("DELETE FROM tasks WHERE workflow_id = ?1", [workflow.as_str()])
-            .map(drop)
+        self.exec(
+            "DELETE FROM tasks WHERE workflow_id = ?1",
+            [workflow.as_str()],
+        )
+        .map(drop)
     }
 
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {

@@ -200,7 +200,16 @@ impl Read for Db<'_> {
 
     fn pending(&mut self, id: &WorkflowId, now: Timestamp) -> Result<Pending> {
         self.exists(id)?;
-        type Row = (i64, i64, Option<i64>, Option<String>, Option<u32>, Option<i64>, Option<i64>, u32);
+        type Row = (
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<u32>,
+            Option<i64>,
+            Option<i64>,
+            u32,
+        );
         let rows: Vec<Row> = self
             .conn
             .prepare_cached(

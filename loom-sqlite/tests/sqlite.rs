@@ -305,9 +305,16 @@ async fn only_durable_writes_wait_for_the_disk() {
         assert_eq!(store.disk_syncs(), expected, "after {what}");
     };
     syncs(0, "opening");
-    store.create_workflow(&id, started("Sync")).await.expect("create");
+    store
+        .create_workflow(&id, started("Sync"))
+        .await
+        .expect("create");
     syncs(1, "a start");
-    let task = store.claim_workflow_tasks(&req).await.expect("claim").remove(0);
+    let task = store
+        .claim_workflow_tasks(&req)
+        .await
+        .expect("claim")
+        .remove(0);
     syncs(1, "a claim");
     let lease = store
         .renew_lease(&task.lease, Duration::from_secs(30))
@@ -337,7 +344,11 @@ async fn only_durable_writes_wait_for_the_disk() {
         .await
         .expect("commit");
     syncs(2, "a workflow task's commit");
-    let activity = store.claim_activity_tasks(&req).await.expect("claim").remove(0);
+    let activity = store
+        .claim_activity_tasks(&req)
+        .await
+        .expect("claim")
+        .remove(0);
     let answer = store
         .complete_activity_task(ActivityTaskCompletion {
             lease: activity.lease,
@@ -408,7 +419,11 @@ async fn a_write_set_that_fails_after_writing_is_undone_alone() {
         .load_history(&WorkflowId::new("taken"), Seq::ZERO)
         .await
         .expect("history");
-    assert_eq!(history.len(), 1, "the broken write sets left nothing behind");
+    assert_eq!(
+        history.len(),
+        1,
+        "the broken write sets left nothing behind"
+    );
 }
 
 fn probe() -> Command {

@@ -16,8 +16,8 @@ use loom_core::{
     Payload, Registry, Seq, Workflow, WorkflowContext, WorkflowError, WorkflowId, WorkflowMachine,
 };
 use loom_storage::{
-    ActivityTaskCompletion, AfterActivity, ClaimRequest, Clock, MemoryStorage, Storage, SystemClock,
-    WorkflowTaskCompletion,
+    ActivityTaskCompletion, AfterActivity, ClaimRequest, Clock, MemoryStorage, Storage,
+    SystemClock, WorkflowTaskCompletion,
 };
 use serde::{Deserialize, Serialize};
 
@@ -120,8 +120,8 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             entropy += 1;
             let messages = task.messages.iter().map(|m| m.kind.clone());
             // The task's time is the store's clock at the claim.
-            let decision =
-                machine.activate(Activation::new(task.claimed_at, entropy).with_messages(messages))?;
+            let decision = machine
+                .activate(Activation::new(task.claimed_at, entropy).with_messages(messages))?;
             for e in &decision.events {
                 println!("  {} {}", e.seq, e.kind);
             }

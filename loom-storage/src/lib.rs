@@ -75,8 +75,7 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Release, Stats, TaskId, WorkflowStatus, WorkflowSummary, WorkflowTask,
-    WorkflowTaskCompletion,
+    Release, Stats, TaskId, WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
 pub use transact::{Read, Transact};

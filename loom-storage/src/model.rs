@@ -203,7 +203,7 @@ pub enum AfterActivity {
     /// [`ClaimWorkflowTask`](Self::ClaimWorkflowTask) under `claim`.
     Decide {
         /// The decision.
-        decided: DecidedTask,
+        decided: Box<DecidedTask>,
         /// Who claims, for how long, and how many of the scheduled activities at most.
         claim: ClaimRequest,
     },

@@ -12,8 +12,8 @@ use crate::Storage;
 use crate::engine::{self, Applied, WriteSet};
 use crate::error::Result;
 use crate::model::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery,
-    Page, Pending, Release, Stats, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
+    Pending, Release, Stats, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 
 /// The reads of a snapshot.
@@ -102,7 +102,9 @@ impl<T: Transact> Storage for T {
     }
 
     async fn renew_lease(&self, lease: &Lease, extend: std::time::Duration) -> Result<Lease> {
-        run(self, engine::renew(lease, extend)).await?.renewed(lease)
+        run(self, engine::renew(lease, extend))
+            .await?
+            .renewed(lease)
     }
 
     async fn release_task(&self, lease: &Lease, release: Release) -> Result<()> {

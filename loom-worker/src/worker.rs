@@ -939,7 +939,7 @@ impl Shared {
         };
         let then = match (&workflow_slot, &ahead) {
             (Some(_), Some(ahead)) => AfterActivity::Decide {
-                decided: ahead.decided.clone(),
+                decided: Box::new(ahead.decided.clone()),
                 claim: self.claim_request(usize::from(ahead.activity_slot.is_some())),
             },
             (Some(_), None) => AfterActivity::ClaimWorkflowTask(self.claim_request(1)),

@@ -1105,12 +1105,26 @@ async fn shutdown_releases_unfinished_work_at_once(store: Arc<dyn Storage>) {
 
 // ---- a store whose claims disagree with its histories ----
 
-/// MemoryStorage, except that its first `lies` claims of a workflow task past the first
-/// report a `last_seq` one beyond the history: what a PostgreSQL connection stuck in an
-/// uncommitted transaction reported (it saw its own writes; every other connection did not).
+/// MemoryStorage, except that its first `lies` claims of a workflow task past the first (by a
+/// claim or with an activity's commit) report a `last_seq` one beyond the history: what a
+/// PostgreSQL connection stuck in an uncommitted transaction reported (it saw its own
+/// writes; every other connection did not).
 struct StaleClaims {
     inner: MemoryStorage,
     lies: AtomicU32,
+}
+
+impl StaleClaims {
+    fn maybe_lie(&self, task: &mut loom_storage::WorkflowTask) {
+        let lie = task.last_seq > loom_core::Seq::FIRST
+            && self
+                .lies
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if lie {
+            task.last_seq = loom_core::Seq::new(task.last_seq.get() + 1);
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -1121,16 +1135,6 @@ impl Storage for StaleClaims {
         started: loom_core::Event,
     ) -> loom_storage::Result<()> {
         self.inner.create_workflow(id, started).await
-    }
-    async fn append_events(
-        &self,
-        id: &WorkflowId,
-        expected_last_seq: loom_core::Seq,
-        events: Vec<loom_core::Event>,
-    ) -> loom_storage::Result<()> {
-        self.inner
-            .append_events(id, expected_last_seq, events)
-            .await
     }
     async fn load_history(
         &self,
@@ -1145,21 +1149,14 @@ impl Storage for StaleClaims {
     ) -> loom_storage::Result<Vec<loom_storage::WorkflowTask>> {
         let mut tasks = self.inner.claim_workflow_tasks(req).await?;
         for task in &mut tasks {
-            let lie = task.last_seq > loom_core::Seq::FIRST
-                && self
-                    .lies
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-            if lie {
-                task.last_seq = loom_core::Seq::new(task.last_seq.get() + 1);
-            }
+            self.maybe_lie(task);
         }
         Ok(tasks)
     }
     async fn complete_workflow_task(
         &self,
         completion: loom_storage::WorkflowTaskCompletion,
-    ) -> loom_storage::Result<()> {
+    ) -> loom_storage::Result<Vec<loom_storage::ActivityTask>> {
         self.inner.complete_workflow_task(completion).await
     }
     async fn claim_activity_tasks(
@@ -1171,8 +1168,12 @@ impl Storage for StaleClaims {
     async fn complete_activity_task(
         &self,
         completion: loom_storage::ActivityTaskCompletion,
-    ) -> loom_storage::Result<()> {
-        self.inner.complete_activity_task(completion).await
+    ) -> loom_storage::Result<loom_storage::ActivityCommitted> {
+        let mut answer = self.inner.complete_activity_task(completion).await?;
+        if let loom_storage::ActivityCommitted::WorkflowTask(task) = &mut answer {
+            self.maybe_lie(task);
+        }
+        Ok(answer)
     }
     async fn renew_lease(
         &self,
@@ -1221,6 +1222,9 @@ impl Storage for StaleClaims {
     async fn logs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<loom_core::LogRecord>> {
         self.inner.logs(id).await
     }
+    async fn pending(&self, id: &WorkflowId) -> loom_storage::Result<loom_storage::Pending> {
+        self.inner.pending(id).await
+    }
 }
 
 /// A claim whose `last_seq` is not where the history ends is never decided: the worker gives
@@ -1234,11 +1238,13 @@ async fn a_claim_that_disagrees_with_the_history_is_not_decided() {
         lies: AtomicU32::new(2),
     });
     let emails = Arc::new(AtomicU32::new(0));
-    let worker = Worker::with_config(
-        store.clone(),
-        registry_with(emails.clone(), false),
-        config(),
-    );
+    // No cached machines, so no decisions ahead: every workflow task after the first is
+    // claimed, by the claim loop or with an activity's result.
+    let config = WorkerConfig {
+        cache_capacity: 0,
+        ..config()
+    };
+    let worker = Worker::with_config(store.clone(), registry_with(emails.clone(), false), config);
     let client = worker.client();
     let running = spawn(&worker);
     let handle = client

@@ -53,7 +53,10 @@ pub async fn a_failed_attempt_schedules_the_next(store: Store) {
         retry_after: Some(HOUR),
         then: AfterActivity::Nothing,
     };
-    store.complete_activity_task(failed).await.expect("complete");
+    store
+        .complete_activity_task(failed)
+        .await
+        .expect("complete");
     no_ready_activity_task(&store).await;
     let stats = store.stats().await.expect("stats");
     assert_eq!(stats.activity_tasks_waiting, 1);

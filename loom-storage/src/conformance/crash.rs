@@ -84,10 +84,7 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
 /// Runs `rounds` writer processes one after another (`spawn(round)` builds the command;
 /// its prefix should be `r{round}`), killing each with SIGKILL after a varying number of
 /// acknowledgements. Returns every acknowledged id.
-pub fn kill_repeatedly(
-    mut spawn: impl FnMut(usize) -> Command,
-    rounds: usize,
-) -> BTreeSet<String> {
+pub fn kill_repeatedly(mut spawn: impl FnMut(usize) -> Command, rounds: usize) -> BTreeSet<String> {
     let mut acked = BTreeSet::new();
     for round in 0..rounds {
         let mut child = spawn(round)

@@ -16,10 +16,17 @@ pub async fn an_eager_commit_claims_only_its_own_activities(store: Store) {
     let task = claim_workflow(&store).await;
     let mut c = completion(&task, vec![schedule("a", 1), schedule("b", 2)]);
     c.eager = Some(claim(1));
-    let eager = store.complete_workflow_task(c).await.expect("complete and claim");
+    let eager = store
+        .complete_workflow_task(c)
+        .await
+        .expect("complete and claim");
     assert_eq!(eager.len(), 1, "asked for one, got {eager:?}");
     let t = &eager[0];
-    assert_eq!(t.workflow_id, wid("wf-1"), "only the committed workflow's activities");
+    assert_eq!(
+        t.workflow_id,
+        wid("wf-1"),
+        "only the committed workflow's activities"
+    );
     assert_eq!(t.name, "a", "the first scheduled first");
     assert_eq!(t.deliveries, 1);
     store
@@ -33,7 +40,13 @@ pub async fn an_eager_commit_claims_only_its_own_activities(store: Store) {
     let wf = claim_workflow(&store).await;
     let mut c = completion(&wf, vec![step("quiet")]);
     c.eager = Some(claim(4));
-    assert!(store.complete_workflow_task(c).await.expect("commit").is_empty());
+    assert!(
+        store
+            .complete_workflow_task(c)
+            .await
+            .expect("commit")
+            .is_empty()
+    );
 }
 
 /// An activity commit that claims eagerly claims the workflow task its result woke, with the
@@ -45,8 +58,10 @@ pub async fn an_eager_activity_commit_claims_the_woken_task(store: Store) {
     let mut done = completed(&task, true);
     let result = done.result.clone();
     done.then = AfterActivity::ClaimWorkflowTask(claim(1));
-    let ActivityCommitted::WorkflowTask(wf) =
-        store.complete_activity_task(done).await.expect("complete and claim")
+    let ActivityCommitted::WorkflowTask(wf) = store
+        .complete_activity_task(done)
+        .await
+        .expect("complete and claim")
     else {
         panic!("the woken workflow task is claimed with the result");
     };
@@ -84,7 +99,11 @@ pub async fn an_eager_activity_commit_claims_the_woken_task(store: Store) {
         .await
         .expect("the holder still commits");
     let next = claim_workflow(&store).await;
-    assert_eq!(next.messages.len(), 1, "the result waited for the next task");
+    assert_eq!(
+        next.messages.len(),
+        1,
+        "the result waited for the next task"
+    );
 }
 
 /// A workflow task's commit hands back the activity it scheduled, and that activity's commit
@@ -94,15 +113,24 @@ pub async fn eager_claims_are_made(store: Store) {
     let task = claim_workflow(&store).await;
     let mut c = completion(&task, vec![schedule("step", 1)]);
     c.eager = Some(claim(1));
-    let mut activities = store.complete_workflow_task(c).await.expect("commit and claim");
-    assert_eq!(activities.len(), 1, "the scheduled activity is claimed with the commit");
+    let mut activities = store
+        .complete_workflow_task(c)
+        .await
+        .expect("commit and claim");
+    assert_eq!(
+        activities.len(),
+        1,
+        "the scheduled activity is claimed with the commit"
+    );
     let activity = activities.remove(0);
     assert_eq!(activity.name, "step");
     no_ready_activity_task(&store).await;
     let mut done = completed(&activity, 2);
     done.then = AfterActivity::ClaimWorkflowTask(claim(1));
-    let ActivityCommitted::WorkflowTask(woken) =
-        store.complete_activity_task(done).await.expect("complete and claim")
+    let ActivityCommitted::WorkflowTask(woken) = store
+        .complete_activity_task(done)
+        .await
+        .expect("complete and claim")
     else {
         panic!("the woken workflow task is claimed with the result");
     };
@@ -129,7 +157,7 @@ fn decided(task: &ActivityTask, last: Seq, value: i64, next: &str) -> ActivityTa
         logs: Vec::new(),
     };
     done.then = AfterActivity::Decide {
-        decided,
+        decided: Box::new(decided),
         claim: claim(1),
     };
     done
@@ -148,22 +176,36 @@ pub async fn a_decision_ahead_is_applied(store: Store) {
     let ActivityCommitted::Decided(claimed) = answer else {
         panic!("the decision is applied: {answer:?}");
     };
-    assert_eq!(claimed.len(), 1, "the scheduled activity is claimed with the decision");
+    assert_eq!(
+        claimed.len(),
+        1,
+        "the scheduled activity is claimed with the decision"
+    );
     assert_eq!(claimed[0].name, "next");
     let history = store
         .load_history(&wid("wf-1"), Seq::ZERO)
         .await
         .expect("history");
     assert_eq!(history.len(), 4);
-    assert!(matches!(history[2].kind, EventKind::ActivityCompleted { .. }));
+    assert!(matches!(
+        history[2].kind,
+        EventKind::ActivityCompleted { .. }
+    ));
     assert_eq!(
-        store.describe(&wid("wf-1")).await.expect("describe").last_seq,
+        store
+            .describe(&wid("wf-1"))
+            .await
+            .expect("describe")
+            .last_seq,
         Seq::new(4)
     );
     no_ready_workflow_task(&store).await;
     no_ready_activity_task(&store).await;
     let pending = store.pending(&wid("wf-1")).await.expect("pending");
-    assert!(pending.messages.is_empty(), "the result was never a message");
+    assert!(
+        pending.messages.is_empty(),
+        "the result was never a message"
+    );
     // The claimed activity's lease commits.
     store
         .complete_activity_task(completed(&claimed[0], 8))
@@ -185,10 +227,17 @@ pub async fn a_decision_ahead_is_applied_whole_or_not_at_all(store: Store) {
     let ActivityCommitted::WorkflowTask(wf) = answer else {
         panic!("a stale decision is not applied, and the task is claimed: {answer:?}");
     };
-    assert_eq!(history_len(&store, "wf-1").await, 2, "nothing of the decision is written");
+    assert_eq!(
+        history_len(&store, "wf-1").await,
+        2,
+        "nothing of the decision is written"
+    );
     assert_eq!(wf.messages.len(), 1, "the result arrived as a message");
     store
-        .complete_workflow_task(completion(&wf, vec![wf.messages[0].kind.clone(), schedule("third", 3)]))
+        .complete_workflow_task(completion(
+            &wf,
+            vec![wf.messages[0].kind.clone(), schedule("third", 3)],
+        ))
         .await
         .expect("the normal path goes on");
     // A signal is due too: a decision from the result alone is not applied.
@@ -204,7 +253,11 @@ pub async fn a_decision_ahead_is_applied_whole_or_not_at_all(store: Store) {
     let ActivityCommitted::WorkflowTask(wf) = answer else {
         panic!("a decision that missed a signal is not applied: {answer:?}");
     };
-    assert_eq!(wf.messages.len(), 2, "the signal and the result wait together");
+    assert_eq!(
+        wf.messages.len(),
+        2,
+        "the signal and the result wait together"
+    );
     assert_eq!(history_len(&store, "wf-1").await, 4);
     // While another lease holds the workflow task: not applied, nothing claimed.
     store
@@ -227,7 +280,11 @@ pub async fn a_decision_ahead_is_applied_whole_or_not_at_all(store: Store) {
         .await
         .expect("the holder commits");
     let next = claim_workflow(&store).await;
-    assert_eq!(next.messages.len(), 1, "the result waited for the next task");
+    assert_eq!(
+        next.messages.len(),
+        1,
+        "the result waited for the next task"
+    );
 }
 
 /// A decision made ahead must be for the activity's own workflow, start with the result

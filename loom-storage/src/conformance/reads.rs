@@ -109,7 +109,8 @@ pub async fn stats_count_what_is_there(store: Store) {
     assert_eq!(empty.events, 0);
     let slack = Duration::from_secs(5);
     assert!(
-        empty.at.saturating_add(slack) >= wall_now() && empty.at <= wall_now().saturating_add(slack),
+        empty.at.saturating_add(slack) >= wall_now()
+            && empty.at <= wall_now().saturating_add(slack),
         "the store's clock {} is far from this machine's",
         empty.at
     );
@@ -170,7 +171,11 @@ pub async fn pending_shows_tasks_and_messages(store: Store) {
     assert!(fresh.tasks[0].activity.is_none());
     assert!(fresh.tasks[0].visible_at.is_some());
     assert!(fresh.messages.is_empty());
-    advance(&store, vec![schedule("a", 1), schedule("b", 2), timer_after(HOUR)]).await;
+    advance(
+        &store,
+        vec![schedule("a", 1), schedule("b", 2), timer_after(HOUR)],
+    )
+    .await;
     store
         .signal(&wid("wf-1"), "go", json(1))
         .await
@@ -186,13 +191,22 @@ pub async fn pending_shows_tasks_and_messages(store: Store) {
     assert_eq!(
         activities,
         vec![
-            ((loom_core::ActivityId(Seq::new(2)), "a".to_owned(), 1), true),
-            ((loom_core::ActivityId(Seq::new(3)), "b".to_owned(), 1), false),
+            (
+                (loom_core::ActivityId(Seq::new(2)), "a".to_owned(), 1),
+                true
+            ),
+            (
+                (loom_core::ActivityId(Seq::new(3)), "b".to_owned(), 1),
+                false
+            ),
         ]
     );
     assert!(p.tasks.windows(2).all(|w| w[0].id < w[1].id), "by id");
     assert_eq!(p.messages.len(), 2);
     assert!(matches!(p.messages[0].kind, EventKind::TimerFired { .. }));
-    assert!(matches!(p.messages[1].kind, EventKind::SignalReceived { .. }));
+    assert!(matches!(
+        p.messages[1].kind,
+        EventKind::SignalReceived { .. }
+    ));
     assert_eq!(held.name, "a");
 }

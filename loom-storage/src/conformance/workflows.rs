@@ -79,9 +79,19 @@ pub async fn create_refuses_ids_a_database_cannot_hold(store: Store) {
     }
     let odd = "ünïcødé/🧶 \"quoted\" 'x' \\ %_";
     create(&store, odd).await;
-    assert_eq!(store.describe(&wid(odd)).await.expect("describe").id, wid(odd));
-    let all = store.list(&crate::ListQuery::default()).await.expect("list");
-    assert_eq!(all.items.len(), 1, "nothing was written for the refused ids");
+    assert_eq!(
+        store.describe(&wid(odd)).await.expect("describe").id,
+        wid(odd)
+    );
+    let all = store
+        .list(&crate::ListQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        all.items.len(),
+        1,
+        "nothing was written for the refused ids"
+    );
 }
 
 /// Every call naming an unknown workflow is `NotFound`.
@@ -141,7 +151,9 @@ pub async fn events_round_trip_exactly(store: Store) {
     let kinds = vec![
         EventKind::StateSet {
             key: "k".into(),
-            value: json(serde_json::json!({"nested": [1, 2.5, "x", null, true], "b": {"z": 1, "a": 2}})),
+            value: json(
+                serde_json::json!({"nested": [1, 2.5, "x", null, true], "b": {"z": 1, "a": 2}}),
+            ),
         },
         EventKind::ValueRecorded {
             value: loom_core::RecordedValue::Random(u64::MAX),
@@ -189,7 +201,11 @@ pub async fn a_commit_naming_the_wrong_last_event_conflicts(store: Store) {
         .await
         .expect("the lease still holds");
     assert_eq!(
-        store.describe(&wid("wf-1")).await.expect("describe").last_seq,
+        store
+            .describe(&wid("wf-1"))
+            .await
+            .expect("describe")
+            .last_seq,
         Seq::new(2)
     );
 }

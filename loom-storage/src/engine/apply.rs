@@ -1,9 +1,7 @@
 //! The applier the embedded backends share: checks, then primitives, in one transaction of
 //! the backend's.
 
-use loom_core::{
-    Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId,
-};
+use loom_core::{Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId};
 
 use crate::engine::check::{Check, Found, Subject, TaskView, WorkflowView};
 use crate::engine::op::{Applied, NewTask, Op, WorkflowChange, WriteSet};
@@ -44,15 +42,13 @@ pub trait Apply {
         change: &WorkflowChange,
     ) -> Result<()>;
     /// [`Op::InsertTask`].
-    fn insert_task(&mut self, workflow: &WorkflowId, task: &NewTask, due: Timestamp)
-    -> Result<()>;
+    fn insert_task(&mut self, workflow: &WorkflowId, task: &NewTask, due: Timestamp) -> Result<()>;
     /// [`Op::DeleteTask`].
     fn delete_task(&mut self, task: TaskId) -> Result<()>;
     /// [`Op::Requeue`].
     fn requeue(&mut self, task: TaskId, due: Timestamp) -> Result<()>;
     /// [`Op::Post`], with `retry_at` already written into `kind`.
-    fn post(&mut self, workflow: &WorkflowId, kind: &EventKind, visible: Timestamp)
-    -> Result<()>;
+    fn post(&mut self, workflow: &WorkflowId, kind: &EventKind, visible: Timestamp) -> Result<()>;
     /// [`Op::Wake`].
     fn wake(&mut self, now: Timestamp, workflow: &WorkflowId, at: Timestamp) -> Result<()>;
     /// [`Op::Consume`].
@@ -193,8 +189,8 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
 /// `kind` (an `ActivityFailed` or `ActivityTimedOut`) recording `at` as its `retry_at`.
 pub(crate) fn with_retry_at(kind: &EventKind, at: Timestamp) -> EventKind {
     let mut kind = kind.clone();
-    if let EventKind::ActivityFailed { retry_at, .. } | EventKind::ActivityTimedOut { retry_at, .. } =
-        &mut kind
+    if let EventKind::ActivityFailed { retry_at, .. }
+    | EventKind::ActivityTimedOut { retry_at, .. } = &mut kind
     {
         *retry_at = Some(at);
     }

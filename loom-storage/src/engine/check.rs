@@ -164,11 +164,9 @@ impl Check {
     /// elsewhere (PostgreSQL, on the server) report what they found and get their error
     /// here.
     pub fn verdict(&self, found: &Found, now: Timestamp) -> Result<(), StorageError> {
-        let wrong_subject = || {
-            StorageError::Unavailable {
-                message: format!("the store read the wrong row for the check {self:?}: {found:?}"),
-                source: None,
-            }
+        let wrong_subject = || StorageError::Unavailable {
+            message: format!("the store read the wrong row for the check {self:?}: {found:?}"),
+            source: None,
         };
         match self {
             Check::Leased { task, token } => match found {
@@ -200,9 +198,12 @@ impl Check {
                     None => Err(StorageError::InvalidArgument(format!(
                         "{task} is not an activity task"
                     ))),
-                    Some(_) if t.workflow != *workflow => Err(StorageError::InvalidArgument(
-                        format!("{task} is an activity task of \"{}\", not of \"{workflow}\"", t.workflow),
-                    )),
+                    Some(_) if t.workflow != *workflow => {
+                        Err(StorageError::InvalidArgument(format!(
+                            "{task} is an activity task of \"{}\", not of \"{workflow}\"",
+                            t.workflow
+                        )))
+                    }
                     Some((a, n)) if a != *activity || n != *attempt => {
                         Err(StorageError::InvalidArgument(format!(
                             "the result is for {activity} attempt {attempt}, the task is {a} attempt {n}"
@@ -294,7 +295,10 @@ mod tests {
             Found::Task(None),
         ] {
             assert!(
-                matches!(check.verdict(&found, NOW), Err(StorageError::LeaseLost(TaskId(7)))),
+                matches!(
+                    check.verdict(&found, NOW),
+                    Err(StorageError::LeaseLost(TaskId(7)))
+                ),
                 "{found:?}"
             );
         }
@@ -309,7 +313,11 @@ mod tests {
             activity: a2,
             attempt: 1,
         };
-        assert!(check.verdict(&task(Some((a2, 1)), 1, Some(2_000)), NOW).is_ok());
+        assert!(
+            check
+                .verdict(&task(Some((a2, 1)), 1, Some(2_000)), NOW)
+                .is_ok()
+        );
         let err = check
             .verdict(&task(Some((a2, 2)), 1, Some(2_000)), NOW)
             .unwrap_err();
@@ -375,7 +383,10 @@ mod tests {
         assert!(quiet.verdict(&Found::EarliestMessage(None), NOW).is_ok());
         assert!(
             quiet
-                .verdict(&Found::EarliestMessage(Some(Timestamp::from_millis(1_001))), NOW)
+                .verdict(
+                    &Found::EarliestMessage(Some(Timestamp::from_millis(1_001))),
+                    NOW
+                )
                 .is_ok()
         );
         assert!(

@@ -113,12 +113,12 @@ impl<R: Rows + ?Sized> RowApply<'_, R> {
     }
 
     fn task_record(&mut self, id: TaskId) -> Result<TaskRecord> {
-        self.0.get_task(id)?.ok_or_else(|| {
-            crate::StorageError::Unavailable {
+        self.0
+            .get_task(id)?
+            .ok_or_else(|| crate::StorageError::Unavailable {
                 message: format!("{id} vanished inside its own transaction"),
                 source: None,
-            }
-        })
+            })
     }
 
     /// The workflow task's id and row, if the workflow has one.
@@ -130,7 +130,13 @@ impl<R: Rows + ?Sized> RowApply<'_, R> {
     }
 
     /// Leases task `id` for `req` at `now`: a new token, deliveries plus one.
-    fn lease(&mut self, id: TaskId, mut task: TaskRecord, now: Timestamp, req: &ClaimRequest) -> Result<(Lease, TaskRecord)> {
+    fn lease(
+        &mut self,
+        id: TaskId,
+        mut task: TaskRecord,
+        now: Timestamp,
+        req: &ClaimRequest,
+    ) -> Result<(Lease, TaskRecord)> {
         let token = self.0.next_id()?;
         let expires_at = now.saturating_add(req.lease);
         task.lease = Some((token, expires_at));

@@ -88,14 +88,7 @@ pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
             expected: c.expected_last_seq,
         },
     ];
-    let ops = decision_ops(
-        &workflow,
-        c.events,
-        c.consumed,
-        c.progress,
-        c.logs,
-        c.eager,
-    );
+    let ops = decision_ops(&workflow, c.events, c.consumed, c.progress, c.logs, c.eager);
     Ok(WriteSet {
         checks,
         ops,
@@ -632,11 +625,9 @@ mod tests {
 
     #[test]
     fn a_retried_failure_requeues_the_task_on_the_store_clock() {
-        let ws = complete_activity_task(result(
-            Some(Duration::from_secs(2)),
-            AfterActivity::Nothing,
-        ))
-        .unwrap();
+        let ws =
+            complete_activity_task(result(Some(Duration::from_secs(2)), AfterActivity::Nothing))
+                .unwrap();
         assert!(matches!(
             ws.ops[0],
             Op::Requeue { due: When::After(d), .. } if d == Duration::from_secs(2)
@@ -677,7 +668,7 @@ mod tests {
         let ws = complete_activity_task(result(
             None,
             AfterActivity::Decide {
-                decided: decided(ok),
+                decided: Box::new(decided(ok)),
                 claim: claim.clone(),
             },
         ))
@@ -691,7 +682,7 @@ mod tests {
             complete_activity_task(result(
                 None,
                 AfterActivity::Decide {
-                    decided: decided(other),
+                    decided: Box::new(decided(other)),
                     claim,
                 },
             ))
@@ -713,10 +704,15 @@ mod tests {
             .is_ok()
         );
         assert!(deliver(&id, EventKind::CancelRequested { reason: None }).is_ok());
-        assert!(deliver(&id, EventKind::TimerFired {
-            timer_id: loom_core::TimerId(Seq::new(2))
-        })
-        .is_err());
+        assert!(
+            deliver(
+                &id,
+                EventKind::TimerFired {
+                    timer_id: loom_core::TimerId(Seq::new(2))
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
