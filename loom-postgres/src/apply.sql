@@ -15,11 +15,13 @@
 --         | ["last", wf, seq] | ["free", wf] | ["quiet", wf]
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
 --         a workflow [status, last_seq], or the earliest message time; null for no row.
--- Step:   {"s":"w", "wf", parts...}   runs of primitive writes, one statement
---         {"s":"settle", "wf"}         the workflow task released to its earliest message
+-- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table; "st" (settle the
+--                                      workflow task at its earliest message) comes last
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
--- A time is [mode, value]: 0 the database's now, 1 now plus value ms, 2 value itself.
+-- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
+-- `ms + now * relative` at each use: a SQL function taking the jsonb fields is not inlined,
+-- and would be parsed and planned again in every statement that calls it).
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
 --   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
 --    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]]]],
@@ -28,18 +30,14 @@
 
 DROP FUNCTION loom_commit(jsonb);
 
-CREATE FUNCTION loom_at(now_ms bigint, mode smallint, value bigint) RETURNS bigint
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE mode WHEN 0 THEN now_ms WHEN 1 THEN now_ms + value ELSE value END
-$$;
-
 -- The first check of `checks` that fails at `now_ms`, as [position, found]; NULL if all hold.
 -- Rows are locked as they are read. Consecutive checks of one row read it once.
 CREATE FUNCTION loom_checks(checks jsonb, now_ms bigint) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     c jsonb;
-    i integer := 0;
+    k integer;
+    i integer;
     ok boolean;
     found_row jsonb;
     t_id bigint;
@@ -52,17 +50,36 @@ DECLARE
     locked_wft text;
     earliest bigint;
 BEGIN
-    FOR c IN SELECT value FROM jsonb_array_elements(checks) LOOP
-        i := i + 1;
+    FOR k IN 0 .. COALESCE(jsonb_array_length(checks), 0) - 1 LOOP
+        c := checks->k;
+        i := k + 1;
         CASE c->>0
         WHEN 'leased', 'wft_of', 'is_wft', 'attempt' THEN
             IF t_id IS DISTINCT FROM (c->>1)::bigint THEN
                 t_id := (c->>1)::bigint;
-                SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
-                INTO t FROM tasks WHERE id = t_id FOR UPDATE;
-                t_found := FOUND;
-                IF t_found AND t.kind = 0 THEN
-                    locked_wft := t.workflow_id;
+                t_found := false;
+                IF checks->(k + 1)->>0 = 'wft_of' THEN
+                    -- A workflow task's commit: the task and its workflow, locked in that
+                    -- order by one statement, for the checks of both that follow.
+                    SELECT tk.workflow_id, tk.kind, tk.activity_id, tk.attempt, tk.lease_token,
+                           tk.lease_expires_at, wr.status, wr.last_seq
+                    INTO t FROM tasks tk JOIN workflows wr ON wr.id = tk.workflow_id
+                    WHERE tk.id = t_id AND tk.kind = 0 FOR UPDATE;
+                    IF FOUND THEN
+                        t_found := true;
+                        locked_wft := t.workflow_id;
+                        w_id := t.workflow_id;
+                        w_found := true;
+                        SELECT t.status, t.last_seq INTO w;
+                    END IF;
+                END IF;
+                IF NOT t_found THEN
+                    SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
+                    INTO t FROM tasks WHERE id = t_id FOR UPDATE;
+                    t_found := FOUND;
+                    IF t_found AND t.kind = 0 THEN
+                        locked_wft := t.workflow_id;
+                    END IF;
                 END IF;
             END IF;
             ok := t_found AND CASE c->>0
@@ -79,16 +96,21 @@ BEGIN
             IF w_id IS DISTINCT FROM c->>1 THEN
                 w_id := c->>1;
                 IF c->>0 = 'absent' THEN
-                    -- A missing row cannot be locked: concurrent starts of one id queue here.
-                    PERFORM pg_advisory_xact_lock(hashtextextended('loom:' || w_id, 0));
+                    -- A missing row cannot be locked: concurrent starts of one id queue on
+                    -- an advisory lock instead, taken by the same statement.
+                    SELECT wr.status, wr.last_seq INTO w
+                    FROM (SELECT pg_advisory_xact_lock(hashtextextended('loom:' || w_id, 0))) l
+                    LEFT JOIN workflows wr ON wr.id = w_id;
+                    w_found := w.status IS NOT NULL;
+                ELSE
+                    -- The workflow's task before the workflow: the order every item takes.
+                    IF locked_wft IS DISTINCT FROM w_id THEN
+                        PERFORM 1 FROM tasks WHERE workflow_id = w_id AND kind = 0 FOR UPDATE;
+                        locked_wft := w_id;
+                    END IF;
+                    SELECT status, last_seq INTO w FROM workflows WHERE id = w_id FOR UPDATE;
+                    w_found := FOUND;
                 END IF;
-                -- The workflow's task before the workflow: the order every item takes.
-                IF locked_wft IS DISTINCT FROM w_id THEN
-                    PERFORM 1 FROM tasks WHERE workflow_id = w_id AND kind = 0 FOR UPDATE;
-                    locked_wft := w_id;
-                END IF;
-                SELECT status, last_seq INTO w FROM workflows WHERE id = w_id FOR UPDATE;
-                w_found := FOUND;
             END IF;
             ok := CASE c->>0
                 WHEN 'absent' THEN NOT w_found
@@ -127,28 +149,51 @@ CREATE FUNCTION loom_steps(steps jsonb, now_ms bigint, answer jsonb) RETURNS jso
 LANGUAGE plpgsql AS $$
 DECLARE
     s jsonb;
+    k integer;
     wf text;
     claimed jsonb;
     failed jsonb;
 BEGIN
-    FOR s IN SELECT value FROM jsonb_array_elements(steps) LOOP
+    FOR k IN 0 .. COALESCE(jsonb_array_length(steps), 0) - 1 LOOP
+        s := steps->k;
         wf := s->>'wf';
         CASE s->>'s'
         WHEN 'w' THEN
-            -- Every part is driven by an array or object of `s`; absent parts write nothing.
-            -- No two parts of one step touch the same row (the engine guarantees it), which
-            -- is what lets them share one statement and one snapshot.
-            WITH cw AS (
-                INSERT INTO workflows (id, name, version, status, input, created_at,
-                                       updated_at, last_seq)
-                SELECT s->'cw'->>0, s->'cw'->>1, (s->'cw'->>2)::integer, 'running',
-                       s->'cw'->>3, now_ms, now_ms, 1
-                WHERE s ? 'cw'
-            ), ev AS (
-                INSERT INTO events (workflow_id, seq, at, kind)
-                SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
-                FROM jsonb_array_elements(s->'ev') AS e
-            ), uw AS (
+            -- A statement per part present, or per pair of parts that come together. (One
+            -- statement for every part, the absent ones empty, cost twice as much: each
+            -- data-modifying part is set up with its table and indexes whether it writes or
+            -- not.) No two parts touch the same row, so a pair may share a snapshot.
+            IF s ? 'cw' THEN
+                -- A new workflow: its row, its history's first events, its tasks.
+                WITH w AS (
+                    INSERT INTO workflows (id, name, version, status, input, created_at,
+                                           updated_at, last_seq)
+                    VALUES (s->'cw'->>0, s->'cw'->>1, (s->'cw'->>2)::integer, 'running',
+                            s->'cw'->>3, now_ms, now_ms, 1)
+                ), e AS (
+                    INSERT INTO events (workflow_id, seq, at, kind)
+                    SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                    FROM jsonb_array_elements(s->'ev') AS e
+                )
+                INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
+                                   options, attempt)
+                SELECT (t->>0)::smallint, wf, (t->>2)::bigint + now_ms * (t->>1)::bigint,
+                       (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                FROM jsonb_array_elements(s->'it') AS t;
+            ELSIF s ? 'uw' THEN
+                -- A workflow's row changes, with the events and the new tasks of the change.
+                WITH e AS (
+                    INSERT INTO events (workflow_id, seq, at, kind)
+                    SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                    FROM jsonb_array_elements(s->'ev') AS e
+                ), t AS (
+                    INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
+                                       options, attempt)
+                    SELECT (t->>0)::smallint, wf,
+                           (t->>2)::bigint + now_ms * (t->>1)::bigint,
+                           (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                    FROM jsonb_array_elements(s->'it') AS t
+                )
                 UPDATE workflows SET
                     last_seq = COALESCE((s->'uw'->>'last')::bigint, last_seq),
                     progress = COALESCE(s->'uw'->>'progress', progress),
@@ -164,64 +209,103 @@ BEGIN
                     output = CASE WHEN s->'uw'->>'st' = 'close' THEN s->'uw'->'term'->>1 ELSE output END,
                     failure = CASE WHEN s->'uw'->>'st' = 'close' THEN s->'uw'->'term'->>2 ELSE failure END,
                     closed_at = CASE WHEN s->'uw'->>'st' = 'close' THEN now_ms ELSE closed_at END
-                WHERE id = wf AND s ? 'uw'
-            ), it AS (
-                INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
-                                   options, attempt)
-                SELECT (t->>0)::smallint, wf, loom_at(now_ms, (t->>1)::smallint, (t->>2)::bigint),
-                       (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
-                FROM jsonb_array_elements(s->'it') AS t
-            ), dt AS (
+                WHERE id = wf;
+            ELSE
+                IF s ? 'ev' THEN
+                    INSERT INTO events (workflow_id, seq, at, kind)
+                    SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                    FROM jsonb_array_elements(s->'ev') AS e;
+                END IF;
+                IF s ? 'it' THEN
+                    INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
+                                       options, attempt)
+                    SELECT (t->>0)::smallint, wf,
+                           (t->>2)::bigint + now_ms * (t->>1)::bigint,
+                           (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                    FROM jsonb_array_elements(s->'it') AS t;
+                END IF;
+            END IF;
+            IF s ? 'dt' THEN
+                -- `= ANY (ARRAY(...))`, not `IN (SELECT ...)`: an index lookup per id whatever
+                -- the plan cache estimates for the array.
                 DELETE FROM tasks
-                WHERE id IN (SELECT d::bigint FROM jsonb_array_elements_text(s->'dt') AS d)
-            ), rq AS (
+                WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'dt')::bigint));
+            END IF;
+            IF s ? 'rq' THEN
                 UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
                     lease_owner = NULL, deliveries = 0,
-                    visible_at = loom_at(now_ms, (r->>1)::smallint, (r->>2)::bigint)
+                    visible_at = (r->>2)::bigint + now_ms * (r->>1)::bigint
                 FROM jsonb_array_elements(s->'rq') AS r
-                WHERE tasks.id = (r->>0)::bigint
-            ), rl AS (
+                WHERE tasks.id = (r->>0)::bigint;
+            END IF;
+            IF s ? 'rl' THEN
                 UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-                    visible_at = loom_at(now_ms, (r->>1)::smallint, (r->>2)::bigint)
+                    visible_at = (r->>2)::bigint + now_ms * (r->>1)::bigint
                 FROM jsonb_array_elements(s->'rl') AS r
-                WHERE tasks.id = (r->>0)::bigint
-            ), po AS (
-                INSERT INTO messages (workflow_id, visible_at, kind)
-                SELECT wf, loom_at(now_ms, (p->>1)::smallint, (p->>2)::bigint),
-                    CASE WHEN jsonb_typeof(p->3) = 'number'
-                        THEN jsonb_set((p->>0)::jsonb, '{retry_at}',
-                            to_jsonb(loom_at(now_ms, (p->>3)::smallint, (p->>4)::bigint)))::text
-                        ELSE p->>0 END
-                FROM jsonb_array_elements(s->'po') AS p
-            ), wk AS (
+                WHERE tasks.id = (r->>0)::bigint;
+            END IF;
+            IF s ? 'po' THEN
+                -- Messages, and the workflow task woken by them (a different row).
+                WITH m AS (
+                    INSERT INTO messages (workflow_id, visible_at, kind)
+                    SELECT wf, (p->>2)::bigint + now_ms * (p->>1)::bigint,
+                        CASE WHEN jsonb_typeof(p->3) = 'number'
+                            THEN jsonb_set((p->>0)::jsonb, '{retry_at}',
+                                to_jsonb((p->>4)::bigint + now_ms * (p->>3)::bigint))::text
+                            ELSE p->>0 END
+                    FROM jsonb_array_elements(s->'po') AS p
+                )
                 UPDATE tasks SET visible_at = LEAST(COALESCE(visible_at, x.at),
                     CASE WHEN lease_expires_at > now_ms THEN GREATEST(x.at, lease_expires_at)
                          ELSE x.at END)
-                FROM (SELECT loom_at(now_ms, (s->'wk'->>0)::smallint, (s->'wk'->>1)::bigint) AS at
-                      WHERE s ? 'wk') AS x
-                WHERE tasks.kind = 0 AND tasks.workflow_id = wf
-            ), cm AS (
+                FROM (SELECT (s->'wk'->>1)::bigint + now_ms * (s->'wk'->>0)::bigint
+                      AS at WHERE s ? 'wk') AS x
+                WHERE tasks.kind = 0 AND tasks.workflow_id = wf;
+            ELSIF s ? 'wk' THEN
+                UPDATE tasks SET visible_at = LEAST(COALESCE(visible_at, x.at),
+                    CASE WHEN lease_expires_at > now_ms THEN GREATEST(x.at, lease_expires_at)
+                         ELSE x.at END)
+                FROM (SELECT (s->'wk'->>1)::bigint + now_ms * (s->'wk'->>0)::bigint
+                      AS at) AS x
+                WHERE tasks.kind = 0 AND tasks.workflow_id = wf;
+            END IF;
+            IF s ? 'cm' AND s ? 'st' THEN
+                -- The consumed messages go, and the task settles at the earliest of the rest
+                -- (the subquery sees the messages as they were, so the deleted ones are left
+                -- out by id; messages posted by this step's earlier statements are seen).
+                WITH d AS (
+                    DELETE FROM messages WHERE workflow_id = wf
+                      AND id = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'cm')::bigint))
+                    RETURNING id
+                )
+                UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
+                    visible_at = (SELECT MIN(m.visible_at) FROM messages m
+                                  WHERE m.workflow_id = wf AND m.id NOT IN (SELECT id FROM d))
+                WHERE kind = 0 AND workflow_id = wf;
+            ELSIF s ? 'cm' THEN
                 DELETE FROM messages WHERE workflow_id = wf
-                  AND id IN (SELECT c::bigint FROM jsonb_array_elements_text(s->'cm') AS c)
-            ), dwm AS (
-                DELETE FROM messages WHERE workflow_id = wf AND s ? 'dw'
-            ), dwt AS (
-                DELETE FROM tasks WHERE workflow_id = wf AND s ? 'dw'
-            ), lg AS (
+                  AND id = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'cm')::bigint));
+            ELSIF s ? 'st' THEN
+                UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
+                    visible_at = (SELECT MIN(m.visible_at) FROM messages m WHERE m.workflow_id = wf)
+                WHERE kind = 0 AND workflow_id = wf;
+            END IF;
+            IF s ? 'dw' THEN
+                DELETE FROM messages WHERE workflow_id = wf;
+                -- Spelled out by kind: the two partial indexes by workflow, not a scan.
+                DELETE FROM tasks
+                WHERE (workflow_id = wf AND kind = 0) OR (workflow_id = wf AND kind = 1);
+            END IF;
+            IF s ? 'lg' THEN
                 INSERT INTO logs (workflow_id, seq, at, level, message)
                 SELECT wf, (l->>0)::bigint, (l->>1)::bigint, l->>2, l->>3
-                FROM jsonb_array_elements(s->'lg') AS l
-            ), pa AS (
+                FROM jsonb_array_elements(s->'lg') AS l;
+            END IF;
+            IF s ? 'pa' THEN
                 UPDATE workflows SET status = 'paused', pause_reason = p->>1, updated_at = now_ms
                 FROM jsonb_array_elements(s->'pa') AS p
-                WHERE workflows.id = (SELECT workflow_id FROM tasks WHERE tasks.id = (p->>0)::bigint)
-            )
-            SELECT NULL INTO claimed;
-
-        WHEN 'settle' THEN
-            UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-                visible_at = (SELECT MIN(m.visible_at) FROM messages m WHERE m.workflow_id = wf)
-            WHERE kind = 0 AND workflow_id = wf;
+                WHERE workflows.id = (SELECT workflow_id FROM tasks WHERE tasks.id = (p->>0)::bigint);
+            END IF;
 
         WHEN 'claim_a' THEN
             WITH picked AS (
@@ -284,6 +368,10 @@ DECLARE
     item jsonb;
     pos integer;
     failed jsonb;
+    steps jsonb;
+    c jsonb;
+    done boolean;
+    first text;
 BEGIN
     FOR item, pos IN
         SELECT b.value, b.ordinality::integer
@@ -295,11 +383,45 @@ BEGIN
         r_index := pos;
         r_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
         r_out := NULL;
-        failed := loom_checks(item->'checks', r_now);
+        failed := NULL;
+        steps := item->'steps';
+        IF item->'checks'->0->>0 = 'leased' AND item->'checks'->1->>0 = 'attempt'
+           AND jsonb_array_length(item->'checks') = 2 THEN
+            -- An activity's commit: its checks are evaluated by the statement that ends or
+            -- requeues the attempt; only if it matches no row are they read (for the answer).
+            c := item->'checks'->1;
+            IF steps->0->'dt' = jsonb_build_array(c->1) THEN
+                DELETE FROM tasks
+                WHERE id = (c->>1)::bigint AND lease_token = (item->'checks'->0->>2)::bigint
+                  AND lease_expires_at > r_now AND kind = 1 AND workflow_id = c->>2
+                  AND activity_id = (c->>3)::bigint AND attempt = (c->>4)::integer;
+                done := FOUND;
+                first := 'dt';
+            ELSIF jsonb_array_length(steps->0->'rq') = 1 AND steps->0->'rq'->0->0 = c->1 THEN
+                UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
+                    lease_owner = NULL, deliveries = 0,
+                    visible_at = (steps->0->'rq'->0->>2)::bigint
+                                 + r_now * (steps->0->'rq'->0->>1)::bigint
+                WHERE id = (c->>1)::bigint AND lease_token = (item->'checks'->0->>2)::bigint
+                  AND lease_expires_at > r_now AND kind = 1 AND workflow_id = c->>2
+                  AND activity_id = (c->>3)::bigint AND attempt = (c->>4)::integer;
+                done := FOUND;
+                first := 'rq';
+            ELSE
+                done := false;
+            END IF;
+            IF done THEN
+                steps := jsonb_set(steps, '{0}', (steps->0) - first);
+            ELSE
+                failed := loom_checks(item->'checks', r_now);
+            END IF;
+        ELSE
+            failed := loom_checks(item->'checks', r_now);
+        END IF;
         r_failed := (failed->>0)::integer;
         r_found := failed->1;
         IF failed IS NULL THEN
-            r_out := loom_steps(item->'steps', r_now, '{}'::jsonb);
+            r_out := loom_steps(steps, r_now, '{}'::jsonb);
         END IF;
         RETURN NEXT;
     END LOOP;

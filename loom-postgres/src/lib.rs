@@ -17,9 +17,9 @@
 //! - **Group commit on the server.** Every write set (starts, workflow-task and activity
 //!   commits, signals, releases) queues up and goes to the PL/pgSQL function `loom_apply` as
 //!   one array: one round trip, one transaction and one WAL flush for all of them, each checked
-//!   and answered on its own (see `batch.rs`, `wire.rs` and `apply.sql`). Runs of primitive
-//!   writes share one statement. Round trips, not the disk, bound a database on the other side
-//!   of a network, and a per-statement start-up cost bounds one on the same machine.
+//!   and answered on its own (see `batch.rs`, `wire.rs` and `apply.sql`). Round trips, not the
+//!   disk, bound a database on the other side of a network, and a per-statement start-up cost
+//!   bounds one on the same machine.
 //! - **One clock: the database's.** Lease expiry and due times are compared with
 //!   `clock_timestamp()` on the server, and every time stored for visibility (a timer armed by
 //!   `sleep(d)`, a retry, a release, a lease) is the database's now plus a duration the caller

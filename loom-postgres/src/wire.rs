@@ -1,8 +1,9 @@
 //! Write sets on the wire to `loom_apply` (see `apply.sql`), and its answers back.
 //!
 //! This is a translation, not a decision: each check and op of the engine becomes its JSON
-//! form, and runs of primitive writes become one `"w"` step, which the server applies as one
-//! statement. Payloads travel as Loom's JSON text, stored verbatim.
+//! form, and runs of primitive writes become one `"w"` step, grouped by table, which the
+//! server applies with a statement per part. Payloads travel as Loom's JSON text, stored
+//! verbatim.
 
 use loom_core::{ActivityId, Seq, Timestamp, WorkflowId};
 use loom_storage::engine::{
@@ -30,12 +31,12 @@ fn n(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// `[mode, value]`: 0 the database's now, 1 now plus value ms, 2 value itself.
+/// `[relative, ms]`: the server's now plus `ms` when `relative` is 1, `ms` itself when 0.
 fn when(w: When) -> Value {
     match w {
-        When::Now => json!([0, 0]),
+        When::Now => json!([1, 0]),
         When::After(d) => json!([1, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)]),
-        When::At(t) => json!([2, t.as_millis()]),
+        When::At(t) => json!([0, t.as_millis()]),
     }
 }
 
@@ -102,8 +103,12 @@ impl WriteStep {
     }
 
     /// Adds a primitive write to this step if it fits: same workflow, and a part it does not
-    /// hold yet where a part is single. `Ok(false)`: start a new step for it.
+    /// hold yet where a part is single; after a settle, only log lines. `Ok(false)`: start a
+    /// new step for it.
     fn add(&mut self, op: &Op) -> Result<bool> {
+        if self.step.contains_key("st") && !matches!(op, Op::AppendLogs { .. }) {
+            return Ok(false);
+        }
         if let Some(wf) = op.workflow() {
             match &self.workflow {
                 Some(mine) if mine != wf => return Ok(false),
@@ -238,8 +243,9 @@ impl WriteStep {
                 true
             }
             Op::Pause { task, reason } => self.set("pa", json!([[n(task.0), reason]])),
-            Op::Settle { .. }
-            | Op::Renew { .. }
+            // Applied last in its step, reading the messages the step's writes left.
+            Op::Settle { .. } => self.set("st", json!(true)),
+            Op::Renew { .. }
             | Op::ClaimWorkflowTasks { .. }
             | Op::ClaimActivityTasks { .. }
             | Op::If { .. } => false,
@@ -273,7 +279,6 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
             }
         }
         out.push(match op {
-            Op::Settle { workflow } => json!({"s": "settle", "wf": workflow.as_str()}),
             Op::ClaimActivityTasks { of: Some(wf), req } => json!({
                 "s": "claim_a", "wf": wf.as_str(), "owner": req.owner,
                 "lease_ms": i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX),
@@ -541,7 +546,11 @@ mod tests {
             sync: engine::Sync::Durable,
         };
         let item: Value = serde_json::from_str(&item(&ws).unwrap()).unwrap();
-        assert_eq!(item["steps"][0]["rq"], json!([[3, 1, 2000]]));
+        assert_eq!(
+            item["steps"][0]["rq"],
+            json!([[3, 1, 2000]]),
+            "relative to the server's now"
+        );
     }
 
     #[test]
