@@ -92,8 +92,10 @@ BEGIN
                 ELSE t.kind = 1 AND t.workflow_id = c->>2
                      AND t.activity_id = (c->>3)::bigint AND t.attempt = (c->>4)::integer
             END;
-            found_row := CASE WHEN t_found THEN jsonb_build_array(t.workflow_id, t.kind,
-                t.activity_id, t.attempt, t.lease_token, t.lease_expires_at) END;
+            IF NOT COALESCE(ok, false) AND t_found THEN
+                found_row := jsonb_build_array(t.workflow_id, t.kind, t.activity_id, t.attempt,
+                                               t.lease_token, t.lease_expires_at);
+            END IF;
         WHEN 'absent', 'open', 'last' THEN
             IF w_id IS DISTINCT FROM c->>1 THEN
                 w_id := c->>1;
@@ -120,7 +122,9 @@ BEGIN
                 WHEN 'open' THEN w_found AND w_status NOT IN ('completed', 'failed', 'cancelled')
                 ELSE w_found AND w_last = (c->>2)::bigint
             END;
-            found_row := CASE WHEN w_found THEN jsonb_build_array(w_status, w_last) END;
+            IF NOT COALESCE(ok, false) AND w_found THEN
+                found_row := jsonb_build_array(w_status, w_last);
+            END IF;
         WHEN 'free' THEN
             SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
             INTO t FROM tasks WHERE workflow_id = c->>1 AND kind = 0 FOR UPDATE;
@@ -130,8 +134,10 @@ BEGIN
                 locked_wft := c->>1;
             END IF;
             ok := t_found AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now_ms);
-            found_row := CASE WHEN t_found THEN jsonb_build_array(t.workflow_id, t.kind,
-                t.activity_id, t.attempt, t.lease_token, t.lease_expires_at) END;
+            IF NOT COALESCE(ok, false) AND t_found THEN
+                found_row := jsonb_build_array(t.workflow_id, t.kind, t.activity_id, t.attempt,
+                                               t.lease_token, t.lease_expires_at);
+            END IF;
         WHEN 'quiet' THEN
             SELECT MIN(visible_at) INTO earliest FROM messages WHERE workflow_id = c->>1;
             ok := earliest IS NULL OR earliest > now_ms;
@@ -192,40 +198,66 @@ BEGIN
                        (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
                 FROM jsonb_array_elements(s->'it') AS t;
             ELSIF s ? 'uw' THEN
-                -- A workflow's row changes, with the events and the new tasks of the change.
-                -- The change's fields are read once, here, not once per column.
+                -- A workflow's row changes, with the events and the new tasks of the change, in
+                -- one statement. The change's fields are read once, here; its three kinds get
+                -- a statement each, so that none evaluates the others' columns.
                 u := s->'uw';
                 u_last := (u->>'last')::bigint;
                 u_progress := u->>'progress';
                 u_st := u->>'st';
-                u_term := u->'term';
-                WITH e AS (
-                    INSERT INTO events (workflow_id, seq, at, kind)
-                    SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
-                    FROM jsonb_array_elements(s->'ev') AS e
-                ), t AS (
-                    INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
-                                       options, attempt)
-                    SELECT (t->>0)::smallint, wf, (t->>2)::bigint + now_ms * (t->>1)::bigint,
-                           (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
-                    FROM jsonb_array_elements(s->'it') AS t
-                )
-                UPDATE workflows SET
-                    last_seq = COALESCE(u_last, last_seq),
-                    progress = COALESCE(u_progress, progress),
-                    updated_at = now_ms,
-                    status = CASE u_st
-                        WHEN 'close' THEN u_term->>0
-                        WHEN 'resume' THEN CASE WHEN status = 'paused' THEN 'running' ELSE status END
-                        ELSE status END,
-                    pause_reason = CASE u_st
-                        WHEN 'close' THEN NULL
-                        WHEN 'resume' THEN CASE WHEN status = 'paused' THEN NULL ELSE pause_reason END
-                        ELSE pause_reason END,
-                    output = CASE WHEN u_st = 'close' THEN u_term->>1 ELSE output END,
-                    failure = CASE WHEN u_st = 'close' THEN u_term->>2 ELSE failure END,
-                    closed_at = CASE WHEN u_st = 'close' THEN now_ms ELSE closed_at END
-                WHERE id = wf;
+                IF u_st = 'close' THEN
+                    u_term := u->'term';
+                    WITH e AS (
+                        INSERT INTO events (workflow_id, seq, at, kind)
+                        SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                        FROM jsonb_array_elements(s->'ev') AS e
+                    )
+                    UPDATE workflows SET last_seq = COALESCE(u_last, last_seq),
+                        progress = COALESCE(u_progress, progress), updated_at = now_ms,
+                        status = u_term->>0, output = u_term->>1, failure = u_term->>2,
+                        pause_reason = NULL, closed_at = now_ms
+                    WHERE id = wf;
+                    IF s ? 'it' THEN
+                        INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name,
+                                           input, options, attempt)
+                        SELECT (t->>0)::smallint, wf,
+                               (t->>2)::bigint + now_ms * (t->>1)::bigint,
+                               (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                        FROM jsonb_array_elements(s->'it') AS t;
+                    END IF;
+                ELSIF s ? 'it' THEN
+                    WITH e AS (
+                        INSERT INTO events (workflow_id, seq, at, kind)
+                        SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                        FROM jsonb_array_elements(s->'ev') AS e
+                    ), t AS (
+                        INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
+                                           options, attempt)
+                        SELECT (t->>0)::smallint, wf, (t->>2)::bigint + now_ms * (t->>1)::bigint,
+                               (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                        FROM jsonb_array_elements(s->'it') AS t
+                    )
+                    UPDATE workflows SET last_seq = COALESCE(u_last, last_seq),
+                        progress = COALESCE(u_progress, progress), updated_at = now_ms,
+                        status = CASE WHEN u_st = 'resume' AND status = 'paused'
+                                      THEN 'running' ELSE status END,
+                        pause_reason = CASE WHEN u_st = 'resume' AND status = 'paused'
+                                            THEN NULL ELSE pause_reason END
+                    WHERE id = wf;
+                ELSE
+                    WITH e AS (
+                        INSERT INTO events (workflow_id, seq, at, kind)
+                        SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                        FROM jsonb_array_elements(s->'ev') AS e
+                    )
+                    UPDATE workflows SET last_seq = COALESCE(u_last, last_seq),
+                        progress = COALESCE(u_progress, progress), updated_at = now_ms,
+                        status = CASE WHEN u_st = 'resume' AND status = 'paused'
+                                      THEN 'running' ELSE status END,
+                        pause_reason = CASE WHEN u_st = 'resume' AND status = 'paused'
+                                            THEN NULL ELSE pause_reason END
+                    WHERE id = wf;
+                END IF;
             ELSE
                 IF s ? 'ev' THEN
                     INSERT INTO events (workflow_id, seq, at, kind)
@@ -242,10 +274,10 @@ BEGIN
                 END IF;
             END IF;
             IF s ? 'dt' THEN
-                -- `= ANY (ARRAY(...))`, not `IN (SELECT ...)`: an index lookup per id whatever
-                -- the plan cache estimates for the array.
+                -- `= ANY (array)`, not `IN (SELECT ...)`: an index lookup per id whatever the
+                -- plan cache estimates for the array.
                 DELETE FROM tasks
-                WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'dt')::bigint));
+                WHERE id = ANY (translate((s->'dt')::text, '[]', '{}')::bigint[]);
             END IF;
             IF s ? 'rq' THEN
                 UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
@@ -405,6 +437,7 @@ DECLARE
     c jsonb;
     done boolean;
     first text;
+    created bigint;
 BEGIN
     FOR item, pos IN
         SELECT b.value, b.ordinality::integer
@@ -447,6 +480,49 @@ BEGIN
                 steps := jsonb_set(steps, '{0}', (steps->0) - first);
             ELSE
                 failed := loom_checks(item->'checks', r_now);
+            END IF;
+        ELSIF item->'checks'->0->>0 = 'absent' AND jsonb_array_length(item->'checks') = 1
+              AND jsonb_array_length(steps) = 1 AND steps->0 ? 'cw' THEN
+            -- A start: its check is its own insert, which does nothing if the id is taken
+            -- (a concurrent start of the same id waits on the key and then does nothing).
+            c := steps->0;
+            WITH w AS (
+                INSERT INTO workflows (id, name, version, status, input, created_at,
+                                       updated_at, last_seq)
+                VALUES (c->'cw'->>0, c->'cw'->>1, (c->'cw'->>2)::integer, 'running',
+                        c->'cw'->>3, r_now, r_now, 1)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+            ), e AS (
+                INSERT INTO events (workflow_id, seq, at, kind)
+                SELECT w.id, (e->>0)::bigint, (e->>1)::bigint, e->>2
+                FROM w, jsonb_array_elements(c->'ev') AS e
+            ), t AS (
+                INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
+                                   options, attempt)
+                SELECT (t->>0)::smallint, w.id, (t->>2)::bigint + r_now * (t->>1)::bigint,
+                       (t->>3)::bigint, t->>4, t->>5, t->>6, (t->>7)::integer
+                FROM w, jsonb_array_elements(c->'it') AS t
+            )
+            SELECT count(*) INTO created FROM w;
+            IF created = 0 THEN
+                failed := jsonb_build_array(1, (SELECT jsonb_build_array(status, last_seq)
+                                                FROM workflows WHERE id = c->'cw'->>0));
+            END IF;
+            steps := '[]'::jsonb;
+        ELSIF item->'checks'->1->>0 = 'wft_of' AND item->'checks'->2->>0 = 'open'
+              AND item->'checks'->3->>0 = 'last' AND jsonb_array_length(item->'checks') = 4 THEN
+            -- A workflow task's commit: its four checks in one statement that locks the task
+            -- and the workflow; only if it matches no row are they read one by one.
+            c := item->'checks';
+            PERFORM 1 FROM tasks tk JOIN workflows wr ON wr.id = tk.workflow_id
+            WHERE tk.id = (c->0->>1)::bigint AND tk.lease_token = (c->0->>2)::bigint
+              AND tk.lease_expires_at > r_now AND tk.kind = 0 AND tk.workflow_id = c->1->>2
+              AND wr.status NOT IN ('completed', 'failed', 'cancelled')
+              AND wr.last_seq = (c->3->>2)::bigint
+            FOR UPDATE;
+            IF NOT FOUND THEN
+                failed := loom_checks(c, r_now);
             END IF;
         ELSE
             failed := loom_checks(item->'checks', r_now);
