@@ -447,7 +447,8 @@ BEGIN
                  b.ordinality
     LOOP
         r_index := pos;
-        r_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        -- The database's clock, through the one function every statement reads it by.
+        r_now := loom_now_ms();
         r_out := NULL;
         failed := NULL;
         steps := item->'steps';

@@ -1,8 +1,14 @@
 //! Test support (feature `testing`): a store in a fresh schema of the test server, or a loud
 //! skip when no server is reachable (a failure under `CI=true`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
+
+use loom_core::{Event, LogRecord, Payload, Seq, WorkflowId};
+use loom_storage::{
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
+    Pending, Release, Stats, Storage, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+};
 
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::OnceCell;
@@ -93,4 +99,142 @@ pub async fn fresh() -> Option<PostgresStorage> {
             .await
             .expect("connect to the test server"),
     )
+}
+
+/// A store in a fresh schema whose clock is `clock` rather than the server's, or `None` when
+/// no server is reachable: `loom_now_ms()`, by which every statement reads the time, reads a
+/// one-row table instead, which every call first sets from `clock`. For the differential
+/// test, which runs every backend on one manual clock.
+pub async fn fresh_on(clock: loom_storage::ManualClock) -> Option<std::sync::Arc<dyn Storage>> {
+    // One at a time: the previous one's connections are closed first, so that a long run of
+    // cases does not exhaust the server's connections.
+    let previous = PREVIOUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(previous) = previous {
+        previous.close().await;
+    }
+    let store = fresh().await?;
+    *PREVIOUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store.clone());
+    sqlx::raw_sql(
+        "CREATE TABLE loom_test_clock (ms bigint NOT NULL);
+         INSERT INTO loom_test_clock VALUES (0);
+         CREATE OR REPLACE FUNCTION loom_now_ms() RETURNS bigint LANGUAGE sql STABLE
+             AS $$ SELECT ms FROM loom_test_clock $$;",
+    )
+    .execute(&store.pool)
+    .await
+    .expect("install the test clock");
+    Some(std::sync::Arc::new(OnClock {
+        store,
+        clock,
+        synced: AtomicI64::new(i64::MIN),
+    }))
+}
+
+static PREVIOUS: std::sync::Mutex<Option<PostgresStorage>> = std::sync::Mutex::new(None);
+
+/// A store whose database clock follows a manual clock.
+struct OnClock {
+    store: PostgresStorage,
+    clock: loom_storage::ManualClock,
+    synced: AtomicI64,
+}
+
+impl OnClock {
+    async fn sync(&self) -> loom_storage::Result<()> {
+        let now = loom_storage::Clock::now(&self.clock).as_millis();
+        if self.synced.swap(now, Ordering::SeqCst) != now {
+            sqlx::query("UPDATE loom_test_clock SET ms = $1")
+                .bind(now)
+                .execute(&self.store.pool)
+                .await
+                .map_err(crate::sql_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for OnClock {
+    async fn create_workflow(&self, id: &WorkflowId, started: Event) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.create_workflow(id, started).await
+    }
+    async fn load_history(&self, id: &WorkflowId, after: Seq) -> loom_storage::Result<Vec<Event>> {
+        self.store.load_history(id, after).await
+    }
+    async fn claim_workflow_tasks(
+        &self,
+        req: &ClaimRequest,
+    ) -> loom_storage::Result<Vec<WorkflowTask>> {
+        self.sync().await?;
+        self.store.claim_workflow_tasks(req).await
+    }
+    async fn complete_workflow_task(
+        &self,
+        c: WorkflowTaskCompletion,
+    ) -> loom_storage::Result<Vec<ActivityTask>> {
+        self.sync().await?;
+        self.store.complete_workflow_task(c).await
+    }
+    async fn claim_activity_tasks(
+        &self,
+        req: &ClaimRequest,
+    ) -> loom_storage::Result<Vec<ActivityTask>> {
+        self.sync().await?;
+        self.store.claim_activity_tasks(req).await
+    }
+    async fn complete_activity_task(
+        &self,
+        c: ActivityTaskCompletion,
+    ) -> loom_storage::Result<ActivityCommitted> {
+        self.sync().await?;
+        self.store.complete_activity_task(c).await
+    }
+    async fn renew_lease(&self, lease: &Lease, extend: Duration) -> loom_storage::Result<Lease> {
+        self.sync().await?;
+        self.store.renew_lease(lease, extend).await
+    }
+    async fn release_task(&self, lease: &Lease, release: Release) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.release_task(lease, release).await
+    }
+    async fn signal(
+        &self,
+        id: &WorkflowId,
+        name: &str,
+        payload: Payload,
+    ) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.signal(id, name, payload).await
+    }
+    async fn request_cancel(
+        &self,
+        id: &WorkflowId,
+        reason: Option<String>,
+    ) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.request_cancel(id, reason).await
+    }
+    async fn describe(&self, id: &WorkflowId) -> loom_storage::Result<WorkflowSummary> {
+        self.store.describe(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> loom_storage::Result<Page<WorkflowSummary>> {
+        self.store.list(query).await
+    }
+    async fn stats(&self) -> loom_storage::Result<Stats> {
+        self.sync().await?;
+        self.store.stats().await
+    }
+    async fn logs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<LogRecord>> {
+        self.store.logs(id).await
+    }
+    async fn pending(&self, id: &WorkflowId) -> loom_storage::Result<Pending> {
+        self.sync().await?;
+        self.store.pending(id).await
+    }
 }

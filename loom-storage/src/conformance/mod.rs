@@ -18,6 +18,7 @@
 mod activities;
 pub mod crash;
 
+pub mod differential;
 mod eager;
 mod messages;
 mod reads;

@@ -1,0 +1,857 @@
+//! The differential test: generated sequences of store operations, run against a backend and
+//! against [`MemoryStorage`](crate::MemoryStorage), both on one manual clock, must give the
+//! same answers and leave the same state.
+//!
+//! A sequence creates a few workflows and then claims, commits (with generated events, eager
+//! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
+//! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
+//! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
+//! with ids and fencing tokens renamed in order of first appearance (backends number them
+//! their own way); times need no renaming, since every backend reads the same clock. After
+//! the last operation, each workflow's summary, history, logs and pending work, and the
+//! store's stats, are added. The transcripts must be equal.
+//!
+//! A backend's tests run it with [`check`], giving a factory of stores on a given clock;
+//! `LOOM_DIFFERENTIAL_CASES` sets the number of sequences (a bounded default keeps CI quick).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_core::{
+    ActivityOptions, Event, EventKind, Failure, HISTORY_FORMAT, LogLevel, LogRecord, Payload, Seq,
+    Timestamp, WorkflowId,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use crate::clock::{Clock, ManualClock};
+use crate::{
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
+    DecidedTask, Lease, ListQuery, MemoryStorage, Release, Storage, StorageError, WorkflowTask,
+    WorkflowTaskCompletion,
+};
+
+/// The environment variable that sets how many sequences [`check`] runs.
+pub const CASES_VAR: &str = "LOOM_DIFFERENTIAL_CASES";
+
+/// Sequences run when [`CASES_VAR`] is not set.
+pub const DEFAULT_CASES: u32 = 40;
+
+/// Workflows a sequence may name.
+const WORKFLOWS: u8 = 3;
+
+/// How long a lease, a delay or a timer lasts: a third of the sequences' time steps, so that
+/// letting time pass makes some of them lapse or come due and not others.
+#[derive(Clone, Copy, Debug)]
+pub enum Span {
+    /// Nothing: lapsed or due at once.
+    Zero,
+    /// 300 ms.
+    Short,
+    /// An hour: beyond every sequence.
+    Long,
+}
+
+impl Span {
+    fn duration(self) -> Duration {
+        match self {
+            Span::Zero => Duration::ZERO,
+            Span::Short => Duration::from_millis(300),
+            Span::Long => Duration::from_secs(3_600),
+        }
+    }
+}
+
+/// An event a workflow task's commit may carry.
+#[derive(Clone, Debug)]
+pub enum NewEvent {
+    /// `StepStarted`.
+    Step,
+    /// `ActivityScheduled`.
+    Schedule,
+    /// `TimerScheduled` for a duration.
+    Sleep(Span),
+    /// `TimerScheduled` at an instant, relative to the clock's start.
+    SleepUntil(u16),
+    /// `WorkflowCompleted`.
+    Complete,
+    /// `WorkflowFailed`.
+    Fail,
+    /// `WorkflowCancelled`.
+    Cancel,
+}
+
+/// What an activity attempt reports.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// `ActivityCompleted`.
+    Completed,
+    /// `ActivityFailed`, retried after the span or final.
+    Failed(Option<Span>),
+    /// `ActivityTimedOut`, retried after the span or final.
+    TimedOut(Option<Span>),
+}
+
+/// What an activity's commit does besides recording the result.
+#[derive(Clone, Debug)]
+pub enum Then {
+    /// Nothing.
+    Nothing,
+    /// Claim the woken workflow task.
+    Claim,
+    /// Commit a decision made ahead: the result, then these events.
+    Decide(Vec<NewEvent>),
+}
+
+/// One operation of a sequence. Held tasks are named by their position among those the
+/// sequence holds (modulo their number; nothing happens when it holds none).
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Start workflow `n`.
+    Create(u8),
+    /// Claim up to `max` workflow tasks under a lease of `lease`.
+    ClaimWorkflows(u8, Span),
+    /// Claim up to `max` activity tasks under a lease of `lease`.
+    ClaimActivities(u8, Span),
+    /// Two claimers at once, one task each.
+    Race,
+    /// Commit a held workflow task with these events, consuming its messages (or not), and
+    /// claiming up to `eager` of the activities it schedules.
+    CompleteWorkflow(u8, Vec<NewEvent>, bool, u8),
+    /// Commit a held workflow task naming a stale last event.
+    CompleteStale(u8),
+    /// Commit a held activity attempt.
+    CompleteActivity(u8, Outcome, Then),
+    /// Renew a held lease.
+    Renew(u8, Span),
+    /// Release a held task, pausing its workflow or not.
+    Release(u8, Span, bool),
+    /// Signal workflow `n`.
+    Signal(u8),
+    /// Ask workflow `n` to cancel.
+    RequestCancel(u8),
+    /// Let this much time pass.
+    Advance(u16),
+}
+
+fn span() -> impl Strategy<Value = Span> {
+    prop_oneof![Just(Span::Zero), Just(Span::Short), Just(Span::Long)]
+}
+
+fn new_event() -> impl Strategy<Value = NewEvent> {
+    prop_oneof![
+        3 => Just(NewEvent::Step),
+        6 => Just(NewEvent::Schedule),
+        2 => span().prop_map(NewEvent::Sleep),
+        1 => (0u16..2_000).prop_map(NewEvent::SleepUntil),
+        1 => Just(NewEvent::Complete),
+        1 => Just(NewEvent::Fail),
+        1 => Just(NewEvent::Cancel),
+    ]
+}
+
+fn events() -> impl Strategy<Value = Vec<NewEvent>> {
+    prop::collection::vec(new_event(), 0..4)
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        3 => Just(Outcome::Completed),
+        1 => prop::option::of(span()).prop_map(Outcome::Failed),
+        1 => prop::option::of(span()).prop_map(Outcome::TimedOut),
+    ]
+}
+
+fn then() -> impl Strategy<Value = Then> {
+    prop_oneof![
+        2 => Just(Then::Nothing),
+        1 => Just(Then::Claim),
+        2 => events().prop_map(Then::Decide),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let wf = 0..WORKFLOWS;
+    let held = 0u8..4;
+    prop_oneof![
+        3 => wf.clone().prop_map(Op::Create),
+        4 => (1u8..4, span()).prop_map(|(n, s)| Op::ClaimWorkflows(n, s)),
+        4 => (1u8..4, span()).prop_map(|(n, s)| Op::ClaimActivities(n, s)),
+        1 => Just(Op::Race),
+        6 => (held.clone(), events(), any::<bool>(), 0u8..3)
+            .prop_map(|(t, e, c, n)| Op::CompleteWorkflow(t, e, c, n)),
+        1 => held.clone().prop_map(Op::CompleteStale),
+        5 => (held.clone(), outcome(), then()).prop_map(|(t, o, th)| Op::CompleteActivity(t, o, th)),
+        1 => (held.clone(), span()).prop_map(|(t, s)| Op::Renew(t, s)),
+        1 => (held, span(), any::<bool>()).prop_map(|(t, s, p)| Op::Release(t, s, p)),
+        2 => wf.clone().prop_map(Op::Signal),
+        1 => wf.prop_map(Op::RequestCancel),
+        2 => (1u16..700).prop_map(Op::Advance),
+    ]
+}
+
+/// A sequence of operations.
+pub fn sequence() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 1..40)
+}
+
+/// The clock every run starts at.
+const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+fn wid(n: u8) -> WorkflowId {
+    WorkflowId::new(format!("wf-{n}"))
+}
+
+/// Canonical names for what backends number their own way.
+#[derive(Default)]
+struct Names {
+    tasks: BTreeMap<u64, usize>,
+    messages: BTreeMap<u64, usize>,
+    tokens: BTreeMap<(u64, u64), usize>,
+}
+
+impl Names {
+    fn task(&mut self, id: u64) -> String {
+        let n = self.tasks.len();
+        format!("T{}", self.tasks.entry(id).or_insert(n))
+    }
+
+    fn message(&mut self, id: u64) -> String {
+        let n = self.messages.len();
+        format!("M{}", self.messages.entry(id).or_insert(n))
+    }
+
+    fn lease(&mut self, lease: &Lease) -> String {
+        let n = self.tokens.len();
+        let token = *self.tokens.entry((lease.task.0, lease.token)).or_insert(n);
+        format!(
+            "{}/k{token}/{}",
+            self.task(lease.task.0),
+            lease.expires_at.as_millis() - START.as_millis()
+        )
+    }
+
+    /// Task and message ids in an error's text, renamed.
+    fn error(&mut self, e: &StorageError) -> String {
+        let text = match e {
+            StorageError::LeaseLost(t) => format!("LeaseLost({})", self.task(t.0)),
+            StorageError::Conflict {
+                expected, actual, ..
+            } => format!("Conflict({expected}, {actual})"),
+            StorageError::Closed { status, .. } => format!("Closed({status})"),
+            StorageError::AlreadyExists { status, .. } => format!("AlreadyExists({status})"),
+            StorageError::NotFound(id) => format!("NotFound({id})"),
+            StorageError::InvalidArgument(_) => "InvalidArgument".to_owned(),
+            other => format!("unexpected error: {other}"),
+        };
+        text
+    }
+
+    fn workflow_task(&mut self, t: &WorkflowTask) -> String {
+        let messages: Vec<String> = t
+            .messages
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}@{}:{:?}",
+                    self.message(m.id.0),
+                    m.visible_at.as_millis() - START.as_millis(),
+                    m.kind
+                )
+            })
+            .collect();
+        format!(
+            "wft {} {} {} last={} d={} at={} [{}]",
+            self.lease(&t.lease),
+            t.workflow_id,
+            t.workflow_name,
+            t.last_seq,
+            t.deliveries,
+            t.claimed_at.as_millis() - START.as_millis(),
+            messages.join(", ")
+        )
+    }
+
+    fn activity_task(&mut self, t: &ActivityTask) -> String {
+        format!(
+            "act {} {} {} {} #{} d={} at={}",
+            self.lease(&t.lease),
+            t.workflow_id,
+            t.activity_id,
+            t.name,
+            t.attempt,
+            t.deliveries,
+            t.claimed_at.as_millis() - START.as_millis()
+        )
+    }
+}
+
+/// A run of one sequence on one store.
+struct Run {
+    store: Arc<dyn Storage>,
+    clock: ManualClock,
+    names: Names,
+    out: String,
+    workflows: Vec<WorkflowTask>,
+    activities: Vec<ActivityTask>,
+}
+
+fn at(clock: &ManualClock) -> Timestamp {
+    clock.now()
+}
+
+impl Run {
+    fn line(&mut self, line: impl AsRef<str>) {
+        self.out.push_str(line.as_ref());
+        self.out.push('\n');
+    }
+
+    fn took_workflows(&mut self, tasks: Vec<WorkflowTask>) {
+        for t in tasks {
+            let line = self.names.workflow_task(&t);
+            self.line(format!("  {line}"));
+            self.workflows.push(t);
+        }
+    }
+
+    fn took_activities(&mut self, tasks: Vec<ActivityTask>) {
+        for t in tasks {
+            let line = self.names.activity_task(&t);
+            self.line(format!("  {line}"));
+            self.activities.push(t);
+        }
+    }
+
+    fn result<T>(&mut self, r: crate::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let text = self.names.error(&e);
+                self.line(format!("  error {text}"));
+                None
+            }
+        }
+    }
+
+    fn events(&self, last: Seq, new: &[NewEvent]) -> Vec<Event> {
+        let now = at(&self.clock);
+        let mut seq = last;
+        new.iter()
+            .map(|e| {
+                seq = seq.next();
+                let kind = match e {
+                    NewEvent::Step => EventKind::StepStarted {
+                        name: format!("s{seq}"),
+                    },
+                    NewEvent::Schedule => EventKind::ActivityScheduled {
+                        name: "work".into(),
+                        input: Payload::encode(&seq.get()).unwrap_or(Payload::NULL),
+                        options: ActivityOptions::default(),
+                    },
+                    NewEvent::Sleep(s) => EventKind::TimerScheduled {
+                        fire_at: now.saturating_add(s.duration()),
+                        duration_ms: Some(u64::try_from(s.duration().as_millis()).unwrap_or(0)),
+                    },
+                    NewEvent::SleepUntil(ms) => EventKind::TimerScheduled {
+                        fire_at: START.saturating_add(Duration::from_millis(u64::from(*ms))),
+                        duration_ms: None,
+                    },
+                    NewEvent::Complete => EventKind::WorkflowCompleted {
+                        output: Payload::encode(&"done").unwrap_or(Payload::NULL),
+                    },
+                    NewEvent::Fail => EventKind::WorkflowFailed {
+                        failure: Failure::new("boom", "it failed"),
+                    },
+                    NewEvent::Cancel => EventKind::WorkflowCancelled {},
+                };
+                Event { seq, at: now, kind }
+            })
+            .collect()
+    }
+
+    fn claim(&self, max: u8, lease: Span) -> ClaimRequest {
+        ClaimRequest::new("differential", usize::from(max), lease.duration())
+    }
+
+    async fn step(&mut self, op: &Op) {
+        self.line(format!("{op:?}"));
+        match op {
+            Op::Create(n) => {
+                let started = Event {
+                    seq: Seq::FIRST,
+                    at: at(&self.clock),
+                    kind: EventKind::WorkflowStarted {
+                        name: "Differential".into(),
+                        version: 1,
+                        input: Payload::encode(n).unwrap_or(Payload::NULL),
+                        format: HISTORY_FORMAT,
+                    },
+                };
+                let r = self.store.create_workflow(&wid(*n), started).await;
+                self.result(r);
+            }
+            Op::ClaimWorkflows(max, lease) => {
+                let r = self
+                    .store
+                    .claim_workflow_tasks(&self.claim(*max, *lease))
+                    .await;
+                if let Some(tasks) = self.result(r) {
+                    self.took_workflows(tasks);
+                }
+            }
+            Op::ClaimActivities(max, lease) => {
+                let r = self
+                    .store
+                    .claim_activity_tasks(&self.claim(*max, *lease))
+                    .await;
+                if let Some(tasks) = self.result(r) {
+                    self.took_activities(tasks);
+                }
+            }
+            Op::Race => {
+                let (a, b) = {
+                    let (s1, s2) = (self.store.clone(), self.store.clone());
+                    let req = self.claim(1, Span::Long);
+                    let (r1, r2) = (req.clone(), req);
+                    tokio::join!(
+                        async move { s1.claim_workflow_tasks(&r1).await },
+                        async move { s2.claim_workflow_tasks(&r2).await }
+                    )
+                };
+                // Who wins is the scheduler's choice: the pair is recorded in task order.
+                let mut got = Vec::new();
+                for r in [a, b] {
+                    if let Some(tasks) = self.result(r) {
+                        got.extend(tasks);
+                    }
+                }
+                got.sort_by_key(|t| t.workflow_id.clone());
+                let ids: Vec<_> = got.iter().map(|t| t.lease.task).collect();
+                let mut unique = ids.clone();
+                unique.dedup();
+                if unique.len() != ids.len() {
+                    self.line("  a task was handed to both claimers");
+                }
+                self.took_workflows(got);
+            }
+            Op::CompleteWorkflow(i, new, consume, eager) => {
+                let Some(task) = self.take_workflow(*i) else {
+                    return;
+                };
+                let c = WorkflowTaskCompletion {
+                    lease: task.lease,
+                    workflow_id: task.workflow_id.clone(),
+                    expected_last_seq: task.last_seq,
+                    events: self.events(task.last_seq, new),
+                    consumed: if *consume {
+                        task.messages.iter().map(|m| m.id).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    progress: None,
+                    logs: vec![LogRecord {
+                        seq: task.last_seq,
+                        at: at(&self.clock),
+                        level: LogLevel::Info,
+                        message: format!("commit of {}", task.workflow_id),
+                    }],
+                    eager: (*eager > 0).then(|| self.claim(*eager, Span::Long)),
+                };
+                let r = self.store.complete_workflow_task(c).await;
+                if let Some(claimed) = self.result(r) {
+                    self.took_activities(claimed);
+                }
+            }
+            Op::CompleteStale(i) => {
+                let Some(task) = self.take_workflow(*i) else {
+                    return;
+                };
+                let stale = Seq::new(task.last_seq.get().saturating_sub(1));
+                let c = WorkflowTaskCompletion {
+                    lease: task.lease,
+                    workflow_id: task.workflow_id.clone(),
+                    expected_last_seq: stale,
+                    events: self.events(stale, &[NewEvent::Step]),
+                    consumed: Vec::new(),
+                    progress: None,
+                    logs: Vec::new(),
+                    eager: None,
+                };
+                let r = self.store.complete_workflow_task(c).await;
+                self.result(r);
+                // A failed commit leaves the lease held: keep it.
+                self.workflows.push(task);
+            }
+            Op::CompleteActivity(i, outcome, then) => {
+                let Some(task) = self.take_activity(*i) else {
+                    return;
+                };
+                let (result, retry) = match outcome {
+                    Outcome::Completed => (
+                        EventKind::ActivityCompleted {
+                            activity_id: task.activity_id,
+                            attempt: task.attempt,
+                            result: Payload::encode(&task.attempt).unwrap_or(Payload::NULL),
+                        },
+                        None,
+                    ),
+                    Outcome::Failed(retry) => (
+                        EventKind::ActivityFailed {
+                            activity_id: task.activity_id,
+                            attempt: task.attempt,
+                            failure: Failure::new("flaky", "it failed"),
+                            retry_at: None,
+                        },
+                        *retry,
+                    ),
+                    Outcome::TimedOut(retry) => (
+                        EventKind::ActivityTimedOut {
+                            activity_id: task.activity_id,
+                            attempt: task.attempt,
+                            retry_at: None,
+                        },
+                        *retry,
+                    ),
+                };
+                let then = match then {
+                    Then::Nothing => AfterActivity::Nothing,
+                    Then::Claim => AfterActivity::ClaimWorkflowTask(self.claim(1, Span::Long)),
+                    Then::Decide(new) => {
+                        // Decided from what the store says the history is now.
+                        let last = self
+                            .store
+                            .describe(&task.workflow_id)
+                            .await
+                            .map_or(Seq::FIRST, |s| s.last_seq);
+                        let mut events = vec![Event {
+                            seq: last.next(),
+                            at: at(&self.clock),
+                            kind: result.clone(),
+                        }];
+                        events.extend(self.events(last.next(), new));
+                        AfterActivity::Decide {
+                            decided: Box::new(DecidedTask {
+                                workflow_id: task.workflow_id.clone(),
+                                expected_last_seq: last,
+                                events,
+                                progress: None,
+                                logs: Vec::new(),
+                            }),
+                            claim: self.claim(1, Span::Long),
+                        }
+                    }
+                };
+                let c = ActivityTaskCompletion {
+                    lease: task.lease,
+                    workflow_id: task.workflow_id.clone(),
+                    result,
+                    retry_after: retry.map(Span::duration),
+                    then,
+                };
+                let r = self.store.complete_activity_task(c).await;
+                match self.result(r) {
+                    Some(ActivityCommitted::Nothing) => self.line("  nothing"),
+                    Some(ActivityCommitted::WorkflowTask(t)) => self.took_workflows(vec![t]),
+                    Some(ActivityCommitted::Decided(acts)) => {
+                        self.line("  decided");
+                        self.took_activities(acts);
+                    }
+                    None => {}
+                }
+            }
+            Op::Renew(i, span) => {
+                let Some(lease) = self.held_lease(*i) else {
+                    return;
+                };
+                let r = self.store.renew_lease(&lease, span.duration()).await;
+                if let Some(renewed) = self.result(r) {
+                    let line = self.names.lease(&renewed);
+                    self.line(format!("  {line}"));
+                    self.update_lease(renewed);
+                }
+            }
+            Op::Release(i, after, pause) => {
+                let Some(lease) = self.held_lease(*i) else {
+                    return;
+                };
+                let release = Release {
+                    after: after.duration(),
+                    pause: pause.then(|| "paused by the differential test".to_owned()),
+                };
+                let r = self.store.release_task(&lease, release).await;
+                self.result(r);
+            }
+            Op::Signal(n) => {
+                let r = self
+                    .store
+                    .signal(
+                        &wid(*n),
+                        "poke",
+                        Payload::encode(n).unwrap_or(Payload::NULL),
+                    )
+                    .await;
+                self.result(r);
+            }
+            Op::RequestCancel(n) => {
+                let r = self
+                    .store
+                    .request_cancel(&wid(*n), Some("asked".into()))
+                    .await;
+                self.result(r);
+            }
+            Op::Advance(ms) => self.clock.advance(Duration::from_millis(u64::from(*ms))),
+        }
+    }
+
+    fn take_workflow(&mut self, i: u8) -> Option<WorkflowTask> {
+        if self.workflows.is_empty() {
+            return None;
+        }
+        let i = usize::from(i) % self.workflows.len();
+        Some(self.workflows.remove(i))
+    }
+
+    fn take_activity(&mut self, i: u8) -> Option<ActivityTask> {
+        if self.activities.is_empty() {
+            return None;
+        }
+        let i = usize::from(i) % self.activities.len();
+        Some(self.activities.remove(i))
+    }
+
+    /// A held lease, workflow tasks first, then activity tasks.
+    fn held_lease(&self, i: u8) -> Option<Lease> {
+        let all: Vec<Lease> = self
+            .workflows
+            .iter()
+            .map(|t| t.lease)
+            .chain(self.activities.iter().map(|t| t.lease))
+            .collect();
+        if all.is_empty() {
+            return None;
+        }
+        Some(all[usize::from(i) % all.len()])
+    }
+
+    fn update_lease(&mut self, lease: Lease) {
+        for t in &mut self.workflows {
+            if t.lease.task == lease.task && t.lease.token == lease.token {
+                t.lease = lease;
+            }
+        }
+        for t in &mut self.activities {
+            if t.lease.task == lease.task && t.lease.token == lease.token {
+                t.lease = lease;
+            }
+        }
+    }
+
+    /// The state every backend must agree on, after the sequence.
+    async fn state(&mut self) {
+        self.line("== state");
+        let query = ListQuery {
+            limit: 1_000,
+            ..ListQuery::default()
+        };
+        match self.store.list(&query).await {
+            Ok(page) => {
+                let mut summaries = page.items;
+                summaries.sort_by(|a, b| a.id.cmp(&b.id));
+                for s in summaries {
+                    let ms = |t: Timestamp| t.as_millis() - START.as_millis();
+                    self.line(format!(
+                        "{} {} v{} {} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?}",
+                        s.id,
+                        s.name,
+                        s.version,
+                        s.status,
+                        ms(s.created_at),
+                        ms(s.updated_at),
+                        s.closed_at.map(ms),
+                        s.last_seq,
+                        s.output,
+                        s.failure,
+                        s.pause_reason
+                    ));
+                    match self.store.load_history(&s.id, Seq::ZERO).await {
+                        Ok(h) => {
+                            for e in h {
+                                self.line(format!("  {} @{} {:?}", e.seq, ms(e.at), e.kind));
+                            }
+                        }
+                        Err(e) => self.line(format!("  history: {e}")),
+                    }
+                    match self.store.logs(&s.id).await {
+                        Ok(logs) => {
+                            for l in logs {
+                                self.line(format!("  log {} {:?} {}", l.seq, l.level, l.message));
+                            }
+                        }
+                        Err(e) => self.line(format!("  logs: {e}")),
+                    }
+                    match self.store.pending(&s.id).await {
+                        Ok(p) => {
+                            for t in p.tasks {
+                                let id = self.names.task(t.id.0);
+                                self.line(format!(
+                                    "  task {id} {:?} visible={:?} leased={:?} d={}",
+                                    t.activity,
+                                    t.visible_at.map(ms),
+                                    t.leased_until.map(ms),
+                                    t.deliveries
+                                ));
+                            }
+                            for m in p.messages {
+                                let id = self.names.message(m.id.0);
+                                self.line(format!(
+                                    "  message {id} @{} {:?}",
+                                    ms(m.visible_at),
+                                    m.kind
+                                ));
+                            }
+                        }
+                        Err(e) => self.line(format!("  pending: {e}")),
+                    }
+                }
+            }
+            Err(e) => self.line(format!("list: {e}")),
+        }
+        match self.store.stats().await {
+            Ok(mut stats) => {
+                stats.at = START;
+                let mut line = String::new();
+                let _ = write!(line, "stats {stats:?}");
+                self.line(line);
+            }
+            Err(e) => self.line(format!("stats: {e}")),
+        }
+    }
+}
+
+/// Runs `ops` on `store` (whose clock is `clock`, at [`START`]) and returns the transcript.
+pub async fn transcript(store: Arc<dyn Storage>, clock: ManualClock, ops: &[Op]) -> String {
+    let mut run = Run {
+        store,
+        clock,
+        names: Names::default(),
+        out: String::new(),
+        workflows: Vec::new(),
+        activities: Vec::new(),
+    };
+    for op in ops {
+        run.step(op).await;
+    }
+    run.state().await;
+    run.out
+}
+
+/// The manual clock every run starts on.
+pub fn clock() -> ManualClock {
+    ManualClock::new(START)
+}
+
+/// Runs generated sequences on stores from `fresh` (a new store on the given clock, or `None`
+/// to skip: a backend whose server is missing says so itself) and on `MemoryStorage`; fails at
+/// the first sequence whose transcripts differ, showing both.
+pub fn check<F, Fut>(fresh: F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = Option<Arc<dyn Storage>>>,
+{
+    let cases = std::env::var(CASES_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CASES);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&sequence(), |ops| {
+        rt.block_on(async {
+            let clock = clock();
+            let Some(store) = fresh(clock.clone()).await else {
+                return Ok(());
+            };
+            let theirs = transcript(store, clock, &ops).await;
+            let clock = crate::conformance::differential::clock();
+            let reference = Arc::new(MemoryStorage::with_clock(Arc::new(clock.clone())));
+            let ours = transcript(reference, clock, &ops).await;
+            if theirs == ours {
+                return Ok(());
+            }
+            let diff = first_difference(&ours, &theirs);
+            Err(TestCaseError::fail(format!(
+                "the backend and MemoryStorage disagree.\n{diff}\n--- MemoryStorage\n{ours}\n--- backend\n{theirs}"
+            )))
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn first_difference(a: &str, b: &str) -> String {
+    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            return format!(
+                "line {}:\n  MemoryStorage: {x}\n  backend:       {y}",
+                i + 1
+            );
+        }
+    }
+    format!(
+        "one transcript is longer: {} against {} lines",
+        a.lines().count(),
+        b.lines().count()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two fresh MemoryStorages agree with each other on generated sequences: the transcript
+    /// itself is deterministic.
+    #[test]
+    fn the_reference_agrees_with_itself() {
+        check(|clock| async move {
+            Some(Arc::new(MemoryStorage::with_clock(Arc::new(clock))) as Arc<dyn Storage>)
+        });
+    }
+
+    /// A transcript names what was claimed, with renamed ids.
+    #[tokio::test]
+    async fn a_transcript_shows_every_answer() {
+        let clock = clock();
+        let store = Arc::new(MemoryStorage::with_clock(Arc::new(clock.clone())));
+        let ops = vec![
+            Op::Create(0),
+            Op::Create(0),
+            Op::ClaimWorkflows(2, Span::Long),
+            Op::CompleteWorkflow(0, vec![NewEvent::Schedule], true, 1),
+            Op::Advance(10),
+            Op::Signal(1),
+        ];
+        let t = transcript(store, clock, &ops).await;
+        assert!(t.contains("error AlreadyExists(running)"), "{t}");
+        assert!(
+            t.contains("wft T0/k0/3600000 wf-0 Differential last=#1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("act T1/k1/3600000 wf-0 activity#2 work #1"),
+            "{t}"
+        );
+        assert!(t.contains("error NotFound(wf-1)"), "{t}");
+        assert!(t.contains("== state"), "{t}");
+    }
+}
