@@ -1,7 +1,7 @@
 //! Test support (feature `testing`): a store in a fresh schema of the test server, or a loud
 //! skip when no server is reachable (a failure under `CI=true`).
 
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use loom_core::{Event, LogRecord, Payload, Seq, WorkflowId};
@@ -131,7 +131,7 @@ pub async fn fresh_on(clock: loom_storage::ManualClock) -> Option<std::sync::Arc
     Some(std::sync::Arc::new(OnClock {
         store,
         clock,
-        synced: AtomicI64::new(i64::MIN),
+        synced: tokio::sync::Mutex::new(i64::MIN),
     }))
 }
 
@@ -141,18 +141,22 @@ static PREVIOUS: std::sync::Mutex<Option<PostgresStorage>> = std::sync::Mutex::n
 struct OnClock {
     store: PostgresStorage,
     clock: loom_storage::ManualClock,
-    synced: AtomicI64,
+    /// The time last written to the table; held while writing, so that a concurrent call
+    /// waits for the write rather than running on the old time.
+    synced: tokio::sync::Mutex<i64>,
 }
 
 impl OnClock {
     async fn sync(&self) -> loom_storage::Result<()> {
         let now = loom_storage::Clock::now(&self.clock).as_millis();
-        if self.synced.swap(now, Ordering::SeqCst) != now {
+        let mut synced = self.synced.lock().await;
+        if *synced != now {
             sqlx::query("UPDATE loom_test_clock SET ms = $1")
                 .bind(now)
                 .execute(&self.store.pool)
                 .await
                 .map_err(crate::sql_err)?;
+            *synced = now;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! End-to-end behaviour of the worker and client, on MemoryStorage, SQLite, redb and
-//! PostgreSQL (the last skipped loudly without a server, failing under `CI=true`). Timers and
-//! retry intervals are milliseconds long: no test waits seconds for real time to pass.
+//! PostgreSQL (the last skipped loudly without a server, failing under `CI=true`). Retry
+//! intervals are milliseconds long, and the tests about long waits (an hour's sleep, a week's
+//! signal timeout) run on a manual clock that the store and the worker share and the test
+//! moves: no test waits seconds for real time to pass.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +14,7 @@ use loom_core::{
     Registry, RetryPolicy, Workflow, WorkflowContext, WorkflowError, WorkflowId,
 };
 use loom_sqlite::{SqliteOptions, SqliteStorage};
-use loom_storage::{MemoryStorage, Storage, WorkflowStatus};
+use loom_storage::{ManualClock, MemoryStorage, Storage, WorkflowStatus};
 use loom_worker::{Client, ClientError, MetricsSnapshot, StartOptions, Worker, WorkerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -368,6 +370,21 @@ impl Workflow for HeartbeatLost {
     }
 }
 
+/// A retried activity, then a durable sleep, then the time: everything that a worker's clock
+/// used to decide.
+struct Skewed;
+impl Workflow for Skewed {
+    const NAME: &'static str = "Skewed";
+    type Input = u64;
+    type State = ();
+    type Output = i64;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<i64, WorkflowError> {
+        ctx.activity::<Flaky>(1).await?;
+        ctx.sleep(Duration::from_millis(*ctx.input())).await?;
+        Ok(ctx.now().as_millis())
+    }
+}
+
 // ---- harness ----
 
 fn registry_with(emails: Arc<AtomicU32>, evolving_broken: bool) -> Registry {
@@ -389,6 +406,7 @@ fn registry_with(emails: Arc<AtomicU32>, evolving_broken: bool) -> Registry {
         .and_then(|r| r.add_activity(Panicky))
         .and_then(|r| r.add_activity(Silent))
         .and_then(|r| r.add_workflow::<LongRunning>())
+        .and_then(|r| r.add_workflow::<Skewed>())
         .and_then(|r| r.add_activity(Long))
         .expect("registry");
     if evolving_broken {
@@ -470,6 +488,68 @@ async fn postgres() -> Option<Arc<dyn Storage>> {
     Some(Arc::new(store))
 }
 
+async fn memory_on(clock: ManualClock) -> Option<Arc<dyn Storage>> {
+    Some(Arc::new(MemoryStorage::with_clock(Arc::new(clock))))
+}
+
+async fn sqlite_on(clock: ManualClock) -> Option<Arc<dyn Storage>> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SqliteOptions {
+        clock: Arc::new(clock),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStorage::open(dir.path().join("loom.db"), options)
+        .await
+        .expect("open");
+    std::mem::forget(dir);
+    Some(Arc::new(store))
+}
+
+async fn redb_on(clock: ManualClock) -> Option<Arc<dyn Storage>> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        loom_redb::RedbStorage::open_with_clock(dir.path().join("loom.redb"), Arc::new(clock))
+            .await
+            .expect("open");
+    std::mem::forget(dir);
+    Some(Arc::new(store))
+}
+
+/// Each backend on a manual clock that the test moves, which the worker shares: time passes
+/// when the test says so, not by waiting.
+macro_rules! on_every_backend_on_a_clock {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+                async fn run(fresh: impl AsyncFn(ManualClock) -> Option<Arc<dyn Storage>>) {
+                    let clock = ManualClock::new(loom_storage::Clock::now(&loom_storage::SystemClock));
+                    let Some(store) = fresh(clock.clone()).await else {
+                        return;
+                    };
+                    super::$name(store, clock).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_memory() {
+                    run(memory_on).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    run(sqlite_on).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_redb() {
+                    run(redb_on).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    run(loom_postgres::testing::fresh_on).await;
+                }
+            }
+        )*
+    };
+}
+
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod on_memory {
@@ -516,7 +596,6 @@ on_every_backend!(
     a_flaky_activity_is_retried_and_each_attempt_recorded,
     retries_run_out_and_the_code_handles_it,
     a_hung_activity_times_out_and_the_workflow_fails_with_the_cause,
-    a_durable_sleep_survives_a_worker_restart,
     signals_sent_before_and_after_the_wait_are_delivered_in_order,
     cancellation_reaches_the_code_which_cleans_up,
     parallel_activities_fan_out_and_in,
@@ -527,6 +606,13 @@ on_every_backend!(
     starting_twice_with_one_id_is_idempotent,
     an_unknown_workflow_type_pauses_with_a_clear_reason,
     shutdown_releases_unfinished_work_at_once,
+    a_worker_clock_an_hour_ahead_changes_nothing,
+    a_worker_clock_an_hour_behind_changes_nothing,
+);
+
+on_every_backend_on_a_clock!(
+    a_durable_sleep_survives_a_worker_restart,
+    a_signal_wait_times_out_after_a_week,
 );
 
 fn order(id: &str) -> Order {
@@ -670,14 +756,23 @@ async fn a_hung_activity_times_out_and_the_workflow_fails_with_the_cause(store: 
     running.stop().await;
 }
 
-async fn a_durable_sleep_survives_a_worker_restart(store: Arc<dyn Storage>) {
+/// A worker on the store's manual clock.
+fn on(clock: &ManualClock) -> WorkerConfig {
+    WorkerConfig {
+        clock: Arc::new(clock.clone()),
+        ..config()
+    }
+}
+
+async fn a_durable_sleep_survives_a_worker_restart(store: Arc<dyn Storage>, clock: ManualClock) {
     let client = Client::new(store.clone());
+    let hour = 3_600_000;
     let handle = client
-        .start::<Nap>(&300, StartOptions::default())
+        .start::<Nap>(&hour, StartOptions::default())
         .await
         .expect("start");
     // The first worker starts the timer, then goes away before it fires.
-    let first = Worker::with_config(store.clone(), registry(), config());
+    let first = Worker::with_config(store.clone(), registry(), on(&clock));
     let running = spawn(&first);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -696,11 +791,20 @@ async fn a_durable_sleep_survives_a_worker_restart(store: Arc<dyn Storage>) {
         client.status(handle.id()).await.expect("status"),
         WorkflowStatus::Running
     );
-    // Nothing runs while the timer is due; a new worker fires it.
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let second = Worker::with_config(store, registry(), config());
+    // Nothing fires before its time, with or without a worker.
+    clock.advance(Duration::from_millis(hour - 1_000));
+    let second = Worker::with_config(store, registry(), on(&clock));
     let running = spawn(&second);
-    assert_eq!(handle.result_within(WAIT).await.expect("result"), 600);
+    assert!(
+        handle
+            .result_within(Duration::from_millis(300))
+            .await
+            .is_err(),
+        "the timer fired early"
+    );
+    // An hour later by the store's clock (and not one second of waiting for it), it fires.
+    clock.advance(Duration::from_millis(1_000));
+    assert_eq!(handle.result_within(WAIT).await.expect("result"), 2 * hour);
     let history = client.history(handle.id()).await.expect("history");
     assert_eq!(
         count(&history, |k| matches!(k, EventKind::TimerFired { .. })),
@@ -713,8 +817,111 @@ async fn a_durable_sleep_survives_a_worker_restart(store: Arc<dyn Storage>) {
         .expect("fired")
         .at;
     assert!(
-        fired_at.as_millis() - scheduled_at.as_millis() >= 300,
+        fired_at.as_millis() - scheduled_at.as_millis() >= i64::try_from(hour).unwrap_or(0),
         "the timer fired after its time"
+    );
+    running.stop().await;
+}
+
+/// A workflow waits a week for a signal that never comes, and then takes the timeout branch;
+/// the week passes on the manual clock.
+async fn a_signal_wait_times_out_after_a_week(store: Arc<dyn Storage>, clock: ManualClock) {
+    let week = 7 * 24 * 3_600_000;
+    let worker = Worker::with_config(store, registry(), on(&clock));
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<AwaitApproval>(&week, StartOptions::default())
+        .await
+        .expect("start");
+    client
+        .signal(handle.id(), "approve", approval("ann", true))
+        .await
+        .expect("signal");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = client.describe(handle.id()).await.expect("describe");
+        if s.progress.is_some_and(|p| p.pending_timers.len() == 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workflow never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clock.advance(Duration::from_millis(week));
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "ann:true then timeout"
+    );
+    running.stop().await;
+}
+
+/// The system clock shifted by a fixed amount: a host whose clock is wrong.
+struct Shifted(i64);
+impl loom_storage::Clock for Shifted {
+    fn now(&self) -> loom_core::Timestamp {
+        let now = loom_storage::Clock::now(&loom_storage::SystemClock);
+        loom_core::Timestamp::from_millis(now.as_millis() + self.0)
+    }
+}
+
+async fn a_worker_clock_an_hour_ahead_changes_nothing(store: Arc<dyn Storage>) {
+    a_worker_clock_off_by(store, 3_600_000).await;
+}
+
+async fn a_worker_clock_an_hour_behind_changes_nothing(store: Arc<dyn Storage>) {
+    a_worker_clock_off_by(store, -3_600_000).await;
+}
+
+/// A worker whose clock is `offset_ms` off runs a retried activity and a durable sleep on
+/// time, and every time it records (event times, the retry's time, the timer's, `ctx.now()`)
+/// is the store's: within a minute of when the store created the workflow.
+async fn a_worker_clock_off_by(store: Arc<dyn Storage>, offset_ms: i64) {
+    let config = WorkerConfig {
+        clock: Arc::new(Shifted(offset_ms)),
+        ..config()
+    };
+    let worker = Worker::with_config(store.clone(), registry(), config);
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<Skewed>(&200, StartOptions::default())
+        .await
+        .expect("start");
+    let now = handle.result_within(WAIT).await.expect("result");
+    let created = client
+        .describe(handle.id())
+        .await
+        .expect("describe")
+        .created_at
+        .as_millis();
+    let near = |t: i64, what: &str| {
+        assert!(
+            (created - 1_000..created + 60_000).contains(&t),
+            "{what} is {} ms from the workflow's creation by the store's clock",
+            t - created
+        );
+    };
+    near(now, "ctx.now()");
+    let history = client.history(handle.id()).await.expect("history");
+    for e in &history[1..] {
+        near(e.at.as_millis(), &format!("the time of {}", e.seq));
+        match &e.kind {
+            EventKind::ActivityFailed {
+                retry_at: Some(t), ..
+            } => near(t.as_millis(), "the retry's time"),
+            EventKind::TimerScheduled { fire_at, .. } => {
+                near(fire_at.as_millis(), "the timer's time");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        count(&history, |k| matches!(k, EventKind::ActivityFailed { .. })),
+        1,
+        "the first attempt failed and the retry ran"
     );
     running.stop().await;
 }

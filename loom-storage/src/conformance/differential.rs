@@ -236,7 +236,7 @@ impl Names {
 
     /// Task and message ids in an error's text, renamed.
     fn error(&mut self, e: &StorageError) -> String {
-        let text = match e {
+        match e {
             StorageError::LeaseLost(t) => format!("LeaseLost({})", self.task(t.0)),
             StorageError::Conflict {
                 expected, actual, ..
@@ -246,8 +246,7 @@ impl Names {
             StorageError::NotFound(id) => format!("NotFound({id})"),
             StorageError::InvalidArgument(_) => "InvalidArgument".to_owned(),
             other => format!("unexpected error: {other}"),
-        };
-        text
+        }
     }
 
     fn workflow_task(&mut self, t: &WorkflowTask) -> String {
