@@ -1,0 +1,292 @@
+//! One activity attempt: run it under its timeouts, commit its result, and decide the next
+//! workflow task ahead when the workflow's machine is at hand.
+
+use super::*;
+
+impl Shared {
+    /// Runs one activity attempt; returns the workflow task its commit claimed eagerly, if any.
+    pub(super) async fn activity_task(self: Arc<Self>, task: ActivityTask) -> Option<Next> {
+        let store_time = StoreTime::new(task.claimed_at, self.clock.now());
+        let policy = task.options.retry.clone();
+        let outcome = if task.deliveries > self.config.max_deliveries {
+            Err(Some(Failure::new(
+                "worker_lost",
+                format!(
+                    "attempt {} was handed out {} times without finishing (it crashed or hung its worker each time)",
+                    task.attempt, task.deliveries
+                ),
+            )))
+        } else if let Some(activity) = self.registry.activity(&task.name).cloned() {
+            self.run_attempt(activity, &task).await
+        } else if task.deliveries < self.config.max_deliveries {
+            // Another worker may have it: give the task back for a while.
+            warn!(activity = %task.name, "no activity of this name is registered here; releasing it");
+            let release = Release {
+                after: self.config.pause_retry,
+                pause: None,
+            };
+            let _ = self
+                .storage
+                .release_task(&self.current_lease(task.lease), release)
+                .await;
+            return None;
+        } else {
+            Err(Some(Failure::non_retryable(
+                "unknown_activity",
+                format!("no worker has an activity named {:?} registered", task.name),
+            )))
+        };
+        let retry_after = |failure: Option<&Failure>| {
+            policy
+                .allows_retry(task.attempt, failure)
+                .then(|| policy.backoff(task.attempt, rand::random()))
+        };
+        let mut retry_after_set = None;
+        let result = match outcome {
+            Ok(result) => {
+                self.metrics
+                    .activities_completed
+                    .fetch_add(1, Ordering::Relaxed);
+                EventKind::ActivityCompleted {
+                    activity_id: task.activity_id,
+                    attempt: task.attempt,
+                    result,
+                }
+            }
+            Err(Some(failure)) => {
+                self.metrics
+                    .activities_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%failure, "activity attempt failed");
+                retry_after_set = retry_after(Some(&failure));
+                EventKind::ActivityFailed {
+                    activity_id: task.activity_id,
+                    attempt: task.attempt,
+                    retry_at: None,
+                    failure,
+                }
+            }
+            Err(None) => {
+                self.metrics
+                    .activities_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!("activity attempt timed out");
+                retry_after_set = retry_after(None);
+                EventKind::ActivityTimedOut {
+                    activity_id: task.activity_id,
+                    attempt: task.attempt,
+                    retry_at: None,
+                }
+            }
+        };
+        let retry_after = retry_after_set;
+        // With a free workflow slot, the commit also takes the workflow task the result wakes:
+        // decided here from the cached machine if it is at hand, or claimed to run next.
+        let workflow_slot = self.eager_slot(&self.workflow_slots);
+        let workflow_id = task.workflow_id.clone();
+        let ahead = match &workflow_slot {
+            Some(_) if retry_after.is_none() => {
+                let now = store_time.now(self.clock.as_ref());
+                self.decide_ahead(&workflow_id, &result, now)
+            }
+            _ => None,
+        };
+        let then = match (&workflow_slot, &ahead) {
+            (Some(_), Some(ahead)) => AfterActivity::Decide {
+                decided: Box::new(ahead.decided.clone()),
+                claim: self.claim_request(usize::from(ahead.activity_slot.is_some())),
+            },
+            (Some(_), None) => AfterActivity::ClaimWorkflowTask(self.claim_request(1)),
+            (None, _) => AfterActivity::Nothing,
+        };
+        let completion = ActivityTaskCompletion {
+            lease: self.current_lease(task.lease),
+            workflow_id: workflow_id.clone(),
+            result,
+            retry_after,
+            then,
+        };
+        match self.storage.complete_activity_task(completion).await {
+            Ok(ActivityCommitted::Decided(claimed)) => {
+                drop(workflow_slot);
+                let Some(ahead) = ahead else {
+                    warn!("the store applied a decision this worker did not make");
+                    return None;
+                };
+                self.metrics.decided_ahead.fetch_add(1, Ordering::Relaxed);
+                for line in &ahead.logs {
+                    log_line(&workflow_id, line.level, &line.message);
+                }
+                self.decision_committed(
+                    workflow_id,
+                    ahead.machine,
+                    ahead.scheduled,
+                    claimed,
+                    ahead.activity_slot,
+                )
+                .await
+            }
+            Ok(ActivityCommitted::WorkflowTask(woken)) => {
+                // A decision ahead, if one was made, was not applied: its machine is dropped
+                // and the claimed task replays from the history.
+                self.take_eager([Claimed::Workflow(woken)].into_iter(), workflow_slot)
+                    .await
+            }
+            Ok(ActivityCommitted::Nothing) => {
+                self.workflow_work.notify_one();
+                None
+            }
+            Err(StorageError::LeaseLost(_)) => {
+                self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                debug!("activity result refused: the lease was lost or the workflow ended");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "reporting the activity result failed; the attempt will run again");
+                None
+            }
+        }
+    }
+
+    /// Decides the workflow task an activity's result wakes right here, from the machine this
+    /// worker cached, so that the result's commit can carry the decision too (one durable
+    /// commit for the whole hand-off, see [`AfterActivity::Decide`]). `None` when the machine
+    /// is not at hand or cannot take the result as it is (an error, a dropped duplicate): the
+    /// result is then committed the ordinary way. The machine leaves the cache either way; it
+    /// goes back only if the store applies the decision.
+    pub(super) fn decide_ahead(
+        &self,
+        workflow_id: &WorkflowId,
+        result: &EventKind,
+        now: Timestamp,
+    ) -> Option<Ahead> {
+        let mut machine = self
+            .cache_guard()
+            .as_mut()
+            .and_then(|c| c.pop(workflow_id))
+            .filter(|m| m.outcome().is_none())?;
+        let expected_last_seq = machine.last_seq();
+        let activation = Activation {
+            now,
+            entropy: rand::random(),
+            messages: vec![result.clone()],
+        };
+        let decision = machine
+            .activate(activation)
+            .ok()
+            .filter(|d| d.dropped.is_empty())?;
+        self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+        let scheduled = activities_scheduled(&decision.events);
+        let finished = machine.outcome().is_some();
+        let activity_slot = (scheduled > 0 && !finished)
+            .then(|| self.eager_slot(&self.activity_slots))
+            .flatten();
+        let logs = decision.logs.clone();
+        let decided = DecidedTask {
+            workflow_id: workflow_id.clone(),
+            expected_last_seq,
+            events: decision.events,
+            progress: Some(machine.progress()),
+            logs: decision.logs,
+        };
+        Some(Ahead {
+            decided,
+            machine,
+            scheduled,
+            logs,
+            activity_slot,
+        })
+    }
+
+    /// Runs one attempt under its start-to-close timeout (and heartbeat timeout, if set).
+    /// `Err(None)` is a timeout; a panic is a retryable failure of kind `panic`.
+    pub(super) async fn run_attempt(
+        &self,
+        activity: Arc<dyn loom_core::DynActivity>,
+        task: &ActivityTask,
+    ) -> Result<loom_core::Payload, Option<Failure>> {
+        let last_beat = Arc::new(AtomicI64::new(self.clock.now().as_millis()));
+        let beat = {
+            let last_beat = last_beat.clone();
+            let clock = self.clock.clone();
+            Arc::new(move |_details: Option<loom_core::Payload>| {
+                last_beat.store(clock.now().as_millis(), Ordering::Relaxed);
+            }) as Arc<dyn Fn(Option<loom_core::Payload>) + Send + Sync>
+        };
+        let ctx = ActivityContext::new(
+            ActivityInfo {
+                workflow_id: task.workflow_id.clone(),
+                activity_id: task.activity_id,
+                name: task.name.clone(),
+                attempt: task.attempt,
+            },
+            Some(beat),
+        );
+        let attempt = AssertUnwindSafe(activity.run(ctx, task.input.clone())).catch_unwind();
+        let heartbeat_timeout = task.options.heartbeat_timeout_ms.map(Duration::from_millis);
+        let watchdog = async {
+            let Some(limit) = heartbeat_timeout else {
+                return std::future::pending::<()>().await;
+            };
+            loop {
+                tokio::time::sleep(limit / 2).await;
+                let since = self.clock.now().as_millis() - last_beat.load(Ordering::Relaxed);
+                if since > i64::try_from(limit.as_millis()).unwrap_or(i64::MAX) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            ran = tokio::time::timeout(task.options.start_to_close_timeout, attempt) => match ran {
+                Ok(Ok(Ok(result))) => Ok(result),
+                Ok(Ok(Err(failure))) => Err(Some(failure)),
+                Ok(Err(panic)) => Err(Some(Failure::new("panic", panic_message(panic.as_ref())))),
+                Err(_elapsed) => Err(None),
+            },
+            () = watchdog => Err(None),
+        }
+    }
+}
+
+/// The store's clock as this worker reckons it: a time the store gave (a claim's) plus what
+/// this worker's clock measured since. Only differences of the worker's clock count, so a
+/// worker whose clock is off by any amount still stamps the store's time.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StoreTime {
+    store: Timestamp,
+    local: Timestamp,
+}
+
+impl StoreTime {
+    fn new(store: Timestamp, local: Timestamp) -> Self {
+        StoreTime { store, local }
+    }
+
+    fn now(&self, clock: &dyn Clock) -> Timestamp {
+        self.store
+            .saturating_add(clock.now().saturating_duration_since(self.local))
+    }
+}
+
+/// A workflow task decided ahead from an activity's result, waiting for the result's commit.
+pub(super) struct Ahead {
+    decided: DecidedTask,
+    /// The machine after the decision: cached again if the store applies it.
+    machine: WorkflowMachine,
+    /// Activities the decision scheduled.
+    scheduled: usize,
+    /// Its log lines, written once the decision is committed.
+    logs: Vec<loom_core::LogRecord>,
+    /// The slot the activity claimed with the decision runs in.
+    activity_slot: Option<OwnedSemaphorePermit>,
+}
+
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("the activity panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("the activity panicked: {s}")
+    } else {
+        "the activity panicked".to_owned()
+    }
+}

@@ -1,0 +1,75 @@
+//! How a worker behaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom_storage::{Clock, SystemClock};
+
+/// How a worker behaves. `Default` suits most uses; tests shorten the times.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// This worker's name in leases and logs.
+    pub id: String,
+    /// Workflow tasks run at once.
+    pub workflow_concurrency: usize,
+    /// Activity attempts run at once.
+    pub activity_concurrency: usize,
+    /// How long to wait between polls when no work is known; local work wakes the worker at
+    /// once, so this only bounds how late work from other processes is noticed.
+    pub poll_interval: Duration,
+    /// The lease taken on each task; renewed at a third of it while the task runs.
+    pub lease: Duration,
+    /// On shutdown, how long running tasks may take before they are cancelled and their
+    /// leases released.
+    pub shutdown_grace: Duration,
+    /// Workflows kept in memory between tasks (sticky execution); 0 disables the cache.
+    pub cache_capacity: usize,
+    /// How long a paused workflow (non-determinism, a panic, an unknown type) waits before it
+    /// is tried again.
+    pub pause_retry: Duration,
+    /// A task handed out more times than this without completing (it crashed or hung its
+    /// workers each time) is parked: a workflow is paused, an activity attempt fails.
+    pub max_deliveries: u32,
+    /// This worker's clock. It only measures spans here (heartbeats, the time an activity
+    /// took): every time that is stored comes from the store's clock. Tests share a
+    /// [`ManualClock`](loom_storage::ManualClock) with an embedded store to move time instead
+    /// of sleeping.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("id", &self.id)
+            .field("workflow_concurrency", &self.workflow_concurrency)
+            .field("activity_concurrency", &self.activity_concurrency)
+            .field("poll_interval", &self.poll_interval)
+            .field("lease", &self.lease)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("pause_retry", &self.pause_retry)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: format!(
+                "worker-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().to_string()[..8]
+            ),
+            workflow_concurrency: 8,
+            activity_concurrency: 32,
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            cache_capacity: 10_000,
+            pause_retry: Duration::from_secs(60),
+            max_deliveries: 5,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Leases: which this worker holds, and their renewal while a task runs.
+
+use super::*;
+
+impl Shared {
+    pub(super) fn leases_guard(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, Lease>> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn track(&self, lease: Lease) {
+        self.leases_guard().insert(lease.task, lease);
+    }
+
+    pub(super) fn untrack(&self, task: TaskId) {
+        self.leases_guard().remove(&task);
+    }
+
+    /// Runs `work` while renewing its lease every third of the lease. If the lease is lost,
+    /// the work is dropped (`None`): whatever it would commit would be refused anyway.
+    pub(super) async fn with_renewal<T>(
+        self: Arc<Self>,
+        lease: Lease,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let renew = async {
+            let mut current = lease;
+            loop {
+                tokio::time::sleep(self.config.lease / 3).await;
+                match self.storage.renew_lease(&current, self.config.lease).await {
+                    Ok(renewed) => {
+                        current = renewed;
+                        self.leases_guard().insert(renewed.task, renewed);
+                    }
+                    Err(StorageError::LeaseLost(_)) => {
+                        self.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
+                        warn!(task = %lease.task, "lease lost while the task ran; abandoning it");
+                        return;
+                    }
+                    Err(e) => debug!(error = %e, "renewing a lease failed; will retry"),
+                }
+            }
+        };
+        tokio::select! {
+            done = work => Some(done),
+            () = renew => None,
+        }
+    }
+
+    pub(super) fn current_lease(&self, lease: Lease) -> Lease {
+        self.leases_guard()
+            .get(&lease.task)
+            .copied()
+            .unwrap_or(lease)
+    }
+}

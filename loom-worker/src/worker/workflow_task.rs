@@ -1,0 +1,207 @@
+//! One workflow task: replay or reuse the cached machine, decide, commit.
+
+use super::*;
+
+impl Shared {
+    pub(super) async fn release_paused(&self, lease: Lease, reason: String) {
+        self.metrics
+            .workflow_tasks_paused
+            .fetch_add(1, Ordering::Relaxed);
+        let release = Release {
+            after: self.config.pause_retry,
+            pause: Some(reason),
+        };
+        if let Err(e) = self
+            .storage
+            .release_task(&self.current_lease(lease), release)
+            .await
+        {
+            warn!(error = %e, "could not pause the workflow; its lease will lapse instead");
+        }
+    }
+
+    /// Runs one workflow task; returns the activity its commit claimed eagerly, if any.
+    pub(super) async fn workflow_task(self: Arc<Self>, task: WorkflowTask) -> Option<Next> {
+        let id = task.workflow_id.clone();
+        if task.deliveries > self.config.max_deliveries {
+            let reason = format!(
+                "its task was handed out {} times without completing (it crashed or hung its worker each time)",
+                task.deliveries
+            );
+            warn!(%reason, "pausing workflow");
+            self.release_paused(task.lease, reason).await;
+            return None;
+        }
+        let Some(def) = self.registry.workflow(&task.workflow_name).cloned() else {
+            let known: Vec<&str> = self.registry.workflow_names().collect();
+            let reason = format!(
+                "this worker has no workflow type {:?} registered (it has: {})",
+                task.workflow_name,
+                known.join(", ")
+            );
+            warn!(%reason, "pausing workflow");
+            self.release_paused(task.lease, reason).await;
+            return None;
+        };
+        let cached = self.cache_guard().as_mut().and_then(|c| c.pop(&id));
+        let mut machine = match cached.filter(|m| m.last_seq() == task.last_seq) {
+            Some(m) => {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                m
+            }
+            None => {
+                self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                let history = match self.storage.load_history(&id, Seq::ZERO).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        warn!(error = %e, "loading the history failed; the task will be retried");
+                        let _ = self
+                            .storage
+                            .release_task(&self.current_lease(task.lease), Release::default())
+                            .await;
+                        return None;
+                    }
+                };
+                if history.last().map(|e| e.seq) != Some(task.last_seq) {
+                    // The claim and the history disagree (a store that is not read-your-writes
+                    // across connections, or a fault): deciding now could consume a message
+                    // the machine does not know. Give the task back and try again later.
+                    debug!(
+                        claimed = %task.last_seq,
+                        loaded = history.len(),
+                        "the history does not end where the claim said; retrying the task"
+                    );
+                    let release = Release {
+                        after: self.config.poll_interval,
+                        pause: None,
+                    };
+                    let _ = self
+                        .storage
+                        .release_task(&self.current_lease(task.lease), release)
+                        .await;
+                    return None;
+                }
+                match WorkflowMachine::new(def, id.clone(), history) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "the history cannot be replayed; pausing workflow");
+                        self.release_paused(task.lease, e.to_string()).await;
+                        return None;
+                    }
+                }
+            }
+        };
+        // The task's time is the store's clock at the claim, never this worker's own.
+        let activation = Activation {
+            now: task.claimed_at,
+            entropy: rand::random(),
+            messages: task.messages.iter().map(|m| m.kind.clone()).collect(),
+        };
+        let decision = match machine.activate(activation) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "the workflow task cannot be decided; pausing workflow");
+                self.release_paused(task.lease, e.to_string()).await;
+                return None;
+            }
+        };
+        for (kind, reason) in &decision.dropped {
+            debug!(message = kind.type_name(), %reason, last_seq = %task.last_seq, "dropped a message");
+        }
+        let scheduled = activities_scheduled(&decision.events);
+        for line in &decision.logs {
+            log_line(&id, line.level, &line.message);
+        }
+        let finished = machine.outcome().is_some();
+        debug!(
+            task = %task.lease.task,
+            token = task.lease.token,
+            from = %task.last_seq,
+            to = %machine.last_seq(),
+            consumed = ?task.messages.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+            "workflow task decided"
+        );
+        // With a free activity slot, the commit also claims one of the activities it
+        // schedules, and this worker starts it without a trip through the claim loop.
+        let slot = (scheduled > 0 && !finished)
+            .then(|| self.eager_slot(&self.activity_slots))
+            .flatten();
+        let completion = WorkflowTaskCompletion {
+            lease: self.current_lease(task.lease),
+            workflow_id: id.clone(),
+            expected_last_seq: task.last_seq,
+            events: decision.events,
+            consumed: task.messages.iter().map(|m| m.id).collect(),
+            progress: Some(machine.progress()),
+            logs: decision.logs,
+            eager: slot.as_ref().map(|_| self.claim_request(1)),
+        };
+        let committed = self.storage.complete_workflow_task(completion).await;
+        match committed {
+            Ok(claimed) => {
+                debug!(eager = claimed.len(), "workflow task committed");
+                self.decision_committed(id, machine, scheduled, claimed, slot)
+                    .await
+            }
+            Err(e @ (StorageError::LeaseLost(_) | StorageError::Conflict { .. })) => {
+                // Another worker owns the workflow now; our decision is void and our machine
+                // stale. Nothing was written.
+                self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "workflow task commit refused");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "committing the workflow task failed; it will be retried");
+                None
+            }
+        }
+    }
+
+    /// After a workflow task's decision committed: counts it, wakes the activity loop for the
+    /// activities not claimed with it, keeps the machine for the next task (or announces the
+    /// end), and returns the claimed activity as the chain's next step.
+    pub(super) async fn decision_committed(
+        &self,
+        id: WorkflowId,
+        machine: WorkflowMachine,
+        scheduled: usize,
+        claimed: Vec<ActivityTask>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<Next> {
+        self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
+        if scheduled > claimed.len() {
+            self.activity_work.notify_one();
+        }
+        if machine.outcome().is_some() {
+            self.metrics
+                .workflows_finished
+                .fetch_add(1, Ordering::Relaxed);
+            self.finished.notify_waiters();
+        } else if let Some(cache) = self.cache_guard().as_mut() {
+            cache.put(id, machine);
+        }
+        self.take_eager(claimed.into_iter().map(Claimed::Activity), slot)
+            .await
+    }
+}
+
+pub(super) fn log_line(id: &WorkflowId, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Debug => {
+            tracing::debug!(target: "loom::workflow", workflow_id = %id, "{message}")
+        }
+        LogLevel::Info => tracing::info!(target: "loom::workflow", workflow_id = %id, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "loom::workflow", workflow_id = %id, "{message}"),
+        LogLevel::Error => {
+            tracing::error!(target: "loom::workflow", workflow_id = %id, "{message}")
+        }
+    }
+}
+
+/// How many activities a decision schedules.
+pub(super) fn activities_scheduled(events: &[loom_core::Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::ActivityScheduled { .. }))
+        .count()
+}
