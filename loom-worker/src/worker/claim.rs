@@ -42,24 +42,17 @@ impl Shared {
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
             while running.try_join_next().is_some() {}
-            // At least one slot (waiting for a task or a chain step to end), then every
-            // other free one.
-            let mut permits = tokio::select! {
+            // One slot (waiting for a task or a chain step to end), and a claim of as many
+            // tasks as there are free slots now. Only that one slot is held while the claim is
+            // in flight, so that a chain's eager step still finds the others free.
+            let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
                 () = wait_stop(stop.clone()) => break,
             };
-            let more = slots.available_permits();
-            if more > 0
-                && let Ok(p) = slots
-                    .clone()
-                    .try_acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX))
-            {
-                permits.merge(p);
-            }
-            let req = self.claim_request(permits.num_permits());
+            let req = self.claim_request(1 + slots.available_permits());
             let claimed = match kind {
                 Kind::Workflow => self
                     .storage
@@ -78,14 +71,14 @@ impl Shared {
                     tasks
                 }
                 Err(e) => {
-                    drop(permits);
+                    drop(first);
                     warn!(error = %e, ?kind, "claiming tasks failed; backing off");
                     backoff.wait().await;
                     continue;
                 }
             };
             if tasks.is_empty() {
-                drop(permits);
+                drop(first);
                 tokio::select! {
                     () = wake.notified() => {}
                     () = self.storage.work_signal() => {}
@@ -94,9 +87,12 @@ impl Shared {
                 }
                 continue;
             }
+            // Each claimed task takes a slot now or goes back now: a claimed task never waits,
+            // unrenewed, for a slot. (One goes back only if a chain took a slot meanwhile.)
+            let mut first = Some(first);
             for task in tasks {
-                let Some(permit) = permits.split(1) else {
-                    // More than asked for (no backend does this): give it back at once.
+                let permit = first.take().or_else(|| slots.clone().try_acquire_owned().ok());
+                let Some(permit) = permit else {
                     let _ = self
                         .storage
                         .release_task(&task.lease(), Release::default())
@@ -106,7 +102,6 @@ impl Shared {
                 self.track(task.lease());
                 running.spawn(self.clone().run_chain(task, permit));
             }
-            // Unused slots (fewer tasks than asked for) go back as `permits` drops.
         }
         self.drain(running).await;
     }
@@ -146,8 +141,10 @@ impl Shared {
     ) {
         loop {
             let (lease, span) = (task.lease(), task.span());
+            let kind = usize::from(matches!(task, Claimed::Activity(_)));
             self.track(lease);
             self.metrics.running.fetch_add(1, Ordering::SeqCst);
+            self.running[kind].fetch_add(1, Ordering::SeqCst);
             let work = match task {
                 Claimed::Workflow(t) => self.clone().workflow_task(t).boxed(),
                 Claimed::Activity(t) => self.clone().activity_task(t).boxed(),
@@ -160,6 +157,7 @@ impl Shared {
                 .flatten();
             self.untrack(lease.task);
             self.metrics.running.fetch_sub(1, Ordering::SeqCst);
+            self.running[kind].fetch_sub(1, Ordering::SeqCst);
             drop(permit);
             match next {
                 Some(Next(t, p)) => (task, permit) = (t, p),
@@ -168,26 +166,26 @@ impl Shared {
         }
     }
 
-    /// A slot for an eager claim, while at least half of each kind's slots are free and the
+    /// A slot for an eager claim, while at most half of each kind's slots run tasks and the
     /// worker is not shutting down. A busy worker has its claim loops batching claims already
     /// (an eager claim is a claim of one, measured at about a fifth less throughput under a
     /// backlog), and runs the queue oldest first rather than letting workflows in flight
-    /// overtake it; a lightly loaded one gains the hand-off's latency.
+    /// overtake it; a lightly loaded one gains the hand-off's latency. Load is counted in
+    /// running tasks, not free slots: a claim loop holds a slot while its claim is in flight,
+    /// which is not load.
     pub(super) fn eager_slot(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
         if self.stopping.load(Ordering::SeqCst) {
             return None;
         }
-        let half_free = |s: &Semaphore, of: usize| s.available_permits() * 2 >= of.max(1);
-        if !half_free(&self.workflow_slots, self.config.workflow_concurrency)
-            || !half_free(&self.activity_slots, self.config.activity_concurrency)
+        let light = |running: &AtomicUsize, of: usize| running.load(Ordering::SeqCst) * 2 <= of.max(1);
+        if !light(&self.running[0], self.config.workflow_concurrency)
+            || !light(&self.running[1], self.config.activity_concurrency)
         {
             return None;
         }
         slots.clone().try_acquire_owned().ok()
     }
 
-    /// The first of `claimed` as the next task of a chain, holding `slot`; any others (a
-    /// backend that returned more than asked) are given back at once.
     pub(super) async fn take_eager(
         &self,
         claimed: impl Iterator<Item = Claimed>,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ struct Shared {
     activity_slots: Arc<Semaphore>,
     /// Set when shutdown begins: running tasks finish, but no commit claims another.
     stopping: AtomicBool,
+    /// Tasks running now, workflow tasks and activity attempts: the load eager steps heed.
+    running: [AtomicUsize; 2],
 }
 
 /// Why a worker stopped with an error.
@@ -99,6 +101,7 @@ impl Worker {
                 workflow_slots: Arc::new(Semaphore::new(config.workflow_concurrency.max(1))),
                 activity_slots: Arc::new(Semaphore::new(config.activity_concurrency.max(1))),
                 stopping: AtomicBool::new(false),
+                running: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 storage,
                 registry,
                 clock: config.clock.clone(),
