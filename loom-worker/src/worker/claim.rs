@@ -91,7 +91,9 @@ impl Shared {
             // unrenewed, for a slot. (One goes back only if a chain took a slot meanwhile.)
             let mut first = Some(first);
             for task in tasks {
-                let permit = first.take().or_else(|| slots.clone().try_acquire_owned().ok());
+                let permit = first
+                    .take()
+                    .or_else(|| slots.clone().try_acquire_owned().ok());
                 let Some(permit) = permit else {
                     let _ = self
                         .storage
@@ -177,7 +179,8 @@ impl Shared {
         if self.stopping.load(Ordering::SeqCst) {
             return None;
         }
-        let light = |running: &AtomicUsize, of: usize| running.load(Ordering::SeqCst) * 2 <= of.max(1);
+        let light =
+            |running: &AtomicUsize, of: usize| running.load(Ordering::SeqCst) * 2 <= of.max(1);
         if !light(&self.running[0], self.config.workflow_concurrency)
             || !light(&self.running[1], self.config.activity_concurrency)
         {
