@@ -2,8 +2,8 @@
 
 use loom_core::{Event, LogLevel, LogRecord, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, Stats,
-    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
+    ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, Stats, StorageError, TaskId,
+    WorkflowStatus, WorkflowSummary,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -112,20 +112,8 @@ impl PostgresStorage {
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        let more = rows.len() > q.limit;
-        let items = rows
-            .iter()
-            .take(q.limit)
-            .map(summary)
-            .collect::<Result<Vec<_>>>()?;
-        let next = match items.last() {
-            Some(last) if more => Some(ListCursor {
-                created_at: last.created_at,
-                id: last.id.clone(),
-            }),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(summary).collect::<Result<Vec<_>>>()?;
+        Ok(Page::of_listing(items, q.limit))
     }
 
     pub(crate) async fn fetch_stats(&self) -> Result<Stats> {

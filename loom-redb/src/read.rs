@@ -4,8 +4,7 @@
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::engine::rows::{TaskRecord, WorkflowRecord};
 use loom_storage::{
-    ListCursor, ListQuery, Message, Page, Pending, Read, Result, Stats, StorageError, TaskId,
-    WorkflowSummary,
+    ListQuery, Message, Page, Pending, Read, Result, Stats, StorageError, TaskId, WorkflowSummary,
 };
 use redb::{ReadableTable, ReadableTableMetadata};
 
@@ -58,7 +57,6 @@ impl Read for Tx<'_, redb::ReadTransaction> {
     fn list(&mut self, q: &ListQuery) -> Result<Page<WorkflowSummary>> {
         let index = self.tx.open_table(BY_CREATED).map_err(|e| self.err(e))?;
         let mut items = Vec::new();
-        let mut more = false;
         let rows = match &q.after {
             Some(c) => index.range(..(c.created_at.as_millis(), c.id.as_str())),
             None => index.range::<(i64, &str)>(..),
@@ -71,20 +69,12 @@ impl Read for Tx<'_, redb::ReadTransaction> {
             if !q.matches(&summary) {
                 continue;
             }
-            if items.len() == q.limit {
-                more = true;
+            items.push(summary);
+            if items.len() > q.limit {
                 break;
             }
-            items.push(summary);
         }
-        let next = match items.last() {
-            Some(last) if more => Some(ListCursor {
-                created_at: last.created_at,
-                id: last.id.clone(),
-            }),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_listing(items, q.limit))
     }
 
     fn stats(&mut self, now: Timestamp) -> Result<Stats> {

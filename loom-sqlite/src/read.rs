@@ -2,8 +2,8 @@
 
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, Stats,
-    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
+    ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, Stats, StorageError,
+    TaskId, WorkflowStatus, WorkflowSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
@@ -101,20 +101,11 @@ impl Read for Db<'_> {
                     .collect()
             })
             .map_err(|e| self.sql(e))?;
-        let more = raws.len() > q.limit;
         let items = raws
             .into_iter()
-            .take(q.limit)
             .map(|r| r.decode(self))
             .collect::<Result<Vec<_>>>()?;
-        let next = match items.last() {
-            Some(last) if more => Some(ListCursor {
-                created_at: last.created_at,
-                id: last.id.clone(),
-            }),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_listing(items, q.limit))
     }
 
     fn stats(&mut self, now: Timestamp) -> Result<Stats> {

@@ -18,9 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::rows::{self, RowApply, Rows, TaskRecord, WorkflowRecord};
 use crate::engine::{self, Applied, WriteSet};
 use crate::error::{Result, StorageError};
-use crate::model::{
-    ListCursor, ListQuery, Message, MessageId, Page, Pending, Stats, TaskId, WorkflowSummary,
-};
+use crate::model::{ListQuery, Message, MessageId, Page, Pending, Stats, TaskId, WorkflowSummary};
 use crate::transact::{Read, ReadJob, Transact};
 
 /// A complete in-memory backend. Cheap to create; everything is lost when it is dropped.
@@ -259,16 +257,13 @@ impl Read for State {
             })
             .collect();
         rows.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        let more = rows.len() > query.limit;
-        let items: Vec<WorkflowSummary> = rows.into_iter().take(query.limit).cloned().collect();
-        let next = match items.last() {
-            Some(last) if more => Some(ListCursor {
-                created_at: last.created_at,
-                id: last.id.clone(),
-            }),
-            _ => None,
-        };
-        Ok(Page { items, next })
+        // Only one row past the page is needed to know that there is a next page.
+        let items = rows
+            .into_iter()
+            .take(query.limit.saturating_add(1))
+            .cloned()
+            .collect();
+        Ok(Page::of_listing(items, query.limit))
     }
 
     fn stats(&mut self, now: Timestamp) -> Result<Stats> {

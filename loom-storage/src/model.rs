@@ -387,6 +387,21 @@ pub struct Page<T> {
     pub next: Option<ListCursor>,
 }
 
+impl Page<WorkflowSummary> {
+    /// The page of a listing from the rows its query read, newest first: the first `limit` of
+    /// them, and a cursor after the last if the query found more than `limit`. A backend
+    /// reads `limit + 1` rows to know whether there is a next page.
+    pub fn of_listing(mut rows: Vec<WorkflowSummary>, limit: usize) -> Self {
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = rows.last().filter(|_| more).map(|last| ListCursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
+        Page { items: rows, next }
+    }
+}
+
 /// Counts over the whole store.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
