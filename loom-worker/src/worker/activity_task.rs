@@ -21,14 +21,7 @@ impl Shared {
         } else if task.deliveries < self.config.max_deliveries {
             // Another worker may have it: give the task back for a while.
             warn!(activity = %task.name, "no activity of this name is registered here; releasing it");
-            let release = Release {
-                after: self.config.pause_retry,
-                pause: None,
-            };
-            let _ = self
-                .storage
-                .release_task(&self.current_lease(task.lease), release)
-                .await;
+            self.give_back(task.lease, self.config.pause_retry).await;
             return None;
         } else {
             Err(Some(Failure::non_retryable(

@@ -15,6 +15,19 @@ impl Shared {
         self.leases_guard().remove(&task);
     }
 
+    /// Gives a running task back to the store, claimable again `after` from now. If that
+    /// fails, the lease lapses instead and the task is handed out then.
+    pub(super) async fn give_back(&self, lease: Lease, after: Duration) {
+        let release = Release { after, pause: None };
+        if let Err(e) = self
+            .storage
+            .release_task(&self.current_lease(lease), release)
+            .await
+        {
+            debug!(error = %e, "could not give a task back; its lease will lapse instead");
+        }
+    }
+
     /// Runs `work` while renewing its lease every third of the lease. If the lease is lost,
     /// the work is dropped (`None`): whatever it would commit would be refused anyway.
     pub(super) async fn with_renewal<T>(

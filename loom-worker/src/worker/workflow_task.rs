@@ -55,10 +55,7 @@ impl Shared {
                     Ok(h) => h,
                     Err(e) => {
                         warn!(error = %e, "loading the history failed; the task will be retried");
-                        let _ = self
-                            .storage
-                            .release_task(&self.current_lease(task.lease), Release::default())
-                            .await;
+                        self.give_back(task.lease, Duration::ZERO).await;
                         return None;
                     }
                 };
@@ -71,14 +68,7 @@ impl Shared {
                         loaded = history.len(),
                         "the history does not end where the claim said; retrying the task"
                     );
-                    let release = Release {
-                        after: self.config.poll_interval,
-                        pause: None,
-                    };
-                    let _ = self
-                        .storage
-                        .release_task(&self.current_lease(task.lease), release)
-                        .await;
+                    self.give_back(task.lease, self.config.poll_interval).await;
                     return None;
                 }
                 match WorkflowMachine::new(def, id.clone(), history) {
