@@ -378,18 +378,24 @@ impl fmt::Display for EventKind {
                 attempt,
                 failure,
                 retry_at,
-            } => write!(
-                f,
-                "{name}({activity_id}, attempt={attempt}, {failure}, retry_at={retry_at:?})"
-            ),
+            } => {
+                write!(f, "{name}({activity_id}, attempt={attempt}, {failure}")?;
+                match retry_at {
+                    Some(at) => write!(f, ", retry_at={at})"),
+                    None => write!(f, ", not retried)"),
+                }
+            }
             EventKind::ActivityTimedOut {
                 activity_id,
                 attempt,
                 retry_at,
-            } => write!(
-                f,
-                "{name}({activity_id}, attempt={attempt}, retry_at={retry_at:?})"
-            ),
+            } => {
+                write!(f, "{name}({activity_id}, attempt={attempt}")?;
+                match retry_at {
+                    Some(at) => write!(f, ", retry_at={at})"),
+                    None => write!(f, ", not retried)"),
+                }
+            }
             EventKind::TimerScheduled {
                 fire_at,
                 duration_ms,
@@ -483,6 +489,29 @@ mod tests {
         assert!(kinds[1].is_terminal());
         assert_eq!(kinds[2].to_string(), "ValueRecorded(random)");
         assert_eq!(kinds[3].to_string(), "TimerScheduled(until=5ms)");
+    }
+
+    #[test]
+    fn a_failed_attempt_shows_when_it_is_retried_or_that_it_is_not() {
+        let failed = |retry_at| EventKind::ActivityFailed {
+            activity_id: ActivityId(Seq::new(2)),
+            attempt: 1,
+            failure: Failure::new("network", "reset"),
+            retry_at,
+        };
+        let retried = failed(Some(Timestamp::from_millis(1_042))).to_string();
+        assert!(retried.ends_with(", retry_at=1042ms)"), "{retried}");
+        let last = failed(None).to_string();
+        assert!(last.ends_with(", not retried)"), "{last}");
+        let timed_out = EventKind::ActivityTimedOut {
+            activity_id: ActivityId(Seq::new(2)),
+            attempt: 3,
+            retry_at: None,
+        };
+        assert_eq!(
+            timed_out.to_string(),
+            "ActivityTimedOut(activity#2, attempt=3, not retried)"
+        );
     }
 
     #[test]
