@@ -16,11 +16,11 @@ use std::time::Duration;
 use futures::future::{Either, select};
 use serde::de::DeserializeOwned;
 
-use crate::event::{EventKind, LogLevel, RecordedValue};
-use crate::failure::{ActivityError, Failure, WorkflowError};
+use crate::event::{EventKind, LogLevel, ParentRef, RecordedValue};
+use crate::failure::{ActivityError, ChildError, Failure, WorkflowError};
 use crate::machine::Shared;
-use crate::options::ActivityOptions;
-use crate::types::{ActivityId, Payload, TimerId, Timestamp, WorkflowId};
+use crate::options::{ActivityOptions, ChildOptions, ParentClosePolicy};
+use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 use crate::workflow::{Activity, Workflow};
 
 /// The state key that stands for the whole state when it is not a JSON object.
@@ -142,6 +142,31 @@ impl<W: Workflow> WorkflowContext<W> {
         options: ActivityOptions,
     ) -> ActivityCall<O> {
         ActivityCall::new(self.inner.shared.clone(), name.into(), Ok(input), options)
+    }
+
+    /// Starts child workflow `C` with `input` and default [`ChildOptions`]; await its output.
+    ///
+    /// The child is created in the same commit as this workflow task, and its end reaches
+    /// this workflow as a message. Its id is derived from this workflow's id and the command's
+    /// position (`"{parent}/{seq}"`) unless [`ChildCall::with_id`] chooses one, so a replay or
+    /// a retried task never starts a second child. Like every command, it is issued when the
+    /// future is first polled.
+    pub fn child<C: Workflow>(&self, input: C::Input) -> ChildCall<C::Output> {
+        ChildCall {
+            shared: self.inner.shared.clone(),
+            parent: self.inner.id.clone(),
+            name: C::NAME,
+            version: C::VERSION,
+            input: Some(Payload::encode(&input)),
+            options: ChildOptions::default(),
+            wait: Wait::New,
+            _output: PhantomData,
+        }
+    }
+
+    /// The workflow that started this one as its child, if one did.
+    pub fn parent(&self) -> Option<ParentRef> {
+        self.inner.shared.lock().parent.clone()
     }
 
     /// A durable timer: resolves `duration` after the current task's time, across restarts.
@@ -445,6 +470,116 @@ impl<O: DeserializeOwned> Future for ActivityCall<O> {
             return Poll::Ready(Err(ActivityError::Cancelled {
                 activity: this.name.clone(),
             }));
+        }
+        shared.wakers.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The future of a child workflow's output. The child is started when this is first polled.
+#[must_use = "a child workflow is started only when its future is awaited"]
+pub struct ChildCall<O> {
+    shared: Shared,
+    parent: WorkflowId,
+    name: &'static str,
+    version: u32,
+    input: Option<Result<Payload, crate::types::PayloadError>>,
+    options: ChildOptions,
+    wait: Wait<(ChildId, WorkflowId)>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> ChildCall<O> {
+    /// Sets all of the child's options.
+    pub fn with_options(mut self, options: ChildOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Chooses the child's workflow id instead of the derived one. If a workflow with that id
+    /// exists, the call resolves to [`ChildError::Failed`] of kind `already_exists`.
+    pub fn with_id(mut self, id: impl Into<WorkflowId>) -> Self {
+        self.options.id = Some(id.into());
+        self
+    }
+
+    /// Sets what happens to the child if this workflow ends first.
+    pub fn with_parent_close(mut self, policy: ParentClosePolicy) -> Self {
+        self.options.parent_close = policy;
+        self
+    }
+}
+
+impl<O: DeserializeOwned> Future for ChildCall<O> {
+    type Output = Result<O, ChildError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut shared = this.shared.lock();
+        if let Wait::New = this.wait {
+            // The position this command takes, recorded or new: the cursor.
+            let seq = Seq::new(shared.cursor as u64 + 1);
+            let workflow_id = this
+                .options
+                .id
+                .clone()
+                .unwrap_or_else(|| WorkflowId::new(format!("{}/{}", this.parent, seq.get())));
+            let input = match this.input.take() {
+                Some(Ok(input)) => input,
+                Some(Err(e)) => {
+                    this.wait = Wait::Done;
+                    return Poll::Ready(Err(ChildError::Failed {
+                        workflow_id,
+                        failure: Failure::non_retryable("bad_input", e.to_string()),
+                    }));
+                }
+                None => return Poll::Pending,
+            };
+            if let Err(reason) = workflow_id.check() {
+                this.wait = Wait::Done;
+                return Poll::Ready(Err(ChildError::Failed {
+                    workflow_id,
+                    failure: Failure::non_retryable("bad_input", reason),
+                }));
+            }
+            let command = EventKind::ChildWorkflowScheduled {
+                name: this.name.to_owned(),
+                version: this.version,
+                workflow_id: workflow_id.clone(),
+                input,
+                parent_close: this.options.parent_close,
+            };
+            let Some(index) = shared.command(command) else {
+                return Poll::Pending;
+            };
+            let id = ChildId(shared.history[index].seq);
+            this.wait = Wait::Waiting {
+                id: (id, workflow_id),
+                epoch: shared.cancel_epoch,
+            };
+        }
+        let Wait::Waiting {
+            id: (id, ref workflow_id),
+            epoch,
+        } = this.wait
+        else {
+            return Poll::Pending;
+        };
+        let outcome = shared.children.get(&id).and_then(|c| c.outcome.clone());
+        if let Some(outcome) = outcome {
+            let workflow_id = workflow_id.clone();
+            this.wait = Wait::Done;
+            return Poll::Ready(outcome.and_then(|payload| {
+                payload.decode::<O>().map_err(|e| ChildError::Failed {
+                    workflow_id,
+                    failure: Failure::non_retryable("bad_output", e.to_string()),
+                })
+            }));
+        }
+        if shared.cancel_epoch > epoch {
+            let workflow_id = workflow_id.clone();
+            this.wait = Wait::Done;
+            return Poll::Ready(Err(ChildError::ParentCancelled { workflow_id }));
         }
         shared.wakers.push(cx.waker().clone());
         Poll::Pending

@@ -20,8 +20,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
-use crate::options::ActivityOptions;
-use crate::types::{ActivityId, Payload, Seq, TimerId, Timestamp};
+use crate::options::{ActivityOptions, ParentClosePolicy};
+use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 
 /// The history format this build writes. Recorded in every `WorkflowStarted` event so that a
 /// later change to how histories are encoded or replayed can keep old histories replaying
@@ -64,6 +64,9 @@ pub enum EventKind {
         input: Payload,
         /// The history format ([`HISTORY_FORMAT`]) the run was started with.
         format: u32,
+        /// The workflow that started this one as its child, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRef>,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -153,6 +156,42 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_ms: Option<u64>,
     },
+    /// The code started a child workflow. Its handle ([`ChildId`]) is this event's sequence
+    /// number. The store creates the child in the same commit that appends this event, unless
+    /// a workflow with its id exists (then a `ChildWorkflowFailed` of kind `already_exists`
+    /// arrives instead).
+    ChildWorkflowScheduled {
+        /// The child's workflow type.
+        name: String,
+        /// The child type's version, as the parent's code knows it.
+        version: u32,
+        /// The child's workflow id.
+        workflow_id: WorkflowId,
+        /// The child's input.
+        input: Payload,
+        /// What happens to the child if this workflow ends first.
+        #[serde(default)]
+        parent_close: ParentClosePolicy,
+    },
+    /// A child workflow returned its output.
+    ChildWorkflowCompleted {
+        /// Which child.
+        child: ChildId,
+        /// Its output.
+        output: Payload,
+    },
+    /// A child workflow failed, or could not be started.
+    ChildWorkflowFailed {
+        /// Which child.
+        child: ChildId,
+        /// Its error.
+        failure: Failure,
+    },
+    /// A child workflow ended cancelled.
+    ChildWorkflowCancelled {
+        /// Which child.
+        child: ChildId,
+    },
     /// A durable timer fired.
     TimerFired {
         /// Which timer.
@@ -181,6 +220,15 @@ pub enum EventKind {
     /// `WorkflowStarted` always means the first task has not run: a replay of that history must
     /// not write the code's log lines a second time.
     WorkflowTaskCompleted {},
+}
+
+/// Where a child workflow came from: its parent, and its handle in the parent's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// The parent's workflow id.
+    pub workflow_id: WorkflowId,
+    /// The child's handle in the parent's history.
+    pub child: ChildId,
 }
 
 /// A non-deterministic value recorded in history.
@@ -216,6 +264,9 @@ impl EventKind {
             | EventKind::ActivityFailed { .. }
             | EventKind::ActivityTimedOut { .. }
             | EventKind::TimerFired { .. }
+            | EventKind::ChildWorkflowCompleted { .. }
+            | EventKind::ChildWorkflowFailed { .. }
+            | EventKind::ChildWorkflowCancelled { .. }
             | EventKind::SignalReceived { .. } => Role::Input,
             EventKind::WorkflowCompleted { .. }
             | EventKind::WorkflowFailed { .. }
@@ -226,6 +277,7 @@ impl EventKind {
             | EventKind::StateUpdated { .. }
             | EventKind::ActivityScheduled { .. }
             | EventKind::TimerScheduled { .. }
+            | EventKind::ChildWorkflowScheduled { .. }
             | EventKind::ValueRecorded { .. }
             | EventKind::PatchMarked { .. } => Role::Command,
         }
@@ -249,6 +301,10 @@ impl EventKind {
             EventKind::ActivityTimedOut { .. } => "ActivityTimedOut",
             EventKind::TimerScheduled { .. } => "TimerScheduled",
             EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::ChildWorkflowScheduled { .. } => "ChildWorkflowScheduled",
+            EventKind::ChildWorkflowCompleted { .. } => "ChildWorkflowCompleted",
+            EventKind::ChildWorkflowFailed { .. } => "ChildWorkflowFailed",
+            EventKind::ChildWorkflowCancelled { .. } => "ChildWorkflowCancelled",
             EventKind::SignalReceived { .. } => "SignalReceived",
             EventKind::ValueRecorded { .. } => "ValueRecorded",
             EventKind::PatchMarked { .. } => "PatchMarked",
@@ -280,8 +336,9 @@ impl EventKind {
     ///
     /// What is compared, per kind: activity name and input; timer duration (or fire time for
     /// `sleep_until`); state keys and values; step name; the kind of recorded value; patch id;
-    /// the output of a completion and the error kind of a failure. Activity options are not
-    /// compared: tuning a timeout must not break running workflows.
+    /// the output of a completion and the error kind of a failure; a child's type, id and
+    /// input. Activity options and a child's parent-close policy are not compared: tuning them
+    /// must not break running workflows.
     pub fn same_command(&self, attempted: &EventKind) -> bool {
         use EventKind as K;
         match (self, attempted) {
@@ -317,6 +374,20 @@ impl EventKind {
                 value.kind_name() == v2.kind_name()
             }
             (K::PatchMarked { patch }, K::PatchMarked { patch: p2 }) => patch == p2,
+            (
+                K::ChildWorkflowScheduled {
+                    name,
+                    workflow_id,
+                    input,
+                    ..
+                },
+                K::ChildWorkflowScheduled {
+                    name: n2,
+                    workflow_id: w2,
+                    input: i2,
+                    ..
+                },
+            ) => name == n2 && workflow_id == w2 && input == i2,
             (K::WorkflowCompleted { output }, K::WorkflowCompleted { output: o2 }) => output == o2,
             (K::WorkflowFailed { failure }, K::WorkflowFailed { failure: f2 }) => {
                 failure.kind == f2.kind
@@ -338,11 +409,18 @@ impl fmt::Display for EventKind {
                 version,
                 input,
                 format,
-            } => write!(
-                f,
-                "{name}(name={wf:?}, version={version}, format={format}, input={})",
-                input.preview(CUT)
-            ),
+                parent,
+            } => {
+                write!(
+                    f,
+                    "{name}(name={wf:?}, version={version}, format={format}, input={}",
+                    input.preview(CUT)
+                )?;
+                match parent {
+                    Some(p) => write!(f, ", parent={:?}/{})", p.workflow_id.as_str(), p.child),
+                    None => f.write_str(")"),
+                }
+            }
             EventKind::WorkflowCompleted { output } => {
                 write!(f, "{name}(output={})", output.preview(CUT))
             }
@@ -404,6 +482,25 @@ impl fmt::Display for EventKind {
                 None => write!(f, "{name}(until={fire_at})"),
             },
             EventKind::TimerFired { timer_id } => write!(f, "{name}({timer_id})"),
+            EventKind::ChildWorkflowScheduled {
+                name: child,
+                workflow_id,
+                input,
+                parent_close,
+                ..
+            } => write!(
+                f,
+                "{name}({child:?}, id={workflow_id:?}, input={}, parent_close={})",
+                input.preview(CUT),
+                parent_close.as_str()
+            ),
+            EventKind::ChildWorkflowCompleted { child, output } => {
+                write!(f, "{name}({child}, output={})", output.preview(CUT))
+            }
+            EventKind::ChildWorkflowFailed { child, failure } => {
+                write!(f, "{name}({child}, {failure})")
+            }
+            EventKind::ChildWorkflowCancelled { child } => write!(f, "{name}({child})"),
             EventKind::SignalReceived {
                 name: signal,
                 payload,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Payload, PayloadError};
+use crate::types::{Payload, PayloadError, WorkflowId};
 
 /// An application error, as recorded in a history: a machine-readable `kind`, a message for
 /// people, whether retrying can help, and optional structured details.
@@ -92,6 +92,49 @@ pub enum ActivityError {
         /// The activity's name.
         activity: String,
     },
+}
+
+/// Why a child workflow gave no output, as its parent's code sees it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChildError {
+    /// The child failed, or could not be started (its id was taken: failure kind
+    /// `already_exists`).
+    #[error("child workflow {workflow_id} failed: {failure}")]
+    Failed {
+        /// The child's workflow id.
+        workflow_id: WorkflowId,
+        /// Its error.
+        failure: Failure,
+    },
+    /// The child ended cancelled.
+    #[error("child workflow {workflow_id} was cancelled")]
+    Cancelled {
+        /// The child's workflow id.
+        workflow_id: WorkflowId,
+    },
+    /// The parent was asked to cancel while it waited for this child. The child itself is
+    /// handled by its parent-close policy when the parent ends.
+    #[error("cancelled while waiting for child workflow {workflow_id}")]
+    ParentCancelled {
+        /// The child's workflow id.
+        workflow_id: WorkflowId,
+    },
+}
+
+impl From<ChildError> for WorkflowError {
+    fn from(e: ChildError) -> Self {
+        match e {
+            ChildError::ParentCancelled { .. } => WorkflowError::Cancelled,
+            ChildError::Failed { ref failure, .. } => WorkflowError::Failed(Failure {
+                message: e.to_string(),
+                ..failure.clone()
+            }),
+            ChildError::Cancelled { .. } => {
+                WorkflowError::Failed(Failure::new("child_cancelled", e.to_string()))
+            }
+        }
+    }
 }
 
 /// How a workflow run ends when it does not return its output.

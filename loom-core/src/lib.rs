@@ -39,15 +39,17 @@ pub mod options;
 pub mod types;
 pub mod workflow;
 
-pub use context::{ActivityCall, Logger, SignalWait, Sleep, WorkflowContext};
-pub use event::{Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, RecordedValue, Role};
-pub use failure::{ActivityError, Failure, WorkflowError};
-pub use machine::{
-    Activation, Decision, NonDeterminism, Outcome, PendingActivity, PendingTimer, Progress,
-    ReplayError, WorkflowMachine,
+pub use context::{ActivityCall, ChildCall, Logger, SignalWait, Sleep, WorkflowContext};
+pub use event::{
+    Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef, RecordedValue, Role,
 };
-pub use options::{ActivityOptions, RetryPolicy};
-pub use types::{ActivityId, Payload, PayloadError, Seq, TimerId, Timestamp, WorkflowId};
+pub use failure::{ActivityError, ChildError, Failure, WorkflowError};
+pub use machine::{
+    Activation, Decision, NonDeterminism, Outcome, PendingActivity, PendingChild, PendingTimer,
+    Progress, ReplayError, WorkflowMachine,
+};
+pub use options::{ActivityOptions, ChildOptions, ParentClosePolicy, RetryPolicy};
+pub use types::{ActivityId, ChildId, Payload, PayloadError, Seq, TimerId, Timestamp, WorkflowId};
 pub use workflow::{
     Activity, ActivityContext, ActivityInfo, BoxFuture, DynActivity, DynWorkflow, Registry,
     RegistryError, RunFuture, Workflow, activity_type, workflow_type,

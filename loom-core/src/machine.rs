@@ -74,9 +74,10 @@ use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, Role};
-use crate::failure::{ActivityError, Failure, WorkflowError};
-use crate::types::{ActivityId, Payload, Seq, TimerId, Timestamp, WorkflowId};
+use crate::event::{Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef, Role};
+use crate::failure::{ActivityError, ChildError, Failure, WorkflowError};
+use crate::options::ParentClosePolicy;
+use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 use crate::workflow::{DynWorkflow, RunFuture};
 
 /// The inputs of one workflow task.
@@ -252,6 +253,19 @@ pub struct PendingTimer {
     pub fire_at: Timestamp,
 }
 
+/// A child workflow that has been started and has not ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChild {
+    /// Its handle in this workflow's history.
+    pub id: ChildId,
+    /// Its workflow id.
+    pub workflow_id: WorkflowId,
+    /// Its workflow type.
+    pub name: String,
+    /// What happens to it if this workflow ends first.
+    pub parent_close: ParentClosePolicy,
+}
+
 /// Where a workflow stands: for summaries and for people.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
@@ -263,6 +277,14 @@ pub struct Progress {
     pub pending_activities: Vec<PendingActivity>,
     /// Timers started and not yet fired.
     pub pending_timers: Vec<PendingTimer>,
+    /// Child workflows started and not yet ended. When the workflow ends, the store applies
+    /// each one's parent-close policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_children: Vec<PendingChild>,
+    /// The workflow that started this one, if one did. When this workflow ends, the store
+    /// reports its end to that parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
     /// Signal names the code is waiting for.
     pub awaiting_signals: Vec<String>,
     /// Signals received that the code has not consumed yet, by name.
@@ -409,6 +431,18 @@ impl WorkflowMachine {
                     fire_at: t.fire_at,
                 })
                 .collect(),
+            pending_children: inner
+                .children
+                .iter()
+                .filter(|(_, c)| c.outcome.is_none())
+                .map(|(id, c)| PendingChild {
+                    id: *id,
+                    workflow_id: c.workflow_id.clone(),
+                    name: c.name.clone(),
+                    parent_close: c.parent_close,
+                })
+                .collect(),
+            parent: inner.parent.clone(),
             awaiting_signals: inner.awaiting_signals.iter().cloned().collect(),
             buffered_signals: inner
                 .signals
@@ -528,6 +562,7 @@ impl WorkflowMachine {
             version,
             input,
             format,
+            parent,
         } = started
         else {
             return Err(ReplayError::Corrupt {
@@ -554,6 +589,7 @@ impl WorkflowMachine {
                 code: self.def.version(),
             });
         }
+        self.shared.lock().parent = parent.clone();
         match self.def.start(self.id.clone(), input, self.shared.clone()) {
             Ok(run) => self.run = Some(run),
             Err(e) => {
@@ -670,6 +706,8 @@ impl Shared {
             error: None,
             activities: BTreeMap::new(),
             timers: BTreeMap::new(),
+            children: BTreeMap::new(),
+            parent: None,
             signals: BTreeMap::new(),
             awaiting_signals: BTreeSet::new(),
             wakers: Vec::new(),
@@ -707,6 +745,13 @@ pub(crate) struct TimerSlot {
     pub(crate) fired: bool,
 }
 
+pub(crate) struct ChildSlot {
+    pub(crate) workflow_id: WorkflowId,
+    pub(crate) name: String,
+    pub(crate) parent_close: ParentClosePolicy,
+    pub(crate) outcome: Option<Result<Payload, ChildError>>,
+}
+
 pub(crate) struct Inner {
     /// Recorded events followed by new ones.
     pub(crate) history: Vec<Event>,
@@ -720,6 +765,8 @@ pub(crate) struct Inner {
     pub(crate) error: Option<ReplayError>,
     pub(crate) activities: BTreeMap<ActivityId, ActivitySlot>,
     pub(crate) timers: BTreeMap<TimerId, TimerSlot>,
+    pub(crate) children: BTreeMap<ChildId, ChildSlot>,
+    pub(crate) parent: Option<ParentRef>,
     pub(crate) signals: BTreeMap<String, VecDeque<Payload>>,
     pub(crate) awaiting_signals: BTreeSet<String>,
     pub(crate) wakers: Vec<Waker>,
@@ -801,6 +848,20 @@ impl Inner {
                 };
                 self.timers.insert(TimerId(seq), slot);
             }
+            EventKind::ChildWorkflowScheduled {
+                name,
+                workflow_id,
+                parent_close,
+                ..
+            } => {
+                let slot = ChildSlot {
+                    workflow_id: workflow_id.clone(),
+                    name: name.clone(),
+                    parent_close: *parent_close,
+                    outcome: None,
+                };
+                self.children.insert(ChildId(seq), slot);
+            }
             EventKind::StepStarted { name } => {
                 let name = name.clone();
                 self.steps.push(name);
@@ -838,6 +899,13 @@ impl Inner {
                 Some(t) if !t.fired => Ok(()),
                 Some(_) => Err(format!("{timer_id} has already fired")),
                 None => Err(format!("{timer_id} was never started")),
+            },
+            EventKind::ChildWorkflowCompleted { child, .. }
+            | EventKind::ChildWorkflowFailed { child, .. }
+            | EventKind::ChildWorkflowCancelled { child } => match self.children.get(child) {
+                Some(c) if c.outcome.is_none() => Ok(()),
+                Some(_) => Err(format!("{child} has already ended")),
+                None => Err(format!("{child} was never started")),
             },
             EventKind::SignalReceived { .. } | EventKind::CancelRequested { .. } => Ok(()),
             EventKind::WorkflowTaskCompleted {}
@@ -900,6 +968,26 @@ impl Inner {
             EventKind::TimerFired { timer_id } => {
                 if let Some(t) = self.timers.get_mut(timer_id) {
                     t.fired = true;
+                }
+            }
+            EventKind::ChildWorkflowCompleted { child, output } => {
+                if let Some(c) = self.children.get_mut(child) {
+                    c.outcome = Some(Ok(output.clone()));
+                }
+            }
+            EventKind::ChildWorkflowFailed { child, failure } => {
+                if let Some(c) = self.children.get_mut(child) {
+                    c.outcome = Some(Err(ChildError::Failed {
+                        workflow_id: c.workflow_id.clone(),
+                        failure: failure.clone(),
+                    }));
+                }
+            }
+            EventKind::ChildWorkflowCancelled { child } => {
+                if let Some(c) = self.children.get_mut(child) {
+                    c.outcome = Some(Err(ChildError::Cancelled {
+                        workflow_id: c.workflow_id.clone(),
+                    }));
                 }
             }
             EventKind::SignalReceived { name, payload } => {

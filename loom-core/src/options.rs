@@ -1,10 +1,12 @@
-//! Activity options: the retry policy and timeouts recorded with every scheduled activity.
+//! Options recorded with commands: an activity's retry policy and timeouts, a child
+//! workflow's id and parent-close policy.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
+use crate::types::WorkflowId;
 
 /// Durations in histories are whole milliseconds.
 mod millis {
@@ -114,6 +116,41 @@ impl Default for ActivityOptions {
             heartbeat_timeout_ms: None,
         }
     }
+}
+
+/// What happens to a child workflow that is still running when its parent ends (completes,
+/// fails, is cancelled). Recorded with the child's `ChildWorkflowScheduled` event, so a change
+/// of code never changes it for children already started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParentClosePolicy {
+    /// The child is asked to cancel, in the same commit that ends the parent: it sees a
+    /// cancel request and may run its own compensation before it ends `cancelled`.
+    #[default]
+    RequestCancel,
+    /// The child runs on, on its own; its end is not reported to anyone.
+    Abandon,
+}
+
+impl ParentClosePolicy {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParentClosePolicy::RequestCancel => "request_cancel",
+            ParentClosePolicy::Abandon => "abandon",
+        }
+    }
+}
+
+/// Options of one child workflow, chosen by the parent's code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChildOptions {
+    /// The child's workflow id. `None` (the default) derives it from the parent's id and the
+    /// command's position in the parent's history (`"{parent}/{seq}"`), so a replay or a retried
+    /// workflow task always names the same child and never starts a second one.
+    pub id: Option<WorkflowId>,
+    /// What happens to the child if the parent ends first.
+    pub parent_close: ParentClosePolicy,
 }
 
 #[cfg(test)]

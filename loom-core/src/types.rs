@@ -95,9 +95,21 @@ impl fmt::Display for Seq {
 pub struct WorkflowId(String);
 
 impl WorkflowId {
-    /// Wraps an id. Any non-empty string is a valid id.
+    /// Wraps an id. See [`check`](Self::check) for which ids a store accepts.
     pub fn new(id: impl Into<String>) -> Self {
         WorkflowId(id.into())
+    }
+
+    /// Whether a store accepts this id: non-empty text without NUL characters (which some
+    /// databases cannot store). The error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Err("a workflow id cannot be empty".into())
+        } else if self.0.contains('\0') {
+            Err("a workflow id cannot contain a NUL character".into())
+        } else {
+            Ok(())
+        }
     }
 
     /// The id as a string.
@@ -145,6 +157,18 @@ pub struct TimerId(pub Seq);
 impl fmt::Display for TimerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "timer{}", self.0)
+    }
+}
+
+/// The handle of one child workflow within its parent: the sequence number of the parent's
+/// `ChildWorkflowScheduled` event. The child's own workflow id is recorded in that event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChildId(pub Seq);
+
+impl fmt::Display for ChildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "child{}", self.0)
     }
 }
 

@@ -222,6 +222,7 @@ mod tests {
                 version: 1,
                 input: Payload::NULL,
                 format: HISTORY_FORMAT,
+                parent: None,
             },
         };
         wire::item(&engine::create(&WorkflowId::new(id), started).expect("write set"))

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::wire::decode;
 use crate::{PostgresStorage, seq, seq_i64, sql_err};
 
-const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress";
+const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress, parent_id";
 
 fn summary(row: &PgRow) -> Result<WorkflowSummary> {
     let id: String = row.get(0);
@@ -43,6 +43,7 @@ fn summary(row: &PgRow) -> Result<WorkflowSummary> {
         progress: progress
             .map(|t| decode::<Progress>(&t, || field("progress")))
             .transpose()?,
+        parent: row.get::<Option<String>, _>(13).map(WorkflowId::new),
     })
 }
 
@@ -95,11 +96,18 @@ impl PostgresStorage {
     }
 
     pub(crate) async fn fetch_list(&self, q: &ListQuery) -> Result<Page<WorkflowSummary>> {
+        // A listing of one parent's children is its own statement, so that its plan is
+        // always the parent index's (a generic plan for "$8 IS NULL OR ..." would not be).
+        let by_parent = if q.parent.is_some() {
+            "AND parent_id = $8"
+        } else {
+            "AND $8::text IS NULL"
+        };
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {SUMMARY} FROM workflows
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
                AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4)
-               AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6))
+               AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6)) {by_parent}
              ORDER BY created_at DESC, id DESC LIMIT $7"
         )))
         .bind(q.status.map(WorkflowStatus::as_str))
@@ -109,6 +117,7 @@ impl PostgresStorage {
         .bind(q.after.as_ref().map(|c| c.created_at.as_millis()))
         .bind(q.after.as_ref().map_or("", |c| c.id.as_str()))
         .bind(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1)
+        .bind(q.parent.as_ref().map(WorkflowId::as_str))
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;

@@ -85,7 +85,18 @@ CREATE TABLE logs (
 CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
 "#,
     include_str!("commit.sql"),
-    include_str!("apply.sql"),
+    // 3: the store engine's applier replaces `loom_commit`.
+    concat!(
+        "DROP FUNCTION loom_commit(jsonb);\n",
+        include_str!("functions.sql")
+    ),
+    // 4: child workflows: the parent that started a workflow, and its children by time.
+    concat!(
+        "ALTER TABLE workflows ADD COLUMN parent_id text;\n",
+        "CREATE INDEX workflows_by_parent ON workflows (parent_id, created_at DESC, id DESC)\n",
+        "    WHERE parent_id IS NOT NULL;\n",
+        include_str!("functions.sql")
+    ),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

@@ -59,6 +59,9 @@ fn check(c: &Check) -> Value {
         ]),
         Check::Absent { workflow } => json!(["absent", workflow.as_str()]),
         Check::Open { workflow } => json!(["open", workflow.as_str()]),
+        Check::OpenChildOf { workflow, parent } => {
+            json!(["child_of", workflow.as_str(), parent.as_str()])
+        }
         Check::LastSeq { workflow, expected } => {
             json!(["last", workflow.as_str(), n(expected.get())])
         }
@@ -126,8 +129,18 @@ impl WriteStep {
                 version,
                 input,
                 started,
+                parent,
             } => {
-                let fits = self.set("cw", json!([id.as_str(), name, version, encode(input)?]));
+                let fits = self.set(
+                    "cw",
+                    json!([
+                        id.as_str(),
+                        name,
+                        version,
+                        encode(input)?,
+                        parent.as_ref().map(WorkflowId::as_str)
+                    ]),
+                );
                 if fits {
                     self.push(
                         "ev",
@@ -417,11 +430,11 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
                 lease_expires_at: expires.map(Timestamp::from_millis),
             }))
         }
-        C::Absent { .. } | C::Open { .. } | C::LastSeq { .. } => {
+        C::Absent { .. } | C::Open { .. } | C::LastSeq { .. } | C::OpenChildOf { .. } => {
             if found.is_null() {
                 return Ok(Found::Workflow(None));
             }
-            let (status, last): (String, i64) =
+            let (status, last, parent): (String, i64, Option<String>) =
                 serde_json::from_value(found.clone()).map_err(|_| bad())?;
             let status: WorkflowStatus =
                 status.parse().map_err(|e: String| StorageError::Corrupt {
@@ -431,6 +444,7 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
             Found::Workflow(Some(WorkflowView {
                 status,
                 last_seq: Seq::new(last.max(0).unsigned_abs()),
+                parent: parent.map(WorkflowId::new),
             }))
         }
         C::NothingDue { .. } => Found::EarliestMessage(found.as_i64().map(Timestamp::from_millis)),
@@ -521,6 +535,7 @@ mod tests {
                 version: 1,
                 input: Payload::NULL,
                 format: HISTORY_FORMAT,
+                parent: None,
             },
         };
         let ws = engine::create(&WorkflowId::new("wf"), started).unwrap();
@@ -565,7 +580,7 @@ mod tests {
         let err = applied(
             &ws,
             Answer {
-                failed: Some((1, json!(["running", 4]))),
+                failed: Some((1, json!(["running", 4, null]))),
                 now: 0,
                 out: None,
             },
@@ -579,7 +594,7 @@ mod tests {
         let err = applied(
             &ws,
             Answer {
-                failed: Some((1, json!(["running", 3]))),
+                failed: Some((1, json!(["running", 3, null]))),
                 now: 0,
                 out: None,
             },

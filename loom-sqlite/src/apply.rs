@@ -2,10 +2,10 @@
 //! (see `loom_storage::engine::Op` for what each one means). A leased task's `visible_at` is
 //! its lease's expiry, so "claimable" is `visible_at <= now`: one range scan of `tasks_ready`.
 
-use loom_core::{
-    ActivityId, ActivityOptions, Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId,
+use loom_core::{ActivityId, ActivityOptions, Event, EventKind, LogRecord, Timestamp, WorkflowId};
+use loom_storage::engine::{
+    Apply, NewTask, NewWorkflow, StatusChange, TaskView, WorkflowChange, WorkflowView,
 };
-use loom_storage::engine::{Apply, NewTask, StatusChange, TaskView, WorkflowChange, WorkflowView};
 use loom_storage::{
     ActivityTask, ClaimRequest, Lease, Message, MessageId, Result, TaskId, WorkflowTask,
 };
@@ -148,18 +148,21 @@ impl Apply for Db<'_> {
     }
 
     fn workflow(&mut self, workflow: &WorkflowId) -> Result<Option<WorkflowView>> {
-        let row: Option<(i64, String)> = self
+        let row: Option<(i64, String, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT last_seq, status FROM workflows WHERE id = ?1")
+            .prepare_cached("SELECT last_seq, status, parent_id FROM workflows WHERE id = ?1")
             .and_then(|mut s| {
-                s.query_row([workflow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+                s.query_row([workflow.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
             })
             .map_err(|e| self.sql(e))?;
-        row.map(|(last, status)| {
+        row.map(|(last, status, parent)| {
             Ok(WorkflowView {
                 status: self.status(&status, workflow.as_str())?,
                 last_seq: seq(last),
+                parent: parent.map(WorkflowId::new),
             })
         })
         .transpose()
@@ -182,21 +185,21 @@ impl Apply for Db<'_> {
         Ok(earliest.map(Timestamp::from_millis))
     }
 
-    fn create_workflow(
-        &mut self,
-        now: Timestamp,
-        id: &WorkflowId,
-        name: &str,
-        version: u32,
-        input: &Payload,
-        started: &Event,
-    ) -> Result<()> {
+    fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()> {
         self.exec(
-            "INSERT INTO workflows (id, name, version, status, input, created_at, updated_at, last_seq)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5, 1)",
-            params![id.as_str(), name, version, encode(input)?, ms(now)],
+            "INSERT INTO workflows (id, name, version, status, input, created_at, updated_at,
+                                    last_seq, parent_id)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5, 1, ?6)",
+            params![
+                new.id.as_str(),
+                new.name,
+                new.version,
+                encode(new.input)?,
+                ms(now),
+                new.parent.map(WorkflowId::as_str)
+            ],
         )?;
-        self.append_events(id, std::slice::from_ref(started))
+        self.append_events(new.id, std::slice::from_ref(new.started))
     }
 
     fn append_events(&mut self, workflow: &WorkflowId, events: &[Event]) -> Result<()> {

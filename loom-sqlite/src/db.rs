@@ -94,7 +94,7 @@ impl Db<'_> {
 
 /// The columns of a workflow's summary, in [`RawSummary`]'s order.
 pub(crate) const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, \
-                                  closed_at, last_seq, output, failure, pause_reason, progress";
+                                  closed_at, last_seq, output, failure, pause_reason, progress, parent_id";
 
 /// A workflow row as SQLite returns it, before decoding.
 pub(crate) struct RawSummary {
@@ -111,6 +111,7 @@ pub(crate) struct RawSummary {
     failure: Option<String>,
     pause_reason: Option<String>,
     progress: Option<String>,
+    parent_id: Option<String>,
 }
 
 impl RawSummary {
@@ -129,6 +130,7 @@ impl RawSummary {
             failure: r.get(10)?,
             pause_reason: r.get(11)?,
             progress: r.get(12)?,
+            parent_id: r.get(13)?,
         })
     }
 
@@ -163,6 +165,7 @@ impl RawSummary {
             failure,
             pause_reason: self.pause_reason,
             progress,
+            parent: self.parent_id.map(WorkflowId::new),
         })
     }
 }

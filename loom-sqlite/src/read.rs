@@ -75,6 +75,10 @@ impl Read for Db<'_> {
             sql.push_str(" AND name = ?");
             args.push(Value::Text(name.clone()));
         }
+        if let Some(parent) = &q.parent {
+            sql.push_str(" AND parent_id = ?");
+            args.push(Value::Text(parent.as_str().into()));
+        }
         if let Some(t) = q.created_after {
             sql.push_str(" AND created_at >= ?");
             args.push(Value::Integer(ms(t)));

@@ -79,6 +79,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
     "#,
+    // 2: child workflows: the parent that started a workflow, and its children by time.
+    r#"
+    ALTER TABLE workflows ADD COLUMN parent_id TEXT;
+    CREATE INDEX workflows_by_parent ON workflows (parent_id, created_at DESC, id DESC)
+        WHERE parent_id IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -25,6 +25,7 @@ fn started(name: &str) -> Event {
             version: 1,
             input: Payload::encode(&"in").expect("encode"),
             format: HISTORY_FORMAT,
+            parent: None,
         },
     }
 }
@@ -55,11 +56,11 @@ async fn a_new_file_is_migrated_once_and_reopens_with_its_data() {
             .await
             .expect("create workflow");
     }
-    assert_eq!(schema_versions(&path), vec![1]);
+    assert_eq!(schema_versions(&path), vec![1, 2]);
     let store = open(&path).await.expect("reopen");
     assert_eq!(
         schema_versions(&path),
-        vec![1],
+        vec![1, 2],
         "migrations are not applied twice"
     );
     let s = store
@@ -397,6 +398,7 @@ async fn a_write_set_that_fails_after_writing_is_undone_alone() {
                     version: 1,
                     input: Payload::NULL,
                     started,
+                    parent: None,
                 });
             }
             store.transact(ws).await.map(drop)

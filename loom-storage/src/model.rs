@@ -327,6 +327,9 @@ pub struct WorkflowSummary {
     pub pause_reason: Option<String>,
     /// Where it stood after its last workflow task.
     pub progress: Option<Progress>,
+    /// The workflow that started it as its child, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<WorkflowId>,
 }
 
 /// A position in a listing, newest first: the last item of the previous page.
@@ -345,6 +348,8 @@ pub struct ListQuery {
     pub status: Option<WorkflowStatus>,
     /// Only this workflow type.
     pub name: Option<String>,
+    /// Only the children of this workflow.
+    pub parent: Option<WorkflowId>,
     /// Only those created at or after.
     pub created_after: Option<Timestamp>,
     /// Only those created before.
@@ -360,6 +365,7 @@ impl Default for ListQuery {
         ListQuery {
             status: None,
             name: None,
+            parent: None,
             created_after: None,
             created_before: None,
             limit: 50,
@@ -373,6 +379,10 @@ impl ListQuery {
     pub fn matches(&self, s: &WorkflowSummary) -> bool {
         self.status.is_none_or(|st| st == s.status)
             && self.name.as_deref().is_none_or(|n| n == s.name)
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|p| s.parent.as_ref() == Some(p))
             && self.created_after.is_none_or(|t| s.created_at >= t)
             && self.created_before.is_none_or(|t| s.created_at < t)
     }

@@ -4,8 +4,8 @@
 //! store what it says, so the same history produces the same tasks on every backend.
 
 use loom_core::{
-    ActivityId, ActivityOptions, Event, EventKind, Failure, Payload, Seq, TimerId, Timestamp,
-    WorkflowId,
+    ActivityId, ActivityOptions, ChildId, Event, EventKind, Failure, HISTORY_FORMAT, ParentRef,
+    Payload, Seq, TimerId, Timestamp, WorkflowId,
 };
 
 use crate::error::{Result, StorageError};
@@ -45,6 +45,57 @@ impl NewTimer {
     }
 }
 
+/// A child workflow to create, unless its id is taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewChild {
+    /// Its handle in the parent's history.
+    pub child: ChildId,
+    /// Its workflow id.
+    pub workflow_id: WorkflowId,
+    /// Its workflow type.
+    pub name: String,
+    /// Its type's version.
+    pub version: u32,
+    /// Its input.
+    pub input: Payload,
+    /// The time of the parent's event that started it: the time of its own first event.
+    pub at: Timestamp,
+}
+
+impl NewChild {
+    /// The child's first event: started, with `parent` as its parent.
+    pub fn started(&self, parent: &WorkflowId) -> Event {
+        Event {
+            seq: Seq::FIRST,
+            at: self.at,
+            kind: EventKind::WorkflowStarted {
+                name: self.name.clone(),
+                version: self.version,
+                input: self.input.clone(),
+                format: HISTORY_FORMAT,
+                parent: Some(ParentRef {
+                    workflow_id: parent.clone(),
+                    child: self.child,
+                }),
+            },
+        }
+    }
+
+    /// The message the parent gets when the child cannot be created: its id is taken.
+    pub fn already_exists(&self) -> EventKind {
+        EventKind::ChildWorkflowFailed {
+            child: self.child,
+            failure: Failure::non_retryable(
+                "already_exists",
+                format!(
+                    "a workflow with id \"{}\" already exists; the child was not started",
+                    self.workflow_id
+                ),
+            ),
+        }
+    }
+}
+
 /// How the workflow ended, if these events end it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Terminal {
@@ -56,6 +107,27 @@ pub struct Terminal {
     pub failure: Option<Failure>,
 }
 
+impl Terminal {
+    /// The message that reports this end to the parent that started the workflow as its
+    /// child `child`.
+    pub fn report(&self, child: ChildId) -> EventKind {
+        match self.status {
+            WorkflowStatus::Completed => EventKind::ChildWorkflowCompleted {
+                child,
+                output: self.output.clone().unwrap_or_default(),
+            },
+            WorkflowStatus::Cancelled => EventKind::ChildWorkflowCancelled { child },
+            _ => EventKind::ChildWorkflowFailed {
+                child,
+                failure: self
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| Failure::new("failed", "the child workflow failed")),
+            },
+        }
+    }
+}
+
 /// The tasks and status change implied by a batch of new events.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskPlan {
@@ -63,6 +135,8 @@ pub struct TaskPlan {
     pub activities: Vec<NewActivity>,
     /// Timers to arm.
     pub timers: Vec<NewTimer>,
+    /// Child workflows to start.
+    pub children: Vec<NewChild>,
     /// Set when the batch ends the workflow: every other pending task and message of the
     /// workflow is then deleted.
     pub terminal: Option<Terminal>,
@@ -91,6 +165,20 @@ impl TaskPlan {
                     timer_id: TimerId(e.seq),
                     fire_at: *fire_at,
                     duration_ms: *duration_ms,
+                }),
+                EventKind::ChildWorkflowScheduled {
+                    name,
+                    version,
+                    workflow_id,
+                    input,
+                    ..
+                } => plan.children.push(NewChild {
+                    child: ChildId(e.seq),
+                    workflow_id: workflow_id.clone(),
+                    name: name.clone(),
+                    version: *version,
+                    input: input.clone(),
+                    at: e.at,
                 }),
                 EventKind::WorkflowCompleted { output } => {
                     plan.terminal = Some(Terminal {
@@ -148,7 +236,8 @@ pub fn check_append(
 }
 
 /// Checks that `events` continue a history whose last event is `last`: numbered
-/// `last + 1, last + 2, ...`, none of them a `WorkflowStarted`.
+/// `last + 1, last + 2, ...`, none of them a `WorkflowStarted`, every child they start one
+/// that a store can create (see [`WorkflowId::check`]).
 pub fn check_continues(last: Seq, events: &[Event]) -> Result<()> {
     let mut expected = last.next();
     for e in events {
@@ -163,6 +252,20 @@ pub fn check_continues(last: Seq, events: &[Event]) -> Result<()> {
                 "{} is a WorkflowStarted event; only create_workflow writes one",
                 e.seq
             )));
+        }
+        if let EventKind::ChildWorkflowScheduled {
+            name, workflow_id, ..
+        } = &e.kind
+        {
+            workflow_id.check().map_err(|reason| {
+                StorageError::InvalidArgument(format!("the child started at {}: {reason}", e.seq))
+            })?;
+            if name.contains('\0') {
+                return Err(StorageError::InvalidArgument(format!(
+                    "the child started at {}: a workflow type's name cannot contain a NUL character",
+                    e.seq
+                )));
+            }
         }
         expected = expected.next();
     }

@@ -205,6 +205,7 @@ impl Client {
                 version,
                 input: input.clone(),
                 format: HISTORY_FORMAT,
+                parent: None,
             },
         };
         match self.storage.create_workflow(&id, started).await {

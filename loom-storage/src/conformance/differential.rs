@@ -387,6 +387,7 @@ impl Run {
                         version: 1,
                         input: Payload::encode(n).unwrap_or(Payload::NULL),
                         format: HISTORY_FORMAT,
+                        parent: None,
                     },
                 };
                 let r = self.store.create_workflow(&wid(*n), started).await;

@@ -16,6 +16,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod activities;
+mod children;
 pub mod crash;
 
 pub mod differential;
@@ -34,6 +35,7 @@ use loom_core::{
 };
 
 pub use activities::*;
+pub use children::*;
 pub use eager::*;
 pub use messages::*;
 pub use reads::*;
@@ -77,6 +79,7 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
             version: 1,
             input: json(input),
             format: HISTORY_FORMAT,
+            parent: None,
         },
     }
 }
@@ -280,7 +283,13 @@ macro_rules! for_each_conformance_case {
             list_filters,
             stats_count_what_is_there,
             logs_are_kept_with_their_task,
-            pending_shows_tasks_and_messages
+            pending_shows_tasks_and_messages,
+            a_child_is_started_with_its_parents_commit,
+            a_child_whose_id_is_taken_is_refused_to_its_parent,
+            a_childs_end_is_reported_to_its_parent,
+            a_child_outliving_its_parent_reports_to_nobody,
+            a_closing_parent_applies_each_childs_policy,
+            a_child_start_is_checked
         }
     };
 }

@@ -90,6 +90,8 @@ pub async fn completion_appends_and_releases(store: Store) {
         state: json(serde_json::json!({"x": 1})),
         pending_activities: vec![],
         pending_timers: vec![],
+        pending_children: Vec::new(),
+        parent: None,
         awaiting_signals: vec!["go".into()],
         buffered_signals: Default::default(),
         outcome: None,

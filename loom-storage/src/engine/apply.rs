@@ -8,6 +8,23 @@ use crate::engine::op::{Applied, NewTask, Op, WorkflowChange, WriteSet};
 use crate::error::Result;
 use crate::model::{ActivityTask, ClaimRequest, MessageId, TaskId, WorkflowTask};
 
+/// A workflow to insert, as [`Op::CreateWorkflow`] names it.
+#[derive(Clone, Copy, Debug)]
+pub struct NewWorkflow<'a> {
+    /// Its id.
+    pub id: &'a WorkflowId,
+    /// Its type's name.
+    pub name: &'a str,
+    /// Its type's version.
+    pub version: u32,
+    /// Its input.
+    pub input: &'a Payload,
+    /// Event 1 of its history.
+    pub started: &'a Event,
+    /// The workflow that starts it as its child, if one does.
+    pub parent: Option<&'a WorkflowId>,
+}
+
 /// The reads and primitive writes of one backend transaction. Each method does exactly what
 /// its [`Op`] says and nothing else; the rules that choose them are the engine's.
 ///
@@ -23,15 +40,7 @@ pub trait Apply {
     fn earliest_message(&mut self, workflow: &WorkflowId) -> Result<Option<Timestamp>>;
 
     /// [`Op::CreateWorkflow`].
-    fn create_workflow(
-        &mut self,
-        now: Timestamp,
-        id: &WorkflowId,
-        name: &str,
-        version: u32,
-        input: &Payload,
-        started: &Event,
-    ) -> Result<()>;
+    fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()>;
     /// [`Op::AppendEvents`].
     fn append_events(&mut self, workflow: &WorkflowId, events: &[Event]) -> Result<()>;
     /// [`Op::UpdateWorkflow`].
@@ -121,7 +130,18 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                 version,
                 input,
                 started,
-            } => store.create_workflow(now, id, name, *version, input, started)?,
+                parent,
+            } => store.create_workflow(
+                now,
+                NewWorkflow {
+                    id,
+                    name,
+                    version: *version,
+                    input,
+                    started,
+                    parent: parent.as_ref(),
+                },
+            )?,
             Op::AppendEvents { workflow, events } => store.append_events(workflow, events)?,
             Op::UpdateWorkflow { workflow, change } => {
                 store.update_workflow(now, workflow, change)?;
@@ -178,7 +198,9 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                         break;
                     }
                 }
-                applied.decided = Some(holds);
+                // The first condition decides the answer: an `If` nested in the ops it
+                // chose (a child's start within a decision made ahead) does not.
+                applied.decided.get_or_insert(holds);
                 run(store, if holds { then } else { otherwise }, now, applied)?;
             }
         }

@@ -31,12 +31,14 @@ impl TaskView {
 }
 
 /// What an applier read of a workflow, for checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkflowView {
     /// Its status.
     pub status: WorkflowStatus,
     /// The last event of its history.
     pub last_seq: Seq,
+    /// The workflow that started it as its child, if one did.
+    pub parent: Option<WorkflowId>,
 }
 
 /// What an applier found where a check looked (see [`Check::subject`]).
@@ -104,6 +106,16 @@ pub enum Check {
         /// The last sequence number the caller saw.
         expected: Seq,
     },
+    /// The workflow exists, has not ended, and was started by `parent` as its child (`NotFound`,
+    /// `Closed` or `InvalidArgument` otherwise). A condition of [`Op::If`](super::Op::If): a
+    /// parent-close policy reaches only the parent's own children, never an unrelated
+    /// workflow that happened to hold the id the parent asked for.
+    OpenChildOf {
+        /// The child.
+        workflow: WorkflowId,
+        /// The parent.
+        parent: WorkflowId,
+    },
     /// No live lease holds the workflow's task. A condition of [`Op::If`](super::Op::If).
     Free {
         /// The workflow.
@@ -139,7 +151,8 @@ impl Check {
             | Check::ActivityAttempt { task, .. } => Subject::Task(*task),
             Check::Absent { workflow }
             | Check::Open { workflow }
-            | Check::LastSeq { workflow, .. } => Subject::Workflow(workflow),
+            | Check::LastSeq { workflow, .. }
+            | Check::OpenChildOf { workflow, .. } => Subject::Workflow(workflow),
             Check::Free { workflow } => Subject::WorkflowTask(workflow),
             Check::NothingDue { workflow } => Subject::Messages(workflow),
         }
@@ -154,6 +167,7 @@ impl Check {
             | Check::Absent { workflow }
             | Check::Open { workflow }
             | Check::LastSeq { workflow, .. }
+            | Check::OpenChildOf { workflow, .. }
             | Check::Free { workflow }
             | Check::NothingDue { workflow } => Some(workflow),
         }
@@ -241,6 +255,20 @@ impl Check {
                 Found::Workflow(None) => Err(StorageError::NotFound(workflow.clone())),
                 _ => Err(wrong_subject()),
             },
+            Check::OpenChildOf { workflow, parent } => match found {
+                Found::Workflow(Some(w)) if w.parent.as_ref() != Some(parent) => {
+                    Err(StorageError::InvalidArgument(format!(
+                        "\"{workflow}\" is not a child of \"{parent}\""
+                    )))
+                }
+                Found::Workflow(Some(w)) if w.status.is_terminal() => Err(StorageError::Closed {
+                    id: workflow.clone(),
+                    status: w.status,
+                }),
+                Found::Workflow(Some(_)) => Ok(()),
+                Found::Workflow(None) => Err(StorageError::NotFound(workflow.clone())),
+                _ => Err(wrong_subject()),
+            },
             Check::Free { workflow } => match found {
                 Found::Task(Some(t)) if t.is_free(now) => Ok(()),
                 Found::Task(_) => Err(StorageError::InvalidArgument(format!(
@@ -278,6 +306,7 @@ mod tests {
         Found::Workflow(Some(WorkflowView {
             status,
             last_seq: Seq::new(last),
+            parent: None,
         }))
     }
 

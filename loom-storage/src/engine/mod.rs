@@ -51,7 +51,7 @@ mod op;
 pub mod rows;
 mod rules;
 
-pub use apply::{Apply, apply};
+pub use apply::{Apply, NewWorkflow, apply};
 pub use check::{Check, Found, TaskView, WorkflowView};
 pub use op::{
     ActivitySpec, Applied, NewTask, Op, StatusChange, Sync, When, WorkflowChange, WriteSet,

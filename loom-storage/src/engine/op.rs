@@ -100,6 +100,8 @@ pub enum Op {
         input: Payload,
         /// Event 1.
         started: Event,
+        /// The workflow that starts it as its child, if one does.
+        parent: Option<WorkflowId>,
     },
     /// Appends events to a history (the row's `last_seq` is set by [`Op::UpdateWorkflow`]).
     AppendEvents {
@@ -224,7 +226,8 @@ pub enum Op {
         req: ClaimRequest,
     },
     /// Applies `then` if every condition holds (evaluated as checks, without failing the
-    /// write set), `otherwise` if not; [`Applied::decided`] says which.
+    /// write set), `otherwise` if not; [`Applied::decided`] says which, for the first `If`
+    /// applied (one nested in the ops it chose does not change the answer).
     If {
         /// The conditions.
         all: Vec<Check>,
@@ -338,7 +341,8 @@ pub struct Applied {
     pub workflow_tasks: Vec<WorkflowTask>,
     /// Activity tasks claimed, in claim order.
     pub activity_tasks: Vec<ActivityTask>,
-    /// For a write set with an [`Op::If`]: whether its conditions held.
+    /// For a write set with an [`Op::If`]: whether the conditions of the first one applied
+    /// held.
     pub decided: Option<bool>,
     /// The new expiry of a renewed lease, for an [`Op::Renew`].
     pub renewed_until: Option<Timestamp>,

@@ -2,10 +2,10 @@
 //! `MemoryStorage` and redb implement [`Rows`] (get, put and delete of their records, with
 //! their indexes kept in step) and get every primitive of [`Apply`] from [`RowApply`].
 
-use loom_core::{Event, EventKind, LogRecord, Payload, Seq, Timestamp, WorkflowId};
+use loom_core::{Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::apply::Apply;
+use crate::engine::apply::{Apply, NewWorkflow};
 use crate::engine::check::{TaskView, WorkflowView};
 use crate::engine::op::{ActivitySpec, NewTask, StatusChange, WorkflowChange};
 use crate::error::Result;
@@ -189,6 +189,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         Ok(self.0.get_workflow(workflow)?.map(|w| WorkflowView {
             status: w.summary.status,
             last_seq: w.summary.last_seq,
+            parent: w.summary.parent,
         }))
     }
 
@@ -205,21 +206,13 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             .min())
     }
 
-    fn create_workflow(
-        &mut self,
-        now: Timestamp,
-        id: &WorkflowId,
-        name: &str,
-        version: u32,
-        input: &Payload,
-        started: &Event,
-    ) -> Result<()> {
+    fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()> {
         let summary = WorkflowSummary {
-            id: id.clone(),
-            name: name.to_owned(),
-            version,
+            id: new.id.clone(),
+            name: new.name.to_owned(),
+            version: new.version,
             status: WorkflowStatus::Running,
-            input: input.clone(),
+            input: new.input.clone(),
             created_at: now,
             updated_at: now,
             closed_at: None,
@@ -228,12 +221,14 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             failure: None,
             pause_reason: None,
             progress: None,
+            parent: new.parent.cloned(),
         };
         self.0.put_workflow(&WorkflowRecord {
             summary,
             task: None,
         })?;
-        self.0.insert_events(id, std::slice::from_ref(started))
+        self.0
+            .insert_events(new.id, std::slice::from_ref(new.started))
     }
 
     fn append_events(&mut self, workflow: &WorkflowId, events: &[Event]) -> Result<()> {

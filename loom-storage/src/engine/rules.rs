@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use loom_core::{Event, EventKind, LogRecord, Progress, WorkflowId};
+use loom_core::{Event, EventKind, LogRecord, ParentClosePolicy, Progress, WorkflowId};
 
 use crate::engine::check::Check;
 use crate::engine::op::{
@@ -19,17 +19,20 @@ use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
 /// first workflow task (claimable now). The id must be non-empty text without NUL characters
 /// (which some databases cannot store), and `started` a `WorkflowStarted` event numbered 1.
 pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
-    if id.as_str().is_empty() {
-        return Err(StorageError::InvalidArgument(
-            "a workflow id cannot be empty".into(),
-        ));
-    }
-    if id.as_str().contains('\0') {
-        return Err(StorageError::InvalidArgument(
-            "a workflow id cannot contain a NUL character".into(),
-        ));
-    }
+    id.check().map_err(StorageError::InvalidArgument)?;
     let (name, version, input) = started_fields(&started)?;
+    if matches!(
+        &started.kind,
+        EventKind::WorkflowStarted {
+            parent: Some(_),
+            ..
+        }
+    ) {
+        return Err(StorageError::InvalidArgument(
+            "a workflow started from outside has no parent: only a parent's workflow task starts a child"
+                .into(),
+        ));
+    }
     if name.contains('\0') {
         return Err(StorageError::InvalidArgument(
             "a workflow type's name cannot contain a NUL character".into(),
@@ -47,6 +50,7 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
                 version,
                 input,
                 started,
+                parent: None,
             },
             Op::InsertTask {
                 workflow: id.clone(),
@@ -63,9 +67,14 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
 /// Then, in one step: the events are appended and the row updated (a paused workflow runs
 /// again); what the events imply is created (an activity task per `ActivityScheduled`, due
 /// now; a `TimerFired` message per `TimerScheduled`, due its duration after the commit by the
-/// store's clock, or at its time for `sleep_until`); the consumed messages are deleted; the
-/// task is released and claimable again at its earliest remaining message. A terminal event
-/// instead closes the workflow and deletes all of its tasks and messages. Log lines are kept
+/// store's clock, or at its time for `sleep_until`; a child workflow per
+/// `ChildWorkflowScheduled`, created with its first task claimable now, or, if its id is
+/// taken, a `ChildWorkflowFailed` of kind `already_exists` for this workflow); the consumed
+/// messages are deleted; the task is released and claimable again at its earliest remaining
+/// message. A terminal event instead closes the workflow and deletes all of its tasks and
+/// messages; if a parent started it (`progress.parent`), its end is posted to that parent
+/// while the parent is open; each child still open (`progress.pending_children`) with the
+/// `request_cancel` policy is sent a cancel request. Log lines are kept
 /// (NUL characters become U+FFFD). With `eager`, the new activity tasks are then claimed, up
 /// to `eager.max`.
 pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
@@ -108,13 +117,17 @@ fn decision_ops(
     let plan = TaskPlan::from_events(&events);
     let last_seq = events.last().map(|e| e.seq);
     let mut ops = Vec::new();
+    let (parent, open_children) = match &progress {
+        Some(p) => (p.parent.clone(), p.pending_children.clone()),
+        None => (None, Vec::new()),
+    };
     if !events.is_empty() {
         ops.push(Op::AppendEvents {
             workflow: workflow.clone(),
             events,
         });
     }
-    let ended = plan.terminal.is_some();
+    let ended = plan.terminal.clone();
     ops.push(Op::UpdateWorkflow {
         workflow: workflow.clone(),
         change: WorkflowChange {
@@ -126,7 +139,63 @@ fn decision_ops(
             },
         },
     });
-    if ended {
+    for child in &plan.children {
+        ops.push(Op::If {
+            all: vec![Check::Absent {
+                workflow: child.workflow_id.clone(),
+            }],
+            then: vec![
+                Op::CreateWorkflow {
+                    id: child.workflow_id.clone(),
+                    name: child.name.clone(),
+                    version: child.version,
+                    input: child.input.clone(),
+                    started: child.started(workflow),
+                    parent: Some(workflow.clone()),
+                },
+                Op::InsertTask {
+                    workflow: child.workflow_id.clone(),
+                    task: NewTask::Workflow,
+                    due: When::Now,
+                },
+            ],
+            otherwise: vec![Op::Post {
+                workflow: workflow.clone(),
+                kind: child.already_exists(),
+                visible: When::Now,
+                retry_at: None,
+            }],
+        });
+    }
+    if let Some(end) = ended {
+        if let Some(parent) = parent {
+            ops.push(Op::If {
+                all: vec![Check::Open {
+                    workflow: parent.workflow_id.clone(),
+                }],
+                then: notify(&parent.workflow_id, end.report(parent.child)),
+                otherwise: Vec::new(),
+            });
+        }
+        for child in open_children
+            .into_iter()
+            .filter(|c| c.parent_close == ParentClosePolicy::RequestCancel)
+        {
+            let reason = format!("its parent \"{workflow}\" ended {}", end.status);
+            ops.push(Op::If {
+                all: vec![Check::OpenChildOf {
+                    workflow: child.workflow_id.clone(),
+                    parent: workflow.clone(),
+                }],
+                then: notify(
+                    &child.workflow_id,
+                    EventKind::CancelRequested {
+                        reason: Some(reason),
+                    },
+                ),
+                otherwise: Vec::new(),
+            });
+        }
         ops.push(Op::DeleteWork {
             workflow: workflow.clone(),
         });
@@ -188,6 +257,23 @@ fn decision_ops(
         });
     }
     ops
+}
+
+/// A message for a workflow, due now, which makes its task claimable now (or when a live lease
+/// on it ends).
+fn notify(workflow: &WorkflowId, kind: EventKind) -> Vec<Op> {
+    vec![
+        Op::Post {
+            workflow: workflow.clone(),
+            kind,
+            visible: When::Now,
+            retry_at: None,
+        },
+        Op::Wake {
+            workflow: workflow.clone(),
+            at: When::Now,
+        },
+    ]
 }
 
 /// A log line as every backend can store it: NUL characters become U+FFFD, so that a line
@@ -388,18 +474,7 @@ pub fn deliver(id: &WorkflowId, kind: EventKind) -> Result<WriteSet> {
         checks: vec![Check::Open {
             workflow: id.clone(),
         }],
-        ops: vec![
-            Op::Post {
-                workflow: id.clone(),
-                kind,
-                visible: When::Now,
-                retry_at: None,
-            },
-            Op::Wake {
-                workflow: id.clone(),
-                at: When::Now,
-            },
-        ],
+        ops: notify(id, kind),
         sync: Sync::Durable,
     })
 }
@@ -488,6 +563,7 @@ mod tests {
                 version: 1,
                 input: Payload::NULL,
                 format: HISTORY_FORMAT,
+                parent: None,
             },
         );
         for id in ["", "a\0b"] {

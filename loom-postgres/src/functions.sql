@@ -1,4 +1,7 @@
--- Migration 3: the store engine's applier on the server.
+-- The store engine's applier on the server: the current definitions of its functions.
+--
+-- Every migration that changes them includes this file (schema.rs), and CREATE OR REPLACE
+-- makes applying it again harmless; a change must keep each function's signature.
 --
 -- `loom_apply(batch)` applies many callers' write sets (see loom_storage::engine) in one
 -- statement, so one round trip and one WAL flush serve them all. It decides nothing: each
@@ -12,9 +15,10 @@
 -- Item:   {"wf"?, "task"?, "checks": [check], "steps": [step]}
 -- Check:  ["leased", task, token] | ["wft_of", task, wf] | ["is_wft", task]
 --         | ["attempt", task, wf, activity, attempt] | ["absent", wf] | ["open", wf]
---         | ["last", wf, seq] | ["free", wf] | ["quiet", wf]
+--         | ["last", wf, seq] | ["child_of", wf, parent] | ["free", wf] | ["quiet", wf]
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
---         a workflow [status, last_seq], or the earliest message time; null for no row.
+--         a workflow [status, last_seq, parent], or the earliest message time; null for no
+--         row.
 -- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table; "st" (settle the
 --                                      workflow task at its earliest message) comes last
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
@@ -25,14 +29,13 @@
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
 --   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
 --    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]]]],
---    "decided": bool}
+--    "decided": bool (whether the conditions of the first "if" applied held)}
 -- and r_now, the database's clock for the item.
 
-DROP FUNCTION loom_commit(jsonb);
 
 -- The first check of `checks` that fails at `now_ms`, as [position, found]; NULL if all hold.
 -- Rows are locked as they are read. Consecutive checks of one row read it once.
-CREATE FUNCTION loom_checks(checks jsonb, now_ms bigint) RETURNS jsonb
+CREATE OR REPLACE FUNCTION loom_checks(checks jsonb, now_ms bigint) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     c jsonb;
@@ -46,6 +49,7 @@ DECLARE
     w_id text;
     w_status text;
     w_last bigint;
+    w_parent text;
     w_found boolean := false;
     -- The workflow whose task the checks have locked, if any.
     locked_wft text;
@@ -63,7 +67,7 @@ BEGIN
                     -- A workflow task's commit: the task and its workflow, locked in that
                     -- order by one statement, for the checks of both that follow.
                     SELECT tk.workflow_id, tk.kind, tk.activity_id, tk.attempt, tk.lease_token,
-                           tk.lease_expires_at, wr.status, wr.last_seq
+                           tk.lease_expires_at, wr.status, wr.last_seq, wr.parent_id
                     INTO t FROM tasks tk JOIN workflows wr ON wr.id = tk.workflow_id
                     WHERE tk.id = t_id AND tk.kind = 0 FOR UPDATE;
                     IF FOUND THEN
@@ -73,6 +77,7 @@ BEGIN
                         w_found := true;
                         w_status := t.status;
                         w_last := t.last_seq;
+                        w_parent := t.parent_id;
                     END IF;
                 END IF;
                 IF NOT t_found THEN
@@ -96,13 +101,13 @@ BEGIN
                 found_row := jsonb_build_array(t.workflow_id, t.kind, t.activity_id, t.attempt,
                                                t.lease_token, t.lease_expires_at);
             END IF;
-        WHEN 'absent', 'open', 'last' THEN
+        WHEN 'absent', 'open', 'last', 'child_of' THEN
             IF w_id IS DISTINCT FROM c->>1 THEN
                 w_id := c->>1;
                 IF c->>0 = 'absent' THEN
                     -- A missing row cannot be locked: concurrent starts of one id queue on
                     -- an advisory lock instead, taken by the same statement.
-                    SELECT wr.status, wr.last_seq INTO w_status, w_last
+                    SELECT wr.status, wr.last_seq, wr.parent_id INTO w_status, w_last, w_parent
                     FROM (SELECT pg_advisory_xact_lock(hashtextextended('loom:' || w_id, 0))) l
                     LEFT JOIN workflows wr ON wr.id = w_id;
                     w_found := w_status IS NOT NULL;
@@ -112,7 +117,7 @@ BEGIN
                         PERFORM 1 FROM tasks WHERE workflow_id = w_id AND kind = 0 FOR UPDATE;
                         locked_wft := w_id;
                     END IF;
-                    SELECT status, last_seq INTO w_status, w_last
+                    SELECT status, last_seq, parent_id INTO w_status, w_last, w_parent
                     FROM workflows WHERE id = w_id FOR UPDATE;
                     w_found := FOUND;
                 END IF;
@@ -120,10 +125,13 @@ BEGIN
             ok := CASE c->>0
                 WHEN 'absent' THEN NOT w_found
                 WHEN 'open' THEN w_found AND w_status NOT IN ('completed', 'failed', 'cancelled')
+                WHEN 'child_of' THEN w_found
+                    AND w_status NOT IN ('completed', 'failed', 'cancelled')
+                    AND w_parent = c->>2
                 ELSE w_found AND w_last = (c->>2)::bigint
             END;
             IF NOT COALESCE(ok, false) AND w_found THEN
-                found_row := jsonb_build_array(w_status, w_last);
+                found_row := jsonb_build_array(w_status, w_last, w_parent);
             END IF;
         WHEN 'free' THEN
             SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
@@ -154,7 +162,7 @@ BEGIN
 END $$;
 
 -- Applies `steps` at `now_ms`, adding what they claim or decide to `answer`.
-CREATE FUNCTION loom_steps(steps jsonb, now_ms bigint, answer jsonb) RETURNS jsonb
+CREATE OR REPLACE FUNCTION loom_steps(steps jsonb, now_ms bigint, answer jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     s jsonb;
@@ -184,9 +192,9 @@ BEGIN
                 -- A new workflow: its row, its history's first events, its tasks.
                 WITH w AS (
                     INSERT INTO workflows (id, name, version, status, input, created_at,
-                                           updated_at, last_seq)
+                                           updated_at, last_seq, parent_id)
                     VALUES (s->'cw'->>0, s->'cw'->>1, (s->'cw'->>2)::integer, 'running',
-                            s->'cw'->>3, now_ms, now_ms, 1)
+                            s->'cw'->>3, now_ms, now_ms, 1, s->'cw'->>4)
                 ), e AS (
                     INSERT INTO events (workflow_id, seq, at, kind)
                     SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
@@ -416,7 +424,9 @@ BEGIN
 
         WHEN 'if' THEN
             failed := loom_checks(s->'all', now_ms);
-            answer := jsonb_set(answer, '{decided}', to_jsonb(failed IS NULL));
+            IF NOT answer ? 'decided' THEN
+                answer := jsonb_set(answer, '{decided}', to_jsonb(failed IS NULL));
+            END IF;
             answer := loom_steps(CASE WHEN failed IS NULL THEN s->'then' ELSE s->'else' END,
                                  now_ms, answer);
         ELSE
@@ -426,7 +436,7 @@ BEGIN
     RETURN answer;
 END $$;
 
-CREATE FUNCTION loom_apply(batch jsonb)
+CREATE OR REPLACE FUNCTION loom_apply(batch jsonb)
 RETURNS TABLE (r_index integer, r_failed integer, r_found jsonb, r_now bigint, r_out jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -489,9 +499,9 @@ BEGIN
             c := steps->0;
             WITH w AS (
                 INSERT INTO workflows (id, name, version, status, input, created_at,
-                                       updated_at, last_seq)
+                                       updated_at, last_seq, parent_id)
                 VALUES (c->'cw'->>0, c->'cw'->>1, (c->'cw'->>2)::integer, 'running',
-                        c->'cw'->>3, r_now, r_now, 1)
+                        c->'cw'->>3, r_now, r_now, 1, c->'cw'->>4)
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
             ), e AS (
@@ -507,7 +517,7 @@ BEGIN
             )
             SELECT count(*) INTO created FROM w;
             IF created = 0 THEN
-                failed := jsonb_build_array(1, (SELECT jsonb_build_array(status, last_seq)
+                failed := jsonb_build_array(1, (SELECT jsonb_build_array(status, last_seq, parent_id)
                                                 FROM workflows WHERE id = c->'cw'->>0));
             END IF;
             steps := '[]'::jsonb;
