@@ -64,13 +64,21 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             limit,
             status,
             name,
+            parent,
         } => {
             let status = status
                 .map(|s| s.parse::<WorkflowStatus>())
                 .transpose()
                 .map_err(Fail::usage)?;
+            let query = ListQuery {
+                status,
+                name,
+                parent: parent.map(WorkflowId::new),
+                limit,
+                ..ListQuery::default()
+            };
             let store = db::open(&url, Missing::Refuse, false).await?;
-            list(store, limit, status, name, json).await
+            list(store, &query, json).await
         }
         Command::Inspect { id, events } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
@@ -274,20 +282,9 @@ fn print_result(summary: &WorkflowSummary, json: bool) -> Result<ExitCode, Fail>
     })
 }
 
-async fn list(
-    store: Arc<dyn Storage>,
-    limit: usize,
-    status: Option<WorkflowStatus>,
-    name: Option<String>,
-    json: bool,
-) -> Result<ExitCode, Fail> {
-    let query = ListQuery {
-        status,
-        name,
-        limit,
-        ..ListQuery::default()
-    };
-    let page = store.list(&query).await.map_err(Fail::from_storage)?;
+async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<ExitCode, Fail> {
+    let limit = query.limit;
+    let page = store.list(query).await.map_err(Fail::from_storage)?;
     if json {
         render::json(&json!({ "workflows": page.items, "more": page.next.is_some() }))?;
         return Ok(ExitCode::SUCCESS);
@@ -319,6 +316,9 @@ async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The most children `inspect` lists; `list --parent` shows them all.
+const CHILDREN_SHOWN: usize = 20;
+
 async fn inspect(
     store: Arc<dyn Storage>,
     id: &WorkflowId,
@@ -326,6 +326,14 @@ async fn inspect(
     json: bool,
 ) -> Result<ExitCode, Fail> {
     let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    let children = store
+        .list(&ListQuery {
+            parent: Some(id.clone()),
+            limit: CHILDREN_SHOWN,
+            ..ListQuery::default()
+        })
+        .await
+        .map_err(Fail::from_storage)?;
     let history = if events {
         Some(
             store
@@ -343,6 +351,14 @@ async fn inspect(
             doc["events"] = serde_json::to_value(h)
                 .map_err(|e| Fail::failed(format!("cannot encode the history: {e}")))?;
         }
+        doc["children"] = json!(
+            children
+                .items
+                .iter()
+                .map(|c| json!({"id": c.id, "name": c.name, "status": c.status}))
+                .collect::<Vec<_>>()
+        );
+        doc["more_children"] = json!(children.next.is_some());
         render::json(&doc)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -350,6 +366,18 @@ async fn inspect(
     line("id", summary.id.to_string());
     line("workflow", format!("{} v{}", summary.name, summary.version));
     line("status", summary.status.to_string());
+    if let Some(parent) = &summary.parent {
+        line("parent", parent.to_string());
+    }
+    for c in &children.items {
+        line("child", format!("{} ({}, {})", c.id, c.name, c.status));
+    }
+    if children.next.is_some() {
+        line(
+            "child",
+            format!("... more than {CHILDREN_SHOWN}: loom list --parent {id}"),
+        );
+    }
     if let Some(reason) = &summary.pause_reason {
         line("paused", reason.clone());
     }
@@ -394,6 +422,17 @@ async fn inspect(
         }
         for s in &p.awaiting_signals {
             line("waiting", format!("signal {s:?}"));
+        }
+        for c in &p.pending_children {
+            line(
+                "waiting",
+                format!(
+                    "child {} ({}), parent-close policy {}",
+                    c.workflow_id,
+                    c.name,
+                    c.parent_close.as_str()
+                ),
+            );
         }
     }
     if let Some(h) = history {
@@ -584,7 +623,9 @@ async fn demo(
     orders: usize,
     json: bool,
 ) -> Result<ExitCode, Fail> {
-    use crate::examples::{Approval, FanOut, FlakyCharge, Greeting, OrderProcessing, Reminder};
+    use crate::examples::{
+        Approval, FanOut, FlakyCharge, Greeting, OrderProcessing, OrderSaga, Reminder,
+    };
     use loom_core::Workflow;
 
     let config = WorkerConfig {
@@ -635,6 +676,24 @@ async fn demo(
         ids.push(start(FanOut::NAME, n, json!({"n": 10})).await?);
         ids.push(start(Reminder::NAME, n, json!({"seconds": 1})).await?);
     }
+    // A saga that ships through its child workflow, and one whose shipment fails and is
+    // compensated.
+    ids.push(
+        start(
+            OrderSaga::NAME,
+            0,
+            json!({"order_id": format!("{run}-a"), "warehouse": "north", "courier_wait_secs": 1}),
+        )
+        .await?,
+    );
+    ids.push(
+        start(
+            OrderSaga::NAME,
+            1,
+            json!({"order_id": format!("{run}-b"), "warehouse": "empty"}),
+        )
+        .await?,
+    );
     let approved = start(
         Approval::NAME,
         0,
@@ -743,6 +802,21 @@ async fn demo(
             entry.1.get_or_insert_with(|| render::payload(out, 60));
         }
     }
+    let mut children = 0;
+    for (name, id) in &ids {
+        if name == OrderSaga::NAME {
+            let query = ListQuery {
+                parent: Some(id.clone()),
+                ..ListQuery::default()
+            };
+            children += store
+                .list(&query)
+                .await
+                .map_err(Fail::from_storage)?
+                .items
+                .len();
+        }
+    }
     let count = |st: WorkflowStatus| summaries.values().filter(|s| s.status == st).count();
     let (completed, failed, cancelled) = (
         count(WorkflowStatus::Completed),
@@ -753,6 +827,7 @@ async fn demo(
         render::json(&json!({
             "db": url.display(),
             "workflows": total,
+            "child_workflows": children,
             "completed": completed,
             "failed": failed,
             "cancelled": cancelled,
@@ -764,7 +839,8 @@ async fn demo(
         }))?;
     } else {
         println!(
-            "Ran {total} workflows in {} on {}: {completed} completed, {failed} failed, {cancelled} cancelled.",
+            "Ran {total} workflows in {} on {}: {completed} completed, {failed} failed, {cancelled} cancelled \
+             (and {children} child workflows they started).",
             render::duration(elapsed),
             url.display()
         );

@@ -8,13 +8,15 @@
 //! | `Reminder` | `{"seconds"}` | a durable sleep, then an activity |
 //! | `FlakyCharge` | `{"fail_times"}` | an activity that fails, retried with exponential backoff |
 //! | `FanOut` | `{"n"}` | `n` activities in parallel, output their sum |
+//! | `OrderSaga` | `{"order_id", "warehouse", "courier_wait_secs"}` | a saga: reserve, charge, ship through a child workflow, and undo in reverse order if shipping fails |
+//! | `Shipment` | the same | the child: waits for the courier (a durable sleep), then ships; the warehouse `empty` has nothing to ship |
 
 use std::time::Duration;
 
 use loom_core::future::join_all;
 use loom_core::{
-    Activity, ActivityContext, ActivityOptions, Failure, Registry, RetryPolicy, Workflow,
-    WorkflowContext, WorkflowError,
+    Activity, ActivityContext, ActivityOptions, ChildError, Failure, Registry, RetryPolicy,
+    Workflow, WorkflowContext, WorkflowError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,13 +36,16 @@ pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
         .add_workflow::<Reminder>()?
         .add_workflow::<FlakyCharge>()?
         .add_workflow::<FanOut>()?
+        .add_workflow::<OrderSaga>()?
+        .add_workflow::<Shipment>()?
         .add_activity(ProcessPayment)?
         .add_activity(SendConfirmation)?
         .add_activity(Greet)?
         .add_activity(RecordDecision)?
         .add_activity(SendReminder)?
         .add_activity(Charge)?
-        .add_activity(Compute)?;
+        .add_activity(Compute)?
+        .add_activity(SagaStep)?;
     Ok(())
 }
 
@@ -378,5 +383,99 @@ impl Activity for Compute {
 
     async fn run(&self, _: ActivityContext, i: u32) -> Result<u64, Failure> {
         Ok(u64::from(i) * u64::from(i))
+    }
+}
+
+// ---- OrderSaga and its child, Shipment ----
+
+/// An order to ship.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Shipping {
+    /// The order's id.
+    pub order_id: String,
+    /// Where it ships from; the warehouse `empty` has nothing in stock.
+    pub warehouse: String,
+    /// How long the shipment waits for the courier before it ships (a durable sleep).
+    #[serde(default)]
+    pub courier_wait_secs: u64,
+}
+
+/// A saga: reserves stock, charges the customer, then ships through a [`Shipment`] child
+/// workflow. If the shipment fails or is cancelled, the steps already taken are undone in
+/// reverse order (refund, then release the stock) and the saga ends with an output that says
+/// so: a handled outcome of the business, like a declined payment. If the saga itself is
+/// cancelled while it waits, it ends cancelled and its child is asked to cancel too (the
+/// default parent-close policy).
+pub struct OrderSaga;
+
+impl Workflow for OrderSaga {
+    const NAME: &'static str = "OrderSaga";
+    type Input = Shipping;
+    type State = ();
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let order = ctx.input().clone();
+        let id = order.order_id.clone();
+        ctx.activity::<SagaStep>(format!("reserve stock for {id}"))
+            .await?;
+        ctx.activity::<SagaStep>(format!("charge order {id}"))
+            .await?;
+        match ctx.child::<Shipment>(order).await {
+            Ok(tracking) => Ok(format!("order {id} shipped: {tracking}")),
+            Err(ChildError::ParentCancelled { .. }) => Err(WorkflowError::Cancelled),
+            Err(shipping) => {
+                ctx.logger()
+                    .warn(format!("order {id}: {shipping}; compensating"));
+                ctx.activity::<SagaStep>(format!("refund order {id}"))
+                    .await?;
+                ctx.activity::<SagaStep>(format!("release stock for {id}"))
+                    .await?;
+                Ok(format!("order {id} not shipped, refunded: {shipping}"))
+            }
+        }
+    }
+}
+
+/// Ships an order: waits for the courier, then hands the parcel over and returns its
+/// tracking number. Fails (not retried) when the warehouse has nothing in stock.
+pub struct Shipment;
+
+impl Workflow for Shipment {
+    const NAME: &'static str = "Shipment";
+    type Input = Shipping;
+    type State = ();
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let order = ctx.input().clone();
+        if order.courier_wait_secs > 0 {
+            ctx.sleep(Duration::from_secs(order.courier_wait_secs))
+                .await?;
+        }
+        if order.warehouse == "empty" {
+            return Err(WorkflowError::Failed(Failure::non_retryable(
+                "out_of_stock",
+                format!("warehouse {} has nothing to ship", order.warehouse),
+            )));
+        }
+        let tracking = ctx
+            .activity::<SagaStep>(format!("ship {} from {}", order.order_id, order.warehouse))
+            .await?;
+        Ok(tracking)
+    }
+}
+
+/// One step of the saga against an outside system (simulated): answers what it did.
+pub struct SagaStep;
+
+impl Activity for SagaStep {
+    const NAME: &'static str = "saga_step";
+    type Input = String;
+    type Output = String;
+
+    async fn run(&self, _: ActivityContext, what: String) -> Result<String, Failure> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(format!("done: {what}"))
     }
 }

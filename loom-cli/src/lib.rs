@@ -130,6 +130,9 @@ pub(crate) enum Command {
         /// Only this workflow type.
         #[arg(long)]
         name: Option<String>,
+        /// Only the child workflows this workflow started.
+        #[arg(long)]
+        parent: Option<String>,
     },
     /// Show one workflow: status, input, state, output or error, what it waits for.
     Inspect {

@@ -13,11 +13,33 @@ struct Golden {
     output: Payload,
 }
 
+/// Event kinds that a golden history must hold, so that a change to how one is encoded or
+/// replayed is caught. Each kind added to the history format joins this list with a golden
+/// history written by a real run.
+const COVERED: &[&str] = &[
+    "WorkflowStarted",
+    "WorkflowCompleted",
+    "ActivityScheduled",
+    "ActivityCompleted",
+    "ActivityFailed",
+    "TimerScheduled",
+    "SignalReceived",
+    "StateSet",
+    "StepStarted",
+    "StepCompleted",
+    "ChildWorkflowScheduled",
+    "ChildWorkflowCompleted",
+    "ChildWorkflowFailed",
+    "ChildWorkflowCancelled",
+];
+
 #[test]
 fn every_golden_history_replays_to_its_recorded_output() {
     let registry = loom_cli::examples::registry();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut checked = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut child_started = false;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("the golden directory")
         .map(|e| e.expect("an entry").path())
@@ -27,11 +49,13 @@ fn every_golden_history_replays_to_its_recorded_output() {
         let text = std::fs::read_to_string(&path).expect("read");
         let golden: Golden = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not a golden history: {e}", path.display()));
-        let Some(loom_core::EventKind::WorkflowStarted { name, .. }) =
+        seen.extend(golden.events.iter().map(|e| e.kind.type_name()));
+        let Some(loom_core::EventKind::WorkflowStarted { name, parent, .. }) =
             golden.events.first().map(|e| &e.kind)
         else {
             panic!("{}: the first event is not WorkflowStarted", path.display());
         };
+        child_started |= parent.is_some();
         let def = registry
             .workflow(name)
             .unwrap_or_else(|| {
@@ -63,7 +87,10 @@ fn every_golden_history_replays_to_its_recorded_output() {
         checked += 1;
     }
     assert!(
-        checked >= 4,
+        checked >= 8,
         "expected the golden histories, found {checked}"
     );
+    let missing: Vec<_> = COVERED.iter().filter(|k| !seen.contains(*k)).collect();
+    assert!(missing.is_empty(), "no golden history holds {missing:?}");
+    assert!(child_started, "no golden history is a child's");
 }

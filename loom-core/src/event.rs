@@ -490,7 +490,8 @@ impl fmt::Display for EventKind {
                 ..
             } => write!(
                 f,
-                "{name}({child:?}, id={workflow_id:?}, input={}, parent_close={})",
+                "{name}({child:?}, id={:?}, input={}, parent_close={})",
+                workflow_id.as_str(),
                 input.preview(CUT),
                 parent_close.as_str()
             ),

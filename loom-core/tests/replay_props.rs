@@ -1,10 +1,12 @@
 //! Property tests of replay.
 //!
 //! A generated program (activities, parallel activities, races, timers, signals with and
-//! without timeouts, state writes, nested steps, recorded values, logs, handled and unhandled
-//! failures) runs as a workflow in a simulated environment (activity attempts that fail and
-//! retry, time that advances, signals sent before and after the code waits, duplicate
-//! deliveries, cancellation), seeded so that every run of the same case sees the same world.
+//! without timeouts, state writes, nested steps, recorded values, logs, child workflows with
+//! derived and chosen ids, versioned branches, handled and unhandled failures) runs as a
+//! workflow in a simulated environment (activity attempts that fail and retry, children that
+//! complete, fail or are cancelled, time that advances, signals sent before and after the code
+//! waits, duplicate deliveries, cancellation), seeded so that every run of the same case sees
+//! the same world.
 //!
 //! - **Crash equivalence:** the run is repeated crashing before every task, and crashing before
 //!   a random subset of tasks; each crash drops the machine and the next task replays from the
@@ -12,7 +14,11 @@
 //!   stopped.
 //! - **Mutation detection:** a mutated program replayed on the original history fails with a
 //!   non-determinism error at exactly the first position where the mutated program's own
-//!   history diverges, and replays cleanly when it does not diverge.
+//!   history diverges, and replays cleanly when it does not diverge. (Programs here have no
+//!   versioned branches: `patched` exists to make a missing marker *not* a divergence.)
+//! - **Versioned branches:** a history written by the code before a change (each `patched`
+//!   branch replaced by its old branch) replays on the changed code, which takes the old
+//!   branches and ends the same way.
 
 mod support;
 
@@ -23,9 +29,9 @@ use std::time::Duration;
 
 use loom_core::future::{Either, join_all, select};
 use loom_core::{
-    Activation, ActivityError, ActivityOptions, Event, EventKind, Failure, LogRecord, Outcome,
-    Payload, ReplayError, Role, Seq, Timestamp, Workflow, WorkflowContext, WorkflowError,
-    WorkflowMachine, workflow_type,
+    Activation, ActivityError, ActivityOptions, ChildError, ChildId, Event, EventKind, Failure,
+    LogRecord, Outcome, Payload, ReplayError, Role, Seq, Timestamp, Workflow, WorkflowContext,
+    WorkflowError, WorkflowMachine, workflow_type,
 };
 use proptest::prelude::*;
 use rand_core::{RngCore, SeedableRng};
@@ -57,6 +63,31 @@ enum Op {
     Now,
     Random,
     Log(u8),
+    /// Start a child workflow and await it; `handle` catches its failure or cancellation;
+    /// `named` chooses its id instead of deriving it.
+    Child {
+        arg: u32,
+        handle: bool,
+        named: bool,
+    },
+    /// A versioned change: the new branch runs `body`, the old one adds 5.
+    Patched(u8, Vec<Op>),
+    /// Adds to the result, issuing nothing: the old branch of a `Patched`.
+    Add(u32),
+}
+
+/// The child type the programs start; the simulated world decides how each child ends.
+struct Leaf;
+
+impl Workflow for Leaf {
+    const NAME: &'static str = "Leaf";
+    type Input = u32;
+    type State = ();
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        Ok(u64::from(*ctx.input()) * 3)
+    }
 }
 
 struct Script;
@@ -149,6 +180,31 @@ fn exec<'a>(
                 Op::Now => *acc = acc.wrapping_add(ctx.now().as_millis().unsigned_abs() % 997),
                 Op::Random => *acc = acc.wrapping_add(ctx.random_u64() % 1_009),
                 Op::Log(n) => ctx.logger().info(format!("log {n} at {acc}")),
+                Op::Child { arg, handle, named } => {
+                    let mut call = ctx.child::<Leaf>(*arg);
+                    if *named {
+                        call = call.with_id(format!("kid-{arg}"));
+                    }
+                    match call.await {
+                        Ok(v) => *acc = acc.wrapping_add(v),
+                        Err(ChildError::ParentCancelled { .. }) => {
+                            return Err(WorkflowError::Cancelled);
+                        }
+                        Err(e) if *handle => {
+                            let cancelled = matches!(e, ChildError::Cancelled { .. });
+                            *acc = acc.wrapping_add(500 + u64::from(cancelled));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Op::Patched(n, body) => {
+                    if ctx.patched(&format!("p{n}")) {
+                        exec(ctx, body, acc).await?;
+                    } else {
+                        *acc = acc.wrapping_add(5);
+                    }
+                }
+                Op::Add(n) => *acc = acc.wrapping_add(u64::from(*n)),
             }
         }
         Ok(())
@@ -282,6 +338,30 @@ impl World {
                     };
                     self.post(fire_at.as_millis(), kind);
                 }
+                EventKind::ChildWorkflowScheduled { input, .. } => {
+                    let child = ChildId(e.seq);
+                    let arg: u32 = input.decode().expect("u32 input");
+                    let at = self.now + 10 + self.below(500) as i64;
+                    let kind = match self.below(10) {
+                        0 => EventKind::ChildWorkflowFailed {
+                            child,
+                            failure: Failure::non_retryable("already_exists", "the id is taken"),
+                        },
+                        1 => EventKind::ChildWorkflowFailed {
+                            child,
+                            failure: Failure::new("boom", "the child failed"),
+                        },
+                        2 => EventKind::ChildWorkflowCancelled { child },
+                        _ => EventKind::ChildWorkflowCompleted {
+                            child,
+                            output: Payload::encode(&(u64::from(arg) * 3)).expect("encode"),
+                        },
+                    };
+                    self.post(at, kind.clone());
+                    if self.below(10) == 0 {
+                        self.post(at + 1, kind);
+                    }
+                }
                 _ => {}
             }
         }
@@ -348,7 +428,7 @@ fn run(program: &[Op], seed: u64, crashes: Crashes) -> Run {
     }
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(patches: bool) -> impl Strategy<Value = Op> {
     let leaf = prop_oneof![
         4 => (0..4u8, 0..100u32, any::<bool>()).prop_map(|(name, arg, handle)| Op::Activity { name, arg, handle }),
         2 => prop::collection::vec((0..4u8, 0..100u32), 1..5).prop_map(Op::Parallel),
@@ -360,14 +440,35 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Now),
         1 => Just(Op::Random),
         1 => (0..9u8).prop_map(Op::Log),
+        2 => (0..100u32, any::<bool>(), any::<bool>()).prop_map(|(arg, handle, named)| Op::Child { arg, handle, named }),
     ];
-    leaf.prop_recursive(2, 24, 4, |inner| {
-        (0..3u8, prop::collection::vec(inner, 1..4)).prop_map(|(n, body)| Op::Step(n, body))
+    leaf.prop_recursive(2, 24, 4, move |inner| {
+        let step = (0..3u8, prop::collection::vec(inner.clone(), 1..4))
+            .prop_map(|(n, body)| Op::Step(n, body));
+        let patched =
+            (0..3u8, prop::collection::vec(inner, 1..4)).prop_map(|(n, body)| Op::Patched(n, body));
+        if patches {
+            prop_oneof![step, patched].boxed()
+        } else {
+            step.boxed()
+        }
     })
 }
 
-fn program() -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(), 1..10)
+fn program(patches: bool) -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(patches), 1..10)
+}
+
+/// The program as it was before its versioned changes: each `Patched` is its old branch.
+fn before_patches(program: &[Op]) -> Vec<Op> {
+    program
+        .iter()
+        .map(|op| match op {
+            Op::Patched(..) => Op::Add(5),
+            Op::Step(n, body) => Op::Step(*n, before_patches(body)),
+            other => other.clone(),
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -416,6 +517,13 @@ fn mutate(program: &[Op], m: &Mutation) -> Vec<Op> {
                         calls[0].1 += 1;
                     }
                 }
+                Op::Child { arg, named, .. } => {
+                    if rename {
+                        *named = !*named;
+                    } else {
+                        *arg += 1;
+                    }
+                }
                 other => {
                     *other = Op::Activity {
                         name: 3,
@@ -462,7 +570,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn crashing_anywhere_changes_nothing(program in program(), seed in any::<u64>(), mask in any::<u64>()) {
+    fn crashing_anywhere_changes_nothing(program in program(true), seed in any::<u64>(), mask in any::<u64>()) {
         let straight = run(&program, seed, Crashes::Never);
         let always = run(&program, seed, Crashes::Always);
         prop_assert_eq!(&straight, &always);
@@ -479,7 +587,7 @@ proptest! {
     }
 
     #[test]
-    fn a_changed_program_is_caught_at_the_first_divergence(program in program(), seed in any::<u64>(), m in mutation()) {
+    fn a_changed_program_is_caught_at_the_first_divergence(program in program(false), seed in any::<u64>(), m in mutation()) {
         let original = run(&program, seed, Crashes::Never);
         let changed_program = mutate(&program, &m);
         let changed = run(&changed_program, seed, Crashes::Never);
@@ -506,5 +614,21 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_history_from_before_a_patch_replays_on_the_patched_code(program in program(true), seed in any::<u64>()) {
+        let old_program = before_patches(&program);
+        let old = run(&old_program, seed, Crashes::Never);
+        let mut history = old.history.clone();
+        history[0] = started_event("Script", 1, Payload::encode(&program).expect("encode"));
+        let mut machine = WorkflowMachine::new(workflow_type::<Script>(), "wf".into(), history)
+            .expect("well-formed");
+        let d = machine
+            .activate(Activation::new(Timestamp::from_millis(999_999), 5))
+            .expect("the old history replays on the patched code");
+        prop_assert!(d.events.is_empty(), "{:?}", d.events);
+        prop_assert_eq!(machine.outcome(), old.outcome);
+        prop_assert_eq!(machine.progress().state, old.state);
     }
 }
