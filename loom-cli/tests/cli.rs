@@ -401,6 +401,40 @@ fn the_demo_runs_every_example_to_completion() {
     );
     assert!(doc["timers_fired"].as_u64().expect("count") >= 2);
     assert_eq!(doc["signals_received"], 1);
+    // Each saga started one child: listed under its parent, shown by inspect both ways.
+    assert_eq!(doc["child_workflows"], 2);
+    let saga = doc["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(|id| id.as_str())
+        .find(|id| id.contains("ordersaga"))
+        .expect("a saga")
+        .to_owned();
+    let out = loom(dir.path())
+        .args(["list", "--parent", &saga, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let children = json_of(&out)["workflows"].clone();
+    assert_eq!(children.as_array().map(Vec::len), Some(1), "{children}");
+    assert_eq!(children[0]["name"], "Shipment");
+    assert_eq!(children[0]["parent"], saga.as_str());
+    let child = children[0]["id"].as_str().expect("an id").to_owned();
+    loom(dir.path())
+        .args(["inspect", &saga])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "child      {child} (Shipment,"
+        )));
+    loom(dir.path())
+        .args(["inspect", &child])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("parent     {saga}")));
     loom(dir.path())
         .args(["demo", "--orders", "1"])
         .timeout(Duration::from_secs(120))

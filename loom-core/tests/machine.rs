@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use loom_core::future::{join, join_all};
 use loom_core::{
-    Activity, ActivityContext, ActivityError, EventKind, Failure, LogLevel, Outcome, Payload,
-    ReplayError, Seq, Timestamp, Workflow, WorkflowContext, WorkflowError, workflow_type,
+    Activity, ActivityContext, ActivityError, ChildError, ChildId, EventKind, Failure, LogLevel,
+    Outcome, ParentClosePolicy, ParentRef, Payload, ReplayError, Seq, Timestamp, Workflow,
+    WorkflowContext, WorkflowError, workflow_type,
 };
 use serde::{Deserialize, Serialize};
 use support::{Driver, cancel, completed, fired, signal, started_event};
@@ -885,4 +886,215 @@ fn a_first_task_without_commands_is_marked_so_replay_logs_nothing_twice() {
     );
     // The marker is not a message anyone can send.
     assert!(!EventKind::WorkflowTaskCompleted {}.is_message());
+}
+
+// ---- child workflows ----
+
+/// The child the parents below start; loom-core never runs it, only records it.
+struct Kid;
+impl Workflow for Kid {
+    const NAME: &'static str = "Kid";
+    type Input = u32;
+    type State = ();
+    type Output = u32;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u32, WorkflowError> {
+        Ok(*ctx.input() + 1)
+    }
+}
+
+/// Starts two children, one with a derived id and one with a chosen id, and adds their
+/// outputs; a failed child is handled, a cancelled one is not.
+struct Parent;
+impl Workflow for Parent {
+    const NAME: &'static str = "Parent";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let first = ctx.child::<Kid>(1);
+        let second = ctx
+            .child::<Kid>(2)
+            .with_id("chosen")
+            .with_parent_close(ParentClosePolicy::Abandon);
+        let (a, b) = join(first, second).await;
+        let b = match b {
+            Ok(v) => v.to_string(),
+            Err(ChildError::Failed { failure, .. }) => format!("failed: {}", failure.kind),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(format!("{} and {b}", a?))
+    }
+}
+
+fn child_ended(seq: u64, output: u32) -> EventKind {
+    EventKind::ChildWorkflowCompleted {
+        child: ChildId(Seq::new(seq)),
+        output: Payload::encode(&output).expect("encode"),
+    }
+}
+
+#[test]
+fn children_are_started_with_derived_or_chosen_ids_and_their_ends_reach_the_code() {
+    let mut d = Driver::start::<Parent>(&());
+    let first = d.ok(vec![]);
+    let started: Vec<_> = first
+        .events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::ChildWorkflowScheduled {
+                name,
+                workflow_id,
+                parent_close,
+                ..
+            } => (name.clone(), workflow_id.to_string(), *parent_close),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        started,
+        vec![
+            (
+                "Kid".to_owned(),
+                "wf-1/2".to_owned(),
+                ParentClosePolicy::RequestCancel
+            ),
+            (
+                "Kid".to_owned(),
+                "chosen".to_owned(),
+                ParentClosePolicy::Abandon
+            ),
+        ]
+    );
+    let progress = d.machine().progress();
+    assert_eq!(progress.pending_children.len(), 2);
+    assert_eq!(progress.pending_children[1].workflow_id.as_str(), "chosen");
+    // A report for a child never started, and a second report for one, are dropped.
+    let d2 = d.ok(vec![
+        child_ended(9, 0),
+        child_ended(2, 20),
+        child_ended(2, 21),
+    ]);
+    assert_eq!(d2.dropped.len(), 2, "{:?}", d2.dropped);
+    assert!(d2.dropped[0].1.contains("never started"));
+    assert!(d2.dropped[1].1.contains("already ended"));
+    d.crash();
+    let failed = EventKind::ChildWorkflowFailed {
+        child: ChildId(Seq::new(3)),
+        failure: Failure::non_retryable("already_exists", "taken"),
+    };
+    d.feed(vec![failed]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&"20 and failed: already_exists").expect("encode")
+        })
+    );
+    assert!(d.machine().progress().pending_children.is_empty());
+}
+
+#[test]
+fn a_changed_child_is_a_nondeterminism_error() {
+    let mut d = Driver::start::<Parent>(&());
+    d.feed(vec![]);
+    // The recorded child was started with input 1; the code now starts it with another.
+    let mut history = d.history.clone();
+    if let EventKind::ChildWorkflowScheduled { input, .. } = &mut history[1].kind {
+        *input = Payload::encode(&7u32).expect("encode");
+    }
+    let mut replay = Driver::with_history(workflow_type::<Parent>(), history);
+    let err = replay.step(vec![]).expect_err("the input changed");
+    let nd = err.nondeterminism().expect("non-determinism");
+    assert_eq!(nd.seq, Seq::new(2));
+}
+
+/// Waits for a child; a cancel of the parent resolves the wait.
+struct Waits;
+impl Workflow for Waits {
+    const NAME: &'static str = "Waits";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        match ctx.child::<Kid>(1).await {
+            Err(ChildError::ParentCancelled { workflow_id }) => {
+                assert_eq!(workflow_id.as_str(), "wf-1/2");
+                Err(WorkflowError::Cancelled)
+            }
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+}
+
+#[test]
+fn cancelling_a_parent_resolves_its_wait_for_a_child_and_the_child_is_left_to_its_policy() {
+    let mut d = Driver::start::<Waits>(&());
+    d.feed(vec![]);
+    let decided = d.ok(vec![cancel()]);
+    assert!(matches!(
+        decided.events.last().map(|e| &e.kind),
+        Some(EventKind::WorkflowCancelled {})
+    ));
+    // The child is still open: the store applies its parent-close policy on this commit.
+    let open = d.machine().progress().pending_children;
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].parent_close, ParentClosePolicy::RequestCancel);
+}
+
+#[test]
+fn a_child_id_no_store_can_hold_is_an_error_without_a_command() {
+    struct BadId;
+    impl Workflow for BadId {
+        const NAME: &'static str = "BadId";
+        type Input = ();
+        type State = ();
+        type Output = String;
+        async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+            match ctx.child::<Kid>(1).with_id("").await {
+                Err(ChildError::Failed { failure, .. }) => Ok(failure.kind),
+                other => Ok(format!("{other:?}")),
+            }
+        }
+    }
+    let mut d = Driver::start::<BadId>(&());
+    let decided = d.ok(vec![]);
+    assert_eq!(d.kinds(), vec!["WorkflowStarted", "WorkflowCompleted"]);
+    assert!(matches!(
+        &decided.events[0].kind,
+        EventKind::WorkflowCompleted { output } if output.as_json() == "bad_input"
+    ));
+}
+
+#[test]
+fn a_child_knows_its_parent_from_its_first_event() {
+    struct WhoIsMyParent;
+    impl Workflow for WhoIsMyParent {
+        const NAME: &'static str = "WhoIsMyParent";
+        type Input = ();
+        type State = ();
+        type Output = String;
+        async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+            Ok(ctx
+                .parent()
+                .map_or("none".into(), |p| format!("{}/{}", p.workflow_id, p.child)))
+        }
+    }
+    let mut started = started_event("WhoIsMyParent", 1, Payload::NULL);
+    if let EventKind::WorkflowStarted { parent, .. } = &mut started.kind {
+        *parent = Some(ParentRef {
+            workflow_id: "order-1".into(),
+            child: ChildId(Seq::new(6)),
+        });
+    }
+    let mut d = Driver::with_history(workflow_type::<WhoIsMyParent>(), vec![started]);
+    d.feed(vec![]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&"order-1/child#6").expect("encode")
+        })
+    );
+    assert_eq!(
+        d.machine().progress().parent.map(|p| p.child),
+        Some(ChildId(Seq::new(6)))
+    );
 }
