@@ -646,7 +646,9 @@ fn workflows_lists_the_examples() {
             "FlakyCharge",
             "Greeting",
             "OrderProcessing",
-            "Reminder"
+            "OrderSaga",
+            "Reminder",
+            "Shipment"
         ]
     );
 }

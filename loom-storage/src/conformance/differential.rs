@@ -2,7 +2,8 @@
 //! against [`MemoryStorage`](crate::MemoryStorage), both on one manual clock, must give the
 //! same answers and leave the same state.
 //!
-//! A sequence creates a few workflows and then claims, commits (with generated events, eager
+//! A sequence creates a few workflows and then claims, commits (with generated events, child
+//! workflows started, reported to their parents and cancelled by their parents' close, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -21,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    ActivityOptions, Event, EventKind, Failure, HISTORY_FORMAT, LogLevel, LogRecord, Payload, Seq,
-    Timestamp, WorkflowId,
+    ActivityOptions, ChildId, Event, EventKind, Failure, HISTORY_FORMAT, LogLevel, LogRecord,
+    ParentClosePolicy, Payload, PendingChild, Progress, Seq, Timestamp, WorkflowId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -82,6 +83,9 @@ pub enum NewEvent {
     Fail,
     /// `WorkflowCancelled`.
     Cancel,
+    /// `ChildWorkflowScheduled` of workflow `n` (which may exist already), abandoned or not
+    /// when the parent ends.
+    StartChild(u8, bool),
 }
 
 /// What an activity attempt reports.
@@ -150,6 +154,7 @@ fn new_event() -> impl Strategy<Value = NewEvent> {
         1 => Just(NewEvent::Complete),
         1 => Just(NewEvent::Fail),
         1 => Just(NewEvent::Cancel),
+        2 => (0..WORKFLOWS, any::<bool>()).prop_map(|(n, a)| NewEvent::StartChild(n, a)),
     ]
 }
 
@@ -365,10 +370,62 @@ impl Run {
                         failure: Failure::new("boom", "it failed"),
                     },
                     NewEvent::Cancel => EventKind::WorkflowCancelled {},
+                    NewEvent::StartChild(n, abandon) => EventKind::ChildWorkflowScheduled {
+                        name: "Child".into(),
+                        version: 1,
+                        workflow_id: wid(*n),
+                        input: Payload::encode(&seq.get()).unwrap_or(Payload::NULL),
+                        parent_close: if *abandon {
+                            ParentClosePolicy::Abandon
+                        } else {
+                            ParentClosePolicy::RequestCancel
+                        },
+                    },
                 };
                 Event { seq, at: now, kind }
             })
             .collect()
+    }
+
+    /// What a runtime would report with a decision about `workflow`, as far as the rules for
+    /// children read it: its parent, from its first event as this store holds it, and the
+    /// children `events` start (each claimed as open, whoever holds its id).
+    async fn family(&self, workflow: &WorkflowId, events: &[Event]) -> Progress {
+        let parent = match self.store.load_history(workflow, Seq::ZERO).await {
+            Ok(h) => h.into_iter().next().and_then(|e| match e.kind {
+                EventKind::WorkflowStarted { parent, .. } => parent,
+                _ => None,
+            }),
+            Err(_) => None,
+        };
+        let pending_children = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::ChildWorkflowScheduled {
+                    name,
+                    workflow_id,
+                    parent_close,
+                    ..
+                } => Some(PendingChild {
+                    id: ChildId(e.seq),
+                    workflow_id: workflow_id.clone(),
+                    name: name.clone(),
+                    parent_close: *parent_close,
+                }),
+                _ => None,
+            })
+            .collect();
+        Progress {
+            current_step: None,
+            state: Payload::NULL,
+            pending_activities: Vec::new(),
+            pending_timers: Vec::new(),
+            pending_children,
+            parent,
+            awaiting_signals: Vec::new(),
+            buffered_signals: BTreeMap::new(),
+            outcome: None,
+        }
     }
 
     fn claim(&self, max: u8, lease: Span) -> ClaimRequest {
@@ -441,17 +498,19 @@ impl Run {
                 let Some(task) = self.take_workflow(*i) else {
                     return;
                 };
+                let events = self.events(task.last_seq, new);
+                let progress = self.family(&task.workflow_id, &events).await;
                 let c = WorkflowTaskCompletion {
                     lease: task.lease,
                     workflow_id: task.workflow_id.clone(),
                     expected_last_seq: task.last_seq,
-                    events: self.events(task.last_seq, new),
+                    events,
                     consumed: if *consume {
                         task.messages.iter().map(|m| m.id).collect()
                     } else {
                         Vec::new()
                     },
-                    progress: None,
+                    progress: Some(progress),
                     logs: vec![LogRecord {
                         seq: task.last_seq,
                         at: at(&self.clock),
@@ -532,12 +591,13 @@ impl Run {
                             kind: result.clone(),
                         }];
                         events.extend(self.events(last.next(), new));
+                        let progress = self.family(&task.workflow_id, &events).await;
                         AfterActivity::Decide {
                             decided: Box::new(DecidedTask {
                                 workflow_id: task.workflow_id.clone(),
                                 expected_last_seq: last,
                                 events,
-                                progress: None,
+                                progress: Some(progress),
                                 logs: Vec::new(),
                             }),
                             claim: self.claim(1, Span::Long),
@@ -663,7 +723,7 @@ impl Run {
                 for s in summaries {
                     let ms = |t: Timestamp| t.as_millis() - START.as_millis();
                     self.line(format!(
-                        "{} {} v{} {} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?}",
+                        "{} {} v{} {} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?} parent={:?}",
                         s.id,
                         s.name,
                         s.version,
@@ -674,7 +734,8 @@ impl Run {
                         s.last_seq,
                         s.output,
                         s.failure,
-                        s.pause_reason
+                        s.pause_reason,
+                        s.parent
                     ));
                     match self.store.load_history(&s.id, Seq::ZERO).await {
                         Ok(h) => {
