@@ -44,6 +44,7 @@
 //!         version: 1,
 //!         input: Payload::encode(&500u64).unwrap(),
 //!         format: HISTORY_FORMAT,
+//!         parent: None,
 //!     },
 //! };
 //! let mut history = vec![started];

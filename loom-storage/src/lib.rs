@@ -42,6 +42,7 @@
 //!         version: 1,
 //!         input: Payload::encode("Ada").unwrap(),
 //!         format: HISTORY_FORMAT,
+//!         parent: None,
 //!     },
 //! };
 //! store.create_workflow(&WorkflowId::new("greet-1"), started).await.unwrap();

@@ -26,6 +26,7 @@
 //!         version: 1,
 //!         input: Payload::NULL,
 //!         format: HISTORY_FORMAT,
+//!         parent: None,
 //!     },
 //! };
 //! let ws = engine::create(&WorkflowId::new("greet-1"), started).unwrap();
