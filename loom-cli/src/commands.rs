@@ -624,7 +624,7 @@ async fn demo(
     json: bool,
 ) -> Result<ExitCode, Fail> {
     use crate::examples::{
-        Approval, FanOut, FlakyCharge, Greeting, OrderProcessing, OrderSaga, Reminder,
+        Approval, FanOut, FastestQuote, FlakyCharge, Greeting, OrderProcessing, OrderSaga, Reminder,
     };
     use loom_core::Workflow;
 
@@ -694,6 +694,7 @@ async fn demo(
         )
         .await?,
     );
+    ids.push(start(FastestQuote::NAME, 0, json!({"item": "lamp"})).await?);
     let approved = start(
         Approval::NAME,
         0,

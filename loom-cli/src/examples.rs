@@ -10,10 +10,11 @@
 //! | `FanOut` | `{"n"}` | `n` activities in parallel, output their sum |
 //! | `OrderSaga` | `{"order_id", "warehouse", "courier_wait_secs"}` | a saga: reserve, charge, ship through a child workflow, and undo in reverse order if shipping fails |
 //! | `Shipment` | the same | the child: waits for the courier (a durable sleep), then ships; the warehouse `empty` has nothing to ship |
+//! | `FastestQuote` | `{"item"}` | asks two suppliers at once and takes the first answer; the slower request is cancelled and stops |
 
 use std::time::Duration;
 
-use loom_core::future::join_all;
+use loom_core::future::{Either, join_all, select};
 use loom_core::{
     Activity, ActivityContext, ActivityOptions, ChildError, Failure, Registry, RetryPolicy,
     Workflow, WorkflowContext, WorkflowError,
@@ -38,6 +39,7 @@ pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
         .add_workflow::<FanOut>()?
         .add_workflow::<OrderSaga>()?
         .add_workflow::<Shipment>()?
+        .add_workflow::<FastestQuote>()?
         .add_activity(ProcessPayment)?
         .add_activity(SendConfirmation)?
         .add_activity(Greet)?
@@ -45,7 +47,8 @@ pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
         .add_activity(SendReminder)?
         .add_activity(Charge)?
         .add_activity(Compute)?
-        .add_activity(SagaStep)?;
+        .add_activity(SagaStep)?
+        .add_activity(Quote)?;
     Ok(())
 }
 
@@ -477,5 +480,63 @@ impl Activity for SagaStep {
     async fn run(&self, _: ActivityContext, what: String) -> Result<String, Failure> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         Ok(format!("done: {what}"))
+    }
+}
+
+// ---- FastestQuote ----
+
+/// The input of `FastestQuote`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuoteRequest {
+    /// What to price.
+    pub item: String,
+}
+
+/// Asks two suppliers for a price at once and takes the first answer (a hedged request).
+/// The slower request loses the `select`: dropping its future cancels the activity, and its
+/// running attempt is told through its context and stops.
+pub struct FastestQuote;
+
+impl Workflow for FastestQuote {
+    const NAME: &'static str = "FastestQuote";
+    type Input = QuoteRequest;
+    type State = ();
+    type Output = String;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let item = ctx.input().item.clone();
+        let north = ctx.activity::<Quote>(("north".into(), item.clone()));
+        let south = ctx.activity::<Quote>(("south".into(), item.clone()));
+        let (supplier, price) = match select(north, south).await {
+            Either::Left((price, _)) => ("north", price?),
+            Either::Right((price, _)) => ("south", price?),
+        };
+        Ok(format!("{supplier} quotes {price} for {item}"))
+    }
+}
+
+/// A supplier's price (simulated): `north` answers at once, `south` takes ten seconds unless
+/// its attempt is cancelled first.
+pub struct Quote;
+
+impl Activity for Quote {
+    const NAME: &'static str = "quote";
+    type Input = (String, String);
+    type Output = u64;
+
+    async fn run(
+        &self,
+        ctx: ActivityContext,
+        (supplier, item): (String, String),
+    ) -> Result<u64, Failure> {
+        let wait = if supplier == "north" {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_secs(10)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(40 + item.len() as u64),
+            () = ctx.cancelled() => Err(Failure::new("cancelled", "the quote is no longer wanted")),
+        }
     }
 }

@@ -643,6 +643,7 @@ fn workflows_lists_the_examples() {
         [
             "Approval",
             "FanOut",
+            "FastestQuote",
             "FlakyCharge",
             "Greeting",
             "OrderProcessing",

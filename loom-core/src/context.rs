@@ -467,6 +467,7 @@ impl<O: DeserializeOwned> Future for ActivityCall<O> {
         }
         if shared.cancel_epoch > epoch {
             this.wait = Wait::Done;
+            shared.cancel_activity(id);
             return Poll::Ready(Err(ActivityError::Cancelled {
                 activity: this.name.clone(),
             }));
@@ -586,6 +587,15 @@ impl<O: DeserializeOwned> Future for ChildCall<O> {
     }
 }
 
+impl<O> Drop for ActivityCall<O> {
+    /// A call dropped while it waits (the loser of a `select`) cancels its activity.
+    fn drop(&mut self) {
+        if let Wait::Waiting { id, .. } = self.wait {
+            self.shared.lock().cancel_activity(id);
+        }
+    }
+}
+
 enum TimerSpec {
     After(Duration),
     Until(Timestamp),
@@ -644,10 +654,21 @@ impl Future for Sleep {
         }
         if shared.cancel_epoch > epoch {
             this.wait = Wait::Done;
+            shared.cancel_timer(id);
             return Poll::Ready(Err(WorkflowError::Cancelled));
         }
         shared.wakers.push(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    /// A timer dropped while it waits (the loser of a `select`, the timer of
+    /// `wait_signal_timeout`) is cancelled: it never wakes the workflow.
+    fn drop(&mut self) {
+        if let Wait::Waiting { id, .. } = self.wait {
+            self.shared.lock().cancel_timer(id);
+        }
     }
 }
 

@@ -26,7 +26,16 @@ use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, Workfl
 /// The history format this build writes. Recorded in every `WorkflowStarted` event so that a
 /// later change to how histories are encoded or replayed can keep old histories replaying
 /// exactly as they were written. Numbers are never reused.
-pub const HISTORY_FORMAT: u32 = 1;
+///
+/// - 1: the first format.
+/// - 2: a timer or activity whose future is dropped while it waits (the loser of a `select`,
+///   the timer of `wait_signal_timeout`), or whose wait a cancel request ends, is cancelled
+///   with a `TimerCancelled` or `ActivityCancelled` command. Runs of format 1 issue neither,
+///   so their histories replay as written.
+pub const HISTORY_FORMAT: u32 = 2;
+
+/// The first history format in which dropped timers and activities are cancelled.
+pub const FORMAT_CANCELS_DROPPED_WORK: u32 = 2;
 
 /// One entry of a workflow's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -192,6 +201,18 @@ pub enum EventKind {
         /// Which child.
         child: ChildId,
     },
+    /// The code stopped waiting for a timer that had not fired: it never wakes the workflow.
+    TimerCancelled {
+        /// Which timer.
+        timer_id: TimerId,
+    },
+    /// The code stopped waiting for an activity that had not ended: an attempt not yet
+    /// started never runs, a running one is told through its context, and a result that
+    /// arrives anyway is dropped.
+    ActivityCancelled {
+        /// Which activity.
+        activity_id: ActivityId,
+    },
     /// A durable timer fired.
     TimerFired {
         /// Which timer.
@@ -277,6 +298,8 @@ impl EventKind {
             | EventKind::StateUpdated { .. }
             | EventKind::ActivityScheduled { .. }
             | EventKind::TimerScheduled { .. }
+            | EventKind::TimerCancelled { .. }
+            | EventKind::ActivityCancelled { .. }
             | EventKind::ChildWorkflowScheduled { .. }
             | EventKind::ValueRecorded { .. }
             | EventKind::PatchMarked { .. } => Role::Command,
@@ -301,6 +324,8 @@ impl EventKind {
             EventKind::ActivityTimedOut { .. } => "ActivityTimedOut",
             EventKind::TimerScheduled { .. } => "TimerScheduled",
             EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::TimerCancelled { .. } => "TimerCancelled",
+            EventKind::ActivityCancelled { .. } => "ActivityCancelled",
             EventKind::ChildWorkflowScheduled { .. } => "ChildWorkflowScheduled",
             EventKind::ChildWorkflowCompleted { .. } => "ChildWorkflowCompleted",
             EventKind::ChildWorkflowFailed { .. } => "ChildWorkflowFailed",
@@ -374,6 +399,10 @@ impl EventKind {
                 value.kind_name() == v2.kind_name()
             }
             (K::PatchMarked { patch }, K::PatchMarked { patch: p2 }) => patch == p2,
+            (K::TimerCancelled { timer_id }, K::TimerCancelled { timer_id: t2 }) => timer_id == t2,
+            (K::ActivityCancelled { activity_id }, K::ActivityCancelled { activity_id: a2 }) => {
+                activity_id == a2
+            }
             (
                 K::ChildWorkflowScheduled {
                     name,
@@ -481,7 +510,10 @@ impl fmt::Display for EventKind {
                 Some(ms) => write!(f, "{name}(duration={ms}ms, fire_at={fire_at})"),
                 None => write!(f, "{name}(until={fire_at})"),
             },
-            EventKind::TimerFired { timer_id } => write!(f, "{name}({timer_id})"),
+            EventKind::TimerFired { timer_id } | EventKind::TimerCancelled { timer_id } => {
+                write!(f, "{name}({timer_id})")
+            }
+            EventKind::ActivityCancelled { activity_id } => write!(f, "{name}({activity_id})"),
             EventKind::ChildWorkflowScheduled {
                 name: child,
                 workflow_id,

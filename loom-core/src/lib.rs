@@ -41,7 +41,8 @@ pub mod workflow;
 
 pub use context::{ActivityCall, ChildCall, Logger, SignalWait, Sleep, WorkflowContext};
 pub use event::{
-    Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef, RecordedValue, Role,
+    Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef,
+    RecordedValue, Role,
 };
 pub use failure::{ActivityError, ChildError, Failure, WorkflowError};
 pub use machine::{
@@ -51,8 +52,8 @@ pub use machine::{
 pub use options::{ActivityOptions, ChildOptions, ParentClosePolicy, RetryPolicy};
 pub use types::{ActivityId, ChildId, Payload, PayloadError, Seq, TimerId, Timestamp, WorkflowId};
 pub use workflow::{
-    Activity, ActivityContext, ActivityInfo, BoxFuture, DynActivity, DynWorkflow, Registry,
-    RegistryError, RunFuture, Workflow, activity_type, workflow_type,
+    Activity, ActivityContext, ActivityInfo, BoxFuture, CancelFlag, Cancelled, DynActivity,
+    DynWorkflow, Registry, RegistryError, RunFuture, Workflow, activity_type, workflow_type,
 };
 
 /// Deterministic combinators for awaiting several workflow futures at once.

@@ -75,7 +75,10 @@ use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventKind, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef, Role};
+use crate::event::{
+    Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef,
+    Role,
+};
 use crate::failure::{ActivityError, ChildError, Failure, WorkflowError};
 use crate::options::ParentClosePolicy;
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
@@ -416,7 +419,7 @@ impl WorkflowMachine {
             pending_activities: inner
                 .activities
                 .iter()
-                .filter(|(_, a)| a.outcome.is_none())
+                .filter(|(_, a)| a.outcome.is_none() && !a.cancelled)
                 .map(|(id, a)| PendingActivity {
                     id: *id,
                     name: a.name.clone(),
@@ -426,7 +429,7 @@ impl WorkflowMachine {
             pending_timers: inner
                 .timers
                 .iter()
-                .filter(|(_, t)| !t.fired)
+                .filter(|(_, t)| !t.fired && !t.cancelled)
                 .map(|(id, t)| PendingTimer {
                     id: *id,
                     fire_at: t.fire_at,
@@ -590,7 +593,11 @@ impl WorkflowMachine {
                 code: self.def.version(),
             });
         }
-        self.shared.lock().parent = parent.clone();
+        {
+            let mut inner = self.shared.lock();
+            inner.parent = parent.clone();
+            inner.cancels_dropped_work = *format >= FORMAT_CANCELS_DROPPED_WORK;
+        }
         match self.def.start(self.id.clone(), input, self.shared.clone()) {
             Ok(run) => self.run = Some(run),
             Err(e) => {
@@ -709,6 +716,7 @@ impl Shared {
             timers: BTreeMap::new(),
             children: BTreeMap::new(),
             parent: None,
+            cancels_dropped_work: false,
             signals: BTreeMap::new(),
             awaiting_signals: BTreeSet::new(),
             wakers: Vec::new(),
@@ -739,11 +747,15 @@ pub(crate) struct ActivitySlot {
     pub(crate) name: String,
     pub(crate) attempts: u32,
     pub(crate) outcome: Option<Result<Payload, ActivityError>>,
+    /// The code stopped waiting for it (`ActivityCancelled`).
+    pub(crate) cancelled: bool,
 }
 
 pub(crate) struct TimerSlot {
     pub(crate) fire_at: Timestamp,
     pub(crate) fired: bool,
+    /// The code stopped waiting for it (`TimerCancelled`).
+    pub(crate) cancelled: bool,
 }
 
 pub(crate) struct ChildSlot {
@@ -768,6 +780,9 @@ pub(crate) struct Inner {
     pub(crate) timers: BTreeMap<TimerId, TimerSlot>,
     pub(crate) children: BTreeMap<ChildId, ChildSlot>,
     pub(crate) parent: Option<ParentRef>,
+    /// The run's history format cancels the timers and activities the code stops waiting for
+    /// ([`FORMAT_CANCELS_DROPPED_WORK`]).
+    pub(crate) cancels_dropped_work: bool,
     pub(crate) signals: BTreeMap<String, VecDeque<Payload>>,
     pub(crate) awaiting_signals: BTreeSet<String>,
     pub(crate) wakers: Vec<Waker>,
@@ -839,6 +854,7 @@ impl Inner {
                     name: name.clone(),
                     attempts: 0,
                     outcome: None,
+                    cancelled: false,
                 };
                 self.activities.insert(ActivityId(seq), slot);
             }
@@ -846,8 +862,19 @@ impl Inner {
                 let slot = TimerSlot {
                     fire_at: *fire_at,
                     fired: false,
+                    cancelled: false,
                 };
                 self.timers.insert(TimerId(seq), slot);
+            }
+            EventKind::TimerCancelled { timer_id } => {
+                if let Some(t) = self.timers.get_mut(timer_id) {
+                    t.cancelled = true;
+                }
+            }
+            EventKind::ActivityCancelled { activity_id } => {
+                if let Some(a) = self.activities.get_mut(activity_id) {
+                    a.cancelled = true;
+                }
             }
             EventKind::ChildWorkflowScheduled {
                 name,
@@ -888,6 +915,7 @@ impl Inner {
     /// Whether an input makes sense now: results only for open activities and timers.
     fn check_input(&self, kind: &EventKind) -> Result<(), String> {
         let open_activity = |id: &ActivityId| match self.activities.get(id) {
+            Some(slot) if slot.cancelled => Err(format!("{id} was cancelled")),
             Some(slot) if slot.outcome.is_none() => Ok(()),
             Some(_) => Err(format!("{id} has already ended")),
             None => Err(format!("{id} was never scheduled")),
@@ -897,6 +925,7 @@ impl Inner {
             | EventKind::ActivityFailed { activity_id, .. }
             | EventKind::ActivityTimedOut { activity_id, .. } => open_activity(activity_id),
             EventKind::TimerFired { timer_id } => match self.timers.get(timer_id) {
+                Some(t) if t.cancelled => Err(format!("{timer_id} was cancelled")),
                 Some(t) if !t.fired => Ok(()),
                 Some(_) => Err(format!("{timer_id} has already fired")),
                 None => Err(format!("{timer_id} was never started")),
@@ -1002,6 +1031,30 @@ impl Inner {
                 self.cancel_epoch += 1;
             }
             _ => {}
+        }
+    }
+
+    /// The code stopped waiting for activity `id`: cancels it if it is still open and the
+    /// run's format cancels dropped work.
+    pub(crate) fn cancel_activity(&mut self, id: ActivityId) {
+        let open = self
+            .activities
+            .get(&id)
+            .is_some_and(|a| a.outcome.is_none() && !a.cancelled);
+        if open && self.cancels_dropped_work {
+            self.command(EventKind::ActivityCancelled { activity_id: id });
+        }
+    }
+
+    /// The code stopped waiting for timer `id`: cancels it if it has not fired and the run's
+    /// format cancels dropped work.
+    pub(crate) fn cancel_timer(&mut self, id: TimerId) {
+        let open = self
+            .timers
+            .get(&id)
+            .is_some_and(|t| !t.fired && !t.cancelled);
+        if open && self.cancels_dropped_work {
+            self.command(EventKind::TimerCancelled { timer_id: id });
         }
     }
 

@@ -6,7 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -95,6 +97,64 @@ pub trait Activity: Send + Sync + 'static {
 pub struct ActivityContext {
     info: ActivityInfo,
     heartbeat: Option<Arc<dyn Fn(Option<Payload>) + Send + Sync>>,
+    cancel: Arc<CancelFlag>,
+}
+
+/// Whether an activity attempt still counts, set by the runtime when it does not: the
+/// workflow cancelled the activity (it lost a `select`, the workflow was cancelled), or the
+/// attempt's lease was lost. The attempt's result will be refused either way; it should stop.
+#[derive(Debug, Default)]
+pub struct CancelFlag {
+    set: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl CancelFlag {
+    /// A flag not set.
+    pub fn new() -> Arc<Self> {
+        Arc::new(CancelFlag::default())
+    }
+
+    /// Sets the flag and wakes whoever awaits it.
+    pub fn cancel(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        let wakers =
+            std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether the flag is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+}
+
+/// The future of [`ActivityContext::cancelled`].
+#[derive(Debug)]
+#[must_use = "a future does nothing until awaited"]
+pub struct Cancelled(Arc<CancelFlag>);
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.is_cancelled() {
+            return Poll::Ready(());
+        }
+        self.0
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(cx.waker().clone());
+        // Set between the check and the push: do not miss it.
+        if self.0.is_cancelled() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Identifies one activity attempt.
@@ -116,7 +176,30 @@ impl ActivityContext {
         info: ActivityInfo,
         heartbeat: Option<Arc<dyn Fn(Option<Payload>) + Send + Sync>>,
     ) -> Self {
-        ActivityContext { info, heartbeat }
+        ActivityContext {
+            info,
+            heartbeat,
+            cancel: CancelFlag::new(),
+        }
+    }
+
+    /// This context, told of cancellation through `flag`.
+    pub fn with_cancel(mut self, flag: Arc<CancelFlag>) -> Self {
+        self.cancel = flag;
+        self
+    }
+
+    /// Whether the attempt no longer counts: the workflow cancelled the activity, or the
+    /// attempt's lease was lost. The runtime learns it when it renews the lease (every third
+    /// of the lease); an activity that runs long checks it, or awaits
+    /// [`cancelled`](Self::cancelled), between its steps, and stops.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the attempt no longer counts (see [`is_cancelled`](Self::is_cancelled)).
+    pub fn cancelled(&self) -> Cancelled {
+        Cancelled(self.cancel.clone())
     }
 
     /// Which attempt this is.

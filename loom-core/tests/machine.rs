@@ -1098,3 +1098,148 @@ fn a_child_knows_its_parent_from_its_first_event() {
         Some(ChildId(Seq::new(6)))
     );
 }
+
+// ---- cancelling the timers and activities the code stops waiting for ----
+
+#[test]
+fn the_timer_of_a_signal_wait_is_cancelled_when_the_signal_wins_and_never_wakes_the_run() {
+    let mut d = Driver::start::<Approval>(&60);
+    d.feed(vec![]);
+    let nap = d.timer(0);
+    d.feed(vec![fired(nap)]);
+    let timeout = d.timer(1);
+    d.feed(vec![signal("approve", true)]);
+    let tail: Vec<_> = d.kinds().into_iter().rev().take(3).collect();
+    assert_eq!(
+        tail,
+        ["WorkflowCompleted", "TimerCancelled", "SignalReceived"],
+        "{:?}",
+        d.kinds()
+    );
+    assert_eq!(
+        d.history[d.history.len() - 2].kind,
+        EventKind::TimerCancelled { timer_id: timeout }
+    );
+    // Replayed on a fresh machine, the same command is issued at the same place.
+    d.crash();
+    let replayed = d.ok(vec![]);
+    assert!(replayed.events.is_empty());
+}
+
+/// Waits for a signal or an hour, whichever comes first, then sleeps on.
+struct Patient;
+impl Workflow for Patient {
+    const NAME: &'static str = "Patient";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        ctx.wait_signal_timeout::<()>("go", Duration::from_secs(3_600))
+            .await?;
+        ctx.sleep(Duration::from_secs(60)).await
+    }
+}
+
+#[test]
+fn a_cancelled_timer_that_fires_anyway_is_dropped_and_not_pending() {
+    let mut d = Driver::start::<Patient>(&());
+    d.feed(vec![]);
+    let hour = d.timer(0);
+    d.feed(vec![signal("go", ())]);
+    let pending: Vec<_> = d
+        .machine()
+        .progress()
+        .pending_timers
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(pending, vec![d.timer(1)], "only the minute's timer waits");
+    let late = d.ok(vec![fired(hour)]);
+    assert!(late.events.is_empty());
+    assert!(
+        late.dropped[0].1.contains("was cancelled"),
+        "{:?}",
+        late.dropped
+    );
+    assert_eq!(d.machine().outcome(), None, "the run sleeps on");
+}
+
+#[test]
+fn the_loser_of_a_race_is_cancelled_and_its_late_result_dropped() {
+    let mut d = Driver::start::<Race>(&());
+    d.feed(vec![]);
+    let (call, timer) = (d.activity(0), d.timer(0));
+    d.feed(vec![fired(timer)]);
+    assert!(
+        d.history
+            .iter()
+            .any(|e| e.kind == EventKind::ActivityCancelled { activity_id: call }),
+        "{:?}",
+        d.kinds()
+    );
+    let late = d.ok(vec![completed(call, true)]);
+    assert!(late.events.is_empty());
+    assert_eq!(late.dropped.len(), 1, "the run has ended");
+    // The other way round: the activity wins, the timer is cancelled.
+    let mut d = Driver::start::<Race>(&());
+    d.feed(vec![]);
+    let (call, timer) = (d.activity(0), d.timer(0));
+    d.feed(vec![completed(call, true)]);
+    assert!(
+        d.history
+            .iter()
+            .any(|e| e.kind == EventKind::TimerCancelled { timer_id: timer })
+    );
+}
+
+#[test]
+fn a_cancel_request_cancels_the_timer_it_interrupts() {
+    let mut d = Driver::start::<CancelMeLater>(&());
+    d.feed(vec![]);
+    let timer = d.timer(0);
+    d.feed(vec![cancel()]);
+    assert_eq!(
+        d.kinds()[2..],
+        ["CancelRequested", "TimerCancelled", "WorkflowCancelled"]
+    );
+    assert_eq!(
+        d.history[3].kind,
+        EventKind::TimerCancelled { timer_id: timer }
+    );
+}
+
+/// Sleeps a day; a cancel ends it.
+struct CancelMeLater;
+impl Workflow for CancelMeLater {
+    const NAME: &'static str = "CancelMeLater";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        ctx.sleep(Duration::from_secs(86_400)).await
+    }
+}
+
+#[test]
+fn a_run_of_the_first_history_format_cancels_nothing_so_its_history_replays_as_written() {
+    let mut started = started_event("Approval", 1, Payload::encode(&60u64).expect("encode"));
+    if let EventKind::WorkflowStarted { format, .. } = &mut started.kind {
+        *format = 1;
+    }
+    let mut d = Driver::with_history(workflow_type::<Approval>(), vec![started]);
+    d.feed(vec![]);
+    let nap = d.timer(0);
+    d.feed(vec![fired(nap)]);
+    d.feed(vec![signal("approve", true)]);
+    assert!(
+        !d.kinds().contains(&"TimerCancelled"),
+        "format 1 issues no cancel: {:?}",
+        d.kinds()
+    );
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode("approved").expect("encode")
+        })
+    );
+}

@@ -5,7 +5,8 @@
 //! derived and chosen ids, versioned branches, handled and unhandled failures) runs as a
 //! workflow in a simulated environment (activity attempts that fail and retry, children that
 //! complete, fail or are cancelled, time that advances, signals sent before and after the code
-//! waits, duplicate deliveries, cancellation), seeded so that every run of the same case sees
+//! waits, duplicate deliveries, cancellation, timers and activities cancelled by the code whose
+//! messages are withdrawn or still delivered), seeded so that every run of the same case sees
 //! the same world.
 //!
 //! - **Crash equivalence:** the run is repeated crashing before every task, and crashing before
@@ -337,6 +338,21 @@ impl World {
                         timer_id: loom_core::TimerId(e.seq),
                     };
                     self.post(fire_at.as_millis(), kind);
+                }
+                // The store deletes what a cancelled timer or activity would deliver, unless a
+                // claim already holds it: then it is delivered and dropped by the machine.
+                EventKind::TimerCancelled { timer_id } if self.below(2) == 0 => {
+                    self.pending.retain(
+                        |p| !matches!(&p.2, EventKind::TimerFired { timer_id: t } if t == timer_id),
+                    );
+                }
+                EventKind::ActivityCancelled { activity_id } if self.below(2) == 0 => {
+                    self.pending.retain(|p| match &p.2 {
+                        EventKind::ActivityCompleted { activity_id: a, .. }
+                        | EventKind::ActivityFailed { activity_id: a, .. }
+                        | EventKind::ActivityTimedOut { activity_id: a, .. } => a != activity_id,
+                        _ => true,
+                    });
                 }
                 EventKind::ChildWorkflowScheduled { input, .. } => {
                     let child = ChildId(e.seq);

@@ -19,8 +19,10 @@
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
 --         a workflow [status, last_seq, parent], or the earliest message time; null for no
 --         row.
--- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table; "st" (settle the
---                                      workflow task at its earliest message) comes last
+-- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table; "up" (withdraw
+--                                      messages by kind) and "da" (delete an activity's task)
+--                                      come after posts; "st" (settle the workflow task at its
+--                                      earliest message) comes last
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
 -- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
@@ -341,6 +343,16 @@ BEGIN
                              ELSE at END)
                     WHERE kind = 0 AND workflow_id = wf;
                 END IF;
+            END IF;
+            -- Cancelled timers' messages and cancelled activities' tasks go before the task
+            -- settles at the earliest remaining message.
+            IF s ? 'up' THEN
+                DELETE FROM messages WHERE workflow_id = wf
+                  AND kind = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'up')));
+            END IF;
+            IF s ? 'da' THEN
+                DELETE FROM tasks WHERE workflow_id = wf AND kind = 1
+                  AND activity_id = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'da')::bigint));
             END IF;
             IF s ? 'cm' AND s ? 'st' THEN
                 -- The consumed messages go, and the task settles at the earliest of the rest

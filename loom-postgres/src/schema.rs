@@ -97,6 +97,8 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         "    WHERE parent_id IS NOT NULL;\n",
         include_str!("functions.sql")
     ),
+    // 5: cancelled timers and activities: messages withdrawn by kind, activity tasks deleted.
+    include_str!("functions.sql"),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

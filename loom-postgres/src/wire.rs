@@ -241,6 +241,14 @@ impl WriteStep {
                 true
             }
             Op::DeleteWork { .. } => self.set("dw", json!(true)),
+            Op::Unpost { kind, .. } => {
+                self.push("up", json!(encode(kind)?));
+                true
+            }
+            Op::DeleteActivity { activity, .. } => {
+                self.push("da", json!(n(activity.0.get())));
+                true
+            }
             Op::AppendLogs { logs, .. } => {
                 for l in logs {
                     self.push(

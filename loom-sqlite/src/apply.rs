@@ -330,6 +330,22 @@ impl Apply for Db<'_> {
         Ok(())
     }
 
+    fn unpost(&mut self, workflow: &WorkflowId, kind: &EventKind) -> Result<()> {
+        self.exec(
+            "DELETE FROM messages WHERE workflow_id = ?1 AND kind = ?2",
+            params![workflow.as_str(), encode(kind)?],
+        )?;
+        Ok(())
+    }
+
+    fn delete_activity(&mut self, workflow: &WorkflowId, activity: ActivityId) -> Result<()> {
+        self.exec(
+            "DELETE FROM tasks WHERE workflow_id = ?1 AND kind = 1 AND activity_id = ?2",
+            params![workflow.as_str(), seq_i64(activity.0)],
+        )?;
+        Ok(())
+    }
+
     fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()> {
         self.exec(
             "DELETE FROM messages WHERE workflow_id = ?1",

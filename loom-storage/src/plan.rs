@@ -137,6 +137,10 @@ pub struct TaskPlan {
     pub timers: Vec<NewTimer>,
     /// Child workflows to start.
     pub children: Vec<NewChild>,
+    /// Timers cancelled: their `TimerFired` messages are withdrawn.
+    pub cancelled_timers: Vec<TimerId>,
+    /// Activities cancelled: their tasks are deleted, running attempts included.
+    pub cancelled_activities: Vec<ActivityId>,
     /// Set when the batch ends the workflow: every other pending task and message of the
     /// workflow is then deleted.
     pub terminal: Option<Terminal>,
@@ -166,6 +170,10 @@ impl TaskPlan {
                     fire_at: *fire_at,
                     duration_ms: *duration_ms,
                 }),
+                EventKind::TimerCancelled { timer_id } => plan.cancelled_timers.push(*timer_id),
+                EventKind::ActivityCancelled { activity_id } => {
+                    plan.cancelled_activities.push(*activity_id);
+                }
                 EventKind::ChildWorkflowScheduled {
                     name,
                     version,

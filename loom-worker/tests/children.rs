@@ -11,11 +11,13 @@ use loom_core::{
     Activity, ActivityContext, ChildError, EventKind, Failure, ParentClosePolicy, Registry,
     Workflow, WorkflowContext, WorkflowError, WorkflowId,
 };
-use loom_sqlite::{SqliteOptions, SqliteStorage};
-use loom_storage::{ListQuery, MemoryStorage, Storage, WorkflowStatus};
+use loom_storage::{ListQuery, Storage, WorkflowStatus};
 use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+
+mod support;
+use support::{memory, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -366,56 +368,6 @@ async fn wait_for_timer(client: &Client, id: &WorkflowId) {
         assert!(tokio::time::Instant::now() < deadline, "{id} never slept");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn memory() -> Option<Arc<dyn Storage>> {
-    Some(Arc::new(MemoryStorage::new()))
-}
-
-async fn sqlite() -> Option<Arc<dyn Storage>> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStorage::open(dir.path().join("loom.db"), SqliteOptions::default())
-        .await
-        .expect("open");
-    std::mem::forget(dir);
-    Some(Arc::new(store))
-}
-
-async fn redb() -> Option<Arc<dyn Storage>> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = loom_redb::RedbStorage::open(dir.path().join("loom.redb"))
-        .await
-        .expect("open");
-    std::mem::forget(dir);
-    Some(Arc::new(store))
-}
-
-/// A store in a fresh schema of the test server; `None` (after a loud notice) without one.
-async fn postgres() -> Option<Arc<dyn Storage>> {
-    let store = loom_postgres::testing::fresh().await?;
-    Some(Arc::new(store))
-}
-
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        on_every_backend!(@on on_memory, memory, $($name),*);
-        on_every_backend!(@on on_sqlite, sqlite, $($name),*);
-        on_every_backend!(@on on_redb, redb, $($name),*);
-        on_every_backend!(@on on_postgres, postgres, $($name),*);
-    };
-    (@on $module:ident, $fresh:ident, $($name:ident),*) => {
-        mod $module {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(store) = super::$fresh().await else {
-                        return;
-                    };
-                    super::$name(store).await;
-                }
-            )*
-        }
-    };
 }
 
 on_every_backend!(

@@ -3,7 +3,8 @@
 //! same answers and leave the same state.
 //!
 //! A sequence creates a few workflows and then claims, commits (with generated events, child
-//! workflows started, reported to their parents and cancelled by their parents' close, eager
+//! workflows started, reported to their parents and cancelled by their parents' close, timers
+//! and activities cancelled, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -86,6 +87,10 @@ pub enum NewEvent {
     /// `ChildWorkflowScheduled` of workflow `n` (which may exist already), abandoned or not
     /// when the parent ends.
     StartChild(u8, bool),
+    /// `TimerCancelled` of the timer numbered so (if it is one).
+    CancelTimer(u8),
+    /// `ActivityCancelled` of the activity numbered so (if it is one).
+    CancelActivity(u8),
 }
 
 /// What an activity attempt reports.
@@ -155,6 +160,8 @@ fn new_event() -> impl Strategy<Value = NewEvent> {
         1 => Just(NewEvent::Fail),
         1 => Just(NewEvent::Cancel),
         2 => (0..WORKFLOWS, any::<bool>()).prop_map(|(n, a)| NewEvent::StartChild(n, a)),
+        1 => (2u8..10).prop_map(NewEvent::CancelTimer),
+        1 => (2u8..10).prop_map(NewEvent::CancelActivity),
     ]
 }
 
@@ -370,6 +377,12 @@ impl Run {
                         failure: Failure::new("boom", "it failed"),
                     },
                     NewEvent::Cancel => EventKind::WorkflowCancelled {},
+                    NewEvent::CancelTimer(n) => EventKind::TimerCancelled {
+                        timer_id: loom_core::TimerId(Seq::new(u64::from(*n))),
+                    },
+                    NewEvent::CancelActivity(n) => EventKind::ActivityCancelled {
+                        activity_id: loom_core::ActivityId(Seq::new(u64::from(*n))),
+                    },
                     NewEvent::StartChild(n, abandon) => EventKind::ChildWorkflowScheduled {
                         name: "Child".into(),
                         version: 1,

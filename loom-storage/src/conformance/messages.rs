@@ -231,3 +231,76 @@ pub async fn a_late_activity_result_after_the_end_is_refused(store: Store) {
     assert_eq!(history_len(&store, "wf-1").await, 3);
     no_ready_workflow_task(&store).await;
 }
+
+/// A cancelled timer's message is withdrawn, whether the timer was started in an earlier
+/// commit or in the same one: the workflow is never woken by it.
+pub async fn a_cancelled_timer_never_wakes_the_workflow(store: Store) {
+    create(&store, "wf-1").await;
+    let soon = Timestamp::from_millis(wall_now().as_millis() + 500);
+    advance(&store, vec![timer_at(soon)]).await;
+    store
+        .signal(&wid("wf-1"), "go", Payload::NULL)
+        .await
+        .expect("signal");
+    let cancel = EventKind::TimerCancelled {
+        timer_id: TimerId(Seq::new(2)),
+    };
+    // The same commit starts another timer and cancels it at once.
+    let later = Timestamp::from_millis(wall_now().as_millis() + HOUR_MS);
+    let cancel_new = EventKind::TimerCancelled {
+        timer_id: TimerId(Seq::new(4)),
+    };
+    advance(&store, vec![cancel, timer_at(later), cancel_new]).await;
+    let pending = store.pending(&wid("wf-1")).await.expect("pending");
+    assert!(pending.messages.is_empty(), "{:?}", pending.messages);
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.messages_waiting, 0);
+    assert_eq!(stats.next_due_at, None);
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    no_ready_workflow_task(&store).await;
+}
+
+/// A cancelled activity's task is deleted: an attempt not yet claimed never runs, and a
+/// running one loses its lease, so it can neither renew nor report.
+pub async fn a_cancelled_activity_is_not_run_and_a_running_one_loses_its_lease(store: Store) {
+    create(&store, "wf-1").await;
+    advance(&store, vec![schedule("a", 1), schedule("b", 2)]).await;
+    let running = claim_activity(&store).await;
+    assert_eq!(running.activity_id, loom_core::ActivityId(Seq::new(2)));
+    let cancels = vec![
+        EventKind::ActivityCancelled {
+            activity_id: loom_core::ActivityId(Seq::new(2)),
+        },
+        EventKind::ActivityCancelled {
+            activity_id: loom_core::ActivityId(Seq::new(3)),
+        },
+    ];
+    store
+        .signal(&wid("wf-1"), "stop", Payload::NULL)
+        .await
+        .expect("signal");
+    advance(&store, cancels).await;
+    no_ready_activity_task(&store).await;
+    let pending = store.pending(&wid("wf-1")).await.expect("pending");
+    assert!(
+        pending.tasks.iter().all(|t| t.activity.is_none()),
+        "{:?}",
+        pending.tasks
+    );
+    assert!(matches!(
+        store.renew_lease(&running.lease, LEASE).await,
+        Err(StorageError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.complete_activity_task(completed(&running, 1)).await,
+        Err(StorageError::LeaseLost(_))
+    ));
+    assert!(
+        store
+            .pending(&wid("wf-1"))
+            .await
+            .expect("pending")
+            .messages
+            .is_empty()
+    );
+}

@@ -289,7 +289,9 @@ macro_rules! for_each_conformance_case {
             a_childs_end_is_reported_to_its_parent,
             a_child_outliving_its_parent_reports_to_nobody,
             a_closing_parent_applies_each_childs_policy,
-            a_child_start_is_checked
+            a_child_start_is_checked,
+            a_cancelled_timer_never_wakes_the_workflow,
+            a_cancelled_activity_is_not_run_and_a_running_one_loses_its_lease
         }
     };
 }

@@ -1,7 +1,7 @@
 //! The applier the embedded backends share: checks, then primitives, in one transaction of
 //! the backend's.
 
-use loom_core::{Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId};
+use loom_core::{ActivityId, Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId};
 
 use crate::engine::check::{Check, Found, Subject, TaskView, WorkflowView};
 use crate::engine::op::{Applied, NewTask, Op, WorkflowChange, WriteSet};
@@ -60,6 +60,10 @@ pub trait Apply {
     fn post(&mut self, workflow: &WorkflowId, kind: &EventKind, visible: Timestamp) -> Result<()>;
     /// [`Op::Wake`].
     fn wake(&mut self, now: Timestamp, workflow: &WorkflowId, at: Timestamp) -> Result<()>;
+    /// [`Op::Unpost`].
+    fn unpost(&mut self, workflow: &WorkflowId, kind: &EventKind) -> Result<()>;
+    /// [`Op::DeleteActivity`].
+    fn delete_activity(&mut self, workflow: &WorkflowId, activity: ActivityId) -> Result<()>;
     /// [`Op::Consume`].
     fn consume(&mut self, workflow: &WorkflowId, ids: &[MessageId]) -> Result<()>;
     /// [`Op::DeleteWork`].
@@ -167,6 +171,10 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             }
             Op::Wake { workflow, at } => store.wake(now, workflow, at.resolve(now))?,
             Op::Consume { workflow, ids } => store.consume(workflow, ids)?,
+            Op::Unpost { workflow, kind } => store.unpost(workflow, kind)?,
+            Op::DeleteActivity { workflow, activity } => {
+                store.delete_activity(workflow, *activity)?;
+            }
             Op::DeleteWork { workflow } => store.delete_work(workflow)?,
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
             Op::Settle { workflow } => store.settle(workflow)?,

@@ -160,6 +160,23 @@ pub enum Op {
         /// When.
         at: When,
     },
+    /// Deletes the workflow's messages that carry exactly this input (a cancelled timer's
+    /// `TimerFired`).
+    Unpost {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The input.
+        kind: EventKind,
+    },
+    /// Deletes the workflow's task of this activity, whatever its attempt and lease: an
+    /// attempt not yet claimed never runs; a running one loses its lease, and with it the
+    /// right to report.
+    DeleteActivity {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The activity.
+        activity: ActivityId,
+    },
     /// Deletes these messages of the workflow.
     Consume {
         /// The workflow.
@@ -317,6 +334,8 @@ impl Op {
             | Op::Post { workflow, .. }
             | Op::Wake { workflow, .. }
             | Op::Consume { workflow, .. }
+            | Op::Unpost { workflow, .. }
+            | Op::DeleteActivity { workflow, .. }
             | Op::DeleteWork { workflow }
             | Op::AppendLogs { workflow, .. }
             | Op::Settle { workflow } => Some(workflow),

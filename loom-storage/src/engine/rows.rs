@@ -2,7 +2,7 @@
 //! `MemoryStorage` and redb implement [`Rows`] (get, put and delete of their records, with
 //! their indexes kept in step) and get every primitive of [`Apply`] from [`RowApply`].
 
-use loom_core::{Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId};
+use loom_core::{ActivityId, Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::apply::{Apply, NewWorkflow};
@@ -326,6 +326,29 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
     fn consume(&mut self, workflow: &WorkflowId, ids: &[MessageId]) -> Result<()> {
         for id in ids {
             self.0.delete_message(workflow, *id)?;
+        }
+        Ok(())
+    }
+
+    fn unpost(&mut self, workflow: &WorkflowId, kind: &EventKind) -> Result<()> {
+        for m in self.0.messages_of(workflow)? {
+            if m.kind == *kind {
+                self.0.delete_message(workflow, m.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_activity(&mut self, workflow: &WorkflowId, activity: ActivityId) -> Result<()> {
+        for id in self.0.tasks_of(workflow)? {
+            let of_it = self
+                .0
+                .get_task(id)?
+                .and_then(|t| t.activity)
+                .is_some_and(|a| a.activity_id == activity);
+            if of_it {
+                self.0.delete_task(id)?;
+            }
         }
         Ok(())
     }

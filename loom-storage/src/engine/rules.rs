@@ -69,7 +69,8 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
 /// now; a `TimerFired` message per `TimerScheduled`, due its duration after the commit by the
 /// store's clock, or at its time for `sleep_until`; a child workflow per
 /// `ChildWorkflowScheduled`, created with its first task claimable now, or, if its id is
-/// taken, a `ChildWorkflowFailed` of kind `already_exists` for this workflow); the consumed
+/// taken, a `ChildWorkflowFailed` of kind `already_exists` for this workflow); a cancelled
+/// timer's message is withdrawn and a cancelled activity's task deleted; the consumed
 /// messages are deleted; the task is released and claimable again at its earliest remaining
 /// message. A terminal event instead closes the workflow and deletes all of its tasks and
 /// messages; if a parent started it (`progress.parent`), its end is posted to that parent
@@ -223,6 +224,18 @@ fn decision_ops(
                     None => When::At(t.fire_at),
                 },
                 retry_at: None,
+            });
+        }
+        for timer_id in plan.cancelled_timers {
+            ops.push(Op::Unpost {
+                workflow: workflow.clone(),
+                kind: EventKind::TimerFired { timer_id },
+            });
+        }
+        for activity in plan.cancelled_activities {
+            ops.push(Op::DeleteActivity {
+                workflow: workflow.clone(),
+                activity,
             });
         }
         if !consumed.is_empty() {
@@ -797,6 +810,117 @@ mod tests {
         assert!(ws.ops.is_empty() && ws.checks.is_empty());
     }
 
+    #[test]
+    fn cancellations_go_before_the_task_settles() {
+        let ops = complete_workflow_task(commit(vec![
+            EventKind::TimerCancelled {
+                timer_id: loom_core::TimerId(Seq::new(2)),
+            },
+            EventKind::ActivityCancelled {
+                activity_id: loom_core::ActivityId(Seq::new(3)),
+            },
+        ]))
+        .unwrap()
+        .ops;
+        let kinds: Vec<_> = ops.iter().map(op_name).collect();
+        assert_eq!(
+            kinds,
+            [
+                "AppendEvents",
+                "UpdateWorkflow",
+                "Unpost",
+                "DeleteActivity",
+                "Consume",
+                "Settle"
+            ]
+        );
+        assert!(matches!(
+            &ops[2],
+            Op::Unpost { kind: EventKind::TimerFired { timer_id }, .. } if timer_id.0 == Seq::new(2)
+        ));
+    }
+
+    #[test]
+    fn a_child_is_started_only_if_its_id_is_free_and_a_closing_child_reports_to_its_parent() {
+        let start = EventKind::ChildWorkflowScheduled {
+            name: "Kid".into(),
+            version: 2,
+            workflow_id: WorkflowId::new("wf/6"),
+            input: Payload::NULL,
+            parent_close: loom_core::ParentClosePolicy::RequestCancel,
+        };
+        let ops = complete_workflow_task(commit(vec![start])).unwrap().ops;
+        let Op::If {
+            all,
+            then,
+            otherwise,
+        } = &ops[2]
+        else {
+            panic!("expected an If, got {:?}", ops[2]);
+        };
+        assert_eq!(
+            all,
+            &[Check::Absent {
+                workflow: WorkflowId::new("wf/6")
+            }]
+        );
+        assert!(matches!(
+            &then[0],
+            Op::CreateWorkflow { parent: Some(p), version: 2, .. } if p.as_str() == "wf"
+        ));
+        assert!(matches!(
+            &otherwise[0],
+            Op::Post { kind: EventKind::ChildWorkflowFailed { failure, .. }, .. }
+                if failure.kind == "already_exists"
+        ));
+        // A child's end goes to its parent while the parent is open.
+        let mut c = commit(vec![EventKind::WorkflowCompleted {
+            output: Payload::NULL,
+        }]);
+        let mut progress = Progress {
+            current_step: None,
+            state: Payload::NULL,
+            pending_activities: Vec::new(),
+            pending_timers: Vec::new(),
+            pending_children: Vec::new(),
+            parent: Some(loom_core::ParentRef {
+                workflow_id: WorkflowId::new("boss"),
+                child: loom_core::ChildId(Seq::new(6)),
+            }),
+            awaiting_signals: Vec::new(),
+            buffered_signals: Default::default(),
+            outcome: None,
+        };
+        c.progress = Some(progress.clone());
+        let ops = complete_workflow_task(c).unwrap().ops;
+        let report = ops
+            .iter()
+            .find_map(|op| match op {
+                Op::If { all, then, .. } => Some((all.clone(), then.clone())),
+                _ => None,
+            })
+            .expect("a report");
+        assert_eq!(
+            report.0,
+            [Check::Open {
+                workflow: WorkflowId::new("boss")
+            }]
+        );
+        assert!(matches!(
+            &report.1[0],
+            Op::Post { workflow, kind: EventKind::ChildWorkflowCompleted { .. }, .. }
+                if workflow.as_str() == "boss"
+        ));
+        // Without a parent, nothing is reported.
+        progress.parent = None;
+        let mut c = commit(vec![EventKind::WorkflowCompleted {
+            output: Payload::NULL,
+        }]);
+        c.progress = Some(progress);
+        let ops = complete_workflow_task(c).unwrap().ops;
+        assert!(!ops.iter().any(|op| matches!(op, Op::If { .. })));
+    }
+
     fn op_name(op: &Op) -> &'static str {
         match op {
             Op::CreateWorkflow { .. } => "CreateWorkflow",
@@ -808,6 +932,8 @@ mod tests {
             Op::Post { .. } => "Post",
             Op::Wake { .. } => "Wake",
             Op::Consume { .. } => "Consume",
+            Op::Unpost { .. } => "Unpost",
+            Op::DeleteActivity { .. } => "DeleteActivity",
             Op::DeleteWork { .. } => "DeleteWork",
             Op::AppendLogs { .. } => "AppendLogs",
             Op::Settle { .. } => "Settle",

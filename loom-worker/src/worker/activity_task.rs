@@ -5,7 +5,11 @@ use super::*;
 
 impl Shared {
     /// Runs one activity attempt; returns the workflow task its commit claimed eagerly, if any.
-    pub(super) async fn activity_task(self: Arc<Self>, task: ActivityTask) -> Option<Next> {
+    pub(super) async fn activity_task(
+        self: Arc<Self>,
+        task: ActivityTask,
+        cancel: Arc<loom_core::CancelFlag>,
+    ) -> Option<Next> {
         let store_time = StoreTime::new(task.claimed_at, self.clock.now());
         let policy = task.options.retry.clone();
         let outcome = if task.deliveries > self.config.max_deliveries {
@@ -17,7 +21,7 @@ impl Shared {
                 ),
             )))
         } else if let Some(activity) = self.registry.activity(&task.name).cloned() {
-            self.run_attempt(activity, &task).await
+            self.run_attempt(activity, &task, cancel).await
         } else if task.deliveries < self.config.max_deliveries {
             // Another worker may have it: give the task back for a while.
             warn!(activity = %task.name, "no activity of this name is registered here; releasing it");
@@ -197,6 +201,7 @@ impl Shared {
         &self,
         activity: Arc<dyn loom_core::DynActivity>,
         task: &ActivityTask,
+        cancel: Arc<loom_core::CancelFlag>,
     ) -> Result<loom_core::Payload, Option<Failure>> {
         let last_beat = Arc::new(AtomicI64::new(self.clock.now().as_millis()));
         let beat = {
@@ -214,7 +219,8 @@ impl Shared {
                 attempt: task.attempt,
             },
             Some(beat),
-        );
+        )
+        .with_cancel(cancel);
         let attempt = AssertUnwindSafe(activity.run(ctx, task.input.clone())).catch_unwind();
         let heartbeat_timeout = task.options.heartbeat_timeout_ms.map(Duration::from_millis);
         let watchdog = async {

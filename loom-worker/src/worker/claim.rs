@@ -147,13 +147,14 @@ impl Shared {
             self.track(lease);
             self.metrics.running.fetch_add(1, Ordering::SeqCst);
             self.running[kind].fetch_add(1, Ordering::SeqCst);
+            let cancel = loom_core::CancelFlag::new();
             let work = match task {
                 Claimed::Workflow(t) => self.clone().workflow_task(t).boxed(),
-                Claimed::Activity(t) => self.clone().activity_task(t).boxed(),
+                Claimed::Activity(t) => self.clone().activity_task(t, cancel.clone()).boxed(),
             };
             let next = self
                 .clone()
-                .with_renewal(lease, work)
+                .with_renewal(lease, cancel, work)
                 .instrument(span)
                 .await
                 .flatten();

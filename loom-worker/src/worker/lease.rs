@@ -28,11 +28,15 @@ impl Shared {
         }
     }
 
-    /// Runs `work` while renewing its lease every third of the lease. If the lease is lost,
-    /// the work is dropped (`None`): whatever it would commit would be refused anyway.
+    /// Runs `work` while renewing its lease every third of the lease. If the lease is lost
+    /// (it lapsed, or the workflow cancelled the activity and the store deleted its task),
+    /// `cancel` is set, so that an activity watching its context stops on its own, and the
+    /// work gets the shutdown grace to do so before it is dropped (`None`): whatever it would
+    /// commit would be refused anyway.
     pub(super) async fn with_renewal<T>(
         self: Arc<Self>,
         lease: Lease,
+        cancel: Arc<loom_core::CancelFlag>,
         work: impl Future<Output = T>,
     ) -> Option<T> {
         let renew = async {
@@ -53,10 +57,15 @@ impl Shared {
                 }
             }
         };
+        tokio::pin!(work);
         tokio::select! {
-            done = work => Some(done),
-            () = renew => None,
+            done = &mut work => return Some(done),
+            () = renew => {}
         }
+        cancel.cancel();
+        // The work's own commit is refused; its result is not wanted.
+        let _ = tokio::time::timeout(self.config.shutdown_grace, work).await;
+        None
     }
 
     pub(super) fn current_lease(&self, lease: Lease) -> Lease {
