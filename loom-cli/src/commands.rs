@@ -99,6 +99,20 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Terminate { id, reason } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let id = WorkflowId::new(id);
+            Client::new(store)
+                .terminate(&id, &reason)
+                .await
+                .map_err(Fail::from_client)?;
+            if json {
+                render::json(&json!({ "id": id, "terminated": true }))?;
+            } else {
+                println!("Terminated {id}.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cancel { id, reason } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
             let id = WorkflowId::new(id);
@@ -272,6 +286,15 @@ fn print_result(summary: &WorkflowSummary, json: bool) -> Result<ExitCode, Fail>
             .as_ref()
             .map_or_else(|| "no error recorded".to_owned(), ToString::to_string);
         eprintln!("loom: workflow {} failed: {why}", summary.id);
+    } else if let Some(f) = summary
+        .failure
+        .as_ref()
+        .filter(|_| summary.status == WorkflowStatus::Terminated)
+    {
+        eprintln!(
+            "loom: workflow {} was terminated: {}",
+            summary.id, f.message
+        );
     } else {
         eprintln!("loom: workflow {} was {}", summary.id, summary.status);
     }

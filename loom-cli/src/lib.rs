@@ -160,6 +160,15 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// End a workflow at once, without running its code (no worker needed): recorded as
+    /// `WorkflowTerminated` with the reason; its children get their parent-close policies.
+    Terminate {
+        /// The workflow's id.
+        id: String,
+        /// Who ends it and why (recorded in its history).
+        #[arg(long)]
+        reason: String,
+    },
     /// Print a workflow's result (exit 1 if it failed or was cancelled).
     Result {
         /// The workflow's id.

@@ -858,3 +858,72 @@ fn usage_errors_exit_2_and_help_exits_0() {
             "--poll-interval must be a positive",
         ));
 }
+
+#[test]
+fn terminate_ends_a_run_without_a_worker_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    loom(dir.path())
+        .args(["terminate", "nobody", "--reason", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no workflow with id nobody"));
+    loom(dir.path())
+        .args([
+            "start",
+            "Reminder",
+            "--input",
+            r#"{"seconds": 86400}"#,
+            "--id",
+            "r1",
+        ])
+        .assert()
+        .success();
+    // A reason is required: nothing is written without one.
+    loom(dir.path())
+        .args(["terminate", "r1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--reason"));
+    let out = loom(dir.path())
+        .args(["inspect", "r1", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["status"], "running");
+    loom(dir.path())
+        .args(["terminate", "r1", "--reason", "ops: closed account"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Terminated r1"));
+    loom(dir.path())
+        .args(["result", "r1"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("terminated: ops: closed account"));
+    let out = loom(dir.path())
+        .args(["inspect", "r1", "--events", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["status"], "terminated");
+    assert_eq!(doc["events"][1]["type"], "WorkflowTerminated");
+    loom(dir.path())
+        .args(["terminate", "r1", "--reason", "again"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already ended"));
+    let out = loom(dir.path())
+        .args(["list", "--status", "terminated", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["workflows"][0]["id"], "r1");
+}

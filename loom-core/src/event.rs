@@ -95,6 +95,19 @@ pub enum EventKind {
     },
     /// The workflow ended because it was cancelled.
     WorkflowCancelled {},
+    /// The run was ended from outside, at once, without running its code: by an operator
+    /// (`loom terminate`) or by its parent's close (the `terminate` parent-close policy).
+    WorkflowTerminated {
+        /// Who ended it and why.
+        reason: String,
+    },
+    /// A request to terminate the run, posted by a parent that ended with the `terminate`
+    /// policy; the runtime that claims the run's next task carries it out without running
+    /// the code, by appending `WorkflowTerminated`.
+    TerminateRequested {
+        /// Who asked and why.
+        reason: String,
+    },
     /// The code entered a named step.
     StepStarted {
         /// The step's name.
@@ -281,6 +294,8 @@ impl EventKind {
             EventKind::WorkflowStarted { .. }
             | EventKind::WorkflowTaskCompleted {}
             | EventKind::CancelRequested { .. }
+            | EventKind::WorkflowTerminated { .. }
+            | EventKind::TerminateRequested { .. }
             | EventKind::ActivityCompleted { .. }
             | EventKind::ActivityFailed { .. }
             | EventKind::ActivityTimedOut { .. }
@@ -314,6 +329,8 @@ impl EventKind {
             EventKind::WorkflowFailed { .. } => "WorkflowFailed",
             EventKind::CancelRequested { .. } => "CancelRequested",
             EventKind::WorkflowCancelled {} => "WorkflowCancelled",
+            EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
+            EventKind::TerminateRequested { .. } => "TerminateRequested",
             EventKind::StepStarted { .. } => "StepStarted",
             EventKind::StepCompleted { .. } => "StepCompleted",
             EventKind::StateSet { .. } => "StateSet",
@@ -344,16 +361,20 @@ impl EventKind {
             EventKind::WorkflowCompleted { .. }
                 | EventKind::WorkflowFailed { .. }
                 | EventKind::WorkflowCancelled {}
+                | EventKind::WorkflowTerminated { .. }
         )
     }
 
     /// Whether this input may arrive as a message after the start (everything but
-    /// `WorkflowStarted`, which only `create` writes).
+    /// `WorkflowStarted`, which only `create` writes, and `WorkflowTerminated`, which only a
+    /// termination writes).
     pub fn is_message(&self) -> bool {
         self.role() == Role::Input
             && !matches!(
                 self,
-                EventKind::WorkflowStarted { .. } | EventKind::WorkflowTaskCompleted {}
+                EventKind::WorkflowStarted { .. }
+                    | EventKind::WorkflowTaskCompleted {}
+                    | EventKind::WorkflowTerminated { .. }
             )
     }
 
@@ -456,6 +477,9 @@ impl fmt::Display for EventKind {
             EventKind::WorkflowFailed { failure } => write!(f, "{name}({failure})"),
             EventKind::CancelRequested { reason } => write!(f, "{name}(reason={reason:?})"),
             EventKind::WorkflowCancelled {} => write!(f, "{name}"),
+            EventKind::WorkflowTerminated { reason } | EventKind::TerminateRequested { reason } => {
+                write!(f, "{name}(reason={reason:?})")
+            }
             EventKind::StepStarted { name: step } | EventKind::StepCompleted { name: step } => {
                 write!(f, "{name}({step:?})")
             }

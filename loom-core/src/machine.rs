@@ -143,6 +143,11 @@ pub enum Outcome {
     },
     /// It was cancelled.
     Cancelled,
+    /// It was ended from outside, without running its code.
+    Terminated {
+        /// Who ended it and why.
+        reason: String,
+    },
 }
 
 /// A mismatch between the recorded history and what the code does now.
@@ -271,7 +276,7 @@ pub struct PendingChild {
 }
 
 /// Where a workflow stands: for summaries and for people.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// The innermost step the code is in.
     pub current_step: Option<String>,
@@ -553,6 +558,12 @@ impl WorkflowMachine {
             index += 1;
             if event.seq == Seq::FIRST {
                 self.start(&event.kind)?;
+            }
+            if matches!(event.kind, EventKind::WorkflowTerminated { .. }) {
+                // Ended from outside: the code is not run again. Its pending futures are
+                // dropped with it; the run has finished, so they issue nothing.
+                self.run = None;
+                continue;
             }
             self.poll_root()?;
         }
@@ -938,6 +949,10 @@ impl Inner {
                 None => Err(format!("{child} was never started")),
             },
             EventKind::SignalReceived { .. } | EventKind::CancelRequested { .. } => Ok(()),
+            EventKind::WorkflowTerminated { .. } if self.replaying => Ok(()),
+            EventKind::TerminateRequested { .. } => {
+                Err("a terminate request is carried out by the runtime, not the code".to_owned())
+            }
             EventKind::WorkflowTaskCompleted {}
                 if self
                     .history
@@ -1025,6 +1040,11 @@ impl Inner {
                     .entry(name.clone())
                     .or_default()
                     .push_back(payload.clone());
+            }
+            EventKind::WorkflowTerminated { reason } => {
+                self.finished = Some(Outcome::Terminated {
+                    reason: reason.clone(),
+                });
             }
             EventKind::CancelRequested { .. } if !self.cancel_requested => {
                 self.cancel_requested = true;

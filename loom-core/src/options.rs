@@ -130,6 +130,10 @@ pub enum ParentClosePolicy {
     RequestCancel,
     /// The child runs on, on its own; its end is not reported to anyone.
     Abandon,
+    /// The child is ended at once, without running its code again: a terminate request is
+    /// posted to it in the same commit that ends the parent, and the runtime that claims the
+    /// child's next task appends `WorkflowTerminated`.
+    Terminate,
 }
 
 impl ParentClosePolicy {
@@ -138,6 +142,7 @@ impl ParentClosePolicy {
         match self {
             ParentClosePolicy::RequestCancel => "request_cancel",
             ParentClosePolicy::Abandon => "abandon",
+            ParentClosePolicy::Terminate => "terminate",
         }
     }
 }

@@ -1243,3 +1243,46 @@ fn a_run_of_the_first_history_format_cancels_nothing_so_its_history_replays_as_w
         })
     );
 }
+
+#[test]
+fn a_terminated_history_replays_to_its_end_without_running_the_code_further() {
+    let mut d = Driver::start::<CancelMeLater>(&());
+    d.feed(vec![]);
+    let terminated = loom_core::Event {
+        seq: Seq::new(d.history.len() as u64 + 1),
+        at: Timestamp::from_millis(5_000),
+        kind: EventKind::WorkflowTerminated {
+            reason: "ops".into(),
+        },
+    };
+    let mut history = d.history.clone();
+    history.push(terminated);
+    let mut replay = Driver::with_history(workflow_type::<CancelMeLater>(), history);
+    let decided = replay.ok(vec![fired(d.timer(0))]);
+    assert!(decided.events.is_empty(), "{:?}", decided.events);
+    assert_eq!(decided.dropped.len(), 1, "the run has ended");
+    assert_eq!(
+        replay.machine().outcome(),
+        Some(Outcome::Terminated {
+            reason: "ops".into()
+        })
+    );
+}
+
+#[test]
+fn termination_is_never_a_message_and_a_request_for_it_is_the_runtimes() {
+    let mut d = Driver::start::<CancelMeLater>(&());
+    d.feed(vec![]);
+    let decided = d.ok(vec![
+        EventKind::WorkflowTerminated {
+            reason: "forged".into(),
+        },
+        EventKind::TerminateRequested {
+            reason: "parent".into(),
+        },
+    ]);
+    assert!(decided.events.is_empty());
+    assert_eq!(decided.dropped.len(), 2, "{:?}", decided.dropped);
+    assert!(decided.dropped[1].1.contains("runtime"));
+    assert_eq!(d.machine().outcome(), None);
+}

@@ -126,9 +126,10 @@ BEGIN
             END IF;
             ok := CASE c->>0
                 WHEN 'absent' THEN NOT w_found
-                WHEN 'open' THEN w_found AND w_status NOT IN ('completed', 'failed', 'cancelled')
+                WHEN 'open' THEN w_found
+                    AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated')
                 WHEN 'child_of' THEN w_found
-                    AND w_status NOT IN ('completed', 'failed', 'cancelled')
+                    AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated')
                     AND w_parent = c->>2
                 ELSE w_found AND w_last = (c->>2)::bigint
             END;
@@ -541,7 +542,7 @@ BEGIN
             PERFORM 1 FROM tasks tk JOIN workflows wr ON wr.id = tk.workflow_id
             WHERE tk.id = (c->0->>1)::bigint AND tk.lease_token = (c->0->>2)::bigint
               AND tk.lease_expires_at > r_now AND tk.kind = 0 AND tk.workflow_id = c->1->>2
-              AND wr.status NOT IN ('completed', 'failed', 'cancelled')
+              AND wr.status NOT IN ('completed', 'failed', 'cancelled', 'terminated')
               AND wr.last_seq = (c->3->>2)::bigint
             FOR UPDATE;
             IF NOT FOUND THEN

@@ -58,8 +58,8 @@ use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::engine::{self, Applied, Op, WriteSet};
 use loom_storage::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, Result, Stats, Storage, StorageError, TaskId, WorkflowSummary, WorkflowTask,
-    WorkflowTaskCompletion,
+    Pending, Release, Result, Stats, Storage, StorageError, TaskId, Termination, WorkflowSummary,
+    WorkflowTask, WorkflowTaskCompletion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
@@ -313,6 +313,10 @@ impl Storage for PostgresStorage {
     async fn request_cancel(&self, id: &WorkflowId, reason: Option<String>) -> Result<()> {
         let kind = EventKind::CancelRequested { reason };
         self.apply(engine::deliver(id, kind)?).await.map(drop)
+    }
+
+    async fn terminate(&self, termination: Termination) -> Result<()> {
+        self.apply(engine::terminate(termination)?).await.map(drop)
     }
 
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary> {

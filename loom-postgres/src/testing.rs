@@ -224,6 +224,10 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.request_cancel(id, reason).await
     }
+    async fn terminate(&self, termination: loom_storage::Termination) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.terminate(termination).await
+    }
     async fn describe(&self, id: &WorkflowId) -> loom_storage::Result<WorkflowSummary> {
         self.store.describe(id).await
     }

@@ -76,7 +76,8 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Release, Stats, TaskId, WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    Release, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask,
+    WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
 pub use transact::{Read, Transact};
@@ -132,6 +133,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Asks a workflow to cancel. `Closed` if it has ended.
     async fn request_cancel(&self, id: &WorkflowId, reason: Option<String>) -> Result<()>;
+
+    /// Ends a run at once without running its code (see [`engine::terminate`]). `Closed` if
+    /// it has ended, `Conflict` if its history moved on since the caller read it.
+    async fn terminate(&self, termination: Termination) -> Result<()>;
 
     /// One workflow's summary.
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary>;

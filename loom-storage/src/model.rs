@@ -220,6 +220,27 @@ pub enum ActivityCommitted {
     Decided(Vec<ActivityTask>),
 }
 
+/// Ends a run from outside, at once, without running its code: `WorkflowTerminated` is
+/// appended after `expected_last_seq`, the run closes `terminated`, its tasks and messages are
+/// deleted (a worker holding its task can no longer commit, a running activity can no longer
+/// report), its parent is told, and its children get their parent-close policies. See
+/// [`engine::terminate`](crate::engine::terminate).
+#[derive(Clone, Debug)]
+pub struct Termination {
+    /// The run.
+    pub workflow_id: WorkflowId,
+    /// The history's last sequence number as the caller read it: a run that moved on since
+    /// is a `Conflict`, and the caller reads it again.
+    pub expected_last_seq: Seq,
+    /// Who ends it and why, recorded in the history.
+    pub reason: String,
+    /// The time to stamp on the event.
+    pub at: Timestamp,
+    /// The run's parent (whom to tell) and open children (whose policies to apply), as read
+    /// with `expected_last_seq`.
+    pub family: Progress,
+}
+
 /// How to give a claimed task back without completing it.
 #[derive(Clone, Debug, Default)]
 pub struct Release {
@@ -245,23 +266,29 @@ pub enum WorkflowStatus {
     Failed,
     /// Was cancelled.
     Cancelled,
+    /// Was ended from outside without running its code (see [`Termination`]).
+    Terminated,
 }
 
 impl WorkflowStatus {
     /// Every status, in display order.
-    pub const ALL: [WorkflowStatus; 5] = [
+    pub const ALL: [WorkflowStatus; 6] = [
         WorkflowStatus::Running,
         WorkflowStatus::Paused,
         WorkflowStatus::Completed,
         WorkflowStatus::Failed,
         WorkflowStatus::Cancelled,
+        WorkflowStatus::Terminated,
     ];
 
     /// Whether the workflow has ended.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Cancelled
+            WorkflowStatus::Completed
+                | WorkflowStatus::Failed
+                | WorkflowStatus::Cancelled
+                | WorkflowStatus::Terminated
         )
     }
 
@@ -273,6 +300,7 @@ impl WorkflowStatus {
             WorkflowStatus::Completed => "completed",
             WorkflowStatus::Failed => "failed",
             WorkflowStatus::Cancelled => "cancelled",
+            WorkflowStatus::Terminated => "terminated",
         }
     }
 }
@@ -292,7 +320,7 @@ impl FromStr for WorkflowStatus {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown status {s:?}: expected running, paused, completed, failed or cancelled"
+                    "unknown status {s:?}: expected running, paused, completed, failed, cancelled or terminated"
                 )
             })
     }

@@ -117,6 +117,7 @@ impl Terminal {
                 output: self.output.clone().unwrap_or_default(),
             },
             WorkflowStatus::Cancelled => EventKind::ChildWorkflowCancelled { child },
+            // A terminated child is a failure of kind `terminated` to its parent.
             _ => EventKind::ChildWorkflowFailed {
                 child,
                 failure: self
@@ -207,6 +208,13 @@ impl TaskPlan {
                         status: WorkflowStatus::Cancelled,
                         output: None,
                         failure: None,
+                    });
+                }
+                EventKind::WorkflowTerminated { reason } => {
+                    plan.terminal = Some(Terminal {
+                        status: WorkflowStatus::Terminated,
+                        output: None,
+                        failure: Some(Failure::non_retryable("terminated", reason.clone())),
                     });
                 }
                 _ => {}

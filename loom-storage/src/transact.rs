@@ -13,7 +13,7 @@ use crate::engine::{self, Applied, WriteSet};
 use crate::error::Result;
 use crate::model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, Stats, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    Pending, Release, Stats, Termination, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 
 /// The reads of a snapshot.
@@ -122,6 +122,10 @@ impl<T: Transact> Storage for T {
     async fn request_cancel(&self, id: &WorkflowId, reason: Option<String>) -> Result<()> {
         let kind = EventKind::CancelRequested { reason };
         run(self, engine::deliver(id, kind)?).await.map(drop)
+    }
+
+    async fn terminate(&self, termination: Termination) -> Result<()> {
+        run(self, engine::terminate(termination)?).await.map(drop)
     }
 
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary> {

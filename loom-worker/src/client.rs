@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Registry, Seq, Workflow, WorkflowId,
+    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Workflow,
+    WorkflowId,
 };
 use loom_storage::{
-    Clock, ListQuery, Page, Storage, StorageError, SystemClock, WorkflowStatus, WorkflowSummary,
+    Clock, ListQuery, Page, Storage, StorageError, SystemClock, Termination, WorkflowStatus,
+    WorkflowSummary,
 };
 use tokio::sync::Notify;
 
@@ -45,6 +47,14 @@ pub enum ClientError {
     /// The workflow was cancelled.
     #[error("workflow {0} was cancelled")]
     Cancelled(WorkflowId),
+    /// The workflow was terminated.
+    #[error("workflow {id} was terminated: {reason}")]
+    Terminated {
+        /// The workflow.
+        id: WorkflowId,
+        /// Who ended it and why.
+        reason: String,
+    },
     /// Waiting for the result took longer than asked.
     #[error("workflow {0} did not finish in time")]
     Timeout(WorkflowId),
@@ -107,9 +117,32 @@ fn typed_output<W: Workflow>(summary: WorkflowSummary) -> Result<W::Output, Clie
                 .failure
                 .unwrap_or_else(|| Failure::new("unknown", "no error was recorded")),
         }),
+        WorkflowStatus::Terminated => Err(ClientError::Terminated {
+            id: summary.id,
+            reason: summary.failure.map(|f| f.message).unwrap_or_default(),
+        }),
         _ => Err(ClientError::Cancelled(summary.id)),
     }
 }
+
+/// What ending `summary`'s run from outside needs to know: its parent (from its progress, or
+/// its first event if it never ran a task) and its open children.
+pub(crate) async fn family_of(
+    storage: &dyn Storage,
+    summary: &WorkflowSummary,
+) -> Result<Progress, StorageError> {
+    let mut family = summary.progress.clone().unwrap_or_default();
+    if family.parent.is_none() && summary.parent.is_some() {
+        let history = storage.load_history(&summary.id, Seq::ZERO).await?;
+        if let Some(EventKind::WorkflowStarted { parent, .. }) = history.first().map(|e| &e.kind) {
+            family.parent.clone_from(parent);
+        }
+    }
+    Ok(family)
+}
+
+/// How many times [`Client::terminate`] reads the run again when it moved on meanwhile.
+const TERMINATE_TRIES: usize = 20;
 
 /// Starts, follows, signals and cancels workflows on a [`Storage`]. Cheap to clone.
 ///
@@ -307,6 +340,49 @@ impl Client {
             wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Ends a run at once, without running its code: `WorkflowTerminated` with `reason` is
+    /// recorded, the run ends `terminated`, a worker holding its task can no longer commit,
+    /// the results of its running activities are refused, its parent is told, and its
+    /// children get their parent-close policies. Works with no worker running. `Closed` if
+    /// the run has ended.
+    pub async fn terminate(&self, id: &WorkflowId, reason: &str) -> Result<(), ClientError> {
+        for _ in 0..TERMINATE_TRIES {
+            let summary = self.storage.describe(id).await?;
+            if summary.status.is_terminal() {
+                return Err(StorageError::Closed {
+                    id: id.clone(),
+                    status: summary.status,
+                }
+                .into());
+            }
+            let termination = Termination {
+                workflow_id: id.clone(),
+                expected_last_seq: summary.last_seq,
+                reason: reason.to_owned(),
+                at: SystemClock.now().max(summary.updated_at),
+                family: family_of(self.storage.as_ref(), &summary).await?,
+            };
+            match self.storage.terminate(termination).await {
+                // A workflow task committed meanwhile: read the run again.
+                Err(StorageError::Conflict { .. }) => continue,
+                other => {
+                    other?;
+                    if let Some(wake) = &self.wake {
+                        wake.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Err(StorageError::Unavailable {
+            message: format!(
+                "workflow {id} kept moving on while it was being terminated ({TERMINATE_TRIES} tries)"
+            ),
+            source: None,
+        }
+        .into())
     }
 
     /// Lists workflows, newest first.

@@ -1,6 +1,7 @@
 //! Timers and activities the workflow stops waiting for, end to end on every backend: a
 //! cancelled timer is withdrawn from the store and never wakes the run; a running activity
-//! that lost a race learns of it through its context, and its result is refused.
+//! that lost a race, or whose run was terminated, learns of it through its context, and its
+//! result is refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,18 @@ impl Workflow for Impatient {
     }
 }
 
+/// Runs the stubborn activity to its end.
+struct Patient;
+impl Workflow for Patient {
+    const NAME: &'static str = "Patient";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        Ok(ctx.activity::<Stubborn>(()).await?)
+    }
+}
+
 /// Waits an hour for a signal, then waits for another.
 struct Listener;
 impl Workflow for Listener {
@@ -78,6 +91,7 @@ fn spawn(store: Arc<dyn Storage>, stopped: Arc<AtomicBool>) -> (Client, Running)
     registry
         .add_workflow::<Impatient>()
         .and_then(|r| r.add_workflow::<Listener>())
+        .and_then(|r| r.add_workflow::<Patient>())
         .and_then(|r| r.add_activity(Stubborn(stopped)))
         .expect("registry");
     let config = WorkerConfig {
@@ -190,7 +204,63 @@ async fn a_signal_that_beats_its_timeout_withdraws_the_timer(store: Arc<dyn Stor
     running.handle.await.expect("worker");
 }
 
+async fn terminating_a_run_stops_its_running_activity_and_refuses_its_result(
+    store: Arc<dyn Storage>,
+) {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (client, running) = spawn(store, stopped.clone());
+    let handle = client
+        .start::<Patient>(&(), StartOptions::id("patient"))
+        .await
+        .expect("start");
+    let id = handle.id().clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .storage()
+        .pending(&id)
+        .await
+        .expect("pending")
+        .tasks
+        .iter()
+        .all(|t| t.activity.is_none() || t.leased_until.is_none())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the activity never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client
+        .terminate(&id, "ops: the supplier is down")
+        .await
+        .expect("terminate");
+    let err = handle.result_within(WAIT).await.expect_err("terminated");
+    assert!(
+        matches!(&err, loom_worker::ClientError::Terminated { reason, .. } if reason == "ops: the supplier is down"),
+        "{err}"
+    );
+    while !stopped.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the running attempt was never told"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let history = client.history(&id).await.expect("history");
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.type_name()).collect();
+    assert_eq!(kinds.last(), Some(&"WorkflowTerminated"), "{kinds:?}");
+    assert!(
+        !kinds.contains(&"ActivityFailed"),
+        "the attempt's result was refused: {kinds:?}"
+    );
+    assert!(client.terminate(&id, "again").await.is_err());
+    running.stop.send(()).ok();
+    running.handle.await.expect("worker");
+}
+
 on_every_backend!(
+    terminating_a_run_stops_its_running_activity_and_refuses_its_result,
     the_loser_of_a_race_is_told_to_stop_and_its_result_refused,
     a_signal_that_beats_its_timeout_withdraws_the_timer,
 );

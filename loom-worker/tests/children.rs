@@ -370,7 +370,39 @@ async fn wait_for_timer(client: &Client, id: &WorkflowId) {
     }
 }
 
+async fn cancelling_a_parent_terminates_a_terminate_child(store: Arc<dyn Storage>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, running) = spawn(store, calls.clone());
+    let handle = client
+        .start::<Saga>(
+            &saga("o-6", false, true, ParentClosePolicy::Terminate),
+            StartOptions::id("saga-6"),
+        )
+        .await
+        .expect("start");
+    let child = WorkflowId::new("saga-6/4");
+    wait_for_timer(&client, &child).await;
+    client.cancel(handle.id(), None).await.expect("cancel");
+    let err = handle.result_within(WAIT).await.expect_err("cancelled");
+    assert!(matches!(err, ClientError::Cancelled(_)), "{err}");
+    until_status(&client, &child, WorkflowStatus::Terminated).await;
+    let history = client.history(&child).await.expect("history");
+    match history.last().map(|e| &e.kind) {
+        Some(EventKind::WorkflowTerminated { reason }) => {
+            assert!(reason.contains("saga-6"), "{reason}");
+        }
+        other => panic!("the child ended with {other:?}"),
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only the charge ran: the child ran no code to unpack"
+    );
+    running.stop().await;
+}
+
 on_every_backend!(
+    cancelling_a_parent_terminates_a_terminate_child,
     a_childs_output_reaches_its_parent,
     a_failed_child_is_compensated_by_its_parent,
     cancelling_a_parent_cancels_a_request_cancel_child,

@@ -1411,6 +1411,9 @@ impl Storage for StaleClaims {
     ) -> loom_storage::Result<()> {
         self.inner.request_cancel(id, reason).await
     }
+    async fn terminate(&self, termination: loom_storage::Termination) -> loom_storage::Result<()> {
+        self.inner.terminate(termination).await
+    }
     async fn describe(
         &self,
         id: &WorkflowId,

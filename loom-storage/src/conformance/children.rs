@@ -343,3 +343,163 @@ pub async fn a_child_start_is_checked(store: Store) {
         Err(StorageError::NotFound(_))
     ));
 }
+
+fn termination(store_summary: &crate::WorkflowSummary, reason: &str) -> crate::Termination {
+    crate::Termination {
+        workflow_id: store_summary.id.clone(),
+        expected_last_seq: store_summary.last_seq,
+        reason: reason.into(),
+        at: wall_now(),
+        family: store_summary.progress.clone().unwrap_or_default(),
+    }
+}
+
+/// Terminating a run ends it at once: `WorkflowTerminated` is appended, the run is closed
+/// `terminated` with the reason, and the worker holding its task and the activity attempt in
+/// flight can no longer commit; nothing of it is left to claim.
+pub async fn terminate_ends_a_run_at_once(store: Store) {
+    create(&store, "wf-1").await;
+    advance(&store, vec![schedule("charge", 1)]).await;
+    let attempt = claim_activity(&store).await;
+    store
+        .signal(&wid("wf-1"), "poke", Payload::NULL)
+        .await
+        .expect("signal");
+    let held = claim_workflow(&store).await;
+    let summary = store.describe(&wid("wf-1")).await.expect("describe");
+    store
+        .terminate(termination(&summary, "ops: stuck on a bad deploy"))
+        .await
+        .expect("terminate");
+    let s = store.describe(&wid("wf-1")).await.expect("describe");
+    assert_eq!(s.status, WorkflowStatus::Terminated);
+    assert!(s.closed_at.is_some());
+    let failure = s.failure.expect("the reason is kept");
+    assert_eq!(failure.kind, "terminated");
+    assert_eq!(failure.message, "ops: stuck on a bad deploy");
+    let history = store
+        .load_history(&wid("wf-1"), Seq::ZERO)
+        .await
+        .expect("history");
+    assert_eq!(
+        history.last().map(|e| (e.seq, e.kind.clone())),
+        Some((
+            Seq::new(3),
+            EventKind::WorkflowTerminated {
+                reason: "ops: stuck on a bad deploy".into()
+            }
+        ))
+    );
+    assert!(
+        store
+            .complete_workflow_task(completion(&held, vec![step("late")]))
+            .await
+            .is_err(),
+        "the held workflow task cannot commit"
+    );
+    assert!(matches!(
+        store.complete_activity_task(completed(&attempt, 1)).await,
+        Err(StorageError::LeaseLost(_))
+    ));
+    assert_eq!(history_len(&store, "wf-1").await, 3);
+    no_ready_workflow_task(&store).await;
+    no_ready_activity_task(&store).await;
+    let pending = store.pending(&wid("wf-1")).await.expect("pending");
+    assert!(pending.tasks.is_empty() && pending.messages.is_empty());
+}
+
+/// A termination is refused, writing nothing, for an unknown run, a run that has ended, a run
+/// whose history moved on since the caller read it, and a reason no store can hold.
+pub async fn terminate_is_checked(store: Store) {
+    let ghost = crate::WorkflowSummary {
+        id: wid("ghost"),
+        name: "Conformance".into(),
+        version: 1,
+        status: WorkflowStatus::Running,
+        input: Payload::NULL,
+        created_at: wall_now(),
+        updated_at: wall_now(),
+        closed_at: None,
+        last_seq: Seq::FIRST,
+        output: None,
+        failure: None,
+        pause_reason: None,
+        progress: None,
+        parent: None,
+    };
+    assert!(matches!(
+        store.terminate(termination(&ghost, "x")).await,
+        Err(StorageError::NotFound(_))
+    ));
+    create(&store, "wf-1").await;
+    let read = store.describe(&wid("wf-1")).await.expect("describe");
+    advance(&store, vec![step("moved")]).await;
+    assert!(matches!(
+        store.terminate(termination(&read, "stale")).await,
+        Err(StorageError::Conflict { .. })
+    ));
+    let now = store.describe(&wid("wf-1")).await.expect("describe");
+    assert!(matches!(
+        store.terminate(termination(&now, "bad\0reason")).await,
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert_eq!(history_len(&store, "wf-1").await, 2);
+    store
+        .terminate(termination(&now, "first"))
+        .await
+        .expect("terminate");
+    let ended = store.describe(&wid("wf-1")).await.expect("describe");
+    assert!(matches!(
+        store.terminate(termination(&ended, "again")).await,
+        Err(StorageError::Closed {
+            status: WorkflowStatus::Terminated,
+            ..
+        })
+    ));
+    assert_eq!(history_len(&store, "wf-1").await, 3);
+}
+
+/// A terminated child is reported to its parent as a failure of kind `terminated`; a parent
+/// that ends sends each open child with the `terminate` policy a terminate request.
+pub async fn termination_reaches_parents_and_children(store: Store) {
+    with_child(&store, "parent", "parent/2", ParentClosePolicy::Terminate).await;
+    let summary = store.describe(&wid("parent/2")).await.expect("describe");
+    let mut t = termination(&summary, "ops");
+    t.family.parent = Some(child_ref("parent"));
+    store.terminate(t).await.expect("terminate the child");
+    let task = claim_workflow(&store).await;
+    assert_eq!(task.workflow_id, wid("parent"));
+    match &task.messages[..] {
+        [m] => assert!(
+            matches!(&m.kind, EventKind::ChildWorkflowFailed { failure, .. } if failure.kind == "terminated"),
+            "{:?}",
+            m.kind
+        ),
+        other => panic!("the parent got {other:?}"),
+    }
+    // The parent starts another child with the `terminate` policy, then ends.
+    let children = vec![pending_child(5, "parent/5", ParentClosePolicy::Terminate)];
+    let mut c = completion(
+        &task,
+        vec![
+            start_child("parent/5", ParentClosePolicy::Terminate),
+            EventKind::WorkflowCompleted {
+                output: json("done"),
+            },
+        ],
+    );
+    c.progress = Some(family(None, children));
+    store
+        .complete_workflow_task(c)
+        .await
+        .expect("the parent ends");
+    let pending = store.pending(&wid("parent/5")).await.expect("pending");
+    assert!(
+        pending.messages.iter().any(|m| matches!(
+            &m.kind,
+            EventKind::TerminateRequested { reason } if reason.contains("parent")
+        )),
+        "{:?}",
+        pending.messages
+    );
+}

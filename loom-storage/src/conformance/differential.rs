@@ -4,7 +4,7 @@
 //!
 //! A sequence creates a few workflows and then claims, commits (with generated events, child
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
-//! and activities cancelled, eager
+//! and activities cancelled, runs terminated, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -142,6 +142,8 @@ pub enum Op {
     Signal(u8),
     /// Ask workflow `n` to cancel.
     RequestCancel(u8),
+    /// Terminate workflow `n`, as read now (or as read one event ago: a stale read).
+    Terminate(u8, bool),
     /// Let this much time pass.
     Advance(u16),
 }
@@ -200,7 +202,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (held.clone(), span()).prop_map(|(t, s)| Op::Renew(t, s)),
         1 => (held, span(), any::<bool>()).prop_map(|(t, s, p)| Op::Release(t, s, p)),
         2 => wf.clone().prop_map(Op::Signal),
-        1 => wf.prop_map(Op::RequestCancel),
+        1 => wf.clone().prop_map(Op::RequestCancel),
+        1 => (wf, any::<bool>()).prop_map(|(n, stale)| Op::Terminate(n, stale)),
         2 => (1u16..700).prop_map(Op::Advance),
     ]
 }
@@ -672,6 +675,24 @@ impl Run {
                 let r = self
                     .store
                     .request_cancel(&wid(*n), Some("asked".into()))
+                    .await;
+                self.result(r);
+            }
+            Op::Terminate(n, stale) => {
+                let Some(summary) = self.result(self.store.describe(&wid(*n)).await) else {
+                    return;
+                };
+                let last = summary.last_seq.get().saturating_sub(u64::from(*stale));
+                let family = self.family(&wid(*n), &[]).await;
+                let r = self
+                    .store
+                    .terminate(crate::Termination {
+                        workflow_id: wid(*n),
+                        expected_last_seq: Seq::new(last),
+                        reason: format!("differential {n}"),
+                        at: at(&self.clock),
+                        family,
+                    })
                     .await;
                 self.result(r);
             }

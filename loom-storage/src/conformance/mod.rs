@@ -291,7 +291,10 @@ macro_rules! for_each_conformance_case {
             a_closing_parent_applies_each_childs_policy,
             a_child_start_is_checked,
             a_cancelled_timer_never_wakes_the_workflow,
-            a_cancelled_activity_is_not_run_and_a_running_one_loses_its_lease
+            a_cancelled_activity_is_not_run_and_a_running_one_loses_its_lease,
+            terminate_ends_a_run_at_once,
+            terminate_is_checked,
+            termination_reaches_parents_and_children
         }
     };
 }

@@ -59,5 +59,5 @@ pub use op::{
 };
 pub use rules::{
     claim_activity_tasks, claim_workflow_tasks, complete_activity_task, complete_workflow_task,
-    create, deliver, release, renew, safe_log_text,
+    create, deliver, release, renew, safe_log_text, terminate,
 };

@@ -10,7 +10,7 @@ use crate::engine::op::{
 };
 use crate::error::{Result, StorageError};
 use crate::model::{
-    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release,
+    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, Termination,
     WorkflowTaskCompletion,
 };
 use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
@@ -74,8 +74,8 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
 /// messages are deleted; the task is released and claimable again at its earliest remaining
 /// message. A terminal event instead closes the workflow and deletes all of its tasks and
 /// messages; if a parent started it (`progress.parent`), its end is posted to that parent
-/// while the parent is open; each child still open (`progress.pending_children`) with the
-/// `request_cancel` policy is sent a cancel request. Log lines are kept
+/// while the parent is open; each child still open (`progress.pending_children`) gets its
+/// parent-close policy: a cancel request, a terminate request, or nothing. Log lines are kept
 /// (NUL characters become U+FFFD). With `eager`, the new activity tasks are then claimed, up
 /// to `eager.max`.
 pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
@@ -178,22 +178,21 @@ fn decision_ops(
                 otherwise: Vec::new(),
             });
         }
-        for child in open_children
-            .into_iter()
-            .filter(|c| c.parent_close == ParentClosePolicy::RequestCancel)
-        {
+        for child in open_children {
             let reason = format!("its parent \"{workflow}\" ended {}", end.status);
+            let message = match child.parent_close {
+                ParentClosePolicy::Abandon => continue,
+                ParentClosePolicy::RequestCancel => EventKind::CancelRequested {
+                    reason: Some(reason),
+                },
+                ParentClosePolicy::Terminate => EventKind::TerminateRequested { reason },
+            };
             ops.push(Op::If {
                 all: vec![Check::OpenChildOf {
                     workflow: child.workflow_id.clone(),
                     parent: workflow.clone(),
                 }],
-                then: notify(
-                    &child.workflow_id,
-                    EventKind::CancelRequested {
-                        reason: Some(reason),
-                    },
-                ),
+                then: notify(&child.workflow_id, message),
                 otherwise: Vec::new(),
             });
         }
@@ -427,6 +426,47 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
         }
     };
     Ok(WriteSet { checks, ops, sync })
+}
+
+/// Ends a run from outside (see [`Termination`]): the run must be open and its history must
+/// end where the caller read it. Then, in one step, exactly what a workflow task that ended
+/// the run with `WorkflowTerminated` would write: the event appended, the run closed
+/// `terminated`, its tasks and messages deleted, its parent told, its children's policies
+/// applied.
+pub fn terminate(t: Termination) -> Result<WriteSet> {
+    if t.reason.contains('\0') {
+        return Err(StorageError::InvalidArgument(
+            "a reason cannot contain a NUL character".into(),
+        ));
+    }
+    let workflow = t.workflow_id;
+    let event = Event {
+        seq: t.expected_last_seq.next(),
+        at: t.at,
+        kind: EventKind::WorkflowTerminated { reason: t.reason },
+    };
+    let checks = vec![
+        Check::Open {
+            workflow: workflow.clone(),
+        },
+        Check::LastSeq {
+            workflow: workflow.clone(),
+            expected: t.expected_last_seq,
+        },
+    ];
+    let ops = decision_ops(
+        &workflow,
+        vec![event],
+        Vec::new(),
+        Some(t.family),
+        Vec::new(),
+        None,
+    );
+    Ok(WriteSet {
+        checks,
+        ops,
+        sync: Sync::Durable,
+    })
 }
 
 /// Extends a live lease to `extend` after now by the store's clock. A claim's renewal that a

@@ -20,6 +20,46 @@ impl Shared {
         }
     }
 
+    /// Ends a run whose parent asked for it (the `terminate` parent-close policy): commits
+    /// `WorkflowTerminated` in place of a decision, consuming every message.
+    async fn terminate(&self, task: WorkflowTask, reason: String) {
+        let id = task.workflow_id.clone();
+        drop(self.cache_guard().as_mut().and_then(|c| c.pop(&id)));
+        let family = match self.storage.describe(&id).await {
+            Ok(summary) => crate::client::family_of(self.storage.as_ref(), &summary).await,
+            Err(e) => Err(e),
+        };
+        let family = match family {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "reading the run to terminate failed; the task will be retried");
+                self.give_back(task.lease, self.config.poll_interval).await;
+                return;
+            }
+        };
+        let completion = WorkflowTaskCompletion {
+            lease: self.current_lease(task.lease),
+            workflow_id: id.clone(),
+            expected_last_seq: task.last_seq,
+            events: vec![loom_core::Event {
+                seq: task.last_seq.next(),
+                at: task.claimed_at,
+                kind: EventKind::WorkflowTerminated { reason },
+            }],
+            consumed: task.messages.iter().map(|m| m.id).collect(),
+            progress: Some(family),
+            logs: Vec::new(),
+            eager: None,
+        };
+        match self.storage.complete_workflow_task(completion).await {
+            Ok(_) => {
+                debug!(workflow = %id, "terminated at its parent's request");
+                self.finished.notify_waiters();
+            }
+            Err(e) => warn!(error = %e, "terminating the run failed; the task will be retried"),
+        }
+    }
+
     /// Runs one workflow task; returns the activity its commit claimed eagerly, if any.
     pub(super) async fn workflow_task(self: Arc<Self>, task: WorkflowTask) -> Option<Next> {
         let id = task.workflow_id.clone();
@@ -30,6 +70,15 @@ impl Shared {
             );
             warn!(%reason, "pausing workflow");
             self.release_paused(task.lease, reason).await;
+            return None;
+        }
+        let terminate = task.messages.iter().find_map(|m| match &m.kind {
+            EventKind::TerminateRequested { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        if let Some(reason) = terminate {
+            // Carried out without the code, so it works whatever types this worker knows.
+            self.terminate(task, reason).await;
             return None;
         }
         let Some(def) = self.registry.workflow(&task.workflow_name).cloned() else {
