@@ -46,14 +46,18 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
         Command::Start {
             workflow,
             input,
+            input_file,
             id,
             wait,
         } => {
-            let input = parse_json("--input", &input)?;
+            let input = json_arg("--input", input, input_file.as_deref())?;
             // Check name and input before touching the database, so bad input writes nothing.
             let Some(def) = registry.workflow(&workflow) else {
                 return Err(unknown_workflow(&registry, &workflow));
             };
+            loom_worker::Limits::default()
+                .check_payload("the input", input.encoded_len())
+                .map_err(Fail::usage)?;
             def.check_input(&input).map_err(|e| {
                 Fail::usage(format!("--input does not fit workflow {workflow}: {e}"))
             })?;
@@ -84,8 +88,13 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let store = db::open(&url, Missing::Refuse, false).await?;
             inspect(store, &WorkflowId::new(id), events, json).await
         }
-        Command::Signal { id, name, payload } => {
-            let payload = parse_json("--payload", &payload)?;
+        Command::Signal {
+            id,
+            name,
+            payload,
+            payload_file,
+        } => {
+            let payload = json_arg("--payload", payload, payload_file.as_deref())?;
             let store = db::open(&url, Missing::Refuse, false).await?;
             let id = WorkflowId::new(id);
             Client::new(store)
@@ -188,6 +197,29 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
 
 fn parse_json(flag: &str, text: &str) -> Result<Payload, Fail> {
     Payload::parse(text).map_err(|e| Fail::usage(format!("{flag} is not valid JSON ({e})")))
+}
+
+/// A JSON argument given inline (`--input JSON`), from a file (`--input-file PATH`) or from
+/// stdin (`--input-file -`); `null` when neither is given.
+fn json_arg(
+    flag: &str,
+    inline: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Payload, Fail> {
+    let Some(path) = file else {
+        return parse_json(flag, inline.as_deref().unwrap_or("null"));
+    };
+    let from = format!("{flag}-file {}", path.display());
+    let text = if path == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| Fail::usage(format!("{from}: cannot read stdin ({e})")))?;
+        text
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Fail::usage(format!("{from}: cannot read the file ({e})")))?
+    };
+    parse_json(&from, &text)
 }
 
 fn unknown_workflow(registry: &Registry, name: &str) -> Fail {
@@ -349,6 +381,14 @@ async fn inspect(
     json: bool,
 ) -> Result<ExitCode, Fail> {
     let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    let limits = loom_worker::Limits::default();
+    let long_history = (summary.last_seq.get() > limits.history_warning_events).then(|| {
+        format!(
+            "{} events: a long history replays slowly after every cache miss, and a run is ended at {} (Limits::max_history_events); let a run that goes on for ever start afresh before then",
+            summary.last_seq.get(),
+            limits.max_history_events
+        )
+    });
     let children = store
         .list(&ListQuery {
             parent: Some(id.clone()),
@@ -382,6 +422,7 @@ async fn inspect(
                 .collect::<Vec<_>>()
         );
         doc["more_children"] = json!(children.next.is_some());
+        doc["warnings"] = json!(long_history.iter().collect::<Vec<_>>());
         render::json(&doc)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -423,6 +464,9 @@ async fn inspect(
         line("error", f.to_string());
     }
     line("events", summary.last_seq.get().to_string());
+    if let Some(w) = &long_history {
+        line("warning", w.clone());
+    }
     if let Some(p) = summary
         .progress
         .as_ref()

@@ -108,9 +108,13 @@ pub(crate) enum Command {
     Start {
         /// The workflow type's name (see `loom workflows`).
         workflow: String,
-        /// The input, as JSON.
-        #[arg(long, default_value = "null")]
-        input: String,
+        /// The input, as JSON (default: null).
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Read the input from this file, or from stdin with `-`: for inputs longer than a
+        /// command line holds (the OS caps one argument at 128 KiB).
+        #[arg(long, value_name = "PATH")]
+        input_file: Option<std::path::PathBuf>,
         /// The workflow's id (default: a new UUID). Starting again with the same id and input
         /// returns the existing workflow.
         #[arg(long)]
@@ -148,9 +152,12 @@ pub(crate) enum Command {
         id: String,
         /// The signal's name.
         name: String,
-        /// The payload, as JSON.
-        #[arg(long, default_value = "null")]
-        payload: String,
+        /// The payload, as JSON (default: null).
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// Read the payload from this file, or from stdin with `-`.
+        #[arg(long, value_name = "PATH")]
+        payload_file: Option<std::path::PathBuf>,
     },
     /// Ask a workflow to cancel.
     Cancel {

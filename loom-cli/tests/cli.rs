@@ -927,3 +927,72 @@ fn terminate_ends_a_run_without_a_worker_and_refuses_bad_input() {
         .clone();
     assert_eq!(json_of(&out)["workflows"][0]["id"], "r1");
 }
+
+#[test]
+fn inputs_and_payloads_come_from_files_or_stdin_within_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A 1 MiB input: more than one command-line argument may hold.
+    let name = "a".repeat(1024 * 1024);
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, format!(r#"{{"name": "{name}"}}"#)).expect("write");
+    loom(dir.path())
+        .args(["start", "Greeting", "--id", "big", "--input-file"])
+        .arg(&file)
+        .assert()
+        .success();
+    let out = loom(dir.path())
+        .args(["inspect", "big", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        json_of(&out)["input"]["name"].as_str().map(str::len),
+        Some(1024 * 1024)
+    );
+    loom(dir.path())
+        .args(["start", "Greeting", "--id", "piped", "--input-file", "-"])
+        .write_stdin(r#"{"name": "stdin"}"#)
+        .assert()
+        .success();
+    loom(dir.path())
+        .args(["signal", "big", "nudge", "--payload-file", "-"])
+        .write_stdin(r#"{"from": "stdin"}"#)
+        .assert()
+        .success();
+    // Past the 2 MiB limit: refused, nothing written.
+    let huge = dir.path().join("huge.json");
+    std::fs::write(
+        &huge,
+        format!(r#"{{"name": "{}"}}"#, "a".repeat(3 * 1024 * 1024)),
+    )
+    .expect("write");
+    loom(dir.path())
+        .args(["start", "Greeting", "--id", "huge", "--input-file"])
+        .arg(&huge)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("over the limit"));
+    loom(dir.path()).args(["inspect", "huge"]).assert().code(2);
+    // A missing file, malformed JSON in a file, and both flags at once are usage errors.
+    loom(dir.path())
+        .args(["start", "Greeting", "--input-file", "no-such-file.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read the file"));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").expect("write");
+    loom(dir.path())
+        .args(["start", "Greeting", "--input-file"])
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not valid JSON"));
+    loom(dir.path())
+        .args(["start", "Greeting", "--input", "{}", "--input-file"])
+        .arg(&file)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot be used with"));
+}

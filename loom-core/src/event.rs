@@ -354,6 +354,30 @@ impl EventKind {
         }
     }
 
+    /// The size in bytes of the largest payload this event carries (an input, an output, a
+    /// result, a signal's payload, a state value, a failure's details), as stores keep it;
+    /// zero when it carries none.
+    pub fn largest_payload(&self) -> usize {
+        let failure = |f: &Failure| f.details.as_ref().map_or(0, Payload::encoded_len);
+        match self {
+            EventKind::WorkflowStarted { input, .. }
+            | EventKind::ActivityScheduled { input, .. }
+            | EventKind::ChildWorkflowScheduled { input, .. } => input.encoded_len(),
+            EventKind::WorkflowCompleted { output }
+            | EventKind::ChildWorkflowCompleted { output, .. } => output.encoded_len(),
+            EventKind::ActivityCompleted { result, .. } => result.encoded_len(),
+            EventKind::SignalReceived { payload, .. } => payload.encoded_len(),
+            EventKind::StateSet { value, .. } => value.encoded_len(),
+            EventKind::StateUpdated { values } => {
+                values.values().map(Payload::encoded_len).max().unwrap_or(0)
+            }
+            EventKind::WorkflowFailed { failure: f }
+            | EventKind::ActivityFailed { failure: f, .. }
+            | EventKind::ChildWorkflowFailed { failure: f, .. } => failure(f),
+            _ => 0,
+        }
+    }
+
     /// Whether this event ends the workflow.
     pub fn is_terminal(&self) -> bool {
         matches!(

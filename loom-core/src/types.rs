@@ -209,6 +209,25 @@ impl Payload {
             .map_err(|e| PayloadError(e.to_string()))
     }
 
+    /// How many bytes the payload takes as JSON text, as stores keep it; counted without
+    /// building the text.
+    pub fn encoded_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Writing a JSON value to a sink that never fails cannot fail.
+        let _ = serde_json::to_writer(&mut count, &self.0);
+        count.0
+    }
+
     /// The JSON value.
     pub fn as_json(&self) -> &serde_json::Value {
         &self.0

@@ -14,6 +14,8 @@ use loom_storage::{
 };
 use tokio::sync::Notify;
 
+use crate::Limits;
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -155,17 +157,25 @@ pub struct Client {
     clock: Arc<dyn Clock>,
     wake: Option<Arc<Notify>>,
     finished: Option<Arc<Notify>>,
+    limits: Limits,
 }
 
 impl Client {
-    /// A client on `storage`.
+    /// A client on `storage`, with the default [`Limits`].
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Client {
             storage,
             clock: Arc::new(SystemClock),
             wake: None,
             finished: None,
+            limits: Limits::default(),
         }
+    }
+
+    /// This client, refusing inputs and signals past `limits` (its workers' limits).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub(crate) fn with_notifiers(mut self, wake: Arc<Notify>, finished: Arc<Notify>) -> Self {
@@ -213,6 +223,11 @@ impl Client {
                 known: registry.workflow_names().collect::<Vec<_>>().join(", "),
             });
         };
+        // The size first: a huge input of the wrong type is refused for its size, not with an
+        // error that quotes it.
+        self.limits
+            .check_payload("the input", input.encoded_len())
+            .map_err(ClientError::Payload)?;
         def.check_input(&input).map_err(|e| {
             ClientError::Payload(format!("the input does not fit workflow {name}: {e}"))
         })?;
@@ -227,6 +242,9 @@ impl Client {
         input: Payload,
         options: StartOptions,
     ) -> Result<WorkflowId, ClientError> {
+        self.limits
+            .check_payload("the input", input.encoded_len())
+            .map_err(ClientError::Payload)?;
         let id = options
             .id
             .unwrap_or_else(|| WorkflowId::new(uuid::Uuid::new_v4().to_string()));
@@ -326,6 +344,9 @@ impl Client {
         name: &str,
         payload: Payload,
     ) -> Result<(), ClientError> {
+        self.limits
+            .check_payload("the signal's payload", payload.encoded_len())
+            .map_err(ClientError::Payload)?;
         self.storage.signal(id, name, payload).await?;
         if let Some(wake) = &self.wake {
             wake.notify_one();

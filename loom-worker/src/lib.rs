@@ -57,5 +57,5 @@ mod worker;
 
 pub use client::{Client, ClientError, StartOptions, WorkflowHandle};
 pub use worker::{
-    MetricsSnapshot, Worker, WorkerConfig, WorkerError, WorkerMetrics, shutdown_signal,
+    Limits, MetricsSnapshot, Worker, WorkerConfig, WorkerError, WorkerMetrics, shutdown_signal,
 };

@@ -168,10 +168,18 @@ impl Shared {
             entropy: rand::random(),
             messages: vec![result.clone()],
         };
+        let limits = self.config.limits;
+        // Not past a limit either: the ordinary path pauses or ends the run then.
         let decision = machine
             .activate(activation)
             .ok()
-            .filter(|d| d.dropped.is_empty())?;
+            .filter(|d| d.dropped.is_empty())
+            .filter(|d| {
+                d.events
+                    .iter()
+                    .all(|e| e.kind.largest_payload() <= limits.max_payload_bytes)
+            })
+            .filter(|_| machine.last_seq().get() <= limits.max_history_events)?;
         self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
         let scheduled = activities_scheduled(&decision.events);
         let finished = machine.outcome().is_some();
@@ -221,7 +229,19 @@ impl Shared {
             Some(beat),
         )
         .with_cancel(cancel);
-        let attempt = AssertUnwindSafe(activity.run(ctx, task.input.clone())).catch_unwind();
+        let limits = self.config.limits;
+        let attempt = AssertUnwindSafe(activity.run(ctx, task.input.clone()))
+            .catch_unwind()
+            .map(move |ran| {
+                ran.map(|result| {
+                    result.and_then(|payload| {
+                        limits
+                            .check_payload("the result", payload.encoded_len())
+                            .map(|()| payload)
+                            .map_err(|e| Failure::non_retryable("payload_too_large", e))
+                    })
+                })
+            });
         let heartbeat_timeout = task.options.heartbeat_timeout_ms.map(Duration::from_millis);
         let watchdog = async {
             let Some(limit) = heartbeat_timeout else {

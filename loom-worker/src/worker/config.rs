@@ -5,6 +5,48 @@ use std::time::Duration;
 
 use loom_storage::{Clock, SystemClock};
 
+/// Sizes past which Loom refuses to record something, with an error that says which limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest payload (an input, an output, an activity's result, a signal, a state
+    /// value) in bytes of JSON. A client refuses a larger input or signal and writes nothing;
+    /// an activity whose result is larger fails (not retried) with kind `payload_too_large`;
+    /// a workflow task that would record a larger one is not committed and its workflow is
+    /// paused with the reason, until code or limits change.
+    pub max_payload_bytes: usize,
+    /// Past this many events a worker logs a warning at each task, and `loom inspect` shows
+    /// one: a long history replays slowly after every cache miss.
+    pub history_warning_events: u64,
+    /// A workflow task that would take the history past this many events ends the run
+    /// instead: it is terminated with a reason that names the limit.
+    pub max_history_events: u64,
+}
+
+impl Default for Limits {
+    /// 2 MiB payloads; a warning past 10,000 events, the end at 50,000.
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 2 * 1024 * 1024,
+            history_warning_events: 10_000,
+            max_history_events: 50_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The error for a payload of `len` bytes, if it is over the limit; `what` names it.
+    pub fn check_payload(&self, what: &str, len: usize) -> Result<(), String> {
+        if len > self.max_payload_bytes {
+            Err(format!(
+                "{what} is {len} bytes of JSON, over the limit of {} bytes (Limits::max_payload_bytes)",
+                self.max_payload_bytes
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// How a worker behaves. `Default` suits most uses; tests shorten the times.
 #[derive(Clone)]
 pub struct WorkerConfig {
@@ -35,6 +77,9 @@ pub struct WorkerConfig {
     /// [`ManualClock`](loom_storage::ManualClock) with an embedded store to move time instead
     /// of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// Payload and history limits; its clients (from [`Worker::client`](crate::Worker::client))
+    /// share them.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -49,6 +94,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("cache_capacity", &self.cache_capacity)
             .field("pause_retry", &self.pause_retry)
             .field("max_deliveries", &self.max_deliveries)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +116,7 @@ impl Default for WorkerConfig {
             pause_retry: Duration::from_secs(60),
             max_deliveries: 5,
             clock: Arc::new(SystemClock),
+            limits: Limits::default(),
         }
     }
 }

@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client::Client;
 
-pub use config::WorkerConfig;
+pub use config::{Limits, WorkerConfig};
 pub use metrics::{MetricsSnapshot, WorkerMetrics};
 
 use claim::*;
@@ -119,10 +119,12 @@ impl Worker {
     /// A client on the same storage that wakes this worker as soon as it starts or signals a
     /// workflow, and is woken as soon as this worker ends one.
     pub fn client(&self) -> Client {
-        Client::new(self.shared.storage.clone()).with_notifiers(
-            self.shared.workflow_work.clone(),
-            self.shared.finished.clone(),
-        )
+        Client::new(self.shared.storage.clone())
+            .with_limits(self.shared.config.limits)
+            .with_notifiers(
+                self.shared.workflow_work.clone(),
+                self.shared.finished.clone(),
+            )
     }
 
     /// The worker's counters.

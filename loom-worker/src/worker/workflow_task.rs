@@ -147,6 +147,35 @@ impl Shared {
         for (kind, reason) in &decision.dropped {
             debug!(message = kind.type_name(), %reason, last_seq = %task.last_seq, "dropped a message");
         }
+        let limits = self.config.limits;
+        if machine.last_seq().get() > limits.max_history_events {
+            let reason = format!(
+                "the history reached {} events, Loom's limit (Limits::max_history_events): a run that goes on for ever must start afresh before then",
+                limits.max_history_events
+            );
+            warn!(%reason, "ending the run");
+            self.terminate(task, reason).await;
+            return None;
+        }
+        if let Some(e) = decision.events.iter().find_map(|e| {
+            limits
+                .check_payload(
+                    &format!("{} at {}", e.kind.type_name(), e.seq),
+                    e.kind.largest_payload(),
+                )
+                .err()
+        }) {
+            warn!(error = %e, "the workflow task records a payload over the limit; pausing workflow");
+            self.release_paused(task.lease, e).await;
+            return None;
+        }
+        if machine.last_seq().get() > limits.history_warning_events {
+            warn!(
+                events = machine.last_seq().get(),
+                limit = limits.max_history_events,
+                "the history is long: it replays slowly after a cache miss, and the run is ended at the limit"
+            );
+        }
         let scheduled = activities_scheduled(&decision.events);
         for line in &decision.logs {
             log_line(&id, line.level, &line.message);
