@@ -187,6 +187,7 @@ impl<W: Workflow> WorkflowContext<W> {
             shared: self.inner.shared.clone(),
             name: name.into(),
             epoch: None,
+            waiting: false,
             _payload: PhantomData,
         }
     }
@@ -678,7 +679,24 @@ pub struct SignalWait<T> {
     shared: Shared,
     name: String,
     epoch: Option<u32>,
+    /// Counted among the machine's outstanding signal waits.
+    waiting: bool,
     _payload: PhantomData<fn() -> T>,
+}
+
+/// A signal wait that resolved or was dropped no longer counts as outstanding.
+fn stop_waiting(waiting: &mut bool, shared: &mut crate::machine::Inner) {
+    if std::mem::take(waiting) {
+        shared.signal_waits = shared.signal_waits.saturating_sub(1);
+    }
+}
+
+impl<T> Drop for SignalWait<T> {
+    fn drop(&mut self) {
+        if self.waiting {
+            stop_waiting(&mut self.waiting, &mut self.shared.lock());
+        }
+    }
 }
 
 impl<T: DeserializeOwned> Future for SignalWait<T> {
@@ -696,10 +714,16 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
             .get_mut(&this.name)
             .and_then(|q| q.pop_front())
         {
+            stop_waiting(&mut this.waiting, &mut shared);
             return Poll::Ready(payload.decode::<T>().map_err(WorkflowError::from));
         }
         if shared.cancel_epoch > epoch {
+            stop_waiting(&mut this.waiting, &mut shared);
             return Poll::Ready(Err(WorkflowError::Cancelled));
+        }
+        if !this.waiting {
+            this.waiting = true;
+            shared.signal_waits += 1;
         }
         shared.awaiting_signals.insert(this.name.clone());
         shared.wakers.push(cx.waker().clone());

@@ -225,6 +225,18 @@ pub enum ReplayError {
         /// The panic message.
         message: String,
     },
+    /// The workflow code is blocked on something that is not Loom's (a tokio timer, a
+    /// channel, a spawned task): it has not finished, and no activity, timer, child workflow
+    /// or signal wait of its is outstanding, so nothing Loom records could ever wake it.
+    #[error(
+        "the workflow code is stalled: it waits for something that is not Loom's (a tokio timer, a channel, a spawned task), \
+         with no activity, timer, child workflow or signal wait outstanding, so nothing can wake it \
+         (after {last_seq}); await only what WorkflowContext gives (ctx.sleep, ctx.activity, ctx.child, ctx.wait_signal)"
+    )]
+    Stalled {
+        /// The history's last event when it stalled.
+        last_seq: Seq,
+    },
 }
 
 impl ReplayError {
@@ -377,7 +389,9 @@ impl WorkflowMachine {
             inner.rng = Pcg64Mcg::seed_from_u64(activation.entropy);
             inner.history.len()
         };
-        let result = self.activate_inner(activation.messages);
+        let result = self
+            .activate_inner(activation.messages)
+            .and_then(|dropped| self.check_not_stalled().map(|()| dropped));
         match result {
             Ok(dropped) => {
                 let mut inner = self.shared.lock();
@@ -466,6 +480,30 @@ impl WorkflowMachine {
     /// The workflow's id.
     pub fn workflow_id(&self) -> &WorkflowId {
         &self.id
+    }
+
+    /// Whether the code can still be woken: it has finished, or something of Loom's that it
+    /// waits for is outstanding. Otherwise it is [`ReplayError::Stalled`].
+    fn check_not_stalled(&self) -> Result<(), ReplayError> {
+        if self.run.is_none() {
+            return Ok(());
+        }
+        let inner = self.shared.lock();
+        let outstanding = inner.finished.is_some()
+            || inner.signal_waits > 0
+            || inner
+                .activities
+                .values()
+                .any(|a| a.outcome.is_none() && !a.cancelled)
+            || inner.timers.values().any(|t| !t.fired && !t.cancelled)
+            || inner.children.values().any(|c| c.outcome.is_none());
+        if outstanding {
+            Ok(())
+        } else {
+            Err(ReplayError::Stalled {
+                last_seq: Seq::new(inner.history.len() as u64),
+            })
+        }
     }
 
     fn activate_inner(
@@ -728,6 +766,7 @@ impl Shared {
             children: BTreeMap::new(),
             parent: None,
             cancels_dropped_work: false,
+            signal_waits: 0,
             signals: BTreeMap::new(),
             awaiting_signals: BTreeSet::new(),
             wakers: Vec::new(),
@@ -794,6 +833,8 @@ pub(crate) struct Inner {
     /// The run's history format cancels the timers and activities the code stops waiting for
     /// ([`FORMAT_CANCELS_DROPPED_WORK`]).
     pub(crate) cancels_dropped_work: bool,
+    /// Signal waits polled and not yet resolved or dropped.
+    pub(crate) signal_waits: usize,
     pub(crate) signals: BTreeMap<String, VecDeque<Payload>>,
     pub(crate) awaiting_signals: BTreeSet<String>,
     pub(crate) wakers: Vec<Waker>,

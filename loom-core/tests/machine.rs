@@ -1286,3 +1286,75 @@ fn termination_is_never_a_message_and_a_request_for_it_is_the_runtimes() {
     assert!(decided.dropped[1].1.contains("runtime"));
     assert_eq!(d.machine().outcome(), None);
 }
+
+// ---- stall detection ----
+
+/// Runs an activity, then waits for something that is not Loom's.
+struct WaitsOnNothingOfLooms;
+impl Workflow for WaitsOnNothingOfLooms {
+    const NAME: &'static str = "WaitsOnNothingOfLooms";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        ctx.activity::<Charge>(1).await?;
+        let timer = ctx.sleep(Duration::from_secs(1));
+        // Joined with a Loom timer: not stalled while the timer is outstanding.
+        let ((), fired) = join(std::future::pending::<()>(), timer).await;
+        fired
+    }
+}
+
+#[test]
+fn code_blocked_on_something_not_looms_is_stalled_once_nothing_of_looms_is_outstanding() {
+    let mut d = Driver::start::<WaitsOnNothingOfLooms>(&());
+    d.feed(vec![]);
+    let charge = d.activity(0);
+    // The activity's result arrives; the code now waits on a timer and on nothing of Loom's.
+    d.feed(vec![completed(charge, true)]);
+    let timer = d.timer(0);
+    let err = d.step(vec![fired(timer)]).expect_err("stalled");
+    assert!(matches!(err, ReplayError::Stalled { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("not Loom's") && text.contains("ctx.sleep"),
+        "{text}"
+    );
+    // Nothing was appended: the history ends before the timer fired, and a replay stalls
+    // at the same place.
+    assert_eq!(d.kinds().last(), Some(&"TimerScheduled"));
+    let again = d.step(vec![fired(timer)]).expect_err("stalled again");
+    assert!(matches!(again, ReplayError::Stalled { .. }));
+}
+
+/// Waits for 40 signals at once: more than `join_all` polls one by one.
+struct ManySignals;
+impl Workflow for ManySignals {
+    const NAME: &'static str = "ManySignals";
+    type Input = ();
+    type State = ();
+    type Output = usize;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<usize, WorkflowError> {
+        let waits = (0..40).map(|i| ctx.wait_signal::<u32>(format!("s{i}")));
+        let got = join_all(waits).await;
+        Ok(got.into_iter().filter(Result::is_ok).count())
+    }
+}
+
+#[test]
+fn signal_waits_count_as_outstanding_however_they_are_polled() {
+    let mut d = Driver::start::<ManySignals>(&());
+    d.feed(vec![]);
+    for i in 0..39 {
+        d.feed(vec![signal(&format!("s{i}"), i)]);
+    }
+    assert_eq!(d.machine().outcome(), None);
+    d.crash();
+    d.feed(vec![signal("s39", 39)]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&40usize).expect("encode")
+        })
+    );
+}

@@ -1,7 +1,8 @@
 //! Limits, end to end on every backend: an input or a signal over the payload limit is
 //! refused and writes nothing; an activity result over it is a failure the code handles; a
 //! workflow task that would record one pauses its workflow with the reason; a history past
-//! its limit ends the run with a reason that names the limit.
+//! its limit ends the run with a reason that names the limit; code that waits on something
+//! not Loom's is paused with that cause.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,20 @@ impl Workflow for AskForBlob {
     }
 }
 
+/// Waits on a tokio timer, which Loom cannot see.
+struct Stalls;
+impl Workflow for Stalls {
+    const NAME: &'static str = "Stalls";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    #[allow(clippy::disallowed_methods, reason = "the mistake under test")]
+    async fn run(_ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        Ok(())
+    }
+}
+
 /// Sleeps a millisecond, for ever.
 struct Forever;
 impl Workflow for Forever {
@@ -102,6 +117,7 @@ fn spawn(store: Arc<dyn Storage>) -> (Client, Running) {
         .add_workflow::<AskForBlob>()
         .and_then(|r| r.add_workflow::<Forever>())
         .and_then(|r| r.add_workflow::<SendBlob>())
+        .and_then(|r| r.add_workflow::<Stalls>())
         .and_then(|r| r.add_activity(Blob))
         .and_then(|r| r.add_activity(Sink))
         .expect("registry");
@@ -253,7 +269,31 @@ async fn a_history_past_its_limit_ends_the_run(store: Arc<dyn Storage>) {
     running.stop().await;
 }
 
+async fn code_waiting_on_something_not_looms_is_paused_with_the_cause(store: Arc<dyn Storage>) {
+    let (client, running) = spawn(store);
+    let handle = client
+        .start::<Stalls>(&(), StartOptions::id("stalls"))
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = client.describe(handle.id()).await.expect("describe");
+        if s.status == WorkflowStatus::Paused {
+            let reason = s.pause_reason.expect("a reason");
+            assert!(
+                reason.contains("stalled") && reason.contains("not Loom's"),
+                "{reason}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop().await;
+}
+
 on_every_backend!(
+    code_waiting_on_something_not_looms_is_paused_with_the_cause,
     inputs_and_signals_over_the_limit_are_refused_and_write_nothing,
     a_result_over_the_limit_is_a_failure_the_code_handles,
     a_task_that_would_record_too_much_pauses_its_workflow,
