@@ -98,7 +98,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let store = db::open(&url, Missing::Refuse, false).await?;
             let id = WorkflowId::new(id);
             Client::new(store)
-                .signal(&id, &name, payload)
+                .signal_checked(&registry, &id, &name, payload)
                 .await
                 .map_err(Fail::from_client)?;
             if json {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `OrderProcessing` | `{"order_id", "customer_email"}` | two activities, the second only if the first succeeded; typed state |
 //! | `Greeting` | `{"name"}` | the smallest workflow: one activity |
-//! | `Approval` | `{"request_id", "timeout_secs"}` | waiting for a signal `approve` (`{"approved", "by"}`) with a durable timeout |
+//! | `Approval` | `{"request_id", "timeout_secs"}` | waiting for the typed signal `approve` (`{"approved", "by"}`) with a durable timeout; a malformed one is skipped |
 //! | `Reminder` | `{"seconds"}` | a durable sleep, then an activity |
 //! | `FlakyCharge` | `{"fail_times"}` | an activity that fails, retried with exponential backoff |
 //! | `FanOut` | `{"n"}` | `n` activities in parallel, output their sum |
@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use loom_core::future::{Either, join_all, select};
 use loom_core::{
-    Activity, ActivityContext, ActivityOptions, ChildError, Failure, Registry, RetryPolicy,
-    Workflow, WorkflowContext, WorkflowError,
+    Activity, ActivityContext, ActivityOptions, ChildError, Failure, Registry, RetryPolicy, Signal,
+    SignalError, Signals, Workflow, WorkflowContext, WorkflowError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -180,6 +180,14 @@ pub struct ApprovalRequest {
     pub timeout_secs: u64,
 }
 
+/// The `approve` signal: its name and payload type, shared by senders and `Approval`.
+pub struct Approve;
+
+impl Signal for Approve {
+    const NAME: &'static str = "approve";
+    type Payload = ApprovalDecision;
+}
+
 /// The payload of the `approve` signal.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApprovalDecision {
@@ -207,14 +215,26 @@ impl Workflow for Approval {
     type State = ();
     type Output = ApprovalOutcome;
 
+    fn signals(signals: &mut Signals) {
+        signals.add::<Approve>();
+    }
+
     async fn run(ctx: WorkflowContext<Self>) -> Result<ApprovalOutcome, WorkflowError> {
         let timeout = Duration::from_secs(ctx.input().timeout_secs);
-        let decision = ctx
-            .step(
-                "awaiting approval",
-                ctx.wait_signal_timeout::<ApprovalDecision>("approve", timeout),
-            )
-            .await?;
+        let wait = async {
+            loop {
+                match ctx.signal_timeout::<Approve>(timeout).await {
+                    // Sent unchecked and malformed: say so, and wait for a good one.
+                    Err(SignalError::BadPayload { error, .. }) => {
+                        ctx.logger().warn(format!(
+                            "ignored an approve signal that does not fit: {error}"
+                        ));
+                    }
+                    other => break other,
+                }
+            }
+        };
+        let decision = ctx.step("awaiting approval", wait).await?;
         let outcome = match decision {
             Some(d) => ApprovalOutcome {
                 decision: if d.approved { "approved" } else { "rejected" }.into(),

@@ -996,3 +996,70 @@ fn inputs_and_payloads_come_from_files_or_stdin_within_the_limit() {
         .code(2)
         .stderr(predicate::str::contains("cannot be used with"));
 }
+
+#[test]
+fn signal_checks_the_payload_against_the_workflows_signal_types() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path())
+        .args([
+            "start",
+            "Approval",
+            "--id",
+            "ap",
+            "--input",
+            r#"{"request_id": "r", "timeout_secs": 60}"#,
+        ])
+        .assert()
+        .success();
+    loom(dir.path())
+        .args([
+            "signal",
+            "ap",
+            "approve",
+            "--payload",
+            r#"{"approved": "yes"}"#,
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not fit"));
+    loom(dir.path())
+        .args(["signal", "ap", "reject", "--payload", "{}"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("takes no signal \"reject\""));
+    loom(dir.path())
+        .args([
+            "signal",
+            "ap",
+            "approve",
+            "--payload",
+            r#"{"approved": true, "by": "ada"}"#,
+        ])
+        .assert()
+        .success();
+    loom(dir.path())
+        .args(["worker", "--exit-when-idle"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success();
+    loom(dir.path())
+        .args(["result", "ap"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("approved"));
+    // The refused signals were never written: the history holds the one that was sent.
+    let out = loom(dir.path())
+        .args(["inspect", "ap", "--events", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let signals = json_of(&out)["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "SignalReceived")
+        .count();
+    assert_eq!(signals, 1);
+}

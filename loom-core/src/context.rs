@@ -17,11 +17,11 @@ use futures::future::{Either, select};
 use serde::de::DeserializeOwned;
 
 use crate::event::{EventKind, LogLevel, ParentRef, RecordedValue};
-use crate::failure::{ActivityError, ChildError, Failure, WorkflowError};
+use crate::failure::{ActivityError, ChildError, Failure, SignalError, WorkflowError};
 use crate::machine::Shared;
 use crate::options::{ActivityOptions, ChildOptions, ParentClosePolicy};
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
-use crate::workflow::{Activity, Workflow};
+use crate::workflow::{Activity, Signal, Workflow};
 
 /// The state key that stands for the whole state when it is not a JSON object.
 pub const WHOLE_STATE_KEY: &str = "$";
@@ -189,6 +189,36 @@ impl<W: Workflow> WorkflowContext<W> {
             epoch: None,
             waiting: false,
             _payload: PhantomData,
+        }
+    }
+
+    /// Waits for the next signal `S` not yet consumed (see [`wait_signal`](Self::wait_signal)),
+    /// typed: a payload that does not decode is an error value the code may handle
+    /// ([`SignalError::BadPayload`]), never a failure of the run unless the code makes it one.
+    pub async fn signal<S: Signal>(&self) -> Result<S::Payload, SignalError> {
+        match self.wait_signal::<Payload>(S::NAME).await {
+            Ok(payload) => payload
+                .decode::<S::Payload>()
+                .map_err(|e| SignalError::BadPayload {
+                    signal: S::NAME.to_owned(),
+                    error: e.to_string(),
+                    payload,
+                }),
+            Err(_) => Err(SignalError::Cancelled),
+        }
+    }
+
+    /// Waits for signal `S` at most `timeout` (a durable timer, cancelled if the signal
+    /// wins); `Ok(None)` on timeout.
+    pub async fn signal_timeout<S: Signal>(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<S::Payload>, SignalError> {
+        let signal = Box::pin(self.signal::<S>());
+        let timer = self.sleep(timeout);
+        match select(signal, timer).await {
+            Either::Left((payload, _)) => payload.map(Some),
+            Either::Right((fired, _)) => fired.map(|()| None).map_err(|_| SignalError::Cancelled),
         }
     }
 

@@ -137,6 +137,38 @@ impl From<ChildError> for WorkflowError {
     }
 }
 
+/// Why a typed signal wait gave no payload.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// A signal of this name arrived with a payload that does not decode as its type (sent
+    /// without a check): the code may skip it and wait again. Converted with `?`, it fails
+    /// the run.
+    #[error("signal {signal:?} arrived with a payload that does not fit: {error}")]
+    BadPayload {
+        /// The signal's name.
+        signal: String,
+        /// Why it does not decode.
+        error: String,
+        /// The payload as it arrived.
+        payload: Payload,
+    },
+    /// The workflow was asked to cancel while it waited.
+    #[error("cancelled while waiting for a signal")]
+    Cancelled,
+}
+
+impl From<SignalError> for WorkflowError {
+    fn from(e: SignalError) -> Self {
+        match e {
+            SignalError::Cancelled => WorkflowError::Cancelled,
+            SignalError::BadPayload { .. } => {
+                WorkflowError::Failed(Failure::non_retryable("bad_signal", e.to_string()))
+            }
+        }
+    }
+}
+
 /// How a workflow run ends when it does not return its output.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[non_exhaustive]

@@ -44,7 +44,7 @@ pub use event::{
     Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef,
     RecordedValue, Role,
 };
-pub use failure::{ActivityError, ChildError, Failure, WorkflowError};
+pub use failure::{ActivityError, ChildError, Failure, SignalError, WorkflowError};
 pub use machine::{
     Activation, Decision, NonDeterminism, Outcome, PendingActivity, PendingChild, PendingTimer,
     Progress, ReplayError, WorkflowMachine,
@@ -53,7 +53,8 @@ pub use options::{ActivityOptions, ChildOptions, ParentClosePolicy, RetryPolicy}
 pub use types::{ActivityId, ChildId, Payload, PayloadError, Seq, TimerId, Timestamp, WorkflowId};
 pub use workflow::{
     Activity, ActivityContext, ActivityInfo, BoxFuture, CancelFlag, Cancelled, DynActivity,
-    DynWorkflow, Registry, RegistryError, RunFuture, Workflow, activity_type, workflow_type,
+    DynWorkflow, Registry, RegistryError, RunFuture, Signal, Signals, Workflow, activity_type,
+    workflow_type,
 };
 
 /// Deterministic combinators for awaiting several workflow futures at once.

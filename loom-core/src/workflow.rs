@@ -67,6 +67,63 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     fn run(
         ctx: WorkflowContext<Self>,
     ) -> impl Future<Output = Result<Self::Output, WorkflowError>> + Send;
+
+    /// The signals the workflow takes (`signals.add::<Approve>()`). When it declares any,
+    /// clients that check (`Client::signal_checked`, `loom signal`) refuse another name or a
+    /// payload that does not decode, and write nothing. Declaring none accepts any signal.
+    fn signals(signals: &mut Signals) {
+        let _ = signals;
+    }
+}
+
+/// A signal type: its name and its payload's type in one place, shared by the code that
+/// sends it and the workflow that waits for it (`ctx.signal::<S>()`).
+pub trait Signal: Send + Sync + 'static {
+    /// The signal's name.
+    const NAME: &'static str;
+    /// Its payload.
+    type Payload: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// The signals a workflow type declares (see [`Workflow::signals`]).
+#[derive(Default)]
+pub struct Signals(BTreeMap<&'static str, DecodeCheck>);
+
+/// Whether a payload decodes as one signal's payload type.
+type DecodeCheck = fn(&Payload) -> Result<(), PayloadError>;
+
+impl Signals {
+    /// Declares signal `S`.
+    pub fn add<S: Signal>(&mut self) -> &mut Self {
+        self.0
+            .insert(S::NAME, |p| p.decode::<S::Payload>().map(drop));
+        self
+    }
+
+    /// Whether `name` with `payload` is a signal the workflow takes; the error says why not.
+    pub fn check(&self, workflow: &str, name: &str, payload: &Payload) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        match self.0.get(name) {
+            Some(decode) => decode(payload)
+                .map_err(|e| format!("the payload of signal {name:?} does not fit: {e}")),
+            None => Err(format!(
+                "workflow {workflow} takes no signal {name:?}; it takes {}",
+                self.0
+                    .keys()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Signals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// An activity type: a side effect with a typed input and output, run at least once by a
@@ -231,6 +288,8 @@ pub trait DynWorkflow: Send + Sync {
     fn version(&self) -> u32;
     /// Checks that `input` decodes as the workflow's input type.
     fn check_input(&self, input: &Payload) -> Result<(), PayloadError>;
+    /// Checks a signal against the ones the workflow declares ([`Workflow::signals`]).
+    fn check_signal(&self, name: &str, payload: &Payload) -> Result<(), String>;
     /// Starts the code on `input`; the future resolves to the encoded output.
     fn start(
         &self,
@@ -270,6 +329,12 @@ impl<W: Workflow> DynWorkflow for WorkflowType<W> {
 
     fn check_input(&self, input: &Payload) -> Result<(), PayloadError> {
         input.decode::<W::Input>().map(drop)
+    }
+
+    fn check_signal(&self, name: &str, payload: &Payload) -> Result<(), String> {
+        let mut signals = Signals::default();
+        W::signals(&mut signals);
+        signals.check(W::NAME, name, payload)
     }
 
     fn start(

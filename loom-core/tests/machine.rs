@@ -1358,3 +1358,76 @@ fn signal_waits_count_as_outstanding_however_they_are_polled() {
         })
     );
 }
+
+// ---- typed signals ----
+
+struct Approve;
+impl loom_core::Signal for Approve {
+    const NAME: &'static str = "approve";
+    type Payload = bool;
+}
+
+/// Takes the first well-formed `approve`, skipping malformed ones.
+struct TypedApproval;
+impl Workflow for TypedApproval {
+    const NAME: &'static str = "TypedApproval";
+    type Input = ();
+    type State = ();
+    type Output = (bool, u32);
+    fn signals(signals: &mut loom_core::Signals) {
+        signals.add::<Approve>();
+    }
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(bool, u32), WorkflowError> {
+        let mut skipped = 0;
+        loop {
+            match ctx.signal::<Approve>().await {
+                Ok(approved) => return Ok((approved, skipped)),
+                Err(loom_core::SignalError::BadPayload { signal, .. }) => {
+                    assert_eq!(signal, "approve");
+                    skipped += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_typed_signal_that_does_not_decode_is_a_value_the_code_handles() {
+    let mut d = Driver::start::<TypedApproval>(&());
+    d.feed(vec![]);
+    d.feed(vec![signal("approve", "yes please")]);
+    assert_eq!(
+        d.machine().outcome(),
+        None,
+        "a bad payload does not end the run"
+    );
+    d.crash();
+    d.feed(vec![signal("approve", true)]);
+    assert_eq!(
+        d.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&(true, 1)).expect("encode")
+        })
+    );
+    // What a checking client asks of the type.
+    let def = workflow_type::<TypedApproval>();
+    assert!(
+        def.check_signal("approve", &Payload::encode(&true).expect("encode"))
+            .is_ok()
+    );
+    let bad = def
+        .check_signal("approve", &Payload::encode(&"yes").expect("encode"))
+        .expect_err("wrong type");
+    assert!(bad.contains("does not fit"), "{bad}");
+    let unknown = def
+        .check_signal("reject", &Payload::NULL)
+        .expect_err("unknown name");
+    assert!(unknown.contains("takes no signal \"reject\""), "{unknown}");
+    // A type that declares no signals takes any.
+    assert!(
+        workflow_type::<CancelMeLater>()
+            .check_signal("anything", &Payload::NULL)
+            .is_ok()
+    );
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Workflow,
+    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Signal, Workflow,
     WorkflowId,
 };
 use loom_storage::{
@@ -352,6 +352,36 @@ impl Client {
             wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Sends signal `S` with its typed payload.
+    pub async fn send<S: Signal>(
+        &self,
+        id: &WorkflowId,
+        payload: &S::Payload,
+    ) -> Result<(), ClientError> {
+        let payload = Payload::encode(payload).map_err(|e| ClientError::Payload(e.to_string()))?;
+        self.signal(id, S::NAME, payload).await
+    }
+
+    /// Sends a signal by name with a JSON payload, checked first against the signals the
+    /// workflow's type declares in `registry` ([`Workflow::signals`]): another name, or a
+    /// payload that does not decode as the signal's type, is refused and nothing is written.
+    /// A workflow type `registry` does not know is not checked. The way a command line sends
+    /// signals.
+    pub async fn signal_checked(
+        &self,
+        registry: &Registry,
+        id: &WorkflowId,
+        name: &str,
+        payload: Payload,
+    ) -> Result<(), ClientError> {
+        let summary = self.storage.describe(id).await?;
+        if let Some(def) = registry.workflow(&summary.name) {
+            def.check_signal(name, &payload)
+                .map_err(ClientError::Payload)?;
+        }
+        self.signal(id, name, payload).await
     }
 
     /// Asks a workflow to cancel; its code sees the request as a cancellation error.
