@@ -377,6 +377,13 @@ impl Client {
         payload: Payload,
     ) -> Result<(), ClientError> {
         let summary = self.storage.describe(id).await?;
+        if summary.status.is_terminal() {
+            return Err(StorageError::Closed {
+                id: id.clone(),
+                status: summary.status,
+            }
+            .into());
+        }
         if let Some(def) = registry.workflow(&summary.name) {
             def.check_signal(name, &payload)
                 .map_err(ClientError::Payload)?;
