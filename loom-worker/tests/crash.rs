@@ -1,6 +1,7 @@
 //! Recovery: a worker process killed with SIGKILL at random moments, many times, loses
-//! nothing. Every workflow completes with the right output, no event is duplicated, and every
-//! activity has exactly one recorded result.
+//! nothing. Every workflow completes with the right output, no event is duplicated, every
+//! activity has exactly one recorded result, and every parent started each of its children
+//! exactly once and heard each end exactly once.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -12,6 +13,9 @@ use loom_storage::{Storage, WorkflowStatus};
 use rand::Rng;
 
 const WORKFLOWS: u64 = 150;
+/// Parents of three children each, started beside the chains.
+const FAMILIES: u64 = 20;
+const FAMILY_STEPS: u32 = 4;
 const STEPS: u32 = 15;
 const KILLS: usize = 10;
 
@@ -49,6 +53,25 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
         };
         store
             .create_workflow(&WorkflowId::new(format!("chain-{n}")), started)
+            .await
+            .expect("create");
+    }
+
+    for n in 0..FAMILIES {
+        let input = serde_json::json!({ "steps": FAMILY_STEPS, "salt": n * 10 });
+        let started = Event {
+            seq: Seq::FIRST,
+            at: Timestamp::from_millis(0),
+            kind: EventKind::WorkflowStarted {
+                name: "Family".into(),
+                version: 1,
+                input: Payload::from_json(input),
+                format: HISTORY_FORMAT,
+                parent: None,
+            },
+        };
+        store
+            .create_workflow(&WorkflowId::new(format!("family-{n}")), started)
             .await
             .expect("create");
     }
@@ -123,5 +146,50 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
             "{id}: a result was recorded twice"
         );
         assert_eq!(terminal, 1, "{id}: one ending");
+    }
+    for n in 0..FAMILIES {
+        let id = WorkflowId::new(format!("family-{n}"));
+        let summary = store.describe(&id).await.expect("describe");
+        assert_eq!(
+            summary.status,
+            WorkflowStatus::Completed,
+            "{id}: {:?}",
+            summary.pause_reason
+        );
+        let chain = |salt: u64| {
+            (0..FAMILY_STEPS).fold(salt, |acc, i| (acc * 31 + u64::from(i)) % 1_000_003)
+        };
+        let want = chain(n * 10) + chain(n * 10 + 1) + chain(n * 10 + 2);
+        let output: u64 = summary.output.expect("output").decode().expect("a number");
+        assert_eq!(output, want, "{id}: the output");
+        let history = store.load_history(&id, Seq::ZERO).await.expect("history");
+        let started = history
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::ChildWorkflowScheduled { .. }))
+            .count();
+        let heard = history
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::ChildWorkflowCompleted { .. }))
+            .count();
+        assert_eq!(
+            (started, heard),
+            (3, 3),
+            "{id}: each child started and heard once"
+        );
+        let children = store
+            .list(&loom_storage::ListQuery {
+                parent: Some(id.clone()),
+                ..loom_storage::ListQuery::default()
+            })
+            .await
+            .expect("children");
+        assert_eq!(children.items.len(), 3, "{id}: no child started twice");
+        assert!(
+            children
+                .items
+                .iter()
+                .all(|c| c.status == WorkflowStatus::Completed),
+            "{id}: every child ended"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! A worker process for loom-worker's crash and multi-process tests: it runs a worker with the
-//! `Chain` workflow until it is killed or sent SIGTERM (`run`; on SIGTERM it prints its
+//! `Chain` workflow (and `Family`, a parent of three `Chain` children) until it is killed or sent SIGTERM (`run`; on SIGTERM it prints its
 //! counters as JSON) or until no work is left (`drain`). Not part of Loom's command line;
 //! `cargo test -p loom-worker` builds and drives it.
 //!
@@ -54,6 +54,30 @@ impl Workflow for Chain {
             }
         }
         Ok(acc)
+    }
+}
+
+/// Runs two `Chain` children at once and then a third, and returns the sum of their outputs:
+/// a parent whose children are started by its commits and reported by theirs.
+struct Family;
+
+impl Workflow for Family {
+    const NAME: &'static str = "Family";
+    type Input = ChainInput;
+    type State = ();
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let child = |salt: u64| {
+            ctx.child::<Chain>(ChainInput {
+                steps: ctx.input().steps,
+                salt,
+            })
+        };
+        let salt = ctx.input().salt;
+        let (a, b) = loom_core::future::join(child(salt), child(salt + 1)).await;
+        let c = child(salt + 2).await?;
+        Ok(a? + b? + c)
     }
 }
 
@@ -116,6 +140,7 @@ fn main() -> ExitCode {
         let mut registry = Registry::new();
         registry
             .add_workflow::<Chain>()
+            .and_then(|r| r.add_workflow::<Family>())
             .and_then(|r| r.add_activity(Step))
             .map_err(|e| e.to_string())?;
         let mut config = WorkerConfig {
