@@ -43,6 +43,7 @@ fn started() -> Event {
             version: 1,
             input: Payload::encode(&"an input of a few bytes").expect("encode"),
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }

@@ -40,6 +40,7 @@ pub fn started(n: u32) -> Event {
             version: Sequential::VERSION,
             input: Payload::encode(&n).expect("a u32 encodes"),
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }

@@ -354,7 +354,7 @@ pub(crate) async fn bench(
             let mut tick = tokio::time::interval(every);
             for id in ids {
                 tick.tick().await;
-                let options = StartOptions { id: Some(id) };
+                let options = StartOptions::id(id);
                 if let Err(e) = client.start::<BenchChain>(&input, options).await {
                     return Err(Fail::failed(format!("starting a workflow failed: {e}")));
                 }
@@ -553,9 +553,7 @@ where
         for id in chunk {
             let client = client.clone();
             let input = input.clone();
-            let options = StartOptions {
-                id: Some(id.clone()),
-            };
+            let options = StartOptions::id(id.clone());
             set.spawn(async move { client.start::<W>(&input, options).await.map(drop) });
         }
         while let Some(r) = set.join_next().await {

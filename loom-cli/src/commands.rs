@@ -48,9 +48,13 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             input,
             input_file,
             id,
+            run_timeout,
+            execution_timeout,
             wait,
         } => {
             let input = json_arg("--input", input, input_file.as_deref())?;
+            let run_timeout = seconds("--run-timeout", run_timeout)?;
+            let execution_timeout = seconds("--execution-timeout", execution_timeout)?;
             // Check name and input before touching the database, so bad input writes nothing.
             let Some(def) = registry.workflow(&workflow) else {
                 return Err(unknown_workflow(&registry, &workflow));
@@ -62,7 +66,8 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 Fail::usage(format!("--input does not fit workflow {workflow}: {e}"))
             })?;
             let store = db::open(&url, Missing::Create, false).await?;
-            start(store, &registry, &workflow, input, id, wait, json).await
+            let timeouts = (run_timeout, execution_timeout);
+            start(store, &registry, &workflow, input, id, timeouts, wait, json).await
         }
         Command::List {
             limit,
@@ -195,6 +200,22 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
     }
 }
 
+/// A duration given in seconds (fractions allowed), which must be positive.
+fn seconds(flag: &str, value: Option<f64>) -> Result<Option<Duration>, Fail> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Fail::usage(format!(
+                        "{flag} must be a positive number of seconds, not {s}"
+                    ))
+                })
+        })
+        .transpose()
+}
+
 fn parse_json(flag: &str, text: &str) -> Result<Payload, Fail> {
     Payload::parse(text).map_err(|e| Fail::usage(format!("{flag} is not valid JSON ({e})")))
 }
@@ -266,18 +287,25 @@ fn workflows(registry: &Registry, json: bool) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The run and execution timeouts of a start.
+type StartTimeouts = (Option<Duration>, Option<Duration>);
+
+#[allow(clippy::too_many_arguments, reason = "one per flag of `loom start`")]
 async fn start(
     store: Arc<dyn Storage>,
     registry: &Registry,
     workflow: &str,
     input: Payload,
     id: Option<String>,
+    (run_timeout, execution_timeout): StartTimeouts,
     wait: bool,
     json: bool,
 ) -> Result<ExitCode, Fail> {
     let client = Client::new(store);
     let options = StartOptions {
         id: id.map(WorkflowId::new),
+        run_timeout,
+        execution_timeout,
     };
     let id = client
         .start_by_name(registry, workflow, input, options)
@@ -327,6 +355,12 @@ fn print_result(summary: &WorkflowSummary, json: bool) -> Result<ExitCode, Fail>
             "loom: workflow {} was terminated: {}",
             summary.id, f.message
         );
+    } else if let Some(f) = summary
+        .failure
+        .as_ref()
+        .filter(|_| summary.status == WorkflowStatus::TimedOut)
+    {
+        eprintln!("loom: workflow {} timed out: {}", summary.id, f.message);
     } else {
         eprintln!("loom: workflow {} was {}", summary.id, summary.status);
     }
@@ -715,7 +749,7 @@ async fn demo(
                     &registry,
                     name,
                     Payload::from_json(input),
-                    StartOptions { id: Some(id) },
+                    StartOptions::id(id),
                 )
                 .await
                 .map(|id| (name.to_owned(), id))

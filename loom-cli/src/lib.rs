@@ -119,6 +119,13 @@ pub(crate) enum Command {
         /// returns the existing workflow.
         #[arg(long)]
         id: Option<String>,
+        /// End the run `timed_out` if it is still running this many seconds after it starts.
+        #[arg(long, value_name = "SECONDS")]
+        run_timeout: Option<f64>,
+        /// End the workflow `timed_out` if it is still running this many seconds after it
+        /// starts, across the runs that continue it.
+        #[arg(long, value_name = "SECONDS")]
+        execution_timeout: Option<f64>,
         /// Wait for the result and print it (a worker must be running).
         #[arg(long)]
         wait: bool,

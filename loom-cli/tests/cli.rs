@@ -1063,3 +1063,47 @@ fn signal_checks_the_payload_against_the_workflows_signal_types() {
         .count();
     assert_eq!(signals, 1);
 }
+
+#[test]
+fn a_run_timeout_set_at_start_ends_the_run_timed_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for bad in ["0", "nan", "-- -1"] {
+        let mut cmd = loom(dir.path());
+        cmd.args(["start", "Reminder", "--run-timeout"]);
+        cmd.args(bad.split(' '));
+        cmd.assert().code(2);
+    }
+    loom(dir.path())
+        .args([
+            "start",
+            "Reminder",
+            "--input",
+            r#"{"seconds": 86400}"#,
+            "--id",
+            "late",
+            "--run-timeout",
+            "0.3",
+        ])
+        .assert()
+        .success();
+    let out = loom(dir.path())
+        .args(["inspect", "late", "--events", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["events"][0]["timeouts"]["run_ms"], 300);
+    loom(dir.path())
+        .args(["worker", "--exit-when-idle"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success();
+    loom(dir.path())
+        .args(["result", "late"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "timed out: its run timeout passed",
+        ));
+}

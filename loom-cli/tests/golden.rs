@@ -38,6 +38,7 @@ const COVERED: &[&str] = &[
     "TimerCancelled",
     "ActivityCancelled",
     "WorkflowTerminated",
+    "WorkflowTimedOut",
 ];
 
 #[test]
@@ -97,7 +98,7 @@ fn every_golden_history_replays_to_its_recorded_output() {
         checked += 1;
     }
     assert!(
-        checked >= 11,
+        checked >= 12,
         "expected the golden histories, found {checked}"
     );
     let missing: Vec<_> = COVERED.iter().filter(|k| !seen.contains(*k)).collect();

@@ -76,6 +76,9 @@ pub enum EventKind {
         /// The workflow that started this one as its child, if one did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentRef>,
+        /// How long the run may take before it ends timed out.
+        #[serde(default, skip_serializing_if = "Timeouts::is_none")]
+        timeouts: Timeouts,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -100,6 +103,17 @@ pub enum EventKind {
     WorkflowTerminated {
         /// Who ended it and why.
         reason: String,
+    },
+    /// A timeout set at start passed: the runtime that claims the run's next task ends it
+    /// with `WorkflowTimedOut`, without running the code.
+    TimeoutFired {
+        /// Which timeout.
+        scope: TimeoutScope,
+    },
+    /// The run ended because a timeout set at start passed; its code was not run again.
+    WorkflowTimedOut {
+        /// Which timeout.
+        scope: TimeoutScope,
     },
     /// A request to terminate the run, posted by a parent that ended with the `terminate`
     /// policy; the runtime that claims the run's next task carries it out without running
@@ -256,6 +270,55 @@ pub enum EventKind {
     WorkflowTaskCompleted {},
 }
 
+/// The timeouts of a run, set at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// The longest the workflow may take, across the runs that continue it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_ms: Option<u64>,
+    /// The longest this run may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// Whether none is set.
+    pub fn is_none(&self) -> bool {
+        self.execution_ms.is_none() && self.run_ms.is_none()
+    }
+
+    /// The timeout that passes first, and how long after the start: the run timeout when
+    /// both are equal.
+    pub fn first(&self) -> Option<(TimeoutScope, u64)> {
+        match (self.execution_ms, self.run_ms) {
+            (Some(e), Some(r)) if e < r => Some((TimeoutScope::Execution, e)),
+            (_, Some(r)) => Some((TimeoutScope::Run, r)),
+            (Some(e), None) => Some((TimeoutScope::Execution, e)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Which timeout of a run passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutScope {
+    /// The workflow's, across the runs that continue it.
+    Execution,
+    /// This run's.
+    Run,
+}
+
+impl TimeoutScope {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutScope::Execution => "execution",
+            TimeoutScope::Run => "run",
+        }
+    }
+}
+
 /// Where a child workflow came from: its parent, and its handle in the parent's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRef {
@@ -296,6 +359,8 @@ impl EventKind {
             | EventKind::CancelRequested { .. }
             | EventKind::WorkflowTerminated { .. }
             | EventKind::TerminateRequested { .. }
+            | EventKind::TimeoutFired { .. }
+            | EventKind::WorkflowTimedOut { .. }
             | EventKind::ActivityCompleted { .. }
             | EventKind::ActivityFailed { .. }
             | EventKind::ActivityTimedOut { .. }
@@ -331,6 +396,8 @@ impl EventKind {
             EventKind::WorkflowCancelled {} => "WorkflowCancelled",
             EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
             EventKind::TerminateRequested { .. } => "TerminateRequested",
+            EventKind::TimeoutFired { .. } => "TimeoutFired",
+            EventKind::WorkflowTimedOut { .. } => "WorkflowTimedOut",
             EventKind::StepStarted { .. } => "StepStarted",
             EventKind::StepCompleted { .. } => "StepCompleted",
             EventKind::StateSet { .. } => "StateSet",
@@ -386,6 +453,7 @@ impl EventKind {
                 | EventKind::WorkflowFailed { .. }
                 | EventKind::WorkflowCancelled {}
                 | EventKind::WorkflowTerminated { .. }
+                | EventKind::WorkflowTimedOut { .. }
         )
     }
 
@@ -399,6 +467,7 @@ impl EventKind {
                 EventKind::WorkflowStarted { .. }
                     | EventKind::WorkflowTaskCompleted {}
                     | EventKind::WorkflowTerminated { .. }
+                    | EventKind::WorkflowTimedOut { .. }
             )
     }
 
@@ -484,12 +553,19 @@ impl fmt::Display for EventKind {
                 input,
                 format,
                 parent,
+                timeouts,
             } => {
                 write!(
                     f,
                     "{name}(name={wf:?}, version={version}, format={format}, input={}",
                     input.preview(CUT)
                 )?;
+                if let Some(ms) = timeouts.execution_ms {
+                    write!(f, ", execution_timeout={ms}ms")?;
+                }
+                if let Some(ms) = timeouts.run_ms {
+                    write!(f, ", run_timeout={ms}ms")?;
+                }
                 match parent {
                     Some(p) => write!(f, ", parent={:?}/{})", p.workflow_id.as_str(), p.child),
                     None => f.write_str(")"),
@@ -503,6 +579,9 @@ impl fmt::Display for EventKind {
             EventKind::WorkflowCancelled {} => write!(f, "{name}"),
             EventKind::WorkflowTerminated { reason } | EventKind::TerminateRequested { reason } => {
                 write!(f, "{name}(reason={reason:?})")
+            }
+            EventKind::TimeoutFired { scope } | EventKind::WorkflowTimedOut { scope } => {
+                write!(f, "{name}({})", scope.as_str())
             }
             EventKind::StepStarted { name: step } | EventKind::StepCompleted { name: step } => {
                 write!(f, "{name}({step:?})")

@@ -42,7 +42,7 @@ pub mod workflow;
 pub use context::{ActivityCall, ChildCall, Logger, SignalWait, Sleep, WorkflowContext};
 pub use event::{
     Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef,
-    RecordedValue, Role,
+    RecordedValue, Role, TimeoutScope, Timeouts,
 };
 pub use failure::{ActivityError, ChildError, Failure, SignalError, WorkflowError};
 pub use machine::{

@@ -45,6 +45,7 @@
 //!         input: Payload::encode(&500u64).unwrap(),
 //!         format: HISTORY_FORMAT,
 //!         parent: None,
+//!         timeouts: Default::default(),
 //!     },
 //! };
 //! let mut history = vec![started];
@@ -147,6 +148,11 @@ pub enum Outcome {
     Terminated {
         /// Who ended it and why.
         reason: String,
+    },
+    /// A timeout set at start passed; its code was not run again.
+    TimedOut {
+        /// Which timeout.
+        scope: crate::event::TimeoutScope,
     },
 }
 
@@ -597,7 +603,10 @@ impl WorkflowMachine {
             if event.seq == Seq::FIRST {
                 self.start(&event.kind)?;
             }
-            if matches!(event.kind, EventKind::WorkflowTerminated { .. }) {
+            if matches!(
+                event.kind,
+                EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTimedOut { .. }
+            ) {
                 // Ended from outside: the code is not run again. Its pending futures are
                 // dropped with it; the run has finished, so they issue nothing.
                 self.run = None;
@@ -616,6 +625,7 @@ impl WorkflowMachine {
             input,
             format,
             parent,
+            ..
         } = started
         else {
             return Err(ReplayError::Corrupt {
@@ -990,8 +1000,12 @@ impl Inner {
                 None => Err(format!("{child} was never started")),
             },
             EventKind::SignalReceived { .. } | EventKind::CancelRequested { .. } => Ok(()),
-            EventKind::WorkflowTerminated { .. } if self.replaying => Ok(()),
-            EventKind::TerminateRequested { .. } => {
+            EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTimedOut { .. }
+                if self.replaying =>
+            {
+                Ok(())
+            }
+            EventKind::TerminateRequested { .. } | EventKind::TimeoutFired { .. } => {
                 Err("a terminate request is carried out by the runtime, not the code".to_owned())
             }
             EventKind::WorkflowTaskCompleted {}
@@ -1086,6 +1100,9 @@ impl Inner {
                 self.finished = Some(Outcome::Terminated {
                     reason: reason.clone(),
                 });
+            }
+            EventKind::WorkflowTimedOut { scope } => {
+                self.finished = Some(Outcome::TimedOut { scope: *scope });
             }
             EventKind::CancelRequested { .. } if !self.cancel_requested => {
                 self.cancel_requested = true;

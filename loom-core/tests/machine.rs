@@ -1431,3 +1431,30 @@ fn a_typed_signal_that_does_not_decode_is_a_value_the_code_handles() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_timed_out_history_replays_to_its_end_and_a_timeout_message_is_the_runtimes() {
+    let mut d = Driver::start::<CancelMeLater>(&());
+    d.feed(vec![]);
+    let fired_msg = d.ok(vec![EventKind::TimeoutFired {
+        scope: loom_core::TimeoutScope::Run,
+    }]);
+    assert!(fired_msg.events.is_empty());
+    assert!(fired_msg.dropped[0].1.contains("runtime"));
+    let mut history = d.history.clone();
+    history.push(loom_core::Event {
+        seq: Seq::new(history.len() as u64 + 1),
+        at: Timestamp::from_millis(9_000),
+        kind: EventKind::WorkflowTimedOut {
+            scope: loom_core::TimeoutScope::Run,
+        },
+    });
+    let mut replay = Driver::with_history(workflow_type::<CancelMeLater>(), history);
+    replay.feed(vec![]);
+    assert_eq!(
+        replay.machine().outcome(),
+        Some(Outcome::TimedOut {
+            scope: loom_core::TimeoutScope::Run
+        })
+    );
+}

@@ -127,9 +127,9 @@ BEGIN
             ok := CASE c->>0
                 WHEN 'absent' THEN NOT w_found
                 WHEN 'open' THEN w_found
-                    AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated')
+                    AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
                 WHEN 'child_of' THEN w_found
-                    AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated')
+                    AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
                     AND w_parent = c->>2
                 ELSE w_found AND w_last = (c->>2)::bigint
             END;
@@ -506,7 +506,7 @@ BEGIN
                 failed := loom_checks(item->'checks', r_now);
             END IF;
         ELSIF item->'checks'->0->>0 = 'absent' AND jsonb_array_length(item->'checks') = 1
-              AND jsonb_array_length(steps) = 1 AND steps->0 ? 'cw' THEN
+              AND jsonb_array_length(steps) = 1 AND steps->0 ? 'cw' AND NOT steps->0 ? 'po' THEN
             -- A start: its check is its own insert, which does nothing if the id is taken
             -- (a concurrent start of the same id waits on the key and then does nothing).
             c := steps->0;
@@ -542,7 +542,7 @@ BEGIN
             PERFORM 1 FROM tasks tk JOIN workflows wr ON wr.id = tk.workflow_id
             WHERE tk.id = (c->0->>1)::bigint AND tk.lease_token = (c->0->>2)::bigint
               AND tk.lease_expires_at > r_now AND tk.kind = 0 AND tk.workflow_id = c->1->>2
-              AND wr.status NOT IN ('completed', 'failed', 'cancelled', 'terminated')
+              AND wr.status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
               AND wr.last_seq = (c->3->>2)::bigint
             FOR UPDATE;
             IF NOT FOUND THEN

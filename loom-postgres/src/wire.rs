@@ -543,6 +543,7 @@ mod tests {
                 version: 1,
                 input: Payload::NULL,
                 format: HISTORY_FORMAT,
+                timeouts: Default::default(),
                 parent: None,
             },
         };

@@ -19,6 +19,7 @@ fn started(n: u64) -> Event {
             version: 1,
             input: Payload::encode(&n).expect("encode"),
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }

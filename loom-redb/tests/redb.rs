@@ -20,6 +20,7 @@ fn started() -> Event {
             version: 1,
             input: Payload::NULL,
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }

@@ -25,6 +25,7 @@ fn started(name: &str) -> Event {
             version: 1,
             input: Payload::encode(&"in").expect("encode"),
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }

@@ -103,6 +103,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             version: OrderProcessing::VERSION,
             input,
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     };

@@ -43,6 +43,7 @@
 //!         input: Payload::encode("Ada").unwrap(),
 //!         format: HISTORY_FORMAT,
 //!         parent: None,
+//!         timeouts: Default::default(),
 //!     },
 //! };
 //! store.create_workflow(&WorkflowId::new("greet-1"), started).await.unwrap();

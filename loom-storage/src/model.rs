@@ -268,17 +268,20 @@ pub enum WorkflowStatus {
     Cancelled,
     /// Was ended from outside without running its code (see [`Termination`]).
     Terminated,
+    /// Ran past a timeout set at start.
+    TimedOut,
 }
 
 impl WorkflowStatus {
     /// Every status, in display order.
-    pub const ALL: [WorkflowStatus; 6] = [
+    pub const ALL: [WorkflowStatus; 7] = [
         WorkflowStatus::Running,
         WorkflowStatus::Paused,
         WorkflowStatus::Completed,
         WorkflowStatus::Failed,
         WorkflowStatus::Cancelled,
         WorkflowStatus::Terminated,
+        WorkflowStatus::TimedOut,
     ];
 
     /// Whether the workflow has ended.
@@ -289,6 +292,7 @@ impl WorkflowStatus {
                 | WorkflowStatus::Failed
                 | WorkflowStatus::Cancelled
                 | WorkflowStatus::Terminated
+                | WorkflowStatus::TimedOut
         )
     }
 
@@ -301,6 +305,7 @@ impl WorkflowStatus {
             WorkflowStatus::Failed => "failed",
             WorkflowStatus::Cancelled => "cancelled",
             WorkflowStatus::Terminated => "terminated",
+            WorkflowStatus::TimedOut => "timed_out",
         }
     }
 }
@@ -320,7 +325,7 @@ impl FromStr for WorkflowStatus {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown status {s:?}: expected running, paused, completed, failed, cancelled or terminated"
+                    "unknown status {s:?}: expected running, paused, completed, failed, cancelled, terminated or timed_out"
                 )
             })
     }

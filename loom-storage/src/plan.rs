@@ -73,6 +73,7 @@ impl NewChild {
                 version: self.version,
                 input: self.input.clone(),
                 format: HISTORY_FORMAT,
+                timeouts: Default::default(),
                 parent: Some(ParentRef {
                     workflow_id: parent.clone(),
                     child: self.child,
@@ -117,7 +118,7 @@ impl Terminal {
                 output: self.output.clone().unwrap_or_default(),
             },
             WorkflowStatus::Cancelled => EventKind::ChildWorkflowCancelled { child },
-            // A terminated child is a failure of kind `terminated` to its parent.
+            // A terminated or timed-out child is a failure of that kind to its parent.
             _ => EventKind::ChildWorkflowFailed {
                 child,
                 failure: self
@@ -208,6 +209,16 @@ impl TaskPlan {
                         status: WorkflowStatus::Cancelled,
                         output: None,
                         failure: None,
+                    });
+                }
+                EventKind::WorkflowTimedOut { scope } => {
+                    plan.terminal = Some(Terminal {
+                        status: WorkflowStatus::TimedOut,
+                        output: None,
+                        failure: Some(Failure::non_retryable(
+                            "timed_out",
+                            format!("its {} timeout passed", scope.as_str()),
+                        )),
                     });
                 }
                 EventKind::WorkflowTerminated { reason } => {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Signal, Workflow,
-    WorkflowId,
+    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Signal, Timeouts,
+    Workflow, WorkflowId,
 };
 use loom_storage::{
     Clock, ListQuery, Page, Storage, StorageError, SystemClock, Termination, WorkflowStatus,
@@ -68,6 +68,13 @@ pub struct StartOptions {
     /// The workflow's id; a random UUID when `None`. Starting again with the same id, type and
     /// input returns the existing workflow instead of starting a second one.
     pub id: Option<WorkflowId>,
+    /// The longest this run may take: past it, it ends `timed_out` (its code is not run
+    /// again, its children get their parent-close policies). Timed by the store's clock; a
+    /// worker (of any types) carries it out.
+    pub run_timeout: Option<Duration>,
+    /// The longest the workflow may take across the runs that continue it. With a single
+    /// run it is the run timeout; the first to pass applies.
+    pub execution_timeout: Option<Duration>,
 }
 
 impl StartOptions {
@@ -75,8 +82,26 @@ impl StartOptions {
     pub fn id(id: impl Into<WorkflowId>) -> Self {
         StartOptions {
             id: Some(id.into()),
+            ..StartOptions::default()
         }
     }
+
+    /// With this run timeout.
+    pub fn with_run_timeout(mut self, timeout: Duration) -> Self {
+        self.run_timeout = Some(timeout);
+        self
+    }
+
+    /// With this execution timeout.
+    pub fn with_execution_timeout(mut self, timeout: Duration) -> Self {
+        self.execution_timeout = Some(timeout);
+        self
+    }
+}
+
+/// Whole milliseconds of a timeout, at least one.
+fn timeout_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// A started workflow of type `W`.
@@ -118,6 +143,12 @@ fn typed_output<W: Workflow>(summary: WorkflowSummary) -> Result<W::Output, Clie
             failure: summary
                 .failure
                 .unwrap_or_else(|| Failure::new("unknown", "no error was recorded")),
+        }),
+        WorkflowStatus::TimedOut => Err(ClientError::Failed {
+            id: summary.id,
+            failure: summary
+                .failure
+                .unwrap_or_else(|| Failure::new("timed_out", "a timeout passed")),
         }),
         WorkflowStatus::Terminated => Err(ClientError::Terminated {
             id: summary.id,
@@ -256,6 +287,10 @@ impl Client {
                 version,
                 input: input.clone(),
                 format: HISTORY_FORMAT,
+                timeouts: Timeouts {
+                    execution_ms: options.execution_timeout.map(timeout_ms),
+                    run_ms: options.run_timeout.map(timeout_ms),
+                },
                 parent: None,
             },
         };

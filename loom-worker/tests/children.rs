@@ -401,7 +401,46 @@ async fn cancelling_a_parent_terminates_a_terminate_child(store: Arc<dyn Storage
     running.stop().await;
 }
 
+async fn a_parent_that_times_out_ends_so_and_its_children_follow_their_policy(
+    store: Arc<dyn Storage>,
+) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, running) = spawn(store, calls.clone());
+    let handle = client
+        .start::<Saga>(
+            &saga("o-7", false, true, ParentClosePolicy::RequestCancel),
+            StartOptions::id("saga-7").with_run_timeout(Duration::from_millis(400)),
+        )
+        .await
+        .expect("start");
+    let err = handle.result_within(WAIT).await.expect_err("timed out");
+    match err {
+        ClientError::Failed { failure, .. } => assert_eq!(failure.kind, "timed_out"),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    let summary = client.describe(handle.id()).await.expect("describe");
+    assert_eq!(summary.status, WorkflowStatus::TimedOut);
+    let history = client.history(handle.id()).await.expect("history");
+    assert!(
+        matches!(
+            history.last().map(|e| &e.kind),
+            Some(EventKind::WorkflowTimedOut { .. })
+        ),
+        "{:?}",
+        history.last()
+    );
+    // Its child was asked to cancel, and unpacked.
+    until_status(
+        &client,
+        &WorkflowId::new("saga-7/4"),
+        WorkflowStatus::Cancelled,
+    )
+    .await;
+    running.stop().await;
+}
+
 on_every_backend!(
+    a_parent_that_times_out_ends_so_and_its_children_follow_their_policy,
     cancelling_a_parent_terminates_a_terminate_child,
     a_childs_output_reaches_its_parent,
     a_failed_child_is_compensated_by_its_parent,

@@ -48,6 +48,7 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
                 version: 1,
                 input: Payload::from_json(input),
                 format: HISTORY_FORMAT,
+                timeouts: Default::default(),
                 parent: None,
             },
         };
@@ -67,6 +68,7 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
                 version: 1,
                 input: Payload::from_json(input),
                 format: HISTORY_FORMAT,
+                timeouts: Default::default(),
                 parent: None,
             },
         };

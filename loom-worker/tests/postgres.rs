@@ -73,6 +73,7 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
                 version: 1,
                 input: Payload::from_json(input),
                 format: HISTORY_FORMAT,
+                timeouts: Default::default(),
                 parent: None,
             },
         };

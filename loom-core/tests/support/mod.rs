@@ -33,6 +33,7 @@ pub fn started_event(name: &str, version: u32, input: Payload) -> Event {
             version,
             input,
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }

@@ -35,6 +35,7 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
                         version: 1,
                         input: Payload::NULL,
                         format: HISTORY_FORMAT,
+                        timeouts: Default::default(),
                         parent: None,
                     },
                 };

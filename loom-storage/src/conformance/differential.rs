@@ -4,7 +4,7 @@
 //!
 //! A sequence creates a few workflows and then claims, commits (with generated events, child
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
-//! and activities cancelled, runs terminated, eager
+//! and activities cancelled, runs terminated, runs started with timeouts, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -121,6 +121,8 @@ pub enum Then {
 pub enum Op {
     /// Start workflow `n`.
     Create(u8),
+    /// Start workflow `n` with a run timeout of the span.
+    CreateWithTimeout(u8, Span),
     /// Claim up to `max` workflow tasks under a lease of `lease`.
     ClaimWorkflows(u8, Span),
     /// Claim up to `max` activity tasks under a lease of `lease`.
@@ -192,6 +194,7 @@ fn op() -> impl Strategy<Value = Op> {
     let held = 0u8..4;
     prop_oneof![
         3 => wf.clone().prop_map(Op::Create),
+        1 => (wf.clone(), span()).prop_map(|(n, s)| Op::CreateWithTimeout(n, s)),
         4 => (1u8..4, span()).prop_map(|(n, s)| Op::ClaimWorkflows(n, s)),
         4 => (1u8..4, span()).prop_map(|(n, s)| Op::ClaimActivities(n, s)),
         1 => Just(Op::Race),
@@ -451,7 +454,13 @@ impl Run {
     async fn step(&mut self, op: &Op) {
         self.line(format!("{op:?}"));
         match op {
-            Op::Create(n) => {
+            Op::Create(n) | Op::CreateWithTimeout(n, _) => {
+                let run_ms = match op {
+                    Op::CreateWithTimeout(_, s) => {
+                        Some(u64::try_from(s.duration().as_millis()).unwrap_or(0).max(1))
+                    }
+                    _ => None,
+                };
                 let started = Event {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
@@ -460,6 +469,10 @@ impl Run {
                         version: 1,
                         input: Payload::encode(n).unwrap_or(Payload::NULL),
                         format: HISTORY_FORMAT,
+                        timeouts: loom_core::Timeouts {
+                            execution_ms: None,
+                            run_ms,
+                        },
                         parent: None,
                     },
                 };

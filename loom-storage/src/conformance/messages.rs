@@ -304,3 +304,40 @@ pub async fn a_cancelled_activity_is_not_run_and_a_running_one_loses_its_lease(s
             .is_empty()
     );
 }
+
+/// A timeout set at start posts `TimeoutFired` for the first to pass, timed by the store's
+/// clock: the workflow's task is ready for it then, and not before.
+pub async fn a_timeout_set_at_start_fires_when_it_passes(store: Store) {
+    let mut started = started("Conformance", "timed");
+    if let EventKind::WorkflowStarted { timeouts, .. } = &mut started.kind {
+        timeouts.run_ms = Some(u64::try_from(HOUR.as_millis()).unwrap_or(u64::MAX));
+        timeouts.execution_ms = Some(300);
+    }
+    store
+        .create_workflow(&wid("wf-1"), started)
+        .await
+        .expect("create");
+    advance(&store, vec![step("waiting")]).await;
+    no_ready_workflow_task(&store).await;
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    let task = claim_workflow(&store).await;
+    assert_eq!(
+        task.messages
+            .iter()
+            .map(|m| m.kind.clone())
+            .collect::<Vec<_>>(),
+        vec![EventKind::TimeoutFired {
+            scope: loom_core::TimeoutScope::Execution
+        }]
+    );
+    let done = EventKind::WorkflowTimedOut {
+        scope: loom_core::TimeoutScope::Execution,
+    };
+    store
+        .complete_workflow_task(completion(&task, vec![done]))
+        .await
+        .expect("end");
+    let s = store.describe(&wid("wf-1")).await.expect("describe");
+    assert_eq!(s.status, WorkflowStatus::TimedOut);
+    assert_eq!(s.failure.map(|f| f.kind).as_deref(), Some("timed_out"));
+}

@@ -79,6 +79,7 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
             version: 1,
             input: json(input),
             format: HISTORY_FORMAT,
+            timeouts: Default::default(),
             parent: None,
         },
     }
@@ -294,7 +295,8 @@ macro_rules! for_each_conformance_case {
             a_cancelled_activity_is_not_run_and_a_running_one_loses_its_lease,
             terminate_ends_a_run_at_once,
             terminate_is_checked,
-            termination_reaches_parents_and_children
+            termination_reaches_parents_and_children,
+            a_timeout_set_at_start_fires_when_it_passes
         }
     };
 }

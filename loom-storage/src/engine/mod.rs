@@ -27,6 +27,7 @@
 //!         input: Payload::NULL,
 //!         format: HISTORY_FORMAT,
 //!         parent: None,
+//!         timeouts: Default::default(),
 //!     },
 //! };
 //! let ws = engine::create(&WorkflowId::new("greet-1"), started).unwrap();

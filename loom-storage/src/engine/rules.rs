@@ -16,8 +16,10 @@ use crate::model::{
 use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
 
 /// Starts a workflow: if no workflow has the id, its row, its history's first event and its
-/// first workflow task (claimable now). The id must be non-empty text without NUL characters
-/// (which some databases cannot store), and `started` a `WorkflowStarted` event numbered 1.
+/// first workflow task (claimable now), and, when `started` sets timeouts, a `TimeoutFired`
+/// message due when the first of them passes (by the store's clock). The id must be non-empty
+/// text without NUL characters (which some databases cannot store), and `started` a
+/// `WorkflowStarted` event numbered 1.
 pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
     id.check().map_err(StorageError::InvalidArgument)?;
     let (name, version, input) = started_fields(&started)?;
@@ -39,25 +41,38 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
         ));
     }
     let (name, input) = (name.to_owned(), input.clone());
+    let timeout = match &started.kind {
+        EventKind::WorkflowStarted { timeouts, .. } => timeouts.first(),
+        _ => None,
+    };
+    let mut ops = vec![
+        Op::CreateWorkflow {
+            id: id.clone(),
+            name,
+            version,
+            input,
+            started,
+            parent: None,
+        },
+        Op::InsertTask {
+            workflow: id.clone(),
+            task: NewTask::Workflow,
+            due: When::Now,
+        },
+    ];
+    if let Some((scope, ms)) = timeout {
+        ops.push(Op::Post {
+            workflow: id.clone(),
+            kind: EventKind::TimeoutFired { scope },
+            visible: When::After(std::time::Duration::from_millis(ms)),
+            retry_at: None,
+        });
+    }
     Ok(WriteSet {
         checks: vec![Check::Absent {
             workflow: id.clone(),
         }],
-        ops: vec![
-            Op::CreateWorkflow {
-                id: id.clone(),
-                name,
-                version,
-                input,
-                started,
-                parent: None,
-            },
-            Op::InsertTask {
-                workflow: id.clone(),
-                task: NewTask::Workflow,
-                due: When::Now,
-            },
-        ],
+        ops,
         sync: Sync::Durable,
     })
 }
@@ -616,6 +631,7 @@ mod tests {
                 version: 1,
                 input: Payload::NULL,
                 format: HISTORY_FORMAT,
+                timeouts: Default::default(),
                 parent: None,
             },
         );

@@ -20,9 +20,10 @@ impl Shared {
         }
     }
 
-    /// Ends a run whose parent asked for it (the `terminate` parent-close policy): commits
-    /// `WorkflowTerminated` in place of a decision, consuming every message.
-    async fn terminate(&self, task: WorkflowTask, reason: String) {
+    /// Ends a run without its code: terminated at its parent's request (the `terminate`
+    /// parent-close policy) or past its history limit, or timed out. Commits `end` in place of
+    /// a decision, consuming every message.
+    async fn end_from_outside(&self, task: WorkflowTask, end: EventKind) {
         let id = task.workflow_id.clone();
         drop(self.cache_guard().as_mut().and_then(|c| c.pop(&id)));
         let family = match self.storage.describe(&id).await {
@@ -44,7 +45,7 @@ impl Shared {
             events: vec![loom_core::Event {
                 seq: task.last_seq.next(),
                 at: task.claimed_at,
-                kind: EventKind::WorkflowTerminated { reason },
+                kind: end,
             }],
             consumed: task.messages.iter().map(|m| m.id).collect(),
             progress: Some(family),
@@ -53,7 +54,7 @@ impl Shared {
         };
         match self.storage.complete_workflow_task(completion).await {
             Ok(_) => {
-                debug!(workflow = %id, "terminated at its parent's request");
+                debug!(workflow = %id, "ended without its code");
                 self.finished.notify_waiters();
             }
             Err(e) => warn!(error = %e, "terminating the run failed; the task will be retried"),
@@ -72,13 +73,18 @@ impl Shared {
             self.release_paused(task.lease, reason).await;
             return None;
         }
-        let terminate = task.messages.iter().find_map(|m| match &m.kind {
-            EventKind::TerminateRequested { reason } => Some(reason.clone()),
+        let end = task.messages.iter().find_map(|m| match &m.kind {
+            EventKind::TerminateRequested { reason } => Some(EventKind::WorkflowTerminated {
+                reason: reason.clone(),
+            }),
+            EventKind::TimeoutFired { scope } => {
+                Some(EventKind::WorkflowTimedOut { scope: *scope })
+            }
             _ => None,
         });
-        if let Some(reason) = terminate {
+        if let Some(end) = end {
             // Carried out without the code, so it works whatever types this worker knows.
-            self.terminate(task, reason).await;
+            self.end_from_outside(task, end).await;
             return None;
         }
         let Some(def) = self.registry.workflow(&task.workflow_name).cloned() else {
@@ -154,7 +160,8 @@ impl Shared {
                 limits.max_history_events
             );
             warn!(%reason, "ending the run");
-            self.terminate(task, reason).await;
+            self.end_from_outside(task, EventKind::WorkflowTerminated { reason })
+                .await;
             return None;
         }
         if let Some(e) = decision.events.iter().find_map(|e| {
