@@ -26,6 +26,17 @@ fn json_of(out: &[u8]) -> Value {
     })
 }
 
+/// Runs `loom` with `args`, which must succeed, and returns what it printed.
+fn stdout_of(dir: &Path, args: &[&str]) -> Vec<u8> {
+    loom(dir)
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone()
+}
+
 /// Starts a workflow and returns its id.
 fn start(dir: &Path, workflow: &str, input: &str) -> String {
     let out = loom(dir)
@@ -74,13 +85,7 @@ fn init_creates_the_database_once() {
         .assert()
         .success()
         .stdout(predicate::str::contains("already exists"));
-    let out = loom(dir.path())
-        .args(["init", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["init", "--json"]);
     assert_eq!(json_of(&out)["created"], false);
     // An explicit path gets its directories made by init.
     loom(dir.path())
@@ -106,13 +111,7 @@ fn start_run_and_read_the_result() {
         .assert()
         .success()
         .stdout("\"Hello, Ada!\"\n");
-    let out = loom(dir.path())
-        .args(["result", &id, "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["result", &id, "--json"]);
     let doc = json_of(&out);
     assert_eq!(doc["status"], "completed");
     assert_eq!(doc["output"], "Hello, Ada!");
@@ -170,13 +169,7 @@ fn order_processing_state_and_history_are_visible() {
     assert_eq!(doc["output"], "order 42 complete");
     assert_eq!(doc["progress"]["state"]["payment_confirmed"], true);
     assert_eq!(doc["progress"]["state"]["email_sent"], true);
-    let out = loom(dir.path())
-        .args(["inspect", &id, "--events", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["inspect", &id, "--events", "--json"]);
     let events = json_of(&out)["events"].as_array().expect("events").clone();
     assert_eq!(events[0]["type"], "WorkflowStarted");
     assert_eq!(events.last().expect("last")["type"], "WorkflowCompleted");
@@ -197,34 +190,19 @@ fn list_filters_and_pages() {
         start(dir.path(), "Greeting", &format!(r#"{{"name": "{name}"}}"#));
     }
     let fan = start(dir.path(), "FanOut", r#"{"n": 3}"#);
-    let out = loom(dir.path())
-        .args(["list", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["list", "--json"]);
     let all = json_of(&out);
     assert_eq!(all["workflows"].as_array().expect("list").len(), 4);
     assert_eq!(all["workflows"][0]["id"], fan.as_str(), "newest first");
-    let out = loom(dir.path())
-        .args(["list", "--json", "--name", "Greeting", "--limit", "2"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(
+        dir.path(),
+        &["list", "--json", "--name", "Greeting", "--limit", "2"],
+    );
     let page = json_of(&out);
     assert_eq!(page["workflows"].as_array().expect("list").len(), 2);
     assert_eq!(page["more"], true);
     drain(dir.path());
-    let out = loom(dir.path())
-        .args(["list", "--json", "--status", "completed"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["list", "--json", "--status", "completed"]);
     assert_eq!(
         json_of(&out)["workflows"].as_array().expect("list").len(),
         4
@@ -306,24 +284,12 @@ fn stats_count_workflows_and_tasks() {
     let dir = tempfile::tempdir().expect("temp dir");
     start(dir.path(), "Greeting", r#"{"name": "Ann"}"#);
     start(dir.path(), "Reminder", r#"{"seconds": 3600}"#);
-    let out = loom(dir.path())
-        .args(["stats", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["stats", "--json"]);
     let s = json_of(&out);
     assert_eq!(s["workflows"]["running"], 2);
     assert_eq!(s["workflow_tasks_ready"], 2);
     drain(dir.path());
-    let out = loom(dir.path())
-        .args(["stats", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["stats", "--json"]);
     let s = json_of(&out);
     assert_eq!(s["workflows"]["completed"], 1);
     assert_eq!(s["workflows"]["running"], 1);
@@ -411,13 +377,7 @@ fn the_demo_runs_every_example_to_completion() {
         .find(|id| id.contains("ordersaga"))
         .expect("a saga")
         .to_owned();
-    let out = loom(dir.path())
-        .args(["list", "--parent", &saga, "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["list", "--parent", &saga, "--json"]);
     let children = json_of(&out)["workflows"].clone();
     assert_eq!(children.as_array().map(Vec::len), Some(1), "{children}");
     assert_eq!(children[0]["name"], "Shipment");
@@ -528,13 +488,10 @@ fn bench_runs_across_processes_among_idle_workflows() {
     assert_eq!(doc["processes"], 2);
     assert_eq!(doc["idle_workflows"], 25);
     assert_eq!(doc["start_to_completion_ms"]["samples"], 40);
-    let out = loom(dir.path())
-        .args(["--db", "sqlite://shared.db", "stats", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(
+        dir.path(),
+        &["--db", "sqlite://shared.db", "stats", "--json"],
+    );
     let stats = json_of(&out);
     assert_eq!(stats["workflows"]["completed"], 40, "{stats}");
     assert_eq!(
@@ -624,13 +581,7 @@ fn the_postgres_backend_runs_the_same_commands() {
 #[test]
 fn workflows_lists_the_examples() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = loom(dir.path())
-        .args(["workflows", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["workflows", "--json"]);
     let doc = json_of(&out);
     let names: Vec<&str> = doc["workflows"]
         .as_array()
@@ -885,13 +836,7 @@ fn terminate_ends_a_run_without_a_worker_and_refuses_bad_input() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("--reason"));
-    let out = loom(dir.path())
-        .args(["inspect", "r1", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["inspect", "r1", "--json"]);
     assert_eq!(json_of(&out)["status"], "running");
     loom(dir.path())
         .args(["terminate", "r1", "--reason", "ops: closed account"])
@@ -903,13 +848,7 @@ fn terminate_ends_a_run_without_a_worker_and_refuses_bad_input() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("terminated: ops: closed account"));
-    let out = loom(dir.path())
-        .args(["inspect", "r1", "--events", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["inspect", "r1", "--events", "--json"]);
     let doc = json_of(&out);
     assert_eq!(doc["status"], "terminated");
     assert_eq!(doc["events"][1]["type"], "WorkflowTerminated");
@@ -918,13 +857,7 @@ fn terminate_ends_a_run_without_a_worker_and_refuses_bad_input() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("already ended"));
-    let out = loom(dir.path())
-        .args(["list", "--status", "terminated", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["list", "--status", "terminated", "--json"]);
     assert_eq!(json_of(&out)["workflows"][0]["id"], "r1");
 }
 
@@ -940,13 +873,7 @@ fn inputs_and_payloads_come_from_files_or_stdin_within_the_limit() {
         .arg(&file)
         .assert()
         .success();
-    let out = loom(dir.path())
-        .args(["inspect", "big", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["inspect", "big", "--json"]);
     assert_eq!(
         json_of(&out)["input"]["name"].as_str().map(str::len),
         Some(1024 * 1024)
@@ -1048,13 +975,7 @@ fn signal_checks_the_payload_against_the_workflows_signal_types() {
         .success()
         .stdout(predicate::str::contains("approved"));
     // The refused signals were never written: the history holds the one that was sent.
-    let out = loom(dir.path())
-        .args(["inspect", "ap", "--events", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["inspect", "ap", "--events", "--json"]);
     let signals = json_of(&out)["events"]
         .as_array()
         .expect("events")
@@ -1086,13 +1007,7 @@ fn a_run_timeout_set_at_start_ends_the_run_timed_out() {
         ])
         .assert()
         .success();
-    let out = loom(dir.path())
-        .args(["inspect", "late", "--events", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(dir.path(), &["inspect", "late", "--events", "--json"]);
     assert_eq!(json_of(&out)["events"][0]["timeouts"]["run_ms"], 300);
     loom(dir.path())
         .args(["worker", "--exit-when-idle"])

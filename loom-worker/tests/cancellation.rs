@@ -14,10 +14,9 @@ use loom_core::{
 };
 use loom_storage::{Storage, WorkflowStatus};
 use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
-use tokio::sync::oneshot;
 
 mod support;
-use support::{memory, postgres, redb, sqlite};
+use support::{Running, memory, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -81,11 +80,6 @@ impl Workflow for Listener {
     }
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
 fn spawn(store: Arc<dyn Storage>, stopped: Arc<AtomicBool>) -> (Client, Running) {
     let mut registry = Registry::new();
     registry
@@ -102,18 +96,7 @@ fn spawn(store: Arc<dyn Storage>, stopped: Arc<AtomicBool>) -> (Client, Running)
         shutdown_grace: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
-    let worker = Worker::with_config(store, registry, config);
-    let client = worker.client();
-    let (stop, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("worker runs");
-    });
-    (client, Running { stop, handle })
+    support::run(Worker::with_config(store, registry, config))
 }
 
 async fn the_loser_of_a_race_is_told_to_stop_and_its_result_refused(store: Arc<dyn Storage>) {
@@ -152,8 +135,7 @@ async fn the_loser_of_a_race_is_told_to_stop_and_its_result_refused(store: Arc<d
         .await
         .expect("pending");
     assert!(pending.tasks.is_empty() && pending.messages.is_empty());
-    running.stop.send(()).ok();
-    running.handle.await.expect("worker");
+    running.stop().await;
 }
 
 async fn a_signal_that_beats_its_timeout_withdraws_the_timer(store: Arc<dyn Storage>) {
@@ -200,8 +182,7 @@ async fn a_signal_that_beats_its_timeout_withdraws_the_timer(store: Arc<dyn Stor
     let progress = summary.progress.expect("progress");
     assert!(progress.pending_timers.is_empty());
     assert_eq!(progress.awaiting_signals, ["second"]);
-    running.stop.send(()).ok();
-    running.handle.await.expect("worker");
+    running.stop().await;
 }
 
 async fn terminating_a_run_stops_its_running_activity_and_refuses_its_result(
@@ -255,8 +236,7 @@ async fn terminating_a_run_stops_its_running_activity_and_refuses_its_result(
         "the attempt's result was refused: {kinds:?}"
     );
     assert!(client.terminate(&id, "again").await.is_err());
-    running.stop.send(()).ok();
-    running.handle.await.expect("worker");
+    running.stop().await;
 }
 
 on_every_backend!(

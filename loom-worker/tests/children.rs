@@ -14,10 +14,9 @@ use loom_core::{
 use loom_storage::{ListQuery, Storage, WorkflowStatus};
 use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 mod support;
-use support::{memory, postgres, redb, sqlite};
+use support::{Running, memory, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -114,18 +113,6 @@ fn registry(calls: Arc<AtomicU32>) -> Registry {
     r
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.handle.await.expect("worker task");
-    }
-}
-
 fn spawn(store: Arc<dyn Storage>, calls: Arc<AtomicU32>) -> (Client, Running) {
     let config = WorkerConfig {
         id: "children".into(),
@@ -134,18 +121,7 @@ fn spawn(store: Arc<dyn Storage>, calls: Arc<AtomicU32>) -> (Client, Running) {
         shutdown_grace: Duration::from_millis(500),
         ..WorkerConfig::default()
     };
-    let worker = Worker::with_config(store, registry(calls), config);
-    let client = worker.client();
-    let (stop, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("worker runs");
-    });
-    (client, Running { stop, handle })
+    support::run(Worker::with_config(store, registry(calls), config))
 }
 
 fn saga(order: &str, fail: bool, slow: bool, policy: ParentClosePolicy) -> SagaInput {

@@ -13,10 +13,9 @@ use loom_core::{
 };
 use loom_storage::{Storage, StorageError, WorkflowStatus};
 use loom_worker::{Client, ClientError, Limits, StartOptions, Worker, WorkerConfig};
-use tokio::sync::oneshot;
 
 mod support;
-use support::{memory, postgres, redb, sqlite};
+use support::{Running, memory, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 const LIMIT: usize = 1_024;
@@ -99,18 +98,6 @@ impl Workflow for Forever {
     }
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.handle.await.expect("worker task");
-    }
-}
-
 fn spawn(store: Arc<dyn Storage>) -> (Client, Running) {
     let mut registry = Registry::new();
     registry
@@ -132,18 +119,7 @@ fn spawn(store: Arc<dyn Storage>) -> (Client, Running) {
         },
         ..WorkerConfig::default()
     };
-    let worker = Worker::with_config(store, registry, config);
-    let client = worker.client();
-    let (stop, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("worker runs");
-    });
-    (client, Running { stop, handle })
+    support::run(Worker::with_config(store, registry, config))
 }
 
 async fn inputs_and_signals_over_the_limit_are_refused_and_write_nothing(store: Arc<dyn Storage>) {

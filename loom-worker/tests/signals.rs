@@ -10,7 +10,6 @@ use loom_core::{
 };
 use loom_storage::Storage;
 use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
-use tokio::sync::oneshot;
 
 mod support;
 use support::{memory, postgres, redb, sqlite};
@@ -61,17 +60,8 @@ async fn checked_and_typed_sends(store: Arc<dyn Storage>) {
         poll_interval: Duration::from_millis(20),
         ..WorkerConfig::default()
     };
-    let worker = Worker::with_config(store, registry(), config);
-    let client: Client = worker.client();
-    let (stop, rx) = oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        worker
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("worker runs");
-    });
+    let (client, running): (Client, _) =
+        support::run(Worker::with_config(store, registry(), config));
     let handle = client
         .start::<PiggyBank>(&(), StartOptions::id("piggy"))
         .await
@@ -107,8 +97,7 @@ async fn checked_and_typed_sends(store: Arc<dyn Storage>) {
         .expect("unchecked");
     client.send::<Deposit>(&id, &30).await.expect("typed");
     assert_eq!(handle.result_within(WAIT).await.expect("result"), (60, 1));
-    let _ = stop.send(());
-    running.await.expect("worker");
+    running.stop().await;
 }
 
 on_every_backend!(checked_and_typed_sends);

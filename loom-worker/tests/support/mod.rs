@@ -11,6 +11,37 @@ use std::sync::Arc;
 
 use loom_sqlite::{SqliteOptions, SqliteStorage};
 use loom_storage::{MemoryStorage, Storage};
+use loom_worker::{Client, Worker};
+use tokio::sync::oneshot;
+
+/// A worker running in the background of a test, until [`stop`](Running::stop).
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the worker gracefully and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.expect("worker task");
+    }
+}
+
+/// Runs `worker` in the background; answers its client and the handle that stops it.
+pub fn run(worker: Worker) -> (Client, Running) {
+    let client = worker.client();
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("worker runs");
+    });
+    (client, Running { stop, handle })
+}
 
 pub async fn memory() -> Option<Arc<dyn Storage>> {
     Some(Arc::new(MemoryStorage::new()))
