@@ -31,6 +31,26 @@ fn probe(mode: &str, path: &std::path::Path) -> Command {
     cmd
 }
 
+/// Starts workflow `id` of type `name` with `input`.
+async fn create(store: &SqliteStorage, name: &str, id: &str, input: serde_json::Value) {
+    let started = Event {
+        seq: Seq::FIRST,
+        at: Timestamp::from_millis(0),
+        kind: EventKind::WorkflowStarted {
+            name: name.into(),
+            version: 1,
+            input: Payload::from_json(input),
+            format: HISTORY_FORMAT,
+            timeouts: Default::default(),
+            parent: None,
+        },
+    };
+    store
+        .create_workflow(&WorkflowId::new(id), started)
+        .await
+        .expect("create");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_at_random_moments_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -40,42 +60,11 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
         .expect("open");
     for n in 0..WORKFLOWS {
         let input = serde_json::json!({ "steps": STEPS, "salt": n * 7 + 1 });
-        let started = Event {
-            seq: Seq::FIRST,
-            at: Timestamp::from_millis(0),
-            kind: EventKind::WorkflowStarted {
-                name: "Chain".into(),
-                version: 1,
-                input: Payload::from_json(input),
-                format: HISTORY_FORMAT,
-                timeouts: Default::default(),
-                parent: None,
-            },
-        };
-        store
-            .create_workflow(&WorkflowId::new(format!("chain-{n}")), started)
-            .await
-            .expect("create");
+        create(&store, "Chain", &format!("chain-{n}"), input).await;
     }
-
     for n in 0..FAMILIES {
         let input = serde_json::json!({ "steps": FAMILY_STEPS, "salt": n * 10 });
-        let started = Event {
-            seq: Seq::FIRST,
-            at: Timestamp::from_millis(0),
-            kind: EventKind::WorkflowStarted {
-                name: "Family".into(),
-                version: 1,
-                input: Payload::from_json(input),
-                format: HISTORY_FORMAT,
-                timeouts: Default::default(),
-                parent: None,
-            },
-        };
-        store
-            .create_workflow(&WorkflowId::new(format!("family-{n}")), started)
-            .await
-            .expect("create");
+        create(&store, "Family", &format!("family-{n}"), input).await;
     }
 
     let mut rng = rand::rng();
