@@ -540,6 +540,16 @@ impl<O> ChildCall<O> {
         self.options.parent_close = policy;
         self
     }
+
+    /// Ends the child `timed_out` if it is still running `timeout` after it starts.
+    pub fn with_run_timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeouts.run_ms = Some(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        self
+    }
 }
 
 impl<O: DeserializeOwned> Future for ChildCall<O> {
@@ -580,6 +590,7 @@ impl<O: DeserializeOwned> Future for ChildCall<O> {
                 workflow_id: workflow_id.clone(),
                 input,
                 parent_close: this.options.parent_close,
+                timeouts: this.options.timeouts,
             };
             let Some(index) = shared.command(command) else {
                 return Poll::Pending;

@@ -208,6 +208,9 @@ pub enum EventKind {
         /// What happens to the child if this workflow ends first.
         #[serde(default)]
         parent_close: ParentClosePolicy,
+        /// The child's timeouts, from its start.
+        #[serde(default, skip_serializing_if = "Timeouts::is_none")]
+        timeouts: Timeouts,
     },
     /// A child workflow returned its output.
     ChildWorkflowCompleted {

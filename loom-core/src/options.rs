@@ -156,6 +156,9 @@ pub struct ChildOptions {
     pub id: Option<WorkflowId>,
     /// What happens to the child if the parent ends first.
     pub parent_close: ParentClosePolicy,
+    /// The child's timeouts, from its start: past the first, it ends `timed_out` and the
+    /// parent sees a failure of kind `timed_out`.
+    pub timeouts: crate::event::Timeouts,
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct NewChild {
     pub input: Payload,
     /// The time of the parent's event that started it: the time of its own first event.
     pub at: Timestamp,
+    /// Its timeouts, from its start.
+    pub timeouts: loom_core::Timeouts,
 }
 
 impl NewChild {
@@ -73,11 +75,11 @@ impl NewChild {
                 version: self.version,
                 input: self.input.clone(),
                 format: HISTORY_FORMAT,
-                timeouts: Default::default(),
                 parent: Some(ParentRef {
                     workflow_id: parent.clone(),
                     child: self.child,
                 }),
+                timeouts: self.timeouts,
             },
         }
     }
@@ -181,8 +183,10 @@ impl TaskPlan {
                     version,
                     workflow_id,
                     input,
+                    timeouts,
                     ..
                 } => plan.children.push(NewChild {
+                    timeouts: *timeouts,
                     child: ChildId(e.seq),
                     workflow_id: workflow_id.clone(),
                     name: name.clone(),

@@ -72,6 +72,7 @@ struct SagaInput {
     shipping: Shipping,
     policy: ParentClosePolicy,
     child_id: Option<String>,
+    child_timeout_ms: Option<u64>,
 }
 
 /// The parent: charges, ships through a child, refunds if the child fails.
@@ -89,6 +90,9 @@ impl Workflow for Saga {
             .with_parent_close(input.policy);
         if let Some(id) = input.child_id {
             call = call.with_id(id);
+        }
+        if let Some(ms) = input.child_timeout_ms {
+            call = call.with_run_timeout(Duration::from_millis(ms));
         }
         match call.await {
             Ok(tracking) => Ok(tracking),
@@ -133,6 +137,7 @@ fn saga(order: &str, fail: bool, slow: bool, policy: ParentClosePolicy) -> SagaI
         },
         policy,
         child_id: None,
+        child_timeout_ms: None,
     }
 }
 
@@ -415,7 +420,34 @@ async fn a_parent_that_times_out_ends_so_and_its_children_follow_their_policy(
     running.stop().await;
 }
 
+async fn a_child_that_times_out_is_a_failure_its_parent_compensates(store: Arc<dyn Storage>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, running) = spawn(store, calls.clone());
+    let mut input = saga("o-8", false, true, ParentClosePolicy::RequestCancel);
+    input.child_timeout_ms = Some(300);
+    let handle = client
+        .start::<Saga>(&input, StartOptions::id("saga-8"))
+        .await
+        .expect("start");
+    let err = handle
+        .result_within(WAIT)
+        .await
+        .expect_err("the saga fails");
+    match err {
+        ClientError::Failed { failure, .. } => assert_eq!(failure.kind, "timed_out"),
+        other => panic!("expected a failure, got {other}"),
+    }
+    let child = client
+        .describe(&WorkflowId::new("saga-8/4"))
+        .await
+        .expect("child");
+    assert_eq!(child.status, WorkflowStatus::TimedOut);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "charge, then refund");
+    running.stop().await;
+}
+
 on_every_backend!(
+    a_child_that_times_out_is_a_failure_its_parent_compensates,
     a_parent_that_times_out_ends_so_and_its_children_follow_their_policy,
     cancelling_a_parent_terminates_a_terminate_child,
     a_childs_output_reaches_its_parent,

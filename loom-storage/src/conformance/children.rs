@@ -15,6 +15,7 @@ fn start_child(id: &str, policy: ParentClosePolicy) -> EventKind {
         workflow_id: wid(id),
         input: json(id),
         parent_close: policy,
+        timeouts: Default::default(),
     }
 }
 

@@ -84,8 +84,8 @@ pub enum NewEvent {
     Fail,
     /// `WorkflowCancelled`.
     Cancel,
-    /// `ChildWorkflowScheduled` of workflow `n` (which may exist already), abandoned or not
-    /// when the parent ends.
+    /// `ChildWorkflowScheduled` of workflow `n` (which may exist already), abandoned (with a
+    /// 300 ms run timeout) or not when the parent ends.
     StartChild(u8, bool),
     /// `TimerCancelled` of the timer numbered so (if it is one).
     CancelTimer(u8),
@@ -398,6 +398,11 @@ impl Run {
                             ParentClosePolicy::Abandon
                         } else {
                             ParentClosePolicy::RequestCancel
+                        },
+                        // An abandoned child runs on its own: give it a deadline.
+                        timeouts: loom_core::Timeouts {
+                            execution_ms: None,
+                            run_ms: abandon.then_some(300),
                         },
                     },
                 };

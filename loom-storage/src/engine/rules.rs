@@ -156,11 +156,17 @@ fn decision_ops(
         },
     });
     for child in &plan.children {
+        let timeout = child.timeouts.first().map(|(scope, ms)| Op::Post {
+            workflow: child.workflow_id.clone(),
+            kind: EventKind::TimeoutFired { scope },
+            visible: When::After(std::time::Duration::from_millis(ms)),
+            retry_at: None,
+        });
         ops.push(Op::If {
             all: vec![Check::Absent {
                 workflow: child.workflow_id.clone(),
             }],
-            then: vec![
+            then: [
                 Op::CreateWorkflow {
                     id: child.workflow_id.clone(),
                     name: child.name.clone(),
@@ -174,7 +180,10 @@ fn decision_ops(
                     task: NewTask::Workflow,
                     due: When::Now,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(timeout)
+            .collect(),
             otherwise: vec![Op::Post {
                 workflow: workflow.clone(),
                 kind: child.already_exists(),
@@ -904,6 +913,10 @@ mod tests {
             workflow_id: WorkflowId::new("wf/6"),
             input: Payload::NULL,
             parent_close: loom_core::ParentClosePolicy::RequestCancel,
+            timeouts: loom_core::Timeouts {
+                execution_ms: None,
+                run_ms: Some(5_000),
+            },
         };
         let ops = complete_workflow_task(commit(vec![start])).unwrap().ops;
         let Op::If {
@@ -923,6 +936,17 @@ mod tests {
         assert!(matches!(
             &then[0],
             Op::CreateWorkflow { parent: Some(p), version: 2, .. } if p.as_str() == "wf"
+        ));
+        // Its timeout is armed with it, and recorded in its first event.
+        assert!(matches!(
+            &then[2],
+            Op::Post { workflow, kind: EventKind::TimeoutFired { .. }, visible: When::After(d), .. }
+                if workflow.as_str() == "wf/6" && *d == Duration::from_secs(5)
+        ));
+        assert!(matches!(
+            &then[0],
+            Op::CreateWorkflow { started, .. }
+                if matches!(&started.kind, EventKind::WorkflowStarted { timeouts, .. } if timeouts.run_ms == Some(5_000))
         ));
         assert!(matches!(
             &otherwise[0],
