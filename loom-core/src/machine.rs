@@ -495,14 +495,21 @@ impl WorkflowMachine {
             return Ok(());
         }
         let inner = self.shared.lock();
+        // Newest first: what is still open is almost always recent, so a long history's
+        // ended activities and timers are not walked at every task.
         let outstanding = inner.finished.is_some()
             || inner.signal_waits > 0
             || inner
                 .activities
                 .values()
+                .rev()
                 .any(|a| a.outcome.is_none() && !a.cancelled)
-            || inner.timers.values().any(|t| !t.fired && !t.cancelled)
-            || inner.children.values().any(|c| c.outcome.is_none());
+            || inner
+                .timers
+                .values()
+                .rev()
+                .any(|t| !t.fired && !t.cancelled)
+            || inner.children.values().rev().any(|c| c.outcome.is_none());
         if outstanding {
             Ok(())
         } else {

@@ -454,7 +454,7 @@ impl Client {
                 workflow_id: id.clone(),
                 expected_last_seq: summary.last_seq,
                 reason: reason.to_owned(),
-                at: SystemClock.now().max(summary.updated_at),
+                at: self.clock.now().max(summary.updated_at),
                 family: family_of(self.storage.as_ref(), &summary).await?,
             };
             match self.storage.terminate(termination).await {
