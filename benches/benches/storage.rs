@@ -39,6 +39,7 @@ fn started() -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: "Bench".into(),
             version: 1,
             input: Payload::encode(&"an input of a few bytes").expect("encode"),
@@ -155,6 +156,7 @@ async fn cycle(store: &Arc<dyn Storage>, events: u64) {
     });
     store
         .complete_workflow_task(WorkflowTaskCompletion {
+            next_run: None,
             lease: t.lease,
             workflow_id: t.workflow_id,
             expected_last_seq: t.last_seq,
@@ -252,6 +254,7 @@ fn storage(c: &mut Criterion) {
                                     for t in tasks {
                                         store
                                             .complete_workflow_task(WorkflowTaskCompletion {
+                                                next_run: None,
                                                 lease: t.lease,
                                                 workflow_id: t.workflow_id,
                                                 expected_last_seq: t.last_seq,

@@ -36,6 +36,7 @@ pub fn started(n: u32) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: Sequential::NAME.into(),
             version: Sequential::VERSION,
             input: Payload::encode(&n).expect("a u32 encodes"),

@@ -23,6 +23,17 @@ use crate::options::{ActivityOptions, ChildOptions, ParentClosePolicy};
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 use crate::workflow::{Activity, Signal, Workflow};
 
+/// The id a child gets unless the code chooses one: `"{parent}/{seq}"` in the first run,
+/// `"{parent}/run{run}/{seq}"` in a later one (a continued run numbers its history from 1
+/// again, and its children must not take the ids of an earlier run's children).
+fn default_child_id(parent: &WorkflowId, run: u32, seq: Seq) -> WorkflowId {
+    if run <= 1 {
+        WorkflowId::new(format!("{parent}/{}", seq.get()))
+    } else {
+        WorkflowId::new(format!("{parent}/run{run}/{}", seq.get()))
+    }
+}
+
 /// The state key that stands for the whole state when it is not a JSON object.
 pub const WHOLE_STATE_KEY: &str = "$";
 
@@ -167,6 +178,33 @@ impl<W: Workflow> WorkflowContext<W> {
     /// The workflow that started this one as its child, if one did.
     pub fn parent(&self) -> Option<ParentRef> {
         self.inner.shared.lock().parent.clone()
+    }
+
+    /// Which run of the workflow this is: 1 for the run `start` began, one more for each
+    /// continue-as-new since.
+    pub fn run(&self) -> u32 {
+        self.inner.shared.lock().run
+    }
+
+    /// Ends this run and continues the workflow as a new run with `input`: return the value
+    /// this gives (`return Err(ctx.continue_as_new(next))`). The new run starts atomically
+    /// with this run's end, under the same workflow id, with an empty history, so a workflow
+    /// that loops for years (a subscription, a poller) keeps its history bounded.
+    ///
+    /// What the new run inherits: the workflow's parent (which hears of the chain's end
+    /// only), its execution timeout (which spans the runs; the run timeout starts again), the
+    /// signals that arrived and that this run did not take (delivered first, in order), and a
+    /// cancel request still waiting. What it does not: timers, activities and children of
+    /// this run (its children get their parent-close policies, as when a run ends).
+    /// `ctx.input()` of the new run is `input`; its state starts from the default.
+    pub fn continue_as_new(&self, input: W::Input) -> WorkflowError {
+        match Payload::encode(&input) {
+            Ok(input) => WorkflowError::ContinueAsNew(crate::failure::ContinueAsNew { input }),
+            Err(e) => WorkflowError::Failed(Failure::non_retryable(
+                "payload",
+                format!("the input of the next run cannot be encoded: {e}"),
+            )),
+        }
     }
 
     /// A durable timer: resolves `duration` after the current task's time, across restarts.
@@ -565,7 +603,7 @@ impl<O: DeserializeOwned> Future for ChildCall<O> {
                 .options
                 .id
                 .clone()
-                .unwrap_or_else(|| WorkflowId::new(format!("{}/{}", this.parent, seq.get())));
+                .unwrap_or_else(|| default_child_id(&this.parent, shared.run, seq));
             let input = match this.input.take() {
                 Some(Ok(input)) => input,
                 Some(Err(e)) => {
@@ -750,7 +788,7 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
             return Poll::Pending;
         }
         let epoch = *this.epoch.get_or_insert(shared.cancel_epoch);
-        if let Some(payload) = shared
+        if let Some((_, payload)) = shared
             .signals
             .get_mut(&this.name)
             .and_then(|q| q.pop_front())

@@ -79,6 +79,10 @@ pub enum EventKind {
         /// How long the run may take before it ends timed out.
         #[serde(default, skip_serializing_if = "Timeouts::is_none")]
         timeouts: Timeouts,
+        /// Which run of the workflow this is: 1 for the run `start` began, one more for each
+        /// run that a `WorkflowContinuedAsNew` began.
+        #[serde(default = "first_run", skip_serializing_if = "is_first_run")]
+        run: u32,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -183,6 +187,17 @@ pub enum EventKind {
         /// When the next attempt is due; `None` when this timeout is final.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at: Option<Timestamp>,
+    },
+    /// The code ended this run and began the next run of the same workflow (continue-as-new):
+    /// the next run starts with an empty history, under the same workflow id, with `input`.
+    /// The run ends here; the workflow does not.
+    WorkflowContinuedAsNew {
+        /// The next run's input.
+        input: Payload,
+        /// Signals that had arrived and that the code had not taken, in the order they
+        /// arrived: the next run receives them before any that arrive later.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        signals: Vec<CarriedSignal>,
     },
     /// The code started a durable timer. Its id is this event's sequence number.
     TimerScheduled {
@@ -329,6 +344,28 @@ pub struct ParentRef {
     pub workflow_id: WorkflowId,
     /// The child's handle in the parent's history.
     pub child: ChildId,
+    /// The parent's run that started the child: the child's end is reported to that run
+    /// only, never to a later run of the parent, which does not know the child.
+    #[serde(default = "first_run", skip_serializing_if = "is_first_run")]
+    pub run: u32,
+}
+
+/// A signal carried from one run to the next by continue-as-new.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CarriedSignal {
+    /// The signal's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Payload,
+}
+
+fn first_run() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_first_run(run: &u32) -> bool {
+    *run == 1
 }
 
 /// A non-deterministic value recorded in history.
@@ -384,6 +421,7 @@ impl EventKind {
             | EventKind::TimerCancelled { .. }
             | EventKind::ActivityCancelled { .. }
             | EventKind::ChildWorkflowScheduled { .. }
+            | EventKind::WorkflowContinuedAsNew { .. }
             | EventKind::ValueRecorded { .. }
             | EventKind::PatchMarked { .. } => Role::Command,
         }
@@ -414,6 +452,7 @@ impl EventKind {
             EventKind::TimerCancelled { .. } => "TimerCancelled",
             EventKind::ActivityCancelled { .. } => "ActivityCancelled",
             EventKind::ChildWorkflowScheduled { .. } => "ChildWorkflowScheduled",
+            EventKind::WorkflowContinuedAsNew { .. } => "WorkflowContinuedAsNew",
             EventKind::ChildWorkflowCompleted { .. } => "ChildWorkflowCompleted",
             EventKind::ChildWorkflowFailed { .. } => "ChildWorkflowFailed",
             EventKind::ChildWorkflowCancelled { .. } => "ChildWorkflowCancelled",
@@ -431,6 +470,7 @@ impl EventKind {
         let failure = |f: &Failure| f.details.as_ref().map_or(0, Payload::encoded_len);
         match self {
             EventKind::WorkflowStarted { input, .. }
+            | EventKind::WorkflowContinuedAsNew { input, .. }
             | EventKind::ActivityScheduled { input, .. }
             | EventKind::ChildWorkflowScheduled { input, .. } => input.encoded_len(),
             EventKind::WorkflowCompleted { output }
@@ -446,6 +486,29 @@ impl EventKind {
             | EventKind::ChildWorkflowFailed { failure: f, .. } => failure(f),
             _ => 0,
         }
+    }
+
+    /// Whether this event ends the run: it ends the workflow ([`is_terminal`](Self::is_terminal))
+    /// or continues it as a new run.
+    pub fn ends_run(&self) -> bool {
+        self.is_terminal() || matches!(self, EventKind::WorkflowContinuedAsNew { .. })
+    }
+
+    /// Whether this message, waiting for a run that continues as new, is carried over to the
+    /// next run: what came from outside the run (a signal, a cancel or terminate request, the
+    /// execution timeout that spans the runs). Everything else answers something the ended
+    /// run did (an activity's result, a timer, a child's end, the run's own timeout) and is
+    /// dropped with it.
+    pub fn carries_over(&self) -> bool {
+        matches!(
+            self,
+            EventKind::SignalReceived { .. }
+                | EventKind::CancelRequested { .. }
+                | EventKind::TerminateRequested { .. }
+                | EventKind::TimeoutFired {
+                    scope: TimeoutScope::Execution
+                }
+        )
     }
 
     /// Whether this event ends the workflow.
@@ -539,6 +602,10 @@ impl EventKind {
                 failure.kind == f2.kind
             }
             (K::WorkflowCancelled {}, K::WorkflowCancelled {}) => true,
+            (
+                K::WorkflowContinuedAsNew { input, .. },
+                K::WorkflowContinuedAsNew { input: i2, .. },
+            ) => input == i2,
             _ => false,
         }
     }
@@ -557,12 +624,16 @@ impl fmt::Display for EventKind {
                 format,
                 parent,
                 timeouts,
+                run,
             } => {
                 write!(
                     f,
                     "{name}(name={wf:?}, version={version}, format={format}, input={}",
                     input.preview(CUT)
                 )?;
+                if *run > 1 {
+                    write!(f, ", run={run}")?;
+                }
                 if let Some(ms) = timeouts.execution_ms {
                     write!(f, ", execution_timeout={ms}ms")?;
                 }
@@ -580,6 +651,13 @@ impl fmt::Display for EventKind {
             EventKind::WorkflowFailed { failure } => write!(f, "{name}({failure})"),
             EventKind::CancelRequested { reason } => write!(f, "{name}(reason={reason:?})"),
             EventKind::WorkflowCancelled {} => write!(f, "{name}"),
+            EventKind::WorkflowContinuedAsNew { input, signals } => {
+                write!(f, "{name}(input={}", input.preview(CUT))?;
+                if !signals.is_empty() {
+                    write!(f, ", carried_signals={}", signals.len())?;
+                }
+                f.write_str(")")
+            }
             EventKind::WorkflowTerminated { reason } | EventKind::TerminateRequested { reason } => {
                 write!(f, "{name}(reason={reason:?})")
             }

@@ -180,6 +180,24 @@ pub enum WorkflowError {
     /// The workflow failed with this error.
     #[error("{0}")]
     Failed(Failure),
+    /// Not an error: the run ends and the workflow continues as a new run with this input
+    /// (see `WorkflowContext::continue_as_new`).
+    #[error("continued as new")]
+    ContinueAsNew(ContinueAsNew),
+}
+
+/// The next run's input, for [`WorkflowError::ContinueAsNew`]. Made by
+/// `WorkflowContext::continue_as_new`, which encodes the input with the workflow's type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContinueAsNew {
+    pub(crate) input: Payload,
+}
+
+impl ContinueAsNew {
+    /// The next run's input.
+    pub fn input(&self) -> &Payload {
+        &self.input
+    }
 }
 
 impl WorkflowError {

@@ -41,10 +41,10 @@ pub mod workflow;
 
 pub use context::{ActivityCall, ChildCall, Logger, SignalWait, Sleep, WorkflowContext};
 pub use event::{
-    Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef,
-    RecordedValue, Role, TimeoutScope, Timeouts,
+    CarriedSignal, Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel,
+    LogRecord, ParentRef, RecordedValue, Role, TimeoutScope, Timeouts,
 };
-pub use failure::{ActivityError, ChildError, Failure, SignalError, WorkflowError};
+pub use failure::{ActivityError, ChildError, ContinueAsNew, Failure, SignalError, WorkflowError};
 pub use machine::{
     Activation, Decision, NonDeterminism, Outcome, PendingActivity, PendingChild, PendingTimer,
     Progress, ReplayError, WorkflowMachine,

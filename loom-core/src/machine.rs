@@ -77,8 +77,8 @@ use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel, LogRecord, ParentRef,
-    Role,
+    CarriedSignal, Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel,
+    LogRecord, ParentRef, Role,
 };
 use crate::failure::{ActivityError, ChildError, Failure, WorkflowError};
 use crate::options::ParentClosePolicy;
@@ -153,6 +153,11 @@ pub enum Outcome {
     TimedOut {
         /// Which timeout.
         scope: crate::event::TimeoutScope,
+    },
+    /// The run ended and the workflow continues as a new run with this input.
+    ContinuedAsNew {
+        /// The next run's input.
+        input: Payload,
     },
 }
 
@@ -294,7 +299,7 @@ pub struct PendingChild {
 }
 
 /// Where a workflow stands: for summaries and for people.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// The innermost step the code is in.
     pub current_step: Option<String>,
@@ -312,12 +317,43 @@ pub struct Progress {
     /// reports its end to that parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRef>,
+    /// Which run of the workflow this is (1 for the first). The store starts children
+    /// with it as their parent's run, and reports their ends to this run only.
+    #[serde(default = "first_run", skip_serializing_if = "is_first_run")]
+    pub run: u32,
     /// Signal names the code is waiting for.
     pub awaiting_signals: Vec<String>,
     /// Signals received that the code has not consumed yet, by name.
     pub buffered_signals: BTreeMap<String, usize>,
     /// How the workflow ended, if it has.
     pub outcome: Option<Outcome>,
+}
+
+impl Default for Progress {
+    /// Nothing pending, in the first run.
+    fn default() -> Self {
+        Progress {
+            current_step: None,
+            state: Payload::default(),
+            pending_activities: Vec::new(),
+            pending_timers: Vec::new(),
+            pending_children: Vec::new(),
+            parent: None,
+            run: 1,
+            awaiting_signals: Vec::new(),
+            buffered_signals: BTreeMap::new(),
+            outcome: None,
+        }
+    }
+}
+
+fn first_run() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_first_run(run: &u32) -> bool {
+    *run == 1
 }
 
 /// One workflow's replay machine. See the module docs for the contract.
@@ -472,6 +508,7 @@ impl WorkflowMachine {
                 })
                 .collect(),
             parent: inner.parent.clone(),
+            run: inner.run,
             awaiting_signals: inner.awaiting_signals.iter().cloned().collect(),
             buffered_signals: inner
                 .signals
@@ -486,6 +523,46 @@ impl WorkflowMachine {
     /// The workflow's id.
     pub fn workflow_id(&self) -> &WorkflowId {
         &self.id
+    }
+
+    /// Which run of the workflow the history is.
+    pub fn run(&self) -> u32 {
+        self.shared.lock().run
+    }
+
+    /// When the run continued as new: the first event of the next run, its `WorkflowStarted`
+    /// (the same workflow type and version, parent and timeouts, the next run's number, the
+    /// input the code gave, at the time of the event that ended this run).
+    pub fn next_run(&self) -> Option<Event> {
+        let inner = self.shared.lock();
+        let last = inner.history.last()?;
+        let EventKind::WorkflowContinuedAsNew { input, .. } = &last.kind else {
+            return None;
+        };
+        let EventKind::WorkflowStarted {
+            name,
+            version,
+            parent,
+            timeouts,
+            run,
+            ..
+        } = &inner.history.first()?.kind
+        else {
+            return None;
+        };
+        Some(Event {
+            seq: Seq::FIRST,
+            at: last.at,
+            kind: EventKind::WorkflowStarted {
+                name: name.clone(),
+                version: *version,
+                input: input.clone(),
+                format: HISTORY_FORMAT,
+                parent: parent.clone(),
+                timeouts: *timeouts,
+                run: run + 1,
+            },
+        })
     }
 
     /// Whether the code can still be woken: it has finished, or something of Loom's that it
@@ -545,7 +622,7 @@ impl WorkflowMachine {
                 if verdict.is_ok() {
                     let seq = inner.next_seq();
                     let at = inner.now;
-                    inner.apply_input(&message);
+                    inner.apply_input(seq, &message);
                     inner.history.push(Event {
                         seq,
                         at,
@@ -601,7 +678,7 @@ impl WorkflowMachine {
                             seq: Some(event.seq),
                             reason,
                         })?;
-                    inner.apply_input(&event.kind);
+                    inner.apply_input(event.seq, &event.kind);
                 }
                 inner.cursor = index + 1;
                 event
@@ -632,6 +709,7 @@ impl WorkflowMachine {
             input,
             format,
             parent,
+            run,
             ..
         } = started
         else {
@@ -662,6 +740,7 @@ impl WorkflowMachine {
         {
             let mut inner = self.shared.lock();
             inner.parent = parent.clone();
+            inner.run = *run;
             inner.cancels_dropped_work = *format >= FORMAT_CANCELS_DROPPED_WORK;
         }
         match self.def.start(self.id.clone(), input, self.shared.clone()) {
@@ -725,6 +804,27 @@ impl WorkflowMachine {
                 },
                 Outcome::Failed { failure },
             ),
+            Err(WorkflowError::ContinueAsNew(next)) => {
+                // The signals the code did not take go to the next run, in arrival order.
+                let mut carried: Vec<(Seq, CarriedSignal)> = Vec::new();
+                for (name, queue) in &self.shared.lock().signals {
+                    carried.extend(queue.iter().map(|(seq, payload)| {
+                        let signal = CarriedSignal {
+                            name: name.clone(),
+                            payload: payload.clone(),
+                        };
+                        (*seq, signal)
+                    }));
+                }
+                carried.sort_by_key(|(seq, _)| *seq);
+                (
+                    EventKind::WorkflowContinuedAsNew {
+                        input: next.input.clone(),
+                        signals: carried.into_iter().map(|(_, s)| s).collect(),
+                    },
+                    Outcome::ContinuedAsNew { input: next.input },
+                )
+            }
         };
         let mut inner = self.shared.lock();
         if inner.command(kind).is_some() {
@@ -782,6 +882,7 @@ impl Shared {
             timers: BTreeMap::new(),
             children: BTreeMap::new(),
             parent: None,
+            run: 1,
             cancels_dropped_work: false,
             signal_waits: 0,
             signals: BTreeMap::new(),
@@ -847,12 +948,15 @@ pub(crate) struct Inner {
     pub(crate) timers: BTreeMap<TimerId, TimerSlot>,
     pub(crate) children: BTreeMap<ChildId, ChildSlot>,
     pub(crate) parent: Option<ParentRef>,
+    /// Which run of the workflow this is.
+    pub(crate) run: u32,
     /// The run's history format cancels the timers and activities the code stops waiting for
     /// ([`FORMAT_CANCELS_DROPPED_WORK`]).
     pub(crate) cancels_dropped_work: bool,
     /// Signal waits polled and not yet resolved or dropped.
     pub(crate) signal_waits: usize,
-    pub(crate) signals: BTreeMap<String, VecDeque<Payload>>,
+    /// Signals received and not yet taken, by name, each with the position it arrived at.
+    pub(crate) signals: BTreeMap<String, VecDeque<(Seq, Payload)>>,
     pub(crate) awaiting_signals: BTreeSet<String>,
     pub(crate) wakers: Vec<Waker>,
     pub(crate) cancel_requested: bool,
@@ -1028,7 +1132,7 @@ impl Inner {
     }
 
     /// Applies a checked input: resolves what it resolves.
-    fn apply_input(&mut self, kind: &EventKind) {
+    fn apply_input(&mut self, seq: Seq, kind: &EventKind) {
         match kind {
             EventKind::ActivityCompleted {
                 activity_id,
@@ -1101,7 +1205,7 @@ impl Inner {
                 self.signals
                     .entry(name.clone())
                     .or_default()
-                    .push_back(payload.clone());
+                    .push_back((seq, payload.clone()));
             }
             EventKind::WorkflowTerminated { reason } => {
                 self.finished = Some(Outcome::Terminated {

@@ -1081,6 +1081,7 @@ fn a_child_knows_its_parent_from_its_first_event() {
     let mut started = started_event("WhoIsMyParent", 1, Payload::NULL);
     if let EventKind::WorkflowStarted { parent, .. } = &mut started.kind {
         *parent = Some(ParentRef {
+            run: 1,
             workflow_id: "order-1".into(),
             child: ChildId(Seq::new(6)),
         });

@@ -218,6 +218,7 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(0),
             kind: EventKind::WorkflowStarted {
+                run: 1,
                 name: "Batched".into(),
                 version: 1,
                 input: Payload::NULL,

@@ -55,8 +55,8 @@ impl PostgresStorage {
         if req.max == 0 {
             return Ok(Vec::new());
         }
-        // One statement: claim, then read each claimed workflow's name, last sequence number
-        // and due messages (as parallel arrays, oldest first).
+        // One statement: claim, then read each claimed workflow's name, run, last sequence
+        // number and due messages (as parallel arrays, oldest first).
         let rows = sqlx::query(
             "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), picked AS (
                 SELECT id, visible_at FROM tasks WHERE kind = 0 AND visible_at <= (SELECT ms FROM now)
@@ -68,7 +68,7 @@ impl PostgresStorage {
                 RETURNING t.id, t.workflow_id, t.lease_token, t.lease_expires_at, t.deliveries
              )
              SELECT c.id, c.workflow_id, c.lease_token, c.lease_expires_at, c.deliveries,
-                 w.name, w.last_seq, m.ids, m.ats, m.kinds, (SELECT ms FROM now)
+                 w.name, w.last_seq, m.ids, m.ats, m.kinds, (SELECT ms FROM now), w.run
              FROM claimed c
              JOIN picked p ON p.id = c.id
              JOIN workflows w ON w.id = c.workflow_id
@@ -103,6 +103,7 @@ impl PostgresStorage {
             tasks.push(WorkflowTask {
                 lease: lease_of(row),
                 workflow_name: row.get(5),
+                run: u32::try_from(row.get::<i32, _>(11)).unwrap_or(1),
                 last_seq: seq(row.get(6)),
                 messages: due,
                 deliveries: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),

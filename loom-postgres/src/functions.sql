@@ -15,14 +15,16 @@
 -- Item:   {"wf"?, "task"?, "checks": [check], "steps": [step]}
 -- Check:  ["leased", task, token] | ["wft_of", task, wf] | ["is_wft", task]
 --         | ["attempt", task, wf, activity, attempt] | ["absent", wf] | ["open", wf]
---         | ["last", wf, seq] | ["child_of", wf, parent] | ["free", wf] | ["quiet", wf]
+--         | ["last", wf, seq] | ["run", wf, run] | ["child_of", wf, parent] | ["free", wf]
+--         | ["quiet", wf]
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
---         a workflow [status, last_seq, parent], or the earliest message time; null for no
---         row.
+--         a workflow [status, last_seq, parent, run], or the earliest message time; null for
+--         no row.
 -- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table; "up" (withdraw
 --                                      messages by kind) and "da" (delete an activity's task)
 --                                      come after posts; "st" (settle the workflow task at its
 --                                      earliest message) comes last
+--         {"s":"nr", "wf", "ev": [seq, at, kind], "ver", "input"}   a new run (continue-as-new)
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
 -- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
@@ -30,7 +32,7 @@
 -- and would be parsed and planned again in every statement that calls it).
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
 --   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
---    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]]]],
+--    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run]],
 --    "decided": bool (whether the conditions of the first "if" applied held)}
 -- and r_now, the database's clock for the item.
 
@@ -52,6 +54,7 @@ DECLARE
     w_status text;
     w_last bigint;
     w_parent text;
+    w_run integer;
     w_found boolean := false;
     -- The workflow whose task the checks have locked, if any.
     locked_wft text;
@@ -69,7 +72,7 @@ BEGIN
                     -- A workflow task's commit: the task and its workflow, locked in that
                     -- order by one statement, for the checks of both that follow.
                     SELECT tk.workflow_id, tk.kind, tk.activity_id, tk.attempt, tk.lease_token,
-                           tk.lease_expires_at, wr.status, wr.last_seq, wr.parent_id
+                           tk.lease_expires_at, wr.status, wr.last_seq, wr.parent_id, wr.run
                     INTO t FROM tasks tk JOIN workflows wr ON wr.id = tk.workflow_id
                     WHERE tk.id = t_id AND tk.kind = 0 FOR UPDATE;
                     IF FOUND THEN
@@ -80,6 +83,7 @@ BEGIN
                         w_status := t.status;
                         w_last := t.last_seq;
                         w_parent := t.parent_id;
+                        w_run := t.run;
                     END IF;
                 END IF;
                 IF NOT t_found THEN
@@ -103,13 +107,14 @@ BEGIN
                 found_row := jsonb_build_array(t.workflow_id, t.kind, t.activity_id, t.attempt,
                                                t.lease_token, t.lease_expires_at);
             END IF;
-        WHEN 'absent', 'open', 'last', 'child_of' THEN
+        WHEN 'absent', 'open', 'last', 'run', 'child_of' THEN
             IF w_id IS DISTINCT FROM c->>1 THEN
                 w_id := c->>1;
                 IF c->>0 = 'absent' THEN
                     -- A missing row cannot be locked: concurrent starts of one id queue on
                     -- an advisory lock instead, taken by the same statement.
-                    SELECT wr.status, wr.last_seq, wr.parent_id INTO w_status, w_last, w_parent
+                    SELECT wr.status, wr.last_seq, wr.parent_id, wr.run
+                    INTO w_status, w_last, w_parent, w_run
                     FROM (SELECT pg_advisory_xact_lock(hashtextextended('loom:' || w_id, 0))) l
                     LEFT JOIN workflows wr ON wr.id = w_id;
                     w_found := w_status IS NOT NULL;
@@ -119,7 +124,7 @@ BEGIN
                         PERFORM 1 FROM tasks WHERE workflow_id = w_id AND kind = 0 FOR UPDATE;
                         locked_wft := w_id;
                     END IF;
-                    SELECT status, last_seq, parent_id INTO w_status, w_last, w_parent
+                    SELECT status, last_seq, parent_id, run INTO w_status, w_last, w_parent, w_run
                     FROM workflows WHERE id = w_id FOR UPDATE;
                     w_found := FOUND;
                 END IF;
@@ -131,10 +136,11 @@ BEGIN
                 WHEN 'child_of' THEN w_found
                     AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
                     AND w_parent = c->>2
+                WHEN 'run' THEN w_found AND w_run = (c->>2)::integer
                 ELSE w_found AND w_last = (c->>2)::bigint
             END;
             IF NOT COALESCE(ok, false) AND w_found THEN
-                found_row := jsonb_build_array(w_status, w_last, w_parent);
+                found_row := jsonb_build_array(w_status, w_last, w_parent, w_run);
             END IF;
         WHEN 'free' THEN
             SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
@@ -317,25 +323,28 @@ BEGIN
                     ELSE msg->>0 END;
                 IF s ? 'wk' THEN
                     WITH m AS (
-                        INSERT INTO messages (workflow_id, visible_at, kind)
-                        VALUES (wf, (msg->>2)::bigint + now_ms * (msg->>1)::bigint, body)
+                        INSERT INTO messages (workflow_id, visible_at, kind, carry)
+                        VALUES (wf, (msg->>2)::bigint + now_ms * (msg->>1)::bigint, body,
+                                COALESCE((msg->>5)::boolean, false))
                     )
                     UPDATE tasks SET visible_at = LEAST(COALESCE(visible_at, at),
                         CASE WHEN lease_expires_at > now_ms THEN GREATEST(at, lease_expires_at)
                              ELSE at END)
                     WHERE kind = 0 AND workflow_id = wf;
                 ELSE
-                    INSERT INTO messages (workflow_id, visible_at, kind)
-                    VALUES (wf, (msg->>2)::bigint + now_ms * (msg->>1)::bigint, body);
+                    INSERT INTO messages (workflow_id, visible_at, kind, carry)
+                    VALUES (wf, (msg->>2)::bigint + now_ms * (msg->>1)::bigint, body,
+                            COALESCE((msg->>5)::boolean, false));
                 END IF;
             ELSE
                 IF s ? 'po' THEN
-                    INSERT INTO messages (workflow_id, visible_at, kind)
+                    INSERT INTO messages (workflow_id, visible_at, kind, carry)
                     SELECT wf, (m->>2)::bigint + now_ms * (m->>1)::bigint,
                         CASE WHEN jsonb_typeof(m->3) = 'number'
                             THEN jsonb_set((m->>0)::jsonb, '{retry_at}',
                                 to_jsonb((m->>4)::bigint + now_ms * (m->>3)::bigint))::text
-                            ELSE m->>0 END
+                            ELSE m->>0 END,
+                        COALESCE((m->>5)::boolean, false)
                     FROM jsonb_array_elements(s->'po') AS m;
                 END IF;
                 IF s ? 'wk' THEN
@@ -393,6 +402,24 @@ BEGIN
                 WHERE workflows.id = (SELECT workflow_id FROM tasks WHERE tasks.id = (p->>0)::bigint);
             END IF;
 
+        WHEN 'nr' THEN
+            -- Continue-as-new: the history becomes the current run's, kept; the next run
+            -- starts with its first event; the ended run's activity tasks and the messages
+            -- that do not carry over (as the engine marked them when posting) go.
+            INSERT INTO past_events (workflow_id, run, seq, at, kind)
+            SELECT e.workflow_id, w.run, e.seq, e.at, e.kind
+            FROM events e JOIN workflows w ON w.id = e.workflow_id
+            WHERE e.workflow_id = wf;
+            DELETE FROM events WHERE workflow_id = wf;
+            INSERT INTO events (workflow_id, seq, at, kind)
+            VALUES (wf, (s->'ev'->>0)::bigint, (s->'ev'->>1)::bigint, s->'ev'->>2);
+            UPDATE workflows SET run = run + 1, version = (s->>'ver')::integer,
+                input = s->>'input', last_seq = 1, progress = NULL, status = 'running',
+                pause_reason = NULL, updated_at = now_ms
+            WHERE id = wf;
+            DELETE FROM tasks WHERE workflow_id = wf AND kind = 1;
+            DELETE FROM messages WHERE workflow_id = wf AND NOT carry;
+
         WHEN 'claim_a' THEN
             WITH picked AS (
                 SELECT id FROM tasks
@@ -427,7 +454,8 @@ BEGIN
                        wf, w.name, w.last_seq,
                        (SELECT COALESCE(jsonb_agg(jsonb_build_array(m.id, m.visible_at, m.kind)
                                                   ORDER BY m.visible_at, m.id), '[]'::jsonb)
-                        FROM messages m WHERE m.workflow_id = wf AND m.visible_at <= now_ms))
+                        FROM messages m WHERE m.workflow_id = wf AND m.visible_at <= now_ms),
+                       w.run)
             INTO claimed
             FROM c JOIN workflows w ON w.id = wf;
             IF claimed IS NOT NULL THEN
@@ -530,7 +558,8 @@ BEGIN
             )
             SELECT count(*) INTO created FROM w;
             IF created = 0 THEN
-                failed := jsonb_build_array(1, (SELECT jsonb_build_array(status, last_seq, parent_id)
+                failed := jsonb_build_array(1, (SELECT jsonb_build_array(status, last_seq, parent_id,
+                                                                         run)
                                                 FROM workflows WHERE id = c->'cw'->>0));
             END IF;
             steps := '[]'::jsonb;

@@ -58,8 +58,8 @@ use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::engine::{self, Applied, Op, WriteSet};
 use loom_storage::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, Result, Stats, Storage, StorageError, TaskId, Termination, WorkflowSummary,
-    WorkflowTask, WorkflowTaskCompletion,
+    Pending, Release, Result, RunSummary, Stats, Storage, StorageError, TaskId, Termination,
+    WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
@@ -317,6 +317,14 @@ impl Storage for PostgresStorage {
 
     async fn terminate(&self, termination: Termination) -> Result<()> {
         self.apply(engine::terminate(termination)?).await.map(drop)
+    }
+
+    async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
+        self.fetch_run(id, run).await
+    }
+
+    async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
+        self.fetch_runs(id).await
     }
 
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary> {

@@ -2,8 +2,8 @@
 
 use loom_core::{Event, LogLevel, LogRecord, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, Stats, StorageError, TaskId,
-    WorkflowStatus, WorkflowSummary,
+    ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, RunSummary, Stats,
+    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::wire::decode;
 use crate::{PostgresStorage, seq, seq_i64, sql_err};
 
-const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress, parent_id";
+const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run";
 
 fn summary(row: &PgRow) -> Result<WorkflowSummary> {
     let id: String = row.get(0);
@@ -44,6 +44,7 @@ fn summary(row: &PgRow) -> Result<WorkflowSummary> {
             .map(|t| decode::<Progress>(&t, || field("progress")))
             .transpose()?,
         parent: row.get::<Option<String>, _>(13).map(WorkflowId::new),
+        run: u32::try_from(row.get::<i32, _>(14)).unwrap_or(1),
     })
 }
 
@@ -79,6 +80,73 @@ impl PostgresStorage {
                 })
             })
             .collect()
+    }
+
+    pub(crate) async fn fetch_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
+        let current: Option<i32> = sqlx::query_scalar("SELECT run FROM workflows WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql_err)?;
+        let current = current.ok_or_else(|| StorageError::NotFound(id.clone()))?;
+        let current = u32::try_from(current).unwrap_or(1);
+        if run == current {
+            return self.fetch_history(id, Seq::ZERO).await;
+        }
+        let rows = sqlx::query(
+            "SELECT seq, at, kind FROM past_events WHERE workflow_id = $1 AND run = $2 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .bind(i32::try_from(run).unwrap_or(i32::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        if rows.is_empty() {
+            return Err(StorageError::no_such_run(id, run, current));
+        }
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.get(0);
+                let kind: String = r.get(2);
+                Ok(Event {
+                    seq: seq(n),
+                    at: Timestamp::from_millis(r.get(1)),
+                    kind: decode(&kind, || {
+                        format!("event #{n} of run {run} of workflow {id}")
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn fetch_runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
+        let rows = sqlx::query(
+            "SELECT w.id, p.run, p.started, p.ended, p.events
+             FROM workflows w LEFT JOIN LATERAL (
+                SELECT run, MIN(at) AS started, MAX(at) AS ended, COUNT(*) AS events
+                FROM past_events WHERE workflow_id = w.id GROUP BY run
+             ) p ON true
+             WHERE w.id = $1 ORDER BY p.run",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        if rows.is_empty() {
+            return Err(StorageError::NotFound(id.clone()));
+        }
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let run: i32 = r.get::<Option<i32>, _>(1)?;
+                Some(RunSummary {
+                    run: u32::try_from(run).unwrap_or(0),
+                    started_at: Timestamp::from_millis(r.get(2)),
+                    ended_at: Timestamp::from_millis(r.get(3)),
+                    events: r.get::<i64, _>(4).unsigned_abs(),
+                })
+            })
+            .collect())
     }
 
     pub(crate) async fn fetch_summary(&self, id: &WorkflowId) -> Result<WorkflowSummary> {

@@ -99,6 +99,27 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
     ),
     // 5: cancelled timers and activities: messages withdrawn by kind, activity tasks deleted.
     include_str!("functions.sql"),
+    // 6: continue-as-new: a workflow's current run, the histories of its earlier runs, and
+    // which waiting messages a new run keeps (marked by the engine when they are posted;
+    // those waiting from before are marked here by the same rule).
+    concat!(
+        "ALTER TABLE workflows ADD COLUMN run integer NOT NULL DEFAULT 1;\n",
+        "ALTER TABLE messages ADD COLUMN carry boolean NOT NULL DEFAULT false;\n",
+        "UPDATE messages SET carry = true\n",
+        "    WHERE kind LIKE '{\"type\":\"SignalReceived\"%'\n",
+        "       OR kind LIKE '{\"type\":\"CancelRequested\"%'\n",
+        "       OR kind LIKE '{\"type\":\"TerminateRequested\"%'\n",
+        "       OR kind = '{\"type\":\"TimeoutFired\",\"scope\":\"execution\"}';\n",
+        "CREATE TABLE past_events (\n",
+        "    workflow_id  text NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,\n",
+        "    run          integer NOT NULL,\n",
+        "    seq          bigint NOT NULL,\n",
+        "    at           bigint NOT NULL,\n",
+        "    kind         text NOT NULL,\n",
+        "    PRIMARY KEY (workflow_id, run, seq)\n",
+        ");\n",
+        include_str!("functions.sql")
+    ),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

@@ -228,6 +228,12 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.terminate(termination).await
     }
+    async fn load_run(&self, id: &WorkflowId, run: u32) -> loom_storage::Result<Vec<Event>> {
+        self.store.load_run(id, run).await
+    }
+    async fn runs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<loom_storage::RunSummary>> {
+        self.store.runs(id).await
+    }
     async fn describe(&self, id: &WorkflowId) -> loom_storage::Result<WorkflowSummary> {
         self.store.describe(id).await
     }

@@ -5,7 +5,7 @@
 //! server applies with a statement per part. Payloads travel as Loom's JSON text, stored
 //! verbatim.
 
-use loom_core::{ActivityId, Seq, Timestamp, WorkflowId};
+use loom_core::{ActivityId, EventKind, Seq, Timestamp, WorkflowId};
 use loom_storage::engine::{
     Applied, Check, Found, NewTask, Op, StatusChange, TaskView, When, WorkflowView, WriteSet,
 };
@@ -65,6 +65,7 @@ fn check(c: &Check) -> Value {
         Check::LastSeq { workflow, expected } => {
             json!(["last", workflow.as_str(), n(expected.get())])
         }
+        Check::Run { workflow, run } => json!(["run", workflow.as_str(), run]),
         Check::Free { workflow } => json!(["free", workflow.as_str()]),
         Check::NothingDue { workflow } => json!(["quiet", workflow.as_str()]),
     }
@@ -229,7 +230,14 @@ impl WriteStep {
                 let retry = retry_at.map_or(json!([null, null]), when);
                 self.push(
                     "po",
-                    json!([encode(kind)?, visible[0], visible[1], retry[0], retry[1]]),
+                    json!([
+                        encode(kind)?,
+                        visible[0],
+                        visible[1],
+                        retry[0],
+                        retry[1],
+                        kind.carries_over()
+                    ]),
                 );
                 true
             }
@@ -267,6 +275,7 @@ impl WriteStep {
             // Applied last in its step, reading the messages the step's writes left.
             Op::Settle { .. } => self.set("st", json!(true)),
             Op::Renew { .. }
+            | Op::NewRun { .. }
             | Op::ClaimWorkflowTasks { .. }
             | Op::ClaimActivityTasks { .. }
             | Op::If { .. } => false,
@@ -310,6 +319,18 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
                 "lease_ms": i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX),
                 "max": n(req.max as u64),
             }),
+            Op::NewRun { workflow, started } => {
+                let EventKind::WorkflowStarted { version, input, .. } = &started.kind else {
+                    return Err(StorageError::InvalidArgument(
+                        "a new run starts with a WorkflowStarted event".into(),
+                    ));
+                };
+                json!({
+                    "s": "nr", "wf": workflow.as_str(),
+                    "ev": [n(started.seq.get()), started.at.as_millis(), encode(&started.kind)?],
+                    "ver": version, "input": encode(input)?,
+                })
+            }
             Op::If {
                 all,
                 then,
@@ -438,11 +459,15 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
                 lease_expires_at: expires.map(Timestamp::from_millis),
             }))
         }
-        C::Absent { .. } | C::Open { .. } | C::LastSeq { .. } | C::OpenChildOf { .. } => {
+        C::Absent { .. }
+        | C::Open { .. }
+        | C::LastSeq { .. }
+        | C::Run { .. }
+        | C::OpenChildOf { .. } => {
             if found.is_null() {
                 return Ok(Found::Workflow(None));
             }
-            let (status, last, parent): (String, i64, Option<String>) =
+            let (status, last, parent, run): (String, i64, Option<String>, u32) =
                 serde_json::from_value(found.clone()).map_err(|_| bad())?;
             let status: WorkflowStatus =
                 status.parse().map_err(|e: String| StorageError::Corrupt {
@@ -453,6 +478,7 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
                 status,
                 last_seq: Seq::new(last.max(0).unsigned_abs()),
                 parent: parent.map(WorkflowId::new),
+                run,
             }))
         }
         C::NothingDue { .. } => Found::EarliestMessage(found.as_i64().map(Timestamp::from_millis)),
@@ -484,7 +510,7 @@ fn activity_task(row: &Value, workflow: &WorkflowId, now: Timestamp) -> Result<A
 }
 
 /// A workflow task claimed by `claim_w`:
-/// `[task, token, expires, deliveries, workflow_id, name, last_seq, [[id, at, kind]]]`.
+/// `[task, token, expires, deliveries, workflow_id, name, last_seq, [[id, at, kind]], run]`.
 fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
     type Row = (
         i64,
@@ -495,8 +521,9 @@ fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
         String,
         i64,
         Vec<(i64, i64, String)>,
+        u32,
     );
-    let (task, token, expires, deliveries, workflow_id, name, last, messages): Row =
+    let (task, token, expires, deliveries, workflow_id, name, last, messages, run): Row =
         serde_json::from_value(row.clone())
             .map_err(|e| protocol(format!("an eager claim of a workflow task: {e}")))?;
     let messages = messages
@@ -517,6 +544,7 @@ fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
         },
         workflow_id: WorkflowId::new(workflow_id),
         workflow_name: name,
+        run,
         last_seq: Seq::new(last.max(0).unsigned_abs()),
         messages,
         deliveries: u32::try_from(deliveries).unwrap_or(0),
@@ -545,6 +573,7 @@ mod tests {
                 format: HISTORY_FORMAT,
                 timeouts: Default::default(),
                 parent: None,
+                run: 1,
             },
         };
         let ws = engine::create(&WorkflowId::new("wf"), started).unwrap();
@@ -589,7 +618,7 @@ mod tests {
         let err = applied(
             &ws,
             Answer {
-                failed: Some((1, json!(["running", 4, null]))),
+                failed: Some((1, json!(["running", 4, null, 1]))),
                 now: 0,
                 out: None,
             },
@@ -603,7 +632,7 @@ mod tests {
         let err = applied(
             &ws,
             Answer {
-                failed: Some((1, json!(["running", 3, null]))),
+                failed: Some((1, json!(["running", 3, null, 1]))),
                 now: 0,
                 out: None,
             },

@@ -15,6 +15,7 @@ fn started(n: u64) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: "Cancel".into(),
             version: 1,
             input: Payload::encode(&n).expect("encode"),

@@ -4,12 +4,13 @@
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::engine::rows::{TaskRecord, WorkflowRecord};
 use loom_storage::{
-    ListQuery, Message, Page, Pending, Read, Result, Stats, StorageError, TaskId, WorkflowSummary,
+    ListQuery, Message, Page, Pending, Read, Result, RunSummary, Stats, StorageError, TaskId,
+    WorkflowSummary,
 };
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use crate::tables::{
-    BY_CREATED, EVENTS, LOGS, MESSAGES, TASKS, TaskRow, Tx, WF_ACTIVITIES, WORKFLOWS,
+    BY_CREATED, EVENTS, LOGS, MESSAGES, PAST_EVENTS, TASKS, TaskRow, Tx, WF_ACTIVITIES, WORKFLOWS,
 };
 
 impl Tx<'_, redb::ReadTransaction> {
@@ -48,6 +49,58 @@ impl Read for Tx<'_, redb::ReadTransaction> {
             events.push(self.decode(value.value(), || format!("event #{seq} of workflow {id}"))?);
         }
         Ok(events)
+    }
+
+    fn load_run(&mut self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
+        let current = self.workflow(id)?.summary.run;
+        if run == current {
+            return self.load_history(id, Seq::ZERO);
+        }
+        let table = self.tx.open_table(PAST_EVENTS).map_err(|e| self.err(e))?;
+        let mut events = Vec::new();
+        for entry in table
+            .range((id.as_str(), run, 0)..=(id.as_str(), run, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let seq = key.value().2;
+            events.push(self.decode(value.value(), || {
+                format!("event #{seq} of run {run} of workflow {id}")
+            })?);
+        }
+        if events.is_empty() {
+            return Err(StorageError::no_such_run(id, run, current));
+        }
+        Ok(events)
+    }
+
+    fn runs(&mut self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
+        self.workflow(id)?;
+        let table = self.tx.open_table(PAST_EVENTS).map_err(|e| self.err(e))?;
+        let mut runs: Vec<RunSummary> = Vec::new();
+        for entry in table
+            .range((id.as_str(), 0, 0)..=(id.as_str(), u32::MAX, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let (_, run, seq) = key.value();
+            let event: Event = self.decode(value.value(), || {
+                format!("event #{seq} of run {run} of workflow {id}")
+            })?;
+            match runs.last_mut() {
+                Some(last) if last.run == run => {
+                    last.ended_at = event.at;
+                    last.events += 1;
+                }
+                _ => runs.push(RunSummary {
+                    run,
+                    started_at: event.at,
+                    ended_at: event.at,
+                    events: 1,
+                }),
+            }
+        }
+        Ok(runs)
     }
 
     fn describe(&mut self, id: &WorkflowId) -> Result<WorkflowSummary> {

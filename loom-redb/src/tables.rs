@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+/// The histories of earlier runs, by workflow, run and sequence number.
+pub(crate) const PAST_EVENTS: TableDefinition<(&str, u32, u64), &[u8]> =
+    TableDefinition::new("past_events");
 pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// `(kind, visible_at, task)`: every task that has a `visible_at`, the claim index.
@@ -35,6 +38,7 @@ pub(crate) fn create_tables(
     tx.open_table(META)?;
     tx.open_table(WORKFLOWS)?;
     tx.open_table(EVENTS)?;
+    tx.open_table(PAST_EVENTS)?;
     tx.open_table(MESSAGES)?;
     tx.open_table(TASKS)?;
     tx.open_table(READY)?;
@@ -249,6 +253,20 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
             let bytes = encode(e)?;
             table
                 .insert((id.as_str(), e.seq.get()), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    fn archive_history(&mut self, id: &WorkflowId, run: u32) -> Result<()> {
+        let mut events = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        let mut past = self.tx.open_table(PAST_EVENTS).map_err(|e| self.err(e))?;
+        let moved = events
+            .extract_from_if((id.as_str(), 0)..=(id.as_str(), u64::MAX), |_, _| true)
+            .map_err(|e| self.err(e))?;
+        for entry in moved {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            past.insert((id.as_str(), run, key.value().1), value.value())
                 .map_err(|e| self.err(e))?;
         }
         Ok(())

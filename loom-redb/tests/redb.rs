@@ -16,6 +16,7 @@ fn started() -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: "Kept".into(),
             version: 1,
             input: Payload::NULL,

@@ -148,21 +148,22 @@ impl Apply for Db<'_> {
     }
 
     fn workflow(&mut self, workflow: &WorkflowId) -> Result<Option<WorkflowView>> {
-        let row: Option<(i64, String, Option<String>)> = self
+        let row: Option<(i64, String, Option<String>, u32)> = self
             .conn
-            .prepare_cached("SELECT last_seq, status, parent_id FROM workflows WHERE id = ?1")
+            .prepare_cached("SELECT last_seq, status, parent_id, run FROM workflows WHERE id = ?1")
             .and_then(|mut s| {
                 s.query_row([workflow.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .optional()
             })
             .map_err(|e| self.sql(e))?;
-        row.map(|(last, status, parent)| {
+        row.map(|(last, status, parent, run)| {
             Ok(WorkflowView {
                 status: self.status(&status, workflow.as_str())?,
                 last_seq: seq(last),
                 parent: parent.map(WorkflowId::new),
+                run,
             })
         })
         .transpose()
@@ -358,6 +359,57 @@ impl Apply for Db<'_> {
         .map(drop)
     }
 
+    fn new_run(&mut self, now: Timestamp, workflow: &WorkflowId, started: &Event) -> Result<()> {
+        let (version, input) = match &started.kind {
+            EventKind::WorkflowStarted { version, input, .. } => (*version, encode(input)?),
+            _ => {
+                return Err(loom_storage::StorageError::InvalidArgument(
+                    "a new run starts with a WorkflowStarted event".into(),
+                ));
+            }
+        };
+        self.exec(
+            "INSERT INTO past_events (workflow_id, run, seq, at, kind)
+             SELECT e.workflow_id, w.run, e.seq, e.at, e.kind
+             FROM events e JOIN workflows w ON w.id = e.workflow_id
+             WHERE e.workflow_id = ?1",
+            [workflow.as_str()],
+        )?;
+        self.exec(
+            "DELETE FROM events WHERE workflow_id = ?1",
+            [workflow.as_str()],
+        )?;
+        self.append_events(workflow, std::slice::from_ref(started))?;
+        self.exec(
+            "UPDATE workflows SET run = run + 1, version = ?2, input = ?3, last_seq = 1,
+                 progress = NULL, status = 'running', pause_reason = NULL, updated_at = ?4
+             WHERE id = ?1",
+            params![workflow.as_str(), version, input, ms(now)],
+        )?;
+        self.exec(
+            "DELETE FROM tasks WHERE workflow_id = ?1 AND kind = 1",
+            [workflow.as_str()],
+        )?;
+        // Which messages carry over is the engine's rule (`EventKind::carries_over`), read
+        // here off each message.
+        let messages: Vec<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT id, kind FROM messages WHERE workflow_id = ?1")
+            .and_then(|mut s| {
+                s.query_map([workflow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        for (id, kind) in messages {
+            let kind: EventKind =
+                self.decode(&kind, || format!("message {id} of workflow \"{workflow}\""))?;
+            if !kind.carries_over() {
+                self.exec("DELETE FROM messages WHERE id = ?1", [id])?;
+            }
+        }
+        Ok(())
+    }
+
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {
         let mut stmt = self
             .conn
@@ -422,11 +474,13 @@ impl Apply for Db<'_> {
     ) -> Result<Vec<WorkflowTask>> {
         let mut tasks = Vec::new();
         for (lease, workflow_id, deliveries, _) in self.claim(now, WORKFLOW_TASK, req, of)? {
-            let (name, last): (String, i64) = self
+            let (name, last, run): (String, i64, u32) = self
                 .conn
-                .prepare_cached("SELECT name, last_seq FROM workflows WHERE id = ?1")
+                .prepare_cached("SELECT name, last_seq, run FROM workflows WHERE id = ?1")
                 .and_then(|mut s| {
-                    s.query_row([workflow_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    s.query_row([workflow_id.as_str()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                 })
                 .map_err(|e| self.sql(e))?;
             let messages = self.due_messages(&workflow_id, now)?;
@@ -434,6 +488,7 @@ impl Apply for Db<'_> {
                 lease,
                 workflow_id,
                 workflow_name: name,
+                run,
                 last_seq: seq(last),
                 messages,
                 deliveries,

@@ -94,7 +94,7 @@ impl Db<'_> {
 
 /// The columns of a workflow's summary, in [`RawSummary`]'s order.
 pub(crate) const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, \
-                                  closed_at, last_seq, output, failure, pause_reason, progress, parent_id";
+                                  closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run";
 
 /// A workflow row as SQLite returns it, before decoding.
 pub(crate) struct RawSummary {
@@ -112,6 +112,7 @@ pub(crate) struct RawSummary {
     pause_reason: Option<String>,
     progress: Option<String>,
     parent_id: Option<String>,
+    run: u32,
 }
 
 impl RawSummary {
@@ -131,6 +132,7 @@ impl RawSummary {
             pause_reason: r.get(11)?,
             progress: r.get(12)?,
             parent_id: r.get(13)?,
+            run: r.get(14)?,
         })
     }
 
@@ -166,6 +168,7 @@ impl RawSummary {
             pause_reason: self.pause_reason,
             progress,
             parent: self.parent_id.map(WorkflowId::new),
+            run: self.run,
         })
     }
 }

@@ -2,8 +2,8 @@
 
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, Stats, StorageError,
-    TaskId, WorkflowStatus, WorkflowSummary,
+    ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, RunSummary, Stats,
+    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
@@ -49,6 +49,70 @@ impl Read for Db<'_> {
                 })
             })
             .collect()
+    }
+
+    fn load_run(&mut self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
+        let current: Option<u32> = self
+            .conn
+            .prepare_cached("SELECT run FROM workflows WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+            .map_err(|e| self.sql(e))?;
+        let current = current.ok_or_else(|| StorageError::NotFound(id.clone()))?;
+        if run == current {
+            return self.load_history(id, Seq::ZERO);
+        }
+        let rows: Vec<(i64, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, at, kind FROM past_events WHERE workflow_id = ?1 AND run = ?2 ORDER BY seq",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![id.as_str(), run], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        if rows.is_empty() {
+            return Err(StorageError::no_such_run(id, run, current));
+        }
+        rows.into_iter()
+            .map(|(n, at, kind)| {
+                Ok(Event {
+                    seq: seq(n),
+                    at: Timestamp::from_millis(at),
+                    kind: self.decode(&kind, || {
+                        format!("event #{n} of run {run} of workflow \"{id}\"")
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    fn runs(&mut self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
+        self.exists(id)?;
+        let rows: Vec<(u32, i64, i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT run, MIN(at), MAX(at), COUNT(*) FROM past_events WHERE workflow_id = ?1
+                 GROUP BY run ORDER BY run",
+            )
+            .and_then(|mut s| {
+                s.query_map([id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(run, started, ended, events)| RunSummary {
+                run,
+                started_at: Timestamp::from_millis(started),
+                ended_at: Timestamp::from_millis(ended),
+                events: events.unsigned_abs(),
+            })
+            .collect())
     }
 
     fn describe(&mut self, id: &WorkflowId) -> Result<WorkflowSummary> {

@@ -85,6 +85,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX workflows_by_parent ON workflows (parent_id, created_at DESC, id DESC)
         WHERE parent_id IS NOT NULL;
     "#,
+    // 3: continue-as-new: a workflow's current run, and the histories of its earlier runs.
+    r#"
+    ALTER TABLE workflows ADD COLUMN run INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE past_events (
+        workflow_id   TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+        run           INTEGER NOT NULL,
+        seq           INTEGER NOT NULL,
+        at            INTEGER NOT NULL,
+        kind          TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, run, seq)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -21,6 +21,7 @@ fn started(name: &str) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: name.into(),
             version: 1,
             input: Payload::encode(&"in").expect("encode"),
@@ -334,6 +335,7 @@ async fn only_durable_writes_wait_for_the_disk() {
     };
     store
         .complete_workflow_task(WorkflowTaskCompletion {
+            next_run: None,
             lease,
             workflow_id: id.clone(),
             expected_last_seq: Seq::FIRST,

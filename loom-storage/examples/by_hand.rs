@@ -99,6 +99,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         seq: Seq::FIRST,
         at: clock.now(),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: OrderProcessing::NAME.into(),
             version: OrderProcessing::VERSION,
             input,
@@ -129,6 +130,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             store
                 .complete_workflow_task(WorkflowTaskCompletion {
+                    next_run: None,
                     lease: task.lease,
                     workflow_id: task.workflow_id,
                     expected_last_seq: task.last_seq,

@@ -34,6 +34,16 @@ pub enum StorageError {
         /// The actual last sequence number.
         actual: Seq,
     },
+    /// The workflow continued as a new run since the caller read it; nothing was written.
+    #[error("workflow {id} is on run {actual}, the caller expected run {expected}")]
+    RunMoved {
+        /// The workflow.
+        id: WorkflowId,
+        /// The run the caller expected.
+        expected: u32,
+        /// The workflow's current run.
+        actual: u32,
+    },
     /// The caller's lease on this task expired, was taken by another worker, or the task no
     /// longer exists; nothing was written.
     #[error("the lease on task {0} is no longer held")]
@@ -86,6 +96,15 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The error for asking workflow `id`, now on run `current`, for a run it never had.
+    pub fn no_such_run(id: &WorkflowId, run: u32, current: u32) -> Self {
+        StorageError::InvalidArgument(if current == 1 {
+            format!("workflow {id} has one run, run 1; there is no run {run}")
+        } else {
+            format!("workflow {id} has runs 1 to {current}; there is no run {run}")
+        })
+    }
+
     /// An `Unavailable` error with a cause.
     pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         StorageError::Unavailable {

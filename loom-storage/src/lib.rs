@@ -77,7 +77,7 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Release, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask,
+    Release, RunSummary, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask,
     WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
@@ -138,6 +138,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Ends a run at once without running its code (see [`engine::terminate`]). `Closed` if
     /// it has ended, `Conflict` if its history moved on since the caller read it.
     async fn terminate(&self, termination: Termination) -> Result<()>;
+
+    /// The history of run `run` of a workflow: its current run's (as [`load_history`](Self::load_history)
+    /// gives it) or an earlier one's, kept when the workflow continued as new.
+    /// `InvalidArgument` for a run it never had.
+    async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>>;
+
+    /// The earlier runs of a workflow (each ended by continue-as-new), oldest first; empty
+    /// for a workflow on its first run. Its current run is its summary's `run`.
+    async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>>;
 
     /// One workflow's summary.
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary>;

@@ -18,7 +18,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::rows::{self, RowApply, Rows, TaskRecord, WorkflowRecord};
 use crate::engine::{self, Applied, WriteSet};
 use crate::error::{Result, StorageError};
-use crate::model::{ListQuery, Message, MessageId, Page, Pending, Stats, TaskId, WorkflowSummary};
+use crate::model::{
+    ListQuery, Message, MessageId, Page, Pending, RunSummary, Stats, TaskId, WorkflowSummary,
+};
 use crate::transact::{Read, ReadJob, Transact};
 
 /// A complete in-memory backend. Cheap to create; everything is lost when it is dropped.
@@ -42,6 +44,8 @@ struct State {
 struct Entry {
     record: WorkflowRecord,
     history: Vec<Event>,
+    /// The histories of earlier runs, by run.
+    past: BTreeMap<u32, Vec<Event>>,
     messages: BTreeMap<MessageId, Message>,
     logs: Vec<LogRecord>,
     tasks: BTreeSet<TaskId>,
@@ -137,6 +141,7 @@ impl Rows for State {
                     Entry {
                         record: record.clone(),
                         history: Vec::new(),
+                        past: BTreeMap::new(),
                         messages: BTreeMap::new(),
                         logs: Vec::new(),
                         tasks: BTreeSet::new(),
@@ -150,6 +155,13 @@ impl Rows for State {
     fn insert_events(&mut self, id: &WorkflowId, events: &[Event]) -> Result<()> {
         self.entry_mut(id)?.history.extend_from_slice(events);
         self.events += events.len() as u64;
+        Ok(())
+    }
+
+    fn archive_history(&mut self, id: &WorkflowId, run: u32) -> Result<()> {
+        let entry = self.entry_mut(id)?;
+        let history = std::mem::take(&mut entry.history);
+        entry.past.insert(run, history);
         Ok(())
     }
 
@@ -236,6 +248,35 @@ impl Read for State {
             .iter()
             .filter(|e| e.seq > after)
             .cloned()
+            .collect())
+    }
+
+    fn load_run(&mut self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
+        let entry = self.entry(id)?;
+        let current = entry.record.summary.run;
+        if run == current {
+            return Ok(entry.history.clone());
+        }
+        entry
+            .past
+            .get(&run)
+            .cloned()
+            .ok_or_else(|| StorageError::no_such_run(id, run, current))
+    }
+
+    fn runs(&mut self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
+        Ok(self
+            .entry(id)?
+            .past
+            .iter()
+            .filter_map(|(run, history)| {
+                Some(RunSummary {
+                    run: *run,
+                    started_at: history.first()?.at,
+                    ended_at: history.last()?.at,
+                    events: history.len() as u64,
+                })
+            })
             .collect())
     }
 

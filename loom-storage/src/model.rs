@@ -82,6 +82,8 @@ pub struct WorkflowTask {
     pub workflow_id: WorkflowId,
     /// Its type's name.
     pub workflow_name: String,
+    /// Its current run: a runtime's cached machine is current only for this run.
+    pub run: u32,
     /// The last event in its history at claim time: the `expected_last_seq` of the commit,
     /// and how a runtime knows whether a cached machine is current.
     pub last_seq: Seq,
@@ -142,6 +144,10 @@ pub struct WorkflowTaskCompletion {
     pub progress: Option<Progress>,
     /// Lines the workflow code logged.
     pub logs: Vec<LogRecord>,
+    /// When the events end with `WorkflowContinuedAsNew`: the next run's first event, its
+    /// `WorkflowStarted` (see `WorkflowMachine::next_run`). The history of this run is then
+    /// kept as the run's, and the next run starts with this event alone.
+    pub next_run: Option<Event>,
     /// Also claim, in the same step, up to `eager.max` of the activity tasks this commit
     /// creates (eager dispatch): the committing worker starts them at once. The answer lists
     /// what was claimed, each exactly as by [`Storage::claim_activity_tasks`](crate::Storage::claim_activity_tasks).
@@ -363,6 +369,28 @@ pub struct WorkflowSummary {
     /// The workflow that started it as its child, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<WorkflowId>,
+    /// Its current run: 1, and one more for each continue-as-new. The status, input,
+    /// history and progress are this run's; `created_at` is the first run's.
+    #[serde(default = "first_run")]
+    pub run: u32,
+}
+
+fn first_run() -> u32 {
+    1
+}
+
+/// An earlier run of a workflow, ended by continue-as-new; its history is kept (see
+/// [`Storage::load_run`](crate::Storage::load_run)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run.
+    pub run: u32,
+    /// The time of its first event.
+    pub started_at: Timestamp,
+    /// The time of its last event.
+    pub ended_at: Timestamp,
+    /// Its history's length.
+    pub events: u64,
 }
 
 /// A position in a listing, newest first: the last item of the previous page.

@@ -65,8 +65,8 @@ pub struct NewChild {
 }
 
 impl NewChild {
-    /// The child's first event: started, with `parent` as its parent.
-    pub fn started(&self, parent: &WorkflowId) -> Event {
+    /// The child's first event: started, with run `parent_run` of `parent` as its parent.
+    pub fn started(&self, parent: &WorkflowId, parent_run: u32) -> Event {
         Event {
             seq: Seq::FIRST,
             at: self.at,
@@ -78,8 +78,10 @@ impl NewChild {
                 parent: Some(ParentRef {
                     workflow_id: parent.clone(),
                     child: self.child,
+                    run: parent_run,
                 }),
                 timeouts: self.timeouts,
+                run: 1,
             },
         }
     }

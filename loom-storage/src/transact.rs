@@ -13,13 +13,18 @@ use crate::engine::{self, Applied, WriteSet};
 use crate::error::Result;
 use crate::model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, Stats, Termination, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    Pending, Release, RunSummary, Stats, Termination, WorkflowSummary, WorkflowTask,
+    WorkflowTaskCompletion,
 };
 
 /// The reads of a snapshot.
 pub trait Read {
     /// The events of a history after `after`, in order (`NotFound` for no such workflow).
     fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>>;
+    /// The history of one run (see [`Storage::load_run`]).
+    fn load_run(&mut self, id: &WorkflowId, run: u32) -> Result<Vec<Event>>;
+    /// The earlier runs of a workflow, oldest first (see [`Storage::runs`]).
+    fn runs(&mut self, id: &WorkflowId) -> Result<Vec<RunSummary>>;
     /// One workflow's summary.
     fn describe(&mut self, id: &WorkflowId) -> Result<WorkflowSummary>;
     /// A page of workflows, newest first.
@@ -126,6 +131,16 @@ impl<T: Transact> Storage for T {
 
     async fn terminate(&self, termination: Termination) -> Result<()> {
         run(self, engine::terminate(termination)?).await.map(drop)
+    }
+
+    async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
+        let id = id.clone();
+        self.read(Box::new(move |r, _| r.load_run(&id, run))).await
+    }
+
+    async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
+        let id = id.clone();
+        self.read(Box::new(move |r, _| r.runs(&id))).await
     }
 
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary> {

@@ -165,6 +165,7 @@ pub(crate) async fn family_of(
     summary: &WorkflowSummary,
 ) -> Result<Progress, StorageError> {
     let mut family = summary.progress.clone().unwrap_or_default();
+    family.run = summary.run;
     if family.parent.is_none() && summary.parent.is_some() {
         let history = storage.load_history(&summary.id, Seq::ZERO).await?;
         if let Some(EventKind::WorkflowStarted { parent, .. }) = history.first().map(|e| &e.kind) {
@@ -292,6 +293,7 @@ impl Client {
                     run_ms: options.run_timeout.map(timeout_ms),
                 },
                 parent: None,
+                run: 1,
             },
         };
         match self.storage.create_workflow(&id, started).await {

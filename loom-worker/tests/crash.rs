@@ -37,6 +37,7 @@ async fn create(store: &SqliteStorage, name: &str, id: &str, input: serde_json::
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: name.into(),
             version: 1,
             input: Payload::from_json(input),

@@ -1414,6 +1414,16 @@ impl Storage for StaleClaims {
     async fn terminate(&self, termination: loom_storage::Termination) -> loom_storage::Result<()> {
         self.inner.terminate(termination).await
     }
+    async fn load_run(
+        &self,
+        id: &WorkflowId,
+        run: u32,
+    ) -> loom_storage::Result<Vec<loom_core::Event>> {
+        self.inner.load_run(id, run).await
+    }
+    async fn runs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<loom_storage::RunSummary>> {
+        self.inner.runs(id).await
+    }
     async fn describe(
         &self,
         id: &WorkflowId,

@@ -22,6 +22,7 @@ fn start_child(id: &str, policy: ParentClosePolicy) -> EventKind {
 /// Where a workflow stands, as far as the store's rules for children read it.
 fn family(parent: Option<ParentRef>, children: Vec<PendingChild>) -> Progress {
     Progress {
+        run: 1,
         current_step: None,
         state: Payload::NULL,
         pending_activities: Vec::new(),
@@ -69,6 +70,7 @@ async fn with_child(store: &Store, parent: &str, child: &str, policy: ParentClos
 
 fn child_ref(parent: &str) -> ParentRef {
     ParentRef {
+        run: 1,
         workflow_id: wid(parent),
         child: ChildId(Seq::new(2)),
     }
@@ -413,6 +415,7 @@ pub async fn terminate_ends_a_run_at_once(store: Store) {
 /// whose history moved on since the caller read it, and a reason no store can hold.
 pub async fn terminate_is_checked(store: Store) {
     let ghost = crate::WorkflowSummary {
+        run: 1,
         id: wid("ghost"),
         name: "Conformance".into(),
         version: 1,

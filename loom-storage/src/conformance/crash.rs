@@ -31,6 +31,7 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
                     seq: Seq::FIRST,
                     at: Timestamp::from_millis(0),
                     kind: EventKind::WorkflowStarted {
+                        run: 1,
                         name: "Probe".into(),
                         version: 1,
                         input: Payload::NULL,
@@ -58,6 +59,7 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
                         })
                         .collect();
                     let commit = WorkflowTaskCompletion {
+                        next_run: None,
                         lease: task.lease,
                         workflow_id: task.workflow_id.clone(),
                         expected_last_seq: Seq::FIRST,

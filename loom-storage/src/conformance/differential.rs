@@ -440,6 +440,7 @@ impl Run {
             })
             .collect();
         Progress {
+            run: 1,
             current_step: None,
             state: Payload::NULL,
             pending_activities: Vec::new(),
@@ -470,6 +471,7 @@ impl Run {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
                     kind: EventKind::WorkflowStarted {
+                        run: 1,
                         name: "Differential".into(),
                         version: 1,
                         input: Payload::encode(n).unwrap_or(Payload::NULL),
@@ -535,6 +537,7 @@ impl Run {
                 let events = self.events(task.last_seq, new);
                 let progress = self.family(&task.workflow_id, &events).await;
                 let c = WorkflowTaskCompletion {
+                    next_run: None,
                     lease: task.lease,
                     workflow_id: task.workflow_id.clone(),
                     expected_last_seq: task.last_seq,
@@ -564,6 +567,7 @@ impl Run {
                 };
                 let stale = Seq::new(task.last_seq.get().saturating_sub(1));
                 let c = WorkflowTaskCompletion {
+                    next_run: None,
                     lease: task.lease,
                     workflow_id: task.workflow_id.clone(),
                     expected_last_seq: stale,

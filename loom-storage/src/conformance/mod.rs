@@ -75,6 +75,7 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            run: 1,
             name: name.into(),
             version: 1,
             input: json(input),
@@ -146,6 +147,7 @@ async fn claim_activity(store: &Store) -> ActivityTask {
 fn completion(task: &WorkflowTask, kinds: Vec<EventKind>) -> WorkflowTaskCompletion {
     let first = task.last_seq.get() + 1;
     WorkflowTaskCompletion {
+        next_run: None,
         lease: task.lease,
         workflow_id: task.workflow_id.clone(),
         expected_last_seq: task.last_seq,

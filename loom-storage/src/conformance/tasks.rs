@@ -86,6 +86,7 @@ pub async fn completion_appends_and_releases(store: Store) {
     let task = claim_workflow(&store).await;
     let mut c = completion(&task, vec![step("a")]);
     c.progress = Some(Progress {
+        run: 1,
         current_step: Some("a".into()),
         state: json(serde_json::json!({"x": 1})),
         pending_activities: vec![],

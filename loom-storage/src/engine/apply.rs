@@ -68,6 +68,8 @@ pub trait Apply {
     fn consume(&mut self, workflow: &WorkflowId, ids: &[MessageId]) -> Result<()>;
     /// [`Op::DeleteWork`].
     fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()>;
+    /// [`Op::NewRun`].
+    fn new_run(&mut self, now: Timestamp, workflow: &WorkflowId, started: &Event) -> Result<()>;
     /// [`Op::AppendLogs`].
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()>;
     /// [`Op::Settle`].
@@ -176,6 +178,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                 store.delete_activity(workflow, *activity)?;
             }
             Op::DeleteWork { workflow } => store.delete_work(workflow)?,
+            Op::NewRun { workflow, started } => store.new_run(now, workflow, started)?,
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
             Op::Settle { workflow } => store.settle(workflow)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,

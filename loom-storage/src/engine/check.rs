@@ -39,6 +39,8 @@ pub struct WorkflowView {
     pub last_seq: Seq,
     /// The workflow that started it as its child, if one did.
     pub parent: Option<WorkflowId>,
+    /// Its current run.
+    pub run: u32,
 }
 
 /// What an applier found where a check looked (see [`Check::subject`]).
@@ -106,6 +108,14 @@ pub enum Check {
         /// The last sequence number the caller saw.
         expected: Seq,
     },
+    /// The workflow exists and its current run is `run` (`NotFound` or `RunMoved`
+    /// otherwise).
+    Run {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The run.
+        run: u32,
+    },
     /// The workflow exists, has not ended, and was started by `parent` as its child (`NotFound`,
     /// `Closed` or `InvalidArgument` otherwise). A condition of [`Op::If`](super::Op::If): a
     /// parent-close policy reaches only the parent's own children, never an unrelated
@@ -152,6 +162,7 @@ impl Check {
             Check::Absent { workflow }
             | Check::Open { workflow }
             | Check::LastSeq { workflow, .. }
+            | Check::Run { workflow, .. }
             | Check::OpenChildOf { workflow, .. } => Subject::Workflow(workflow),
             Check::Free { workflow } => Subject::WorkflowTask(workflow),
             Check::NothingDue { workflow } => Subject::Messages(workflow),
@@ -167,6 +178,7 @@ impl Check {
             | Check::Absent { workflow }
             | Check::Open { workflow }
             | Check::LastSeq { workflow, .. }
+            | Check::Run { workflow, .. }
             | Check::OpenChildOf { workflow, .. }
             | Check::Free { workflow }
             | Check::NothingDue { workflow } => Some(workflow),
@@ -255,6 +267,16 @@ impl Check {
                 Found::Workflow(None) => Err(StorageError::NotFound(workflow.clone())),
                 _ => Err(wrong_subject()),
             },
+            Check::Run { workflow, run } => match found {
+                Found::Workflow(Some(w)) if w.run == *run => Ok(()),
+                Found::Workflow(Some(w)) => Err(StorageError::RunMoved {
+                    id: workflow.clone(),
+                    expected: *run,
+                    actual: w.run,
+                }),
+                Found::Workflow(None) => Err(StorageError::NotFound(workflow.clone())),
+                _ => Err(wrong_subject()),
+            },
             Check::OpenChildOf { workflow, parent } => match found {
                 Found::Workflow(Some(w)) if w.parent.as_ref() != Some(parent) => {
                     Err(StorageError::InvalidArgument(format!(
@@ -307,6 +329,7 @@ mod tests {
             status,
             last_seq: Seq::new(last),
             parent: None,
+            run: 1,
         }))
     }
 
@@ -386,6 +409,27 @@ mod tests {
         assert!(matches!(
             at.verdict(&wf(WorkflowStatus::Running, 4), NOW),
             Err(StorageError::Conflict { actual, .. }) if actual == Seq::new(4)
+        ));
+        let run = Check::Run {
+            workflow: id.clone(),
+            run: 1,
+        };
+        assert!(run.verdict(&wf(WorkflowStatus::Running, 3), NOW).is_ok());
+        let mut moved = wf(WorkflowStatus::Running, 3);
+        if let Found::Workflow(Some(w)) = &mut moved {
+            w.run = 2;
+        }
+        assert!(matches!(
+            run.verdict(&moved, NOW),
+            Err(StorageError::RunMoved {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            run.verdict(&Found::Workflow(None), NOW),
+            Err(StorageError::NotFound(_))
         ));
         let absent = Check::Absent { workflow: id };
         assert!(absent.verdict(&Found::Workflow(None), NOW).is_ok());

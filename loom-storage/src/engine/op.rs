@@ -189,6 +189,18 @@ pub enum Op {
         /// The workflow.
         workflow: WorkflowId,
     },
+    /// Continues a workflow as a new run: its current history is kept as the history of its
+    /// current run, the run number goes up by one, and the history becomes `started` alone;
+    /// the row takes the new run's input and version, `last_seq` 1, no progress, no pause
+    /// (a paused workflow runs again), updated now. The workflow's activity tasks are deleted,
+    /// and so are its messages that do not carry over ([`EventKind::carries_over`]). Its
+    /// workflow task is left as it is.
+    NewRun {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The next run's `WorkflowStarted`, numbered 1.
+        started: Event,
+    },
     /// Appends log lines to a workflow's logs.
     AppendLogs {
         /// The workflow.
@@ -337,6 +349,7 @@ impl Op {
             | Op::Unpost { workflow, .. }
             | Op::DeleteActivity { workflow, .. }
             | Op::DeleteWork { workflow }
+            | Op::NewRun { workflow, .. }
             | Op::AppendLogs { workflow, .. }
             | Op::Settle { workflow } => Some(workflow),
             Op::ClaimWorkflowTasks { of, .. } | Op::ClaimActivityTasks { of, .. } => of.as_ref(),

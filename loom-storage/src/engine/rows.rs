@@ -83,6 +83,9 @@ pub trait Rows {
     fn put_workflow(&mut self, record: &WorkflowRecord) -> Result<()>;
     /// Appends events to a history.
     fn insert_events(&mut self, id: &WorkflowId, events: &[Event]) -> Result<()>;
+    /// Moves a workflow's history, all of it, to the kept histories of its earlier runs, as
+    /// run `run`'s; the history is then empty.
+    fn archive_history(&mut self, id: &WorkflowId, run: u32) -> Result<()>;
     /// A task's row.
     fn get_task(&mut self, id: TaskId) -> Result<Option<TaskRecord>>;
     /// Stores a task's row (new or changed), keeping the claim index in step with its
@@ -190,6 +193,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             status: w.summary.status,
             last_seq: w.summary.last_seq,
             parent: w.summary.parent,
+            run: w.summary.run,
         }))
     }
 
@@ -222,6 +226,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             pause_reason: None,
             progress: None,
             parent: new.parent.cloned(),
+            run: 1,
         };
         self.0.put_workflow(&WorkflowRecord {
             summary,
@@ -363,6 +368,36 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         Ok(())
     }
 
+    fn new_run(&mut self, now: Timestamp, workflow: &WorkflowId, started: &Event) -> Result<()> {
+        let mut record = self.workflow_record(workflow)?;
+        self.0.archive_history(workflow, record.summary.run)?;
+        self.0
+            .insert_events(workflow, std::slice::from_ref(started))?;
+        let s = &mut record.summary;
+        if let EventKind::WorkflowStarted { version, input, .. } = &started.kind {
+            s.version = *version;
+            s.input = input.clone();
+        }
+        s.run += 1;
+        s.last_seq = Seq::FIRST;
+        s.progress = None;
+        s.status = WorkflowStatus::Running;
+        s.pause_reason = None;
+        s.updated_at = now;
+        self.0.put_workflow(&record)?;
+        for id in self.0.tasks_of(workflow)? {
+            if self.0.get_task(id)?.is_some_and(|t| t.is_activity()) {
+                self.0.delete_task(id)?;
+            }
+        }
+        for m in self.0.messages_of(workflow)? {
+            if !m.kind.carries_over() {
+                self.0.delete_message(workflow, m.id)?;
+            }
+        }
+        Ok(())
+    }
+
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {
         self.0.insert_logs(workflow, logs)
     }
@@ -430,6 +465,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
                 lease,
                 workflow_id: task.workflow,
                 workflow_name: wf.summary.name,
+                run: wf.summary.run,
                 last_seq: wf.summary.last_seq,
                 messages,
                 deliveries: task.deliveries,

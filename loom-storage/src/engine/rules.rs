@@ -2,7 +2,10 @@
 
 use std::borrow::Cow;
 
-use loom_core::{Event, EventKind, LogRecord, ParentClosePolicy, Progress, WorkflowId};
+use loom_core::{
+    CarriedSignal, Event, EventKind, LogRecord, ParentClosePolicy, PendingChild, Progress,
+    TimeoutScope, Timestamp, WorkflowId,
+};
 
 use crate::engine::check::Check;
 use crate::engine::op::{
@@ -10,14 +13,14 @@ use crate::engine::op::{
 };
 use crate::error::{Result, StorageError};
 use crate::model::{
-    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, Termination,
-    WorkflowTaskCompletion,
+    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, TaskId,
+    Termination, WorkflowTaskCompletion,
 };
 use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
 
 /// Starts a workflow: if no workflow has the id, its row, its history's first event and its
-/// first workflow task (claimable now), and, when `started` sets timeouts, a `TimeoutFired`
-/// message due when the first of them passes (by the store's clock). The id must be non-empty
+/// first workflow task (claimable now), and, for each timeout `started` sets, a `TimeoutFired`
+/// message due when it passes (by the store's clock). The id must be non-empty
 /// text without NUL characters (which some databases cannot store), and `started` a
 /// `WorkflowStarted` event numbered 1.
 pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
@@ -41,9 +44,9 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
         ));
     }
     let (name, input) = (name.to_owned(), input.clone());
-    let timeout = match &started.kind {
-        EventKind::WorkflowStarted { timeouts, .. } => timeouts.first(),
-        _ => None,
+    let timeouts = match &started.kind {
+        EventKind::WorkflowStarted { timeouts, .. } => *timeouts,
+        _ => loom_core::Timeouts::default(),
     };
     let mut ops = vec![
         Op::CreateWorkflow {
@@ -60,14 +63,7 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
             due: When::Now,
         },
     ];
-    if let Some((scope, ms)) = timeout {
-        ops.push(Op::Post {
-            workflow: id.clone(),
-            kind: EventKind::TimeoutFired { scope },
-            visible: When::After(std::time::Duration::from_millis(ms)),
-            retry_at: None,
-        });
-    }
+    ops.extend(arm_timeouts(id, &timeouts));
     Ok(WriteSet {
         checks: vec![Check::Absent {
             workflow: id.clone(),
@@ -95,6 +91,7 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
 /// to `eager.max`.
 pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
     check_continues(c.expected_last_seq, &c.events)?;
+    check_next_run(&c.events, c.next_run.as_ref())?;
     let workflow = c.workflow_id;
     let checks = vec![
         Check::Leased {
@@ -113,7 +110,17 @@ pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
             expected: c.expected_last_seq,
         },
     ];
-    let ops = decision_ops(&workflow, c.events, c.consumed, c.progress, c.logs, c.eager);
+    let ops = decision_ops(
+        &workflow,
+        Decided {
+            events: c.events,
+            consumed: c.consumed,
+            progress: c.progress,
+            logs: c.logs,
+            eager: c.eager,
+            next_run: c.next_run.map(|started| (c.lease.task, started)),
+        },
+    );
     Ok(WriteSet {
         checks,
         ops,
@@ -121,27 +128,151 @@ pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
     })
 }
 
-/// The writes of a decided workflow task (see [`complete_workflow_task`]), after its checks.
-fn decision_ops(
-    workflow: &WorkflowId,
+/// Checks that a commit's events end with `WorkflowContinuedAsNew` exactly when it gives the
+/// next run's first event, and that the two agree.
+fn check_next_run(events: &[Event], next_run: Option<&Event>) -> Result<()> {
+    let continued = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }));
+    let invalid = |m: &str| Err(StorageError::InvalidArgument(m.to_owned()));
+    match (continued, next_run) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => invalid("a next run is given only with a WorkflowContinuedAsNew event"),
+        (Some(_), None) => {
+            invalid("a WorkflowContinuedAsNew event needs the next run's WorkflowStarted")
+        }
+        (Some(i), Some(_)) if i + 1 != events.len() => {
+            invalid("WorkflowContinuedAsNew must be the last event of its run")
+        }
+        (Some(i), Some(next)) => {
+            let EventKind::WorkflowContinuedAsNew { input, .. } = &events[i].kind else {
+                return invalid("WorkflowContinuedAsNew must be the last event of its run");
+            };
+            let (name, _, next_input) = started_fields(next)?;
+            if name.contains('\0') {
+                return invalid("a workflow type's name cannot contain a NUL character");
+            }
+            if next_input != input {
+                return invalid("the next run's input is not the one WorkflowContinuedAsNew gives");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What a decided workflow task writes, for [`decision_ops`].
+struct Decided {
     events: Vec<Event>,
     consumed: Vec<MessageId>,
     progress: Option<Progress>,
     logs: Vec<LogRecord>,
     eager: Option<ClaimRequest>,
-) -> Vec<Op> {
+    /// For a run that continues as new: the workflow task to release at once, and the next
+    /// run's first event.
+    next_run: Option<(TaskId, Event)>,
+}
+
+/// The messages that arm the timeouts in `timeouts` for a run starting now: one per
+/// timeout, the execution timeout's carried from run to run.
+fn arm_timeouts(workflow: &WorkflowId, timeouts: &loom_core::Timeouts) -> Vec<Op> {
+    [
+        (TimeoutScope::Execution, timeouts.execution_ms),
+        (TimeoutScope::Run, timeouts.run_ms),
+    ]
+    .into_iter()
+    .filter_map(|(scope, ms)| {
+        Some(Op::Post {
+            workflow: workflow.clone(),
+            kind: EventKind::TimeoutFired { scope },
+            visible: When::After(std::time::Duration::from_millis(ms?)),
+            retry_at: None,
+        })
+    })
+    .collect()
+}
+
+/// The writes of a decided workflow task (see [`complete_workflow_task`]), after its checks.
+fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
+    let Decided {
+        events,
+        consumed,
+        progress,
+        logs,
+        eager,
+        next_run,
+    } = d;
     let plan = TaskPlan::from_events(&events);
     let last_seq = events.last().map(|e| e.seq);
     let mut ops = Vec::new();
-    let (parent, open_children) = match &progress {
-        Some(p) => (p.parent.clone(), p.pending_children.clone()),
-        None => (None, Vec::new()),
+    let (parent, open_children, run) = match &progress {
+        Some(p) => (p.parent.clone(), p.pending_children.clone(), p.run),
+        None => (None, Vec::new(), 1),
     };
+    let carried: Vec<CarriedSignal> = match events.last().map(|e| (&e.kind, e.at)) {
+        Some((EventKind::WorkflowContinuedAsNew { signals, .. }, _)) => signals.clone(),
+        _ => Vec::new(),
+    };
+    let switched_at = events.last().map(|e| e.at);
     if !events.is_empty() {
         ops.push(Op::AppendEvents {
             workflow: workflow.clone(),
             events,
         });
+    }
+    if let Some((task, started)) = next_run {
+        // The run ends and the next begins, in this one commit. The consumed messages go
+        // first, so that none of them is carried over.
+        if !consumed.is_empty() {
+            ops.push(Op::Consume {
+                workflow: workflow.clone(),
+                ids: consumed,
+            });
+        }
+        let reason = format!("its parent \"{workflow}\" continued as new");
+        ops.extend(parent_close(workflow, open_children, &reason));
+        let timeouts = match &started.kind {
+            EventKind::WorkflowStarted { timeouts, .. } => timeouts.run_ms,
+            _ => None,
+        };
+        ops.push(Op::NewRun {
+            workflow: workflow.clone(),
+            started,
+        });
+        // Signals the ended run had not taken come first in the next run: just before
+        // anything that arrived during the switch (which arrived after this task's time).
+        let before = Timestamp::from_millis(
+            switched_at
+                .unwrap_or(Timestamp::EPOCH)
+                .as_millis()
+                .saturating_sub(1),
+        );
+        for signal in carried {
+            ops.push(Op::Post {
+                workflow: workflow.clone(),
+                kind: EventKind::SignalReceived {
+                    name: signal.name,
+                    payload: signal.payload,
+                },
+                visible: When::At(before),
+                retry_at: None,
+            });
+        }
+        if let Some(ms) = timeouts {
+            ops.push(Op::Post {
+                workflow: workflow.clone(),
+                kind: EventKind::TimeoutFired {
+                    scope: TimeoutScope::Run,
+                },
+                visible: When::After(std::time::Duration::from_millis(ms)),
+                retry_at: None,
+            });
+        }
+        ops.push(Op::Release {
+            task,
+            due: When::Now,
+        });
+        ops.extend(log_ops(workflow, logs));
+        return ops;
     }
     let ended = plan.terminal.clone();
     ops.push(Op::UpdateWorkflow {
@@ -156,12 +287,7 @@ fn decision_ops(
         },
     });
     for child in &plan.children {
-        let timeout = child.timeouts.first().map(|(scope, ms)| Op::Post {
-            workflow: child.workflow_id.clone(),
-            kind: EventKind::TimeoutFired { scope },
-            visible: When::After(std::time::Duration::from_millis(ms)),
-            retry_at: None,
-        });
+        let timeout = arm_timeouts(&child.workflow_id, &child.timeouts);
         ops.push(Op::If {
             all: vec![Check::Absent {
                 workflow: child.workflow_id.clone(),
@@ -172,7 +298,7 @@ fn decision_ops(
                     name: child.name.clone(),
                     version: child.version,
                     input: child.input.clone(),
-                    started: child.started(workflow),
+                    started: child.started(workflow, run),
                     parent: Some(workflow.clone()),
                 },
                 Op::InsertTask {
@@ -194,32 +320,24 @@ fn decision_ops(
     }
     if let Some(end) = ended {
         if let Some(parent) = parent {
+            // Only to the run that started this workflow: a later run of the parent does not
+            // know it.
             ops.push(Op::If {
-                all: vec![Check::Open {
-                    workflow: parent.workflow_id.clone(),
-                }],
+                all: vec![
+                    Check::Open {
+                        workflow: parent.workflow_id.clone(),
+                    },
+                    Check::Run {
+                        workflow: parent.workflow_id.clone(),
+                        run: parent.run,
+                    },
+                ],
                 then: notify(&parent.workflow_id, end.report(parent.child)),
                 otherwise: Vec::new(),
             });
         }
-        for child in open_children {
-            let reason = format!("its parent \"{workflow}\" ended {}", end.status);
-            let message = match child.parent_close {
-                ParentClosePolicy::Abandon => continue,
-                ParentClosePolicy::RequestCancel => EventKind::CancelRequested {
-                    reason: Some(reason),
-                },
-                ParentClosePolicy::Terminate => EventKind::TerminateRequested { reason },
-            };
-            ops.push(Op::If {
-                all: vec![Check::OpenChildOf {
-                    workflow: child.workflow_id.clone(),
-                    parent: workflow.clone(),
-                }],
-                then: notify(&child.workflow_id, message),
-                otherwise: Vec::new(),
-            });
-        }
+        let reason = format!("its parent \"{workflow}\" ended {}", end.status);
+        ops.extend(parent_close(workflow, open_children, &reason));
         ops.push(Op::DeleteWork {
             workflow: workflow.clone(),
         });
@@ -277,22 +395,54 @@ fn decision_ops(
             });
         }
     }
-    if !logs.is_empty() {
-        let logs = logs
-            .into_iter()
-            .map(|mut l| {
-                if let Cow::Owned(text) = safe_log_text(&l.message) {
-                    l.message = text;
-                }
-                l
-            })
-            .collect();
-        ops.push(Op::AppendLogs {
-            workflow: workflow.clone(),
-            logs,
+    ops.extend(log_ops(workflow, logs));
+    ops
+}
+
+/// The parent-close policy of each child still open when `workflow`'s run ends: a cancel
+/// request, a terminate request, or nothing; each reaches the child only while it is open and
+/// the parent's child.
+fn parent_close(workflow: &WorkflowId, open_children: Vec<PendingChild>, reason: &str) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for child in open_children {
+        let reason = reason.to_owned();
+        let message = match child.parent_close {
+            ParentClosePolicy::Abandon => continue,
+            ParentClosePolicy::RequestCancel => EventKind::CancelRequested {
+                reason: Some(reason),
+            },
+            ParentClosePolicy::Terminate => EventKind::TerminateRequested { reason },
+        };
+        ops.push(Op::If {
+            all: vec![Check::OpenChildOf {
+                workflow: child.workflow_id.clone(),
+                parent: workflow.clone(),
+            }],
+            then: notify(&child.workflow_id, message),
+            otherwise: Vec::new(),
         });
     }
     ops
+}
+
+/// The log lines of a task, kept (NUL characters become U+FFFD).
+fn log_ops(workflow: &WorkflowId, logs: Vec<LogRecord>) -> Option<Op> {
+    if logs.is_empty() {
+        return None;
+    }
+    let logs = logs
+        .into_iter()
+        .map(|mut l| {
+            if let Cow::Owned(text) = safe_log_text(&l.message) {
+                l.message = text;
+            }
+            l
+        })
+        .collect();
+    Some(Op::AppendLogs {
+        workflow: workflow.clone(),
+        logs,
+    })
 }
 
 /// A message for a workflow, due now, which makes its task claimable now (or when a live lease
@@ -413,6 +563,16 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
                 ));
             }
             check_continues(decided.expected_last_seq, &decided.events)?;
+            if decided
+                .events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }))
+            {
+                return Err(StorageError::InvalidArgument(
+                    "a run cannot continue as new in a decision made ahead: commit it as a workflow task"
+                        .into(),
+                ));
+            }
             if decided.events.first().map(|e| &e.kind) != Some(&c.result) {
                 return Err(StorageError::InvalidArgument(
                     "a decision made ahead must start with the activity's result".into(),
@@ -435,11 +595,14 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
             ];
             let then = decision_ops(
                 &workflow,
-                decided.events,
-                Vec::new(),
-                decided.progress,
-                decided.logs,
-                Some(claim.clone()),
+                Decided {
+                    events: decided.events,
+                    consumed: Vec::new(),
+                    progress: decided.progress,
+                    logs: decided.logs,
+                    eager: Some(claim.clone()),
+                    next_run: None,
+                },
             );
             ops.push(Op::If {
                 all: conditions,
@@ -473,6 +636,10 @@ pub fn terminate(t: Termination) -> Result<WriteSet> {
         Check::Open {
             workflow: workflow.clone(),
         },
+        Check::Run {
+            workflow: workflow.clone(),
+            run: t.family.run,
+        },
         Check::LastSeq {
             workflow: workflow.clone(),
             expected: t.expected_last_seq,
@@ -480,11 +647,14 @@ pub fn terminate(t: Termination) -> Result<WriteSet> {
     ];
     let ops = decision_ops(
         &workflow,
-        vec![event],
-        Vec::new(),
-        Some(t.family),
-        Vec::new(),
-        None,
+        Decided {
+            events: vec![event],
+            consumed: Vec::new(),
+            progress: Some(t.family),
+            logs: Vec::new(),
+            eager: None,
+            next_run: None,
+        },
     );
     Ok(WriteSet {
         checks,
@@ -608,6 +778,7 @@ mod tests {
 
     fn commit(events: Vec<EventKind>) -> WorkflowTaskCompletion {
         WorkflowTaskCompletion {
+            next_run: None,
             lease: lease(),
             workflow_id: WorkflowId::new("wf"),
             expected_last_seq: Seq::new(3),
@@ -636,6 +807,7 @@ mod tests {
         let started = event(
             1,
             EventKind::WorkflowStarted {
+                run: 1,
                 name: "W".into(),
                 version: 1,
                 input: Payload::NULL,
@@ -958,12 +1130,14 @@ mod tests {
             output: Payload::NULL,
         }]);
         let mut progress = Progress {
+            run: 1,
             current_step: None,
             state: Payload::NULL,
             pending_activities: Vec::new(),
             pending_timers: Vec::new(),
             pending_children: Vec::new(),
             parent: Some(loom_core::ParentRef {
+                run: 1,
                 workflow_id: WorkflowId::new("boss"),
                 child: loom_core::ChildId(Seq::new(6)),
             }),
@@ -982,9 +1156,16 @@ mod tests {
             .expect("a report");
         assert_eq!(
             report.0,
-            [Check::Open {
-                workflow: WorkflowId::new("boss")
-            }]
+            [
+                Check::Open {
+                    workflow: WorkflowId::new("boss")
+                },
+                Check::Run {
+                    workflow: WorkflowId::new("boss"),
+                    run: 1
+                }
+            ],
+            "only to the run that started the child"
         );
         assert!(matches!(
             &report.1[0],
@@ -1015,6 +1196,7 @@ mod tests {
             Op::Unpost { .. } => "Unpost",
             Op::DeleteActivity { .. } => "DeleteActivity",
             Op::DeleteWork { .. } => "DeleteWork",
+            Op::NewRun { .. } => "NewRun",
             Op::AppendLogs { .. } => "AppendLogs",
             Op::Settle { .. } => "Settle",
             Op::Release { .. } => "Release",

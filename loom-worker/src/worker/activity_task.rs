@@ -174,6 +174,8 @@ impl Shared {
             .activate(activation)
             .ok()
             .filter(|d| d.dropped.is_empty())
+            // A run that continues as new commits as a workflow task, with its next run.
+            .filter(|_| machine.next_run().is_none())
             .filter(|d| {
                 d.events
                     .iter()

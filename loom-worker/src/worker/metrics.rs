@@ -11,6 +11,8 @@ pub struct WorkerMetrics {
     pub workflow_tasks_paused: AtomicU64,
     /// Workflows that ended while this worker ran them.
     pub workflows_finished: AtomicU64,
+    /// Runs that continued as new while this worker ran them.
+    pub runs_continued: AtomicU64,
     /// Activity attempts that succeeded.
     pub activities_completed: AtomicU64,
     /// Activity attempts that failed or timed out (retried or not).
@@ -39,6 +41,7 @@ impl WorkerMetrics {
             workflow_tasks: get(&self.workflow_tasks),
             workflow_tasks_paused: get(&self.workflow_tasks_paused),
             workflows_finished: get(&self.workflows_finished),
+            runs_continued: get(&self.runs_continued),
             activities_completed: get(&self.activities_completed),
             activities_failed: get(&self.activities_failed),
             commits_refused: get(&self.commits_refused),
@@ -62,6 +65,7 @@ pub struct MetricsSnapshot {
     pub workflow_tasks: u64,
     pub workflow_tasks_paused: u64,
     pub workflows_finished: u64,
+    pub runs_continued: u64,
     pub activities_completed: u64,
     pub activities_failed: u64,
     pub commits_refused: u64,

@@ -50,6 +50,7 @@ impl Shared {
             consumed: task.messages.iter().map(|m| m.id).collect(),
             progress: Some(family),
             logs: Vec::new(),
+            next_run: None,
             eager: None,
         };
         match self.storage.complete_workflow_task(completion).await {
@@ -99,7 +100,8 @@ impl Shared {
             return None;
         };
         let cached = self.cache_guard().as_mut().and_then(|c| c.pop(&id));
-        let mut machine = match cached.filter(|m| m.last_seq() == task.last_seq) {
+        let current = |m: &WorkflowMachine| m.last_seq() == task.last_seq && m.run() == task.run;
+        let mut machine = match cached.filter(current) {
             Some(m) => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
                 m
@@ -127,6 +129,15 @@ impl Shared {
                     return None;
                 }
                 match WorkflowMachine::new(def, id.clone(), history) {
+                    Ok(m) if m.run() != task.run => {
+                        debug!(
+                            claimed = task.run,
+                            loaded = m.run(),
+                            "the history is of another run; retrying the task"
+                        );
+                        self.give_back(task.lease, self.config.poll_interval).await;
+                        return None;
+                    }
                     Ok(m) => m,
                     Err(e) => {
                         warn!(error = %e, "the history cannot be replayed; pausing workflow");
@@ -209,6 +220,7 @@ impl Shared {
             consumed: task.messages.iter().map(|m| m.id).collect(),
             progress: Some(machine.progress()),
             logs: decision.logs,
+            next_run: machine.next_run(),
             eager: slot.as_ref().map(|_| self.claim_request(1)),
         };
         let committed = self.storage.complete_workflow_task(completion).await;
@@ -247,7 +259,10 @@ impl Shared {
         if scheduled > claimed.len() {
             self.activity_work.notify_one();
         }
-        if machine.outcome().is_some() {
+        if machine.next_run().is_some() {
+            // The next run starts from its own history; this machine is of no more use.
+            self.metrics.runs_continued.fetch_add(1, Ordering::Relaxed);
+        } else if machine.outcome().is_some() {
             self.metrics
                 .workflows_finished
                 .fetch_add(1, Ordering::Relaxed);
