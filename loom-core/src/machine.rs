@@ -126,6 +126,10 @@ pub struct Decision {
     /// Messages that were not appended, with the reason: a second result for the same
     /// activity, a timer that already fired, anything after the workflow ended.
     pub dropped: Vec<(EventKind, String)>,
+    /// How many of the last messages were left untouched because the run continued as new
+    /// before them: the runtime does not consume them, so that the store carries those from
+    /// outside (signals, a cancel request) over to the next run.
+    pub left_for_next_run: usize,
 }
 
 /// How a workflow ended.
@@ -378,8 +382,8 @@ impl WorkflowMachine {
         id: WorkflowId,
         history: Vec<Event>,
     ) -> Result<Self, ReplayError> {
-        match history.first().map(|e| &e.kind) {
-            Some(EventKind::WorkflowStarted { .. }) => {}
+        let run = match history.first().map(|e| &e.kind) {
+            Some(EventKind::WorkflowStarted { run, .. }) => *run,
             Some(other) => {
                 return Err(ReplayError::Corrupt {
                     seq: Some(history[0].seq),
@@ -395,7 +399,7 @@ impl WorkflowMachine {
                     reason: "the history is empty".into(),
                 });
             }
-        }
+        };
         for (i, e) in history.iter().enumerate() {
             let expected = Seq::new(i as u64 + 1);
             if e.seq != expected {
@@ -406,10 +410,12 @@ impl WorkflowMachine {
             }
         }
         let root_woken = Arc::new(RootWaker(AtomicBool::new(false)));
+        let shared = Shared::new(history);
+        shared.lock().run = run;
         Ok(WorkflowMachine {
             def,
             id,
-            shared: Shared::new(history),
+            shared,
             run: None,
             waker: Waker::from(root_woken.clone()),
             root_woken,
@@ -433,9 +439,9 @@ impl WorkflowMachine {
         };
         let result = self
             .activate_inner(activation.messages)
-            .and_then(|dropped| self.check_not_stalled().map(|()| dropped));
+            .and_then(|taken| self.check_not_stalled().map(|()| taken));
         match result {
-            Ok(dropped) => {
+            Ok((dropped, left_for_next_run)) => {
                 let mut inner = self.shared.lock();
                 if inner.history.len() == 1 {
                     // The first task ran and added nothing: say so, or a replay of this
@@ -452,6 +458,7 @@ impl WorkflowMachine {
                     events: inner.history[first_new..].to_vec(),
                     logs: std::mem::take(&mut inner.logs),
                     dropped,
+                    left_for_next_run,
                 })
             }
             Err(e) => {
@@ -596,18 +603,24 @@ impl WorkflowMachine {
         }
     }
 
+    /// Replays if needed, then delivers the messages: answers those dropped, and how many of
+    /// the last were left for the next run.
     fn activate_inner(
         &mut self,
         messages: Vec<EventKind>,
-    ) -> Result<Vec<(EventKind, String)>, ReplayError> {
+    ) -> Result<(Vec<(EventKind, String)>, usize), ReplayError> {
         if !self.replayed {
             self.replay()?;
             self.replayed = true;
         }
         let mut dropped = Vec::new();
-        for message in messages {
+        let count = messages.len();
+        for (i, message) in messages.into_iter().enumerate() {
             let verdict = {
                 let mut inner = self.shared.lock();
+                if matches!(inner.finished, Some(Outcome::ContinuedAsNew { .. })) {
+                    return Ok((dropped, count - i));
+                }
                 let verdict = if !message.is_message() {
                     Err(format!("{} is not a message", message.type_name()))
                 } else if inner.finished.is_some() {
@@ -637,7 +650,7 @@ impl WorkflowMachine {
                 Err(reason) => dropped.push((message, reason)),
             }
         }
-        Ok(dropped)
+        Ok((dropped, 0))
     }
 
     /// Replays the recorded history. A history of only `WorkflowStarted` has had no task yet,

@@ -9,8 +9,8 @@ use loom_core::{
     Workflow, WorkflowId,
 };
 use loom_storage::{
-    Clock, ListQuery, Page, Storage, StorageError, SystemClock, Termination, WorkflowStatus,
-    WorkflowSummary,
+    Clock, ListQuery, Page, RunSummary, Storage, StorageError, SystemClock, Termination,
+    WorkflowStatus, WorkflowSummary,
 };
 use tokio::sync::Notify;
 
@@ -339,6 +339,17 @@ impl Client {
         Ok(self.storage.load_history(id, Seq::ZERO).await?)
     }
 
+    /// The history of one run of the workflow: its current run's or an earlier one's, kept
+    /// when it continued as new.
+    pub async fn run_history(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>, ClientError> {
+        Ok(self.storage.load_run(id, run).await?)
+    }
+
+    /// The workflow's earlier runs, oldest first (its current run is its summary's `run`).
+    pub async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>, ClientError> {
+        Ok(self.storage.runs(id).await?)
+    }
+
     /// Waits until the workflow ends (or `timeout` passes) and returns its summary, whatever
     /// the ending.
     pub async fn wait(
@@ -460,8 +471,9 @@ impl Client {
                 family: family_of(self.storage.as_ref(), &summary).await?,
             };
             match self.storage.terminate(termination).await {
-                // A workflow task committed meanwhile: read the run again.
-                Err(StorageError::Conflict { .. }) => continue,
+                // A workflow task committed meanwhile, or the run continued as new: read the
+                // workflow again.
+                Err(StorageError::Conflict { .. } | StorageError::RunMoved { .. }) => continue,
                 other => {
                     other?;
                     if let Some(wake) = &self.wake {

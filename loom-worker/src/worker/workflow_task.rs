@@ -217,7 +217,11 @@ impl Shared {
             workflow_id: id.clone(),
             expected_last_seq: task.last_seq,
             events: decision.events,
-            consumed: task.messages.iter().map(|m| m.id).collect(),
+            // Messages after a continue-as-new are left for the store to carry over.
+            consumed: task.messages[..task.messages.len() - decision.left_for_next_run]
+                .iter()
+                .map(|m| m.id)
+                .collect(),
             progress: Some(machine.progress()),
             logs: decision.logs,
             next_run: machine.next_run(),
