@@ -89,9 +89,9 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let store = db::open(&url, Missing::Refuse, false).await?;
             list(store, &query, json).await
         }
-        Command::Inspect { id, events } => {
+        Command::Inspect { id, events, run } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
-            inspect(store, &WorkflowId::new(id), events, json).await
+            inspect(store, &WorkflowId::new(id), run, events, json).await
         }
         Command::Signal {
             id,
@@ -408,13 +408,92 @@ async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<
 /// The most children `inspect` lists; `list --parent` shows them all.
 const CHILDREN_SHOWN: usize = 20;
 
+/// How many earlier runs `inspect` lists; the rest are counted.
+const RUNS_SHOWN: usize = 10;
+
+/// `loom inspect ID --run R` for an earlier run: what its history says.
+async fn inspect_past_run(
+    store: Arc<dyn Storage>,
+    summary: &loom_storage::WorkflowSummary,
+    run: u32,
+    events: bool,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let history = store
+        .load_run(&summary.id, run)
+        .await
+        .map_err(Fail::from_storage)?;
+    let input = match history.first().map(|e| &e.kind) {
+        Some(loom_core::EventKind::WorkflowStarted { input, .. }) => input.clone(),
+        _ => loom_core::Payload::NULL,
+    };
+    let ended = history.last().map(|e| (e.at, e.kind.to_string()));
+    if json {
+        let mut doc = json!({
+            "id": summary.id,
+            "name": summary.name,
+            "run": run,
+            "current_run": summary.run,
+            "input": input,
+            "started_at": history.first().map(|e| e.at),
+            "ended_at": ended.as_ref().map(|(at, _)| *at),
+            "ended": ended.as_ref().map(|(_, how)| how.clone()),
+            "events_count": history.len(),
+        });
+        if events {
+            doc["events"] = serde_json::to_value(&history)
+                .map_err(|e| Fail::failed(format!("cannot encode the history: {e}")))?;
+        }
+        render::json(&doc)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |label: &str, value: String| println!("{label:<10} {value}");
+    line("id", summary.id.to_string());
+    line("workflow", summary.name.clone());
+    line("run", format!("{run} of {} (ended)", summary.run));
+    if let Some(first) = history.first() {
+        line("started", render::time(first.at));
+    }
+    if let Some((at, how)) = &ended {
+        line("ended", format!("{} by {how}", render::time(*at)));
+    }
+    line("input", render::payload(&input, 200));
+    line("events", history.len().to_string());
+    if events {
+        println!();
+        print_events(&history);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_events(history: &[loom_core::Event]) {
+    let mut t = render::table(&["#", "TIME", "EVENT"]);
+    for e in history {
+        t.add_row(vec![
+            e.seq.get().to_string(),
+            render::time(e.at),
+            e.kind.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
 async fn inspect(
     store: Arc<dyn Storage>,
     id: &WorkflowId,
+    run: Option<u32>,
     events: bool,
     json: bool,
 ) -> Result<ExitCode, Fail> {
     let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    if let Some(run) = run.filter(|r| *r != summary.run) {
+        return inspect_past_run(store, &summary, run, events, json).await;
+    }
+    let runs = if summary.run > 1 {
+        store.runs(id).await.map_err(Fail::from_storage)?
+    } else {
+        Vec::new()
+    };
     let limits = loom_worker::Limits::default();
     let long_history = (summary.last_seq.get() > limits.history_warning_events).then(|| {
         format!(
@@ -456,6 +535,8 @@ async fn inspect(
                 .collect::<Vec<_>>()
         );
         doc["more_children"] = json!(children.next.is_some());
+        doc["earlier_runs"] = serde_json::to_value(&runs)
+            .map_err(|e| Fail::failed(format!("cannot encode the runs: {e}")))?;
         doc["warnings"] = json!(long_history.iter().collect::<Vec<_>>());
         render::json(&doc)?;
         return Ok(ExitCode::SUCCESS);
@@ -464,6 +545,32 @@ async fn inspect(
     line("id", summary.id.to_string());
     line("workflow", format!("{} v{}", summary.name, summary.version));
     line("status", summary.status.to_string());
+    if summary.run > 1 {
+        line(
+            "run",
+            format!(
+                "{} (continued as new from run {}; loom inspect {id} --run R shows run R)",
+                summary.run,
+                summary.run - 1
+            ),
+        );
+        let skipped = runs.len().saturating_sub(RUNS_SHOWN);
+        if skipped > 0 {
+            line("earlier", format!("... {skipped} runs before these"));
+        }
+        for r in runs.iter().skip(skipped) {
+            line(
+                "earlier",
+                format!(
+                    "run {}: {} to {}, {} events",
+                    r.run,
+                    render::time(r.started_at),
+                    render::time(r.ended_at),
+                    r.events
+                ),
+            );
+        }
+    }
     if let Some(parent) = &summary.parent {
         line("parent", parent.to_string());
     }
@@ -538,15 +645,7 @@ async fn inspect(
     }
     if let Some(h) = history {
         println!();
-        let mut t = render::table(&["#", "TIME", "EVENT"]);
-        for e in &h {
-            t.add_row(vec![
-                e.seq.get().to_string(),
-                render::time(e.at),
-                e.kind.to_string(),
-            ]);
-        }
-        println!("{t}");
+        print_events(&h);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -725,7 +824,8 @@ async fn demo(
     json: bool,
 ) -> Result<ExitCode, Fail> {
     use crate::examples::{
-        Approval, FanOut, FastestQuote, FlakyCharge, Greeting, OrderProcessing, OrderSaga, Reminder,
+        Approval, FanOut, FastestQuote, FlakyCharge, Greeting, OrderProcessing, OrderSaga,
+        Reminder, Subscription,
     };
     use loom_core::Workflow;
 
@@ -796,6 +896,15 @@ async fn demo(
         .await?,
     );
     ids.push(start(FastestQuote::NAME, 0, json!({"item": "lamp"})).await?);
+    // Eight months of billing, four to a run: the chain of runs ends on its third.
+    ids.push(
+        start(
+            Subscription::NAME,
+            0,
+            json!({"customer": "ada", "months": 8, "months_per_run": 4, "month_ms": 100}),
+        )
+        .await?,
+    );
     let approved = start(
         Approval::NAME,
         0,
@@ -919,6 +1028,7 @@ async fn demo(
                 .len();
         }
     }
+    let continued: u64 = summaries.values().map(|s| u64::from(s.run - 1)).sum();
     let count = |st: WorkflowStatus| summaries.values().filter(|s| s.status == st).count();
     let (completed, failed, cancelled) = (
         count(WorkflowStatus::Completed),
@@ -930,6 +1040,7 @@ async fn demo(
             "db": url.display(),
             "workflows": total,
             "child_workflows": children,
+            "runs_continued_as_new": continued,
             "completed": completed,
             "failed": failed,
             "cancelled": cancelled,
@@ -947,10 +1058,10 @@ async fn demo(
             url.display()
         );
         println!(
-            "Along the way: {} activity attempts failed and were retried with backoff, {timers} durable timers fired, {signals} signal(s) received.",
+            "Along the way: {} activity attempts failed and were retried with backoff, {timers} durable timers fired, {signals} signal(s) received, {continued} run(s) continued as new.",
             metrics.activities_failed
         );
-        let mut t = render::table(&["WORKFLOW", "RUNS", "A RESULT"]);
+        let mut t = render::table(&["WORKFLOW", "STARTED", "A RESULT"]);
         for (name, (n, example)) in &by_type {
             t.add_row(vec![
                 name.clone(),

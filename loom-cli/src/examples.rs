@@ -11,6 +11,7 @@
 //! | `OrderSaga` | `{"order_id", "warehouse", "courier_wait_secs"}` | a saga: reserve, charge, ship through a child workflow, and undo in reverse order if shipping fails |
 //! | `Shipment` | the same | the child: waits for the courier (a durable sleep), then ships; the warehouse `empty` has nothing to ship |
 //! | `FastestQuote` | `{"item"}` | asks two suppliers at once and takes the first answer; the slower request is cancelled and stops |
+//! | `Subscription` | `{"customer", "months", "months_per_run", "month_ms"}` | bills every month for as long as it runs, continuing as new every few months so that its history stays short |
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
         .add_workflow::<OrderSaga>()?
         .add_workflow::<Shipment>()?
         .add_workflow::<FastestQuote>()?
+        .add_workflow::<Subscription>()?
         .add_activity(ProcessPayment)?
         .add_activity(SendConfirmation)?
         .add_activity(Greet)?
@@ -48,7 +50,8 @@ pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
         .add_activity(Charge)?
         .add_activity(Compute)?
         .add_activity(SagaStep)?
-        .add_activity(Quote)?;
+        .add_activity(Quote)?
+        .add_activity(BillMonth)?;
     Ok(())
 }
 
@@ -558,5 +561,92 @@ impl Activity for Quote {
             () = tokio::time::sleep(wait) => Ok(40 + item.len() as u64),
             () = ctx.cancelled() => Err(Failure::new("cancelled", "the quote is no longer wanted")),
         }
+    }
+}
+
+// ---- Subscription ----
+
+/// The input of `Subscription`: who, for how long, and where the chain of runs stands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// Who is billed.
+    pub customer: String,
+    /// How many months to bill in all (a real subscription would run until cancelled).
+    pub months: u32,
+    /// Months billed by one run before it continues as new.
+    #[serde(default = "default_months_per_run")]
+    pub months_per_run: u32,
+    /// How long a month lasts here, in milliseconds (a real one would be a month).
+    #[serde(default = "default_month_ms")]
+    pub month_ms: u64,
+    /// The next month to bill, from 0; carried from run to run.
+    #[serde(default)]
+    pub month: u32,
+    /// What was billed so far; carried from run to run.
+    #[serde(default)]
+    pub billed_cents: u64,
+}
+
+fn default_months_per_run() -> u32 {
+    12
+}
+
+fn default_month_ms() -> u64 {
+    1_000
+}
+
+/// Bills a customer every month. A run bills `months_per_run` months and then continues as
+/// new with what it has billed so far, so a subscription that runs for years keeps a history
+/// of a few dozen events; `loom inspect` shows the current run and the earlier ones.
+pub struct Subscription;
+
+impl Workflow for Subscription {
+    const NAME: &'static str = "Subscription";
+    type Input = Plan;
+    type State = Plan;
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let mut plan = ctx.input().clone();
+        for _ in 0..plan.months_per_run.max(1) {
+            if plan.month >= plan.months {
+                return Ok(plan.billed_cents);
+            }
+            let cents = ctx
+                .activity::<BillMonth>((plan.customer.clone(), plan.month))
+                .await?;
+            plan.billed_cents += cents;
+            plan.month += 1;
+            ctx.update_state(|s| *s = plan.clone())?;
+            ctx.sleep(Duration::from_millis(plan.month_ms)).await?;
+        }
+        Err(ctx.continue_as_new(plan))
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            customer: String::new(),
+            months: 0,
+            months_per_run: default_months_per_run(),
+            month_ms: default_month_ms(),
+            month: 0,
+            billed_cents: 0,
+        }
+    }
+}
+
+/// Charges one month of a subscription (simulated): 999 cents.
+pub struct BillMonth;
+
+impl Activity for BillMonth {
+    const NAME: &'static str = "bill_month";
+    type Input = (String, u32);
+    type Output = u64;
+
+    async fn run(&self, _: ActivityContext, _: (String, u32)) -> Result<u64, Failure> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok(999)
     }
 }

@@ -152,6 +152,9 @@ pub(crate) enum Command {
         /// Also show the numbered event history.
         #[arg(long)]
         events: bool,
+        /// Show this run of a workflow that continued as new (default: its current run).
+        #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+        run: Option<u32>,
     },
     /// Send a signal to a workflow.
     Signal {

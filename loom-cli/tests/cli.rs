@@ -600,9 +600,82 @@ fn workflows_lists_the_examples() {
             "OrderProcessing",
             "OrderSaga",
             "Reminder",
-            "Shipment"
+            "Shipment",
+            "Subscription"
         ]
     );
+}
+
+#[test]
+fn inspect_shows_the_chain_of_runs_and_any_one_of_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(
+        dir.path(),
+        "Subscription",
+        r#"{"customer": "ada", "months": 5, "months_per_run": 2, "month_ms": 1}"#,
+    );
+    drain(dir.path());
+    let doc = inspect(dir.path(), &id);
+    assert_eq!(doc["status"], "completed");
+    assert_eq!(doc["output"], 4_995, "five months billed across the runs");
+    assert_eq!(doc["run"], 3);
+    let earlier = doc["earlier_runs"].as_array().expect("earlier runs");
+    assert_eq!(
+        earlier
+            .iter()
+            .map(|r| r["run"].as_u64())
+            .collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
+    loom(dir.path())
+        .args(["inspect", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("continued as new from run 2"))
+        .stdout(predicate::str::contains("run 1:"));
+    let first = json_of(&stdout_of(
+        dir.path(),
+        &["inspect", &id, "--run", "1", "--events", "--json"],
+    ));
+    assert_eq!(first["run"], 1);
+    assert_eq!(first["current_run"], 3);
+    assert_eq!(
+        first["input"]["month"],
+        serde_json::Value::Null,
+        "the first input as given"
+    );
+    let events = first["events"].as_array().expect("events");
+    assert_eq!(
+        events.last().and_then(|e| e["type"].as_str()),
+        Some("WorkflowContinuedAsNew")
+    );
+    assert_eq!(events.last().expect("last")["input"]["month"], 2);
+    loom(dir.path())
+        .args(["inspect", &id, "--run", "2", "--events"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("2 of 3 (ended)"))
+        .stdout(predicate::str::contains("WorkflowContinuedAsNew"));
+    // The current run by number is the ordinary view.
+    let current = json_of(&stdout_of(
+        dir.path(),
+        &["inspect", &id, "--run", "3", "--json"],
+    ));
+    assert_eq!(current["status"], "completed");
+    // Runs that do not exist, and run 0, are usage errors.
+    loom(dir.path())
+        .args(["inspect", &id, "--run", "4"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("runs 1 to 3"));
+    loom(dir.path())
+        .args(["inspect", &id, "--run", "0"])
+        .assert()
+        .code(2);
+    loom(dir.path())
+        .args(["inspect", &id, "--run", "first"])
+        .assert()
+        .code(2);
 }
 
 #[test]

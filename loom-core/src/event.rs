@@ -391,6 +391,20 @@ impl RecordedValue {
 }
 
 impl EventKind {
+    /// The `WorkflowStarted` of a workflow started from outside, as `start` writes it: the
+    /// first run, this build's history format, no parent, no timeouts.
+    pub fn workflow_started(name: impl Into<String>, version: u32, input: Payload) -> EventKind {
+        EventKind::WorkflowStarted {
+            name: name.into(),
+            version,
+            input,
+            format: HISTORY_FORMAT,
+            parent: None,
+            timeouts: Timeouts::default(),
+            run: 1,
+        }
+    }
+
     /// Whether this event is an input or a command.
     pub fn role(&self) -> Role {
         match self {

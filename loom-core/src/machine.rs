@@ -45,6 +45,7 @@
 //!         input: Payload::encode(&500u64).unwrap(),
 //!         format: HISTORY_FORMAT,
 //!         parent: None,
+//!         run: 1,
 //!         timeouts: Default::default(),
 //!     },
 //! };

@@ -2,12 +2,12 @@
 //!
 //! A generated program (activities, parallel activities, races, timers, signals with and
 //! without timeouts, state writes, nested steps, recorded values, logs, child workflows with
-//! derived and chosen ids, versioned branches, handled and unhandled failures) runs as a
-//! workflow in a simulated environment (activity attempts that fail and retry, children that
+//! derived and chosen ids, versioned branches, handled and unhandled failures, continue-as-new
+//! into a run that does the rest) runs as a workflow in a simulated environment (activity attempts that fail and retry, children that
 //! complete, fail or are cancelled, time that advances, signals sent before and after the code
 //! waits, duplicate deliveries, cancellation, timers and activities cancelled by the code whose
-//! messages are withdrawn or still delivered), seeded so that every run of the same case sees
-//! the same world.
+//! messages are withdrawn or still delivered, runs that switch with signals in flight, which
+//! the next run receives), seeded so that every run of the same case sees the same world.
 //!
 //! - **Crash equivalence:** the run is repeated crashing before every task, and crashing before
 //!   a random subset of tasks; each crash drops the machine and the next task replays from the
@@ -75,6 +75,9 @@ enum Op {
     Patched(u8, Vec<Op>),
     /// Adds to the result, issuing nothing: the old branch of a `Patched`.
     Add(u32),
+    /// At the top level: ends the run, continuing as new with the rest of the program (after
+    /// an `Add` of what it has summed so far). Inside a step it does nothing.
+    ContinueAsNew,
 }
 
 /// The child type the programs start; the simulated world decides how each child ends.
@@ -104,7 +107,18 @@ impl Workflow for Script {
     async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
         let mut acc = 0u64;
         let ops = ctx.input().clone();
-        exec(&ctx, &ops, &mut acc).await?;
+        for (i, op) in ops.iter().enumerate() {
+            if *op == Op::ContinueAsNew {
+                // The sum so far fits in a u32 add only modulo: what matters is that the
+                // next run's input is a function of this run's history.
+                let carried = u32::try_from(acc % 1_000_000).unwrap_or(0);
+                let rest = std::iter::once(Op::Add(carried))
+                    .chain(ops[i + 1..].iter().cloned())
+                    .collect();
+                return Err(ctx.continue_as_new(rest));
+            }
+            exec(&ctx, std::slice::from_ref(op), &mut acc).await?;
+        }
         Ok(acc)
     }
 }
@@ -206,6 +220,7 @@ fn exec<'a>(
                     }
                 }
                 Op::Add(n) => *acc = acc.wrapping_add(u64::from(*n)),
+                Op::ContinueAsNew => {}
             }
         }
         Ok(())
@@ -233,7 +248,10 @@ impl Crashes {
 
 #[derive(Debug, PartialEq)]
 struct Run {
+    /// The first run's history.
     history: Vec<Event>,
+    /// The histories of the runs that continued it, in order.
+    later: Vec<Vec<Event>>,
     outcome: Option<Outcome>,
     state: Payload,
     logs: Vec<LogRecord>,
@@ -383,6 +401,24 @@ impl World {
         }
     }
 
+    /// The run continued as new: what answered the ended run goes (the store deletes it);
+    /// what came from outside stays, and the signals the run carried and the messages it left
+    /// untouched are due at once, in order.
+    fn switch(&mut self, carried: &[loom_core::CarriedSignal], left: Vec<EventKind>) {
+        self.pending.retain(|p| p.2.carries_over());
+        let first = self.now - 1;
+        let carried = carried.iter().map(|s| EventKind::SignalReceived {
+            name: s.name.clone(),
+            payload: s.payload.clone(),
+        });
+        let front: Vec<EventKind> = carried
+            .chain(left.into_iter().filter(EventKind::carries_over))
+            .collect();
+        for kind in front {
+            self.post(first, kind);
+        }
+    }
+
     /// The next batch of due messages, advancing time if none is due. `None` when nothing
     /// will ever arrive.
     fn next_batch(&mut self) -> Option<Vec<EventKind>> {
@@ -399,10 +435,11 @@ impl World {
 fn run(program: &[Op], seed: u64, crashes: Crashes) -> Run {
     let input = Payload::encode(program).expect("encode program");
     let mut history = vec![started_event("Script", 1, input)];
+    let mut runs: Vec<Vec<Event>> = Vec::new();
     let mut world = World::new(seed);
     let mut machine: Option<WorkflowMachine> = None;
     let mut logs = Vec::new();
-    let mut messages = Vec::new();
+    let mut messages: Vec<EventKind> = Vec::new();
     let mut tasks = 0;
     let mut last = None;
     for task in 0..2_000 {
@@ -413,19 +450,32 @@ fn run(program: &[Op], seed: u64, crashes: Crashes) -> Run {
             WorkflowMachine::new(workflow_type::<Script>(), "wf".into(), history.clone())
                 .expect("well-formed history")
         });
+        let delivered = std::mem::take(&mut messages);
         let activation = Activation {
             now: Timestamp::from_millis(world.now),
             entropy: world.rng.next_u64(),
-            messages: std::mem::take(&mut messages),
+            messages: delivered.clone(),
         };
         let decision = m
             .activate(activation)
             .expect("the program replays deterministically");
         tasks += 1;
         world.observe(&decision.events);
+        let left = delivered[delivered.len() - decision.left_for_next_run..].to_vec();
         history.extend(decision.events);
         logs.extend(decision.logs);
         last = Some((m.outcome(), m.progress().state));
+        if let Some(next) = m.next_run() {
+            let Some(EventKind::WorkflowContinuedAsNew { signals, .. }) =
+                history.last().map(|e| &e.kind)
+            else {
+                panic!("a next run without WorkflowContinuedAsNew");
+            };
+            world.switch(signals, left);
+            runs.push(std::mem::replace(&mut history, vec![next]));
+            machine = None;
+            continue;
+        }
         if m.outcome().is_some() {
             break;
         }
@@ -435,8 +485,11 @@ fn run(program: &[Op], seed: u64, crashes: Crashes) -> Run {
         }
     }
     let (outcome, state) = last.expect("at least one task");
+    runs.push(history);
+    let history = runs.remove(0);
     Run {
         history,
+        later: runs,
         outcome,
         state,
         logs,
@@ -471,8 +524,14 @@ fn op(patches: bool) -> impl Strategy<Value = Op> {
     })
 }
 
-fn program(patches: bool) -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(patches), 1..10)
+/// A program; with `continues`, some of its top-level ops continue it as a new run.
+fn program(patches: bool, continues: bool) -> impl Strategy<Value = Vec<Op>> {
+    let top = if continues {
+        prop_oneof![8 => op(patches), 1 => Just(Op::ContinueAsNew)].boxed()
+    } else {
+        op(patches).boxed()
+    };
+    prop::collection::vec(top, 1..10)
 }
 
 /// The program as it was before its versioned changes: each `Patched` is its old branch.
@@ -586,14 +645,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn crashing_anywhere_changes_nothing(program in program(true), seed in any::<u64>(), mask in any::<u64>()) {
+    fn crashing_anywhere_changes_nothing(program in program(true, true), seed in any::<u64>(), mask in any::<u64>()) {
         let straight = run(&program, seed, Crashes::Never);
         let always = run(&program, seed, Crashes::Always);
         prop_assert_eq!(&straight, &always);
         let some = run(&program, seed, Crashes::Mask(mask));
         prop_assert_eq!(&straight, &some);
         // A fresh machine on the final history agrees and adds nothing.
-        let mut fresh = WorkflowMachine::new(workflow_type::<Script>(), "wf".into(), straight.history.clone())
+        let last = straight.later.last().unwrap_or(&straight.history).clone();
+        let mut fresh = WorkflowMachine::new(workflow_type::<Script>(), "wf".into(), last)
             .expect("well-formed");
         let d = fresh.activate(Activation::new(Timestamp::from_millis(999_999), 5)).expect("replays");
         prop_assert!(d.events.is_empty());
@@ -603,7 +663,7 @@ proptest! {
     }
 
     #[test]
-    fn a_changed_program_is_caught_at_the_first_divergence(program in program(false), seed in any::<u64>(), m in mutation()) {
+    fn a_changed_program_is_caught_at_the_first_divergence(program in program(false, true), seed in any::<u64>(), m in mutation()) {
         let original = run(&program, seed, Crashes::Never);
         let changed_program = mutate(&program, &m);
         let changed = run(&changed_program, seed, Crashes::Never);
@@ -633,7 +693,7 @@ proptest! {
     }
 
     #[test]
-    fn a_history_from_before_a_patch_replays_on_the_patched_code(program in program(true), seed in any::<u64>()) {
+    fn a_history_from_before_a_patch_replays_on_the_patched_code(program in program(true, false), seed in any::<u64>()) {
         let old_program = before_patches(&program);
         let old = run(&old_program, seed, Crashes::Never);
         let mut history = old.history.clone();

@@ -210,7 +210,7 @@ impl PostgresStorage {
         let r = sqlx::query(
             "WITH now AS (SELECT loom_now_ms() AS t)
              SELECT
-               (SELECT COUNT(*) FROM events),
+               (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM past_events),
                (SELECT COUNT(*) FROM tasks, now WHERE kind = 0 AND visible_at <= now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)),
                (SELECT COUNT(*) FROM tasks, now WHERE kind = 0 AND lease_expires_at > now.t),
                (SELECT COUNT(*) FROM tasks, now WHERE kind = 1 AND visible_at <= now.t AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)),

@@ -143,7 +143,9 @@ impl Read for Tx<'_, redb::ReadTransaction> {
             *stats.workflows.entry(row.summary.status).or_default() += 1;
         }
         let events = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;
-        stats.events = events.len().map_err(|e| self.err(e))?;
+        let past = self.tx.open_table(PAST_EVENTS).map_err(|e| self.err(e))?;
+        stats.events =
+            events.len().map_err(|e| self.err(e))? + past.len().map_err(|e| self.err(e))?;
         let messages = self.tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
         for entry in messages.iter().map_err(|e| self.err(e))? {
             let (_, value) = entry.map_err(|e| self.err(e))?;

@@ -200,7 +200,11 @@ impl Read for Db<'_> {
         let count = |sql: &str| -> Result<u64> { Ok(one(sql)?.unwrap_or(0).unsigned_abs()) };
         stats.events = self
             .conn
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM past_events)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(|e| self.sql(e))?
             .unsigned_abs();
         let ready = "visible_at <= ?1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)";

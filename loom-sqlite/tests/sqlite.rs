@@ -58,11 +58,11 @@ async fn a_new_file_is_migrated_once_and_reopens_with_its_data() {
             .await
             .expect("create workflow");
     }
-    assert_eq!(schema_versions(&path), vec![1, 2]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3]);
     let store = open(&path).await.expect("reopen");
     assert_eq!(
         schema_versions(&path),
-        vec![1, 2],
+        vec![1, 2, 3],
         "migrations are not applied twice"
     );
     let s = store

@@ -43,6 +43,7 @@
 //!         input: Payload::encode("Ada").unwrap(),
 //!         format: HISTORY_FORMAT,
 //!         parent: None,
+//!         run: 1,
 //!         timeouts: Default::default(),
 //!     },
 //! };

@@ -478,7 +478,7 @@ impl Page<WorkflowSummary> {
 pub struct Stats {
     /// Workflows by status (statuses with none are absent).
     pub workflows: BTreeMap<WorkflowStatus, u64>,
-    /// Events in all histories.
+    /// Events in all histories, earlier runs' included.
     pub events: u64,
     /// Workflow tasks that can be claimed now.
     pub workflow_tasks_ready: u64,

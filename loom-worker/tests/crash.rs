@@ -1,7 +1,8 @@
 //! Recovery: a worker process killed with SIGKILL at random moments, many times, loses
 //! nothing. Every workflow completes with the right output, no event is duplicated, every
-//! activity has exactly one recorded result, and every parent started each of its children
-//! exactly once and heard each end exactly once.
+//! activity has exactly one recorded result, every parent started each of its children
+//! exactly once and heard each end exactly once, and every chain of runs that continued as
+//! new has each of its runs, each ended once, and ends once.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -16,11 +17,35 @@ const WORKFLOWS: u64 = 150;
 /// Parents of three children each, started beside the chains.
 const FAMILIES: u64 = 20;
 const FAMILY_STEPS: u32 = 4;
+/// Workflows that continue as new, with a child in each run, beside the chains.
+const LOOPERS: u64 = 12;
+const LOOP_STEPS: u32 = 10;
+const LOOP_PER_RUN: u32 = 3;
 const STEPS: u32 = 15;
 const KILLS: usize = 10;
 
 fn expected(salt: u64) -> u64 {
     (0..STEPS).fold(salt, |acc, i| (acc * 31 + u64::from(i)) % 1_000_003)
+}
+
+/// A `Looper`'s output and its number of runs, as the probe's code computes them.
+fn expected_loop(salt: u64) -> (u64, u32) {
+    let step = |acc: u64, i: u32| (acc * 31 + u64::from(i)) % 1_000_003;
+    let (mut acc, mut done, mut runs) = (salt, 0, 0);
+    loop {
+        runs += 1;
+        acc = (acc + step(step(acc, 0), 1)) % 1_000_003;
+        for _ in 0..LOOP_PER_RUN {
+            if done == LOOP_STEPS {
+                break;
+            }
+            acc = step(acc, done);
+            done += 1;
+        }
+        if done == LOOP_STEPS {
+            return (acc, runs);
+        }
+    }
 }
 
 fn probe(mode: &str, path: &std::path::Path) -> Command {
@@ -66,6 +91,13 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
     for n in 0..FAMILIES {
         let input = serde_json::json!({ "steps": FAMILY_STEPS, "salt": n * 10 });
         create(&store, "Family", &format!("family-{n}"), input).await;
+    }
+
+    for n in 0..LOOPERS {
+        let input = serde_json::json!({
+            "steps": LOOP_STEPS, "per_run": LOOP_PER_RUN, "done": 0, "acc": n * 13 + 5
+        });
+        create(&store, "Looper", &format!("looper-{n}"), input).await;
     }
 
     let mut rng = rand::rng();
@@ -176,6 +208,66 @@ async fn a_worker_killed_at_random_moments_loses_nothing() {
             .await
             .expect("children");
         assert_eq!(children.items.len(), 3, "{id}: no child started twice");
+        assert!(
+            children
+                .items
+                .iter()
+                .all(|c| c.status == WorkflowStatus::Completed),
+            "{id}: every child ended"
+        );
+    }
+    for n in 0..LOOPERS {
+        let id = WorkflowId::new(format!("looper-{n}"));
+        let summary = store.describe(&id).await.expect("describe");
+        assert_eq!(
+            summary.status,
+            WorkflowStatus::Completed,
+            "{id}: {:?}",
+            summary.pause_reason
+        );
+        let (want, runs) = expected_loop(n * 13 + 5);
+        let output: u64 = summary.output.expect("output").decode().expect("a number");
+        assert_eq!(output, want, "{id}: the output");
+        assert_eq!(summary.run, runs, "{id}: no run lost, none added");
+        let earlier = store.runs(&id).await.expect("runs");
+        assert_eq!(
+            earlier.len() as u32,
+            runs - 1,
+            "{id}: every earlier run kept"
+        );
+        for run in 1..=runs {
+            let history = store.load_run(&id, run).await.expect("a run's history");
+            let mut endings = 0;
+            let (mut started, mut heard) = (0, 0);
+            for (i, e) in history.iter().enumerate() {
+                assert_eq!(e.seq, Seq::new(i as u64 + 1), "{id} run {run}: numbered");
+                match &e.kind {
+                    EventKind::ChildWorkflowScheduled { .. } => started += 1,
+                    EventKind::ChildWorkflowCompleted { .. } => heard += 1,
+                    kind if kind.ends_run() => endings += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(endings, 1, "{id} run {run}: one ending");
+            assert_eq!((started, heard), (1, 1), "{id} run {run}: its child once");
+            let continued = matches!(
+                history.last().map(|e| &e.kind),
+                Some(EventKind::WorkflowContinuedAsNew { .. })
+            );
+            assert_eq!(continued, run < runs, "{id} run {run}: how it ended");
+        }
+        let children = store
+            .list(&loom_storage::ListQuery {
+                parent: Some(id.clone()),
+                ..loom_storage::ListQuery::default()
+            })
+            .await
+            .expect("children");
+        assert_eq!(
+            children.items.len() as u32,
+            runs,
+            "{id}: one child per run, none started twice"
+        );
         assert!(
             children
                 .items

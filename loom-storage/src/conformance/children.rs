@@ -20,7 +20,7 @@ fn start_child(id: &str, policy: ParentClosePolicy) -> EventKind {
 }
 
 /// Where a workflow stands, as far as the store's rules for children read it.
-fn family(parent: Option<ParentRef>, children: Vec<PendingChild>) -> Progress {
+pub(super) fn family(parent: Option<ParentRef>, children: Vec<PendingChild>) -> Progress {
     Progress {
         run: 1,
         current_step: None,
@@ -35,7 +35,7 @@ fn family(parent: Option<ParentRef>, children: Vec<PendingChild>) -> Progress {
     }
 }
 
-fn pending_child(seq: u64, id: &str, policy: ParentClosePolicy) -> PendingChild {
+pub(super) fn pending_child(seq: u64, id: &str, policy: ParentClosePolicy) -> PendingChild {
     PendingChild {
         id: ChildId(Seq::new(seq)),
         workflow_id: wid(id),
@@ -46,7 +46,12 @@ fn pending_child(seq: u64, id: &str, policy: ParentClosePolicy) -> PendingChild 
 
 /// Claims the one ready workflow task, which must be `id`'s, and commits `kinds` with
 /// `progress`.
-async fn advance_with(store: &Store, id: &str, kinds: Vec<EventKind>, progress: Progress) {
+pub(super) async fn advance_with(
+    store: &Store,
+    id: &str,
+    kinds: Vec<EventKind>,
+    progress: Progress,
+) {
     let task = claim_workflow(store).await;
     assert_eq!(task.workflow_id, wid(id), "the ready task is {id}'s");
     let mut c = completion(&task, kinds);
@@ -56,7 +61,12 @@ async fn advance_with(store: &Store, id: &str, kinds: Vec<EventKind>, progress: 
 
 /// Starts `parent` and commits its first task, which starts child `child` (event 2) with
 /// `policy`; the child's first task is then the one ready task.
-async fn with_child(store: &Store, parent: &str, child: &str, policy: ParentClosePolicy) {
+pub(super) async fn with_child(
+    store: &Store,
+    parent: &str,
+    child: &str,
+    policy: ParentClosePolicy,
+) {
     create(store, parent).await;
     let children = vec![pending_child(2, child, policy)];
     advance_with(
@@ -68,7 +78,7 @@ async fn with_child(store: &Store, parent: &str, child: &str, policy: ParentClos
     .await;
 }
 
-fn child_ref(parent: &str) -> ParentRef {
+pub(super) fn child_ref(parent: &str) -> ParentRef {
     ParentRef {
         run: 1,
         workflow_id: wid(parent),
@@ -347,13 +357,19 @@ pub async fn a_child_start_is_checked(store: Store) {
     ));
 }
 
-fn termination(store_summary: &crate::WorkflowSummary, reason: &str) -> crate::Termination {
+pub(super) fn termination(
+    store_summary: &crate::WorkflowSummary,
+    reason: &str,
+) -> crate::Termination {
     crate::Termination {
         workflow_id: store_summary.id.clone(),
         expected_last_seq: store_summary.last_seq,
         reason: reason.into(),
         at: wall_now(),
-        family: store_summary.progress.clone().unwrap_or_default(),
+        family: Progress {
+            run: store_summary.run,
+            ..store_summary.progress.clone().unwrap_or_default()
+        },
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! A sequence creates a few workflows and then claims, commits (with generated events, child
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
-//! and activities cancelled, runs terminated, runs started with timeouts, eager
+//! and activities cancelled, runs continued as new, runs terminated, runs started with timeouts, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -91,6 +91,9 @@ pub enum NewEvent {
     CancelTimer(u8),
     /// `ActivityCancelled` of the activity numbered so (if it is one).
     CancelActivity(u8),
+    /// `WorkflowContinuedAsNew`, carrying a signal or not, with the next run's first event
+    /// (a commit with more events after it is refused).
+    ContinueAsNew(bool),
 }
 
 /// What an activity attempt reports.
@@ -166,6 +169,7 @@ fn new_event() -> impl Strategy<Value = NewEvent> {
         2 => (0..WORKFLOWS, any::<bool>()).prop_map(|(n, a)| NewEvent::StartChild(n, a)),
         1 => (2u8..10).prop_map(NewEvent::CancelTimer),
         1 => (2u8..10).prop_map(NewEvent::CancelActivity),
+        1 => any::<bool>().prop_map(NewEvent::ContinueAsNew),
     ]
 }
 
@@ -389,6 +393,16 @@ impl Run {
                     NewEvent::CancelActivity(n) => EventKind::ActivityCancelled {
                         activity_id: loom_core::ActivityId(Seq::new(u64::from(*n))),
                     },
+                    NewEvent::ContinueAsNew(carry) => EventKind::WorkflowContinuedAsNew {
+                        input: Payload::encode(&seq.get()).unwrap_or(Payload::NULL),
+                        signals: carry
+                            .then(|| loom_core::CarriedSignal {
+                                name: "poke".into(),
+                                payload: Payload::encode(&seq.get()).unwrap_or(Payload::NULL),
+                            })
+                            .into_iter()
+                            .collect(),
+                    },
                     NewEvent::StartChild(n, abandon) => EventKind::ChildWorkflowScheduled {
                         name: "Child".into(),
                         version: 1,
@@ -440,7 +454,7 @@ impl Run {
             })
             .collect();
         Progress {
-            run: 1,
+            run: self.store.describe(workflow).await.map_or(1, |s| s.run),
             current_step: None,
             state: Payload::NULL,
             pending_activities: Vec::new(),
@@ -536,8 +550,24 @@ impl Run {
                 };
                 let events = self.events(task.last_seq, new);
                 let progress = self.family(&task.workflow_id, &events).await;
+                let next_run = events.iter().find_map(|e| match &e.kind {
+                    EventKind::WorkflowContinuedAsNew { input, .. } => Some(Event {
+                        seq: Seq::FIRST,
+                        at: e.at,
+                        kind: EventKind::WorkflowStarted {
+                            run: task.run + 1,
+                            name: "Differential".into(),
+                            version: 1,
+                            input: input.clone(),
+                            format: HISTORY_FORMAT,
+                            timeouts: loom_core::Timeouts::default(),
+                            parent: None,
+                        },
+                    }),
+                    _ => None,
+                });
                 let c = WorkflowTaskCompletion {
-                    next_run: None,
+                    next_run,
                     lease: task.lease,
                     workflow_id: task.workflow_id.clone(),
                     expected_last_seq: task.last_seq,
@@ -779,11 +809,12 @@ impl Run {
                 for s in summaries {
                     let ms = |t: Timestamp| t.as_millis() - START.as_millis();
                     self.line(format!(
-                        "{} {} v{} {} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?} parent={:?}",
+                        "{} {} v{} {} run={} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?} parent={:?}",
                         s.id,
                         s.name,
                         s.version,
                         s.status,
+                        s.run,
                         ms(s.created_at),
                         ms(s.updated_at),
                         s.closed_at.map(ms),
@@ -800,6 +831,33 @@ impl Run {
                             }
                         }
                         Err(e) => self.line(format!("  history: {e}")),
+                    }
+                    match self.store.runs(&s.id).await {
+                        Ok(runs) => {
+                            for r in runs {
+                                self.line(format!(
+                                    "  run {} @{}..@{} {} events",
+                                    r.run,
+                                    ms(r.started_at),
+                                    ms(r.ended_at),
+                                    r.events
+                                ));
+                                match self.store.load_run(&s.id, r.run).await {
+                                    Ok(h) => {
+                                        for e in h {
+                                            self.line(format!(
+                                                "    {} @{} {:?}",
+                                                e.seq,
+                                                ms(e.at),
+                                                e.kind
+                                            ));
+                                        }
+                                    }
+                                    Err(e) => self.line(format!("    run: {e}")),
+                                }
+                            }
+                        }
+                        Err(e) => self.line(format!("  runs: {e}")),
                     }
                     match self.store.logs(&s.id).await {
                         Ok(logs) => {

@@ -23,6 +23,7 @@ pub mod differential;
 mod eager;
 mod messages;
 mod reads;
+mod runs;
 mod tasks;
 mod workflows;
 
@@ -39,6 +40,7 @@ pub use children::*;
 pub use eager::*;
 pub use messages::*;
 pub use reads::*;
+pub use runs::*;
 pub use tasks::*;
 pub use workflows::*;
 
@@ -298,7 +300,11 @@ macro_rules! for_each_conformance_case {
             terminate_ends_a_run_at_once,
             terminate_is_checked,
             termination_reaches_parents_and_children,
-            a_timeout_set_at_start_fires_when_it_passes
+            a_timeout_set_at_start_fires_when_it_passes,
+            continue_as_new_starts_the_next_run,
+            the_next_run_keeps_what_came_from_outside,
+            continue_as_new_is_checked,
+            a_childs_end_reaches_only_the_run_that_started_it
         }
     };
 }

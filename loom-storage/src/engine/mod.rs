@@ -27,6 +27,7 @@
 //!         input: Payload::NULL,
 //!         format: HISTORY_FORMAT,
 //!         parent: None,
+//!         run: 1,
 //!         timeouts: Default::default(),
 //!     },
 //! };

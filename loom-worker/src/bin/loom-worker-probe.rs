@@ -1,6 +1,8 @@
 //! A worker process for loom-worker's crash and multi-process tests: it runs a worker with the
-//! `Chain` workflow (and `Family`, a parent of three `Chain` children) until it is killed or sent SIGTERM (`run`; on SIGTERM it prints its
-//! counters as JSON) or until no work is left (`drain`). Not part of Loom's command line;
+//! `Chain` workflow (with `Family`, a parent of three `Chain` children, and `Looper`, which
+//! continues as new every few steps and starts a `Chain` child in each run) until it is
+//! killed or sent SIGTERM (`run`; on SIGTERM it prints its counters as JSON) or until no work
+//! is left (`drain`). Not part of Loom's command line;
 //! `cargo test -p loom-worker` builds and drives it.
 //!
 //! ```text
@@ -81,6 +83,54 @@ impl Workflow for Family {
     }
 }
 
+/// The input of a `Looper` run: where the chain of runs stands.
+#[derive(Serialize, Deserialize)]
+struct LoopInput {
+    steps: u32,
+    per_run: u32,
+    done: u32,
+    acc: u64,
+}
+
+/// Each run starts a two-step `Chain` child and adds its output, then runs up to `per_run`
+/// steps, and continues as new until `steps` are done.
+struct Looper;
+
+impl Workflow for Looper {
+    const NAME: &'static str = "Looper";
+    type Input = LoopInput;
+    type State = ();
+    type Output = u64;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
+        let input = ctx.input();
+        let child = ctx
+            .child::<Chain>(ChainInput {
+                steps: 2,
+                salt: input.acc,
+            })
+            .await?;
+        let mut acc = (input.acc + child) % 1_000_003;
+        let mut done = input.done;
+        for _ in 0..input.per_run {
+            if done == input.steps {
+                return Ok(acc);
+            }
+            acc = ctx.activity::<Step>((acc, done)).await?;
+            done += 1;
+        }
+        if done == input.steps {
+            return Ok(acc);
+        }
+        Err(ctx.continue_as_new(LoopInput {
+            steps: input.steps,
+            per_run: input.per_run,
+            done,
+            acc,
+        }))
+    }
+}
+
 /// One step: a little work, then `(acc * 31 + i) mod 1,000,003`.
 struct Step;
 
@@ -141,6 +191,7 @@ fn main() -> ExitCode {
         registry
             .add_workflow::<Chain>()
             .and_then(|r| r.add_workflow::<Family>())
+            .and_then(|r| r.add_workflow::<Looper>())
             .and_then(|r| r.add_activity(Step))
             .map_err(|e| e.to_string())?;
         let mut config = WorkerConfig {
