@@ -39,6 +39,7 @@ const COVERED: &[&str] = &[
     "ActivityCancelled",
     "WorkflowTerminated",
     "WorkflowTimedOut",
+    "WorkflowContinuedAsNew",
 ];
 
 #[test]
@@ -48,6 +49,7 @@ fn every_golden_history_replays_to_its_recorded_output() {
     let mut checked = 0;
     let mut seen = std::collections::BTreeSet::new();
     let mut child_started = false;
+    let mut continued_run = false;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("the golden directory")
         .map(|e| e.expect("an entry").path())
@@ -58,12 +60,14 @@ fn every_golden_history_replays_to_its_recorded_output() {
         let golden: Golden = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not a golden history: {e}", path.display()));
         seen.extend(golden.events.iter().map(|e| e.kind.type_name()));
-        let Some(loom_core::EventKind::WorkflowStarted { name, parent, .. }) =
-            golden.events.first().map(|e| &e.kind)
+        let Some(loom_core::EventKind::WorkflowStarted {
+            name, parent, run, ..
+        }) = golden.events.first().map(|e| &e.kind)
         else {
             panic!("{}: the first event is not WorkflowStarted", path.display());
         };
         child_started |= parent.is_some();
+        continued_run |= *run > 1;
         let def = registry
             .workflow(name)
             .unwrap_or_else(|| {
@@ -104,4 +108,8 @@ fn every_golden_history_replays_to_its_recorded_output() {
     let missing: Vec<_> = COVERED.iter().filter(|k| !seen.contains(*k)).collect();
     assert!(missing.is_empty(), "no golden history holds {missing:?}");
     assert!(child_started, "no golden history is a child's");
+    assert!(
+        continued_run,
+        "no golden history is of a run that continued another"
+    );
 }

@@ -1459,3 +1459,85 @@ fn a_timed_out_history_replays_to_its_end_and_a_timeout_message_is_the_runtimes(
         })
     );
 }
+
+/// Waits for signal `a`; continues as new with the input plus what it got, until the input
+/// reaches 10; in a later run it also starts a child with a derived id.
+struct Relay;
+
+impl Workflow for Relay {
+    const NAME: &'static str = "Relay";
+    type Input = u32;
+    type State = ();
+    type Output = u32;
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u32, WorkflowError> {
+        let got: u32 = ctx.wait_signal("a").await?;
+        let next = *ctx.input() + got;
+        if ctx.run() > 1 {
+            ctx.child::<Relay>(100).await.ok();
+        }
+        if next >= 10 {
+            return Ok(next);
+        }
+        Err(ctx.continue_as_new(next))
+    }
+}
+
+#[test]
+fn continue_as_new_ends_the_run_and_describes_the_next() {
+    let mut d = Driver::start::<Relay>(&1);
+    d.feed(vec![]);
+    // `b` arrives first and is never taken; `a` ends the run; the last `a` comes after the
+    // end and is left for the next run, untouched.
+    let decision = d.ok(vec![signal("b", 7), signal("a", 2), signal("a", 5)]);
+    assert_eq!(decision.left_for_next_run, 1, "the second `a` is left");
+    assert!(decision.dropped.is_empty(), "{:?}", decision.dropped);
+    let last = decision.events.last().expect("events");
+    match &last.kind {
+        EventKind::WorkflowContinuedAsNew { input, signals } => {
+            assert_eq!(input.decode::<u32>().expect("u32"), 3);
+            assert_eq!(signals.len(), 1, "the untaken `b` is carried");
+            assert_eq!(signals[0].name, "b");
+        }
+        other => panic!("the run ended with {other}"),
+    }
+    let machine = d.machine();
+    assert!(matches!(
+        machine.outcome(),
+        Some(loom_core::Outcome::ContinuedAsNew { .. })
+    ));
+    let next = machine.next_run().expect("a next run");
+    assert_eq!(next.seq, Seq::FIRST);
+    assert_eq!(next.at, last.at);
+    match &next.kind {
+        EventKind::WorkflowStarted {
+            name, input, run, ..
+        } => {
+            assert_eq!(name, "Relay");
+            assert_eq!(input.decode::<u32>().expect("u32"), 3);
+            assert_eq!(*run, 2);
+        }
+        other => panic!("the next run starts with {other}"),
+    }
+    // Replayed from scratch, the ended run ends the same way and adds nothing.
+    d.crash();
+    let again = d.ok(vec![]);
+    assert!(again.events.is_empty());
+    assert!(d.machine().next_run().is_some());
+
+    // The next run: its child's derived id names the run.
+    let mut d2 = Driver::with_history(workflow_type::<Relay>(), vec![next]);
+    assert_eq!(
+        d2.ok(vec![signal("a", 1)])
+            .events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::ChildWorkflowScheduled { workflow_id, .. } =>
+                    Some(workflow_id.to_string()),
+                _ => None,
+            }),
+        Some("wf-1/run2/3".to_owned())
+    );
+    assert_eq!(d2.machine().run(), 2);
+    assert_eq!(d2.machine().progress().run, 2);
+}
