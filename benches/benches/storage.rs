@@ -39,6 +39,8 @@ fn started() -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: "Bench".into(),
             version: 1,

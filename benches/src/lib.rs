@@ -36,6 +36,8 @@ pub fn started(n: u32) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: Sequential::NAME.into(),
             version: Sequential::VERSION,

@@ -181,9 +181,15 @@ impl<W: Workflow> WorkflowContext<W> {
     }
 
     /// Which run of the workflow this is: 1 for the run `start` began, one more for each
-    /// continue-as-new since.
+    /// continue-as-new or retry since.
     pub fn run(&self) -> u32 {
         self.inner.shared.lock().run
+    }
+
+    /// Which attempt this run is, from 1, when the workflow is retried on failure (a child
+    /// started `with_retry`); 1 otherwise.
+    pub fn attempt(&self) -> u32 {
+        self.inner.shared.lock().attempt
     }
 
     /// Ends this run and continues the workflow as a new run with `input`: return the value
@@ -579,6 +585,15 @@ impl<O> ChildCall<O> {
         self
     }
 
+    /// Retries the child under `policy` when a run of it fails: a new run under the same id,
+    /// with the same input, after the policy's backoff; the parent hears only of the last
+    /// attempt's end. A failure of a kind the policy does not retry, or marked non-retryable,
+    /// is final.
+    pub fn with_retry(mut self, policy: crate::options::RetryPolicy) -> Self {
+        self.options.retry = Some(policy);
+        self
+    }
+
     /// Ends the child `timed_out` if it is still running `timeout` after it starts.
     pub fn with_run_timeout(mut self, timeout: Duration) -> Self {
         self.options.timeouts.run_ms = Some(
@@ -629,6 +644,7 @@ impl<O: DeserializeOwned> Future for ChildCall<O> {
                 input,
                 parent_close: this.options.parent_close,
                 timeouts: this.options.timeouts,
+                retry: this.options.retry.clone(),
             };
             let Some(index) = shared.command(command) else {
                 return Poll::Pending;

@@ -20,7 +20,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
-use crate::options::{ActivityOptions, ParentClosePolicy};
+use crate::options::{ActivityOptions, ParentClosePolicy, RetryPolicy};
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 
 /// The history format this build writes. Recorded in every `WorkflowStarted` event so that a
@@ -80,9 +80,17 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Timeouts::is_none")]
         timeouts: Timeouts,
         /// Which run of the workflow this is: 1 for the run `start` began, one more for each
-        /// run that a `WorkflowContinuedAsNew` began.
+        /// run that a `WorkflowContinuedAsNew` or a retry began.
         #[serde(default = "first_run", skip_serializing_if = "is_first_run")]
         run: u32,
+        /// How a run that fails is retried: as a new run of the same workflow, with the same
+        /// input, after the policy's backoff. `None`: a failure is final.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryPolicy>,
+        /// Which attempt this run is under `retry`, from 1 (a run continued as new is the same
+        /// attempt's).
+        #[serde(default = "first_run", skip_serializing_if = "is_first_run")]
+        attempt: u32,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -226,6 +234,10 @@ pub enum EventKind {
         /// The child's timeouts, from its start.
         #[serde(default, skip_serializing_if = "Timeouts::is_none")]
         timeouts: Timeouts,
+        /// How the child is retried when a run of it fails; `None`: its first failure is
+        /// final.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryPolicy>,
     },
     /// A child workflow returned its output.
     ChildWorkflowCompleted {
@@ -402,6 +414,8 @@ impl EventKind {
             parent: None,
             timeouts: Timeouts::default(),
             run: 1,
+            retry: None,
+            attempt: 1,
         }
     }
 
@@ -639,6 +653,8 @@ impl fmt::Display for EventKind {
                 parent,
                 timeouts,
                 run,
+                retry,
+                attempt,
             } => {
                 write!(
                     f,
@@ -647,6 +663,13 @@ impl fmt::Display for EventKind {
                 )?;
                 if *run > 1 {
                     write!(f, ", run={run}")?;
+                }
+                if let Some(policy) = retry {
+                    write!(f, ", attempt={attempt}/")?;
+                    match policy.max_attempts {
+                        0 => f.write_str("unlimited")?,
+                        n => write!(f, "{n}")?,
+                    }
                 }
                 if let Some(ms) = timeouts.execution_ms {
                     write!(f, ", execution_timeout={ms}ms")?;

@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use loom_core::{
-//!     Activation, Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, Workflow,
+//!     Activation, Event, EventKind, Payload, Seq, Timestamp, Workflow,
 //!     WorkflowContext, WorkflowError, WorkflowMachine, workflow_type,
 //! };
 //! use std::time::Duration;
@@ -39,15 +39,7 @@
 //! let started = Event {
 //!     seq: Seq::FIRST,
 //!     at: Timestamp::from_millis(0),
-//!     kind: EventKind::WorkflowStarted {
-//!         name: "Nap".into(),
-//!         version: 1,
-//!         input: Payload::encode(&500u64).unwrap(),
-//!         format: HISTORY_FORMAT,
-//!         parent: None,
-//!         run: 1,
-//!         timeouts: Default::default(),
-//!     },
+//!     kind: EventKind::workflow_started("Nap", 1, Payload::encode(&500u64).unwrap()),
 //! };
 //! let mut history = vec![started];
 //! let mut machine = WorkflowMachine::new(workflow_type::<Nap>(), "nap-1".into(), history.clone()).unwrap();
@@ -383,8 +375,8 @@ impl WorkflowMachine {
         id: WorkflowId,
         history: Vec<Event>,
     ) -> Result<Self, ReplayError> {
-        let run = match history.first().map(|e| &e.kind) {
-            Some(EventKind::WorkflowStarted { run, .. }) => *run,
+        let (run, attempt) = match history.first().map(|e| &e.kind) {
+            Some(EventKind::WorkflowStarted { run, attempt, .. }) => (*run, *attempt),
             Some(other) => {
                 return Err(ReplayError::Corrupt {
                     seq: Some(history[0].seq),
@@ -412,7 +404,11 @@ impl WorkflowMachine {
         }
         let root_woken = Arc::new(RootWaker(AtomicBool::new(false)));
         let shared = Shared::new(history);
-        shared.lock().run = run;
+        {
+            let mut inner = shared.lock();
+            inner.run = run;
+            inner.attempt = attempt;
+        }
         Ok(WorkflowMachine {
             def,
             id,
@@ -538,25 +534,38 @@ impl WorkflowMachine {
         self.shared.lock().run
     }
 
-    /// When the run continued as new: the first event of the next run, its `WorkflowStarted`
-    /// (the same workflow type and version, parent and timeouts, the next run's number, the
-    /// input the code gave, at the time of the event that ended this run).
+    /// When the run continued as new, or failed and is retried: the first event of the next
+    /// run, its `WorkflowStarted` (the same workflow type and version, parent, timeouts and
+    /// retry policy, the next run's number, at the time of the event that ended this run), with
+    /// the input the code gave to `continue_as_new` and the same attempt, or this run's input
+    /// and the next attempt.
     pub fn next_run(&self) -> Option<Event> {
         let inner = self.shared.lock();
         let last = inner.history.last()?;
-        let EventKind::WorkflowContinuedAsNew { input, .. } = &last.kind else {
-            return None;
-        };
         let EventKind::WorkflowStarted {
             name,
             version,
+            input: this_input,
             parent,
             timeouts,
             run,
+            retry,
+            attempt,
             ..
         } = &inner.history.first()?.kind
         else {
             return None;
+        };
+        let (input, attempt) = match &last.kind {
+            EventKind::WorkflowContinuedAsNew { input, .. } => (input.clone(), *attempt),
+            EventKind::WorkflowFailed { failure }
+                if retry
+                    .as_ref()
+                    .is_some_and(|p| p.allows_retry(*attempt, Some(failure))) =>
+            {
+                (this_input.clone(), attempt + 1)
+            }
+            _ => return None,
         };
         Some(Event {
             seq: Seq::FIRST,
@@ -564,11 +573,13 @@ impl WorkflowMachine {
             kind: EventKind::WorkflowStarted {
                 name: name.clone(),
                 version: *version,
-                input: input.clone(),
+                input,
                 format: HISTORY_FORMAT,
                 parent: parent.clone(),
                 timeouts: *timeouts,
                 run: run + 1,
+                retry: retry.clone(),
+                attempt,
             },
         })
     }
@@ -897,6 +908,7 @@ impl Shared {
             children: BTreeMap::new(),
             parent: None,
             run: 1,
+            attempt: 1,
             cancels_dropped_work: false,
             signal_waits: 0,
             signals: BTreeMap::new(),
@@ -964,6 +976,8 @@ pub(crate) struct Inner {
     pub(crate) parent: Option<ParentRef>,
     /// Which run of the workflow this is.
     pub(crate) run: u32,
+    /// Which attempt of a retried workflow this run is.
+    pub(crate) attempt: u32,
     /// The run's history format cancels the timers and activities the code stops waiting for
     /// ([`FORMAT_CANCELS_DROPPED_WORK`]).
     pub(crate) cancels_dropped_work: bool,

@@ -148,7 +148,7 @@ impl ParentClosePolicy {
 }
 
 /// Options of one child workflow, chosen by the parent's code.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChildOptions {
     /// The child's workflow id. `None` (the default) derives it from the parent's id and the
     /// command's position in the parent's history (`"{parent}/{seq}"`), so a replay or a retried
@@ -157,8 +157,12 @@ pub struct ChildOptions {
     /// What happens to the child if the parent ends first.
     pub parent_close: ParentClosePolicy,
     /// The child's timeouts, from its start: past the first, it ends `timed_out` and the
-    /// parent sees a failure of kind `timed_out`.
+    /// parent sees a failure of kind `timed_out`. The run timeout is each attempt's.
     pub timeouts: crate::event::Timeouts,
+    /// How a failed run of the child is retried, as a new run under the same id with the same
+    /// input, after the policy's backoff; the parent hears only of the last attempt's end.
+    /// `None` (the default): the child's first failure is final.
+    pub retry: Option<RetryPolicy>,
 }
 
 #[cfg(test)]

@@ -1541,3 +1541,79 @@ fn continue_as_new_ends_the_run_and_describes_the_next() {
     assert_eq!(d2.machine().run(), 2);
     assert_eq!(d2.machine().progress().run, 2);
 }
+
+/// Fails with the kind its input names.
+struct Fragile;
+
+impl Workflow for Fragile {
+    const NAME: &'static str = "Fragile";
+    type Input = String;
+    type State = ();
+    type Output = ();
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        Err(WorkflowError::Failed(Failure::new(
+            ctx.input().clone(),
+            format!("attempt {} failed", ctx.attempt()),
+        )))
+    }
+}
+
+fn fragile(kind: &str, attempt: u32, policy: Option<loom_core::RetryPolicy>) -> Driver {
+    let mut started = started_event("Fragile", 1, Payload::encode(&kind).expect("encode"));
+    if let EventKind::WorkflowStarted {
+        retry, attempt: a, ..
+    } = &mut started.kind
+    {
+        *retry = policy;
+        *a = attempt;
+    }
+    Driver::with_history(workflow_type::<Fragile>(), vec![started])
+}
+
+#[test]
+fn a_failed_run_under_a_retry_policy_names_its_next_attempt() {
+    let policy = loom_core::RetryPolicy {
+        max_attempts: 3,
+        non_retryable: vec!["fatal".into()],
+        ..loom_core::RetryPolicy::default()
+    };
+    let mut d = fragile("flaky", 1, Some(policy.clone()));
+    let decision = d.ok(vec![]);
+    assert!(matches!(
+        decision.events.last().map(|e| &e.kind),
+        Some(EventKind::WorkflowFailed { failure }) if failure.message == "attempt 1 failed"
+    ));
+    let next = d.machine().next_run().expect("retried");
+    match next.kind {
+        EventKind::WorkflowStarted {
+            input,
+            attempt,
+            run,
+            retry,
+            ..
+        } => {
+            assert_eq!(
+                input.decode::<String>().expect("input"),
+                "flaky",
+                "the same input"
+            );
+            assert_eq!((attempt, run), (2, 2));
+            assert_eq!(retry, Some(policy.clone()));
+        }
+        other => panic!("{other}"),
+    }
+    // The last attempt, a kind never retried, and no policy: the failure is final.
+    for mut d in [
+        fragile("flaky", 3, Some(policy.clone())),
+        fragile("fatal", 1, Some(policy.clone())),
+        fragile("flaky", 1, None),
+    ] {
+        d.feed(vec![]);
+        assert!(d.machine().next_run().is_none());
+        assert!(matches!(
+            d.machine().outcome(),
+            Some(Outcome::Failed { .. })
+        ));
+    }
+}

@@ -65,11 +65,12 @@ enum Op {
     Random,
     Log(u8),
     /// Start a child workflow and await it; `handle` catches its failure or cancellation;
-    /// `named` chooses its id instead of deriving it.
+    /// `named` chooses its id instead of deriving it; `retried` gives it a retry policy.
     Child {
         arg: u32,
         handle: bool,
         named: bool,
+        retried: bool,
     },
     /// A versioned change: the new branch runs `body`, the old one adds 5.
     Patched(u8, Vec<Op>),
@@ -195,10 +196,18 @@ fn exec<'a>(
                 Op::Now => *acc = acc.wrapping_add(ctx.now().as_millis().unsigned_abs() % 997),
                 Op::Random => *acc = acc.wrapping_add(ctx.random_u64() % 1_009),
                 Op::Log(n) => ctx.logger().info(format!("log {n} at {acc}")),
-                Op::Child { arg, handle, named } => {
+                Op::Child {
+                    arg,
+                    handle,
+                    named,
+                    retried,
+                } => {
                     let mut call = ctx.child::<Leaf>(*arg);
                     if *named {
                         call = call.with_id(format!("kid-{arg}"));
+                    }
+                    if *retried {
+                        call = call.with_retry(loom_core::RetryPolicy::default());
                     }
                     match call.await {
                         Ok(v) => *acc = acc.wrapping_add(v),
@@ -509,7 +518,7 @@ fn op(patches: bool) -> impl Strategy<Value = Op> {
         1 => Just(Op::Now),
         1 => Just(Op::Random),
         1 => (0..9u8).prop_map(Op::Log),
-        2 => (0..100u32, any::<bool>(), any::<bool>()).prop_map(|(arg, handle, named)| Op::Child { arg, handle, named }),
+        2 => (0..100u32, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(arg, handle, named, retried)| Op::Child { arg, handle, named, retried }),
     ];
     leaf.prop_recursive(2, 24, 4, move |inner| {
         let step = (0..3u8, prop::collection::vec(inner.clone(), 1..4))

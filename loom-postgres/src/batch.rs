@@ -218,6 +218,8 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(0),
             kind: EventKind::WorkflowStarted {
+                attempt: 1,
+                retry: None,
                 run: 1,
                 name: "Batched".into(),
                 version: 1,

@@ -567,6 +567,8 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(5),
             kind: EventKind::WorkflowStarted {
+                attempt: 1,
+                retry: None,
                 name: "W".into(),
                 version: 1,
                 input: Payload::NULL,

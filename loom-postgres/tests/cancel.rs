@@ -15,6 +15,8 @@ fn started(n: u64) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: "Cancel".into(),
             version: 1,

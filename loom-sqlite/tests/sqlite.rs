@@ -21,6 +21,8 @@ fn started(name: &str) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: name.into(),
             version: 1,

@@ -99,6 +99,8 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         seq: Seq::FIRST,
         at: clock.now(),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: OrderProcessing::NAME.into(),
             version: OrderProcessing::VERSION,

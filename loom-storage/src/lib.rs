@@ -28,7 +28,7 @@
 //!   expiry) is the store's clock plus a duration the caller passes, never a caller's clock.
 //!
 //! ```
-//! use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
+//! use loom_core::{Event, EventKind, Payload, Seq, Timestamp, WorkflowId};
 //! use loom_storage::{ClaimRequest, MemoryStorage, Storage};
 //! use std::time::Duration;
 //!
@@ -37,15 +37,7 @@
 //! let started = Event {
 //!     seq: Seq::FIRST,
 //!     at: Timestamp::from_millis(0),
-//!     kind: EventKind::WorkflowStarted {
-//!         name: "Greeting".into(),
-//!         version: 1,
-//!         input: Payload::encode("Ada").unwrap(),
-//!         format: HISTORY_FORMAT,
-//!         parent: None,
-//!         run: 1,
-//!         timeouts: Default::default(),
-//!     },
+//!     kind: EventKind::workflow_started("Greeting", 1, Payload::encode("Ada").unwrap()),
 //! };
 //! store.create_workflow(&WorkflowId::new("greet-1"), started).await.unwrap();
 //! let tasks = store

@@ -62,6 +62,8 @@ pub struct NewChild {
     pub at: Timestamp,
     /// Its timeouts, from its start.
     pub timeouts: loom_core::Timeouts,
+    /// How a failed run of it is retried.
+    pub retry: Option<loom_core::RetryPolicy>,
 }
 
 impl NewChild {
@@ -71,6 +73,8 @@ impl NewChild {
             seq: Seq::FIRST,
             at: self.at,
             kind: EventKind::WorkflowStarted {
+                attempt: 1,
+                retry: self.retry.clone(),
                 name: self.name.clone(),
                 version: self.version,
                 input: self.input.clone(),
@@ -186,9 +190,11 @@ impl TaskPlan {
                     workflow_id,
                     input,
                     timeouts,
+                    retry,
                     ..
                 } => plan.children.push(NewChild {
                     timeouts: *timeouts,
+                    retry: retry.clone(),
                     child: ChildId(e.seq),
                     workflow_id: workflow_id.clone(),
                     name: name.clone(),

@@ -284,6 +284,8 @@ impl Client {
             seq: Seq::FIRST,
             at: self.clock.now(),
             kind: EventKind::WorkflowStarted {
+                attempt: 1,
+                retry: None,
                 name: name.to_owned(),
                 version,
                 input: input.clone(),

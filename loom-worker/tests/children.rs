@@ -108,9 +108,53 @@ impl Workflow for Saga {
     }
 }
 
+/// Fails on attempts before `succeed_on`, each after calling the activity once.
+struct Unsteady;
+impl Workflow for Unsteady {
+    const NAME: &'static str = "Unsteady";
+    type Input = u32;
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        ctx.activity::<Counted>(format!("attempt {}", ctx.attempt()))
+            .await?;
+        if ctx.attempt() < *ctx.input() {
+            return Err(WorkflowError::failed(
+                "unsteady",
+                format!("attempt {}", ctx.attempt()),
+            ));
+        }
+        Ok(format!("steady on attempt {}", ctx.attempt()))
+    }
+}
+
+/// Starts `Unsteady` with a retry policy of `max_attempts`, and reports how it went.
+struct Patient;
+impl Workflow for Patient {
+    const NAME: &'static str = "Patient";
+    type Input = (u32, u32);
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let (succeed_on, max_attempts) = *ctx.input();
+        let policy = loom_core::RetryPolicy {
+            max_attempts,
+            initial_interval: Duration::from_millis(20),
+            ..loom_core::RetryPolicy::default()
+        };
+        match ctx.child::<Unsteady>(succeed_on).with_retry(policy).await {
+            Ok(out) => Ok(out),
+            Err(ChildError::Failed { failure, .. }) => Ok(format!("gave up: {}", failure.message)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 fn registry(calls: Arc<AtomicU32>) -> Registry {
     let mut r = Registry::new();
     r.add_workflow::<Saga>()
+        .and_then(|r| r.add_workflow::<Unsteady>())
+        .and_then(|r| r.add_workflow::<Patient>())
         .and_then(|r| r.add_workflow::<Shipment>())
         .and_then(|r| r.add_activity(Counted("done:", calls)))
         .expect("registry");
@@ -446,7 +490,72 @@ async fn a_child_that_times_out_is_a_failure_its_parent_compensates(store: Arc<d
     running.stop().await;
 }
 
+/// A child that fails is retried as new runs under its id until an attempt succeeds; its
+/// parent hears only of that end.
+async fn a_retried_child_succeeds_on_a_later_attempt(store: Arc<dyn Storage>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, running) = spawn(store, calls.clone());
+    let handle = client
+        .start::<Patient>(&(3, 5), StartOptions::id("patient-1"))
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "steady on attempt 3"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one activity per attempt");
+    let child = WorkflowId::new("patient-1/2");
+    let summary = client.describe(&child).await.expect("the child");
+    assert_eq!(summary.status, WorkflowStatus::Completed);
+    assert_eq!(summary.run, 3, "three attempts, each a run");
+    for run in 1..=2 {
+        let history = client.run_history(&child, run).await.expect("an attempt");
+        assert!(matches!(
+            history.last().map(|e| &e.kind),
+            Some(EventKind::WorkflowFailed { .. })
+        ));
+    }
+    let parent = client.history(handle.id()).await.expect("history");
+    let reports = parent
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::ChildWorkflowCompleted { .. } | EventKind::ChildWorkflowFailed { .. }
+            )
+        })
+        .count();
+    assert_eq!(reports, 1, "the parent hears of the last attempt only");
+    running.stop().await;
+}
+
+/// When the attempts run out, the last failure reaches the parent.
+async fn a_retried_childs_last_failure_reaches_its_parent(store: Arc<dyn Storage>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let (client, running) = spawn(store, calls.clone());
+    let handle = client
+        .start::<Patient>(&(9, 2), StartOptions::id("patient-2"))
+        .await
+        .expect("start");
+    let out = handle.result_within(WAIT).await.expect("result");
+    assert!(out.starts_with("gave up"), "{out}");
+    assert!(
+        out.contains("attempt 2"),
+        "the last attempt's failure: {out}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let summary = client
+        .describe(&WorkflowId::new("patient-2/2"))
+        .await
+        .expect("the child");
+    assert_eq!(summary.status, WorkflowStatus::Failed);
+    assert_eq!(summary.run, 2);
+    running.stop().await;
+}
+
 on_every_backend!(
+    a_retried_child_succeeds_on_a_later_attempt,
+    a_retried_childs_last_failure_reaches_its_parent,
     a_child_that_times_out_is_a_failure_its_parent_compensates,
     a_parent_that_times_out_ends_so_and_its_children_follow_their_policy,
     cancelling_a_parent_terminates_a_terminate_child,

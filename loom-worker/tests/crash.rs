@@ -62,6 +62,8 @@ async fn create(store: &SqliteStorage, name: &str, id: &str, input: serde_json::
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: name.into(),
             version: 1,

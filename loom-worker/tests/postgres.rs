@@ -69,6 +69,8 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(0),
             kind: EventKind::WorkflowStarted {
+                attempt: 1,
+                retry: None,
                 run: 1,
                 name: "Chain".into(),
                 version: 1,

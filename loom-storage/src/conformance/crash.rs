@@ -31,6 +31,8 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
                     seq: Seq::FIRST,
                     at: Timestamp::from_millis(0),
                     kind: EventKind::WorkflowStarted {
+                        attempt: 1,
+                        retry: None,
                         run: 1,
                         name: "Probe".into(),
                         version: 1,

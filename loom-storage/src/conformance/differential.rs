@@ -4,7 +4,7 @@
 //!
 //! A sequence creates a few workflows and then claims, commits (with generated events, child
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
-//! and activities cancelled, runs continued as new, runs terminated, runs started with timeouts, eager
+//! and activities cancelled, runs continued as new or retried, runs terminated, runs started with timeouts, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -94,6 +94,8 @@ pub enum NewEvent {
     /// `WorkflowContinuedAsNew`, carrying a signal or not, with the next run's first event
     /// (a commit with more events after it is refused).
     ContinueAsNew(bool),
+    /// `WorkflowFailed`, retried under a policy as the next attempt, 300 ms later.
+    FailRetried,
 }
 
 /// What an activity attempt reports.
@@ -170,6 +172,7 @@ fn new_event() -> impl Strategy<Value = NewEvent> {
         1 => (2u8..10).prop_map(NewEvent::CancelTimer),
         1 => (2u8..10).prop_map(NewEvent::CancelActivity),
         1 => any::<bool>().prop_map(NewEvent::ContinueAsNew),
+        1 => Just(NewEvent::FailRetried),
     ]
 }
 
@@ -383,7 +386,7 @@ impl Run {
                     NewEvent::Complete => EventKind::WorkflowCompleted {
                         output: Payload::encode(&"done").unwrap_or(Payload::NULL),
                     },
-                    NewEvent::Fail => EventKind::WorkflowFailed {
+                    NewEvent::Fail | NewEvent::FailRetried => EventKind::WorkflowFailed {
                         failure: Failure::new("boom", "it failed"),
                     },
                     NewEvent::Cancel => EventKind::WorkflowCancelled {},
@@ -404,6 +407,7 @@ impl Run {
                             .collect(),
                     },
                     NewEvent::StartChild(n, abandon) => EventKind::ChildWorkflowScheduled {
+                        retry: None,
                         name: "Child".into(),
                         version: 1,
                         workflow_id: wid(*n),
@@ -485,6 +489,8 @@ impl Run {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
                     kind: EventKind::WorkflowStarted {
+                        attempt: 1,
+                        retry: None,
                         run: 1,
                         name: "Differential".into(),
                         version: 1,
@@ -550,11 +556,34 @@ impl Run {
                 };
                 let events = self.events(task.last_seq, new);
                 let progress = self.family(&task.workflow_id, &events).await;
+                let retried = new.iter().any(|e| matches!(e, NewEvent::FailRetried));
                 let next_run = events.iter().find_map(|e| match &e.kind {
+                    EventKind::WorkflowFailed { .. } if retried => Some(Event {
+                        seq: Seq::FIRST,
+                        at: e.at,
+                        kind: EventKind::WorkflowStarted {
+                            run: task.run + 1,
+                            name: "Differential".into(),
+                            version: 1,
+                            input: Payload::NULL,
+                            format: HISTORY_FORMAT,
+                            timeouts: loom_core::Timeouts::default(),
+                            parent: None,
+                            retry: Some(loom_core::RetryPolicy {
+                                max_attempts: 0,
+                                initial_interval: Span::Short.duration(),
+                                backoff_coefficient: 1.0,
+                                ..loom_core::RetryPolicy::default()
+                            }),
+                            attempt: 2,
+                        },
+                    }),
                     EventKind::WorkflowContinuedAsNew { input, .. } => Some(Event {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            attempt: 1,
+                            retry: None,
                             run: task.run + 1,
                             name: "Differential".into(),
                             version: 1,

@@ -77,6 +77,8 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             run: 1,
             name: name.into(),
             version: 1,
@@ -304,7 +306,8 @@ macro_rules! for_each_conformance_case {
             continue_as_new_starts_the_next_run,
             the_next_run_keeps_what_came_from_outside,
             continue_as_new_is_checked,
-            a_childs_end_reaches_only_the_run_that_started_it
+            a_childs_end_reaches_only_the_run_that_started_it,
+            a_failed_run_under_a_retry_policy_is_retried_as_a_new_run
         }
     };
 }

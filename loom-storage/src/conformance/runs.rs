@@ -2,7 +2,7 @@
 //! with the ended run's history kept, what came from outside carried over, and the rest of
 //! the ended run's work dropped.
 
-use loom_core::{CarriedSignal, ChildId, ParentClosePolicy, ParentRef, Progress, TimeoutScope};
+use loom_core::{CarriedSignal, ChildId, ParentClosePolicy, ParentRef, TimeoutScope};
 
 use super::children::{advance_with, family, pending_child, termination, with_child};
 use super::*;
@@ -14,6 +14,8 @@ fn next_started(run: u32, input: &str) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            attempt: 1,
+            retry: None,
             name: "Conformance".into(),
             version: 1,
             input: json(input),
@@ -30,22 +32,6 @@ fn continued(input: &str, signals: Vec<CarriedSignal>) -> EventKind {
         input: json(input),
         signals,
     }
-}
-
-/// Claims the one ready workflow task and continues it as run `run` with `input`, carrying
-/// `signals`; consumes the task's messages.
-async fn continue_as(store: &Store, run: u32, input: &str, signals: Vec<CarriedSignal>) {
-    let task = claim_workflow(store).await;
-    let mut c = completion(&task, vec![continued(input, signals)]);
-    c.next_run = Some(next_started(run, input));
-    c.progress = Some(Progress {
-        run: run - 1,
-        ..Progress::default()
-    });
-    store
-        .complete_workflow_task(c)
-        .await
-        .expect("continue as new");
 }
 
 /// A run that continues as new: the workflow stays open under its id on its next run, whose
@@ -320,4 +306,71 @@ pub async fn a_childs_end_reaches_only_the_run_that_started_it(store: Store) {
         .terminate(termination(&now, "current"))
         .await
         .expect("terminate run 2");
+}
+
+/// A run that fails under a retry policy is retried as a new run of the workflow, with the
+/// same input, after the policy's backoff by the store's clock: the workflow stays open, the
+/// failed run's history is kept, and the next attempt's task is not claimable before then.
+pub async fn a_failed_run_under_a_retry_policy_is_retried_as_a_new_run(store: Store) {
+    create(&store, "flaky").await;
+    let task = claim_workflow(&store).await;
+    let policy = loom_core::RetryPolicy {
+        max_attempts: 3,
+        initial_interval: HOUR,
+        ..loom_core::RetryPolicy::default()
+    };
+    let mut c = completion(
+        &task,
+        vec![EventKind::WorkflowFailed {
+            failure: loom_core::Failure::new("flaky", "try again"),
+        }],
+    );
+    let mut next = started("Conformance", "flaky");
+    if let EventKind::WorkflowStarted {
+        retry,
+        attempt,
+        run,
+        ..
+    } = &mut next.kind
+    {
+        *retry = Some(policy.clone());
+        *attempt = 2;
+        *run = 2;
+    }
+    c.next_run = Some(next.clone());
+    // Without a policy, or as a first attempt, a failed run is not retried.
+    let mut bad = c.clone();
+    if let Some(EventKind::WorkflowStarted { attempt, .. }) =
+        bad.next_run.as_mut().map(|e| &mut e.kind)
+    {
+        *attempt = 1;
+    }
+    assert!(matches!(
+        store.complete_workflow_task(bad).await,
+        Err(StorageError::InvalidArgument(_))
+    ));
+    store.complete_workflow_task(c).await.expect("retry");
+    let summary = store.describe(&wid("flaky")).await.expect("describe");
+    assert_eq!(summary.status, crate::WorkflowStatus::Running);
+    assert_eq!(summary.run, 2);
+    assert_eq!(summary.failure, None);
+    assert_eq!(
+        store
+            .load_history(&wid("flaky"), Seq::ZERO)
+            .await
+            .expect("history"),
+        vec![next]
+    );
+    let first = store.load_run(&wid("flaky"), 1).await.expect("run 1");
+    assert!(matches!(
+        first.last().map(|e| &e.kind),
+        Some(EventKind::WorkflowFailed { .. })
+    ));
+    // The backoff after the first attempt: an hour (with no jitter) by the store's clock.
+    no_ready_workflow_task(&store).await;
+    let pending = store.pending(&wid("flaky")).await.expect("pending");
+    let due = pending.tasks[0].visible_at.expect("due");
+    let expected = policy.backoff(1, 0.5);
+    let lower = wall_now().as_millis() + i64::try_from(expected.as_millis()).unwrap_or(0) - 60_000;
+    assert!(due.as_millis() > lower, "due {due:?}, backoff {expected:?}");
 }

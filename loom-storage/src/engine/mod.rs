@@ -15,21 +15,13 @@
 //! vocabulary on the server, checking the same conditions under row locks.
 //!
 //! ```
-//! use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload, Seq, Timestamp, WorkflowId};
+//! use loom_core::{Event, EventKind, Payload, Seq, Timestamp, WorkflowId};
 //! use loom_storage::engine::{self, Check, Op};
 //!
 //! let started = Event {
 //!     seq: Seq::FIRST,
 //!     at: Timestamp::from_millis(0),
-//!     kind: EventKind::WorkflowStarted {
-//!         name: "Greeting".into(),
-//!         version: 1,
-//!         input: Payload::NULL,
-//!         format: HISTORY_FORMAT,
-//!         parent: None,
-//!         run: 1,
-//!         timeouts: Default::default(),
-//!     },
+//!     kind: EventKind::workflow_started("Greeting", 1, Payload::NULL),
 //! };
 //! let ws = engine::create(&WorkflowId::new("greet-1"), started).unwrap();
 //! // Applied only if no workflow has the id: then the row, its first event, its task.

@@ -1,6 +1,7 @@
 //! The rules: each storage operation, decided from its request alone.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use loom_core::{
     CarriedSignal, Event, EventKind, LogRecord, ParentClosePolicy, PendingChild, Progress,
@@ -128,35 +129,50 @@ pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
     })
 }
 
-/// Checks that a commit's events end with `WorkflowContinuedAsNew` exactly when it gives the
-/// next run's first event, and that the two agree.
+/// Checks that a commit gives the next run's first event exactly when its events end the run
+/// with `WorkflowContinuedAsNew` (the next run's input the one it gives) or with
+/// `WorkflowFailed` retried (a later attempt under a retry policy), and that the event is a
+/// `WorkflowStarted` numbered 1.
 fn check_next_run(events: &[Event], next_run: Option<&Event>) -> Result<()> {
-    let continued = events
-        .iter()
-        .position(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }));
     let invalid = |m: &str| Err(StorageError::InvalidArgument(m.to_owned()));
-    match (continued, next_run) {
-        (None, None) => Ok(()),
-        (None, Some(_)) => invalid("a next run is given only with a WorkflowContinuedAsNew event"),
-        (Some(_), None) => {
-            invalid("a WorkflowContinuedAsNew event needs the next run's WorkflowStarted")
-        }
-        (Some(i), Some(_)) if i + 1 != events.len() => {
-            invalid("WorkflowContinuedAsNew must be the last event of its run")
-        }
-        (Some(i), Some(next)) => {
-            let EventKind::WorkflowContinuedAsNew { input, .. } = &events[i].kind else {
-                return invalid("WorkflowContinuedAsNew must be the last event of its run");
-            };
-            let (name, _, next_input) = started_fields(next)?;
-            if name.contains('\0') {
-                return invalid("a workflow type's name cannot contain a NUL character");
+    if let Some(i) = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }))
+        && i + 1 != events.len()
+    {
+        return invalid("WorkflowContinuedAsNew must be the last event of its run");
+    }
+    let Some(next) = next_run else {
+        return match events.last().map(|e| &e.kind) {
+            Some(EventKind::WorkflowContinuedAsNew { .. }) => {
+                invalid("a WorkflowContinuedAsNew event needs the next run's WorkflowStarted")
             }
-            if next_input != input {
-                return invalid("the next run's input is not the one WorkflowContinuedAsNew gives");
-            }
-            Ok(())
+            _ => Ok(()),
+        };
+    };
+    let (name, _, next_input) = started_fields(next)?;
+    if name.contains('\0') {
+        return invalid("a workflow type's name cannot contain a NUL character");
+    }
+    match (events.last().map(|e| &e.kind), &next.kind) {
+        (Some(EventKind::WorkflowContinuedAsNew { input, .. }), _) if next_input != input => {
+            invalid("the next run's input is not the one WorkflowContinuedAsNew gives")
         }
+        (Some(EventKind::WorkflowContinuedAsNew { .. }), _) => Ok(()),
+        (
+            Some(EventKind::WorkflowFailed { .. }),
+            EventKind::WorkflowStarted {
+                retry: Some(_),
+                attempt,
+                ..
+            },
+        ) if *attempt > 1 => Ok(()),
+        (Some(EventKind::WorkflowFailed { .. }), _) => {
+            invalid("a failed run is retried only by a later attempt under a retry policy")
+        }
+        _ => invalid(
+            "a next run is given only with WorkflowContinuedAsNew or a retried WorkflowFailed",
+        ),
     }
 }
 
@@ -167,8 +183,8 @@ struct Decided {
     progress: Option<Progress>,
     logs: Vec<LogRecord>,
     eager: Option<ClaimRequest>,
-    /// For a run that continues as new: the workflow task to release at once, and the next
-    /// run's first event.
+    /// For a run that continues as new or is retried: the workflow task to release, and the
+    /// next run's first event.
     next_run: Option<(TaskId, Event)>,
 }
 
@@ -228,7 +244,25 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
                 ids: consumed,
             });
         }
-        let reason = format!("its parent \"{workflow}\" continued as new");
+        // A retried run starts after its policy's backoff (its middle, without jitter: the
+        // store decides nothing at random); one that continued as new starts at once.
+        let (delay, reason) = match (&plan.terminal, &started.kind) {
+            (
+                Some(_),
+                EventKind::WorkflowStarted {
+                    retry: Some(policy),
+                    attempt,
+                    ..
+                },
+            ) => (
+                policy.backoff(attempt.saturating_sub(1), 0.5),
+                format!("its parent \"{workflow}\" failed and is retried"),
+            ),
+            _ => (
+                Duration::ZERO,
+                format!("its parent \"{workflow}\" continued as new"),
+            ),
+        };
         ops.extend(parent_close(workflow, open_children, &reason));
         let timeouts = match &started.kind {
             EventKind::WorkflowStarted { timeouts, .. } => timeouts.run_ms,
@@ -263,13 +297,13 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
                 kind: EventKind::TimeoutFired {
                     scope: TimeoutScope::Run,
                 },
-                visible: When::After(std::time::Duration::from_millis(ms)),
+                visible: When::After(delay + Duration::from_millis(ms)),
                 retry_at: None,
             });
         }
         ops.push(Op::Release {
             task,
-            due: When::Now,
+            due: When::After(delay),
         });
         ops.extend(log_ops(workflow, logs));
         return ops;
@@ -807,6 +841,8 @@ mod tests {
         let started = event(
             1,
             EventKind::WorkflowStarted {
+                attempt: 1,
+                retry: None,
                 run: 1,
                 name: "W".into(),
                 version: 1,
@@ -1080,6 +1116,7 @@ mod tests {
     #[test]
     fn a_child_is_started_only_if_its_id_is_free_and_a_closing_child_reports_to_its_parent() {
         let start = EventKind::ChildWorkflowScheduled {
+            retry: None,
             name: "Kid".into(),
             version: 2,
             workflow_id: WorkflowId::new("wf/6"),
