@@ -137,8 +137,9 @@ pub trait Storage: Send + Sync + 'static {
     /// `InvalidArgument` for a run it never had.
     async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>>;
 
-    /// The earlier runs of a workflow (each ended by continue-as-new), oldest first; empty
-    /// for a workflow on its first run. Its current run is its summary's `run`.
+    /// The earlier runs of a workflow (each ended by continue-as-new or a retried failure),
+    /// oldest first; empty for a workflow on its first run. Its current run is its summary's
+    /// `run`.
     async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>>;
 
     /// One workflow's summary.

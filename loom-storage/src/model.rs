@@ -369,7 +369,7 @@ pub struct WorkflowSummary {
     /// The workflow that started it as its child, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<WorkflowId>,
-    /// Its current run: 1, and one more for each continue-as-new. The status, input,
+    /// Its current run: 1, and one more for each continue-as-new or retry. The status, input,
     /// history and progress are this run's; `created_at` is the first run's.
     #[serde(default = "first_run")]
     pub run: u32,
@@ -379,8 +379,8 @@ fn first_run() -> u32 {
     1
 }
 
-/// An earlier run of a workflow, ended by continue-as-new; its history is kept (see
-/// [`Storage::load_run`](crate::Storage::load_run)).
+/// An earlier run of a workflow, ended by continue-as-new or a retried failure; its history
+/// is kept (see [`Storage::load_run`](crate::Storage::load_run)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
     /// The run.
