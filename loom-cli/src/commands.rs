@@ -127,6 +127,34 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause { id, reason } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let id = WorkflowId::new(id);
+            Client::new(store)
+                .pause(&id, &reason)
+                .await
+                .map_err(Fail::from_client)?;
+            if json {
+                render::json(&json!({ "id": id, "paused": true }))?;
+            } else {
+                println!("Paused {id}; loom resume {id} lets it run again.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { id } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let id = WorkflowId::new(id);
+            Client::new(store)
+                .resume(&id)
+                .await
+                .map_err(Fail::from_client)?;
+            if json {
+                render::json(&json!({ "id": id, "resumed": true }))?;
+            } else {
+                println!("Resumed {id}.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cancel { id, reason } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
             let id = WorkflowId::new(id);

@@ -186,6 +186,21 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Pause a workflow: no worker runs its code until `loom resume`; signals, activity
+    /// results and timers wait, in order.
+    Pause {
+        /// The workflow's id.
+        id: String,
+        /// Who pauses it and why (shown by `loom inspect`).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a paused workflow (paused by `loom pause`, or by code that could not replay):
+    /// it runs at once, with everything that waited.
+    Resume {
+        /// The workflow's id.
+        id: String,
+    },
     /// Print a workflow's result (exit 1 if it failed or was cancelled).
     Result {
         /// The workflow's id.

@@ -15,8 +15,8 @@
 -- Item:   {"wf"?, "task"?, "checks": [check], "steps": [step]}
 -- Check:  ["leased", task, token] | ["wft_of", task, wf] | ["is_wft", task]
 --         | ["attempt", task, wf, activity, attempt] | ["absent", wf] | ["open", wf]
---         | ["last", wf, seq] | ["run", wf, run] | ["child_of", wf, parent] | ["free", wf]
---         | ["quiet", wf]
+--         | ["last", wf, seq] | ["run", wf, run] | ["paused", wf] | ["child_of", wf, parent]
+--         | ["free", wf] | ["no_wft", wf] | ["quiet", wf]
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
 --         a workflow [status, last_seq, parent, run], or the earliest message time; null for
 --         no row.
@@ -25,6 +25,7 @@
 --                                      come after posts; "st" (settle the workflow task at its
 --                                      earliest message) comes last
 --         {"s":"nr", "wf", "ev": [seq, at, kind], "ver", "input"}   a new run (continue-as-new)
+--         {"s":"hold", "wf", "reason"}   an operator's pause: paused, its workflow task deleted
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
 -- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
@@ -107,7 +108,7 @@ BEGIN
                 found_row := jsonb_build_array(t.workflow_id, t.kind, t.activity_id, t.attempt,
                                                t.lease_token, t.lease_expires_at);
             END IF;
-        WHEN 'absent', 'open', 'last', 'run', 'child_of' THEN
+        WHEN 'absent', 'open', 'last', 'run', 'paused', 'child_of' THEN
             IF w_id IS DISTINCT FROM c->>1 THEN
                 w_id := c->>1;
                 IF c->>0 = 'absent' THEN
@@ -137,12 +138,13 @@ BEGIN
                     AND w_status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
                     AND w_parent = c->>2
                 WHEN 'run' THEN w_found AND w_run = (c->>2)::integer
+                WHEN 'paused' THEN w_found AND w_status = 'paused'
                 ELSE w_found AND w_last = (c->>2)::bigint
             END;
             IF NOT COALESCE(ok, false) AND w_found THEN
                 found_row := jsonb_build_array(w_status, w_last, w_parent, w_run);
             END IF;
-        WHEN 'free' THEN
+        WHEN 'free', 'no_wft' THEN
             SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
             INTO t FROM tasks WHERE workflow_id = c->>1 AND kind = 0 FOR UPDATE;
             t_found := FOUND;
@@ -150,7 +152,10 @@ BEGIN
             IF t_found THEN
                 locked_wft := c->>1;
             END IF;
-            ok := t_found AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now_ms);
+            ok := CASE c->>0
+                WHEN 'no_wft' THEN NOT t_found
+                ELSE t_found AND (t.lease_expires_at IS NULL OR t.lease_expires_at <= now_ms)
+            END;
             IF NOT COALESCE(ok, false) AND t_found THEN
                 found_row := jsonb_build_array(t.workflow_id, t.kind, t.activity_id, t.attempt,
                                                t.lease_token, t.lease_expires_at);
@@ -419,6 +424,12 @@ BEGIN
             WHERE id = wf;
             DELETE FROM tasks WHERE workflow_id = wf AND kind = 1;
             DELETE FROM messages WHERE workflow_id = wf AND NOT carry;
+
+        WHEN 'hold' THEN
+            UPDATE workflows SET status = 'paused', pause_reason = s->>'reason',
+                updated_at = now_ms
+            WHERE id = wf;
+            DELETE FROM tasks WHERE workflow_id = wf AND kind = 0;
 
         WHEN 'claim_a' THEN
             WITH picked AS (

@@ -319,6 +319,14 @@ impl Storage for PostgresStorage {
         self.apply(engine::terminate(termination)?).await.map(drop)
     }
 
+    async fn pause(&self, id: &WorkflowId, reason: &str) -> Result<()> {
+        self.apply(engine::pause(id, reason)?).await.map(drop)
+    }
+
+    async fn resume(&self, id: &WorkflowId) -> Result<()> {
+        self.apply(engine::resume(id)?).await.map(drop)
+    }
+
     async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
         self.fetch_run(id, run).await
     }

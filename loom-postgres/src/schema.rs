@@ -120,6 +120,8 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         ");\n",
         include_str!("functions.sql")
     ),
+    // 7: an operator's pause: the `hold` step and the `paused` and `no_wft` checks.
+    include_str!("functions.sql"),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

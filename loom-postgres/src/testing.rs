@@ -228,6 +228,14 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.terminate(termination).await
     }
+    async fn pause(&self, id: &WorkflowId, reason: &str) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.pause(id, reason).await
+    }
+    async fn resume(&self, id: &WorkflowId) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.resume(id).await
+    }
     async fn load_run(&self, id: &WorkflowId, run: u32) -> loom_storage::Result<Vec<Event>> {
         self.store.load_run(id, run).await
     }

@@ -67,6 +67,8 @@ fn check(c: &Check) -> Value {
         }
         Check::Run { workflow, run } => json!(["run", workflow.as_str(), run]),
         Check::Free { workflow } => json!(["free", workflow.as_str()]),
+        Check::NoWorkflowTask { workflow } => json!(["no_wft", workflow.as_str()]),
+        Check::Paused { workflow } => json!(["paused", workflow.as_str()]),
         Check::NothingDue { workflow } => json!(["quiet", workflow.as_str()]),
     }
 }
@@ -276,6 +278,7 @@ impl WriteStep {
             Op::Settle { .. } => self.set("st", json!(true)),
             Op::Renew { .. }
             | Op::NewRun { .. }
+            | Op::Hold { .. }
             | Op::ClaimWorkflowTasks { .. }
             | Op::ClaimActivityTasks { .. }
             | Op::If { .. } => false,
@@ -318,6 +321,9 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
                 "s": "claim_w", "wf": wf.as_str(), "owner": req.owner,
                 "lease_ms": i64::try_from(req.lease.as_millis()).unwrap_or(i64::MAX),
                 "max": n(req.max as u64),
+            }),
+            Op::Hold { workflow, reason } => json!({
+                "s": "hold", "wf": workflow.as_str(), "reason": reason,
             }),
             Op::NewRun { workflow, started } => {
                 let EventKind::WorkflowStarted { version, input, .. } = &started.kind else {
@@ -440,6 +446,7 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
         | C::WorkflowTaskOf { .. }
         | C::IsWorkflowTask { .. }
         | C::ActivityAttempt { .. }
+        | C::NoWorkflowTask { .. }
         | C::Free { .. } => {
             if found.is_null() {
                 return Ok(Found::Task(None));
@@ -463,6 +470,7 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
         | C::Open { .. }
         | C::LastSeq { .. }
         | C::Run { .. }
+        | C::Paused { .. }
         | C::OpenChildOf { .. } => {
             if found.is_null() {
                 return Ok(Found::Workflow(None));

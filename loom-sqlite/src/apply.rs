@@ -458,6 +458,18 @@ impl Apply for Db<'_> {
         .map(drop)
     }
 
+    fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()> {
+        self.exec(
+            "UPDATE workflows SET status = 'paused', pause_reason = ?2, updated_at = ?3 WHERE id = ?1",
+            params![workflow.as_str(), reason, ms(now)],
+        )?;
+        self.exec(
+            "DELETE FROM tasks WHERE workflow_id = ?1 AND kind = 0",
+            [workflow.as_str()],
+        )
+        .map(drop)
+    }
+
     fn renew(&mut self, task: TaskId, until: Timestamp) -> Result<()> {
         self.exec(
             "UPDATE tasks SET lease_expires_at = ?2, visible_at = ?2 WHERE id = ?1",

@@ -142,6 +142,14 @@ pub trait Storage: Send + Sync + 'static {
     /// `run`.
     async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>>;
 
+    /// Pauses a workflow from outside (see [`engine::pause`]): no worker runs its code until
+    /// [`resume`](Self::resume); messages wait. `Closed` if it has ended.
+    async fn pause(&self, id: &WorkflowId, reason: &str) -> Result<()>;
+
+    /// Resumes a paused workflow (see [`engine::resume`]): its task is claimable at once, with
+    /// every message that waited. `InvalidArgument` if it is not paused.
+    async fn resume(&self, id: &WorkflowId) -> Result<()>;
+
     /// One workflow's summary.
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary>;
 

@@ -133,6 +133,14 @@ impl<T: Transact> Storage for T {
         run(self, engine::terminate(termination)?).await.map(drop)
     }
 
+    async fn pause(&self, id: &WorkflowId, reason: &str) -> Result<()> {
+        run(self, engine::pause(id, reason)?).await.map(drop)
+    }
+
+    async fn resume(&self, id: &WorkflowId) -> Result<()> {
+        run(self, engine::resume(id)?).await.map(drop)
+    }
+
     async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
         let id = id.clone();
         self.read(Box::new(move |r, _| r.load_run(&id, run))).await

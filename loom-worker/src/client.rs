@@ -494,6 +494,26 @@ impl Client {
         .into())
     }
 
+    /// Pauses a workflow: it is `paused` with `reason` (say who and why: `loom inspect` shows
+    /// it), and no worker runs its code until [`resume`](Self::resume); a worker holding its
+    /// task can no longer commit. Activities already running finish; their results, timers,
+    /// signals and cancel requests wait, in order. Works with no worker running. `Closed` if
+    /// the workflow has ended.
+    pub async fn pause(&self, id: &WorkflowId, reason: &str) -> Result<(), ClientError> {
+        Ok(self.storage.pause(id, reason).await?)
+    }
+
+    /// Resumes a paused workflow, whether an operator paused it or a task that could not be
+    /// decided did: it runs at once, with everything that waited. `InvalidArgument` if it is
+    /// not paused.
+    pub async fn resume(&self, id: &WorkflowId) -> Result<(), ClientError> {
+        self.storage.resume(id).await?;
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Lists workflows, newest first.
     pub async fn list(&self, query: &ListQuery) -> Result<Page<WorkflowSummary>, ClientError> {
         Ok(self.storage.list(query).await?)

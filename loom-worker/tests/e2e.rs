@@ -1414,6 +1414,12 @@ impl Storage for StaleClaims {
     async fn terminate(&self, termination: loom_storage::Termination) -> loom_storage::Result<()> {
         self.inner.terminate(termination).await
     }
+    async fn pause(&self, id: &WorkflowId, reason: &str) -> loom_storage::Result<()> {
+        self.inner.pause(id, reason).await
+    }
+    async fn resume(&self, id: &WorkflowId) -> loom_storage::Result<()> {
+        self.inner.resume(id).await
+    }
     async fn load_run(
         &self,
         id: &WorkflowId,

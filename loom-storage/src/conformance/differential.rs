@@ -5,7 +5,8 @@
 //! A sequence creates a few workflows and then claims, commits (with generated events, child
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
 //! and activities cancelled, runs continued as new or retried, runs terminated, runs started with timeouts, eager
-//! claims and decisions made ahead), renews, releases, signals, cancels, lets time pass,
+//! claims and decisions made ahead), renews, releases, signals, cancels, pauses and resumes,
+//! lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
 //! with ids and fencing tokens renamed in order of first appearance (backends number them
@@ -151,6 +152,10 @@ pub enum Op {
     RequestCancel(u8),
     /// Terminate workflow `n`, as read now (or as read one event ago: a stale read).
     Terminate(u8, bool),
+    /// Pause workflow `n` (an operator's pause).
+    Pause(u8),
+    /// Resume workflow `n`.
+    Resume(u8),
     /// Let this much time pass.
     Advance(u16),
 }
@@ -213,7 +218,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (held, span(), any::<bool>()).prop_map(|(t, s, p)| Op::Release(t, s, p)),
         2 => wf.clone().prop_map(Op::Signal),
         1 => wf.clone().prop_map(Op::RequestCancel),
-        1 => (wf, any::<bool>()).prop_map(|(n, stale)| Op::Terminate(n, stale)),
+        1 => (wf.clone(), any::<bool>()).prop_map(|(n, stale)| Op::Terminate(n, stale)),
+        1 => wf.clone().prop_map(Op::Pause),
+        1 => wf.prop_map(Op::Resume),
         2 => (1u16..700).prop_map(Op::Advance),
     ]
 }
@@ -775,6 +782,17 @@ impl Run {
                         family,
                     })
                     .await;
+                self.result(r);
+            }
+            Op::Pause(n) => {
+                let r = self
+                    .store
+                    .pause(&wid(*n), "paused by the differential test")
+                    .await;
+                self.result(r);
+            }
+            Op::Resume(n) => {
+                let r = self.store.resume(&wid(*n)).await;
                 self.result(r);
             }
             Op::Advance(ms) => self.clock.advance(Duration::from_millis(u64::from(*ms))),

@@ -22,6 +22,7 @@ pub mod crash;
 pub mod differential;
 mod eager;
 mod messages;
+mod operations;
 mod reads;
 mod runs;
 mod tasks;
@@ -39,6 +40,7 @@ pub use activities::*;
 pub use children::*;
 pub use eager::*;
 pub use messages::*;
+pub use operations::*;
 pub use reads::*;
 pub use runs::*;
 pub use tasks::*;
@@ -307,7 +309,11 @@ macro_rules! for_each_conformance_case {
             the_next_run_keeps_what_came_from_outside,
             continue_as_new_is_checked,
             a_childs_end_reaches_only_the_run_that_started_it,
-            a_failed_run_under_a_retry_policy_is_retried_as_a_new_run
+            a_failed_run_under_a_retry_policy_is_retried_as_a_new_run,
+            a_paused_workflow_waits_until_resumed,
+            resume_retries_a_workflow_paused_by_its_code,
+            pause_and_resume_are_checked,
+            a_paused_workflow_can_be_terminated
         }
     };
 }

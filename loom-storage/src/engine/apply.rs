@@ -76,6 +76,8 @@ pub trait Apply {
     fn settle(&mut self, workflow: &WorkflowId) -> Result<()>;
     /// [`Op::Release`].
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()>;
+    /// [`Op::Hold`].
+    fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()>;
     /// [`Op::Pause`].
     fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()>;
     /// [`Op::Renew`].
@@ -183,6 +185,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             Op::Settle { workflow } => store.settle(workflow)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,
             Op::Pause { task, reason } => store.pause(now, *task, reason)?,
+            Op::Hold { workflow, reason } => store.hold(now, workflow, reason)?,
             Op::Renew { task, until } => {
                 let until = until.resolve(now);
                 store.renew(*task, until)?;

@@ -131,6 +131,17 @@ pub enum Check {
         /// The workflow.
         workflow: WorkflowId,
     },
+    /// The workflow has no workflow task: an operator's pause holds it. A condition of
+    /// [`Op::If`](super::Op::If).
+    NoWorkflowTask {
+        /// The workflow.
+        workflow: WorkflowId,
+    },
+    /// The workflow is paused (`InvalidArgument` otherwise, naming its status; `NotFound`).
+    Paused {
+        /// The workflow.
+        workflow: WorkflowId,
+    },
     /// No message of the workflow is due. A condition of [`Op::If`](super::Op::If).
     NothingDue {
         /// The workflow.
@@ -163,8 +174,11 @@ impl Check {
             | Check::Open { workflow }
             | Check::LastSeq { workflow, .. }
             | Check::Run { workflow, .. }
+            | Check::Paused { workflow }
             | Check::OpenChildOf { workflow, .. } => Subject::Workflow(workflow),
-            Check::Free { workflow } => Subject::WorkflowTask(workflow),
+            Check::Free { workflow } | Check::NoWorkflowTask { workflow } => {
+                Subject::WorkflowTask(workflow)
+            }
             Check::NothingDue { workflow } => Subject::Messages(workflow),
         }
     }
@@ -179,6 +193,8 @@ impl Check {
             | Check::Open { workflow }
             | Check::LastSeq { workflow, .. }
             | Check::Run { workflow, .. }
+            | Check::Paused { workflow }
+            | Check::NoWorkflowTask { workflow }
             | Check::OpenChildOf { workflow, .. }
             | Check::Free { workflow }
             | Check::NothingDue { workflow } => Some(workflow),
@@ -296,6 +312,22 @@ impl Check {
                 Found::Task(_) => Err(StorageError::InvalidArgument(format!(
                     "the workflow task of \"{workflow}\" is held or gone"
                 ))),
+                _ => Err(wrong_subject()),
+            },
+            Check::NoWorkflowTask { workflow } => match found {
+                Found::Task(None) => Ok(()),
+                Found::Task(Some(_)) => Err(StorageError::InvalidArgument(format!(
+                    "\"{workflow}\" has a workflow task"
+                ))),
+                _ => Err(wrong_subject()),
+            },
+            Check::Paused { workflow } => match found {
+                Found::Workflow(Some(w)) if w.status == WorkflowStatus::Paused => Ok(()),
+                Found::Workflow(Some(w)) => Err(StorageError::InvalidArgument(format!(
+                    "workflow {workflow} is {}, not paused",
+                    w.status
+                ))),
+                Found::Workflow(None) => Err(StorageError::NotFound(workflow.clone())),
                 _ => Err(wrong_subject()),
             },
             Check::NothingDue { workflow } => match found {

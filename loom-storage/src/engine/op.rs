@@ -222,6 +222,15 @@ pub enum Op {
         /// When.
         due: When,
     },
+    /// The workflow is paused by an operator with a reason (updated now), and its workflow
+    /// task is deleted: nothing claims it, and a worker holding it can no longer commit.
+    /// Messages still arrive and wait.
+    Hold {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// Why, and who.
+        reason: String,
+    },
     /// The workflow of this workflow task is paused with a reason (updated now).
     Pause {
         /// The workflow task.
@@ -350,6 +359,7 @@ impl Op {
             | Op::DeleteActivity { workflow, .. }
             | Op::DeleteWork { workflow }
             | Op::NewRun { workflow, .. }
+            | Op::Hold { workflow, .. }
             | Op::AppendLogs { workflow, .. }
             | Op::Settle { workflow } => Some(workflow),
             Op::ClaimWorkflowTasks { of, .. } | Op::ClaimActivityTasks { of, .. } => of.as_ref(),

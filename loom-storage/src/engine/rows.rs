@@ -430,6 +430,17 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         self.0.put_workflow(&wf)
     }
 
+    fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()> {
+        let mut wf = self.workflow_record(workflow)?;
+        if let Some(task) = wf.task.take() {
+            self.0.delete_task(task)?;
+        }
+        wf.summary.status = WorkflowStatus::Paused;
+        wf.summary.pause_reason = Some(reason.to_owned());
+        wf.summary.updated_at = now;
+        self.0.put_workflow(&wf)
+    }
+
     fn renew(&mut self, task: TaskId, until: Timestamp) -> Result<()> {
         let mut record = self.task_record(task)?;
         if let Some(lease) = record.lease.as_mut() {

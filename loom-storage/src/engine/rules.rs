@@ -697,6 +697,71 @@ pub fn terminate(t: Termination) -> Result<WriteSet> {
     })
 }
 
+/// Pauses a workflow from outside (an operator's pause): it must be open and `reason` text
+/// without NUL characters. Then, in one step: the workflow is `paused` with the reason, and its
+/// workflow task is deleted, so that no worker runs its code (one that holds the task can no
+/// longer commit). Activities already running finish and report; their results, timers,
+/// signals and cancel requests wait as messages until [`resume`].
+pub fn pause(id: &WorkflowId, reason: &str) -> Result<WriteSet> {
+    if reason.contains('\0') {
+        return Err(StorageError::InvalidArgument(
+            "a reason cannot contain a NUL character".into(),
+        ));
+    }
+    Ok(WriteSet {
+        checks: vec![Check::Open {
+            workflow: id.clone(),
+        }],
+        ops: vec![Op::Hold {
+            workflow: id.clone(),
+            reason: reason.to_owned(),
+        }],
+        sync: Sync::Durable,
+    })
+}
+
+/// Resumes a paused workflow: it must be open and paused (by an operator, or by a task that
+/// could not be decided). Then, in one step: it is `running` again, and its workflow task is
+/// claimable at once (re-created if an operator's pause deleted it), with every message that
+/// waited, in order.
+pub fn resume(id: &WorkflowId) -> Result<WriteSet> {
+    Ok(WriteSet {
+        checks: vec![
+            Check::Open {
+                workflow: id.clone(),
+            },
+            Check::Paused {
+                workflow: id.clone(),
+            },
+        ],
+        ops: vec![
+            Op::UpdateWorkflow {
+                workflow: id.clone(),
+                change: WorkflowChange {
+                    last_seq: None,
+                    progress: None,
+                    status: StatusChange::Resume,
+                },
+            },
+            Op::If {
+                all: vec![Check::NoWorkflowTask {
+                    workflow: id.clone(),
+                }],
+                then: vec![Op::InsertTask {
+                    workflow: id.clone(),
+                    task: NewTask::Workflow,
+                    due: When::Now,
+                }],
+                otherwise: vec![Op::Wake {
+                    workflow: id.clone(),
+                    at: When::Now,
+                }],
+            },
+        ],
+        sync: Sync::Durable,
+    })
+}
+
 /// Extends a live lease to `extend` after now by the store's clock. A claim's renewal that a
 /// power cut erases only lets the lease lapse sooner, so it needs no sync of its own.
 pub fn renew(lease: &Lease, extend: std::time::Duration) -> WriteSet {
@@ -1238,6 +1303,7 @@ mod tests {
             Op::Settle { .. } => "Settle",
             Op::Release { .. } => "Release",
             Op::Pause { .. } => "Pause",
+            Op::Hold { .. } => "Hold",
             Op::Renew { .. } => "Renew",
             Op::ClaimWorkflowTasks { .. } => "ClaimWorkflowTasks",
             Op::ClaimActivityTasks { .. } => "ClaimActivityTasks",
