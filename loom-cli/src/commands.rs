@@ -436,6 +436,112 @@ async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<
 /// The most children `inspect` lists; `list --parent` shows them all.
 const CHILDREN_SHOWN: usize = 20;
 
+/// Where one of a workflow's tasks stands, for `inspect`: why the workflow is not moving.
+#[derive(serde::Serialize)]
+struct TaskState {
+    /// `workflow_task`, or the activity's name.
+    task: String,
+    /// The activity's id, for an activity task.
+    activity_id: Option<u64>,
+    /// The activity's current attempt.
+    attempt: Option<u32>,
+    /// `running` (a worker holds it), `ready` (claimable, unclaimed), `waiting` (due later:
+    /// a retry's backoff, or a released task), or `idle` (a workflow task with nothing due).
+    state: &'static str,
+    /// Running: when the worker's lease lapses. Ready: since when. Waiting: when it is due.
+    at: Option<loom_core::Timestamp>,
+    /// Ready: how long it has waited for a worker, in milliseconds.
+    waited_ms: Option<u64>,
+    /// Times it was handed out without finishing.
+    deliveries: u32,
+    /// An activity's last failed attempt, as recorded.
+    last_failure: Option<String>,
+}
+
+/// The state of each of a workflow's tasks, at the store's reading of now by this clock.
+async fn task_states(store: &Arc<dyn Storage>, id: &WorkflowId) -> Result<Vec<TaskState>, Fail> {
+    let pending = store.pending(id).await.map_err(Fail::from_storage)?;
+    let now = SystemClock.now();
+    let failures: BTreeMap<u64, String> = if pending.tasks.iter().any(|t| t.activity.is_some()) {
+        let history = store
+            .load_history(id, loom_core::Seq::ZERO)
+            .await
+            .map_err(Fail::from_storage)?;
+        history
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::ActivityFailed {
+                    activity_id,
+                    attempt,
+                    failure,
+                    ..
+                } => Some((activity_id.0.get(), format!("attempt {attempt}: {failure}"))),
+                EventKind::ActivityTimedOut {
+                    activity_id,
+                    attempt,
+                    ..
+                } => Some((activity_id.0.get(), format!("attempt {attempt} timed out"))),
+                _ => None,
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    Ok(pending
+        .tasks
+        .iter()
+        .map(|t| {
+            let (state, at) = match (t.leased_until, t.visible_at) {
+                (Some(until), _) => ("running", Some(until)),
+                (None, Some(v)) if v <= now => ("ready", Some(v)),
+                (None, Some(v)) => ("waiting", Some(v)),
+                (None, None) => ("idle", None),
+            };
+            let waited_ms = (state == "ready")
+                .then(|| at.map(|v| now.saturating_duration_since(v).as_millis() as u64))
+                .flatten();
+            let activity = t.activity.as_ref();
+            TaskState {
+                task: activity.map_or_else(|| "workflow_task".to_owned(), |a| a.1.clone()),
+                activity_id: activity.map(|a| a.0.0.get()),
+                attempt: activity.map(|a| a.2),
+                state,
+                at,
+                waited_ms,
+                deliveries: t.deliveries,
+                last_failure: activity.and_then(|a| failures.get(&a.0.0.get()).cloned()),
+            }
+        })
+        .collect())
+}
+
+/// One line for a task's state.
+fn task_line(t: &TaskState) -> String {
+    let what = match (&t.activity_id, t.attempt) {
+        (Some(id), Some(attempt)) => {
+            format!("activity {} (activity#{id}), attempt {attempt}", t.task)
+        }
+        _ => "workflow task".to_owned(),
+    };
+    let at = t.at.map(render::time).unwrap_or_default();
+    let mut line = match t.state {
+        "running" => format!("{what}: a worker holds it until {at}"),
+        "ready" => format!(
+            "{what}: ready for {}, no worker has claimed it",
+            render::duration(Duration::from_millis(t.waited_ms.unwrap_or(0)))
+        ),
+        "waiting" => format!("{what}: due at {at}"),
+        _ => format!("{what}: nothing due"),
+    };
+    if t.deliveries > 1 {
+        line.push_str(&format!(", handed out {} times", t.deliveries));
+    }
+    if let Some(f) = &t.last_failure {
+        line.push_str(&format!("; last failure {f}"));
+    }
+    line
+}
+
 /// How many earlier runs `inspect` lists; the rest are counted.
 const RUNS_SHOWN: usize = 10;
 
@@ -548,9 +654,16 @@ async fn inspect(
     } else {
         None
     };
+    let tasks = if summary.status.is_terminal() {
+        Vec::new()
+    } else {
+        task_states(&store, id).await?
+    };
     if json {
         let mut doc = serde_json::to_value(&summary)
             .map_err(|e| Fail::failed(format!("cannot encode the summary: {e}")))?;
+        doc["tasks"] = serde_json::to_value(&tasks)
+            .map_err(|e| Fail::failed(format!("cannot encode the tasks: {e}")))?;
         if let Some(h) = &history {
             doc["events"] = serde_json::to_value(h)
                 .map_err(|e| Fail::failed(format!("cannot encode the history: {e}")))?;
@@ -670,6 +783,15 @@ async fn inspect(
                 ),
             );
         }
+    }
+    for t in &tasks {
+        line("task", task_line(t));
+    }
+    if !summary.status.is_terminal() && !tasks.iter().any(|t| t.activity_id.is_none()) {
+        line(
+            "task",
+            format!("no workflow task: it runs again after loom resume {id}"),
+        );
     }
     if let Some(h) = history {
         println!();
@@ -1109,4 +1231,46 @@ async fn demo(
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_line_says_what_holds_a_task_up() {
+        let retry = TaskState {
+            task: "charge".into(),
+            activity_id: Some(2),
+            attempt: Some(3),
+            state: "waiting",
+            at: Some(loom_core::Timestamp::from_millis(0)),
+            waited_ms: None,
+            deliveries: 0,
+            last_failure: Some("attempt 2: network: reset".into()),
+        };
+        let line = task_line(&retry);
+        assert!(
+            line.starts_with("activity charge (activity#2), attempt 3: due at "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; last failure attempt 2: network: reset"),
+            "{line}"
+        );
+        let stuck = TaskState {
+            task: "workflow_task".into(),
+            activity_id: None,
+            attempt: None,
+            state: "ready",
+            at: Some(loom_core::Timestamp::from_millis(0)),
+            waited_ms: Some(90_000),
+            deliveries: 4,
+            last_failure: None,
+        };
+        let line = task_line(&stuck);
+        assert!(line.starts_with("workflow task: ready for "), "{line}");
+        assert!(line.contains("no worker has claimed it"), "{line}");
+        assert!(line.ends_with("handed out 4 times"), "{line}");
+    }
 }

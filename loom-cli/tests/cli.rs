@@ -607,6 +607,60 @@ fn workflows_lists_the_examples() {
 }
 
 #[test]
+fn pause_holds_a_workflow_and_inspect_says_why_it_is_not_moving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = start(dir.path(), "Greeting", r#"{"name": "Ada"}"#);
+    // No worker yet: its workflow task is ready and unclaimed.
+    let doc = inspect(dir.path(), &id);
+    assert_eq!(doc["tasks"][0]["task"], "workflow_task");
+    assert_eq!(doc["tasks"][0]["state"], "ready");
+    loom(dir.path())
+        .args(["inspect", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no worker has claimed it"));
+    loom(dir.path())
+        .args(["pause", &id, "--reason", "ada: hold the greetings"])
+        .assert()
+        .success();
+    let doc = inspect(dir.path(), &id);
+    assert_eq!(doc["status"], "paused");
+    assert_eq!(doc["pause_reason"], "ada: hold the greetings");
+    assert_eq!(doc["tasks"], serde_json::json!([]));
+    loom(dir.path())
+        .args(["inspect", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("runs again after loom resume"));
+    // A worker finds nothing to do while it is paused.
+    drain(dir.path());
+    assert_eq!(inspect(dir.path(), &id)["status"], "paused");
+    let out = stdout_of(dir.path(), &["resume", &id, "--json"]);
+    assert_eq!(json_of(&out)["resumed"], true);
+    drain(dir.path());
+    assert_eq!(inspect(dir.path(), &id)["status"], "completed");
+    // Bad input: exit 2, nothing written; an ended workflow: exit 1.
+    loom(dir.path())
+        .args(["pause", "ghost", "--reason", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no workflow with id ghost"));
+    loom(dir.path()).args(["pause", &id]).assert().code(2);
+    loom(dir.path())
+        .args(["pause", &id, "--reason", "late"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already ended"));
+    let running = start(dir.path(), "Greeting", r#"{"name": "Bo"}"#);
+    loom(dir.path())
+        .args(["resume", &running])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("running, not paused"));
+    assert_eq!(inspect(dir.path(), &running)["status"], "running");
+}
+
+#[test]
 fn inspect_shows_the_chain_of_runs_and_any_one_of_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let id = start(
