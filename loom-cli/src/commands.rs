@@ -74,6 +74,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             status,
             name,
             parent,
+            closed_before,
         } => {
             let status = status
                 .map(|s| s.parse::<WorkflowStatus>())
@@ -83,11 +84,33 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 status,
                 name,
                 parent: parent.map(WorkflowId::new),
+                closed_before: closed_before.map(ago),
                 limit,
                 ..ListQuery::default()
             };
             let store = db::open(&url, Missing::Refuse, false).await?;
             list(store, &query, json).await
+        }
+        Command::Purge {
+            closed_before,
+            status,
+            name,
+            dry_run,
+            batch,
+        } => {
+            let status = status
+                .map(|s| s.parse::<WorkflowStatus>())
+                .transpose()
+                .map_err(Fail::usage)?;
+            let purge = loom_storage::Purge {
+                older_than: closed_before,
+                status,
+                name,
+                except_names: Vec::new(),
+                limit: batch as usize,
+            };
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            purge_command(store, &purge, dry_run, json).await
         }
         Command::Inspect { id, events, run } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
@@ -435,6 +458,90 @@ async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<
 
 /// The most children `inspect` lists; `list --parent` shows them all.
 const CHILDREN_SHOWN: usize = 20;
+
+/// The time `d` ago by this machine's clock.
+fn ago(d: Duration) -> loom_core::Timestamp {
+    loom_core::Timestamp::from_millis(
+        SystemClock
+            .now()
+            .as_millis()
+            .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    )
+}
+
+/// `loom purge`: batches until one comes back short, or with `--dry-run`, the listing of what
+/// would go.
+async fn purge_command(
+    store: Arc<dyn Storage>,
+    purge: &loom_storage::Purge,
+    dry_run: bool,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    if let Some(status) = purge.status.filter(|s| !s.is_terminal()) {
+        return Err(Fail::usage(format!(
+            "a {status} workflow is open and is never purged; choose completed, failed, cancelled, terminated or timed_out"
+        )));
+    }
+    let started = Instant::now();
+    if dry_run {
+        let mut query = ListQuery {
+            status: purge.status,
+            name: purge.name.clone(),
+            closed_before: Some(ago(purge.older_than)),
+            limit: 1_000,
+            ..ListQuery::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = store.list(&query).await.map_err(Fail::from_storage)?;
+            ids.extend(page.items.into_iter().map(|s| s.id));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        if json {
+            render::json(&json!({ "dry_run": true, "would_purge": ids.len(), "ids": ids }))?;
+        } else {
+            for id in ids.iter().take(20) {
+                println!("{id}");
+            }
+            if ids.len() > 20 {
+                println!("... and {} more", ids.len() - 20);
+            }
+            println!(
+                "Would purge {} closed workflow(s); nothing was deleted.",
+                ids.len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let live = !json && std::io::stderr().is_terminal();
+    let mut purged = 0usize;
+    loop {
+        let batch = store.purge(purge).await.map_err(Fail::from_storage)?;
+        purged += batch.len();
+        if live {
+            eprint!("\rpurged {purged}");
+        }
+        if batch.len() < purge.limit {
+            break;
+        }
+    }
+    if live {
+        eprintln!();
+    }
+    let elapsed = started.elapsed();
+    if json {
+        render::json(&json!({ "purged": purged, "elapsed_ms": elapsed.as_millis() as u64 }))?;
+    } else {
+        println!(
+            "Purged {purged} closed workflow(s) in {}.",
+            render::duration(elapsed)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Where one of a workflow's tasks stands, for `inspect`: why the workflow is not moving.
 #[derive(serde::Serialize)]

@@ -135,7 +135,8 @@ pub(crate) enum Command {
         /// The most workflows to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Only this status: running, paused, completed, failed or cancelled.
+        /// Only this status: running, paused, completed, failed, cancelled, terminated or
+        /// timed_out.
         #[arg(long)]
         status: Option<String>,
         /// Only this workflow type.
@@ -144,6 +145,29 @@ pub(crate) enum Command {
         /// Only the child workflows this workflow started.
         #[arg(long)]
         parent: Option<String>,
+        /// Only workflows that ended at least this long ago (`30days`, `12h`, `90s`).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        closed_before: Option<std::time::Duration>,
+    },
+    /// Delete closed workflows that ended at least DURATION ago, with everything of theirs
+    /// (summary, every run's history, logs), a batch at a time. Open workflows are never
+    /// purged.
+    Purge {
+        /// How long ago they must have ended (`30days`, `12h`, `90s`).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        closed_before: std::time::Duration,
+        /// Only this status: completed, failed, cancelled, terminated or timed_out.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this workflow type.
+        #[arg(long)]
+        name: Option<String>,
+        /// List what would be purged, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Workflows deleted per write.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
     },
     /// Show one workflow: status, input, state, output or error, what it waits for.
     Inspect {

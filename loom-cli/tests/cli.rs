@@ -661,6 +661,64 @@ fn pause_holds_a_workflow_and_inspect_says_why_it_is_not_moving() {
 }
 
 #[test]
+fn purge_deletes_closed_workflows_and_never_an_open_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut done = Vec::new();
+    for n in 0..3 {
+        done.push(start(
+            dir.path(),
+            "Greeting",
+            &format!(r#"{{"name": "g{n}"}}"#),
+        ));
+    }
+    drain(dir.path());
+    let open = start(dir.path(), "Greeting", r#"{"name": "late"}"#);
+    std::thread::sleep(Duration::from_millis(20));
+    // An hour: nothing ended that long ago.
+    let out = stdout_of(dir.path(), &["purge", "--closed-before", "1h", "--json"]);
+    assert_eq!(json_of(&out)["purged"], 0);
+    let out = stdout_of(
+        dir.path(),
+        &["purge", "--closed-before", "10ms", "--dry-run", "--json"],
+    );
+    let doc = json_of(&out);
+    assert_eq!(doc["would_purge"], 3);
+    assert_eq!(
+        inspect(dir.path(), &done[0])["status"],
+        "completed",
+        "a dry run deletes nothing"
+    );
+    let listed = json_of(&stdout_of(
+        dir.path(),
+        &["list", "--closed-before", "10ms", "--json"],
+    ));
+    assert_eq!(listed["workflows"].as_array().map(Vec::len), Some(3));
+    let out = stdout_of(
+        dir.path(),
+        &["purge", "--closed-before", "10ms", "--batch", "2", "--json"],
+    );
+    assert_eq!(json_of(&out)["purged"], 3, "in batches of two");
+    for id in &done {
+        loom(dir.path())
+            .args(["inspect", id])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("no workflow with id"));
+    }
+    assert_eq!(inspect(dir.path(), &open)["status"], "running");
+    // Bad input: exit 2, nothing deleted.
+    for args in [
+        vec!["purge", "--closed-before", "10ms", "--status", "running"],
+        vec!["purge", "--closed-before", "soon"],
+        vec!["purge", "--closed-before", "10ms", "--batch", "0"],
+        vec!["purge"],
+    ] {
+        loom(dir.path()).args(&args).assert().code(2);
+    }
+    assert_eq!(inspect(dir.path(), &open)["status"], "running");
+}
+
+#[test]
 fn inspect_shows_the_chain_of_runs_and_any_one_of_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let id = start(

@@ -26,6 +26,8 @@
 --                                      earliest message) comes last
 --         {"s":"nr", "wf", "ev": [seq, at, kind], "ver", "input"}   a new run (continue-as-new)
 --         {"s":"hold", "wf", "reason"}   an operator's pause: paused, its workflow task deleted
+--         {"s":"purge", "older_ms", "status", "name", "except", "max"}   retention: closed
+--                                      workflows deleted, with everything of theirs
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
 -- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
@@ -34,7 +36,8 @@
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
 --   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
 --    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run]],
---    "decided": bool (whether the conditions of the first "if" applied held)}
+--    "decided": bool (whether the conditions of the first "if" applied held),
+--    "purged": [workflow ids]}
 -- and r_now, the database's clock for the item.
 
 
@@ -430,6 +433,36 @@ BEGIN
                 updated_at = now_ms
             WHERE id = wf;
             DELETE FROM tasks WHERE workflow_id = wf AND kind = 0;
+
+        WHEN 'purge' THEN
+            -- Terminal statuses only, whatever the filter: an open workflow is never purged.
+            -- Rows another transaction holds are skipped, not waited for. The history,
+            -- messages, tasks and logs are deleted by the statement too (migration 2 dropped
+            -- their foreign keys); the earlier runs' histories cascade.
+            WITH gone AS (
+                DELETE FROM workflows WHERE id IN (
+                    SELECT id FROM workflows
+                    WHERE closed_at < now_ms - (s->>'older_ms')::bigint
+                      AND status IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
+                      AND (s->>'status' IS NULL OR status = s->>'status')
+                      AND (s->>'name' IS NULL OR name = s->>'name')
+                      AND NOT (name = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'except'))))
+                    ORDER BY closed_at, id LIMIT (s->>'max')::bigint
+                    FOR UPDATE SKIP LOCKED
+                )
+                RETURNING id, closed_at
+            ), e AS (
+                DELETE FROM events WHERE workflow_id IN (SELECT id FROM gone)
+            ), m AS (
+                DELETE FROM messages WHERE workflow_id IN (SELECT id FROM gone)
+            ), t AS (
+                DELETE FROM tasks WHERE workflow_id IN (SELECT id FROM gone)
+            ), l AS (
+                DELETE FROM logs WHERE workflow_id IN (SELECT id FROM gone)
+            )
+            SELECT jsonb_agg(id ORDER BY closed_at, id) INTO claimed FROM gone;
+            answer := jsonb_set(answer, '{purged}',
+                COALESCE(answer->'purged', '[]'::jsonb) || COALESCE(claimed, '[]'::jsonb));
 
         WHEN 'claim_a' THEN
             WITH picked AS (

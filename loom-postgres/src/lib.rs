@@ -58,7 +58,7 @@ use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::engine::{self, Applied, Op, WriteSet};
 use loom_storage::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, Result, RunSummary, Stats, Storage, StorageError, TaskId, Termination,
+    Pending, Purge, Release, Result, RunSummary, Stats, Storage, StorageError, TaskId, Termination,
     WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -317,6 +317,10 @@ impl Storage for PostgresStorage {
 
     async fn terminate(&self, termination: Termination) -> Result<()> {
         self.apply(engine::terminate(termination)?).await.map(drop)
+    }
+
+    async fn purge(&self, purge: &Purge) -> Result<Vec<WorkflowId>> {
+        Ok(self.apply(engine::purge(purge)?).await?.purged)
     }
 
     async fn pause(&self, id: &WorkflowId, reason: &str) -> Result<()> {

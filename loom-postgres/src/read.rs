@@ -176,6 +176,7 @@ impl PostgresStorage {
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
                AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4)
                AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6)) {by_parent}
+               AND ($9::bigint IS NULL OR closed_at < $9)
              ORDER BY created_at DESC, id DESC LIMIT $7"
         )))
         .bind(q.status.map(WorkflowStatus::as_str))
@@ -186,6 +187,7 @@ impl PostgresStorage {
         .bind(q.after.as_ref().map_or("", |c| c.id.as_str()))
         .bind(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1)
         .bind(q.parent.as_ref().map(WorkflowId::as_str))
+        .bind(q.closed_before.map(Timestamp::as_millis))
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;

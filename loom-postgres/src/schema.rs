@@ -122,6 +122,11 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
     ),
     // 7: an operator's pause: the `hold` step and the `paused` and `no_wft` checks.
     include_str!("functions.sql"),
+    // 8: retention: closed workflows by the time they ended, and the `purge` step.
+    concat!(
+        "CREATE INDEX workflows_by_closed ON workflows (closed_at, id) WHERE closed_at IS NOT NULL;\n",
+        include_str!("functions.sql")
+    ),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

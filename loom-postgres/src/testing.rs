@@ -228,6 +228,10 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.terminate(termination).await
     }
+    async fn purge(&self, purge: &loom_storage::Purge) -> loom_storage::Result<Vec<WorkflowId>> {
+        self.sync().await?;
+        self.store.purge(purge).await
+    }
     async fn pause(&self, id: &WorkflowId, reason: &str) -> loom_storage::Result<()> {
         self.sync().await?;
         self.store.pause(id, reason).await

@@ -279,6 +279,7 @@ impl WriteStep {
             Op::Renew { .. }
             | Op::NewRun { .. }
             | Op::Hold { .. }
+            | Op::Purge { .. }
             | Op::ClaimWorkflowTasks { .. }
             | Op::ClaimActivityTasks { .. }
             | Op::If { .. } => false,
@@ -324,6 +325,14 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
             }),
             Op::Hold { workflow, reason } => json!({
                 "s": "hold", "wf": workflow.as_str(), "reason": reason,
+            }),
+            Op::Purge { purge } => json!({
+                "s": "purge",
+                "older_ms": i64::try_from(purge.older_than.as_millis()).unwrap_or(i64::MAX),
+                "status": purge.status.map(WorkflowStatus::as_str),
+                "name": purge.name,
+                "except": purge.except_names,
+                "max": n(purge.limit as u64),
             }),
             Op::NewRun { workflow, started } => {
                 let EventKind::WorkflowStarted { version, input, .. } = &started.kind else {
@@ -420,6 +429,14 @@ pub(crate) fn applied(ws: &WriteSet, answer: Answer) -> Result<Applied> {
             applied
                 .activity_tasks
                 .push(activity_task(a, &workflow, now)?);
+        }
+    }
+    if let Some(Value::Array(ids)) = out.get("purged") {
+        for id in ids {
+            let id = id
+                .as_str()
+                .ok_or_else(|| protocol(format!("loom_apply purged {id}, not an id")))?;
+            applied.purged.push(WorkflowId::new(id));
         }
     }
     if let Some(Value::Array(wfts)) = out.get("wfts") {

@@ -404,6 +404,63 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
         Ok(())
     }
 
+    fn purgeable(
+        &mut self,
+        purge: &loom_storage::Purge,
+        now: Timestamp,
+    ) -> Result<Vec<WorkflowId>> {
+        // A scan of the workflows: retention runs in small batches, off the hot path.
+        let table = self.tx.open_table(WORKFLOWS).map_err(|e| self.err(e))?;
+        let mut summaries = Vec::new();
+        for entry in table.iter().map_err(|e| self.err(e))? {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let record: WorkflowRecord =
+                self.decode(value.value(), || format!("workflow {}", key.value()))?;
+            if purge.matches(&record.summary, now) {
+                summaries.push(record.summary);
+            }
+        }
+        Ok(loom_storage::engine::rows::purgeable(
+            summaries.iter(),
+            purge,
+            now,
+        ))
+    }
+
+    fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()> {
+        let Some(record) = self.get_workflow(id)? else {
+            return Ok(());
+        };
+        let key = id.as_str();
+        self.tx
+            .open_table(WORKFLOWS)
+            .and_then(|mut t| t.remove(key).map(drop).map_err(Into::into))
+            .map_err(|e| self.err(e))?;
+        self.tx
+            .open_table(BY_CREATED)
+            .and_then(|mut t| {
+                t.remove((record.summary.created_at.as_millis(), key))
+                    .map(drop)
+                    .map_err(Into::into)
+            })
+            .map_err(|e| self.err(e))?;
+        let mut events = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;
+        events
+            .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+            .map_err(|e| self.err(e))?;
+        let mut past = self.tx.open_table(PAST_EVENTS).map_err(|e| self.err(e))?;
+        past.retain_in((key, 0, 0)..=(key, u32::MAX, u64::MAX), |_, _| false)
+            .map_err(|e| self.err(e))?;
+        let mut messages = self.tx.open_table(MESSAGES).map_err(|e| self.err(e))?;
+        messages
+            .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+            .map_err(|e| self.err(e))?;
+        let mut logs = self.tx.open_table(LOGS).map_err(|e| self.err(e))?;
+        logs.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
         let slot = if activity {
             ACTIVITY_TASK

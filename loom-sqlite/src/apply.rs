@@ -458,6 +458,44 @@ impl Apply for Db<'_> {
         .map(drop)
     }
 
+    fn purge(&mut self, now: Timestamp, purge: &loom_storage::Purge) -> Result<Vec<WorkflowId>> {
+        let before =
+            ms(now).saturating_sub(i64::try_from(purge.older_than.as_millis()).unwrap_or(i64::MAX));
+        let except = serde_json::to_string(&purge.except_names)
+            .map_err(|e| loom_storage::StorageError::InvalidArgument(e.to_string()))?;
+        let ids: Vec<String> = self
+            .conn
+            .prepare_cached(
+                // Terminal statuses only, whatever the filter: an open workflow is never purged.
+                "SELECT id FROM workflows
+                 WHERE closed_at < ?1
+                   AND status IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
+                   AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR name = ?3)
+                   AND name NOT IN (SELECT value FROM json_each(?4))
+                 ORDER BY closed_at, id LIMIT ?5",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        before,
+                        purge.status.map(|st| st.as_str()),
+                        purge.name,
+                        except,
+                        i64::try_from(purge.limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| r.get(0),
+                )?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        // The histories, earlier runs, messages, tasks and logs go with the row (foreign keys
+        // that cascade).
+        for id in &ids {
+            self.exec("DELETE FROM workflows WHERE id = ?1", [id])?;
+        }
+        Ok(ids.into_iter().map(WorkflowId::new).collect())
+    }
+
     fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()> {
         self.exec(
             "UPDATE workflows SET status = 'paused', pause_reason = ?2, updated_at = ?3 WHERE id = ?1",

@@ -151,6 +151,10 @@ impl Read for Db<'_> {
             sql.push_str(" AND created_at < ?");
             args.push(Value::Integer(ms(t)));
         }
+        if let Some(t) = q.closed_before {
+            sql.push_str(" AND closed_at < ?");
+            args.push(Value::Integer(ms(t)));
+        }
         if let Some(c) = &q.after {
             sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
             args.push(Value::Integer(ms(c.created_at)));

@@ -97,6 +97,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (workflow_id, run, seq)
     ) WITHOUT ROWID;
     "#,
+    // 4: retention: closed workflows by the time they ended.
+    r#"
+    CREATE INDEX workflows_by_closed ON workflows (closed_at, id) WHERE closed_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -70,8 +70,8 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Release, RunSummary, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask,
-    WorkflowTaskCompletion,
+    Purge, Release, RunSummary, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary,
+    WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
 pub use transact::{Read, Transact};
@@ -149,6 +149,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Resumes a paused workflow (see [`engine::resume`]): its task is claimable at once, with
     /// every message that waited. `InvalidArgument` if it is not paused.
     async fn resume(&self, id: &WorkflowId) -> Result<()>;
+
+    /// Deletes a batch of closed workflows for retention (see [`engine::purge`]); answers
+    /// their ids, those that ended first first. Call again while it answers a full batch.
+    async fn purge(&self, purge: &Purge) -> Result<Vec<WorkflowId>>;
 
     /// One workflow's summary.
     async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary>;

@@ -230,6 +230,24 @@ impl Rows for State {
         Ok(())
     }
 
+    fn purgeable(&mut self, purge: &crate::Purge, now: Timestamp) -> Result<Vec<WorkflowId>> {
+        Ok(rows::purgeable(
+            self.workflows.values().map(|e| &e.record.summary),
+            purge,
+            now,
+        ))
+    }
+
+    fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()> {
+        if let Some(entry) = self.workflows.remove(id) {
+            let past: usize = entry.past.values().map(Vec::len).sum();
+            self.events = self
+                .events
+                .saturating_sub((entry.history.len() + past) as u64);
+        }
+        Ok(())
+    }
+
     fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
         Ok(self.ready[usize::from(activity)]
             .iter()

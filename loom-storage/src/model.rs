@@ -415,6 +415,8 @@ pub struct ListQuery {
     pub created_after: Option<Timestamp>,
     /// Only those created before.
     pub created_before: Option<Timestamp>,
+    /// Only those that ended before (none that is open).
+    pub closed_before: Option<Timestamp>,
     /// The most items in the page.
     pub limit: usize,
     /// Continue after this item.
@@ -429,9 +431,41 @@ impl Default for ListQuery {
             parent: None,
             created_after: None,
             created_before: None,
+            closed_before: None,
             limit: 50,
             after: None,
         }
+    }
+}
+
+/// Which closed workflows to delete, for retention: everything of theirs goes (summary,
+/// histories of every run, logs). A workflow that is open is never purged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purge {
+    /// Only those that ended at least this long ago, by the store's clock.
+    pub older_than: Duration,
+    /// Only this (terminal) status.
+    pub status: Option<WorkflowStatus>,
+    /// Only this workflow type.
+    pub name: Option<String>,
+    /// Not these workflow types (whose retention is set apart).
+    pub except_names: Vec<String>,
+    /// The most to delete in this call, oldest ended first: a batch small enough not to hold
+    /// the store up.
+    pub limit: usize,
+}
+
+impl Purge {
+    /// Whether a workflow whose summary is `s` is purged by this at store time `now`.
+    pub fn matches(&self, s: &WorkflowSummary, now: Timestamp) -> bool {
+        let before = now
+            .as_millis()
+            .saturating_sub(self.older_than.as_millis() as i64);
+        s.status.is_terminal()
+            && s.closed_at.is_some_and(|c| c.as_millis() < before)
+            && self.status.is_none_or(|st| st == s.status)
+            && self.name.as_deref().is_none_or(|n| n == s.name)
+            && !self.except_names.contains(&s.name)
     }
 }
 
@@ -446,6 +480,9 @@ impl ListQuery {
                 .is_none_or(|p| s.parent.as_ref() == Some(p))
             && self.created_after.is_none_or(|t| s.created_at >= t)
             && self.created_before.is_none_or(|t| s.created_at < t)
+            && self
+                .closed_before
+                .is_none_or(|t| s.closed_at.is_some_and(|c| c < t))
     }
 }
 

@@ -141,6 +141,10 @@ impl<T: Transact> Storage for T {
         run(self, engine::resume(id)?).await.map(drop)
     }
 
+    async fn purge(&self, purge: &crate::Purge) -> Result<Vec<WorkflowId>> {
+        Ok(run(self, engine::purge(purge)?).await?.purged)
+    }
+
     async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
         let id = id.clone();
         self.read(Box::new(move |r, _| r.load_run(&id, run))).await

@@ -514,6 +514,13 @@ impl Client {
         Ok(())
     }
 
+    /// Deletes one batch of closed workflows for retention (see [`loom_storage::Purge`]):
+    /// their ids, those that ended first first. Call again while it answers a full batch.
+    /// Open workflows are never purged.
+    pub async fn purge(&self, purge: &loom_storage::Purge) -> Result<Vec<WorkflowId>, ClientError> {
+        Ok(self.storage.purge(purge).await?)
+    }
+
     /// Lists workflows, newest first.
     pub async fn list(&self, query: &ListQuery) -> Result<Page<WorkflowSummary>, ClientError> {
         Ok(self.storage.list(query).await?)

@@ -57,5 +57,6 @@ mod worker;
 
 pub use client::{Client, ClientError, StartOptions, WorkflowHandle};
 pub use worker::{
-    Limits, MetricsSnapshot, Worker, WorkerConfig, WorkerError, WorkerMetrics, shutdown_signal,
+    Limits, MetricsSnapshot, Retention, Worker, WorkerConfig, WorkerError, WorkerMetrics,
+    shutdown_signal,
 };

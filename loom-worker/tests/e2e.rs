@@ -1414,6 +1414,9 @@ impl Storage for StaleClaims {
     async fn terminate(&self, termination: loom_storage::Termination) -> loom_storage::Result<()> {
         self.inner.terminate(termination).await
     }
+    async fn purge(&self, purge: &loom_storage::Purge) -> loom_storage::Result<Vec<WorkflowId>> {
+        self.inner.purge(purge).await
+    }
     async fn pause(&self, id: &WorkflowId, reason: &str) -> loom_storage::Result<()> {
         self.inner.pause(id, reason).await
     }

@@ -144,4 +144,95 @@ async fn a_paused_workflow_takes_what_waited_once_resumed(store: Arc<dyn Storage
     running.stop().await;
 }
 
-on_every_backend!(a_paused_workflow_takes_what_waited_once_resumed);
+/// Ends at once.
+struct Quick;
+impl Workflow for Quick {
+    const NAME: &'static str = "Quick";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(_: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        Ok(())
+    }
+}
+
+/// A worker with a retention policy purges what ended past its period, in the background:
+/// never an open workflow, and a type with a longer period of its own is kept.
+async fn a_worker_purges_closed_workflows_past_their_retention(store: Arc<dyn Storage>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::new();
+    registry
+        .add_workflow::<Collector>()
+        .and_then(|r| r.add_workflow::<Quick>())
+        .and_then(|r| r.add_activity(Slow(calls)))
+        .expect("registry");
+    let retention = loom_worker::Retention {
+        closed: Duration::from_millis(200),
+        every: Duration::from_millis(50),
+        batch: 2,
+        ..loom_worker::Retention::closed_for(Duration::ZERO)
+    }
+    .with_type("Collector", Duration::from_secs(3_600));
+    let config = WorkerConfig {
+        id: "retention".into(),
+        poll_interval: Duration::from_millis(20),
+        retention: Some(retention),
+        ..WorkerConfig::default()
+    };
+    let (client, running) = support::run(Worker::with_config(store, registry, config));
+    let mut quick = Vec::new();
+    for n in 0..5 {
+        let id = format!("quick-{n}");
+        quick.push(
+            client
+                .start::<Quick>(&(), StartOptions::id(id.as_str()))
+                .await
+                .expect("start"),
+        );
+    }
+    let kept = client
+        .start::<Collector>(&(), StartOptions::id("kept"))
+        .await
+        .expect("start");
+    for w in ["a", "b", "c"] {
+        word(&client, kept.id(), w).await;
+    }
+    kept.result_within(WAIT).await.expect("the collector ends");
+    let open = client
+        .start::<Collector>(&(), StartOptions::id("open"))
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for h in &quick {
+        loop {
+            match client.describe(h.id()).await {
+                Err(ClientError::Storage(StorageError::NotFound(_))) => break,
+                Ok(_) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{} was never purged",
+                        h.id()
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert_eq!(
+        client.describe(kept.id()).await.expect("kept").status,
+        WorkflowStatus::Completed,
+        "its type keeps closed workflows for an hour"
+    );
+    assert_eq!(
+        client.describe(open.id()).await.expect("open").status,
+        WorkflowStatus::Running
+    );
+    let metrics = running.stop_with_metrics().await;
+    assert_eq!(metrics.workflows_purged, 5);
+}
+
+on_every_backend!(
+    a_paused_workflow_takes_what_waited_once_resumed,
+    a_worker_purges_closed_workflows_past_their_retention,
+);

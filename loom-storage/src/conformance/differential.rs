@@ -6,6 +6,7 @@
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
 //! and activities cancelled, runs continued as new or retried, runs terminated, runs started with timeouts, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, pauses and resumes,
+//! purges closed workflows,
 //! lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -156,6 +157,9 @@ pub enum Op {
     Pause(u8),
     /// Resume workflow `n`.
     Resume(u8),
+    /// Purge up to two workflows that ended at least the span ago (only completed ones, or
+    /// any).
+    Purge(Span, bool),
     /// Let this much time pass.
     Advance(u16),
 }
@@ -221,6 +225,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (wf.clone(), any::<bool>()).prop_map(|(n, stale)| Op::Terminate(n, stale)),
         1 => wf.clone().prop_map(Op::Pause),
         1 => wf.prop_map(Op::Resume),
+        1 => (span(), any::<bool>()).prop_map(|(s, c)| Op::Purge(s, c)),
         2 => (1u16..700).prop_map(Op::Advance),
     ]
 }
@@ -794,6 +799,19 @@ impl Run {
             Op::Resume(n) => {
                 let r = self.store.resume(&wid(*n)).await;
                 self.result(r);
+            }
+            Op::Purge(older, completed) => {
+                let purge = crate::Purge {
+                    older_than: older.duration(),
+                    status: completed.then_some(crate::WorkflowStatus::Completed),
+                    name: None,
+                    except_names: Vec::new(),
+                    limit: 2,
+                };
+                let r = self.store.purge(&purge).await;
+                if let Some(ids) = self.result(r) {
+                    self.line(format!("  purged {ids:?}"));
+                }
             }
             Op::Advance(ms) => self.clock.advance(Duration::from_millis(u64::from(*ms))),
         }

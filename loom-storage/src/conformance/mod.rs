@@ -313,7 +313,8 @@ macro_rules! for_each_conformance_case {
             a_paused_workflow_waits_until_resumed,
             resume_retries_a_workflow_paused_by_its_code,
             pause_and_resume_are_checked,
-            a_paused_workflow_can_be_terminated
+            a_paused_workflow_can_be_terminated,
+            purge_deletes_only_closed_workflows
         }
     };
 }

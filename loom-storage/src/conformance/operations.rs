@@ -152,3 +152,144 @@ pub async fn a_paused_workflow_can_be_terminated(store: Store) {
     );
     no_ready_workflow_task(&store).await;
 }
+
+/// Creates workflow `id` and ends its first task with `end`.
+async fn ended(store: &Store, id: &str, end: EventKind) {
+    create(store, id).await;
+    advance(store, vec![step("work"), end]).await;
+}
+
+/// A purge deletes closed workflows that ended long enough ago, whole (summary, histories of
+/// every run, logs), those that ended first first, a batch at a time, by status, type or
+/// neither; an open workflow is never purged, whatever the filter; a bad filter is refused.
+pub async fn purge_deletes_only_closed_workflows(store: Store) {
+    let purge = |older_than: Duration, status, limit| crate::Purge {
+        older_than,
+        status,
+        name: None,
+        except_names: Vec::new(),
+        limit,
+    };
+    ended(
+        &store,
+        "done-1",
+        EventKind::WorkflowCompleted { output: json(1) },
+    )
+    .await;
+    ended(
+        &store,
+        "failed-1",
+        EventKind::WorkflowFailed {
+            failure: loom_core::Failure::new("boom", "it broke"),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // One that continued as new before it ended: both runs' histories go.
+    create(&store, "chained").await;
+    let task = claim_workflow(&store).await;
+    let mut c = completion(
+        &task,
+        vec![EventKind::WorkflowContinuedAsNew {
+            input: json(2),
+            signals: Vec::new(),
+        }],
+    );
+    let mut next = started("Conformance", 2);
+    if let EventKind::WorkflowStarted { run, .. } = &mut next.kind {
+        *run = 2;
+    }
+    c.next_run = Some(next);
+    store.complete_workflow_task(c).await.expect("continue");
+    advance(
+        &store,
+        vec![EventKind::WorkflowCompleted { output: json(3) }],
+    )
+    .await;
+    create(&store, "open").await;
+    let before = store.stats().await.expect("stats").events;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    for bad in [
+        purge(Duration::ZERO, Some(crate::WorkflowStatus::Running), 10),
+        purge(Duration::ZERO, Some(crate::WorkflowStatus::Paused), 10),
+        purge(Duration::ZERO, None, 0),
+    ] {
+        assert!(matches!(
+            store.purge(&bad).await,
+            Err(StorageError::InvalidArgument(_))
+        ));
+    }
+    assert!(
+        store
+            .purge(&purge(HOUR, None, 10))
+            .await
+            .expect("purge")
+            .is_empty(),
+        "nothing ended an hour ago"
+    );
+    // What a listing of those that ended shows is what goes.
+    let listed = store
+        .list(&crate::ListQuery {
+            closed_before: Some(wall_now()),
+            ..crate::ListQuery::default()
+        })
+        .await
+        .expect("list");
+    let mut listed: Vec<String> = listed.items.iter().map(|s| s.id.to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, ["chained", "done-1", "failed-1"]);
+
+    let failed = store
+        .purge(&purge(
+            Duration::ZERO,
+            Some(crate::WorkflowStatus::Failed),
+            10,
+        ))
+        .await
+        .expect("purge the failed");
+    assert_eq!(failed, vec![wid("failed-1")]);
+    let mut except = purge(Duration::ZERO, None, 10);
+    except.except_names = vec!["Conformance".into()];
+    assert!(store.purge(&except).await.expect("purge").is_empty());
+    let first = store
+        .purge(&purge(Duration::ZERO, None, 1))
+        .await
+        .expect("a batch of one");
+    assert_eq!(first, vec![wid("done-1")], "the one that ended first");
+    let rest = store
+        .purge(&purge(Duration::ZERO, None, 10))
+        .await
+        .expect("the rest");
+    assert_eq!(rest, vec![wid("chained")]);
+    for id in ["done-1", "failed-1", "chained"] {
+        assert!(matches!(
+            store.describe(&wid(id)).await,
+            Err(StorageError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.load_history(&wid(id), Seq::ZERO).await,
+            Err(StorageError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.load_run(&wid(id), 1).await,
+            Err(StorageError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.logs(&wid(id)).await,
+            Err(StorageError::NotFound(_))
+        ));
+    }
+    assert_eq!(
+        store.describe(&wid("open")).await.expect("kept").status,
+        WorkflowStatus::Running
+    );
+    let after = store.stats().await.expect("stats");
+    assert_eq!(
+        after.events,
+        before - 3 - 3 - 2 - 2,
+        "their events, every run's"
+    );
+    assert_eq!(after.workflows.values().sum::<u64>(), 1);
+    claim_workflow(&store).await;
+}

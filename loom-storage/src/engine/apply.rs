@@ -78,6 +78,8 @@ pub trait Apply {
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()>;
     /// [`Op::Hold`].
     fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()>;
+    /// [`Op::Purge`]: the ids deleted.
+    fn purge(&mut self, now: Timestamp, purge: &crate::Purge) -> Result<Vec<WorkflowId>>;
     /// [`Op::Pause`].
     fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()>;
     /// [`Op::Renew`].
@@ -186,6 +188,10 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,
             Op::Pause { task, reason } => store.pause(now, *task, reason)?,
             Op::Hold { workflow, reason } => store.hold(now, workflow, reason)?,
+            Op::Purge { purge } => {
+                let purged = store.purge(now, purge)?;
+                applied.purged.extend(purged);
+            }
             Op::Renew { task, until } => {
                 let until = until.resolve(now);
                 store.renew(*task, until)?;

@@ -53,5 +53,5 @@ pub use op::{
 };
 pub use rules::{
     claim_activity_tasks, claim_workflow_tasks, complete_activity_task, complete_workflow_task,
-    create, deliver, pause, release, renew, resume, safe_log_text, terminate,
+    create, deliver, pause, purge, release, renew, resume, safe_log_text, terminate,
 };

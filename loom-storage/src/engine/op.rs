@@ -263,6 +263,13 @@ pub enum Op {
         /// Who, how many, how long.
         req: ClaimRequest,
     },
+    /// Deletes up to `purge.limit` closed workflows that `purge` matches at the store's now
+    /// ([`Purge::matches`](crate::Purge::matches)), those that ended first first, with all of
+    /// their rows; answered in [`Applied::purged`].
+    Purge {
+        /// Which.
+        purge: crate::Purge,
+    },
     /// Applies `then` if every condition holds (evaluated as checks, without failing the
     /// write set), `otherwise` if not; [`Applied::decided`] says which, for the first `If`
     /// applied (one nested in the ops it chose does not change the answer).
@@ -368,6 +375,7 @@ impl Op {
                 .find_map(Check::workflow)
                 .or_else(|| then.iter().find_map(Op::workflow)),
             Op::DeleteTask { .. }
+            | Op::Purge { .. }
             | Op::Requeue { .. }
             | Op::Release { .. }
             | Op::Pause { .. }
@@ -388,6 +396,8 @@ pub struct Applied {
     pub decided: Option<bool>,
     /// The new expiry of a renewed lease, for an [`Op::Renew`].
     pub renewed_until: Option<Timestamp>,
+    /// The workflows an [`Op::Purge`] deleted, those that ended first first.
+    pub purged: Vec<WorkflowId>,
 }
 
 impl Applied {

@@ -103,6 +103,12 @@ pub trait Rows {
     fn delete_message(&mut self, id: &WorkflowId, message: MessageId) -> Result<()>;
     /// Appends log lines.
     fn insert_logs(&mut self, id: &WorkflowId, logs: &[LogRecord]) -> Result<()>;
+    /// Up to `purge.limit` workflows that `purge` matches at `now`, those that ended first
+    /// first (then by id).
+    fn purgeable(&mut self, purge: &crate::Purge, now: Timestamp) -> Result<Vec<WorkflowId>>;
+    /// Deletes a workflow's row, its histories (every run's), messages and logs, with their
+    /// index entries (its tasks are deleted before, one by one).
+    fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()>;
     /// Up to `max` claimable tasks of one kind (`visible_at <= now`), by `(visible_at, id)`.
     fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>>;
 }
@@ -430,6 +436,17 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         self.0.put_workflow(&wf)
     }
 
+    fn purge(&mut self, now: Timestamp, purge: &crate::Purge) -> Result<Vec<WorkflowId>> {
+        let ids = self.0.purgeable(purge, now)?;
+        for id in &ids {
+            for task in self.0.tasks_of(id)? {
+                self.0.delete_task(task)?;
+            }
+            self.0.delete_workflow(id)?;
+        }
+        Ok(ids)
+    }
+
     fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()> {
         let mut wf = self.workflow_record(workflow)?;
         if let Some(task) = wf.task.take() {
@@ -535,4 +552,23 @@ pub fn pending<R: Rows + ?Sized>(rows: &mut R, id: &WorkflowId, now: Timestamp) 
     let mut messages = rows.messages_of(id)?;
     messages.sort_by_key(|m| m.id);
     Ok(Pending { tasks, messages })
+}
+
+/// The workflows `purge` matches among `summaries` at `now`, those that ended first first:
+/// the selection of [`Rows::purgeable`] for row stores that scan their workflows.
+pub fn purgeable<'a>(
+    summaries: impl Iterator<Item = &'a WorkflowSummary>,
+    purge: &crate::Purge,
+    now: Timestamp,
+) -> Vec<WorkflowId> {
+    let mut found: Vec<(Timestamp, &WorkflowId)> = summaries
+        .filter(|s| purge.matches(s, now))
+        .filter_map(|s| Some((s.closed_at?, &s.id)))
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .take(purge.limit)
+        .map(|(_, id)| id.clone())
+        .collect()
 }

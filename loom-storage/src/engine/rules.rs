@@ -762,6 +762,29 @@ pub fn resume(id: &WorkflowId) -> Result<WriteSet> {
     })
 }
 
+/// Deletes closed workflows for retention (see [`Purge`](crate::Purge)): a batch of at most
+/// `limit`, never an open one, chosen and deleted in one step by the store's clock. A status
+/// must be a terminal one; a limit at least 1.
+pub fn purge(purge: &crate::Purge) -> Result<WriteSet> {
+    if purge.limit == 0 {
+        return Err(StorageError::InvalidArgument(
+            "a purge deletes at least one workflow per batch (limit 0)".into(),
+        ));
+    }
+    if let Some(status) = purge.status.filter(|s| !s.is_terminal()) {
+        return Err(StorageError::InvalidArgument(format!(
+            "a {status} workflow is open and is never purged; purge completed, failed, cancelled, terminated or timed_out ones"
+        )));
+    }
+    Ok(WriteSet {
+        checks: Vec::new(),
+        ops: vec![Op::Purge {
+            purge: purge.clone(),
+        }],
+        sync: Sync::Durable,
+    })
+}
+
 /// Extends a live lease to `extend` after now by the store's clock. A claim's renewal that a
 /// power cut erases only lets the lease lapse sooner, so it needs no sync of its own.
 pub fn renew(lease: &Lease, extend: std::time::Duration) -> WriteSet {
@@ -1304,6 +1327,7 @@ mod tests {
             Op::Release { .. } => "Release",
             Op::Pause { .. } => "Pause",
             Op::Hold { .. } => "Hold",
+            Op::Purge { .. } => "Purge",
             Op::Renew { .. } => "Renew",
             Op::ClaimWorkflowTasks { .. } => "ClaimWorkflowTasks",
             Op::ClaimActivityTasks { .. } => "ClaimActivityTasks",

@@ -47,6 +47,60 @@ impl Limits {
     }
 }
 
+/// How long closed workflows are kept before a worker purges them (everything of theirs:
+/// summary, every run's history, logs), in the background, a batch at a time. Open workflows
+/// are never purged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// How long after it ended a workflow is kept, unless its type has its own period.
+    pub closed: Duration,
+    /// Periods of their own, by workflow type.
+    pub per_type: std::collections::BTreeMap<String, Duration>,
+    /// How often the worker looks for what to purge.
+    pub every: Duration,
+    /// The most workflows deleted in one write: small, so that a purge never holds up the
+    /// workflows that are running.
+    pub batch: usize,
+}
+
+impl Retention {
+    /// Keep closed workflows for `closed`, look every minute, delete 100 at a time.
+    pub fn closed_for(closed: Duration) -> Self {
+        Retention {
+            closed,
+            per_type: std::collections::BTreeMap::new(),
+            every: Duration::from_secs(60),
+            batch: 100,
+        }
+    }
+
+    /// Keeps closed workflows of type `name` for `period` instead.
+    pub fn with_type(mut self, name: impl Into<String>, period: Duration) -> Self {
+        self.per_type.insert(name.into(), period);
+        self
+    }
+
+    /// The purges of one pass: one per type with a period of its own, then the rest.
+    pub fn passes(&self) -> Vec<loom_storage::Purge> {
+        let purge = |older_than, name, except_names| loom_storage::Purge {
+            older_than,
+            status: None,
+            name,
+            except_names,
+            limit: self.batch.max(1),
+        };
+        self.per_type
+            .iter()
+            .map(|(name, period)| purge(*period, Some(name.clone()), Vec::new()))
+            .chain(std::iter::once(purge(
+                self.closed,
+                None,
+                self.per_type.keys().cloned().collect(),
+            )))
+            .collect()
+    }
+}
+
 /// How a worker behaves. `Default` suits most uses; tests shorten the times.
 #[derive(Clone)]
 pub struct WorkerConfig {
@@ -80,6 +134,9 @@ pub struct WorkerConfig {
     /// Payload and history limits; its clients (from [`Worker::client`](crate::Worker::client))
     /// share them.
     pub limits: Limits,
+    /// Purge closed workflows past their retention, in the background; `None` (the default)
+    /// keeps them for ever.
+    pub retention: Option<Retention>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -95,6 +152,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("pause_retry", &self.pause_retry)
             .field("max_deliveries", &self.max_deliveries)
             .field("limits", &self.limits)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +175,7 @@ impl Default for WorkerConfig {
             max_deliveries: 5,
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
+            retention: None,
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct WorkerMetrics {
     pub workflows_finished: AtomicU64,
     /// Runs that continued as new while this worker ran them.
     pub runs_continued: AtomicU64,
+    /// Closed workflows this worker purged past their retention.
+    pub workflows_purged: AtomicU64,
     /// Activity attempts that succeeded.
     pub activities_completed: AtomicU64,
     /// Activity attempts that failed or timed out (retried or not).
@@ -42,6 +44,7 @@ impl WorkerMetrics {
             workflow_tasks_paused: get(&self.workflow_tasks_paused),
             workflows_finished: get(&self.workflows_finished),
             runs_continued: get(&self.runs_continued),
+            workflows_purged: get(&self.workflows_purged),
             activities_completed: get(&self.activities_completed),
             activities_failed: get(&self.activities_failed),
             commits_refused: get(&self.commits_refused),
@@ -66,6 +69,7 @@ pub struct MetricsSnapshot {
     pub workflow_tasks_paused: u64,
     pub workflows_finished: u64,
     pub runs_continued: u64,
+    pub workflows_purged: u64,
     pub activities_completed: u64,
     pub activities_failed: u64,
     pub commits_refused: u64,

@@ -10,6 +10,7 @@ mod claim;
 mod config;
 mod lease;
 mod metrics;
+mod retention;
 mod workflow_task;
 
 use std::collections::BTreeMap;
@@ -37,7 +38,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client::Client;
 
-pub use config::{Limits, WorkerConfig};
+pub use config::{Limits, Retention, WorkerConfig};
 pub use metrics::{MetricsSnapshot, WorkerMetrics};
 
 use claim::*;
@@ -160,13 +161,19 @@ impl Worker {
                 .clone()
                 .claim_loop(Kind::Workflow, stop_rx.clone()),
         );
+        let retention = self
+            .shared
+            .config
+            .retention
+            .clone()
+            .map(|r| tokio::spawn(self.shared.clone().retention_loop(r, stop_rx.clone())));
         let activities = tokio::spawn(self.shared.clone().claim_loop(Kind::Activity, stop_rx));
         shutdown.await;
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         self.shared.workflow_work.notify_one();
         self.shared.activity_work.notify_one();
-        for handle in [workflows, activities] {
+        for handle in [workflows, activities].into_iter().chain(retention) {
             if let Err(e) = handle.await {
                 warn!(error = %e, "a worker loop ended abnormally");
             }

@@ -17,14 +17,19 @@ use tokio::sync::oneshot;
 /// A worker running in the background of a test, until [`stop`](Running::stop).
 pub struct Running {
     stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
+    handle: tokio::task::JoinHandle<loom_worker::MetricsSnapshot>,
 }
 
 impl Running {
     /// Stops the worker gracefully and waits for it.
     pub async fn stop(self) {
+        self.stop_with_metrics().await;
+    }
+
+    /// Stops the worker gracefully, waits for it, and answers its counters.
+    pub async fn stop_with_metrics(self) -> loom_worker::MetricsSnapshot {
         let _ = self.stop.send(());
-        self.handle.await.expect("worker task");
+        self.handle.await.expect("worker task")
     }
 }
 
@@ -38,7 +43,7 @@ pub fn run(worker: Worker) -> (Client, Running) {
                 let _ = rx.await;
             })
             .await
-            .expect("worker runs");
+            .expect("worker runs")
     });
     (client, Running { stop, handle })
 }
