@@ -136,61 +136,21 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Terminate { id, reason } => {
+        Command::Terminate { target, reason } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
-            let id = WorkflowId::new(id);
-            Client::new(store)
-                .terminate(&id, &reason)
-                .await
-                .map_err(Fail::from_client)?;
-            if json {
-                render::json(&json!({ "id": id, "terminated": true }))?;
-            } else {
-                println!("Terminated {id}.");
-            }
-            Ok(ExitCode::SUCCESS)
+            act(store, target, Action::Terminate(reason), json).await
         }
-        Command::Pause { id, reason } => {
+        Command::Pause { target, reason } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
-            let id = WorkflowId::new(id);
-            Client::new(store)
-                .pause(&id, &reason)
-                .await
-                .map_err(Fail::from_client)?;
-            if json {
-                render::json(&json!({ "id": id, "paused": true }))?;
-            } else {
-                println!("Paused {id}; loom resume {id} lets it run again.");
-            }
-            Ok(ExitCode::SUCCESS)
+            act(store, target, Action::Pause(reason), json).await
         }
-        Command::Resume { id } => {
+        Command::Resume { target } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
-            let id = WorkflowId::new(id);
-            Client::new(store)
-                .resume(&id)
-                .await
-                .map_err(Fail::from_client)?;
-            if json {
-                render::json(&json!({ "id": id, "resumed": true }))?;
-            } else {
-                println!("Resumed {id}.");
-            }
-            Ok(ExitCode::SUCCESS)
+            act(store, target, Action::Resume, json).await
         }
-        Command::Cancel { id, reason } => {
+        Command::Cancel { target, reason } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
-            let id = WorkflowId::new(id);
-            Client::new(store)
-                .cancel(&id, reason)
-                .await
-                .map_err(Fail::from_client)?;
-            if json {
-                render::json(&json!({ "id": id, "cancel_requested": true }))?;
-            } else {
-                println!("Asked {id} to cancel; it will stop at its next wait.");
-            }
-            Ok(ExitCode::SUCCESS)
+            act(store, target, Action::Cancel(reason), json).await
         }
         Command::Result { id, wait } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
@@ -458,6 +418,195 @@ async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<
 
 /// The most children `inspect` lists; `list --parent` shows them all.
 const CHILDREN_SHOWN: usize = 20;
+
+/// What `cancel`, `terminate`, `pause` and `resume` do to one workflow.
+#[derive(Clone, Debug)]
+enum Action {
+    Cancel(Option<String>),
+    Terminate(String),
+    Pause(String),
+    Resume,
+}
+
+impl Action {
+    async fn apply(
+        &self,
+        client: &Client,
+        id: &WorkflowId,
+    ) -> Result<(), loom_worker::ClientError> {
+        match self {
+            Action::Cancel(reason) => client.cancel(id, reason.clone()).await,
+            Action::Terminate(reason) => client.terminate(id, reason).await,
+            Action::Pause(reason) => client.pause(id, reason).await,
+            Action::Resume => client.resume(id).await,
+        }
+    }
+
+    /// The key of the JSON answer for one workflow, and the sentence for people.
+    fn done(&self, id: &WorkflowId) -> (&'static str, String) {
+        match self {
+            Action::Cancel(_) => (
+                "cancel_requested",
+                format!("Asked {id} to cancel; it will stop at its next wait."),
+            ),
+            Action::Terminate(_) => ("terminated", format!("Terminated {id}.")),
+            Action::Pause(_) => (
+                "paused",
+                format!("Paused {id}; loom resume {id} lets it run again."),
+            ),
+            Action::Resume => ("resumed", format!("Resumed {id}.")),
+        }
+    }
+}
+
+/// A query of `--query`: space-separated `key=value` filters.
+fn parse_query(text: &str) -> Result<ListQuery, Fail> {
+    let mut q = ListQuery {
+        limit: 1_000,
+        ..ListQuery::default()
+    };
+    let duration = |key: &str, v: &str| {
+        humantime::parse_duration(v)
+            .map(ago)
+            .map_err(|e| Fail::usage(format!("--query: {key}={v:?} is not a duration ({e})")))
+    };
+    for part in text.split_whitespace() {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(Fail::usage(format!(
+                "--query: {part:?} is not key=value (keys: status, name, parent, created-after, created-before, closed-before)"
+            )));
+        };
+        match key {
+            "status" => q.status = Some(value.parse().map_err(Fail::usage)?),
+            "name" => q.name = Some(value.to_owned()),
+            "parent" => q.parent = Some(WorkflowId::new(value)),
+            "created-after" => q.created_after = Some(duration(key, value)?),
+            "created-before" => q.created_before = Some(duration(key, value)?),
+            "closed-before" => q.closed_before = Some(duration(key, value)?),
+            other => {
+                return Err(Fail::usage(format!(
+                    "--query: unknown filter {other:?} (keys: status, name, parent, created-after, created-before, closed-before)"
+                )));
+            }
+        }
+    }
+    if text.trim().is_empty() {
+        return Err(Fail::usage(
+            "--query is empty: it would match every workflow; name at least one filter",
+        ));
+    }
+    Ok(q)
+}
+
+/// How many workflows `--query` acts on without `--yes`.
+const WITHOUT_YES: usize = 10;
+
+/// Runs `action` on the target: one workflow, or each that the query matches, at most 16 at
+/// once, each on its own (one failure does not stop the rest), with a summary.
+async fn act(
+    store: Arc<dyn Storage>,
+    target: crate::Target,
+    action: Action,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let client = Client::new(store.clone());
+    let Some(query) = target.query else {
+        let id = WorkflowId::new(target.id.unwrap_or_default());
+        action
+            .apply(&client, &id)
+            .await
+            .map_err(Fail::from_client)?;
+        let (key, sentence) = action.done(&id);
+        if json {
+            render::json(&json!({ "id": id, key: true }))?;
+        } else {
+            println!("{sentence}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut query = parse_query(&query)?;
+    let mut ids = Vec::new();
+    loop {
+        let page = store.list(&query).await.map_err(Fail::from_storage)?;
+        ids.extend(page.items.into_iter().map(|s| s.id));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    if target.dry_run {
+        if json {
+            render::json(&json!({ "dry_run": true, "matched": ids.len(), "ids": ids }))?;
+        } else {
+            for id in &ids {
+                println!("{id}");
+            }
+            println!("{} workflow(s) match; nothing was done.", ids.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if ids.len() > WITHOUT_YES && !target.yes {
+        return Err(Fail::usage(format!(
+            "{} workflows match; pass --yes to act on all of them (or --dry-run to list them)",
+            ids.len()
+        )));
+    }
+    let started = Instant::now();
+    let bar =
+        (!json && std::io::stderr().is_terminal()).then(|| ProgressBar::new(ids.len() as u64));
+    let mut failed: Vec<(WorkflowId, String)> = Vec::new();
+    let mut done = 0usize;
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = ids.iter().cloned();
+    loop {
+        while running.len() < 16 {
+            let Some(id) = queue.next() else { break };
+            let (client, action) = (client.clone(), action.clone());
+            running.spawn(async move {
+                let r = action.apply(&client, &id).await;
+                (id, r)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (id, r) = joined.map_err(|e| Fail::failed(format!("an action panicked: {e}")))?;
+        match r {
+            Ok(()) => done += 1,
+            Err(e) => failed.push((id, e.to_string())),
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let elapsed = started.elapsed();
+    if json {
+        render::json(&json!({
+            "matched": ids.len(),
+            "done": done,
+            "failed": failed.iter().map(|(id, e)| json!({"id": id, "error": e})).collect::<Vec<_>>(),
+            "elapsed_ms": elapsed.as_millis() as u64,
+        }))?;
+    } else {
+        println!(
+            "{} workflow(s) matched: {done} done, {} failed, in {}.",
+            ids.len(),
+            failed.len(),
+            render::duration(elapsed)
+        );
+        for (id, e) in failed.iter().take(20) {
+            println!("  {id}: {e}");
+        }
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
 
 /// The time `d` ago by this machine's clock.
 fn ago(d: Duration) -> loom_core::Timestamp {

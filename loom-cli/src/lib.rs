@@ -83,6 +83,26 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// The workflow an action is for: one id, or every workflow a query matches.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The workflow's id.
+    #[arg(required_unless_present = "query")]
+    pub(crate) id: Option<String>,
+    /// Instead of one id, every workflow that matches these space-separated filters:
+    /// `status=S name=N parent=ID created-after=D created-before=D closed-before=D`, times
+    /// as durations ago (`2h`, `30days`). Each workflow is handled on its own; a summary
+    /// follows.
+    #[arg(long, conflicts_with = "id")]
+    pub(crate) query: Option<String>,
+    /// With `--query`: list the workflows it matches, and act on none.
+    #[arg(long, requires = "query")]
+    pub(crate) dry_run: bool,
+    /// With `--query`: act on more than ten workflows.
+    #[arg(long, requires = "query")]
+    pub(crate) yes: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create the database and its schema.
@@ -195,8 +215,8 @@ pub(crate) enum Command {
     },
     /// Ask a workflow to cancel.
     Cancel {
-        /// The workflow's id.
-        id: String,
+        #[command(flatten)]
+        target: Target,
         /// Why.
         #[arg(long)]
         reason: Option<String>,
@@ -204,8 +224,8 @@ pub(crate) enum Command {
     /// End a workflow at once, without running its code (no worker needed): recorded as
     /// `WorkflowTerminated` with the reason; its children get their parent-close policies.
     Terminate {
-        /// The workflow's id.
-        id: String,
+        #[command(flatten)]
+        target: Target,
         /// Who ends it and why (recorded in its history).
         #[arg(long)]
         reason: String,
@@ -213,8 +233,8 @@ pub(crate) enum Command {
     /// Pause a workflow: no worker runs its code until `loom resume`; signals, activity
     /// results and timers wait, in order.
     Pause {
-        /// The workflow's id.
-        id: String,
+        #[command(flatten)]
+        target: Target,
         /// Who pauses it and why (shown by `loom inspect`).
         #[arg(long)]
         reason: String,
@@ -222,8 +242,8 @@ pub(crate) enum Command {
     /// Resume a paused workflow (paused by `loom pause`, or by code that could not replay):
     /// it runs at once, with everything that waited.
     Resume {
-        /// The workflow's id.
-        id: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Print a workflow's result (exit 1 if it failed or was cancelled).
     Result {

@@ -719,6 +719,111 @@ fn purge_deletes_closed_workflows_and_never_an_open_one() {
 }
 
 #[test]
+fn actions_on_every_workflow_a_query_matches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(start(
+            dir.path(),
+            "Greeting",
+            &format!(r#"{{"name": "g{n}"}}"#),
+        ));
+    }
+    start(dir.path(), "FanOut", r#"{"n": 1}"#);
+    // More than ten: refused without --yes, and nothing is done.
+    loom(dir.path())
+        .args(["pause", "--query", "name=Greeting", "--reason", "ops"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("12 workflows match; pass --yes"));
+    let dry = json_of(&stdout_of(
+        dir.path(),
+        &[
+            "pause",
+            "--query",
+            "name=Greeting",
+            "--reason",
+            "ops",
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    assert_eq!(dry["matched"], 12);
+    assert_eq!(inspect(dir.path(), &ids[0])["status"], "running");
+    let paused = json_of(&stdout_of(
+        dir.path(),
+        &[
+            "pause",
+            "--query",
+            "name=Greeting",
+            "--reason",
+            "ops",
+            "--yes",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        (paused["matched"].clone(), paused["done"].clone()),
+        (12.into(), 12.into())
+    );
+    assert_eq!(inspect(dir.path(), &ids[11])["status"], "paused");
+    // Each workflow on its own: resuming running ones fails for each, and says so.
+    let out = loom(dir.path())
+        .args(["resume", "--query", "status=running", "--json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["matched"], 1, "the FanOut");
+    assert_eq!(doc["failed"].as_array().map(Vec::len), Some(1));
+    let resumed = json_of(&stdout_of(
+        dir.path(),
+        &[
+            "resume",
+            "--query",
+            "status=paused name=Greeting",
+            "--yes",
+            "--json",
+        ],
+    ));
+    assert_eq!(resumed["done"], 12);
+    let terminated = json_of(&stdout_of(
+        dir.path(),
+        &[
+            "terminate",
+            "--query",
+            "name=Greeting created-before=0s",
+            "--reason",
+            "cleanup",
+            "--yes",
+            "--json",
+        ],
+    ));
+    assert_eq!(terminated["done"], 12);
+    assert_eq!(inspect(dir.path(), &ids[5])["status"], "terminated");
+    let none = json_of(&stdout_of(
+        dir.path(),
+        &["cancel", "--query", "name=Nope", "--json"],
+    ));
+    assert_eq!(none["matched"], 0);
+    // Malformed filters and targets: exit 2.
+    for args in [
+        vec!["cancel", "--query", "bogus"],
+        vec!["cancel", "--query", "status=weird"],
+        vec!["cancel", "--query", "colour=red"],
+        vec!["cancel", "--query", "created-after=yesterday"],
+        vec!["cancel", "--query", " "],
+        vec!["cancel", "--dry-run"],
+        vec!["cancel"],
+        vec!["cancel", "some-id", "--query", "name=Greeting"],
+    ] {
+        loom(dir.path()).args(&args).assert().code(2);
+    }
+}
+
+#[test]
 fn inspect_shows_the_chain_of_runs_and_any_one_of_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let id = start(
