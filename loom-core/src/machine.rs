@@ -119,10 +119,13 @@ pub struct Decision {
     /// Messages that were not appended, with the reason: a second result for the same
     /// activity, a timer that already fired, anything after the workflow ended.
     pub dropped: Vec<(EventKind, String)>,
-    /// How many of the last messages were left untouched because the run continued as new
-    /// before them: the runtime does not consume them, so that the store carries those from
-    /// outside (signals, a cancel request) over to the next run.
-    pub left_for_next_run: usize,
+    /// The messages (by their position in the activation) left untouched because the run
+    /// had ended before them and a next run follows (it continued as new, or failed and is
+    /// retried): the runtime does not consume them, so that the store carries those from
+    /// outside (a cancel request; signals after a retried failure) over to the next run.
+    /// Signals after a continue-as-new are not left but carried in its event, after the ones
+    /// the code had not taken, so that the next run receives them all in order.
+    pub left_for_next_run: Vec<usize>,
 }
 
 /// How a workflow ended.
@@ -540,48 +543,7 @@ impl WorkflowMachine {
     /// the input the code gave to `continue_as_new` and the same attempt, or this run's input
     /// and the next attempt.
     pub fn next_run(&self) -> Option<Event> {
-        let inner = self.shared.lock();
-        let last = inner.history.last()?;
-        let EventKind::WorkflowStarted {
-            name,
-            version,
-            input: this_input,
-            parent,
-            timeouts,
-            run,
-            retry,
-            attempt,
-            ..
-        } = &inner.history.first()?.kind
-        else {
-            return None;
-        };
-        let (input, attempt) = match &last.kind {
-            EventKind::WorkflowContinuedAsNew { input, .. } => (input.clone(), *attempt),
-            EventKind::WorkflowFailed { failure }
-                if retry
-                    .as_ref()
-                    .is_some_and(|p| p.allows_retry(*attempt, Some(failure))) =>
-            {
-                (this_input.clone(), attempt + 1)
-            }
-            _ => return None,
-        };
-        Some(Event {
-            seq: Seq::FIRST,
-            at: last.at,
-            kind: EventKind::WorkflowStarted {
-                name: name.clone(),
-                version: *version,
-                input,
-                format: HISTORY_FORMAT,
-                parent: parent.clone(),
-                timeouts: *timeouts,
-                run: run + 1,
-                retry: retry.clone(),
-                attempt,
-            },
-        })
+        next_run_of(&self.shared.lock())
     }
 
     /// Whether the code can still be woken: it has finished, or something of Loom's that it
@@ -615,23 +577,42 @@ impl WorkflowMachine {
         }
     }
 
-    /// Replays if needed, then delivers the messages: answers those dropped, and how many of
-    /// the last were left for the next run.
+    /// Replays if needed, then delivers the messages: answers those dropped, and those left
+    /// for the next run.
     fn activate_inner(
         &mut self,
         messages: Vec<EventKind>,
-    ) -> Result<(Vec<(EventKind, String)>, usize), ReplayError> {
+    ) -> Result<(Vec<(EventKind, String)>, Vec<usize>), ReplayError> {
         if !self.replayed {
             self.replay()?;
             self.replayed = true;
         }
         let mut dropped = Vec::new();
-        let count = messages.len();
+        let mut left = Vec::new();
         for (i, message) in messages.into_iter().enumerate() {
             let verdict = {
                 let mut inner = self.shared.lock();
-                if matches!(inner.finished, Some(Outcome::ContinuedAsNew { .. })) {
-                    return Ok((dropped, count - i));
+                if inner.finished.is_some() && next_run_of(&inner).is_some() {
+                    let absorbed = match (&message, inner.history.last_mut()) {
+                        (
+                            EventKind::SignalReceived { name, payload },
+                            Some(Event {
+                                kind: EventKind::WorkflowContinuedAsNew { signals, .. },
+                                ..
+                            }),
+                        ) => {
+                            signals.push(CarriedSignal {
+                                name: name.clone(),
+                                payload: payload.clone(),
+                            });
+                            true
+                        }
+                        _ => false,
+                    };
+                    if !absorbed {
+                        left.push(i);
+                    }
+                    continue;
                 }
                 let verdict = if !message.is_message() {
                     Err(format!("{} is not a message", message.type_name()))
@@ -662,7 +643,7 @@ impl WorkflowMachine {
                 Err(reason) => dropped.push((message, reason)),
             }
         }
-        Ok((dropped, 0))
+        Ok((dropped, left))
     }
 
     /// Replays the recorded history. A history of only `WorkflowStarted` has had no task yet,
@@ -876,6 +857,55 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "a non-string panic payload".to_owned()
     }
+}
+
+/// The first event of the next run, if the run ended by continuing as new or failed under a
+/// retry policy that retries it (and no cancel was requested): see
+/// [`WorkflowMachine::next_run`].
+fn next_run_of(inner: &Inner) -> Option<Event> {
+    let last = inner.history.last()?;
+    let EventKind::WorkflowStarted {
+        name,
+        version,
+        input: this_input,
+        parent,
+        timeouts,
+        run,
+        retry,
+        attempt,
+        ..
+    } = &inner.history.first()?.kind
+    else {
+        return None;
+    };
+    let (input, attempt) = match &last.kind {
+        EventKind::WorkflowContinuedAsNew { input, .. } => (input.clone(), *attempt),
+        // A run asked to cancel is not retried: its failure is final.
+        EventKind::WorkflowFailed { failure }
+            if !inner.cancel_requested
+                && retry
+                    .as_ref()
+                    .is_some_and(|p| p.allows_retry(*attempt, Some(failure))) =>
+        {
+            (this_input.clone(), attempt + 1)
+        }
+        _ => return None,
+    };
+    Some(Event {
+        seq: Seq::FIRST,
+        at: last.at,
+        kind: EventKind::WorkflowStarted {
+            name: name.clone(),
+            version: *version,
+            input,
+            format: HISTORY_FORMAT,
+            parent: parent.clone(),
+            timeouts: *timeouts,
+            run: run + 1,
+            retry: retry.clone(),
+            attempt,
+        },
+    })
 }
 
 struct RootWaker(AtomicBool);

@@ -1488,16 +1488,27 @@ fn continue_as_new_ends_the_run_and_describes_the_next() {
     let mut d = Driver::start::<Relay>(&1);
     d.feed(vec![]);
     // `b` arrives first and is never taken; `a` ends the run; the last `a` comes after the
-    // end and is left for the next run, untouched.
-    let decision = d.ok(vec![signal("b", 7), signal("a", 2), signal("a", 5)]);
-    assert_eq!(decision.left_for_next_run, 1, "the second `a` is left");
+    // end and is carried after `b`, in order; a cancel request after the end is left for the
+    // store to carry.
+    let decision = d.ok(vec![
+        signal("b", 7),
+        signal("a", 2),
+        signal("a", 5),
+        cancel(),
+    ]);
+    assert_eq!(
+        decision.left_for_next_run,
+        vec![3],
+        "the cancel request is left"
+    );
     assert!(decision.dropped.is_empty(), "{:?}", decision.dropped);
     let last = decision.events.last().expect("events");
     match &last.kind {
         EventKind::WorkflowContinuedAsNew { input, signals } => {
             assert_eq!(input.decode::<u32>().expect("u32"), 3);
-            assert_eq!(signals.len(), 1, "the untaken `b` is carried");
-            assert_eq!(signals[0].name, "b");
+            let names: Vec<&str> = signals.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["b", "a"], "the untaken `b`, then the late `a`");
+            assert_eq!(signals[1].payload, Payload::encode(&5).expect("encode"));
         }
         other => panic!("the run ended with {other}"),
     }
@@ -1616,4 +1627,48 @@ fn a_failed_run_under_a_retry_policy_names_its_next_attempt() {
             Some(Outcome::Failed { .. })
         ));
     }
+}
+
+/// Ignores a cancel request and fails.
+struct Stubborn;
+
+impl Workflow for Stubborn {
+    const NAME: &'static str = "Stubborn";
+    type Input = ();
+    type State = ();
+    type Output = ();
+
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        let _ = ctx.wait_signal::<u32>("go").await;
+        Err(WorkflowError::failed("flaky", "it broke"))
+    }
+}
+
+#[test]
+fn a_run_asked_to_cancel_is_not_retried() {
+    let mut started = started_event("Stubborn", 1, Payload::NULL);
+    if let EventKind::WorkflowStarted { retry, .. } = &mut started.kind {
+        *retry = Some(loom_core::RetryPolicy::default());
+    }
+    let mut d = Driver::with_history(workflow_type::<Stubborn>(), vec![started.clone()]);
+    d.feed(vec![]);
+    d.feed(vec![cancel()]);
+    assert!(matches!(
+        d.machine().outcome(),
+        Some(Outcome::Failed { .. })
+    ));
+    assert!(
+        d.machine().next_run().is_none(),
+        "a cancelled run's failure is final"
+    );
+    // Without the cancel request, the same failure is retried; what comes after it is left.
+    let mut d = Driver::with_history(workflow_type::<Stubborn>(), vec![started]);
+    d.feed(vec![]);
+    let decision = d.ok(vec![signal("go", 1), signal("go", 2)]);
+    assert!(d.machine().next_run().is_some());
+    assert_eq!(
+        decision.left_for_next_run,
+        vec![1],
+        "the second signal waits for the next run"
+    );
 }

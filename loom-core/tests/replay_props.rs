@@ -470,7 +470,11 @@ fn run(program: &[Op], seed: u64, crashes: Crashes) -> Run {
             .expect("the program replays deterministically");
         tasks += 1;
         world.observe(&decision.events);
-        let left = delivered[delivered.len() - decision.left_for_next_run..].to_vec();
+        let left: Vec<EventKind> = decision
+            .left_for_next_run
+            .iter()
+            .map(|i| delivered[*i].clone())
+            .collect();
         history.extend(decision.events);
         logs.extend(decision.logs);
         last = Some((m.outcome(), m.progress().state));

@@ -435,8 +435,9 @@ BEGIN
             DELETE FROM tasks WHERE workflow_id = wf AND kind = 0;
 
         WHEN 'purge' THEN
-            -- Terminal statuses only, whatever the filter: an open workflow is never purged.
-            -- Rows another transaction holds are skipped, not waited for. The history,
+            -- Terminal statuses only, whatever the filter: an open workflow is never purged,
+            -- nor one with an open child (its id must not be taken again while the child may
+            -- report to it). Rows another transaction holds are skipped, not waited for. The history,
             -- messages, tasks and logs are deleted by the statement too (migration 2 dropped
             -- their foreign keys); the earlier runs' histories cascade.
             WITH gone AS (
@@ -447,6 +448,9 @@ BEGIN
                       AND (s->>'status' IS NULL OR status = s->>'status')
                       AND (s->>'name' IS NULL OR name = s->>'name')
                       AND NOT (name = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'except'))))
+                      AND NOT EXISTS (
+                          SELECT 1 FROM workflows c WHERE c.parent_id = workflows.id
+                            AND c.status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out'))
                     ORDER BY closed_at, id LIMIT (s->>'max')::bigint
                     FOR UPDATE SKIP LOCKED
                 )

@@ -83,40 +83,44 @@ impl PostgresStorage {
     }
 
     pub(crate) async fn fetch_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
-        let current: Option<i32> = sqlx::query_scalar("SELECT run FROM workflows WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(sql_err)?;
-        let current = current.ok_or_else(|| StorageError::NotFound(id.clone()))?;
-        let current = u32::try_from(current).unwrap_or(1);
-        if run == current {
-            return self.fetch_history(id, Seq::ZERO).await;
-        }
+        // One statement, one snapshot: the current run and the history of `run`, from the
+        // current history or the earlier runs' (a switch between two reads would mix them).
         let rows = sqlx::query(
-            "SELECT seq, at, kind FROM past_events WHERE workflow_id = $1 AND run = $2 ORDER BY seq",
+            "SELECT w.run, e.seq, e.at, e.kind FROM workflows w
+             LEFT JOIN LATERAL (
+                SELECT seq, at, kind FROM events WHERE workflow_id = w.id AND w.run = $2
+                UNION ALL
+                SELECT seq, at, kind FROM past_events WHERE workflow_id = w.id AND run = $2
+             ) e ON true
+             WHERE w.id = $1 ORDER BY e.seq",
         )
         .bind(id.as_str())
         .bind(i32::try_from(run).unwrap_or(i32::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        if rows.is_empty() {
+        let Some(first) = rows.first() else {
+            return Err(StorageError::NotFound(id.clone()));
+        };
+        let current = u32::try_from(first.get::<i32, _>(0)).unwrap_or(1);
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(n) = r.get::<Option<i64>, _>(1) else {
+                continue;
+            };
+            let kind: String = r.get(3);
+            events.push(Event {
+                seq: seq(n),
+                at: Timestamp::from_millis(r.get(2)),
+                kind: decode(&kind, || {
+                    format!("event #{n} of run {run} of workflow {id}")
+                })?,
+            });
+        }
+        if events.is_empty() {
             return Err(StorageError::no_such_run(id, run, current));
         }
-        rows.iter()
-            .map(|r| {
-                let n: i64 = r.get(0);
-                let kind: String = r.get(2);
-                Ok(Event {
-                    seq: seq(n),
-                    at: Timestamp::from_millis(r.get(1)),
-                    kind: decode(&kind, || {
-                        format!("event #{n} of run {run} of workflow {id}")
-                    })?,
-                })
-            })
-            .collect()
+        Ok(events)
     }
 
     pub(crate) async fn fetch_runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>> {

@@ -120,7 +120,8 @@ impl RedbStorage {
     }
 }
 
-/// Records the format in a new file, and refuses a file written by a newer Loom.
+/// Records the format in a new file, upgrades an older one (its tables are created), and
+/// refuses a file written by a newer Loom.
 fn check_format(db: &Database, path: &Path) -> Result<()> {
     let tx = db.begin_write().map_err(|e| redb_err(path, e))?;
     {
@@ -137,8 +138,8 @@ fn check_format(db: &Database, path: &Path) -> Result<()> {
                     path.display()
                 )));
             }
-            Some(_) => {}
-            None => {
+            Some(FORMAT) => {}
+            Some(_) | None => {
                 meta.insert("format", FORMAT)
                     .map_err(|e| redb_err(path, e))?;
             }

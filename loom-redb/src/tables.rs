@@ -49,7 +49,12 @@ pub(crate) fn create_tables(
 }
 
 /// The file format this build writes, stored under `meta["format"]`.
-pub(crate) const FORMAT: u64 = 1;
+///
+/// - 1: the first format.
+/// - 2: runs: a workflow's current run in its record, the histories of earlier runs in
+///   `past_events`. A format-1 file opens as format 2 (its workflows are on their first run);
+///   a build that knows only format 1 then refuses it, since it would not know the runs.
+pub(crate) const FORMAT: u64 = 2;
 
 pub(crate) const WORKFLOW_TASK: u8 = 0;
 pub(crate) const ACTIVITY_TASK: u8 = 1;
@@ -416,15 +421,15 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
             let (key, value) = entry.map_err(|e| self.err(e))?;
             let record: WorkflowRecord =
                 self.decode(value.value(), || format!("workflow {}", key.value()))?;
-            if purge.matches(&record.summary, now) {
+            // The candidates, and the open children that keep their parents.
+            if purge.matches(&record.summary, now)
+                || (record.summary.parent.is_some() && !record.summary.status.is_terminal())
+            {
                 summaries.push(record.summary);
             }
         }
-        Ok(loom_storage::engine::rows::purgeable(
-            summaries.iter(),
-            purge,
-            now,
-        ))
+        let all: Vec<&loom_storage::WorkflowSummary> = summaries.iter().collect();
+        Ok(loom_storage::engine::rows::purgeable(&all, purge, now))
     }
 
     fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()> {

@@ -101,6 +101,77 @@ async fn a_file_from_a_newer_loom_is_refused_by_name() {
     );
 }
 
+/// Sets the format recorded in the file at `path`, as another build would have written it.
+fn set_format(path: &std::path::Path, format: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match redb::Database::open(path) {
+            Ok(db) => break db,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let tx = db.begin_write().expect("write");
+    {
+        let mut meta = tx
+            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .expect("meta");
+        meta.insert("format", format).expect("insert");
+    }
+    tx.commit().expect("commit");
+}
+
+fn format_of(path: &std::path::Path) -> Option<u64> {
+    use redb::ReadableDatabase;
+    // The store's writer thread lets go of the file shortly after the store is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match redb::Database::open(path) {
+            Ok(db) => break db,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let tx = db.begin_read().expect("read");
+    let meta = tx
+        .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+        .expect("meta");
+    meta.get("format").expect("get").map(|v| v.value())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_the_first_format_opens_upgraded_with_its_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("old.redb");
+    {
+        let store = RedbStorage::open(&path).await.expect("create");
+        store
+            .create_workflow(&WorkflowId::new("kept"), started())
+            .await
+            .expect("create a workflow");
+    }
+    set_format(&path, 1);
+    let store = RedbStorage::open(&path).await.expect("an older file opens");
+    let summary = store
+        .describe(&WorkflowId::new("kept"))
+        .await
+        .expect("its workflow is there");
+    assert_eq!(summary.run, 1, "on its first run");
+    assert!(
+        store
+            .runs(&WorkflowId::new("kept"))
+            .await
+            .expect("runs")
+            .is_empty()
+    );
+    drop(store);
+    assert_eq!(
+        format_of(&path),
+        Some(2),
+        "recorded as the format this build writes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_is_not_redb_is_refused_by_name_and_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -466,12 +466,17 @@ impl Apply for Db<'_> {
         let ids: Vec<String> = self
             .conn
             .prepare_cached(
-                // Terminal statuses only, whatever the filter: an open workflow is never purged.
+                // Terminal statuses only, whatever the filter: an open workflow is never purged,
+                // nor one with an open child (its id must not be taken again while the child
+                // may report to it).
                 "SELECT id FROM workflows
                  WHERE closed_at < ?1
                    AND status IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out')
                    AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR name = ?3)
                    AND name NOT IN (SELECT value FROM json_each(?4))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM workflows c WHERE c.parent_id = workflows.id
+                         AND c.status NOT IN ('completed', 'failed', 'cancelled', 'terminated', 'timed_out'))
                  ORDER BY closed_at, id LIMIT ?5",
             )
             .and_then(|mut s| {

@@ -231,11 +231,9 @@ impl Rows for State {
     }
 
     fn purgeable(&mut self, purge: &crate::Purge, now: Timestamp) -> Result<Vec<WorkflowId>> {
-        Ok(rows::purgeable(
-            self.workflows.values().map(|e| &e.record.summary),
-            purge,
-            now,
-        ))
+        let all: Vec<&WorkflowSummary> =
+            self.workflows.values().map(|e| &e.record.summary).collect();
+        Ok(rows::purgeable(&all, purge, now))
     }
 
     fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()> {

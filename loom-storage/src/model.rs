@@ -456,7 +456,9 @@ pub struct Purge {
 }
 
 impl Purge {
-    /// Whether a workflow whose summary is `s` is purged by this at store time `now`.
+    /// Whether a workflow whose summary is `s` is purged by this at store time `now` (leaving
+    /// aside whether it has open children: a workflow with an open child is never purged, so
+    /// that its id is not taken again while the child may still report to it).
     pub fn matches(&self, s: &WorkflowSummary, now: Timestamp) -> bool {
         let before = now
             .as_millis()

@@ -310,6 +310,7 @@ macro_rules! for_each_conformance_case {
             continue_as_new_is_checked,
             a_childs_end_reaches_only_the_run_that_started_it,
             a_failed_run_under_a_retry_policy_is_retried_as_a_new_run,
+            a_child_started_as_the_run_ends_is_created_and_told,
             a_paused_workflow_waits_until_resumed,
             resume_retries_a_workflow_paused_by_its_code,
             pause_and_resume_are_checked,

@@ -206,6 +206,26 @@ pub async fn purge_deletes_only_closed_workflows(store: Store) {
         vec![EventKind::WorkflowCompleted { output: json(3) }],
     )
     .await;
+    // A parent that ended with an abandoned child still open is kept while the child runs:
+    // its id must not be taken again while the child may report to it.
+    super::children::with_child(
+        &store,
+        "parent",
+        "parent/2",
+        loom_core::ParentClosePolicy::Abandon,
+    )
+    .await;
+    let child_task = claim_workflow(&store).await;
+    assert_eq!(child_task.workflow_id, wid("parent/2"));
+    store
+        .signal(&wid("parent"), "end", json(0))
+        .await
+        .expect("signal");
+    advance(
+        &store,
+        vec![EventKind::WorkflowCompleted { output: json(0) }],
+    )
+    .await;
     create(&store, "open").await;
     let before = store.stats().await.expect("stats").events;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -238,7 +258,7 @@ pub async fn purge_deletes_only_closed_workflows(store: Store) {
         .expect("list");
     let mut listed: Vec<String> = listed.items.iter().map(|s| s.id.to_string()).collect();
     listed.sort();
-    assert_eq!(listed, ["chained", "done-1", "failed-1"]);
+    assert_eq!(listed, ["chained", "done-1", "failed-1", "parent"]);
 
     let failed = store
         .purge(&purge(
@@ -290,6 +310,27 @@ pub async fn purge_deletes_only_closed_workflows(store: Store) {
         before - 3 - 3 - 2 - 2,
         "their events, every run's"
     );
-    assert_eq!(after.workflows.values().sum::<u64>(), 1);
+    assert_eq!(
+        store.describe(&wid("parent")).await.expect("kept").status,
+        WorkflowStatus::Completed,
+        "kept while its child runs"
+    );
+    assert_eq!(after.workflows.values().sum::<u64>(), 3);
+    // Once the child ends, the parent goes too.
+    store
+        .complete_workflow_task(completion(
+            &child_task,
+            vec![EventKind::WorkflowCompleted { output: json(0) }],
+        ))
+        .await
+        .expect("the child ends");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let gone = store
+        .purge(&purge(Duration::ZERO, None, 10))
+        .await
+        .expect("purge");
+    let mut gone: Vec<String> = gone.iter().map(ToString::to_string).collect();
+    gone.sort();
+    assert_eq!(gone, ["parent", "parent/2"]);
     claim_workflow(&store).await;
 }

@@ -374,3 +374,48 @@ pub async fn a_failed_run_under_a_retry_policy_is_retried_as_a_new_run(store: St
     let lower = wall_now().as_millis() + i64::try_from(expected.as_millis()).unwrap_or(0) - 60_000;
     assert!(due.as_millis() > lower, "due {due:?}, backoff {expected:?}");
 }
+
+/// A child started by the task that continues the run is created all the same, and gets its
+/// parent-close policy at once: it is asked to cancel.
+pub async fn a_child_started_as_the_run_ends_is_created_and_told(store: Store) {
+    create(&store, "dad").await;
+    let task = claim_workflow(&store).await;
+    let mut c = completion(
+        &task,
+        vec![
+            EventKind::ChildWorkflowScheduled {
+                name: "Child".into(),
+                version: 1,
+                workflow_id: wid("dad/2"),
+                input: json(1),
+                parent_close: ParentClosePolicy::RequestCancel,
+                timeouts: Default::default(),
+                retry: None,
+            },
+            continued("two", Vec::new()),
+        ],
+    );
+    c.next_run = Some(next_started(2, "two"));
+    c.progress = Some(family(
+        None,
+        vec![pending_child(2, "dad/2", ParentClosePolicy::RequestCancel)],
+    ));
+    store.complete_workflow_task(c).await.expect("continue");
+    let child = store
+        .describe(&wid("dad/2"))
+        .await
+        .expect("the child exists");
+    assert_eq!(child.parent, Some(wid("dad")));
+    let pending = store.pending(&wid("dad/2")).await.expect("pending");
+    assert!(
+        pending
+            .messages
+            .iter()
+            .any(|m| matches!(m.kind, EventKind::CancelRequested { .. })),
+        "{:?}",
+        pending.messages
+    );
+    // The parent's next run did not get the child's start refused or reported.
+    let parent = store.pending(&wid("dad")).await.expect("pending");
+    assert!(parent.messages.is_empty(), "{:?}", parent.messages);
+}

@@ -554,15 +554,22 @@ pub fn pending<R: Rows + ?Sized>(rows: &mut R, id: &WorkflowId, now: Timestamp) 
     Ok(Pending { tasks, messages })
 }
 
-/// The workflows `purge` matches among `summaries` at `now`, those that ended first first:
-/// the selection of [`Rows::purgeable`] for row stores that scan their workflows.
-pub fn purgeable<'a>(
-    summaries: impl Iterator<Item = &'a WorkflowSummary>,
+/// The workflows `purge` matches among `summaries` (all of a store's) at `now`, those that
+/// ended first first, leaving out any with an open child: the selection of
+/// [`Rows::purgeable`] for row stores that scan their workflows.
+pub fn purgeable(
+    summaries: &[&WorkflowSummary],
     purge: &crate::Purge,
     now: Timestamp,
 ) -> Vec<WorkflowId> {
+    let parents: std::collections::BTreeSet<&WorkflowId> = summaries
+        .iter()
+        .filter(|s| !s.status.is_terminal())
+        .filter_map(|s| s.parent.as_ref())
+        .collect();
     let mut found: Vec<(Timestamp, &WorkflowId)> = summaries
-        .filter(|s| purge.matches(s, now))
+        .iter()
+        .filter(|s| purge.matches(s, now) && !parents.contains(&s.id))
         .filter_map(|s| Some((s.closed_at?, &s.id)))
         .collect();
     found.sort();

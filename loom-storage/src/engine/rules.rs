@@ -17,7 +17,7 @@ use crate::model::{
     ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, TaskId,
     Termination, WorkflowTaskCompletion,
 };
-use crate::plan::{TaskPlan, activity_result, check_continues, started_fields};
+use crate::plan::{NewChild, TaskPlan, activity_result, check_continues, started_fields};
 
 /// Starts a workflow: if no workflow has the id, its row, its history's first event and its
 /// first workflow task (claimable now), and, for each timeout `started` sets, a `TimeoutFired`
@@ -236,8 +236,10 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
         });
     }
     if let Some((task, started)) = next_run {
-        // The run ends and the next begins, in this one commit. The consumed messages go
-        // first, so that none of them is carried over.
+        // The run ends and the next begins, in this one commit. Children the task started
+        // are created all the same (their parent-close policies apply at once); the consumed
+        // messages go first, so that none of them is carried over.
+        ops.extend(start_children(workflow, &plan.children, run));
         if !consumed.is_empty() {
             ops.push(Op::Consume {
                 workflow: workflow.clone(),
@@ -320,38 +322,7 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
             },
         },
     });
-    for child in &plan.children {
-        let timeout = arm_timeouts(&child.workflow_id, &child.timeouts);
-        ops.push(Op::If {
-            all: vec![Check::Absent {
-                workflow: child.workflow_id.clone(),
-            }],
-            then: [
-                Op::CreateWorkflow {
-                    id: child.workflow_id.clone(),
-                    name: child.name.clone(),
-                    version: child.version,
-                    input: child.input.clone(),
-                    started: child.started(workflow, run),
-                    parent: Some(workflow.clone()),
-                },
-                Op::InsertTask {
-                    workflow: child.workflow_id.clone(),
-                    task: NewTask::Workflow,
-                    due: When::Now,
-                },
-            ]
-            .into_iter()
-            .chain(timeout)
-            .collect(),
-            otherwise: vec![Op::Post {
-                workflow: workflow.clone(),
-                kind: child.already_exists(),
-                visible: When::Now,
-                retry_at: None,
-            }],
-        });
-    }
+    ops.extend(start_children(workflow, &plan.children, run));
     if let Some(end) = ended {
         if let Some(parent) = parent {
             // Only to the run that started this workflow: a later run of the parent does not
@@ -430,6 +401,45 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
         }
     }
     ops.extend(log_ops(workflow, logs));
+    ops
+}
+
+/// Starts each child the task scheduled, unless its id is taken (then the parent gets
+/// `already_exists`): the child's row, first event, first task and timeouts.
+fn start_children(workflow: &WorkflowId, children: &[NewChild], run: u32) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for child in children {
+        let timeout = arm_timeouts(&child.workflow_id, &child.timeouts);
+        ops.push(Op::If {
+            all: vec![Check::Absent {
+                workflow: child.workflow_id.clone(),
+            }],
+            then: [
+                Op::CreateWorkflow {
+                    id: child.workflow_id.clone(),
+                    name: child.name.clone(),
+                    version: child.version,
+                    input: child.input.clone(),
+                    started: child.started(workflow, run),
+                    parent: Some(workflow.clone()),
+                },
+                Op::InsertTask {
+                    workflow: child.workflow_id.clone(),
+                    task: NewTask::Workflow,
+                    due: When::Now,
+                },
+            ]
+            .into_iter()
+            .chain(timeout)
+            .collect(),
+            otherwise: vec![Op::Post {
+                workflow: workflow.clone(),
+                kind: child.already_exists(),
+                visible: When::Now,
+                retry_at: None,
+            }],
+        });
+    }
     ops
 }
 
@@ -612,9 +622,16 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
                     "a decision made ahead must start with the activity's result".into(),
                 ));
             }
+            // The run too: sequence numbers start again in every run, so a machine of an
+            // earlier run can stand at the same position.
+            let run = decided.progress.as_ref().map_or(1, |p| p.run);
             let conditions = vec![
                 Check::Open {
                     workflow: workflow.clone(),
+                },
+                Check::Run {
+                    workflow: workflow.clone(),
+                    run,
                 },
                 Check::LastSeq {
                     workflow: workflow.clone(),
@@ -1123,7 +1140,12 @@ mod tests {
             },
         ))
         .unwrap();
-        assert!(matches!(&ws.ops[1], Op::If { all, .. } if all.len() == 4));
+        assert!(matches!(&ws.ops[1], Op::If { all, .. } if all.len() == 5));
+        // Its run among the conditions: sequence numbers start again in every run.
+        assert!(matches!(
+            &ws.ops[1],
+            Op::If { all, .. } if all.iter().any(|c| matches!(c, Check::Run { run: 1, .. }))
+        ));
         let other = EventKind::SignalReceived {
             name: "s".into(),
             payload: Payload::NULL,

@@ -165,7 +165,7 @@ impl Shared {
             debug!(message = kind.type_name(), %reason, last_seq = %task.last_seq, "dropped a message");
         }
         let limits = self.config.limits;
-        if machine.last_seq().get() > limits.max_history_events {
+        if machine.last_seq().get() > limits.max_history_events && machine.next_run().is_none() {
             let reason = format!(
                 "the history reached {} events, Loom's limit (Limits::max_history_events): a run that goes on for ever must start afresh before then",
                 limits.max_history_events
@@ -217,10 +217,13 @@ impl Shared {
             workflow_id: id.clone(),
             expected_last_seq: task.last_seq,
             events: decision.events,
-            // Messages after a continue-as-new are left for the store to carry over.
-            consumed: task.messages[..task.messages.len() - decision.left_for_next_run]
+            // Messages after the run's end are left for the store to carry to the next run.
+            consumed: task
+                .messages
                 .iter()
-                .map(|m| m.id)
+                .enumerate()
+                .filter(|(i, _)| !decision.left_for_next_run.contains(i))
+                .map(|(_, m)| m.id)
                 .collect(),
             progress: Some(machine.progress()),
             logs: decision.logs,
