@@ -582,7 +582,7 @@ impl WorkflowMachine {
     fn activate_inner(
         &mut self,
         messages: Vec<EventKind>,
-    ) -> Result<(Vec<(EventKind, String)>, Vec<usize>), ReplayError> {
+    ) -> Result<Delivered, ReplayError> {
         if !self.replayed {
             self.replay()?;
             self.replayed = true;
@@ -858,6 +858,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "a non-string panic payload".to_owned()
     }
 }
+
+/// What one activation did with its messages: those dropped, with the reason, and the
+/// positions of those left for the next run.
+type Delivered = (Vec<(EventKind, String)>, Vec<usize>);
 
 /// The first event of the next run, if the run ended by continuing as new or failed under a
 /// retry policy that retries it (and no cancel was requested): see
