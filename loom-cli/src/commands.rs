@@ -887,7 +887,7 @@ async fn inspect(
     let limits = loom_worker::Limits::default();
     let long_history = (summary.last_seq.get() > limits.history_warning_events).then(|| {
         format!(
-            "{} events: a long history replays slowly after every cache miss, and a run is ended at {} (Limits::max_history_events); let a run that goes on for ever start afresh before then",
+            "{} events: a long history replays slowly after every cache miss, and a run is ended at {} (Limits::max_history_events); a workflow that goes on for ever should continue as new before then (ctx.continue_as_new)",
             summary.last_seq.get(),
             limits.max_history_events
         )

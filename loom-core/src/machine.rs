@@ -579,10 +579,7 @@ impl WorkflowMachine {
 
     /// Replays if needed, then delivers the messages: answers those dropped, and those left
     /// for the next run.
-    fn activate_inner(
-        &mut self,
-        messages: Vec<EventKind>,
-    ) -> Result<Delivered, ReplayError> {
+    fn activate_inner(&mut self, messages: Vec<EventKind>) -> Result<Delivered, ReplayError> {
         if !self.replayed {
             self.replay()?;
             self.replayed = true;

@@ -167,7 +167,7 @@ impl Shared {
         let limits = self.config.limits;
         if machine.last_seq().get() > limits.max_history_events && machine.next_run().is_none() {
             let reason = format!(
-                "the history reached {} events, Loom's limit (Limits::max_history_events): a run that goes on for ever must start afresh before then",
+                "the history reached {} events, Loom's limit (Limits::max_history_events): a workflow that goes on for ever must continue as new before then (ctx.continue_as_new)",
                 limits.max_history_events
             );
             warn!(%reason, "ending the run");
