@@ -525,10 +525,18 @@ async fn act(
         return Ok(ExitCode::SUCCESS);
     };
     let mut query = parse_query(&query)?;
+    // Without a status, the workflows that have ended are left out: none of these actions
+    // applies to them.
+    let open_only = query.status.is_none();
     let mut ids = Vec::new();
     loop {
         let page = store.list(&query).await.map_err(Fail::from_storage)?;
-        ids.extend(page.items.into_iter().map(|s| s.id));
+        ids.extend(
+            page.items
+                .into_iter()
+                .filter(|s| !(open_only && s.status.is_terminal()))
+                .map(|s| s.id),
+        );
         match page.next {
             Some(next) => query.after = Some(next),
             None => break,

@@ -91,8 +91,8 @@ pub(crate) struct Target {
     pub(crate) id: Option<String>,
     /// Instead of one id, every workflow that matches these space-separated filters:
     /// `status=S name=N parent=ID created-after=D created-before=D closed-before=D`, times
-    /// as durations ago (`2h`, `30days`). Each workflow is handled on its own; a summary
-    /// follows.
+    /// as durations ago (`2h`, `30days`); without a status, only workflows that have not
+    /// ended. Each workflow is handled on its own; a summary follows.
     #[arg(long, conflicts_with = "id")]
     pub(crate) query: Option<String>,
     /// With `--query`: list the workflows it matches, and act on none.

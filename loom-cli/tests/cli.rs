@@ -808,6 +808,12 @@ fn actions_on_every_workflow_a_query_matches() {
         &["cancel", "--query", "name=Nope", "--json"],
     ));
     assert_eq!(none["matched"], 0);
+    // Without a status, workflows that have ended are left out.
+    let ended = json_of(&stdout_of(
+        dir.path(),
+        &["cancel", "--query", "name=Greeting", "--json"],
+    ));
+    assert_eq!(ended["matched"], 0, "all twelve have ended");
     // Malformed filters and targets: exit 2.
     for args in [
         vec!["cancel", "--query", "bogus"],
