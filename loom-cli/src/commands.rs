@@ -498,6 +498,23 @@ fn parse_query(text: &str) -> Result<ListQuery, Fail> {
     Ok(q)
 }
 
+/// The ids of every workflow `query` lists (page after page) that `keep` keeps.
+async fn matching(
+    store: &Arc<dyn Storage>,
+    mut query: ListQuery,
+    keep: impl Fn(&WorkflowSummary) -> bool,
+) -> Result<Vec<WorkflowId>, Fail> {
+    let mut ids = Vec::new();
+    loop {
+        let page = store.list(&query).await.map_err(Fail::from_storage)?;
+        ids.extend(page.items.into_iter().filter(|s| keep(s)).map(|s| s.id));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return Ok(ids),
+        }
+    }
+}
+
 /// How many workflows `--query` acts on without `--yes`.
 const WITHOUT_YES: usize = 10;
 
@@ -524,24 +541,11 @@ async fn act(
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let mut query = parse_query(&query)?;
+    let query = parse_query(&query)?;
     // Without a status, the workflows that have ended are left out: none of these actions
     // applies to them.
     let open_only = query.status.is_none();
-    let mut ids = Vec::new();
-    loop {
-        let page = store.list(&query).await.map_err(Fail::from_storage)?;
-        ids.extend(
-            page.items
-                .into_iter()
-                .filter(|s| !(open_only && s.status.is_terminal()))
-                .map(|s| s.id),
-        );
-        match page.next {
-            Some(next) => query.after = Some(next),
-            None => break,
-        }
-    }
+    let ids = matching(&store, query, |s| !(open_only && s.status.is_terminal())).await?;
     if target.dry_run {
         if json {
             render::json(&json!({ "dry_run": true, "matched": ids.len(), "ids": ids }))?;
@@ -641,22 +645,14 @@ async fn purge_command(
     }
     let started = Instant::now();
     if dry_run {
-        let mut query = ListQuery {
+        let query = ListQuery {
             status: purge.status,
             name: purge.name.clone(),
             closed_before: Some(ago(purge.older_than)),
             limit: 1_000,
             ..ListQuery::default()
         };
-        let mut ids = Vec::new();
-        loop {
-            let page = store.list(&query).await.map_err(Fail::from_storage)?;
-            ids.extend(page.items.into_iter().map(|s| s.id));
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => break,
-            }
-        }
+        let ids = matching(&store, query, |_| true).await?;
         if json {
             render::json(&json!({ "dry_run": true, "would_purge": ids.len(), "ids": ids }))?;
         } else {

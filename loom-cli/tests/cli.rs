@@ -58,6 +58,13 @@ fn drain(dir: &Path) {
         .stderr(predicate::str::contains("Worker stopped"));
 }
 
+/// Starts `n` Greetings; their ids.
+fn greetings(dir: &Path, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| start(dir, "Greeting", &format!(r#"{{"name": "g{i}"}}"#)))
+        .collect()
+}
+
 fn inspect(dir: &Path, id: &str) -> Value {
     let out = loom(dir)
         .args(["inspect", id, "--json"])
@@ -663,14 +670,7 @@ fn pause_holds_a_workflow_and_inspect_says_why_it_is_not_moving() {
 #[test]
 fn purge_deletes_closed_workflows_and_never_an_open_one() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut done = Vec::new();
-    for n in 0..3 {
-        done.push(start(
-            dir.path(),
-            "Greeting",
-            &format!(r#"{{"name": "g{n}"}}"#),
-        ));
-    }
+    let done = greetings(dir.path(), 3);
     drain(dir.path());
     let open = start(dir.path(), "Greeting", r#"{"name": "late"}"#);
     std::thread::sleep(Duration::from_millis(20));
@@ -721,14 +721,7 @@ fn purge_deletes_closed_workflows_and_never_an_open_one() {
 #[test]
 fn actions_on_every_workflow_a_query_matches() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut ids = Vec::new();
-    for n in 0..12 {
-        ids.push(start(
-            dir.path(),
-            "Greeting",
-            &format!(r#"{{"name": "g{n}"}}"#),
-        ));
-    }
+    let ids = greetings(dir.path(), 12);
     start(dir.path(), "FanOut", r#"{"n": 1}"#);
     // More than ten: refused without --yes, and nothing is done.
     loom(dir.path())

@@ -75,23 +75,7 @@ async fn a_file_from_a_newer_loom_is_refused_by_name() {
     let path = dir.path().join("future.redb");
     drop(RedbStorage::open(&path).await.expect("create"));
     // Pretend a newer Loom wrote it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let db = loop {
-        match redb::Database::open(&path) {
-            Ok(db) => break db,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("{e}"),
-        }
-    };
-    let tx = db.begin_write().expect("write");
-    {
-        let mut meta = tx
-            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-            .expect("meta");
-        meta.insert("format", 99).expect("insert");
-    }
-    tx.commit().expect("commit");
-    drop(db);
+    set_format(&path, 99);
     let err = RedbStorage::open(&path).await.expect_err("refused");
     assert!(matches!(err, StorageError::Incompatible(_)), "{err}");
     let msg = err.to_string();
@@ -101,16 +85,22 @@ async fn a_file_from_a_newer_loom_is_refused_by_name() {
     );
 }
 
-/// Sets the format recorded in the file at `path`, as another build would have written it.
-fn set_format(path: &std::path::Path, format: u64) {
+/// The file at `path` opened with redb itself, once the store's writer thread has let go of
+/// it (shortly after the store is dropped).
+fn open_raw(path: &std::path::Path) -> redb::Database {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let db = loop {
+    loop {
         match redb::Database::open(path) {
-            Ok(db) => break db,
+            Ok(db) => return db,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("{e}"),
         }
-    };
+    }
+}
+
+/// Sets the format recorded in the file at `path`, as another build would have written it.
+fn set_format(path: &std::path::Path, format: u64) {
+    let db = open_raw(path);
     let tx = db.begin_write().expect("write");
     {
         let mut meta = tx
@@ -123,15 +113,7 @@ fn set_format(path: &std::path::Path, format: u64) {
 
 fn format_of(path: &std::path::Path) -> Option<u64> {
     use redb::ReadableDatabase;
-    // The store's writer thread lets go of the file shortly after the store is dropped.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let db = loop {
-        match redb::Database::open(path) {
-            Ok(db) => break db,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let db = open_raw(path);
     let tx = db.begin_read().expect("read");
     let meta = tx
         .open_table(redb::TableDefinition::<&str, u64>::new("meta"))

@@ -25,6 +25,25 @@ impl Db<'_> {
     }
 }
 
+impl Db<'_> {
+    /// Events from their `(seq, at, kind)` columns; `what` names event `n` in an error.
+    fn events(
+        &self,
+        rows: Vec<(i64, i64, String)>,
+        what: impl Fn(i64) -> String,
+    ) -> Result<Vec<Event>> {
+        rows.into_iter()
+            .map(|(n, at, kind)| {
+                Ok(Event {
+                    seq: seq(n),
+                    at: Timestamp::from_millis(at),
+                    kind: self.decode(&kind, || what(n))?,
+                })
+            })
+            .collect()
+    }
+}
+
 impl Read for Db<'_> {
     fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
         self.exists(id)?;
@@ -40,15 +59,7 @@ impl Read for Db<'_> {
                 .collect()
             })
             .map_err(|e| self.sql(e))?;
-        rows.into_iter()
-            .map(|(n, at, kind)| {
-                Ok(Event {
-                    seq: seq(n),
-                    at: Timestamp::from_millis(at),
-                    kind: self.decode(&kind, || format!("event #{n} of workflow \"{id}\""))?,
-                })
-            })
-            .collect()
+        self.events(rows, |n| format!("event #{n} of workflow \"{id}\""))
     }
 
     fn load_run(&mut self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
@@ -76,17 +87,9 @@ impl Read for Db<'_> {
         if rows.is_empty() {
             return Err(StorageError::no_such_run(id, run, current));
         }
-        rows.into_iter()
-            .map(|(n, at, kind)| {
-                Ok(Event {
-                    seq: seq(n),
-                    at: Timestamp::from_millis(at),
-                    kind: self.decode(&kind, || {
-                        format!("event #{n} of run {run} of workflow \"{id}\"")
-                    })?,
-                })
-            })
-            .collect()
+        self.events(rows, |n| {
+            format!("event #{n} of run {run} of workflow \"{id}\"")
+        })
     }
 
     fn runs(&mut self, id: &WorkflowId) -> Result<Vec<RunSummary>> {
