@@ -284,6 +284,28 @@ async fn a_failed_child_is_compensated_by_its_parent(store: Arc<dyn Storage>) {
     running.stop().await;
 }
 
+/// Starts saga `n` with a slow child under `policy`, cancels it once the child waits on its
+/// timer, and checks that the parent ends cancelled; answers the child's id.
+async fn cancel_once_the_child_waits(
+    client: &Client,
+    n: u32,
+    policy: ParentClosePolicy,
+) -> WorkflowId {
+    let handle = client
+        .start::<Saga>(
+            &saga(&format!("o-{n}"), false, true, policy),
+            StartOptions::id(format!("saga-{n}")),
+        )
+        .await
+        .expect("start");
+    let child = WorkflowId::new(format!("saga-{n}/4"));
+    wait_for_timer(client, &child).await;
+    client.cancel(handle.id(), None).await.expect("cancel");
+    let err = handle.result_within(WAIT).await.expect_err("cancelled");
+    assert!(matches!(err, ClientError::Cancelled(_)), "{err}");
+    child
+}
+
 async fn cancelling_a_parent_cancels_a_request_cancel_child(store: Arc<dyn Storage>) {
     let calls = Arc::new(AtomicU32::new(0));
     let (client, running) = spawn(store, calls.clone());
@@ -323,18 +345,7 @@ async fn cancelling_a_parent_cancels_a_request_cancel_child(store: Arc<dyn Stora
 async fn cancelling_a_parent_leaves_an_abandoned_child_running(store: Arc<dyn Storage>) {
     let calls = Arc::new(AtomicU32::new(0));
     let (client, running) = spawn(store, calls.clone());
-    let handle = client
-        .start::<Saga>(
-            &saga("o-4", false, true, ParentClosePolicy::Abandon),
-            StartOptions::id("saga-4"),
-        )
-        .await
-        .expect("start");
-    let child = WorkflowId::new("saga-4/4");
-    wait_for_timer(&client, &child).await;
-    client.cancel(handle.id(), None).await.expect("cancel");
-    let err = handle.result_within(WAIT).await.expect_err("cancelled");
-    assert!(matches!(err, ClientError::Cancelled(_)), "{err}");
+    let child = cancel_once_the_child_waits(&client, 4, ParentClosePolicy::Abandon).await;
     // The child is not told: it still waits on its timer, with nothing pending for it.
     let summary = client.describe(&child).await.expect("describe");
     assert_eq!(summary.status, WorkflowStatus::Running);
@@ -398,18 +409,7 @@ async fn wait_for_timer(client: &Client, id: &WorkflowId) {
 async fn cancelling_a_parent_terminates_a_terminate_child(store: Arc<dyn Storage>) {
     let calls = Arc::new(AtomicU32::new(0));
     let (client, running) = spawn(store, calls.clone());
-    let handle = client
-        .start::<Saga>(
-            &saga("o-6", false, true, ParentClosePolicy::Terminate),
-            StartOptions::id("saga-6"),
-        )
-        .await
-        .expect("start");
-    let child = WorkflowId::new("saga-6/4");
-    wait_for_timer(&client, &child).await;
-    client.cancel(handle.id(), None).await.expect("cancel");
-    let err = handle.result_within(WAIT).await.expect_err("cancelled");
-    assert!(matches!(err, ClientError::Cancelled(_)), "{err}");
+    let child = cancel_once_the_child_waits(&client, 6, ParentClosePolicy::Terminate).await;
     until_status(&client, &child, WorkflowStatus::Terminated).await;
     let history = client.history(&child).await.expect("history");
     match history.last().map(|e| &e.kind) {
