@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::event::{EventKind, LogLevel, ParentRef, RecordedValue};
 use crate::failure::{ActivityError, ChildError, Failure, SignalError, WorkflowError};
-use crate::machine::Shared;
+use crate::machine::{Inner, Shared};
 use crate::options::{ActivityOptions, ChildOptions, ParentClosePolicy};
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 use crate::workflow::{Activity, Signal, Workflow};
@@ -32,6 +32,19 @@ fn default_child_id(parent: &WorkflowId, run: u32, seq: Seq) -> WorkflowId {
     } else {
         WorkflowId::new(format!("{parent}/run{run}/{}", seq.get()))
     }
+}
+
+/// The derived id a child recorded at `seq` took, when the recorded event there starts a
+/// child with the id derived for an earlier run (or this one): a run begun by a reset keeps
+/// the history of the run it reset, whose children took that run's ids, and replays them.
+fn recorded_child_id(shared: &Inner, parent: &WorkflowId, seq: Seq) -> Option<WorkflowId> {
+    let recorded = shared.history.get(shared.cursor)?;
+    let EventKind::ChildWorkflowScheduled { workflow_id, .. } = &recorded.kind else {
+        return None;
+    };
+    (1..=shared.run)
+        .any(|run| default_child_id(parent, run, seq) == *workflow_id)
+        .then(|| workflow_id.clone())
 }
 
 /// The state key that stands for the whole state when it is not a JSON object.
@@ -618,6 +631,7 @@ impl<O: DeserializeOwned> Future for ChildCall<O> {
                 .options
                 .id
                 .clone()
+                .or_else(|| recorded_child_id(&shared, &this.parent, seq))
                 .unwrap_or_else(|| default_child_id(&this.parent, shared.run, seq));
             let input = match this.input.take() {
                 Some(Ok(input)) => input,

@@ -91,6 +91,11 @@ pub enum EventKind {
         /// attempt's).
         #[serde(default = "first_run", skip_serializing_if = "is_first_run")]
         attempt: u32,
+        /// For a run an operator began by resetting an earlier run: which run, from where,
+        /// and why. Its history then holds that run's history up to the point, after this
+        /// event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reset: Option<ResetOrigin>,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -114,6 +119,17 @@ pub enum EventKind {
     /// (`loom terminate`) or by its parent's close (the `terminate` parent-close policy).
     WorkflowTerminated {
         /// Who ended it and why.
+        reason: String,
+    },
+    /// The run was reset by an operator while it was open: run `run` goes on from this
+    /// run's history up to `seq`, and this run's code is not run again. Always the last event
+    /// of its run, which is kept as an earlier run of the workflow.
+    WorkflowReset {
+        /// The run that goes on from here.
+        run: u32,
+        /// The last event of this run that the new run's history keeps.
+        point: Seq,
+        /// Who reset it and why.
         reason: String,
     },
     /// A timeout set at start passed: the runtime that claims the run's next task ends it
@@ -362,6 +378,18 @@ pub struct ParentRef {
     pub run: u32,
 }
 
+/// Where a run that an operator began by a reset came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetOrigin {
+    /// The run that was reset.
+    pub run: u32,
+    /// The last event of that run's history that this run keeps: a workflow-task boundary
+    /// (see [`crate::history::reset_points`]).
+    pub point: Seq,
+    /// Who reset it and why.
+    pub reason: String,
+}
+
 /// A signal carried from one run to the next by continue-as-new.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CarriedSignal {
@@ -416,6 +444,7 @@ impl EventKind {
             run: 1,
             retry: None,
             attempt: 1,
+            reset: None,
         }
     }
 
@@ -426,6 +455,7 @@ impl EventKind {
             | EventKind::WorkflowTaskCompleted {}
             | EventKind::CancelRequested { .. }
             | EventKind::WorkflowTerminated { .. }
+            | EventKind::WorkflowReset { .. }
             | EventKind::TerminateRequested { .. }
             | EventKind::TimeoutFired { .. }
             | EventKind::WorkflowTimedOut { .. }
@@ -464,6 +494,7 @@ impl EventKind {
             EventKind::CancelRequested { .. } => "CancelRequested",
             EventKind::WorkflowCancelled {} => "WorkflowCancelled",
             EventKind::WorkflowTerminated { .. } => "WorkflowTerminated",
+            EventKind::WorkflowReset { .. } => "WorkflowReset",
             EventKind::TerminateRequested { .. } => "TerminateRequested",
             EventKind::TimeoutFired { .. } => "TimeoutFired",
             EventKind::WorkflowTimedOut { .. } => "WorkflowTimedOut",
@@ -516,10 +547,14 @@ impl EventKind {
         }
     }
 
-    /// Whether this event ends the run: it ends the workflow ([`is_terminal`](Self::is_terminal))
-    /// or continues it as a new run.
+    /// Whether this event ends the run: it ends the workflow ([`is_terminal`](Self::is_terminal)),
+    /// continues it as a new run, or marks the run reset into a new one.
     pub fn ends_run(&self) -> bool {
-        self.is_terminal() || matches!(self, EventKind::WorkflowContinuedAsNew { .. })
+        self.is_terminal()
+            || matches!(
+                self,
+                EventKind::WorkflowContinuedAsNew { .. } | EventKind::WorkflowReset { .. }
+            )
     }
 
     /// Whether this message, waiting for a run that continues as new, is carried over to the
@@ -561,6 +596,7 @@ impl EventKind {
                 EventKind::WorkflowStarted { .. }
                     | EventKind::WorkflowTaskCompleted {}
                     | EventKind::WorkflowTerminated { .. }
+                    | EventKind::WorkflowReset { .. }
                     | EventKind::WorkflowTimedOut { .. }
             )
     }
@@ -655,6 +691,7 @@ impl fmt::Display for EventKind {
                 run,
                 retry,
                 attempt,
+                reset,
             } => {
                 write!(
                     f,
@@ -663,6 +700,13 @@ impl fmt::Display for EventKind {
                 )?;
                 if *run > 1 {
                     write!(f, ", run={run}")?;
+                }
+                if let Some(origin) = reset {
+                    write!(
+                        f,
+                        ", reset_from=run {} at {}, reason={:?}",
+                        origin.run, origin.point, origin.reason
+                    )?;
                 }
                 if let Some(policy) = retry {
                     write!(f, ", attempt={attempt}/")?;
@@ -697,6 +741,9 @@ impl fmt::Display for EventKind {
             }
             EventKind::WorkflowTerminated { reason } | EventKind::TerminateRequested { reason } => {
                 write!(f, "{name}(reason={reason:?})")
+            }
+            EventKind::WorkflowReset { run, point, reason } => {
+                write!(f, "{name}(into run {run} from {point}, reason={reason:?})")
             }
             EventKind::TimeoutFired { scope } | EventKind::WorkflowTimedOut { scope } => {
                 write!(f, "{name}({})", scope.as_str())

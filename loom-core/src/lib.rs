@@ -34,6 +34,7 @@
 pub mod context;
 pub mod event;
 pub mod failure;
+pub mod history;
 pub mod machine;
 pub mod options;
 pub mod types;
@@ -42,7 +43,7 @@ pub mod workflow;
 pub use context::{ActivityCall, ChildCall, Logger, SignalWait, Sleep, WorkflowContext};
 pub use event::{
     CarriedSignal, Event, EventKind, FORMAT_CANCELS_DROPPED_WORK, HISTORY_FORMAT, LogLevel,
-    LogRecord, ParentRef, RecordedValue, Role, TimeoutScope, Timeouts,
+    LogRecord, ParentRef, RecordedValue, ResetOrigin, Role, TimeoutScope, Timeouts,
 };
 pub use failure::{ActivityError, ChildError, ContinueAsNew, Failure, SignalError, WorkflowError};
 pub use machine::{

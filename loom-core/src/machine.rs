@@ -692,7 +692,9 @@ impl WorkflowMachine {
             }
             if matches!(
                 event.kind,
-                EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTimedOut { .. }
+                EventKind::WorkflowTerminated { .. }
+                    | EventKind::WorkflowTimedOut { .. }
+                    | EventKind::WorkflowReset { .. }
             ) {
                 // Ended from outside: the code is not run again. Its pending futures are
                 // dropped with it; the run has finished, so they issue nothing.
@@ -896,6 +898,7 @@ fn next_run_of(inner: &Inner) -> Option<Event> {
         seq: Seq::FIRST,
         at: last.at,
         kind: EventKind::WorkflowStarted {
+            reset: None,
             name: name.clone(),
             version: *version,
             input,
@@ -1170,7 +1173,9 @@ impl Inner {
                 None => Err(format!("{child} was never started")),
             },
             EventKind::SignalReceived { .. } | EventKind::CancelRequested { .. } => Ok(()),
-            EventKind::WorkflowTerminated { .. } | EventKind::WorkflowTimedOut { .. }
+            EventKind::WorkflowTerminated { .. }
+            | EventKind::WorkflowTimedOut { .. }
+            | EventKind::WorkflowReset { .. }
                 if self.replaying =>
             {
                 Ok(())

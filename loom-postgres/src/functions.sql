@@ -25,6 +25,8 @@
 --                                      come after posts; "st" (settle the workflow task at its
 --                                      earliest message) comes last
 --         {"s":"nr", "wf", "ev": [seq, at, kind], "ver", "input"}   a new run (continue-as-new)
+--         {"s":"rr", "wf", "ev": [[seq, at, kind]], "ver", "input", "last", "progress",
+--          "keep_signals"}   a new run from a prefix (a reset)
 --         {"s":"hold", "wf", "reason"}   an operator's pause: paused, its workflow task deleted
 --         {"s":"purge", "older_ms", "status", "name", "except", "max"}   retention: closed
 --                                      workflows deleted, with everything of theirs
@@ -427,6 +429,28 @@ BEGIN
             WHERE id = wf;
             DELETE FROM tasks WHERE workflow_id = wf AND kind = 1;
             DELETE FROM messages WHERE workflow_id = wf AND NOT carry;
+
+        WHEN 'rr' THEN
+            -- A reset: the history becomes the current run's, kept; the new run's history is
+            -- the prefix given; the row is running again; every task goes; the messages that
+            -- do not carry over go, and the signals too unless they are kept.
+            INSERT INTO past_events (workflow_id, run, seq, at, kind)
+            SELECT e.workflow_id, w.run, e.seq, e.at, e.kind
+            FROM events e JOIN workflows w ON w.id = e.workflow_id
+            WHERE e.workflow_id = wf;
+            DELETE FROM events WHERE workflow_id = wf;
+            INSERT INTO events (workflow_id, seq, at, kind)
+            SELECT wf, (e->>0)::bigint, (e->>1)::bigint, e->>2
+            FROM jsonb_array_elements(s->'ev') AS e;
+            UPDATE workflows SET run = run + 1, version = (s->>'ver')::integer,
+                input = s->>'input', last_seq = (s->>'last')::bigint,
+                progress = s->>'progress', status = 'running', pause_reason = NULL,
+                closed_at = NULL, output = NULL, failure = NULL, updated_at = now_ms
+            WHERE id = wf;
+            DELETE FROM tasks WHERE workflow_id = wf;
+            DELETE FROM messages WHERE workflow_id = wf
+                AND (NOT carry OR (NOT (s->>'keep_signals')::boolean
+                                   AND kind LIKE '{"type":"SignalReceived"%'));
 
         WHEN 'hold' THEN
             UPDATE workflows SET status = 'paused', pause_reason = s->>'reason',

@@ -58,8 +58,8 @@ use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::engine::{self, Applied, Op, WriteSet};
 use loom_storage::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Purge, Release, Result, RunSummary, Stats, Storage, StorageError, TaskId, Termination,
-    WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    Pending, Purge, Release, Reset, Result, RunSummary, Stats, Storage, StorageError, TaskId,
+    Termination, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
@@ -317,6 +317,10 @@ impl Storage for PostgresStorage {
 
     async fn terminate(&self, termination: Termination) -> Result<()> {
         self.apply(engine::terminate(termination)?).await.map(drop)
+    }
+
+    async fn reset(&self, reset: Reset) -> Result<()> {
+        self.apply(engine::reset(reset)?).await.map(drop)
     }
 
     async fn purge(&self, purge: &Purge) -> Result<Vec<WorkflowId>> {

@@ -127,6 +127,8 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         "CREATE INDEX workflows_by_closed ON workflows (closed_at, id) WHERE closed_at IS NOT NULL;\n",
         include_str!("functions.sql")
     ),
+    // 9: reset: the `rr` step.
+    include_str!("functions.sql"),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

@@ -232,6 +232,10 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.purge(purge).await
     }
+    async fn reset(&self, reset: loom_storage::Reset) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.reset(reset).await
+    }
     async fn pause(&self, id: &WorkflowId, reason: &str) -> loom_storage::Result<()> {
         self.sync().await?;
         self.store.pause(id, reason).await

@@ -278,6 +278,7 @@ impl WriteStep {
             Op::Settle { .. } => self.set("st", json!(true)),
             Op::Renew { .. }
             | Op::NewRun { .. }
+            | Op::ResetRun { .. }
             | Op::Hold { .. }
             | Op::Purge { .. }
             | Op::ClaimWorkflowTasks { .. }
@@ -344,6 +345,32 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
                     "s": "nr", "wf": workflow.as_str(),
                     "ev": [n(started.seq.get()), started.at.as_millis(), encode(&started.kind)?],
                     "ver": version, "input": encode(input)?,
+                })
+            }
+            Op::ResetRun {
+                workflow,
+                events,
+                progress,
+                keep_signals,
+            } => {
+                let Some(loom_core::Event {
+                    kind: EventKind::WorkflowStarted { version, input, .. },
+                    ..
+                }) = events.first()
+                else {
+                    return Err(StorageError::InvalidArgument(
+                        "a reset run's history starts with a WorkflowStarted event".into(),
+                    ));
+                };
+                let ev = events
+                    .iter()
+                    .map(|e| Ok(json!([n(e.seq.get()), e.at.as_millis(), encode(&e.kind)?])))
+                    .collect::<Result<Vec<_>>>()?;
+                json!({
+                    "s": "rr", "wf": workflow.as_str(), "ev": ev,
+                    "ver": version, "input": encode(input)?,
+                    "last": n(events.last().map_or(1, |e| e.seq.get())),
+                    "progress": encode(progress)?, "keep_signals": keep_signals,
                 })
             }
             Op::If {
@@ -592,6 +619,7 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(5),
             kind: EventKind::WorkflowStarted {
+                reset: None,
                 attempt: 1,
                 retry: None,
                 name: "W".into(),

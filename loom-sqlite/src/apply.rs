@@ -2,9 +2,11 @@
 //! (see `loom_storage::engine::Op` for what each one means). A leased task's `visible_at` is
 //! its lease's expiry, so "claimable" is `visible_at <= now`: one range scan of `tasks_ready`.
 
-use loom_core::{ActivityId, ActivityOptions, Event, EventKind, LogRecord, Timestamp, WorkflowId};
+use loom_core::{
+    ActivityId, ActivityOptions, Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId,
+};
 use loom_storage::engine::{
-    Apply, NewTask, NewWorkflow, StatusChange, TaskView, WorkflowChange, WorkflowView,
+    Apply, NewTask, NewWorkflow, ResetRun, StatusChange, TaskView, WorkflowChange, WorkflowView,
 };
 use loom_storage::{
     ActivityTask, ClaimRequest, Lease, Message, MessageId, Result, TaskId, WorkflowTask,
@@ -135,6 +137,50 @@ impl Db<'_> {
                 })
             })
             .collect()
+    }
+}
+
+impl Db<'_> {
+    /// Keeps the current run's history as the history of its run, and empties the current
+    /// one.
+    fn archive_history(&mut self, workflow: &WorkflowId) -> Result<()> {
+        self.exec(
+            "INSERT INTO past_events (workflow_id, run, seq, at, kind)
+             SELECT e.workflow_id, w.run, e.seq, e.at, e.kind
+             FROM events e JOIN workflows w ON w.id = e.workflow_id
+             WHERE e.workflow_id = ?1",
+            [workflow.as_str()],
+        )?;
+        self.exec(
+            "DELETE FROM events WHERE workflow_id = ?1",
+            [workflow.as_str()],
+        )
+        .map(drop)
+    }
+
+    /// Deletes the workflow's messages that `keep` refuses. Which messages a new run keeps is
+    /// the engine's rule, read here off each message.
+    fn delete_messages_unless(
+        &mut self,
+        workflow: &WorkflowId,
+        keep: impl Fn(&EventKind) -> bool,
+    ) -> Result<()> {
+        let messages: Vec<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT id, kind FROM messages WHERE workflow_id = ?1")
+            .and_then(|mut s| {
+                s.query_map([workflow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        for (id, kind) in messages {
+            let kind: EventKind =
+                self.decode(&kind, || format!("message {id} of workflow \"{workflow}\""))?;
+            if !keep(&kind) {
+                self.exec("DELETE FROM messages WHERE id = ?1", [id])?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -368,17 +414,7 @@ impl Apply for Db<'_> {
                 ));
             }
         };
-        self.exec(
-            "INSERT INTO past_events (workflow_id, run, seq, at, kind)
-             SELECT e.workflow_id, w.run, e.seq, e.at, e.kind
-             FROM events e JOIN workflows w ON w.id = e.workflow_id
-             WHERE e.workflow_id = ?1",
-            [workflow.as_str()],
-        )?;
-        self.exec(
-            "DELETE FROM events WHERE workflow_id = ?1",
-            [workflow.as_str()],
-        )?;
+        self.archive_history(workflow)?;
         self.append_events(workflow, std::slice::from_ref(started))?;
         self.exec(
             "UPDATE workflows SET run = run + 1, version = ?2, input = ?3, last_seq = 1,
@@ -390,24 +426,34 @@ impl Apply for Db<'_> {
             "DELETE FROM tasks WHERE workflow_id = ?1 AND kind = 1",
             [workflow.as_str()],
         )?;
-        // Which messages carry over is the engine's rule (`EventKind::carries_over`), read
-        // here off each message.
-        let messages: Vec<(i64, String)> = self
-            .conn
-            .prepare_cached("SELECT id, kind FROM messages WHERE workflow_id = ?1")
-            .and_then(|mut s| {
-                s.query_map([workflow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .map_err(|e| self.sql(e))?;
-        for (id, kind) in messages {
-            let kind: EventKind =
-                self.decode(&kind, || format!("message {id} of workflow \"{workflow}\""))?;
-            if !kind.carries_over() {
-                self.exec("DELETE FROM messages WHERE id = ?1", [id])?;
-            }
-        }
-        Ok(())
+        self.delete_messages_unless(workflow, EventKind::carries_over)
+    }
+
+    fn reset_run(&mut self, now: Timestamp, reset: ResetRun<'_>) -> Result<()> {
+        let (version, input) = reset.started()?;
+        let workflow = reset.workflow;
+        let last_seq = reset.events.last().map_or(1, |e| e.seq.get());
+        self.archive_history(workflow)?;
+        self.append_events(workflow, reset.events)?;
+        self.exec(
+            "UPDATE workflows SET run = run + 1, version = ?2, input = ?3, last_seq = ?4,
+                 progress = ?5, status = 'running', pause_reason = NULL, closed_at = NULL,
+                 output = NULL, failure = NULL, updated_at = ?6
+             WHERE id = ?1",
+            params![
+                workflow.as_str(),
+                version,
+                encode(input)?,
+                seq_i64(Seq::new(last_seq)),
+                encode(reset.progress)?,
+                ms(now)
+            ],
+        )?;
+        self.exec(
+            "DELETE FROM tasks WHERE workflow_id = ?1",
+            [workflow.as_str()],
+        )?;
+        self.delete_messages_unless(workflow, |kind| reset.keeps(kind))
     }
 
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {

@@ -70,10 +70,10 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Purge, Release, RunSummary, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary,
+    Purge, Release, Reset, RunSummary, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary,
     WorkflowTask, WorkflowTaskCompletion,
 };
-pub use plan::{NewActivity, NewTimer, TaskPlan, Terminal};
+pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
 pub use transact::{Read, Transact};
 
 /// Durable storage for workflows, histories, messages and tasks.
@@ -132,12 +132,19 @@ pub trait Storage: Send + Sync + 'static {
     /// it has ended, `Conflict` if its history moved on since the caller read it.
     async fn terminate(&self, termination: Termination) -> Result<()>;
 
+    /// Begins a new run from a point of the current run's history, to run the current code
+    /// from there (see [`engine::reset`]): the run, open or ended, is kept as an earlier run.
+    /// `InvalidArgument` for a point that is not a workflow-task boundary, `Conflict` or
+    /// `RunMoved` if the run moved on since the caller read it.
+    async fn reset(&self, reset: Reset) -> Result<()>;
+
     /// The history of run `run` of a workflow: its current run's (as [`load_history`](Self::load_history)
     /// gives it) or an earlier one's, kept when the workflow continued as new.
     /// `InvalidArgument` for a run it never had.
     async fn load_run(&self, id: &WorkflowId, run: u32) -> Result<Vec<Event>>;
 
-    /// The earlier runs of a workflow (each ended by continue-as-new or a retried failure),
+    /// The earlier runs of a workflow (each ended by continue-as-new, a retried failure or a
+    /// reset),
     /// oldest first; empty for a workflow on its first run. Its current run is its summary's
     /// `run`.
     async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>>;

@@ -247,6 +247,33 @@ pub struct Termination {
     pub family: Progress,
 }
 
+/// Begins a new run of a workflow from a point of its current run's history, to run the
+/// current code from there (see [`engine::reset`](crate::engine::reset)). The run may be open
+/// or ended.
+#[derive(Clone, Debug)]
+pub struct Reset {
+    /// The workflow.
+    pub workflow_id: WorkflowId,
+    /// Its current run's whole history, as the caller read it: a run that moved on since is a
+    /// `Conflict` (or `RunMoved`), and the caller reads it again.
+    pub history: Vec<Event>,
+    /// The last event the new run keeps: one of [`loom_core::history::reset_points`].
+    pub to: Seq,
+    /// Who resets it and why, recorded in both runs.
+    pub reason: String,
+    /// Whether the signals the run received after `to` are delivered to the new run again
+    /// (and those still waiting kept).
+    pub reapply_signals: bool,
+    /// When the workflow was created: an execution timeout set at its start still counts
+    /// from then.
+    pub created_at: Timestamp,
+    /// The run's open children, as read with `history`: an open run's end applies their
+    /// parent-close policies.
+    pub family: Progress,
+    /// The time to stamp on the event that ends an open run.
+    pub at: Timestamp,
+}
+
 /// How to give a claimed task back without completing it.
 #[derive(Clone, Debug, Default)]
 pub struct Release {

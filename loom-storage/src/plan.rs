@@ -73,6 +73,7 @@ impl NewChild {
             seq: Seq::FIRST,
             at: self.at,
             kind: EventKind::WorkflowStarted {
+                reset: None,
                 attempt: 1,
                 retry: self.retry.clone(),
                 name: self.name.clone(),
@@ -349,5 +350,146 @@ pub fn activity_result(result: &EventKind) -> Result<(ActivityId, u32, Option<Ti
             "an activity result must be ActivityCompleted, ActivityFailed or ActivityTimedOut, not {}",
             other.type_name()
         ))),
+    }
+}
+
+/// What a run begun by a reset has waiting when it begins, read off the reset run's history:
+/// the work the kept prefix left open is started again, and what arrived from outside after
+/// the point is delivered again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResetPlan {
+    /// Activities open at the point, each with the attempt to run next and when it is due
+    /// (the recorded retry time of its last failed attempt, if it had one).
+    pub activities: Vec<(NewActivity, u32, Option<Timestamp>)>,
+    /// Timers that had not fired by the point: each fires at its recorded time.
+    pub timers: Vec<NewTimer>,
+    /// Children open at the point, as the prefix records them.
+    pub children: Vec<loom_core::PendingChild>,
+    /// The recorded ends of those children, delivered to the new run again.
+    pub child_ends: Vec<Event>,
+    /// The signals received after the point, in order.
+    pub signals: Vec<Event>,
+}
+
+impl ResetPlan {
+    /// The plan for a reset of `history` (a whole run's) that keeps its first `kept` events.
+    /// `InvalidArgument` when a child open at the point has no recorded end: the new run
+    /// could never hear of it.
+    pub fn new(history: &[Event], kept: usize) -> Result<ResetPlan> {
+        use std::collections::BTreeMap;
+        let (prefix, after) = history.split_at(kept.min(history.len()));
+        let mut activities: BTreeMap<ActivityId, (NewActivity, u32, Option<Timestamp>)> =
+            BTreeMap::new();
+        let mut timers: BTreeMap<TimerId, NewTimer> = BTreeMap::new();
+        let mut children: BTreeMap<ChildId, loom_core::PendingChild> = BTreeMap::new();
+        for e in prefix {
+            match &e.kind {
+                EventKind::ActivityScheduled {
+                    name,
+                    input,
+                    options,
+                } => {
+                    let activity = NewActivity {
+                        activity_id: ActivityId(e.seq),
+                        name: name.clone(),
+                        input: input.clone(),
+                        options: options.clone(),
+                    };
+                    activities.insert(ActivityId(e.seq), (activity, 1, None));
+                }
+                EventKind::ActivityCompleted { activity_id, .. }
+                | EventKind::ActivityCancelled { activity_id } => {
+                    activities.remove(activity_id);
+                }
+                EventKind::ActivityFailed {
+                    activity_id,
+                    attempt,
+                    retry_at,
+                    ..
+                }
+                | EventKind::ActivityTimedOut {
+                    activity_id,
+                    attempt,
+                    retry_at,
+                } => match retry_at {
+                    None => {
+                        activities.remove(activity_id);
+                    }
+                    Some(at) => {
+                        if let Some(open) = activities.get_mut(activity_id) {
+                            open.1 = attempt.saturating_add(1);
+                            open.2 = Some(*at);
+                        }
+                    }
+                },
+                EventKind::TimerScheduled {
+                    fire_at,
+                    duration_ms,
+                } => {
+                    let timer = NewTimer {
+                        timer_id: TimerId(e.seq),
+                        fire_at: *fire_at,
+                        duration_ms: *duration_ms,
+                    };
+                    timers.insert(TimerId(e.seq), timer);
+                }
+                EventKind::TimerFired { timer_id } | EventKind::TimerCancelled { timer_id } => {
+                    timers.remove(timer_id);
+                }
+                EventKind::ChildWorkflowScheduled {
+                    name,
+                    workflow_id,
+                    parent_close,
+                    ..
+                } => {
+                    let child = loom_core::PendingChild {
+                        id: ChildId(e.seq),
+                        workflow_id: workflow_id.clone(),
+                        name: name.clone(),
+                        parent_close: *parent_close,
+                    };
+                    children.insert(ChildId(e.seq), child);
+                }
+                EventKind::ChildWorkflowCompleted { child, .. }
+                | EventKind::ChildWorkflowFailed { child, .. }
+                | EventKind::ChildWorkflowCancelled { child } => {
+                    children.remove(child);
+                }
+                _ => {}
+            }
+        }
+        let mut child_ends = Vec::new();
+        for child in children.values() {
+            let end = after.iter().find(|e| match &e.kind {
+                EventKind::ChildWorkflowCompleted { child: c, .. }
+                | EventKind::ChildWorkflowFailed { child: c, .. }
+                | EventKind::ChildWorkflowCancelled { child: c } => *c == child.id,
+                _ => false,
+            });
+            match end {
+                Some(end) => child_ends.push(end.clone()),
+                None => {
+                    return Err(StorageError::InvalidArgument(format!(
+                        "child workflow \"{}\" (started at {}) had not ended by the last event of the run, so a run reset to {} could never hear of its end: reset to before {}, or once the run has recorded the child's end",
+                        child.workflow_id,
+                        child.id.0.get(),
+                        prefix.last().map_or(Seq::FIRST, |e| e.seq).get(),
+                        child.id.0.get()
+                    )));
+                }
+            }
+        }
+        child_ends.sort_by_key(|e| e.seq);
+        Ok(ResetPlan {
+            activities: activities.into_values().collect(),
+            timers: timers.into_values().collect(),
+            children: children.into_values().collect(),
+            child_ends,
+            signals: after
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::SignalReceived { .. }))
+                .cloned()
+                .collect(),
+        })
     }
 }

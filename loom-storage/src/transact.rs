@@ -13,7 +13,7 @@ use crate::engine::{self, Applied, WriteSet};
 use crate::error::Result;
 use crate::model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, RunSummary, Stats, Termination, WorkflowSummary, WorkflowTask,
+    Pending, Release, Reset, RunSummary, Stats, Termination, WorkflowSummary, WorkflowTask,
     WorkflowTaskCompletion,
 };
 
@@ -135,6 +135,10 @@ impl<T: Transact> Storage for T {
 
     async fn pause(&self, id: &WorkflowId, reason: &str) -> Result<()> {
         run(self, engine::pause(id, reason)?).await.map(drop)
+    }
+
+    async fn reset(&self, reset: Reset) -> Result<()> {
+        run(self, engine::reset(reset)?).await.map(drop)
     }
 
     async fn resume(&self, id: &WorkflowId) -> Result<()> {

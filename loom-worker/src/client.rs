@@ -284,6 +284,7 @@ impl Client {
             seq: Seq::FIRST,
             at: self.clock.now(),
             kind: EventKind::WorkflowStarted {
+                reset: None,
                 attempt: 1,
                 retry: None,
                 name: name.to_owned(),

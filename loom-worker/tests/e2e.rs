@@ -1417,6 +1417,9 @@ impl Storage for StaleClaims {
     async fn purge(&self, purge: &loom_storage::Purge) -> loom_storage::Result<Vec<WorkflowId>> {
         self.inner.purge(purge).await
     }
+    async fn reset(&self, reset: loom_storage::Reset) -> loom_storage::Result<()> {
+        self.inner.reset(reset).await
+    }
     async fn pause(&self, id: &WorkflowId, reason: &str) -> loom_storage::Result<()> {
         self.inner.pause(id, reason).await
     }

@@ -501,6 +501,7 @@ impl Run {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
                     kind: EventKind::WorkflowStarted {
+                        reset: None,
                         attempt: 1,
                         retry: None,
                         run: 1,
@@ -574,6 +575,7 @@ impl Run {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            reset: None,
                             run: task.run + 1,
                             name: "Differential".into(),
                             version: 1,
@@ -594,6 +596,7 @@ impl Run {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            reset: None,
                             attempt: 1,
                             retry: None,
                             run: task.run + 1,

@@ -24,6 +24,7 @@ mod eager;
 mod messages;
 mod operations;
 mod reads;
+mod reset;
 mod runs;
 mod tasks;
 mod workflows;
@@ -42,6 +43,7 @@ pub use eager::*;
 pub use messages::*;
 pub use operations::*;
 pub use reads::*;
+pub use reset::*;
 pub use runs::*;
 pub use tasks::*;
 pub use workflows::*;
@@ -79,6 +81,7 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            reset: None,
             attempt: 1,
             retry: None,
             run: 1,
@@ -315,7 +318,11 @@ macro_rules! for_each_conformance_case {
             resume_retries_a_workflow_paused_by_its_code,
             pause_and_resume_are_checked,
             a_paused_workflow_can_be_terminated,
-            purge_deletes_only_closed_workflows
+            purge_deletes_only_closed_workflows,
+            a_failed_run_is_reset_to_before_its_failure,
+            an_open_run_is_reset_and_fenced,
+            a_reset_without_signals_drops_them,
+            reset_is_checked
         }
     };
 }

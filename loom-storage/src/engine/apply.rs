@@ -1,7 +1,9 @@
 //! The applier the embedded backends share: checks, then primitives, in one transaction of
 //! the backend's.
 
-use loom_core::{ActivityId, Event, EventKind, LogRecord, Payload, Timestamp, WorkflowId};
+use loom_core::{
+    ActivityId, Event, EventKind, LogRecord, Payload, Progress, Timestamp, WorkflowId,
+};
 
 use crate::engine::check::{Check, Found, Subject, TaskView, WorkflowView};
 use crate::engine::op::{Applied, NewTask, Op, WorkflowChange, WriteSet};
@@ -23,6 +25,37 @@ pub struct NewWorkflow<'a> {
     pub started: &'a Event,
     /// The workflow that starts it as its child, if one does.
     pub parent: Option<&'a WorkflowId>,
+}
+
+/// A new run from a prefix, as [`Op::ResetRun`] names it.
+#[derive(Clone, Copy, Debug)]
+pub struct ResetRun<'a> {
+    /// The workflow.
+    pub workflow: &'a WorkflowId,
+    /// The new run's history, from its `WorkflowStarted`.
+    pub events: &'a [Event],
+    /// Where the new run stands.
+    pub progress: &'a Progress,
+    /// Whether waiting signals are kept.
+    pub keep_signals: bool,
+}
+
+impl ResetRun<'_> {
+    /// The new run's version and input, from its first event.
+    pub fn started(&self) -> Result<(u32, &Payload)> {
+        match self.events.first().map(|e| &e.kind) {
+            Some(EventKind::WorkflowStarted { version, input, .. }) => Ok((*version, input)),
+            _ => Err(crate::StorageError::InvalidArgument(
+                "a reset run's history starts with a WorkflowStarted event".into(),
+            )),
+        }
+    }
+
+    /// Whether a message waiting for the old run waits for the new one.
+    pub fn keeps(&self, kind: &EventKind) -> bool {
+        kind.carries_over()
+            && (self.keep_signals || !matches!(kind, EventKind::SignalReceived { .. }))
+    }
 }
 
 /// The reads and primitive writes of one backend transaction. Each method does exactly what
@@ -70,6 +103,8 @@ pub trait Apply {
     fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()>;
     /// [`Op::NewRun`].
     fn new_run(&mut self, now: Timestamp, workflow: &WorkflowId, started: &Event) -> Result<()>;
+    /// [`Op::ResetRun`].
+    fn reset_run(&mut self, now: Timestamp, reset: ResetRun<'_>) -> Result<()>;
     /// [`Op::AppendLogs`].
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()>;
     /// [`Op::Settle`].
@@ -183,6 +218,20 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             }
             Op::DeleteWork { workflow } => store.delete_work(workflow)?,
             Op::NewRun { workflow, started } => store.new_run(now, workflow, started)?,
+            Op::ResetRun {
+                workflow,
+                events,
+                progress,
+                keep_signals,
+            } => store.reset_run(
+                now,
+                ResetRun {
+                    workflow,
+                    events,
+                    progress,
+                    keep_signals: *keep_signals,
+                },
+            )?,
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
             Op::Settle { workflow } => store.settle(workflow)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,

@@ -46,12 +46,12 @@ mod op;
 pub mod rows;
 mod rules;
 
-pub use apply::{Apply, NewWorkflow, apply};
+pub use apply::{Apply, NewWorkflow, ResetRun, apply};
 pub use check::{Check, Found, TaskView, WorkflowView};
 pub use op::{
     ActivitySpec, Applied, NewTask, Op, StatusChange, Sync, When, WorkflowChange, WriteSet,
 };
 pub use rules::{
     claim_activity_tasks, claim_workflow_tasks, complete_activity_task, complete_workflow_task,
-    create, deliver, pause, purge, release, renew, resume, safe_log_text, terminate,
+    create, deliver, pause, purge, release, renew, reset, resume, safe_log_text, terminate,
 };

@@ -201,6 +201,24 @@ pub enum Op {
         /// The next run's `WorkflowStarted`, numbered 1.
         started: Event,
     },
+    /// Begins a new run from a prefix of the current run's history (a reset): the current
+    /// history is kept as the history of its current run, the run number goes up by one, and
+    /// the history becomes `events`; the row is running again (its end time, output, failure
+    /// and pause reason cleared) with the new run's input and version, `last_seq` the last of
+    /// `events`, `progress`, updated now. Every task of the workflow is deleted (its workflow
+    /// task too: a worker that holds it can no longer commit), and so are its messages that
+    /// do not carry over ([`EventKind::carries_over`]), and its signals unless
+    /// `keep_signals`.
+    ResetRun {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The new run's history: its `WorkflowStarted`, then the kept events.
+        events: Vec<Event>,
+        /// Where the new run stands.
+        progress: Progress,
+        /// Whether signals waiting for the old run wait for the new one.
+        keep_signals: bool,
+    },
     /// Appends log lines to a workflow's logs.
     AppendLogs {
         /// The workflow.
@@ -366,6 +384,7 @@ impl Op {
             | Op::DeleteActivity { workflow, .. }
             | Op::DeleteWork { workflow }
             | Op::NewRun { workflow, .. }
+            | Op::ResetRun { workflow, .. }
             | Op::Hold { workflow, .. }
             | Op::AppendLogs { workflow, .. }
             | Op::Settle { workflow } => Some(workflow),

@@ -5,7 +5,7 @@
 use loom_core::{ActivityId, Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::apply::{Apply, NewWorkflow};
+use crate::engine::apply::{Apply, NewWorkflow, ResetRun};
 use crate::engine::check::{TaskView, WorkflowView};
 use crate::engine::op::{ActivitySpec, NewTask, StatusChange, WorkflowChange};
 use crate::error::Result;
@@ -402,6 +402,36 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             }
         }
         Ok(())
+    }
+
+    fn reset_run(&mut self, now: Timestamp, reset: ResetRun<'_>) -> Result<()> {
+        let (version, input) = reset.started()?;
+        let workflow = reset.workflow;
+        let mut record = self.workflow_record(workflow)?;
+        self.0.archive_history(workflow, record.summary.run)?;
+        self.0.insert_events(workflow, reset.events)?;
+        for id in self.0.tasks_of(workflow)? {
+            self.0.delete_task(id)?;
+        }
+        for m in self.0.messages_of(workflow)? {
+            if !reset.keeps(&m.kind) {
+                self.0.delete_message(workflow, m.id)?;
+            }
+        }
+        record.task = None;
+        let s = &mut record.summary;
+        s.version = version;
+        s.input = input.clone();
+        s.run += 1;
+        s.last_seq = reset.events.last().map_or(Seq::FIRST, |e| e.seq);
+        s.progress = Some(reset.progress.clone());
+        s.status = WorkflowStatus::Running;
+        s.pause_reason = None;
+        s.closed_at = None;
+        s.output = None;
+        s.failure = None;
+        s.updated_at = now;
+        self.0.put_workflow(&record)
     }
 
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {

@@ -3,9 +3,10 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use loom_core::history::reset_points;
 use loom_core::{
-    CarriedSignal, Event, EventKind, LogRecord, ParentClosePolicy, PendingChild, Progress,
-    TimeoutScope, Timestamp, WorkflowId,
+    CarriedSignal, Event, EventKind, LogRecord, ParentClosePolicy, PendingActivity, PendingChild,
+    PendingTimer, Progress, ResetOrigin, Seq, TimeoutScope, Timestamp, WorkflowId,
 };
 
 use crate::engine::check::Check;
@@ -14,10 +15,12 @@ use crate::engine::op::{
 };
 use crate::error::{Result, StorageError};
 use crate::model::{
-    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, TaskId,
+    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, Reset, TaskId,
     Termination, WorkflowTaskCompletion,
 };
-use crate::plan::{NewChild, TaskPlan, activity_result, check_continues, started_fields};
+use crate::plan::{
+    NewChild, ResetPlan, TaskPlan, activity_result, check_continues, started_fields,
+};
 
 /// Starts a workflow: if no workflow has the id, its row, its history's first event and its
 /// first workflow task (claimable now), and, for each timeout `started` sets, a `TimeoutFired`
@@ -714,6 +717,200 @@ pub fn terminate(t: Termination) -> Result<WriteSet> {
     })
 }
 
+/// Begins a new run from a point of the current run's history (see [`Reset`]): a reset. The
+/// run must still be the workflow's current run and its history must end where the caller
+/// read it; the point must be one of [`reset_points`]. Then, in one step: an open run ends
+/// with `WorkflowReset` (its children get their parent-close policies); the run is kept as an
+/// earlier run; the new run's history is its `WorkflowStarted` (run one more, naming the run,
+/// point and reason in `reset`) and the events after it up to the point; the workflow is
+/// running again, with a workflow task claimable now and a fresh start for the work the
+/// prefix left open: an activity task for each open activity (its next attempt, due when the
+/// last failure said), a `TimerFired` for each timer at its recorded time, the recorded end of
+/// each child open at the point (one with no recorded end is refused), and, with
+/// `reapply_signals`, each signal received after the point; these last in the history's
+/// order, due just before the point's time, so before anything still waiting. Signals
+/// still waiting are kept with `reapply_signals`, as are cancel and terminate requests; the
+/// run timeout starts again; an execution timeout still counts from the workflow's creation.
+pub fn reset(r: Reset) -> Result<WriteSet> {
+    let invalid = |m: String| Err(StorageError::InvalidArgument(m));
+    if r.reason.contains('\0') {
+        return invalid("a reason cannot contain a NUL character".into());
+    }
+    let workflow = r.workflow_id;
+    let (Some(first), Some(last)) = (r.history.first(), r.history.last()) else {
+        return invalid(format!("\"{workflow}\" has no history to reset"));
+    };
+    let EventKind::WorkflowStarted {
+        run,
+        timeouts,
+        parent,
+        ..
+    } = &first.kind
+    else {
+        return invalid(format!(
+            "the history of \"{workflow}\" does not start with WorkflowStarted"
+        ));
+    };
+    let (run, timeouts, parent) = (*run, *timeouts, parent.clone());
+    let points = reset_points(&r.history);
+    if !points.contains(&r.to) {
+        if r.to < Seq::FIRST || r.to > last.seq {
+            return invalid(format!(
+                "run {run} of \"{workflow}\" has no event {}: its history runs from 1 to {}",
+                r.to.get(),
+                last.seq.get()
+            ));
+        }
+        let before = points.iter().rev().find(|p| **p < r.to);
+        let after = points.iter().find(|p| **p > r.to);
+        let nearest = match (before, after) {
+            (Some(b), Some(a)) => format!("the nearest are {} and {}", b.get(), a.get()),
+            (Some(b), None) => format!("the nearest is {}", b.get()),
+            (None, Some(a)) => format!("the nearest is {}", a.get()),
+            (None, None) => "it has none".to_owned(),
+        };
+        return invalid(format!(
+            "event {} of run {run} of \"{workflow}\" is not a workflow-task boundary, so the code cannot resume there ({nearest}; `loom inspect` lists them)",
+            r.to.get()
+        ));
+    }
+    let kept = usize::try_from(r.to.get()).unwrap_or(usize::MAX);
+    let plan = ResetPlan::new(&r.history, kept)?;
+    let next = run.saturating_add(1);
+    let mut events: Vec<Event> = r.history[..kept].to_vec();
+    if let EventKind::WorkflowStarted { run, reset, .. } = &mut events[0].kind {
+        *run = next;
+        *reset = Some(ResetOrigin {
+            run: next - 1,
+            point: r.to,
+            reason: r.reason.clone(),
+        });
+    }
+    let progress = Progress {
+        pending_activities: plan
+            .activities
+            .iter()
+            .map(|(a, attempt, _)| PendingActivity {
+                id: a.activity_id,
+                name: a.name.clone(),
+                attempts: attempt - 1,
+            })
+            .collect(),
+        pending_timers: plan
+            .timers
+            .iter()
+            .map(|t| PendingTimer {
+                id: t.timer_id,
+                fire_at: t.fire_at,
+            })
+            .collect(),
+        pending_children: plan.children.clone(),
+        parent,
+        run: next,
+        ..Progress::default()
+    };
+    let checks = vec![
+        Check::Run {
+            workflow: workflow.clone(),
+            run,
+        },
+        Check::LastSeq {
+            workflow: workflow.clone(),
+            expected: last.seq,
+        },
+    ];
+    let mut ops = Vec::new();
+    let open = !last.kind.is_terminal();
+    if open {
+        ops.push(Op::AppendEvents {
+            workflow: workflow.clone(),
+            events: vec![Event {
+                seq: last.seq.next(),
+                at: r.at,
+                kind: EventKind::WorkflowReset {
+                    run: next,
+                    point: r.to,
+                    reason: r.reason.clone(),
+                },
+            }],
+        });
+        let children_after: Vec<PendingChild> = r
+            .family
+            .pending_children
+            .into_iter()
+            .filter(|c| c.id.0 > r.to)
+            .collect();
+        let reason = format!("its parent \"{workflow}\" was reset");
+        ops.extend(parent_close(&workflow, children_after, &reason));
+    }
+    ops.push(Op::ResetRun {
+        workflow: workflow.clone(),
+        events,
+        progress,
+        keep_signals: r.reapply_signals,
+    });
+    ops.push(Op::InsertTask {
+        workflow: workflow.clone(),
+        task: NewTask::Workflow,
+        due: When::Now,
+    });
+    for (a, attempt, due) in plan.activities {
+        ops.push(Op::InsertTask {
+            workflow: workflow.clone(),
+            task: NewTask::Activity(ActivitySpec {
+                activity_id: a.activity_id,
+                name: a.name,
+                input: a.input,
+                options: a.options,
+                attempt,
+            }),
+            due: due.map_or(When::Now, When::At),
+        });
+    }
+    let post = |kind: EventKind, visible: When| Op::Post {
+        workflow: workflow.clone(),
+        kind,
+        visible,
+        retry_at: None,
+    };
+    for t in &plan.timers {
+        ops.push(post(t.message(), When::At(t.fire_at)));
+    }
+    // What is delivered again arrived before anything still waiting: all of it just before
+    // the kept prefix's last event, in the order the history recorded it.
+    let mut redelivered = plan.child_ends;
+    if r.reapply_signals {
+        redelivered.extend(plan.signals);
+    }
+    redelivered.sort_by_key(|e| e.seq);
+    let before = Timestamp::from_millis(r.history[kept - 1].at.as_millis().saturating_sub(1));
+    for e in redelivered {
+        ops.push(post(e.kind, When::At(before)));
+    }
+    if let (false, Some(ms)) = (open, timeouts.execution_ms) {
+        let at = r.created_at.saturating_add(Duration::from_millis(ms));
+        ops.push(post(
+            EventKind::TimeoutFired {
+                scope: TimeoutScope::Execution,
+            },
+            When::At(at),
+        ));
+    }
+    if let Some(ms) = timeouts.run_ms {
+        ops.push(post(
+            EventKind::TimeoutFired {
+                scope: TimeoutScope::Run,
+            },
+            When::After(Duration::from_millis(ms)),
+        ));
+    }
+    Ok(WriteSet {
+        checks,
+        ops,
+        sync: Sync::Durable,
+    })
+}
+
 /// Pauses a workflow from outside (an operator's pause): it must be open and `reason` text
 /// without NUL characters. Then, in one step: the workflow is `paused` with the reason, and its
 /// workflow task is deleted, so that no worker runs its code (one that holds the task can no
@@ -946,6 +1143,7 @@ mod tests {
         let started = event(
             1,
             EventKind::WorkflowStarted {
+                reset: None,
                 attempt: 1,
                 retry: None,
                 run: 1,
@@ -1344,6 +1542,7 @@ mod tests {
             Op::DeleteActivity { .. } => "DeleteActivity",
             Op::DeleteWork { .. } => "DeleteWork",
             Op::NewRun { .. } => "NewRun",
+            Op::ResetRun { .. } => "ResetRun",
             Op::AppendLogs { .. } => "AppendLogs",
             Op::Settle { .. } => "Settle",
             Op::Release { .. } => "Release",
