@@ -175,7 +175,28 @@ pub(crate) async fn family_of(
     Ok(family)
 }
 
-/// How many times [`Client::terminate`] reads the run again when it moved on meanwhile.
+/// Where [`Client::reset`] takes a run back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Just after this event of the current run: one of
+    /// [`reset_points`](loom_core::history::reset_points).
+    Event(Seq),
+    /// The last workflow-task boundary before the run's first failure (see
+    /// [`last_task`](loom_core::history::last_task)).
+    LastTask,
+}
+
+/// What [`Client::reset`] began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetDone {
+    /// The new run.
+    pub run: u32,
+    /// The last event of the old run that the new run kept.
+    pub point: Seq,
+}
+
+/// How many times [`Client::terminate`] and [`Client::reset`] read the run again when it
+/// moved on meanwhile.
 const TERMINATE_TRIES: usize = 20;
 
 /// Starts, follows, signals and cancels workflows on a [`Storage`]. Cheap to clone.
@@ -489,6 +510,78 @@ impl Client {
         Err(StorageError::Unavailable {
             message: format!(
                 "workflow {id} kept moving on while it was being terminated ({TERMINATE_TRIES} tries)"
+            ),
+            source: None,
+        }
+        .into())
+    }
+
+    /// Resets a workflow's current run, open or ended, to a workflow-task boundary of its
+    /// history (see [`ResetTo`]), and runs the current code from there: a new run begins
+    /// whose history is the old one's up to the point, its open activities run again, its
+    /// timers are armed again, and the signals received after the point are delivered again
+    /// when `reapply_signals`. The old run is kept as an earlier run; an open one ends with
+    /// `WorkflowReset`, and a worker holding its task or an attempt of its activities can no
+    /// longer commit. The use: a bug fixed in code, rerun from before the step that broke.
+    /// Answers the new run and the point. `InvalidArgument` for a point that is not a
+    /// boundary; `RunMoved` if a point named by number was in a run that has since ended by
+    /// continuing as new.
+    pub async fn reset(
+        &self,
+        id: &WorkflowId,
+        to: ResetTo,
+        reason: &str,
+        reapply_signals: bool,
+    ) -> Result<ResetDone, ClientError> {
+        let mut run = None;
+        for _ in 0..TERMINATE_TRIES {
+            let summary = self.storage.describe(id).await?;
+            if let (ResetTo::Event(_), Some(run)) = (to, run)
+                && summary.run != run
+            {
+                return Err(StorageError::RunMoved {
+                    id: id.clone(),
+                    expected: run,
+                    actual: summary.run,
+                }
+                .into());
+            }
+            run = Some(summary.run);
+            let history = self.storage.load_history(id, Seq::ZERO).await?;
+            let point = match to {
+                ResetTo::Event(seq) => seq,
+                ResetTo::LastTask => loom_core::history::last_task(&history).ok_or_else(|| {
+                    StorageError::InvalidArgument(format!("\"{id}\" has no history to reset"))
+                })?,
+            };
+            let reset = loom_storage::Reset {
+                workflow_id: id.clone(),
+                history,
+                to: point,
+                reason: reason.to_owned(),
+                reapply_signals,
+                created_at: summary.created_at,
+                family: family_of(self.storage.as_ref(), &summary).await?,
+                at: self.clock.now().max(summary.updated_at),
+            };
+            match self.storage.reset(reset).await {
+                // A workflow task committed meanwhile: read the run again.
+                Err(StorageError::Conflict { .. } | StorageError::RunMoved { .. }) => continue,
+                other => {
+                    other?;
+                    if let Some(wake) = &self.wake {
+                        wake.notify_one();
+                    }
+                    return Ok(ResetDone {
+                        run: summary.run + 1,
+                        point,
+                    });
+                }
+            }
+        }
+        Err(StorageError::Unavailable {
+            message: format!(
+                "workflow {id} kept moving on while it was being reset ({TERMINATE_TRIES} tries)"
             ),
             source: None,
         }

@@ -55,7 +55,7 @@
 mod client;
 mod worker;
 
-pub use client::{Client, ClientError, StartOptions, WorkflowHandle};
+pub use client::{Client, ClientError, ResetDone, ResetTo, StartOptions, WorkflowHandle};
 pub use worker::{
     Limits, MetricsSnapshot, Retention, Worker, WorkerConfig, WorkerError, WorkerMetrics,
     shutdown_signal,

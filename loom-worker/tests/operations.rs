@@ -4,15 +4,15 @@
 //! order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use loom_core::{
-    Activity, ActivityContext, EventKind, Failure, Payload, Registry, Workflow, WorkflowContext,
-    WorkflowError,
+    Activity, ActivityContext, EventKind, Failure, Payload, Registry, Seq, Workflow,
+    WorkflowContext, WorkflowError,
 };
 use loom_storage::{Storage, StorageError, WorkflowStatus};
-use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
+use loom_worker::{Client, ClientError, ResetTo, StartOptions, Worker, WorkerConfig};
 
 mod support;
 use support::{Running, memory, postgres, redb, sqlite};
@@ -232,7 +232,153 @@ async fn a_worker_purges_closed_workflows_past_their_retention(store: Arc<dyn St
     assert_eq!(metrics.workflows_purged, 5);
 }
 
+/// Charges once, counting its calls.
+struct Charge(Arc<AtomicU32>);
+impl Activity for Charge {
+    const NAME: &'static str = "charge";
+    type Input = ();
+    type Output = u32;
+    async fn run(&self, _: ActivityContext, (): ()) -> Result<u32, Failure> {
+        Ok(self.0.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+/// Prints a label for an address; refuses for good while the printer is broken (a bug that a
+/// deploy fixes).
+struct Label(Arc<AtomicBool>);
+impl Activity for Label {
+    const NAME: &'static str = "label";
+    type Input = String;
+    type Output = String;
+    async fn run(&self, _: ActivityContext, address: String) -> Result<String, Failure> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(Failure::non_retryable("label", "the printer rejected it"));
+        }
+        Ok(format!("label for {address}"))
+    }
+}
+
+/// Charges, waits for the address, prints the label: fails if the label fails.
+struct Shipment;
+impl Workflow for Shipment {
+    const NAME: &'static str = "Shipment";
+    type Input = ();
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        let charged = ctx.activity::<Charge>(()).await?;
+        let address = ctx.wait_signal::<String>("address").await?;
+        let label = ctx.activity::<Label>(address).await?;
+        Ok(format!("charge #{charged}, {label}"))
+    }
+}
+
+/// A run that failed on a bug is reset, once the bug is fixed, to the last task before the
+/// failure: the new run keeps the charge and the signal from the old history (the charge is
+/// not made again), runs the label again, and completes; the old run is kept and the two are
+/// linked. Bad resets are refused and change nothing.
+async fn a_run_that_failed_is_reset_after_the_fix_and_completes(store: Arc<dyn Storage>) {
+    let charges = Arc::new(AtomicU32::new(0));
+    let broken = Arc::new(AtomicBool::new(true));
+    let mut registry = Registry::new();
+    registry
+        .add_workflow::<Shipment>()
+        .and_then(|r| r.add_activity(Charge(charges.clone())))
+        .and_then(|r| r.add_activity(Label(broken.clone())))
+        .expect("registry");
+    let config = WorkerConfig {
+        id: "reset".into(),
+        poll_interval: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    };
+    let (client, running) = support::run(Worker::with_config(store, registry, config));
+    let handle = client
+        .start::<Shipment>(&(), StartOptions::id("ship-1"))
+        .await
+        .expect("start");
+    client
+        .signal(
+            handle.id(),
+            "address",
+            Payload::encode(&"1 Main St").expect("encode"),
+        )
+        .await
+        .expect("signal");
+    assert!(matches!(
+        handle.result_within(WAIT).await,
+        Err(ClientError::Failed { .. })
+    ));
+    let failed = client.history(handle.id()).await.expect("history");
+
+    // Bad resets: an unknown workflow, a point inside a task, a point past the history.
+    assert!(matches!(
+        client
+            .reset(&"ghost".into(), ResetTo::LastTask, "ops", true)
+            .await,
+        Err(ClientError::Storage(StorageError::NotFound(_)))
+    ));
+    let inside = failed
+        .iter()
+        .find(|e| !loom_core::history::is_reset_point(&failed, e.seq))
+        .expect("a point inside a task")
+        .seq;
+    assert!(matches!(
+        client
+            .reset(handle.id(), ResetTo::Event(inside), "ops", true)
+            .await,
+        Err(ClientError::Storage(StorageError::InvalidArgument(m))) if m.contains("not a workflow-task boundary")
+    ));
+    assert!(matches!(
+        client
+            .reset(handle.id(), ResetTo::Event(Seq::new(999)), "ops", true)
+            .await,
+        Err(ClientError::Storage(StorageError::InvalidArgument(_)))
+    ));
+    assert_eq!(
+        client.describe(handle.id()).await.expect("describe").run,
+        1,
+        "nothing was written"
+    );
+
+    broken.store(false, Ordering::SeqCst);
+    let done = client
+        .reset(handle.id(), ResetTo::LastTask, "ada: printer fixed", true)
+        .await
+        .expect("reset");
+    assert_eq!(done.run, 2);
+    assert!(matches!(
+        failed[done.point.get() as usize].kind,
+        EventKind::ActivityFailed { .. }
+    ));
+    let output = handle
+        .result_within(WAIT)
+        .await
+        .expect("the new run completes");
+    assert_eq!(output, "charge #1, label for 1 Main St");
+    assert_eq!(
+        charges.load(Ordering::SeqCst),
+        1,
+        "the charge was not made again"
+    );
+
+    // The old run is kept whole, and the new one names it.
+    assert_eq!(
+        client.run_history(handle.id(), 1).await.expect("run 1"),
+        failed
+    );
+    let runs = client.runs(handle.id()).await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    let history = client.history(handle.id()).await.expect("history");
+    assert!(matches!(
+        &history[0].kind,
+        EventKind::WorkflowStarted { run: 2, reset: Some(origin), .. }
+            if origin.run == 1 && origin.point == done.point && origin.reason == "ada: printer fixed"
+    ));
+    running.stop().await;
+}
+
 on_every_backend!(
     a_paused_workflow_takes_what_waited_once_resumed,
     a_worker_purges_closed_workflows_past_their_retention,
+    a_run_that_failed_is_reset_after_the_fix_and_completes,
 );
