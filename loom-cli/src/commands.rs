@@ -140,6 +140,20 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let store = db::open(&url, Missing::Refuse, false).await?;
             act(store, target, Action::Terminate(reason), json).await
         }
+        Command::Reset {
+            target,
+            to,
+            reason,
+            no_signals,
+        } => {
+            let store = db::open(&url, Missing::Refuse, false).await?;
+            let action = Action::Reset {
+                to,
+                reason,
+                signals: !no_signals,
+            };
+            act(store, target, action, json).await
+        }
         Command::Pause { target, reason } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
             act(store, target, Action::Pause(reason), json).await
@@ -426,25 +440,51 @@ enum Action {
     Terminate(String),
     Pause(String),
     Resume,
+    Reset {
+        to: loom_worker::ResetTo,
+        reason: String,
+        signals: bool,
+    },
 }
 
 impl Action {
+    /// Acts on one workflow; a reset answers what it began.
     async fn apply(
         &self,
         client: &Client,
         id: &WorkflowId,
-    ) -> Result<(), loom_worker::ClientError> {
+    ) -> Result<Option<loom_worker::ResetDone>, loom_worker::ClientError> {
         match self {
-            Action::Cancel(reason) => client.cancel(id, reason.clone()).await,
-            Action::Terminate(reason) => client.terminate(id, reason).await,
-            Action::Pause(reason) => client.pause(id, reason).await,
-            Action::Resume => client.resume(id).await,
+            Action::Cancel(reason) => client.cancel(id, reason.clone()).await.map(|()| None),
+            Action::Terminate(reason) => client.terminate(id, reason).await.map(|()| None),
+            Action::Pause(reason) => client.pause(id, reason).await.map(|()| None),
+            Action::Resume => client.resume(id).await.map(|()| None),
+            Action::Reset {
+                to,
+                reason,
+                signals,
+            } => client.reset(id, *to, reason, *signals).await.map(Some),
         }
     }
 
     /// The key of the JSON answer for one workflow, and the sentence for people.
-    fn done(&self, id: &WorkflowId) -> (&'static str, String) {
+    fn done(
+        &self,
+        id: &WorkflowId,
+        reset: Option<loom_worker::ResetDone>,
+    ) -> (&'static str, String) {
         match self {
+            Action::Reset { .. } => (
+                "reset",
+                match reset {
+                    Some(r) => format!(
+                        "Reset {id} to event {}: run {} runs this binary's code from there (a worker must be running).",
+                        r.point.get(),
+                        r.run
+                    ),
+                    None => format!("Reset {id}."),
+                },
+            ),
             Action::Cancel(_) => (
                 "cancel_requested",
                 format!("Asked {id} to cancel; it will stop at its next wait."),
@@ -529,13 +569,18 @@ async fn act(
     let client = Client::new(store.clone());
     let Some(query) = target.query else {
         let id = WorkflowId::new(target.id.unwrap_or_default());
-        action
+        let reset = action
             .apply(&client, &id)
             .await
             .map_err(Fail::from_client)?;
-        let (key, sentence) = action.done(&id);
+        let (key, sentence) = action.done(&id, reset);
         if json {
-            render::json(&json!({ "id": id, key: true }))?;
+            let mut answer = json!({ "id": id, key: true });
+            if let Some(r) = reset {
+                answer["run"] = json!(r.run);
+                answer["point"] = json!(r.point.get());
+            }
+            render::json(&answer)?;
         } else {
             println!("{sentence}");
         }
@@ -584,7 +629,7 @@ async fn act(
         };
         let (id, r) = joined.map_err(|e| Fail::failed(format!("an action panicked: {e}")))?;
         match r {
-            Ok(()) => done += 1,
+            Ok(_) => done += 1,
             Err(e) => failed.push((id, e.to_string())),
         }
         if let Some(bar) = &bar {
@@ -847,6 +892,9 @@ async fn inspect_past_run(
     line("run", format!("{run} of {} (ended)", summary.run));
     if let Some(first) = history.first() {
         line("started", render::time(first.at));
+        if run > 1 {
+            line("began", run_origin(run, Some(first)));
+        }
     }
     if let Some((at, how)) = &ended {
         line("ended", format!("{} by {how}", render::time(*at)));
@@ -860,16 +908,43 @@ async fn inspect_past_run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The numbered events, each workflow-task boundary (a point `loom reset` takes) marked.
 fn print_events(history: &[loom_core::Event]) {
+    let points = loom_core::history::reset_points(history);
     let mut t = render::table(&["#", "TIME", "EVENT"]);
     for e in history {
+        let mark = if points.contains(&e.seq) { "*" } else { "" };
         t.add_row(vec![
-            e.seq.get().to_string(),
+            format!("{}{mark}", e.seq.get()),
             render::time(e.at),
             e.kind.to_string(),
         ]);
     }
     println!("{t}");
+    if !points.is_empty() {
+        println!(
+            "* a workflow-task boundary: `loom reset ID --to N` reruns the code from just after it"
+        );
+    }
+}
+
+/// How run `run` began, from its first event: continued as new, retried or reset.
+fn run_origin(run: u32, first: Option<&loom_core::Event>) -> String {
+    match first.map(|e| &e.kind) {
+        Some(loom_core::EventKind::WorkflowStarted {
+            reset: Some(origin),
+            ..
+        }) => format!(
+            "reset from run {} at event {}: {}",
+            origin.run,
+            origin.point.get(),
+            origin.reason
+        ),
+        Some(loom_core::EventKind::WorkflowStarted { attempt, .. }) if *attempt > 1 => {
+            format!("attempt {attempt}, retried after run {} failed", run - 1)
+        }
+        _ => format!("continued as new from run {}", run - 1),
+    }
 }
 
 async fn inspect(
@@ -904,7 +979,7 @@ async fn inspect(
         })
         .await
         .map_err(Fail::from_storage)?;
-    let history = if events {
+    let history = if events || summary.run > 1 {
         Some(
             store
                 .load_history(id, loom_core::Seq::ZERO)
@@ -913,6 +988,10 @@ async fn inspect(
         )
     } else {
         None
+    };
+    let reset_from = match history.as_ref().and_then(|h| h.first()).map(|e| &e.kind) {
+        Some(loom_core::EventKind::WorkflowStarted { reset, .. }) => reset.clone(),
+        _ => None,
     };
     let tasks = if summary.status.is_terminal() {
         Vec::new()
@@ -924,10 +1003,17 @@ async fn inspect(
             .map_err(|e| Fail::failed(format!("cannot encode the summary: {e}")))?;
         doc["tasks"] = serde_json::to_value(&tasks)
             .map_err(|e| Fail::failed(format!("cannot encode the tasks: {e}")))?;
-        if let Some(h) = &history {
+        if let Some(h) = history.as_ref().filter(|_| events) {
             doc["events"] = serde_json::to_value(h)
                 .map_err(|e| Fail::failed(format!("cannot encode the history: {e}")))?;
+            doc["reset_points"] = json!(
+                loom_core::history::reset_points(h)
+                    .iter()
+                    .map(|p| p.get())
+                    .collect::<Vec<_>>()
+            );
         }
+        doc["reset_from"] = json!(reset_from);
         doc["children"] = json!(
             children
                 .items
@@ -947,12 +1033,13 @@ async fn inspect(
     line("workflow", format!("{} v{}", summary.name, summary.version));
     line("status", summary.status.to_string());
     if summary.run > 1 {
+        let first = history.as_ref().and_then(|h| h.first());
         line(
             "run",
             format!(
-                "{} (continued as new from run {}; loom inspect {id} --run R shows run R)",
+                "{} ({}; loom inspect {id} --run R shows run R)",
                 summary.run,
-                summary.run - 1
+                run_origin(summary.run, first)
             ),
         );
         let skipped = runs.len().saturating_sub(RUNS_SHOWN);
@@ -1053,7 +1140,7 @@ async fn inspect(
             format!("no workflow task: it runs again after loom resume {id}"),
         );
     }
-    if let Some(h) = history {
+    if let Some(h) = history.filter(|_| events) {
         println!();
         print_events(&h);
     }

@@ -103,6 +103,19 @@ pub(crate) struct Target {
     pub(crate) yes: bool,
 }
 
+/// `--to` of `loom reset`: an event number, or `last-task`.
+fn parse_reset_to(text: &str) -> Result<loom_worker::ResetTo, String> {
+    if text == "last-task" {
+        return Ok(loom_worker::ResetTo::LastTask);
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(loom_worker::ResetTo::Event(loom_core::Seq::new(n))),
+        _ => Err(format!(
+            "{text:?} is neither an event number (from 1) nor `last-task`"
+        )),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create the database and its schema.
@@ -244,6 +257,26 @@ pub(crate) enum Command {
     Resume {
         #[command(flatten)]
         target: Target,
+    },
+    /// Reset a workflow's current run, open or ended, to a workflow-task boundary and run
+    /// this binary's code from there (a worker must run it): the use is a bug fixed in code,
+    /// rerun from before the step that broke. The new run keeps the history up to the point;
+    /// the activities and timers open there start again; signals received after it are
+    /// delivered again. The old run is kept (`loom inspect ID --run R`).
+    Reset {
+        #[command(flatten)]
+        target: Target,
+        /// Where to: an event number of the current run that is a workflow-task boundary
+        /// (`loom inspect ID --events` marks them), or `last-task`, the last boundary before
+        /// the run's first failure.
+        #[arg(long, value_name = "SEQ|last-task", value_parser = parse_reset_to)]
+        to: loom_worker::ResetTo,
+        /// Who resets it and why (recorded in both runs).
+        #[arg(long)]
+        reason: String,
+        /// Do not deliver again the signals received after the point (nor those waiting).
+        #[arg(long)]
+        no_signals: bool,
     },
     /// Print a workflow's result (exit 1 if it failed or was cancelled).
     Result {

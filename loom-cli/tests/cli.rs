@@ -1311,3 +1311,123 @@ fn a_run_timeout_set_at_start_ends_the_run_timed_out() {
             "timed out: its run timeout passed",
         ));
 }
+
+#[test]
+fn reset_reruns_a_run_from_a_task_boundary_and_refuses_bad_points() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    for id in ["r1", "r2"] {
+        loom(dir.path())
+            .args([
+                "start",
+                "Reminder",
+                "--input",
+                r#"{"seconds": 86400}"#,
+                "--id",
+                id,
+            ])
+            .assert()
+            .success();
+    }
+    drain(dir.path()); // 1: started, 2: a step, 3: its timer
+    for id in ["r1", "r2"] {
+        loom(dir.path())
+            .args(["terminate", id, "--reason", "ops: by mistake"])
+            .assert()
+            .success();
+    }
+    // Bad input: exit 2, nothing written.
+    loom(dir.path())
+        .args(["reset", "ghost", "--to", "last-task", "--reason", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no workflow with id ghost"));
+    loom(dir.path())
+        .args(["reset", "r1", "--to", "2", "--reason", "x"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("not a workflow-task boundary")
+                .and(predicate::str::contains("the nearest are 1 and 3")),
+        );
+    loom(dir.path())
+        .args(["reset", "r1", "--to", "9", "--reason", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("from 1 to 4"));
+    loom(dir.path())
+        .args(["reset", "r1", "--to", "banana", "--reason", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("last-task"));
+    loom(dir.path())
+        .args(["reset", "r1", "--to", "3"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--reason"));
+    assert_eq!(inspect(dir.path(), "r1")["status"], "terminated");
+
+    let out = stdout_of(
+        dir.path(),
+        &[
+            "reset",
+            "r1",
+            "--to",
+            "last-task",
+            "--reason",
+            "ops: terminated by mistake",
+            "--json",
+        ],
+    );
+    let done = json_of(&out);
+    assert_eq!(
+        (
+            done["reset"].as_bool(),
+            done["run"].as_u64(),
+            done["point"].as_u64()
+        ),
+        (Some(true), Some(2), Some(3))
+    );
+    let doc = inspect(dir.path(), "r1");
+    assert_eq!(doc["status"], "running");
+    assert_eq!(doc["run"], 2);
+    assert_eq!(doc["reset_from"]["run"], 1);
+    assert_eq!(doc["reset_from"]["point"], 3);
+    assert_eq!(doc["earlier_runs"].as_array().map(Vec::len), Some(1));
+    let out = stdout_of(dir.path(), &["inspect", "r1", "--run", "1", "--json"]);
+    assert!(
+        json_of(&out)["ended"]
+            .as_str()
+            .is_some_and(|e| e.contains("WorkflowTerminated")),
+        "the old run is kept as it ended"
+    );
+    loom(dir.path())
+        .args(["inspect", "r1", "--events"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("reset from run 1 at event 3: ops: terminated by mistake")
+                .and(predicate::str::contains("3*"))
+                .and(predicate::str::contains("workflow-task boundary")),
+        );
+    // The rest by query: only r2 is still terminated.
+    let out = stdout_of(
+        dir.path(),
+        &[
+            "reset",
+            "--query",
+            "status=terminated name=Reminder",
+            "--to",
+            "last-task",
+            "--reason",
+            "ops: all of them",
+            "--json",
+        ],
+    );
+    let summary = json_of(&out);
+    assert_eq!(
+        (summary["matched"].as_u64(), summary["done"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(inspect(dir.path(), "r2")["status"], "running");
+}
