@@ -1672,3 +1672,67 @@ fn a_run_asked_to_cancel_is_not_retried() {
         "the second signal waits for the next run"
     );
 }
+
+/// Starts a child, waits for a signal, starts another.
+struct TwoKids;
+impl Workflow for TwoKids {
+    const NAME: &'static str = "TwoKids";
+    type Input = ();
+    type State = ();
+    type Output = u32;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u32, WorkflowError> {
+        let a = ctx.child::<Kid>(1).await?;
+        ctx.wait_signal::<u32>("go").await?;
+        let b = ctx.child::<Kid>(2).await?;
+        Ok(a + b)
+    }
+}
+
+#[test]
+fn a_run_begun_by_a_reset_replays_the_child_ids_its_prefix_recorded() {
+    let mut d = Driver::start::<TwoKids>(&());
+    d.feed(vec![]); // 2: the first child, "wf-1/2"
+    d.feed(vec![child_ended(2, 2), signal("go", 0)]); // 3, 4, then 5: the second child
+    assert_eq!(
+        d.history[4].kind.type_name(),
+        "ChildWorkflowScheduled",
+        "{:?}",
+        d.kinds()
+    );
+    // A reset to event 3 begins run 2 with the first three events.
+    let point = Seq::new(3);
+    assert!(loom_core::history::is_reset_point(&d.history, point));
+    let mut prefix = d.history[..3].to_vec();
+    if let EventKind::WorkflowStarted { run, reset, .. } = &mut prefix[0].kind {
+        *run = 2;
+        *reset = Some(loom_core::ResetOrigin {
+            run: 1,
+            point,
+            reason: "ops".into(),
+        });
+    }
+    let mut reset = Driver::with_history(workflow_type::<TwoKids>(), prefix);
+    let decision = reset.ok(vec![signal("go", 0)]);
+    let ids: Vec<String> = decision
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ChildWorkflowScheduled { workflow_id, .. } => Some(workflow_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    // The first child keeps the id run 1 gave it; the new one takes run 2's, so it never
+    // collides with the child run 1 started at the same position.
+    assert_eq!(ids, ["wf-1/run2/5"]);
+    assert!(matches!(
+        &reset.history[1].kind,
+        EventKind::ChildWorkflowScheduled { workflow_id, .. } if workflow_id.as_str() == "wf-1/2"
+    ));
+    reset.feed(vec![child_ended(5, 3)]);
+    assert_eq!(
+        reset.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&5u32).expect("encode")
+        })
+    );
+}
