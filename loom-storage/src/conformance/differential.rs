@@ -6,7 +6,7 @@
 //! workflows started, reported to their parents and cancelled by their parents' close, timers
 //! and activities cancelled, runs continued as new or retried, runs terminated, runs started with timeouts, eager
 //! claims and decisions made ahead), renews, releases, signals, cancels, pauses and resumes,
-//! purges closed workflows,
+//! resets runs to any event (boundaries or not), purges closed workflows,
 //! lets time pass,
 //! lets leases lapse and races two claimers, in any order, including the wrong ones: stale
 //! leases, spent leases, commits to ended workflows. Every answer is written to a transcript
@@ -157,6 +157,10 @@ pub enum Op {
     Pause(u8),
     /// Resume workflow `n`.
     Resume(u8),
+    /// Reset workflow `n`'s current run to the `k`th of its events (any of them, and one
+    /// past the end: boundaries are accepted, the rest refused), delivering the later signals
+    /// again or not.
+    Reset(u8, u8, bool),
     /// Purge up to two workflows that ended at least the span ago (only completed ones, or
     /// any).
     Purge(Span, bool),
@@ -224,7 +228,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => wf.clone().prop_map(Op::RequestCancel),
         1 => (wf.clone(), any::<bool>()).prop_map(|(n, stale)| Op::Terminate(n, stale)),
         1 => wf.clone().prop_map(Op::Pause),
-        1 => wf.prop_map(Op::Resume),
+        1 => wf.clone().prop_map(Op::Resume),
+        1 => (wf, any::<u8>(), any::<bool>()).prop_map(|(n, k, s)| Op::Reset(n, k, s)),
         1 => (span(), any::<bool>()).prop_map(|(s, c)| Op::Purge(s, c)),
         2 => (1u16..700).prop_map(Op::Advance),
     ]
@@ -801,6 +806,34 @@ impl Run {
             }
             Op::Resume(n) => {
                 let r = self.store.resume(&wid(*n)).await;
+                self.result(r);
+            }
+            Op::Reset(n, k, signals) => {
+                let Some(summary) = self.result(self.store.describe(&wid(*n)).await) else {
+                    return;
+                };
+                let Some(history) = self.result(self.store.load_history(&wid(*n), Seq::ZERO).await)
+                else {
+                    return;
+                };
+                let to = u64::from(*k) % (history.len() as u64 + 1) + 1;
+                let family = Progress {
+                    run: summary.run,
+                    ..self.family(&wid(*n), &history).await
+                };
+                let r = self
+                    .store
+                    .reset(crate::Reset {
+                        workflow_id: wid(*n),
+                        history,
+                        to: Seq::new(to),
+                        reason: format!("differential reset {n}"),
+                        reapply_signals: *signals,
+                        created_at: summary.created_at,
+                        family,
+                        at: at(&self.clock),
+                    })
+                    .await;
                 self.result(r);
             }
             Op::Purge(older, completed) => {
