@@ -51,8 +51,14 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             run_timeout,
             execution_timeout,
             wait,
+            tags,
         } => {
             let input = json_arg("--input", input, input_file.as_deref())?;
+            let tags = tags
+                .iter()
+                .map(|t| parse_tag(t))
+                .collect::<Result<loom_core::Tags, Fail>>()?;
+            loom_core::tags::check_tags(&tags).map_err(|e| Fail::usage(format!("--tag: {e}")))?;
             let run_timeout = seconds("--run-timeout", run_timeout)?;
             let execution_timeout = seconds("--execution-timeout", execution_timeout)?;
             // Check name and input before touching the database, so bad input writes nothing.
@@ -67,7 +73,13 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             })?;
             let store = db::open(&url, Missing::Create, false).await?;
             let timeouts = (run_timeout, execution_timeout);
-            start(store, &registry, &workflow, input, id, timeouts, wait, json).await
+            let options = StartOptions {
+                id: id.map(WorkflowId::new),
+                run_timeout: timeouts.0,
+                execution_timeout: timeouts.1,
+                tags,
+            };
+            start(store, &registry, &workflow, input, options, wait, json).await
         }
         Command::List {
             limit,
@@ -75,16 +87,22 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             name,
             parent,
             closed_before,
+            tags,
         } => {
             let status = status
                 .map(|s| s.parse::<WorkflowStatus>())
                 .transpose()
                 .map_err(Fail::usage)?;
+            let tags = tags
+                .iter()
+                .map(|t| parse_tag_filter(t))
+                .collect::<Result<Vec<_>, Fail>>()?;
             let query = ListQuery {
                 status,
                 name,
                 parent: parent.map(WorkflowId::new),
                 closed_before: closed_before.map(ago),
+                tags,
                 limit,
                 ..ListQuery::default()
             };
@@ -312,26 +330,69 @@ fn workflows(registry: &Registry, json: bool) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The run and execution timeouts of a start.
-type StartTimeouts = (Option<Duration>, Option<Duration>);
+/// A tag value as a person typed it: an RFC 3339 time, or what [`TagValue::infer`] makes of
+/// it.
+fn parse_tag_value(text: &str) -> loom_core::TagValue {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text)
+        && let Ok(since) = t.duration_since(std::time::UNIX_EPOCH)
+        && let Ok(ms) = i64::try_from(since.as_millis())
+    {
+        return loom_core::TagValue::Time(loom_core::Timestamp::from_millis(ms));
+    }
+    loom_core::TagValue::infer(text)
+}
 
-#[allow(clippy::too_many_arguments, reason = "one per flag of `loom start`")]
+/// `--tag key=value` of `loom start`.
+fn parse_tag(text: &str) -> Result<(String, loom_core::TagValue), Fail> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(Fail::usage(format!(
+            "--tag {text:?} is not key=value (say --tag customer=42)"
+        )));
+    };
+    let value = parse_tag_value(value);
+    loom_core::tags::check_tag(key, &value).map_err(|e| Fail::usage(format!("--tag: {e}")))?;
+    Ok((key.to_owned(), value))
+}
+
+/// A tag filter: `key=value`, or `key` then `<`, `<=`, `>` or `>=` then a number or a time.
+fn parse_tag_filter(text: &str) -> Result<loom_storage::TagFilter, Fail> {
+    use loom_storage::TagCmp;
+    let Some(at) = text.find(['=', '<', '>']) else {
+        return Err(Fail::usage(format!(
+            "tag filter {text:?} has no comparison: say key=value, key>N, key>=N, key<N or key<=N"
+        )));
+    };
+    let (key, rest) = text.split_at(at);
+    let (cmp, value) = if let Some(v) = rest.strip_prefix(">=") {
+        (TagCmp::Ge, v)
+    } else if let Some(v) = rest.strip_prefix("<=") {
+        (TagCmp::Le, v)
+    } else if let Some(v) = rest.strip_prefix('>') {
+        (TagCmp::Gt, v)
+    } else if let Some(v) = rest.strip_prefix('<') {
+        (TagCmp::Lt, v)
+    } else {
+        (TagCmp::Eq, &rest[1..])
+    };
+    let filter = loom_storage::TagFilter {
+        key: key.to_owned(),
+        cmp,
+        value: parse_tag_value(value),
+    };
+    filter.check().map_err(Fail::usage)?;
+    Ok(filter)
+}
+
 async fn start(
     store: Arc<dyn Storage>,
     registry: &Registry,
     workflow: &str,
     input: Payload,
-    id: Option<String>,
-    (run_timeout, execution_timeout): StartTimeouts,
+    options: StartOptions,
     wait: bool,
     json: bool,
 ) -> Result<ExitCode, Fail> {
     let client = Client::new(store);
-    let options = StartOptions {
-        id: id.map(WorkflowId::new),
-        run_timeout,
-        execution_timeout,
-    };
     let id = client
         .start_by_name(registry, workflow, input, options)
         .await
@@ -407,21 +468,30 @@ async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<
         println!("No workflows.");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = render::table(&["ID", "WORKFLOW", "STATUS", "STEP", "CREATED", "UPDATED"]);
+    let tagged = page.items.iter().any(|s| !s.tags.is_empty());
+    let mut header = vec!["ID", "WORKFLOW", "STATUS", "STEP", "CREATED", "UPDATED"];
+    if tagged {
+        header.push("TAGS");
+    }
+    let mut t = render::table(&header);
     for s in &page.items {
         let step = s
             .progress
             .as_ref()
             .and_then(|p| p.current_step.clone())
             .unwrap_or_default();
-        t.add_row(vec![
+        let mut row = vec![
             s.id.to_string(),
             s.name.clone(),
             s.status.to_string(),
             step,
             render::time(s.created_at),
             render::time(s.updated_at),
-        ]);
+        ];
+        if tagged {
+            row.push(render::tags(&s.tags));
+        }
+        t.add_row(row);
     }
     println!("{t}");
     if page.next.is_some() {
@@ -511,9 +581,16 @@ fn parse_query(text: &str) -> Result<ListQuery, Fail> {
             .map_err(|e| Fail::usage(format!("--query: {key}={v:?} is not a duration ({e})")))
     };
     for part in text.split_whitespace() {
+        if let Some(filter) = part.strip_prefix("tag.") {
+            q.tags.push(
+                parse_tag_filter(filter)
+                    .map_err(|e| Fail::usage(format!("--query: {}", e.message)))?,
+            );
+            continue;
+        }
         let Some((key, value)) = part.split_once('=') else {
             return Err(Fail::usage(format!(
-                "--query: {part:?} is not key=value (keys: status, name, parent, created-after, created-before, closed-before)"
+                "--query: {part:?} is not key=value (keys: status, name, parent, created-after, created-before, closed-before, tag.KEY)"
             )));
         };
         match key {
@@ -525,7 +602,7 @@ fn parse_query(text: &str) -> Result<ListQuery, Fail> {
             "closed-before" => q.closed_before = Some(duration(key, value)?),
             other => {
                 return Err(Fail::usage(format!(
-                    "--query: unknown filter {other:?} (keys: status, name, parent, created-after, created-before, closed-before)"
+                    "--query: unknown filter {other:?} (keys: status, name, parent, created-after, created-before, closed-before, tag.KEY)"
                 )));
             }
         }
@@ -1032,6 +1109,9 @@ async fn inspect(
     line("id", summary.id.to_string());
     line("workflow", format!("{} v{}", summary.name, summary.version));
     line("status", summary.status.to_string());
+    if !summary.tags.is_empty() {
+        line("tags", render::tags(&summary.tags));
+    }
     if summary.run > 1 {
         let first = history.as_ref().and_then(|h| h.first());
         line(

@@ -90,9 +90,10 @@ pub(crate) struct Target {
     #[arg(required_unless_present = "query")]
     pub(crate) id: Option<String>,
     /// Instead of one id, every workflow that matches these space-separated filters:
-    /// `status=S name=N parent=ID created-after=D created-before=D closed-before=D`, times
-    /// as durations ago (`2h`, `30days`); without a status, only workflows that have not
-    /// ended. Each workflow is handled on its own; a summary follows.
+    /// `status=S name=N parent=ID created-after=D created-before=D closed-before=D
+    /// tag.KEY=VALUE tag.KEY>N`, times as durations ago (`2h`, `30days`); without a status,
+    /// only workflows that have not ended. Each workflow is handled on its own; a summary
+    /// follows.
     #[arg(long, conflicts_with = "id")]
     pub(crate) query: Option<String>,
     /// With `--query`: list the workflows it matches, and act on none.
@@ -162,6 +163,10 @@ pub(crate) enum Command {
         /// Wait for the result and print it (a worker must be running).
         #[arg(long)]
         wait: bool,
+        /// A tag to find it by, `key=value` (repeat for more): `true`/`false` is a truth
+        /// value, a whole number an int, an RFC 3339 time a time, anything else text.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
     },
     /// List workflows, newest first.
     List {
@@ -181,6 +186,11 @@ pub(crate) enum Command {
         /// Only workflows that ended at least this long ago (`30days`, `12h`, `90s`).
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         closed_before: Option<std::time::Duration>,
+        /// Only workflows with this tag (repeat: all of them): `key=value` compares as text
+        /// (`customer=42` finds the number and the text), `key>N`, `key>=N`, `key<N`,
+        /// `key<=N` compare int and time tags (a time in RFC 3339).
+        #[arg(long = "tag", value_name = "KEY=VALUE|KEY<N")]
+        tags: Vec<String>,
     },
     /// Delete closed workflows that ended at least DURATION ago, with everything of theirs
     /// (summary, every run's history, logs), a batch at a time. Open workflows are never

@@ -60,3 +60,15 @@ mod tests {
         assert_eq!(time(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000Z");
     }
 }
+
+/// Tags as `key=value` pairs, times in RFC 3339.
+pub(crate) fn tags(tags: &loom_core::Tags) -> String {
+    tags.iter()
+        .map(|(k, v)| match v {
+            loom_core::TagValue::Time(t) => format!("{k}={}", time(*t)),
+            loom_core::TagValue::Text(s) => format!("{k}={s}"),
+            other => format!("{k}={}", other.text()),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -20,6 +20,7 @@ use crate::event::{EventKind, LogLevel, ParentRef, RecordedValue};
 use crate::failure::{ActivityError, ChildError, Failure, SignalError, WorkflowError};
 use crate::machine::{Inner, Shared};
 use crate::options::{ActivityOptions, ChildOptions, ParentClosePolicy};
+use crate::tags::TagValue;
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 use crate::workflow::{Activity, Signal, Workflow};
 
@@ -145,6 +146,26 @@ impl<W: Workflow> WorkflowContext<W> {
         };
         self.inner.shared.lock().command(command);
         Ok(result)
+    }
+
+    /// Sets one of the workflow's tags (see [`crate::tags`]): recorded as `TagSet`, indexed by
+    /// the store when the task commits, so that `loom list --tag key=value` finds the
+    /// workflow. A key or value no store can hold (see [`check_tag`](crate::tags::check_tag))
+    /// is an error and nothing is recorded.
+    ///
+    /// ```ignore
+    /// ctx.set_tag("customer", 42)?;
+    /// ctx.set_tag("stage", "shipped")?;
+    /// ```
+    pub fn set_tag(&self, key: &str, value: impl Into<TagValue>) -> Result<(), WorkflowError> {
+        let value = value.into();
+        crate::tags::check_tag(key, &value)
+            .map_err(|e| WorkflowError::Failed(Failure::non_retryable("bad_tag", e)))?;
+        self.inner.shared.lock().command(EventKind::TagSet {
+            key: key.to_owned(),
+            value,
+        });
+        Ok(())
     }
 
     /// Schedules activity `A` with its default options; await the result.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
 use crate::options::{ActivityOptions, ParentClosePolicy, RetryPolicy};
+use crate::tags::{TagValue, Tags};
 use crate::types::{ActivityId, ChildId, Payload, Seq, TimerId, Timestamp, WorkflowId};
 
 /// The history format this build writes. Recorded in every `WorkflowStarted` event so that a
@@ -96,6 +97,10 @@ pub enum EventKind {
         /// event.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reset: Option<ResetOrigin>,
+        /// The tags the workflow was started with (a later run: those it had when the run
+        /// before it ended).
+        #[serde(default, skip_serializing_if = "Tags::is_empty")]
+        tags: Tags,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -304,6 +309,14 @@ pub enum EventKind {
         /// The value.
         value: RecordedValue,
     },
+    /// The code set one of the workflow's tags (`ctx.set_tag`): the store indexes it for
+    /// `loom list --tag`.
+    TagSet {
+        /// The tag's key.
+        key: String,
+        /// Its new value.
+        value: TagValue,
+    },
     /// The code took the new branch of a versioned change (`ctx.patched(id)`).
     PatchMarked {
         /// The change's id.
@@ -445,6 +458,7 @@ impl EventKind {
             retry: None,
             attempt: 1,
             reset: None,
+            tags: Tags::new(),
         }
     }
 
@@ -481,6 +495,7 @@ impl EventKind {
             | EventKind::ChildWorkflowScheduled { .. }
             | EventKind::WorkflowContinuedAsNew { .. }
             | EventKind::ValueRecorded { .. }
+            | EventKind::TagSet { .. }
             | EventKind::PatchMarked { .. } => Role::Command,
         }
     }
@@ -518,6 +533,7 @@ impl EventKind {
             EventKind::SignalReceived { .. } => "SignalReceived",
             EventKind::ValueRecorded { .. } => "ValueRecorded",
             EventKind::PatchMarked { .. } => "PatchMarked",
+            EventKind::TagSet { .. } => "TagSet",
             EventKind::WorkflowTaskCompleted {} => "WorkflowTaskCompleted",
         }
     }
@@ -643,6 +659,9 @@ impl EventKind {
                 value.kind_name() == v2.kind_name()
             }
             (K::PatchMarked { patch }, K::PatchMarked { patch: p2 }) => patch == p2,
+            (K::TagSet { key, value }, K::TagSet { key: k2, value: v2 }) => {
+                key == k2 && value == v2
+            }
             (K::TimerCancelled { timer_id }, K::TimerCancelled { timer_id: t2 }) => timer_id == t2,
             (K::ActivityCancelled { activity_id }, K::ActivityCancelled { activity_id: a2 }) => {
                 activity_id == a2
@@ -692,6 +711,7 @@ impl fmt::Display for EventKind {
                 retry,
                 attempt,
                 reset,
+                tags,
             } => {
                 write!(
                     f,
@@ -700,6 +720,10 @@ impl fmt::Display for EventKind {
                 )?;
                 if *run > 1 {
                     write!(f, ", run={run}")?;
+                }
+                if !tags.is_empty() {
+                    let shown: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    write!(f, ", tags=[{}]", shown.join(", "))?;
                 }
                 if let Some(origin) = reset {
                     write!(
@@ -834,6 +858,7 @@ impl fmt::Display for EventKind {
             }
             EventKind::ValueRecorded { value } => write!(f, "{name}({})", value.kind_name()),
             EventKind::PatchMarked { patch } => write!(f, "{name}({patch:?})"),
+            EventKind::TagSet { key, value } => write!(f, "{name}({key}={value})"),
             EventKind::WorkflowTaskCompleted {} => write!(f, "{name}"),
         }
     }

@@ -37,6 +37,7 @@ pub mod failure;
 pub mod history;
 pub mod machine;
 pub mod options;
+pub mod tags;
 pub mod types;
 pub mod workflow;
 
@@ -51,6 +52,7 @@ pub use machine::{
     Progress, ReplayError, WorkflowMachine,
 };
 pub use options::{ActivityOptions, ChildOptions, ParentClosePolicy, RetryPolicy};
+pub use tags::{TagValue, Tags};
 pub use types::{ActivityId, ChildId, Payload, PayloadError, Seq, TimerId, Timestamp, WorkflowId};
 pub use workflow::{
     Activity, ActivityContext, ActivityInfo, BoxFuture, CancelFlag, Cancelled, DynActivity,

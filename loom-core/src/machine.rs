@@ -876,6 +876,7 @@ fn next_run_of(inner: &Inner) -> Option<Event> {
         run,
         retry,
         attempt,
+        tags,
         ..
     } = &inner.history.first()?.kind
     else {
@@ -894,10 +895,18 @@ fn next_run_of(inner: &Inner) -> Option<Event> {
         }
         _ => return None,
     };
+    // The tags go on as the run left them.
+    let mut tags = tags.clone();
+    for e in &inner.history {
+        if let EventKind::TagSet { key, value } = &e.kind {
+            tags.insert(key.clone(), value.clone());
+        }
+    }
     Some(Event {
         seq: Seq::FIRST,
         at: last.at,
         kind: EventKind::WorkflowStarted {
+            tags,
             reset: None,
             name: name.clone(),
             version: *version,

@@ -218,6 +218,7 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(0),
             kind: EventKind::WorkflowStarted {
+                tags: Default::default(),
                 reset: None,
                 attempt: 1,
                 retry: None,

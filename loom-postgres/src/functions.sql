@@ -20,7 +20,8 @@
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
 --         a workflow [status, last_seq, parent, run], or the earliest message time; null for
 --         no row.
--- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table; "up" (withdraw
+-- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table ("tg": tags set,
+--                                      [[key, value, text, num]]); "up" (withdraw
 --                                      messages by kind) and "da" (delete an activity's task)
 --                                      come after posts; "st" (settle the workflow task at its
 --                                      earliest message) comes last
@@ -401,6 +402,16 @@ BEGIN
                 DELETE FROM tasks
                 WHERE (workflow_id = wf AND kind = 0) OR (workflow_id = wf AND kind = 1);
             END IF;
+            IF s ? 'tg' THEN
+                -- Tags set: each key's value replaced; the workflow's creation time copied, so
+                -- that a listing by tag reads its index in order.
+                INSERT INTO tags (workflow_id, key, value, text, num, created_at)
+                SELECT wf, t->>0, t->>1, t->>2, (t->>3)::bigint,
+                       COALESCE((SELECT created_at FROM workflows WHERE id = wf), now_ms)
+                FROM jsonb_array_elements(s->'tg') AS t
+                ON CONFLICT (workflow_id, key) DO UPDATE
+                SET value = excluded.value, text = excluded.text, num = excluded.num;
+            END IF;
             IF s ? 'lg' THEN
                 INSERT INTO logs (workflow_id, seq, at, level, message)
                 SELECT wf, (l->>0)::bigint, (l->>1)::bigint, l->>2, l->>3
@@ -487,6 +498,8 @@ BEGIN
                 DELETE FROM tasks WHERE workflow_id IN (SELECT id FROM gone)
             ), l AS (
                 DELETE FROM logs WHERE workflow_id IN (SELECT id FROM gone)
+            ), g AS (
+                DELETE FROM tags WHERE workflow_id IN (SELECT id FROM gone)
             )
             SELECT jsonb_agg(id ORDER BY closed_at, id) INTO claimed FROM gone;
             answer := jsonb_set(answer, '{purged}',
@@ -606,9 +619,11 @@ BEGIN
                 failed := loom_checks(item->'checks', r_now);
             END IF;
         ELSIF item->'checks'->0->>0 = 'absent' AND jsonb_array_length(item->'checks') = 1
-              AND jsonb_array_length(steps) = 1 AND steps->0 ? 'cw' AND NOT steps->0 ? 'po' THEN
+              AND jsonb_array_length(steps) = 1 AND steps->0 ? 'cw' AND NOT steps->0 ? 'po'
+              AND NOT steps->0 ? 'tg' THEN
             -- A start: its check is its own insert, which does nothing if the id is taken
-            -- (a concurrent start of the same id waits on the key and then does nothing).
+            -- (a concurrent start of the same id waits on the key and then does nothing). A
+            -- start with timeouts or tags takes the general way.
             c := steps->0;
             WITH w AS (
                 INSERT INTO workflows (id, name, version, status, input, created_at,

@@ -3,7 +3,7 @@
 use loom_core::{Event, LogLevel, LogRecord, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{
     ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, RunSummary, Stats,
-    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
+    StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -11,7 +11,8 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::wire::decode;
 use crate::{PostgresStorage, seq, seq_i64, sql_err};
 
-const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run";
+const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run, \
+    (SELECT jsonb_object_agg(key, value::jsonb) FROM tags WHERE tags.workflow_id = workflows.id)::text";
 
 fn summary(row: &PgRow) -> Result<WorkflowSummary> {
     let id: String = row.get(0);
@@ -25,6 +26,7 @@ fn summary(row: &PgRow) -> Result<WorkflowSummary> {
     let output: Option<String> = row.get(9);
     let failure: Option<String> = row.get(10);
     let progress: Option<String> = row.get(12);
+    let tags: Option<String> = row.get(15);
     Ok(WorkflowSummary {
         id: WorkflowId::new(id.clone()),
         name: row.get(1),
@@ -45,6 +47,10 @@ fn summary(row: &PgRow) -> Result<WorkflowSummary> {
             .transpose()?,
         parent: row.get::<Option<String>, _>(13).map(WorkflowId::new),
         run: u32::try_from(row.get::<i32, _>(14)).unwrap_or(1),
+        tags: tags
+            .map(|t| decode(&t, || field("tags")))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -175,26 +181,48 @@ impl PostgresStorage {
         } else {
             "AND $8::text IS NULL"
         };
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        // A condition per tag filter, each the index's: the tag's key and text (or number).
+        let mut by_tags = String::new();
+        for (i, f) in q.tags.iter().enumerate() {
+            let (key, value) = (10 + 2 * i, 11 + 2 * i);
+            by_tags.push_str(&if f.cmp == TagCmp::Eq {
+                format!(
+                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND text = ${value}::text)"
+                )
+            } else {
+                format!(
+                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND num {} ${value}::bigint)",
+                    f.cmp.as_str()
+                )
+            });
+        }
+        let sql = format!(
             "SELECT {SUMMARY} FROM workflows
              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
                AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4)
                AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6)) {by_parent}
-               AND ($9::bigint IS NULL OR closed_at < $9)
+               AND ($9::bigint IS NULL OR closed_at < $9){by_tags}
              ORDER BY created_at DESC, id DESC LIMIT $7"
-        )))
-        .bind(q.status.map(WorkflowStatus::as_str))
-        .bind(q.name.as_deref())
-        .bind(q.created_after.map(Timestamp::as_millis))
-        .bind(q.created_before.map(Timestamp::as_millis))
-        .bind(q.after.as_ref().map(|c| c.created_at.as_millis()))
-        .bind(q.after.as_ref().map_or("", |c| c.id.as_str()))
-        .bind(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1)
-        .bind(q.parent.as_ref().map(WorkflowId::as_str))
-        .bind(q.closed_before.map(Timestamp::as_millis))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql_err)?;
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(q.status.map(WorkflowStatus::as_str))
+            .bind(q.name.as_deref())
+            .bind(q.created_after.map(Timestamp::as_millis))
+            .bind(q.created_before.map(Timestamp::as_millis))
+            .bind(q.after.as_ref().map(|c| c.created_at.as_millis()))
+            .bind(q.after.as_ref().map_or("", |c| c.id.as_str()))
+            .bind(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1)
+            .bind(q.parent.as_ref().map(WorkflowId::as_str))
+            .bind(q.closed_before.map(Timestamp::as_millis));
+        for f in &q.tags {
+            query = query.bind(f.key.as_str());
+            query = if f.cmp == TagCmp::Eq {
+                query.bind(f.value.text())
+            } else {
+                query.bind(f.value.number())
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(sql_err)?;
         let items = rows.iter().map(summary).collect::<Result<Vec<_>>>()?;
         Ok(Page::of_listing(items, q.limit))
     }

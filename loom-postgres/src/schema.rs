@@ -129,6 +129,23 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
     ),
     // 9: reset: the `rr` step.
     include_str!("functions.sql"),
+    // 10: tags: each workflow's, as JSON (`value`), as the text equality compares and the
+    // number ranges compare, with the workflow's creation time so that a listing by tag reads
+    // the index in its order; the `tg` part of a write step.
+    concat!(
+        "CREATE TABLE tags (\n",
+        "    workflow_id  text NOT NULL,\n",
+        "    key          text NOT NULL,\n",
+        "    value        text NOT NULL,\n",
+        "    text         text NOT NULL,\n",
+        "    num          bigint,\n",
+        "    created_at   bigint NOT NULL,\n",
+        "    PRIMARY KEY (workflow_id, key)\n",
+        ");\n",
+        "CREATE INDEX tags_by_text ON tags (key, text, created_at DESC, workflow_id DESC);\n",
+        "CREATE INDEX tags_by_num ON tags (key, num) WHERE num IS NOT NULL;\n",
+        include_str!("functions.sql")
+    ),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

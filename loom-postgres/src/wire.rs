@@ -259,6 +259,15 @@ impl WriteStep {
                 self.push("da", json!(n(activity.0.get())));
                 true
             }
+            Op::SetTags { tags, .. } => {
+                for (key, value) in tags {
+                    self.push(
+                        "tg",
+                        json!([key, encode(value)?, value.text(), value.number()]),
+                    );
+                }
+                true
+            }
             Op::AppendLogs { logs, .. } => {
                 for l in logs {
                     self.push(
@@ -619,6 +628,9 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(5),
             kind: EventKind::WorkflowStarted {
+                tags: [("customer".to_owned(), loom_core::TagValue::Int(42))]
+                    .into_iter()
+                    .collect(),
                 reset: None,
                 attempt: 1,
                 retry: None,
@@ -641,6 +653,10 @@ mod tests {
         assert_eq!(steps[0]["cw"][0], "wf");
         assert_eq!(steps[0]["ev"][0][0], 1);
         assert_eq!(steps[0]["it"][0][0], 0);
+        assert_eq!(
+            steps[0]["tg"],
+            json!([["customer", "{\"int\":42}", "42", 42]])
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! its lease's expiry, so "claimable" is `visible_at <= now`: one range scan of `tasks_ready`.
 
 use loom_core::{
-    ActivityId, ActivityOptions, Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId,
+    ActivityId, ActivityOptions, Event, EventKind, LogRecord, Seq, TagValue, Timestamp, WorkflowId,
 };
 use loom_storage::engine::{
     Apply, NewTask, NewWorkflow, ResetRun, StatusChange, TaskView, WorkflowChange, WorkflowView,
@@ -454,6 +454,25 @@ impl Apply for Db<'_> {
             [workflow.as_str()],
         )?;
         self.delete_messages_unless(workflow, |kind| reset.keeps(kind))
+    }
+
+    fn set_tags(&mut self, workflow: &WorkflowId, tags: &[(String, TagValue)]) -> Result<()> {
+        for (key, value) in tags {
+            self.exec(
+                "INSERT INTO tags (workflow_id, key, value, text, num, created_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, created_at FROM workflows WHERE id = ?1
+                 ON CONFLICT (workflow_id, key) DO UPDATE
+                 SET value = excluded.value, text = excluded.text, num = excluded.num",
+                params![
+                    workflow.as_str(),
+                    key,
+                    encode(value)?,
+                    value.text(),
+                    value.number()
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {

@@ -94,7 +94,8 @@ impl Db<'_> {
 
 /// The columns of a workflow's summary, in [`RawSummary`]'s order.
 pub(crate) const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, \
-                                  closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run";
+                                  closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run, \
+                                  (SELECT json_group_object(key, json(value)) FROM tags WHERE tags.workflow_id = workflows.id)";
 
 /// A workflow row as SQLite returns it, before decoding.
 pub(crate) struct RawSummary {
@@ -113,6 +114,7 @@ pub(crate) struct RawSummary {
     progress: Option<String>,
     parent_id: Option<String>,
     run: u32,
+    tags: Option<String>,
 }
 
 impl RawSummary {
@@ -133,6 +135,7 @@ impl RawSummary {
             progress: r.get(12)?,
             parent_id: r.get(13)?,
             run: r.get(14)?,
+            tags: r.get(15)?,
         })
     }
 
@@ -153,6 +156,11 @@ impl RawSummary {
             .progress
             .map(|t| db.decode(&t, || field("progress")))
             .transpose()?;
+        let tags: loom_core::Tags = self
+            .tags
+            .map(|t| db.decode(&t, || field("tags")))
+            .transpose()?
+            .unwrap_or_default();
         Ok(WorkflowSummary {
             id: WorkflowId::new(id),
             name: self.name,
@@ -169,6 +177,7 @@ impl RawSummary {
             progress,
             parent: self.parent_id.map(WorkflowId::new),
             run: self.run,
+            tags,
         })
     }
 }

@@ -3,7 +3,7 @@
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
     ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, RunSummary, Stats,
-    StorageError, TaskId, WorkflowStatus, WorkflowSummary,
+    StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
@@ -157,6 +157,22 @@ impl Read for Db<'_> {
         if let Some(t) = q.closed_before {
             sql.push_str(" AND closed_at < ?");
             args.push(Value::Integer(ms(t)));
+        }
+        for f in &q.tags {
+            if f.cmp == TagCmp::Eq {
+                sql.push_str(
+                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ? AND text = ?)",
+                );
+                args.push(Value::Text(f.key.clone()));
+                args.push(Value::Text(f.value.text()));
+            } else {
+                sql.push_str(&format!(
+                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ? AND num {} ?)",
+                    f.cmp.as_str()
+                ));
+                args.push(Value::Text(f.key.clone()));
+                args.push(f.value.number().map_or(Value::Null, Value::Integer));
+            }
         }
         if let Some(c) = &q.after {
             sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");

@@ -101,6 +101,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX workflows_by_closed ON workflows (closed_at, id) WHERE closed_at IS NOT NULL;
     "#,
+    // 5: tags: each workflow's, as JSON (`value`), as the text equality compares and the
+    // number ranges compare, with the workflow's creation time so that a listing by tag reads
+    // the index in its order.
+    r#"
+    CREATE TABLE tags (
+        workflow_id   TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+        key           TEXT NOT NULL,
+        value         TEXT NOT NULL,
+        text          TEXT NOT NULL,
+        num           INTEGER,
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_by_text ON tags (key, text, created_at DESC, workflow_id DESC);
+    CREATE INDEX tags_by_num ON tags (key, num) WHERE num IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -70,8 +70,8 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Purge, Release, Reset, RunSummary, Stats, TaskId, Termination, WorkflowStatus, WorkflowSummary,
-    WorkflowTask, WorkflowTaskCompletion,
+    Purge, Release, Reset, RunSummary, Stats, TagCmp, TagFilter, TaskId, Termination,
+    WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
 pub use transact::{Read, Transact};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, Failure, LogRecord, Payload, Progress, Seq,
-    Timestamp, WorkflowId,
+    TagValue, Tags, Timestamp, WorkflowId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -400,6 +400,10 @@ pub struct WorkflowSummary {
     /// history and progress are this run's; `created_at` is the first run's.
     #[serde(default = "first_run")]
     pub run: u32,
+    /// Its tags: those it was started with and those its code set, the last value of each
+    /// key.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 fn first_run() -> u32 {
@@ -444,10 +448,92 @@ pub struct ListQuery {
     pub created_before: Option<Timestamp>,
     /// Only those that ended before (none that is open).
     pub closed_before: Option<Timestamp>,
+    /// Only those whose tags pass every one of these.
+    pub tags: Vec<TagFilter>,
     /// The most items in the page.
     pub limit: usize,
     /// Continue after this item.
     pub after: Option<ListCursor>,
+}
+
+/// How a [`TagFilter`] compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagCmp {
+    /// The values are equal as text ([`TagValue::text`]).
+    Eq,
+    /// Less, as numbers ([`TagValue::number`]).
+    Lt,
+    /// Less or equal, as numbers.
+    Le,
+    /// Greater, as numbers.
+    Gt,
+    /// Greater or equal, as numbers.
+    Ge,
+}
+
+impl TagCmp {
+    /// The operator as written in a filter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagCmp::Eq => "=",
+            TagCmp::Lt => "<",
+            TagCmp::Le => "<=",
+            TagCmp::Gt => ">",
+            TagCmp::Ge => ">=",
+        }
+    }
+}
+
+/// A condition on one tag: a workflow without the key never passes. Equality compares the
+/// values as text, so `customer=42` finds the number 42 and the text "42"; the ranges compare
+/// int and time tags as numbers (a time as its milliseconds) and never pass text or truth
+/// values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagFilter {
+    /// The key.
+    pub key: String,
+    /// How to compare.
+    pub cmp: TagCmp,
+    /// With what.
+    pub value: TagValue,
+}
+
+impl TagFilter {
+    /// Whether a workflow with `tags` passes.
+    pub fn matches(&self, tags: &Tags) -> bool {
+        let Some(v) = tags.get(&self.key) else {
+            return false;
+        };
+        if self.cmp == TagCmp::Eq {
+            return v.text() == self.value.text();
+        }
+        let (Some(a), Some(b)) = (v.number(), self.value.number()) else {
+            return false;
+        };
+        match self.cmp {
+            TagCmp::Lt => a < b,
+            TagCmp::Le => a <= b,
+            TagCmp::Gt => a > b,
+            TagCmp::Ge => a >= b,
+            TagCmp::Eq => unreachable!("equality is compared above"),
+        }
+    }
+
+    /// Whether a store can answer it: the key is one a tag may have, and a range compares
+    /// with a number or a time. The error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        loom_core::tags::check_tag(&self.key, &self.value)?;
+        if self.cmp != TagCmp::Eq && self.value.number().is_none() {
+            return Err(format!(
+                "tag filter {}{}{}: a range compares numbers and times, not {} values",
+                self.key,
+                self.cmp.as_str(),
+                self.value.text(),
+                self.value.kind()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ListQuery {
@@ -459,6 +545,7 @@ impl Default for ListQuery {
             created_after: None,
             created_before: None,
             closed_before: None,
+            tags: Vec::new(),
             limit: 50,
             after: None,
         }
@@ -512,6 +599,7 @@ impl ListQuery {
             && self
                 .closed_before
                 .is_none_or(|t| s.closed_at.is_some_and(|c| c < t))
+            && self.tags.iter().all(|f| f.matches(&s.tags))
     }
 }
 

@@ -73,6 +73,7 @@ impl NewChild {
             seq: Seq::FIRST,
             at: self.at,
             kind: EventKind::WorkflowStarted {
+                tags: Default::default(),
                 reset: None,
                 attempt: 1,
                 retry: self.retry.clone(),
@@ -155,6 +156,8 @@ pub struct TaskPlan {
     /// Set when the batch ends the workflow: every other pending task and message of the
     /// workflow is then deleted.
     pub terminal: Option<Terminal>,
+    /// Tags the code set, in order.
+    pub tags: Vec<(String, loom_core::TagValue)>,
 }
 
 impl TaskPlan {
@@ -182,6 +185,7 @@ impl TaskPlan {
                     duration_ms: *duration_ms,
                 }),
                 EventKind::TimerCancelled { timer_id } => plan.cancelled_timers.push(*timer_id),
+                EventKind::TagSet { key, value } => plan.tags.push((key.clone(), value.clone())),
                 EventKind::ActivityCancelled { activity_id } => {
                     plan.cancelled_activities.push(*activity_id);
                 }

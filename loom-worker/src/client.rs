@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Signal, Timeouts,
-    Workflow, WorkflowId,
+    Event, EventKind, Failure, HISTORY_FORMAT, Payload, Progress, Registry, Seq, Signal, TagValue,
+    Tags, Timeouts, Workflow, WorkflowId,
 };
 use loom_storage::{
     Clock, ListQuery, Page, RunSummary, Storage, StorageError, SystemClock, Termination,
@@ -75,9 +75,18 @@ pub struct StartOptions {
     /// The longest the workflow may take across the runs that continue it. With a single
     /// run it is the run timeout; the first to pass applies.
     pub execution_timeout: Option<Duration>,
+    /// The workflow's tags (see [`loom_core::tags`]): `loom list --tag key=value` finds it by
+    /// them; its code may set more with `ctx.set_tag`.
+    pub tags: Tags,
 }
 
 impl StartOptions {
+    /// With this tag.
+    pub fn with_tag(mut self, key: impl Into<String>, value: impl Into<TagValue>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
     /// Start with this id.
     pub fn id(id: impl Into<WorkflowId>) -> Self {
         StartOptions {
@@ -301,10 +310,13 @@ impl Client {
         let id = options
             .id
             .unwrap_or_else(|| WorkflowId::new(uuid::Uuid::new_v4().to_string()));
+        loom_core::tags::check_tags(&options.tags)
+            .map_err(|e| ClientError::Storage(StorageError::InvalidArgument(e)))?;
         let started = Event {
             seq: Seq::FIRST,
             at: self.clock.now(),
             kind: EventKind::WorkflowStarted {
+                tags: options.tags,
                 reset: None,
                 attempt: 1,
                 retry: None,

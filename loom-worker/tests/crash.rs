@@ -62,6 +62,7 @@ async fn create(store: &SqliteStorage, name: &str, id: &str, input: serde_json::
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            tags: Default::default(),
             reset: None,
             attempt: 1,
             retry: None,

@@ -447,6 +447,7 @@ pub async fn terminate_is_checked(store: Store) {
         pause_reason: None,
         progress: None,
         parent: None,
+        tags: Default::default(),
     };
     assert!(matches!(
         store.terminate(termination(&ghost, "x")).await,

@@ -506,6 +506,7 @@ impl Run {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
                     kind: EventKind::WorkflowStarted {
+                        tags: Default::default(),
                         reset: None,
                         attempt: 1,
                         retry: None,
@@ -580,6 +581,7 @@ impl Run {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            tags: Default::default(),
                             reset: None,
                             run: task.run + 1,
                             name: "Differential".into(),
@@ -601,6 +603,7 @@ impl Run {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            tags: Default::default(),
                             reset: None,
                             attempt: 1,
                             retry: None,

@@ -26,6 +26,7 @@ mod operations;
 mod reads;
 mod reset;
 mod runs;
+mod tags;
 mod tasks;
 mod workflows;
 
@@ -45,6 +46,7 @@ pub use operations::*;
 pub use reads::*;
 pub use reset::*;
 pub use runs::*;
+pub use tags::*;
 pub use tasks::*;
 pub use workflows::*;
 
@@ -81,6 +83,7 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            tags: Default::default(),
             reset: None,
             attempt: 1,
             retry: None,
@@ -322,7 +325,8 @@ macro_rules! for_each_conformance_case {
             a_failed_run_is_reset_to_before_its_failure,
             an_open_run_is_reset_and_fenced,
             a_reset_without_signals_drops_them,
-            reset_is_checked
+            reset_is_checked,
+            tags_are_kept_and_listed
         }
     };
 }

@@ -14,6 +14,7 @@ fn next_started(run: u32, input: &str) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            tags: Default::default(),
             reset: None,
             attempt: 1,
             retry: None,

@@ -105,6 +105,12 @@ pub trait Apply {
     fn new_run(&mut self, now: Timestamp, workflow: &WorkflowId, started: &Event) -> Result<()>;
     /// [`Op::ResetRun`].
     fn reset_run(&mut self, now: Timestamp, reset: ResetRun<'_>) -> Result<()>;
+    /// [`Op::SetTags`].
+    fn set_tags(
+        &mut self,
+        workflow: &WorkflowId,
+        tags: &[(String, loom_core::TagValue)],
+    ) -> Result<()>;
     /// [`Op::AppendLogs`].
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()>;
     /// [`Op::Settle`].
@@ -233,6 +239,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                 },
             )?,
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
+            Op::SetTags { workflow, tags } => store.set_tags(workflow, tags)?,
             Op::Settle { workflow } => store.settle(workflow)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,
             Op::Pause { task, reason } => store.pause(now, *task, reason)?,

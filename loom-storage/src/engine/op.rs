@@ -219,6 +219,14 @@ pub enum Op {
         /// Whether signals waiting for the old run wait for the new one.
         keep_signals: bool,
     },
+    /// Sets tags of a workflow: each key (named once) takes its value; its other tags are
+    /// kept.
+    SetTags {
+        /// The workflow.
+        workflow: WorkflowId,
+        /// The keys and values.
+        tags: Vec<(String, loom_core::TagValue)>,
+    },
     /// Appends log lines to a workflow's logs.
     AppendLogs {
         /// The workflow.
@@ -385,6 +393,7 @@ impl Op {
             | Op::DeleteWork { workflow }
             | Op::NewRun { workflow, .. }
             | Op::ResetRun { workflow, .. }
+            | Op::SetTags { workflow, .. }
             | Op::Hold { workflow, .. }
             | Op::AppendLogs { workflow, .. }
             | Op::Settle { workflow } => Some(workflow),

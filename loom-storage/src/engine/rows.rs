@@ -2,7 +2,7 @@
 //! `MemoryStorage` and redb implement [`Rows`] (get, put and delete of their records, with
 //! their indexes kept in step) and get every primitive of [`Apply`] from [`RowApply`].
 
-use loom_core::{ActivityId, Event, EventKind, LogRecord, Seq, Timestamp, WorkflowId};
+use loom_core::{ActivityId, Event, EventKind, LogRecord, Seq, TagValue, Timestamp, WorkflowId};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::apply::{Apply, NewWorkflow, ResetRun};
@@ -233,6 +233,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             progress: None,
             parent: new.parent.cloned(),
             run: 1,
+            tags: loom_core::Tags::new(),
         };
         self.0.put_workflow(&WorkflowRecord {
             summary,
@@ -436,6 +437,14 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
 
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {
         self.0.insert_logs(workflow, logs)
+    }
+
+    fn set_tags(&mut self, workflow: &WorkflowId, tags: &[(String, TagValue)]) -> Result<()> {
+        let mut record = self.workflow_record(workflow)?;
+        for (key, value) in tags {
+            record.summary.tags.insert(key.clone(), value.clone());
+        }
+        self.0.put_workflow(&record)
     }
 
     fn settle(&mut self, workflow: &WorkflowId) -> Result<()> {

@@ -48,10 +48,11 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
         ));
     }
     let (name, input) = (name.to_owned(), input.clone());
-    let timeouts = match &started.kind {
-        EventKind::WorkflowStarted { timeouts, .. } => *timeouts,
-        _ => loom_core::Timeouts::default(),
+    let (timeouts, tags) = match &started.kind {
+        EventKind::WorkflowStarted { timeouts, tags, .. } => (*timeouts, tags.clone()),
+        _ => (loom_core::Timeouts::default(), loom_core::Tags::new()),
     };
+    loom_core::tags::check_tags(&tags).map_err(StorageError::InvalidArgument)?;
     let mut ops = vec![
         Op::CreateWorkflow {
             id: id.clone(),
@@ -68,6 +69,12 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
         },
     ];
     ops.extend(arm_timeouts(id, &timeouts));
+    if !tags.is_empty() {
+        ops.push(Op::SetTags {
+            workflow: id.clone(),
+            tags: tags.into_iter().collect(),
+        });
+    }
     Ok(WriteSet {
         checks: vec![Check::Absent {
             workflow: id.clone(),
@@ -96,6 +103,7 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
 pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
     check_continues(c.expected_last_seq, &c.events)?;
     check_next_run(&c.events, c.next_run.as_ref())?;
+    check_tags_set(&c.events)?;
     let workflow = c.workflow_id;
     let checks = vec![
         Check::Leased {
@@ -179,6 +187,16 @@ fn check_next_run(events: &[Event], next_run: Option<&Event>) -> Result<()> {
     }
 }
 
+/// Checks that every tag the events set can be stored.
+fn check_tags_set(events: &[Event]) -> Result<()> {
+    for e in events {
+        if let EventKind::TagSet { key, value } = &e.kind {
+            loom_core::tags::check_tag(key, value).map_err(StorageError::InvalidArgument)?;
+        }
+    }
+    Ok(())
+}
+
 /// What a decided workflow task writes, for [`decision_ops`].
 struct Decided {
     events: Vec<Event>,
@@ -236,6 +254,14 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
         ops.push(Op::AppendEvents {
             workflow: workflow.clone(),
             events,
+        });
+    }
+    if !plan.tags.is_empty() {
+        // Each key once, with the last value the code set.
+        let tags: loom_core::Tags = plan.tags.iter().cloned().collect();
+        ops.push(Op::SetTags {
+            workflow: workflow.clone(),
+            tags: tags.into_iter().collect(),
         });
     }
     if let Some((task, started)) = next_run {
@@ -610,6 +636,7 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
                 ));
             }
             check_continues(decided.expected_last_seq, &decided.events)?;
+            check_tags_set(&decided.events)?;
             if decided
                 .events
                 .iter()
@@ -1143,6 +1170,7 @@ mod tests {
         let started = event(
             1,
             EventKind::WorkflowStarted {
+                tags: Default::default(),
                 reset: None,
                 attempt: 1,
                 retry: None,
@@ -1543,6 +1571,7 @@ mod tests {
             Op::DeleteWork { .. } => "DeleteWork",
             Op::NewRun { .. } => "NewRun",
             Op::ResetRun { .. } => "ResetRun",
+            Op::SetTags { .. } => "SetTags",
             Op::AppendLogs { .. } => "AppendLogs",
             Op::Settle { .. } => "Settle",
             Op::Release { .. } => "Release",
