@@ -93,6 +93,11 @@ impl Workflow for OrderProcessing {
             )
             .await?;
         ctx.update_state(|s| s.payment_confirmed = paid)?;
+        // Added after orders were already running: runs started before replay the old
+        // branch, which set no tag.
+        if ctx.patched("stage-tag") {
+            ctx.set_tag("stage", if paid { "paid" } else { "declined" })?;
+        }
         if !paid {
             ctx.logger()
                 .warn(format!("payment for order {} declined", order.order_id));

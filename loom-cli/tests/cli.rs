@@ -1431,3 +1431,111 @@ fn reset_reruns_a_run_from_a_task_boundary_and_refuses_bad_points() {
     );
     assert_eq!(inspect(dir.path(), "r2")["status"], "running");
 }
+
+#[test]
+fn tags_set_at_start_and_by_the_code_find_workflows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    for (id, customer, priority) in [("o1", "ada", "1"), ("o2", "bob", "5"), ("o3", "ada", "9")] {
+        loom(dir.path())
+            .args([
+                "start",
+                "OrderProcessing",
+                "--input",
+                &format!(r#"{{"order_id": "{id}", "customer_email": "{customer}@example.com"}}"#),
+                "--id",
+                id,
+                "--tag",
+                &format!("customer={customer}"),
+                "--tag",
+                &format!("priority={priority}"),
+                "--tag",
+                "due=2027-01-01T00:00:00Z",
+            ])
+            .assert()
+            .success();
+    }
+    // Bad tags and filters: exit 2, nothing written.
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name": "x"}"#,
+            "--tag",
+            "no-equals",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("key=value"));
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name": "x"}"#,
+            "--tag",
+            "bad key=1",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("ASCII letters"));
+    loom(dir.path())
+        .args(["list", "--tag", "customer"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no comparison"));
+    loom(dir.path())
+        .args(["list", "--tag", "priority>high"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("compares numbers and times"));
+    loom(dir.path())
+        .args(["cancel", "--query", "tag.customer", "--dry-run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--query"));
+    let out = stdout_of(dir.path(), &["list", "--json"]);
+    assert_eq!(json_of(&out)["workflows"].as_array().map(Vec::len), Some(3));
+
+    drain(dir.path()); // each sets stage=paid
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["list", "--json"];
+        all.extend_from_slice(args);
+        let out = stdout_of(dir.path(), &all);
+        json_of(&out)["workflows"]
+            .as_array()
+            .expect("workflows")
+            .iter()
+            .map(|w| w["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    assert_eq!(listed(&["--tag", "customer=ada"]), ["o3", "o1"]);
+    assert_eq!(listed(&["--tag", "priority>=5"]), ["o3", "o2"]);
+    assert_eq!(
+        listed(&["--tag", "priority<5", "--tag", "customer=ada"]),
+        ["o1"]
+    );
+    assert_eq!(
+        listed(&["--tag", "stage=paid", "--tag", "priority>1"]),
+        ["o3", "o2"]
+    );
+    assert_eq!(listed(&["--tag", "due<2027-01-02T00:00:00Z"]).len(), 3);
+    assert!(listed(&["--tag", "due>2027-01-01T00:00:00Z"]).is_empty());
+    let doc = inspect(dir.path(), "o2");
+    assert_eq!(doc["tags"]["customer"]["text"], "bob");
+    assert_eq!(doc["tags"]["priority"]["int"], 5);
+    assert_eq!(doc["tags"]["stage"]["text"], "paid");
+    // A batch action by tag.
+    let out = stdout_of(
+        dir.path(),
+        &[
+            "cancel",
+            "--query",
+            "status=completed tag.customer=ada",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(json_of(&out)["matched"], 2);
+}

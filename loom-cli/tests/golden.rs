@@ -43,6 +43,8 @@ const COVERED: &[&str] = &[
     "WorkflowTimedOut",
     "WorkflowContinuedAsNew",
     "WorkflowReset",
+    "TagSet",
+    "PatchMarked",
 ];
 
 #[test]

@@ -60,6 +60,8 @@ enum Op {
     Signal(u8),
     SignalTimeout(u8, u32),
     State(u8, u32),
+    /// Set tag `t{k}` to the sum so far plus the value.
+    Tag(u8, u32),
     Step(u8, Vec<Op>),
     Now,
     Random,
@@ -189,6 +191,11 @@ fn exec<'a>(
                 Op::State(k, v) => {
                     let value = u64::from(*v).wrapping_add(*acc);
                     ctx.update_state(|s| s.insert(format!("k{k}"), value))?;
+                }
+                Op::Tag(k, v) => {
+                    let value =
+                        i64::try_from(acc.wrapping_add(u64::from(*v)) % 1_000_000).unwrap_or(0);
+                    ctx.set_tag(&format!("t{k}"), value)?;
                 }
                 Op::Step(n, body) => {
                     ctx.step(&format!("step{n}"), exec(ctx, body, acc)).await?;
@@ -519,6 +526,7 @@ fn op(patches: bool) -> impl Strategy<Value = Op> {
         1 => (0..3u8).prop_map(Op::Signal),
         2 => (0..3u8, 1..2_000u32).prop_map(|(n, ms)| Op::SignalTimeout(n, ms)),
         2 => (0..4u8, 0..100u32).prop_map(|(k, v)| Op::State(k, v)),
+        1 => (0..3u8, 0..100u32).prop_map(|(k, v)| Op::Tag(k, v)),
         1 => Just(Op::Now),
         1 => Just(Op::Random),
         1 => (0..9u8).prop_map(Op::Log),

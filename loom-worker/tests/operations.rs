@@ -377,8 +377,89 @@ async fn a_run_that_failed_is_reset_after_the_fix_and_completes(store: Arc<dyn S
     running.stop().await;
 }
 
+/// Tags itself with how far it got.
+struct Tagger;
+impl Workflow for Tagger {
+    const NAME: &'static str = "Tagger";
+    type Input = i64;
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        ctx.set_tag("amount", *ctx.input())?;
+        ctx.set_tag("stage", "done")?;
+        // A key no store can hold is the code's error, not the store's.
+        assert!(ctx.set_tag("bad key", 1).is_err());
+        Ok(())
+    }
+}
+
+/// Tags given at start and set by the code find the workflow, by equality and by range.
+async fn tags_from_the_start_and_the_code_find_workflows(store: Arc<dyn Storage>) {
+    let mut registry = Registry::new();
+    registry.add_workflow::<Tagger>().expect("registry");
+    let config = WorkerConfig {
+        id: "tags".into(),
+        poll_interval: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    };
+    let (client, running) = support::run(Worker::with_config(store, registry, config));
+    for (n, customer) in [(10, "ada"), (500, "bob"), (900, "ada")] {
+        let h = client
+            .start::<Tagger>(
+                &n,
+                StartOptions::id(format!("tagged-{n}")).with_tag("customer", customer),
+            )
+            .await
+            .expect("start");
+        h.result_within(WAIT).await.expect("result");
+    }
+    assert!(matches!(
+        client
+            .start::<Tagger>(&1, StartOptions::id("bad").with_tag("", 1))
+            .await,
+        Err(ClientError::Storage(StorageError::InvalidArgument(_)))
+    ));
+    let ids = |tags: Vec<loom_storage::TagFilter>| {
+        let client = client.clone();
+        async move {
+            let query = loom_storage::ListQuery {
+                tags,
+                ..loom_storage::ListQuery::default()
+            };
+            client
+                .list(&query)
+                .await
+                .expect("list")
+                .items
+                .into_iter()
+                .map(|s| s.id.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let tag = |key: &str, cmp, value: loom_core::TagValue| loom_storage::TagFilter {
+        key: key.into(),
+        cmp,
+        value,
+    };
+    use loom_storage::TagCmp;
+    assert_eq!(
+        ids(vec![tag("customer", TagCmp::Eq, "ada".into())]).await,
+        ["tagged-900", "tagged-10"]
+    );
+    assert_eq!(
+        ids(vec![
+            tag("amount", TagCmp::Gt, 100.into()),
+            tag("stage", TagCmp::Eq, "done".into())
+        ])
+        .await,
+        ["tagged-900", "tagged-500"]
+    );
+    running.stop().await;
+}
+
 on_every_backend!(
     a_paused_workflow_takes_what_waited_once_resumed,
     a_worker_purges_closed_workflows_past_their_retention,
     a_run_that_failed_is_reset_after_the_fix_and_completes,
+    tags_from_the_start_and_the_code_find_workflows,
 );

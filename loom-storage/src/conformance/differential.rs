@@ -98,6 +98,8 @@ pub enum NewEvent {
     ContinueAsNew(bool),
     /// `WorkflowFailed`, retried under a policy as the next attempt, 300 ms later.
     FailRetried,
+    /// `TagSet` of key `k{n % 3}` to the number `n` (text for odd `n`).
+    Tag(u8),
 }
 
 /// What an activity attempt reports.
@@ -186,6 +188,7 @@ fn new_event() -> impl Strategy<Value = NewEvent> {
         1 => (2u8..10).prop_map(NewEvent::CancelActivity),
         1 => any::<bool>().prop_map(NewEvent::ContinueAsNew),
         1 => Just(NewEvent::FailRetried),
+        1 => any::<u8>().prop_map(NewEvent::Tag),
     ]
 }
 
@@ -407,6 +410,14 @@ impl Run {
                         failure: Failure::new("boom", "it failed"),
                     },
                     NewEvent::Cancel => EventKind::WorkflowCancelled {},
+                    NewEvent::Tag(n) => EventKind::TagSet {
+                        key: format!("k{}", n % 3),
+                        value: if n % 2 == 1 {
+                            loom_core::TagValue::Text(n.to_string())
+                        } else {
+                            loom_core::TagValue::Int(i64::from(*n))
+                        },
+                    },
                     NewEvent::CancelTimer(n) => EventKind::TimerCancelled {
                         timer_id: loom_core::TimerId(Seq::new(u64::from(*n))),
                     },
@@ -506,7 +517,10 @@ impl Run {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
                     kind: EventKind::WorkflowStarted {
-                        tags: Default::default(),
+                        // Every workflow starts with a tag the code may replace.
+                        tags: [("k0".to_owned(), loom_core::TagValue::Int(i64::from(*n)))]
+                            .into_iter()
+                            .collect(),
                         reset: None,
                         attempt: 1,
                         retry: None,
@@ -899,9 +913,67 @@ impl Run {
         }
     }
 
+    /// Listings by tag: each key by range on both sides of the middle, and each value some
+    /// workflow holds by equality.
+    async fn tag_listings(&mut self) {
+        use crate::{TagCmp, TagFilter};
+        let all = ListQuery {
+            limit: 1_000,
+            ..ListQuery::default()
+        };
+        let Ok(page) = self.store.list(&all).await else {
+            return;
+        };
+        let mut filters = Vec::new();
+        for key in ["k0", "k1", "k2"] {
+            for cmp in [TagCmp::Ge, TagCmp::Lt] {
+                filters.push(TagFilter {
+                    key: key.into(),
+                    cmp,
+                    value: loom_core::TagValue::Int(128),
+                });
+            }
+        }
+        let held: std::collections::BTreeSet<(String, String)> = page
+            .items
+            .iter()
+            .flat_map(|s| s.tags.iter().map(|(k, v)| (k.clone(), v.text())))
+            .collect();
+        for (key, text) in held {
+            filters.push(TagFilter {
+                key,
+                cmp: TagCmp::Eq,
+                value: loom_core::TagValue::Text(text),
+            });
+        }
+        for f in filters {
+            let query = ListQuery {
+                tags: vec![f.clone()],
+                limit: 1_000,
+                ..ListQuery::default()
+            };
+            let ids = match self.store.list(&query).await {
+                Ok(page) => page
+                    .items
+                    .iter()
+                    .map(|s| s.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Err(e) => format!("error {}", self.names.error(&e)),
+            };
+            self.line(format!(
+                "tag {}{}{}: {ids}",
+                f.key,
+                f.cmp.as_str(),
+                f.value.text()
+            ));
+        }
+    }
+
     /// The state every backend must agree on, after the sequence.
     async fn state(&mut self) {
         self.line("== state");
+        self.tag_listings().await;
         let query = ListQuery {
             limit: 1_000,
             ..ListQuery::default()
@@ -913,7 +985,7 @@ impl Run {
                 for s in summaries {
                     let ms = |t: Timestamp| t.as_millis() - START.as_millis();
                     self.line(format!(
-                        "{} {} v{} {} run={} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?} parent={:?}",
+                        "{} {} v{} {} run={} created={} updated={} closed={:?} last={} output={:?} failure={:?} pause={:?} parent={:?} tags={:?}",
                         s.id,
                         s.name,
                         s.version,
@@ -926,7 +998,8 @@ impl Run {
                         s.output,
                         s.failure,
                         s.pause_reason,
-                        s.parent
+                        s.parent,
+                        s.tags
                     ));
                     match self.store.load_history(&s.id, Seq::ZERO).await {
                         Ok(h) => {
