@@ -48,6 +48,18 @@ pub(crate) fn table(header: &[&str]) -> Table {
     t
 }
 
+/// Tags as `key=value` pairs, times in RFC 3339.
+pub(crate) fn tags(tags: &loom_core::Tags) -> String {
+    tags.iter()
+        .map(|(k, v)| match v {
+            loom_core::TagValue::Time(t) => format!("{k}={}", time(*t)),
+            loom_core::TagValue::Text(s) => format!("{k}={s}"),
+            other => format!("{k}={}", other.text()),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,16 +71,4 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(185)), "3m 5s");
         assert_eq!(time(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000Z");
     }
-}
-
-/// Tags as `key=value` pairs, times in RFC 3339.
-pub(crate) fn tags(tags: &loom_core::Tags) -> String {
-    tags.iter()
-        .map(|(k, v)| match v {
-            loom_core::TagValue::Time(t) => format!("{k}={}", time(*t)),
-            loom_core::TagValue::Text(s) => format!("{k}={s}"),
-            other => format!("{k}={}", other.text()),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
