@@ -62,11 +62,11 @@ async fn a_new_file_is_migrated_once_and_reopens_with_its_data() {
             .await
             .expect("create workflow");
     }
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
     let store = open(&path).await.expect("reopen");
     assert_eq!(
         schema_versions(&path),
-        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4, 5],
         "migrations are not applied twice"
     );
     let s = store
