@@ -11,7 +11,10 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::wire::decode;
 use crate::{PostgresStorage, seq, seq_i64, sql_err};
 
-const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run, \
+const SUMMARY: &str = "workflows.id, workflows.name, workflows.version, workflows.status, \
+    workflows.input, workflows.created_at, workflows.updated_at, workflows.closed_at, \
+    workflows.last_seq, workflows.output, workflows.failure, workflows.pause_reason, \
+    workflows.progress, workflows.parent_id, workflows.run, \
     (SELECT jsonb_object_agg(key, value::jsonb) FROM tags WHERE tags.workflow_id = workflows.id)::text";
 
 fn summary(row: &PgRow) -> Result<WorkflowSummary> {
@@ -177,32 +180,56 @@ impl PostgresStorage {
         // A listing of one parent's children is its own statement, so that its plan is
         // always the parent index's (a generic plan for "$8 IS NULL OR ..." would not be).
         let by_parent = if q.parent.is_some() {
-            "AND parent_id = $8"
+            "AND workflows.parent_id = $8"
         } else {
             "AND $8::text IS NULL"
         };
-        // A condition per tag filter, each the index's: the tag's key and text (or number).
+        // With an equality on a tag, the listing reads that tag's index, which is in the
+        // listing's order (the workflow's creation time, then id), and stops at the page's
+        // end; otherwise it reads the workflows by time. Each other tag filter is a condition
+        // on the tag index.
+        let driver = q.tags.iter().position(|f| f.cmp == TagCmp::Eq);
+        let (from, time, id) = match driver {
+            Some(i) => (
+                format!(
+                    "tags t0 JOIN workflows ON workflows.id = t0.workflow_id \
+                     WHERE t0.key = ${} AND t0.text = ${}::text AND",
+                    10 + 2 * i,
+                    11 + 2 * i
+                ),
+                "t0.created_at",
+                "t0.workflow_id",
+            ),
+            None => (
+                "workflows WHERE".to_owned(),
+                "workflows.created_at",
+                "workflows.id",
+            ),
+        };
         let mut by_tags = String::new();
         for (i, f) in q.tags.iter().enumerate() {
+            if Some(i) == driver {
+                continue;
+            }
             let (key, value) = (10 + 2 * i, 11 + 2 * i);
             by_tags.push_str(&if f.cmp == TagCmp::Eq {
                 format!(
-                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND text = ${value}::text)"
+                    " AND workflows.id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND text = ${value}::text)"
                 )
             } else {
                 format!(
-                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND num {} ${value}::bigint)",
+                    " AND workflows.id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND num {} ${value}::bigint)",
                     f.cmp.as_str()
                 )
             });
         }
         let sql = format!(
-            "SELECT {SUMMARY} FROM workflows
-             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
-               AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4)
-               AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6)) {by_parent}
-               AND ($9::bigint IS NULL OR closed_at < $9){by_tags}
-             ORDER BY created_at DESC, id DESC LIMIT $7"
+            "SELECT {SUMMARY} FROM {from}
+               ($1::text IS NULL OR workflows.status = $1) AND ($2::text IS NULL OR workflows.name = $2)
+               AND ($3::bigint IS NULL OR {time} >= $3) AND ($4::bigint IS NULL OR {time} < $4)
+               AND ($5::bigint IS NULL OR ({time}, {id}) < ($5, $6)) {by_parent}
+               AND ($9::bigint IS NULL OR workflows.closed_at < $9){by_tags}
+             ORDER BY {time} DESC, {id} DESC LIMIT $7"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(q.status.map(WorkflowStatus::as_str))

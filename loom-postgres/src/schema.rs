@@ -134,7 +134,7 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
     // the index in its order; the `tg` part of a write step.
     concat!(
         "CREATE TABLE tags (\n",
-        "    workflow_id  text NOT NULL,\n",
+        "    workflow_id  text COLLATE \"C\" NOT NULL,\n",
         "    key          text NOT NULL,\n",
         "    value        text NOT NULL,\n",
         "    text         text NOT NULL,\n",

@@ -93,9 +93,11 @@ impl Db<'_> {
 }
 
 /// The columns of a workflow's summary, in [`RawSummary`]'s order.
-pub(crate) const SUMMARY: &str = "id, name, version, status, input, created_at, updated_at, \
-                                  closed_at, last_seq, output, failure, pause_reason, progress, parent_id, run, \
-                                  (SELECT json_group_object(key, json(value)) FROM tags WHERE tags.workflow_id = workflows.id)";
+pub(crate) const SUMMARY: &str = "workflows.id, workflows.name, workflows.version, \
+    workflows.status, workflows.input, workflows.created_at, workflows.updated_at, \
+    workflows.closed_at, workflows.last_seq, workflows.output, workflows.failure, \
+    workflows.pause_reason, workflows.progress, workflows.parent_id, workflows.run, \
+    (SELECT json_group_object(key, json(value)) FROM tags WHERE tags.workflow_id = workflows.id)";
 
 /// A workflow row as SQLite returns it, before decoding.
 pub(crate) struct RawSummary {

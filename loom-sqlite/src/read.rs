@@ -132,42 +132,66 @@ impl Read for Db<'_> {
     }
 
     fn list(&mut self, q: &ListQuery) -> Result<Page<WorkflowSummary>> {
-        let mut sql = format!("SELECT {SUMMARY} FROM workflows WHERE 1 = 1");
+        // With an equality on a tag, the listing reads that tag's index, which is in the
+        // listing's order (the workflow's creation time, then id), and stops at the page's
+        // end; otherwise it reads the workflows by time.
+        let driver = q.tags.iter().position(|f| f.cmp == TagCmp::Eq);
         let mut args: Vec<Value> = Vec::new();
+        let (from, time, id) = match driver {
+            Some(i) => {
+                args.push(Value::Text(q.tags[i].key.clone()));
+                args.push(Value::Text(q.tags[i].value.text()));
+                (
+                    "tags t0 JOIN workflows ON workflows.id = t0.workflow_id \
+                     WHERE t0.key = ? AND t0.text = ?",
+                    "t0.created_at",
+                    "t0.workflow_id",
+                )
+            }
+            None => (
+                "workflows WHERE 1 = 1",
+                "workflows.created_at",
+                "workflows.id",
+            ),
+        };
+        let mut sql = format!("SELECT {SUMMARY} FROM {from}");
         if let Some(status) = q.status {
-            sql.push_str(" AND status = ?");
+            sql.push_str(" AND workflows.status = ?");
             args.push(Value::Text(status.as_str().into()));
         }
         if let Some(name) = &q.name {
-            sql.push_str(" AND name = ?");
+            sql.push_str(" AND workflows.name = ?");
             args.push(Value::Text(name.clone()));
         }
         if let Some(parent) = &q.parent {
-            sql.push_str(" AND parent_id = ?");
+            sql.push_str(" AND workflows.parent_id = ?");
             args.push(Value::Text(parent.as_str().into()));
         }
         if let Some(t) = q.created_after {
-            sql.push_str(" AND created_at >= ?");
+            sql.push_str(&format!(" AND {time} >= ?"));
             args.push(Value::Integer(ms(t)));
         }
         if let Some(t) = q.created_before {
-            sql.push_str(" AND created_at < ?");
+            sql.push_str(&format!(" AND {time} < ?"));
             args.push(Value::Integer(ms(t)));
         }
         if let Some(t) = q.closed_before {
-            sql.push_str(" AND closed_at < ?");
+            sql.push_str(" AND workflows.closed_at < ?");
             args.push(Value::Integer(ms(t)));
         }
-        for f in &q.tags {
+        for (i, f) in q.tags.iter().enumerate() {
+            if Some(i) == driver {
+                continue;
+            }
             if f.cmp == TagCmp::Eq {
                 sql.push_str(
-                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ? AND text = ?)",
+                    " AND workflows.id IN (SELECT workflow_id FROM tags WHERE key = ? AND text = ?)",
                 );
                 args.push(Value::Text(f.key.clone()));
                 args.push(Value::Text(f.value.text()));
             } else {
                 sql.push_str(&format!(
-                    " AND id IN (SELECT workflow_id FROM tags WHERE key = ? AND num {} ?)",
+                    " AND workflows.id IN (SELECT workflow_id FROM tags WHERE key = ? AND num {} ?)",
                     f.cmp.as_str()
                 ));
                 args.push(Value::Text(f.key.clone()));
@@ -175,12 +199,12 @@ impl Read for Db<'_> {
             }
         }
         if let Some(c) = &q.after {
-            sql.push_str(" AND (created_at < ? OR (created_at = ? AND id < ?))");
+            sql.push_str(&format!(" AND ({time} < ? OR ({time} = ? AND {id} < ?))"));
             args.push(Value::Integer(ms(c.created_at)));
             args.push(Value::Integer(ms(c.created_at)));
             args.push(Value::Text(c.id.as_str().into()));
         }
-        sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+        sql.push_str(&format!(" ORDER BY {time} DESC, {id} DESC LIMIT ?"));
         args.push(Value::Integer(
             i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1,
         ));
