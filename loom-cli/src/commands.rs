@@ -52,6 +52,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             execution_timeout,
             wait,
             tags,
+            version,
         } => {
             let input = json_arg("--input", input, input_file.as_deref())?;
             let tags = tags
@@ -62,8 +63,22 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let run_timeout = seconds("--run-timeout", run_timeout)?;
             let execution_timeout = seconds("--execution-timeout", execution_timeout)?;
             // Check name and input before touching the database, so bad input writes nothing.
-            let Some(def) = registry.workflow(&workflow) else {
+            let Some(newest) = registry.workflow(&workflow) else {
                 return Err(unknown_workflow(&registry, &workflow));
+            };
+            let def = match version {
+                None => newest,
+                Some(v) => registry.workflow_version(&workflow, v).ok_or_else(|| {
+                    let known: Vec<String> = registry
+                        .workflow_versions(&workflow)
+                        .iter()
+                        .map(u32::to_string)
+                        .collect();
+                    Fail::usage(format!(
+                        "--version {v}: this loom has versions {} of {workflow}",
+                        known.join(", ")
+                    ))
+                })?,
             };
             loom_worker::Limits::default()
                 .check_payload("the input", input.encoded_len())
@@ -78,6 +93,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 run_timeout: timeouts.0,
                 execution_timeout: timeouts.1,
                 tags,
+                version,
             };
             start(store, &registry, &workflow, input, options, wait, json).await
         }
@@ -88,6 +104,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             parent,
             closed_before,
             tags,
+            version,
         } => {
             let status = status
                 .map(|s| s.parse::<WorkflowStatus>())
@@ -103,6 +120,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 parent: parent.map(WorkflowId::new),
                 closed_before: closed_before.map(ago),
                 tags,
+                version,
                 limit,
                 ..ListQuery::default()
             };
@@ -308,20 +326,35 @@ async fn init(url: &DbUrl, json: bool) -> Result<ExitCode, Fail> {
 }
 
 fn workflows(registry: &Registry, json: bool) -> Result<ExitCode, Fail> {
+    // Each type with the version new runs take and every version registered (each run is
+    // executed by the one it started with).
     let workflows: Vec<serde_json::Value> = registry
         .workflow_names()
         .filter_map(|n| registry.workflow(n))
-        .map(|w| json!({ "name": w.name(), "version": w.version() }))
+        .map(|w| {
+            json!({
+                "name": w.name(),
+                "version": w.version(),
+                "versions": registry.workflow_versions(w.name()),
+            })
+        })
         .collect();
     let activities: Vec<&str> = registry.activity_names().collect();
     if json {
         render::json(&json!({ "workflows": workflows, "activities": activities }))?;
     } else {
-        let mut t = render::table(&["WORKFLOW", "VERSION"]);
+        let mut t = render::table(&["WORKFLOW", "VERSION", "ALL VERSIONS"]);
         for w in &workflows {
+            let all: Vec<String> = w["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
             t.add_row(vec![
                 w["name"].to_string().trim_matches('"').to_owned(),
                 w["version"].to_string(),
+                all.join(", "),
             ]);
         }
         println!("{t}");
@@ -590,19 +623,26 @@ fn parse_query(text: &str) -> Result<ListQuery, Fail> {
         }
         let Some((key, value)) = part.split_once('=') else {
             return Err(Fail::usage(format!(
-                "--query: {part:?} is not key=value (keys: status, name, parent, created-after, created-before, closed-before, tag.KEY)"
+                "--query: {part:?} is not key=value (keys: status, name, version, parent, created-after, created-before, closed-before, tag.KEY)"
             )));
         };
         match key {
             "status" => q.status = Some(value.parse().map_err(Fail::usage)?),
             "name" => q.name = Some(value.to_owned()),
+            "version" => {
+                q.version = Some(value.parse().map_err(|_| {
+                    Fail::usage(format!(
+                        "--query: version={value:?} is not a version number"
+                    ))
+                })?);
+            }
             "parent" => q.parent = Some(WorkflowId::new(value)),
             "created-after" => q.created_after = Some(duration(key, value)?),
             "created-before" => q.created_before = Some(duration(key, value)?),
             "closed-before" => q.closed_before = Some(duration(key, value)?),
             other => {
                 return Err(Fail::usage(format!(
-                    "--query: unknown filter {other:?} (keys: status, name, parent, created-after, created-before, closed-before, tag.KEY)"
+                    "--query: unknown filter {other:?} (keys: status, name, version, parent, created-after, created-before, closed-before, tag.KEY)"
                 )));
             }
         }
@@ -1271,7 +1311,11 @@ async fn replay(
     json: bool,
 ) -> Result<ExitCode, Fail> {
     let summary = store.describe(id).await.map_err(Fail::from_storage)?;
-    let Some(def) = registry.workflow(&summary.name).cloned() else {
+    let Some(def) = registry
+        .workflow_version(&summary.name, summary.version)
+        .or_else(|| registry.workflow(&summary.name))
+        .cloned()
+    else {
         return Err(unknown_workflow(registry, &summary.name));
     };
     let history = store

@@ -90,7 +90,7 @@ pub(crate) struct Target {
     #[arg(required_unless_present = "query")]
     pub(crate) id: Option<String>,
     /// Instead of one id, every workflow that matches these space-separated filters:
-    /// `status=S name=N parent=ID created-after=D created-before=D closed-before=D
+    /// `status=S name=N version=V parent=ID created-after=D created-before=D closed-before=D
     /// tag.KEY=VALUE tag.KEY>N`, times as durations ago (`2h`, `30days`); without a status,
     /// only workflows that have not ended. Each workflow is handled on its own; a summary
     /// follows.
@@ -167,6 +167,10 @@ pub(crate) enum Command {
         /// value, a whole number an int, an RFC 3339 time a time, anything else text.
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
+        /// Start this version of the workflow type (default: the newest this loom has; see
+        /// `loom workflows`).
+        #[arg(long)]
+        version: Option<u32>,
     },
     /// List workflows, newest first.
     List {
@@ -191,6 +195,9 @@ pub(crate) enum Command {
         /// `key<=N` compare int and time tags (a time in RFC 3339).
         #[arg(long = "tag", value_name = "KEY=VALUE|KEY<N")]
         tags: Vec<String>,
+        /// Only runs of this version of their workflow type.
+        #[arg(long)]
+        version: Option<u32>,
     },
     /// Delete closed workflows that ended at least DURATION ago, with everything of theirs
     /// (summary, every run's history, logs), a batch at a time. Open workflows are never

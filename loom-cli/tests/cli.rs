@@ -1539,3 +1539,68 @@ fn tags_set_at_start_and_by_the_code_find_workflows() {
     );
     assert_eq!(json_of(&out)["matched"], 2);
 }
+
+#[test]
+fn versions_are_listed_started_and_filtered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    let out = stdout_of(dir.path(), &["workflows", "--json"]);
+    let doc = json_of(&out);
+    let greeting = doc["workflows"]
+        .as_array()
+        .expect("workflows")
+        .iter()
+        .find(|w| w["name"] == "Greeting")
+        .expect("Greeting")
+        .clone();
+    assert_eq!(greeting["version"], 1);
+    assert_eq!(greeting["versions"], serde_json::json!([1]));
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name": "x"}"#,
+            "--version",
+            "9",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "this loom has versions 1 of Greeting",
+        ));
+    loom(dir.path())
+        .args([
+            "start",
+            "Greeting",
+            "--input",
+            r#"{"name": "x"}"#,
+            "--version",
+            "1",
+            "--id",
+            "g1",
+        ])
+        .assert()
+        .success();
+    let listed = |version: &str| -> usize {
+        let out = stdout_of(dir.path(), &["list", "--version", version, "--json"]);
+        json_of(&out)["workflows"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(listed("1"), 1);
+    assert_eq!(listed("2"), 0);
+    let out = stdout_of(
+        dir.path(),
+        &[
+            "cancel",
+            "--query",
+            "version=1 name=Greeting",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(json_of(&out)["matched"], 1);
+    loom(dir.path())
+        .args(["cancel", "--query", "version=one", "--dry-run"])
+        .assert()
+        .code(2);
+}

@@ -68,6 +68,7 @@ fn every_golden_history_replays_to_its_recorded_output() {
         seen.extend(golden.events.iter().map(|e| e.kind.type_name()));
         let Some(loom_core::EventKind::WorkflowStarted {
             name,
+            version,
             parent,
             run,
             reset,
@@ -84,10 +85,10 @@ fn every_golden_history_replays_to_its_recorded_output() {
             .last()
             .is_some_and(|e| matches!(e.kind, loom_core::EventKind::WorkflowReset { .. }));
         let def = registry
-            .workflow(name)
+            .workflow_version(name, *version)
             .unwrap_or_else(|| {
                 panic!(
-                    "{}: workflow {name} is no longer registered",
+                    "{}: version {version} of workflow {name} is no longer registered",
                     path.display()
                 )
             })

@@ -213,7 +213,9 @@ pub enum ReplayError {
         code: String,
     },
     /// The run was started with another version of the workflow type.
-    #[error("the run was started with version {recorded} of {name:?}, this code is version {code}")]
+    #[error(
+        "the run was started with version {recorded} of {name:?}, this code is version {code}: register version {recorded} beside it (a type with the same NAME and VERSION = {recorded}) to run it"
+    )]
     VersionMismatch {
         /// The workflow type.
         name: String,

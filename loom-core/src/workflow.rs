@@ -393,9 +393,14 @@ pub fn activity_type<A: Activity>(activity: A) -> Arc<dyn DynActivity> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
-    /// A workflow type with this name is already registered.
-    #[error("a workflow named {0:?} is already registered")]
-    DuplicateWorkflow(String),
+    /// This version of a workflow type is already registered.
+    #[error("version {version} of workflow {name:?} is already registered")]
+    DuplicateWorkflow {
+        /// The type's name.
+        name: String,
+        /// The version.
+        version: u32,
+    },
     /// An activity type with this name is already registered.
     #[error("an activity named {0:?} is already registered")]
     DuplicateActivity(String),
@@ -404,7 +409,8 @@ pub enum RegistryError {
 /// The workflow and activity types a runtime can run, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
-    workflows: BTreeMap<&'static str, Arc<dyn DynWorkflow>>,
+    /// Each workflow type's versions, by number.
+    workflows: BTreeMap<&'static str, BTreeMap<u32, Arc<dyn DynWorkflow>>>,
     activities: BTreeMap<&'static str, Arc<dyn DynActivity>>,
 }
 
@@ -414,20 +420,27 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers workflow type `W`; a second type with the same name is an error.
+    /// Registers workflow type `W`. Several versions of one workflow type may be registered
+    /// side by side (Rust types with the same [`Workflow::NAME`] and different
+    /// [`Workflow::VERSION`]s): each run is executed by the version it started with, and new
+    /// runs take the newest unless they name one. The same name and version twice is an error.
     pub fn add_workflow<W: Workflow>(&mut self) -> Result<&mut Self, RegistryError> {
         self.add_dyn_workflow(workflow_type::<W>())
     }
 
-    /// Registers an erased workflow type.
+    /// Registers an erased workflow type (see [`add_workflow`](Self::add_workflow)).
     pub fn add_dyn_workflow(
         &mut self,
         w: Arc<dyn DynWorkflow>,
     ) -> Result<&mut Self, RegistryError> {
-        if self.workflows.contains_key(w.name()) {
-            return Err(RegistryError::DuplicateWorkflow(w.name().to_owned()));
+        let versions = self.workflows.entry(w.name()).or_default();
+        if versions.contains_key(&w.version()) {
+            return Err(RegistryError::DuplicateWorkflow {
+                name: w.name().to_owned(),
+                version: w.version(),
+            });
         }
-        self.workflows.insert(w.name(), w);
+        versions.insert(w.version(), w);
         Ok(self)
     }
 
@@ -441,9 +454,23 @@ impl Registry {
         Ok(self)
     }
 
-    /// The workflow type named `name`.
+    /// The newest version of the workflow type named `name`: the one new runs take.
     pub fn workflow(&self, name: &str) -> Option<&Arc<dyn DynWorkflow>> {
-        self.workflows.get(name)
+        self.workflows.get(name)?.values().next_back()
+    }
+
+    /// Version `version` of the workflow type named `name`: the one that executes a run
+    /// started with it.
+    pub fn workflow_version(&self, name: &str, version: u32) -> Option<&Arc<dyn DynWorkflow>> {
+        self.workflows.get(name)?.get(&version)
+    }
+
+    /// The registered versions of the workflow type named `name`, oldest first.
+    pub fn workflow_versions(&self, name: &str) -> Vec<u32> {
+        self.workflows
+            .get(name)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The activity type named `name`.
@@ -465,7 +492,14 @@ impl Registry {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .field(
+                "workflows",
+                &self
+                    .workflows
+                    .iter()
+                    .map(|(name, versions)| (name, versions.keys().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>(),
+            )
             .field("activities", &self.activities.keys().collect::<Vec<_>>())
             .finish()
     }

@@ -1736,3 +1736,67 @@ fn a_run_begun_by_a_reset_replays_the_child_ids_its_prefix_recorded() {
         })
     );
 }
+
+/// Version 2 of `Kid`: same name, other code.
+struct KidV2;
+impl Workflow for KidV2 {
+    const NAME: &'static str = "Kid";
+    const VERSION: u32 = 2;
+    type Input = u32;
+    type State = ();
+    type Output = u32;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<u32, WorkflowError> {
+        Ok(*ctx.input() + 100)
+    }
+}
+
+#[test]
+fn versions_of_one_type_are_registered_side_by_side() {
+    let mut registry = loom_core::Registry::new();
+    registry
+        .add_workflow::<Kid>()
+        .and_then(|r| r.add_workflow::<KidV2>())
+        .expect("two versions of one name");
+    assert_eq!(registry.workflow_versions("Kid"), [1, 2]);
+    assert_eq!(
+        registry.workflow("Kid").map(|w| w.version()),
+        Some(2),
+        "the newest for new runs"
+    );
+    assert_eq!(
+        registry.workflow_version("Kid", 1).map(|w| w.version()),
+        Some(1)
+    );
+    assert!(registry.workflow_version("Kid", 3).is_none());
+    assert_eq!(registry.workflow_names().collect::<Vec<_>>(), ["Kid"]);
+    let err = registry
+        .add_workflow::<KidV2>()
+        .expect_err("the same version twice");
+    assert!(
+        err.to_string().contains("version 2 of workflow \"Kid\""),
+        "{err}"
+    );
+    // A run of version 1 replays on version 1's code, and only there.
+    let history = vec![started_event(
+        "Kid",
+        1,
+        Payload::encode(&1u32).expect("encode"),
+    )];
+    let mut on_v1 = Driver::with_history(
+        registry.workflow_version("Kid", 1).expect("v1").clone(),
+        history.clone(),
+    );
+    on_v1.feed(vec![]);
+    assert_eq!(
+        on_v1.machine().outcome(),
+        Some(Outcome::Completed {
+            output: Payload::encode(&2u32).expect("encode")
+        })
+    );
+    let mut on_v2 = Driver::with_history(workflow_type::<KidV2>(), history);
+    let err = on_v2.step(vec![]).expect_err("another version");
+    assert!(
+        err.to_string().contains("register version 1 beside it"),
+        "{err}"
+    );
+}

@@ -194,8 +194,8 @@ impl PostgresStorage {
                 format!(
                     "tags t0 JOIN workflows ON workflows.id = t0.workflow_id \
                      WHERE t0.key = ${} AND t0.text = ${}::text AND",
-                    10 + 2 * i,
-                    11 + 2 * i
+                    11 + 2 * i,
+                    12 + 2 * i
                 ),
                 "t0.created_at",
                 "t0.workflow_id",
@@ -211,7 +211,7 @@ impl PostgresStorage {
             if Some(i) == driver {
                 continue;
             }
-            let (key, value) = (10 + 2 * i, 11 + 2 * i);
+            let (key, value) = (11 + 2 * i, 12 + 2 * i);
             by_tags.push_str(&if f.cmp == TagCmp::Eq {
                 format!(
                     " AND workflows.id IN (SELECT workflow_id FROM tags WHERE key = ${key} AND text = ${value}::text)"
@@ -228,7 +228,8 @@ impl PostgresStorage {
                ($1::text IS NULL OR workflows.status = $1) AND ($2::text IS NULL OR workflows.name = $2)
                AND ($3::bigint IS NULL OR {time} >= $3) AND ($4::bigint IS NULL OR {time} < $4)
                AND ($5::bigint IS NULL OR ({time}, {id}) < ($5, $6)) {by_parent}
-               AND ($9::bigint IS NULL OR workflows.closed_at < $9){by_tags}
+               AND ($9::bigint IS NULL OR workflows.closed_at < $9)
+               AND ($10::integer IS NULL OR workflows.version = $10){by_tags}
              ORDER BY {time} DESC, {id} DESC LIMIT $7"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql))
@@ -240,7 +241,8 @@ impl PostgresStorage {
             .bind(q.after.as_ref().map_or("", |c| c.id.as_str()))
             .bind(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1)
             .bind(q.parent.as_ref().map(WorkflowId::as_str))
-            .bind(q.closed_before.map(Timestamp::as_millis));
+            .bind(q.closed_before.map(Timestamp::as_millis))
+            .bind(q.version.map(|v| i32::try_from(v).unwrap_or(i32::MAX)));
         for f in &q.tags {
             query = query.bind(f.key.as_str());
             query = if f.cmp == TagCmp::Eq {

@@ -163,6 +163,10 @@ impl Read for Db<'_> {
             sql.push_str(" AND workflows.name = ?");
             args.push(Value::Text(name.clone()));
         }
+        if let Some(version) = q.version {
+            sql.push_str(" AND workflows.version = ?");
+            args.push(Value::Integer(i64::from(version)));
+        }
         if let Some(parent) = &q.parent {
             sql.push_str(" AND workflows.parent_id = ?");
             args.push(Value::Text(parent.as_str().into()));

@@ -440,6 +440,8 @@ pub struct ListQuery {
     pub status: Option<WorkflowStatus>,
     /// Only this workflow type.
     pub name: Option<String>,
+    /// Only runs of this version of their type.
+    pub version: Option<u32>,
     /// Only the children of this workflow.
     pub parent: Option<WorkflowId>,
     /// Only those created at or after.
@@ -541,6 +543,7 @@ impl Default for ListQuery {
         ListQuery {
             status: None,
             name: None,
+            version: None,
             parent: None,
             created_after: None,
             created_before: None,
@@ -590,6 +593,7 @@ impl ListQuery {
     pub fn matches(&self, s: &WorkflowSummary) -> bool {
         self.status.is_none_or(|st| st == s.status)
             && self.name.as_deref().is_none_or(|n| n == s.name)
+            && self.version.is_none_or(|v| v == s.version)
             && self
                 .parent
                 .as_ref()

@@ -78,6 +78,9 @@ pub struct StartOptions {
     /// The workflow's tags (see [`loom_core::tags`]): `loom list --tag key=value` finds it by
     /// them; its code may set more with `ctx.set_tag`.
     pub tags: Tags,
+    /// For [`Client::start_by_name`]: the version of the workflow type to start, instead of
+    /// the newest registered. (A typed start uses its type's `VERSION`.)
+    pub version: Option<u32>,
 }
 
 impl StartOptions {
@@ -279,11 +282,25 @@ impl Client {
         input: Payload,
         options: StartOptions,
     ) -> Result<WorkflowId, ClientError> {
-        let Some(def) = registry.workflow(name) else {
+        let Some(newest) = registry.workflow(name) else {
             return Err(ClientError::UnknownWorkflow {
                 name: name.to_owned(),
                 known: registry.workflow_names().collect::<Vec<_>>().join(", "),
             });
+        };
+        let def = match options.version {
+            None => newest,
+            Some(v) => registry.workflow_version(name, v).ok_or_else(|| {
+                let known: Vec<String> = registry
+                    .workflow_versions(name)
+                    .iter()
+                    .map(u32::to_string)
+                    .collect();
+                ClientError::UnknownWorkflow {
+                    name: format!("{name} version {v}"),
+                    known: format!("versions {} of {name}", known.join(", ")),
+                }
+            })?,
         };
         // The size first: a huge input of the wrong type is refused for its size, not with an
         // error that quotes it.
@@ -468,7 +485,10 @@ impl Client {
             }
             .into());
         }
-        if let Some(def) = registry.workflow(&summary.name) {
+        if let Some(def) = registry
+            .workflow_version(&summary.name, summary.version)
+            .or_else(|| registry.workflow(&summary.name))
+        {
             def.check_signal(name, &payload)
                 .map_err(ClientError::Payload)?;
         }

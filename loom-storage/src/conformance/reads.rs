@@ -32,7 +32,7 @@ pub async fn list_is_newest_first_and_pages(store: Store) {
     assert_eq!(pages, 3);
 }
 
-/// Lists filter by status, name and creation time.
+/// Lists filter by status, name, version and creation time.
 pub async fn list_filters(store: Store) {
     store
         .create_workflow(&wid("a-1"), started("Alpha", 1))
@@ -43,8 +43,12 @@ pub async fn list_filters(store: Store) {
         .await
         .expect("create");
     tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut beta_v2 = started("Beta", 2);
+    if let EventKind::WorkflowStarted { version, .. } = &mut beta_v2.kind {
+        *version = 2;
+    }
     store
-        .create_workflow(&wid("b-2"), started("Beta", 2))
+        .create_workflow(&wid("b-2"), beta_v2)
         .await
         .expect("create");
     let task = store
@@ -72,6 +76,17 @@ pub async fn list_filters(store: Store) {
         .expect("list");
     let ids: Vec<_> = by_name.items.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["b-2", "b-1"]);
+    for (version, expected) in [(1, vec!["b-1", "a-1"]), (2, vec!["b-2"]), (3, vec![])] {
+        let page = store
+            .list(&ListQuery {
+                version: Some(version),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        let ids: Vec<_> = page.items.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, expected, "version {version}");
+    }
     let completed = store
         .list(&ListQuery {
             status: Some(WorkflowStatus::Completed),

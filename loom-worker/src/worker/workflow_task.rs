@@ -62,6 +62,17 @@ impl Shared {
         }
     }
 
+    /// The next run's first event, on the newest version of its type this worker has: a run
+    /// that continues as new (or is retried) is where a workflow moves to new code.
+    fn on_newest_version(&self, mut started: loom_core::Event) -> loom_core::Event {
+        if let EventKind::WorkflowStarted { name, version, .. } = &mut started.kind
+            && let Some(newest) = self.registry.workflow(name)
+        {
+            *version = newest.version();
+        }
+        started
+    }
+
     /// Runs one workflow task; returns the activity its commit claimed eagerly, if any.
     pub(super) async fn workflow_task(self: Arc<Self>, task: WorkflowTask) -> Option<Next> {
         let id = task.workflow_id.clone();
@@ -88,7 +99,7 @@ impl Shared {
             self.end_from_outside(task, end).await;
             return None;
         }
-        let Some(def) = self.registry.workflow(&task.workflow_name).cloned() else {
+        if self.registry.workflow(&task.workflow_name).is_none() {
             let known: Vec<&str> = self.registry.workflow_names().collect();
             let reason = format!(
                 "this worker has no workflow type {:?} registered (it has: {})",
@@ -98,7 +109,7 @@ impl Shared {
             warn!(%reason, "pausing workflow");
             self.release_paused(task.lease, reason).await;
             return None;
-        };
+        }
         let cached = self.cache_guard().as_mut().and_then(|c| c.pop(&id));
         let current = |m: &WorkflowMachine| m.last_seq() == task.last_seq && m.run() == task.run;
         let mut machine = match cached.filter(current) {
@@ -128,6 +139,20 @@ impl Shared {
                     self.give_back(task.lease, self.config.poll_interval).await;
                     return None;
                 }
+                // The version the run started with executes it.
+                let version = match history.first().map(|e| &e.kind) {
+                    Some(EventKind::WorkflowStarted { version, .. }) => *version,
+                    _ => 0,
+                };
+                let Some(def) = self
+                    .registry
+                    .workflow_version(&task.workflow_name, version)
+                    .or_else(|| self.registry.workflow(&task.workflow_name))
+                    .cloned()
+                else {
+                    self.give_back(task.lease, self.config.poll_interval).await;
+                    return None;
+                };
                 match WorkflowMachine::new(def, id.clone(), history) {
                     Ok(m) if m.run() != task.run => {
                         debug!(
@@ -227,7 +252,9 @@ impl Shared {
                 .collect(),
             progress: Some(machine.progress()),
             logs: decision.logs,
-            next_run: machine.next_run(),
+            next_run: machine
+                .next_run()
+                .map(|started| self.on_newest_version(started)),
             eager: slot.as_ref().map(|_| self.claim_request(1)),
         };
         let committed = self.storage.complete_workflow_task(completion).await;
