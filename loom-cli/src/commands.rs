@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use loom_core::{Activation, EventKind, Payload, Registry, WorkflowId, WorkflowMachine};
+use loom_core::{EventKind, Payload, Registry, WorkflowId};
 use loom_storage::{Clock, ListQuery, Storage, SystemClock, WorkflowStatus, WorkflowSummary};
 use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
 use serde_json::json;
@@ -224,9 +224,33 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             let store = db::open(&url, Missing::Refuse, false).await?;
             stats(store, json).await
         }
-        Command::Replay { id } => {
+        Command::Replay {
+            id,
+            all,
+            status,
+            name,
+            version,
+            times,
+            parallel,
+        } => {
             let store = db::open(&url, Missing::Refuse, false).await?;
-            replay(store, &registry, &WorkflowId::new(id), json).await
+            match id.filter(|_| !all) {
+                Some(id) => {
+                    crate::replay::one(store, &registry, &WorkflowId::new(id), times, json).await
+                }
+                None => {
+                    let parallel = parallel.map_or_else(
+                        || std::thread::available_parallelism().map_or(2, usize::from),
+                        |p| p as usize,
+                    );
+                    let filter = crate::replay::Filter {
+                        statuses: status,
+                        name,
+                        version,
+                    };
+                    crate::replay::all(store, &registry, filter, times, parallel, json).await
+                }
+            }
         }
         Command::Bench {
             workflows,
@@ -1302,55 +1326,6 @@ async fn stats(store: Arc<dyn Storage>, json: bool) -> Result<ExitCode, Fail> {
         println!("next due                {}", render::time(t));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn replay(
-    store: Arc<dyn Storage>,
-    registry: &Registry,
-    id: &WorkflowId,
-    json: bool,
-) -> Result<ExitCode, Fail> {
-    let summary = store.describe(id).await.map_err(Fail::from_storage)?;
-    let Some(def) = registry
-        .workflow_version(&summary.name, summary.version)
-        .or_else(|| registry.workflow(&summary.name))
-        .cloned()
-    else {
-        return Err(unknown_workflow(registry, &summary.name));
-    };
-    let history = store
-        .load_history(id, loom_core::Seq::ZERO)
-        .await
-        .map_err(Fail::from_storage)?;
-    let events = history.len();
-    let result = WorkflowMachine::new(def.clone(), id.clone(), history)
-        .and_then(|mut m| m.activate(Activation::new(SystemClock.now(), 0)).map(drop));
-    let verdict = match &result {
-        Ok(()) => {
-            json!({ "id": id, "deterministic": true, "events": events, "workflow": def.name(), "version": def.version() })
-        }
-        Err(e) => json!({
-            "id": id, "deterministic": false, "events": events, "error": e.to_string(),
-            "seq": e.nondeterminism().map(|n| n.seq.get()),
-        }),
-    };
-    if json {
-        render::json(&verdict)?;
-    } else {
-        match &result {
-            Ok(()) => println!(
-                "{id}: deterministic. {events} events replay cleanly on this binary's {} v{}.",
-                def.name(),
-                def.version()
-            ),
-            Err(e) => eprintln!("loom: {id} does not replay on this binary's code: {e}"),
-        }
-    }
-    Ok(if result.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 async fn worker(

@@ -28,6 +28,7 @@ mod commands;
 mod db;
 pub mod examples;
 mod render;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -305,11 +306,35 @@ pub(crate) enum Command {
     },
     /// Counts: workflows by status, events, tasks ready and running.
     Stats,
-    /// Replay a stored history against this binary's code: the check to run before deploying
-    /// changed workflow code (exit 1 on a mismatch).
+    /// Replay stored histories against this binary's code: the check to run before deploying
+    /// changed workflow code (exit 1 on a mismatch). One workflow, or with `--all` every one
+    /// that matches the filters, each mismatch reported with its position, the recorded event
+    /// and the command the code issued instead.
     Replay {
         /// The workflow's id.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every stored history that matches the filters (by default the running and paused
+        /// workflows: the ones the new code will run).
+        #[arg(long)]
+        all: bool,
+        /// With `--all`: only these statuses, comma-separated (running, paused, completed,
+        /// failed, ...).
+        #[arg(long, requires = "all", value_delimiter = ',')]
+        status: Vec<String>,
+        /// With `--all`: only this workflow type.
+        #[arg(long, requires = "all")]
+        name: Option<String>,
+        /// With `--all`: only runs of this version of their type.
+        #[arg(long, requires = "all")]
+        version: Option<u32>,
+        /// Replay each history this many times: code that is not deterministic because it is
+        /// random (`tokio::select!`, a `HashMap`'s order) may disagree only sometimes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        times: u32,
+        /// With `--all`: histories replayed at once (default: the machine's cores).
+        #[arg(long, requires = "all", value_parser = clap::value_parser!(u32).range(1..))]
+        parallel: Option<u32>,
     },
     /// List the workflow and activity types this binary has registered.
     Workflows,

@@ -1604,3 +1604,98 @@ fn versions_are_listed_started_and_filtered() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn replay_all_checks_every_matching_history_and_reports_each_mismatch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    for id in ["r1", "r2", "r3", "r4"] {
+        loom(dir.path())
+            .args([
+                "start",
+                "Reminder",
+                "--input",
+                r#"{"seconds": 86400}"#,
+                "--id",
+                id,
+            ])
+            .assert()
+            .success();
+    }
+    start(
+        dir.path(),
+        "OrderProcessing",
+        r#"{"order_id": "7", "customer_email": "a@b.c"}"#,
+    );
+    drain(dir.path()); // the order completes; each reminder sleeps: 1 started, 2 step, 3 timer
+    let out = stdout_of(
+        dir.path(),
+        &["replay", "--all", "--times", "3", "--parallel", "2"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out).contains("4 histories"),
+        "running and paused by default: {}",
+        String::from_utf8_lossy(&out)
+    );
+    // Two broken ones: a renamed step, and a version this binary does not have.
+    let conn = rusqlite::Connection::open(dir.path().join(".loom/loom.db")).expect("open");
+    conn.execute(
+        "UPDATE events SET kind = replace(kind, 'sleeping', 'napping') WHERE workflow_id = 'r2' AND seq = 2",
+        [],
+    )
+    .expect("tamper r2");
+    conn.execute("UPDATE workflows SET version = 7 WHERE id = 'r3'", [])
+        .expect("tamper r3");
+    drop(conn);
+    loom(dir.path())
+        .args(["replay", "--all"])
+        .assert()
+        .code(1)
+        .stdout(
+            predicate::str::contains("r2: at #2 the history has StepStarted(\"napping\")")
+                .and(predicate::str::contains("StepStarted(\"sleeping\")"))
+                .and(predicate::str::contains(
+                    "r3: this binary has versions 1 of \"Reminder\", not version 7",
+                ))
+                .and(predicate::str::contains("2 do not replay")),
+        );
+    let out = loom(dir.path())
+        .args(["replay", "--all", "--json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["replayed"], 4);
+    assert_eq!(doc["mismatches"], 2);
+    assert_eq!(doc["problems"][0]["id"], "r2");
+    assert_eq!(doc["problems"][0]["seq"], 2);
+    // Filters: the completed order alone replays cleanly.
+    let out = stdout_of(
+        dir.path(),
+        &[
+            "replay",
+            "--all",
+            "--status",
+            "completed",
+            "--name",
+            "OrderProcessing",
+            "--json",
+        ],
+    );
+    assert_eq!(json_of(&out)["replayed"], 1);
+    assert_eq!(json_of(&out)["mismatches"], 0);
+    let out = stdout_of(dir.path(), &["replay", "--all", "--version", "9", "--json"]);
+    assert_eq!(json_of(&out)["replayed"], 0);
+    // Bad usage: exit 2.
+    loom(dir.path())
+        .args(["replay", "--all", "--status", "bogus"])
+        .assert()
+        .code(2);
+    loom(dir.path()).args(["replay"]).assert().code(2);
+    loom(dir.path())
+        .args(["replay", "r1", "--times", "0"])
+        .assert()
+        .code(2);
+}
