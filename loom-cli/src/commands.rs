@@ -26,22 +26,23 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             workers,
             poll_interval,
             exit_when_idle,
+            pause_retry,
             bench,
         } => {
             let mut registry = registry;
             if bench {
                 crate::bench::register(&mut registry)?;
             }
+            let pause_retry = seconds("--pause-retry", Some(pause_retry))?.unwrap_or_default();
             let store = db::open(&url, Missing::Create, false).await?;
-            worker(
-                store,
-                registry,
+            let args = WorkerArgs {
+                db: url.display(),
                 workers,
                 poll_interval,
+                pause_retry,
                 exit_when_idle,
-                json,
-            )
-            .await
+            };
+            worker(store, registry, args, json).await
         }
         Command::Start {
             workflow,
@@ -488,24 +489,40 @@ fn print_result(summary: &WorkflowSummary, json: bool) -> Result<ExitCode, Fail>
             .failure
             .as_ref()
             .map_or_else(|| "no error recorded".to_owned(), ToString::to_string);
-        eprintln!("loom: workflow {} failed: {why}", summary.id);
+        eprintln!(
+            "{}: workflow {} failed: {why}",
+            crate::program(),
+            summary.id
+        );
     } else if let Some(f) = summary
         .failure
         .as_ref()
         .filter(|_| summary.status == WorkflowStatus::Terminated)
     {
         eprintln!(
-            "loom: workflow {} was terminated: {}",
-            summary.id, f.message
+            "{}: workflow {} was terminated: {}",
+            crate::program(),
+            summary.id,
+            f.message
         );
     } else if let Some(f) = summary
         .failure
         .as_ref()
         .filter(|_| summary.status == WorkflowStatus::TimedOut)
     {
-        eprintln!("loom: workflow {} timed out: {}", summary.id, f.message);
+        eprintln!(
+            "{}: workflow {} timed out: {}",
+            crate::program(),
+            summary.id,
+            f.message
+        );
     } else {
-        eprintln!("loom: workflow {} was {}", summary.id, summary.status);
+        eprintln!(
+            "{}: workflow {} was {}",
+            crate::program(),
+            summary.id,
+            summary.status
+        );
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -1328,35 +1345,85 @@ async fn stats(store: Arc<dyn Storage>, json: bool) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The options of `loom worker`.
+struct WorkerArgs {
+    /// The database, as shown to people.
+    db: String,
+    workers: usize,
+    poll_interval: f64,
+    pause_retry: Duration,
+    exit_when_idle: bool,
+}
+
+/// The registered types, for the worker's start-up line: each workflow type with its
+/// versions, then the activities.
+fn registered(registry: &Registry) -> String {
+    let workflows: Vec<String> = registry
+        .workflow_names()
+        .map(|n| {
+            let versions: Vec<String> = registry
+                .workflow_versions(n)
+                .iter()
+                .map(|v| format!("v{v}"))
+                .collect();
+            format!("{n} {}", versions.join("+"))
+        })
+        .collect();
+    let activities: Vec<&str> = registry.activity_names().collect();
+    format!(
+        "workflows {}; activities {}",
+        workflows.join(", "),
+        activities.join(", ")
+    )
+}
+
 async fn worker(
     store: Arc<dyn Storage>,
     registry: Registry,
-    workers: usize,
-    poll_interval: f64,
-    exit_when_idle: bool,
+    args: WorkerArgs,
     json: bool,
 ) -> Result<ExitCode, Fail> {
+    let WorkerArgs {
+        db,
+        workers,
+        poll_interval,
+        pause_retry,
+        exit_when_idle,
+    } = args;
     if !(poll_interval.is_finite() && poll_interval > 0.0) {
         return Err(Fail::usage(
             "--poll-interval must be a positive number of seconds",
         ));
     }
-    let live = !json && std::io::stderr().is_terminal();
+    let terminal = std::io::stderr().is_terminal();
+    let live = !json && terminal;
     if !live {
-        // Plain logs for files and pipes; RUST_LOG refines them.
+        // Plain logs for files and pipes (colour only on a terminal); RUST_LOG refines them.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,loom=info"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(terminal)
             .try_init();
     }
     let config = WorkerConfig {
         workflow_concurrency: workers.max(1),
         activity_concurrency: workers.max(1) * 4,
         poll_interval: Duration::from_secs_f64(poll_interval),
+        pause_retry,
         ..WorkerConfig::default()
     };
+    if !json {
+        eprintln!(
+            "Worker on {db}: {}; {} workflow task slots, {} activity slots; polling every {}, a paused workflow retried after {}.",
+            registered(&registry),
+            config.workflow_concurrency,
+            config.activity_concurrency,
+            render::duration(config.poll_interval),
+            render::duration(pause_retry),
+        );
+    }
     let worker = Worker::with_config(store, registry, config);
     let metrics = worker.metrics();
     let started = Instant::now();

@@ -45,7 +45,14 @@ impl DbUrl {
     pub(crate) fn display(&self) -> String {
         match self {
             DbUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
-            DbUrl::Postgres(u) => u.clone(),
+            // Never a password on a terminal or in a log.
+            DbUrl::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut parsed) if parsed.password().is_some() => {
+                    let _ = parsed.set_password(Some("***"));
+                    parsed.to_string()
+                }
+                _ => u.clone(),
+            },
             DbUrl::Redb(p) => format!("redb://{}", p.display()),
         }
     }
@@ -166,5 +173,14 @@ mod tests {
             let err = DbUrl::parse(bad).expect_err(bad);
             assert_eq!(err.code, 2, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        let shown = DbUrl::parse("postgres://ada:s3cret@db.example:5432/loom")
+            .expect("ok")
+            .display();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("ada:***@db.example"), "{shown}");
     }
 }

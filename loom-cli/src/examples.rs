@@ -29,6 +29,13 @@ pub fn registry() -> Registry {
     r
 }
 
+/// Whether `registry` holds every example workflow and activity `loom demo` runs.
+pub fn registered_in(held: &Registry) -> bool {
+    let all = registry();
+    all.workflow_names().all(|n| held.workflow(n).is_some())
+        && all.activity_names().all(|n| held.activity(n).is_some())
+}
+
 /// Adds the examples to `registry`, for binaries that also register their own types.
 pub fn add_to(registry: &mut Registry) -> Result<(), loom_core::RegistryError> {
     registry

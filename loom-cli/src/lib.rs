@@ -37,10 +37,53 @@ use loom_core::Registry;
 use loom_storage::StorageError;
 use loom_worker::ClientError;
 
+/// The name the program was run by (`loom`, or a user's own binary's), for help and errors.
+static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The program's name, as errors start with it.
+pub(crate) fn program() -> &'static str {
+    PROGRAM.get().map_or("loom", String::as_str)
+}
+
+/// The command line of a program named `name`: its own name in help and usage, and `demo`
+/// hidden unless it registers Loom's examples.
+fn cli_command(name: &str, examples: bool) -> clap::Command {
+    let mut command = <Cli as clap::CommandFactory>::command()
+        .name(name.to_owned())
+        .bin_name(name.to_owned());
+    if name != "loom" {
+        command = command.about(format!(
+            "{name}: durable workflows on Loom. Start them, run them, inspect them."
+        ));
+    }
+    if !examples {
+        command = command.mut_subcommand("demo", |demo| demo.hide(true));
+    }
+    command
+}
+
 /// Runs the `loom` command line with the workflow and activity types in `registry`, reading
 /// the process's arguments, and returns the exit code.
+///
+/// In a binary of your own, help and errors use that binary's name, and `demo`, which runs
+/// Loom's example workflows, is hidden unless the registry holds them
+/// ([`examples::add_to`]).
 pub fn run(registry: Registry) -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let name = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "loom".to_owned());
+    let _ = PROGRAM.set(name.clone());
+    let examples = examples::registered_in(&registry);
+    let parsed = cli_command(&name, examples)
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -51,20 +94,26 @@ pub fn run(registry: Registry) -> ExitCode {
             };
         }
     };
+    if matches!(cli.command, Command::Demo { .. }) && !examples {
+        eprintln!(
+            "{name}: demo runs Loom's example workflows, which this binary does not register (loom_cli::examples::add_to adds them)"
+        );
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("loom: cannot start the async runtime: {e}");
+            eprintln!("{name}: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(commands::execute(cli, registry)) {
         Ok(code) => code,
         Err(fail) => {
-            eprintln!("loom: {}", fail.message);
+            eprintln!("{name}: {}", fail.message);
             ExitCode::from(fail.code)
         }
     }
@@ -135,6 +184,11 @@ pub(crate) enum Command {
         /// Exit once no task is runnable or due within a second.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Seconds a paused workflow (its code could not replay, panicked, or its type or
+        /// version is not registered here) waits before this worker tries it again; `loom
+        /// resume` retries it at once.
+        #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+        pause_retry: f64,
         /// Also run `loom bench`'s workflow (for `loom bench --processes`).
         #[arg(long, hide = true)]
         bench: bool,
@@ -435,4 +489,27 @@ fn sentence(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_binary_has_its_own_name_and_no_demo_without_the_examples() {
+        let help = cli_command("tripctl", false).render_long_help().to_string();
+        assert!(help.contains("Usage: tripctl"), "{help}");
+        assert!(
+            help.contains("tripctl: durable workflows on Loom"),
+            "{help}"
+        );
+        assert!(!help.contains("demo"), "{help}");
+        assert!(
+            help.contains("bench"),
+            "bench registers its own types: {help}"
+        );
+        let with_examples = cli_command("loom", true).render_long_help().to_string();
+        assert!(with_examples.contains("demo"), "{with_examples}");
+        assert!(with_examples.contains("Usage: loom"), "{with_examples}");
+    }
 }

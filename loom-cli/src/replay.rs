@@ -148,7 +148,8 @@ pub(crate) async fn one(
                 }
             ),
             Some(p) => eprintln!(
-                "loom: {id} does not replay on this binary's code{}: {}",
+                "{}: {id} does not replay on this binary's code{}: {}",
+                crate::program(),
                 if times > 1 {
                     format!(" (replay {} of {times})", p.attempt)
                 } else {

@@ -1699,3 +1699,97 @@ fn replay_all_checks_every_matching_history_and_reports_each_mismatch() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn worker_output_to_a_pipe_is_plain_and_names_what_it_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path()).arg("init").assert().success();
+    start(
+        dir.path(),
+        "OrderProcessing",
+        r#"{"order_id": "declined-1", "customer_email": "a@b.c"}"#,
+    );
+    start(dir.path(), "FlakyCharge", r#"{"fail_times": 1}"#);
+    let id = start(dir.path(), "Reminder", r#"{"seconds": 3600}"#);
+    let out = loom(dir.path())
+        .args([
+            "worker",
+            "--exit-when-idle",
+            "--poll-interval",
+            "0.05",
+            "--pause-retry",
+            "5",
+        ])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    let stderr = String::from_utf8_lossy(&out);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes in a pipe: {stderr}"
+    );
+    assert!(
+        stderr.contains("Worker on sqlite://")
+            && stderr.contains("OrderProcessing v1")
+            && stderr.contains("64 workflow task slots, 256 activity slots")
+            && stderr.contains("retried after 5.0s"),
+        "a start-up line: {stderr}"
+    );
+    // The workflow's own line is the workflow task's, with the workflow id, never an
+    // activity's.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("payment for order declined-1 declined"))
+        .unwrap_or_else(|| panic!("the workflow's log line: {stderr}"));
+    assert!(line.contains("workflow_task"), "{line}");
+    assert!(!line.contains("activity{"), "{line}");
+    assert!(line.contains("workflow_id="), "{line}");
+    loom(dir.path())
+        .args(["worker", "--pause-retry", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--pause-retry"));
+    // Times in the event table are ISO everywhere; no Debug text.
+    let text =
+        String::from_utf8(stdout_of(dir.path(), &["inspect", &id, "--events"])).expect("utf-8");
+    assert!(text.contains("fire_at=20"), "{text}");
+    assert!(text.contains("duration=1h"), "{text}");
+    for id in json_of(&stdout_of(dir.path(), &["list", "--json"]))["workflows"]
+        .as_array()
+        .expect("workflows")
+        .iter()
+        .map(|w| w["id"].as_str().expect("id").to_owned())
+    {
+        let text =
+            String::from_utf8(stdout_of(dir.path(), &["inspect", &id, "--events"])).expect("utf-8");
+        for debug in ["Some(", "Timestamp(", "ms)", "Seq("] {
+            assert!(!text.contains(debug), "{debug} in {text}");
+        }
+    }
+}
+
+#[test]
+fn a_binary_of_another_name_says_its_own_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let own = dir.path().join("tripctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_loom"), &own).expect("copy the binary");
+    let mut cmd = Command::new(&own);
+    cmd.current_dir(dir.path()).env_remove("LOOM_DB");
+    cmd.arg("--help")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("Usage: tripctl").and(predicate::str::contains(
+                "tripctl: durable workflows on Loom",
+            )),
+        );
+    let mut cmd = Command::new(&own);
+    cmd.current_dir(dir.path()).env_remove("LOOM_DB");
+    cmd.args(["inspect", "ghost"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("tripctl: "));
+}

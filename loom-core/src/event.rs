@@ -823,7 +823,11 @@ impl fmt::Display for EventKind {
                 fire_at,
                 duration_ms,
             } => match duration_ms {
-                Some(ms) => write!(f, "{name}(duration={ms}ms, fire_at={fire_at})"),
+                Some(ms) => write!(
+                    f,
+                    "{name}(duration={}, fire_at={fire_at})",
+                    humantime::format_duration(std::time::Duration::from_millis(*ms))
+                ),
                 None => write!(f, "{name}(until={fire_at})"),
             },
             EventKind::TimerFired { timer_id } | EventKind::TimerCancelled { timer_id } => {
@@ -935,7 +939,11 @@ mod tests {
         assert_eq!(kinds[1].role(), Role::Command);
         assert!(kinds[1].is_terminal());
         assert_eq!(kinds[2].to_string(), "ValueRecorded(random)");
-        assert_eq!(kinds[3].to_string(), "TimerScheduled(until=5ms)");
+        assert_eq!(
+            kinds[3].to_string(),
+            "TimerScheduled(until=1970-01-01T00:00:00.005Z)",
+            "times in RFC 3339, never raw milliseconds or Debug text"
+        );
     }
 
     #[test]
@@ -947,7 +955,10 @@ mod tests {
             retry_at,
         };
         let retried = failed(Some(Timestamp::from_millis(1_042))).to_string();
-        assert!(retried.ends_with(", retry_at=1042ms)"), "{retried}");
+        assert!(
+            retried.ends_with(", retry_at=1970-01-01T00:00:01.042Z)"),
+            "{retried}"
+        );
         let last = failed(None).to_string();
         assert!(last.ends_with(", not retried)"), "{last}");
         let timed_out = EventKind::ActivityTimedOut {

@@ -46,8 +46,16 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC to the millisecond (`2026-12-06T12:50:48.056Z`); a time before the
+    /// epoch as its milliseconds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
+        match u64::try_from(self.0) {
+            Ok(ms) => {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                write!(f, "{}", humantime::format_rfc3339_millis(at))
+            }
+            Err(_) => write!(f, "{}ms", self.0),
+        }
     }
 }
 

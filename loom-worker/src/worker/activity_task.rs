@@ -111,9 +111,14 @@ impl Shared {
                     return None;
                 };
                 self.metrics.decided_ahead.fetch_add(1, Ordering::Relaxed);
-                for line in &ahead.logs {
-                    log_line(&workflow_id, line.level, &line.message);
-                }
+                // The code's lines belong to the workflow task this commit made, not to the
+                // activity whose result it delivered.
+                tracing::info_span!(parent: None, "workflow_task", workflow_id = %workflow_id)
+                    .in_scope(|| {
+                        for line in &ahead.logs {
+                            log_line(&workflow_id, line.level, &line.message);
+                        }
+                    });
                 self.decision_committed(
                     workflow_id,
                     ahead.machine,
