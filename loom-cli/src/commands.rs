@@ -34,7 +34,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 crate::bench::register(&mut registry)?;
             }
             let pause_retry = seconds("--pause-retry", Some(pause_retry))?.unwrap_or_default();
-            let store = db::open(&url, Missing::Create, false).await?;
+            let store = db::open_for_work(&url, Missing::Create).await?;
             let args = WorkerArgs {
                 db: url.display(),
                 workers,
@@ -267,7 +267,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                     "--rate must be a positive number of workflows per second",
                 ));
             }
-            let store = db::open(&url, Missing::Create, false).await?;
+            let store = db::open_for_work(&url, Missing::Create).await?;
             let args = crate::bench::BenchArgs {
                 workflows,
                 activities,
@@ -280,7 +280,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             crate::bench::bench(store, registry, &url.display(), &cli.db, args, json).await
         }
         Command::Demo { orders } => {
-            let store = db::open(&url, Missing::Create, false).await?;
+            let store = db::open_for_work(&url, Missing::Create).await?;
             demo(store, registry, &url, orders.max(1), json).await
         }
     }

@@ -75,10 +75,27 @@ pub(crate) enum Missing {
     Refuse,
 }
 
+/// Opens the database for a one-shot command (`start`, `inspect`, `signal`...): on PostgreSQL
+/// one connection, a cheap schema check, and no listening for work.
 pub(crate) async fn open(
     url: &DbUrl,
     missing: Missing,
     make_dirs: bool,
+) -> Result<Arc<dyn Storage>, Fail> {
+    open_as(url, missing, make_dirs, false).await
+}
+
+/// Opens the database for a command that runs workflows (`worker`, `bench`, `demo`): on
+/// PostgreSQL a pool, and a connection that listens for work from other processes.
+pub(crate) async fn open_for_work(url: &DbUrl, missing: Missing) -> Result<Arc<dyn Storage>, Fail> {
+    open_as(url, missing, false, true).await
+}
+
+async fn open_as(
+    url: &DbUrl,
+    missing: Missing,
+    make_dirs: bool,
+    work: bool,
 ) -> Result<Arc<dyn Storage>, Fail> {
     if let Some(file) = url.file() {
         if !file.exists() {
@@ -122,9 +139,13 @@ pub(crate) async fn open(
         )),
         #[cfg(feature = "postgres")]
         DbUrl::Postgres(url) => {
+            let defaults = loom_postgres::PostgresOptions::default();
             let options = loom_postgres::PostgresOptions {
                 schema: std::env::var("LOOM_PG_SCHEMA").unwrap_or_else(|_| "loom".to_owned()),
-                ..loom_postgres::PostgresOptions::default()
+                listen: work,
+                max_connections: if work { defaults.max_connections } else { 1 },
+                commit_concurrency: if work { defaults.commit_concurrency } else { 1 },
+                ..defaults
             };
             let store = loom_postgres::PostgresStorage::connect(url, options)
                 .await

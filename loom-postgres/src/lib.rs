@@ -77,6 +77,9 @@ pub struct PostgresOptions {
     pub commit_concurrency: usize,
     /// The most commits one group commit carries.
     pub max_batch: usize,
+    /// Whether to hold a connection that listens for work other processes enqueue, so that
+    /// idle workers wake at once. A one-shot client (a command line) needs none.
+    pub listen: bool,
 }
 
 impl Default for PostgresOptions {
@@ -87,6 +90,7 @@ impl Default for PostgresOptions {
             acquire_timeout: Duration::from_secs(10),
             commit_concurrency: 4,
             max_batch: 128,
+            listen: true,
         }
     }
 }
@@ -155,14 +159,20 @@ impl PostgresStorage {
                 "the schema name {schema:?} must be letters, digits and underscores"
             )));
         }
-        let connect = PgConnectOptions::from_str(url)
+        let mut connect = PgConnectOptions::from_str(url)
             .map_err(|e| {
                 StorageError::InvalidArgument(format!("{url:?} is not a PostgreSQL URL: {e}"))
             })?
             .application_name("loom")
             .options([("search_path", schema.as_str())]);
+        // TLS to this machine protects nothing and costs a handshake per connection: unless
+        // the URL asks for an `sslmode`, a loopback server is reached without it.
+        if !url.contains("sslmode=") && is_loopback(connect.get_host()) {
+            connect = connect.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+        }
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
+            // The listening connection is the pool's too: it needs one more.
+            .max_connections(options.max_connections.max(1 + u32::from(options.listen)))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
@@ -191,7 +201,9 @@ impl PostgresStorage {
             work: Arc::new(Notify::new()),
             committer,
         };
-        store.listen();
+        if options.listen {
+            store.listen();
+        }
         Ok(store)
     }
 
@@ -213,6 +225,17 @@ impl PostgresStorage {
 
 /// The error for a write set this backend applies outside `loom_apply` that no longer has the
 /// shape it expects: the engine and this crate disagree.
+/// Whether `host` is this machine: `localhost`, a loopback address, or a Unix socket's
+/// directory.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn unexpected(ws: &WriteSet) -> StorageError {
     StorageError::Unavailable {
         message: format!("loom-postgres cannot apply {ws:?} in one statement"),
@@ -379,7 +402,23 @@ impl std::fmt::Debug for PostgresStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{is_loopback, redact};
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "/var/run/postgresql",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["db.example.com", "10.0.0.5", "192.168.1.2"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
 
     #[test]
     fn passwords_are_kept_out_of_messages() {
