@@ -1,0 +1,137 @@
+//! Work that becomes due is run when it becomes due: a durable timer fires as real time passes,
+//! never early and with bounded lateness, on every backend; and on PostgreSQL a workflow
+//! started by another process reaches an idle worker through LISTEN/NOTIFY, long before the
+//! worker's next poll (so a broken notification fails here instead of hiding behind polling).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loom_core::{Registry, Workflow, WorkflowContext, WorkflowError};
+use loom_storage::{Storage, WorkflowStatus};
+use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
+
+mod support;
+use support::{memory, postgres, redb, sqlite};
+
+/// Sleeps as long as its input says.
+struct Nap;
+impl Workflow for Nap {
+    const NAME: &'static str = "Nap";
+    type Input = u64;
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        ctx.sleep(Duration::from_millis(*ctx.input())).await?;
+        Ok(())
+    }
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.add_workflow::<Nap>().expect("registry");
+    registry
+}
+
+/// How late a timer may fire on a loaded test machine: far less than the polls and leases
+/// that would hide a timer that is not armed.
+const LATENESS: Duration = Duration::from_secs(2);
+
+async fn timers_fire_as_time_passes(store: Arc<dyn Storage>) {
+    let config = WorkerConfig {
+        id: "timers".into(),
+        poll_interval: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let (client, running) = support::run(Worker::with_config(store, registry(), config));
+    for (n, ms) in [(1, 300u64), (2, 800)] {
+        let started = Instant::now();
+        let handle = client
+            .start::<Nap>(&ms, StartOptions::id(format!("nap-{n}")))
+            .await
+            .expect("start");
+        handle
+            .result_within(Duration::from_secs(30))
+            .await
+            .expect("the timer fires");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(ms),
+            "a {ms} ms timer fired early, after {took:?}"
+        );
+        assert!(
+            took <= Duration::from_millis(ms) + LATENESS,
+            "a {ms} ms timer fired {took:?} after its start"
+        );
+        let history = client.history(handle.id()).await.expect("history");
+        assert!(
+            history
+                .iter()
+                .any(|e| matches!(e.kind, loom_core::EventKind::TimerFired { .. }))
+        );
+    }
+    running.stop().await;
+}
+
+on_every_backend!(timers_fire_as_time_passes);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_wakes_an_idle_postgres_worker_through_notify() {
+    if !loom_postgres::testing::server_available().await {
+        return;
+    }
+    let schema = loom_postgres::testing::fresh_schema();
+    let worker_store = loom_postgres::PostgresStorage::connect(
+        &loom_postgres::testing::url(),
+        loom_postgres::PostgresOptions {
+            schema: schema.clone(),
+            ..loom_postgres::PostgresOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    // The worker polls only every 30 s: only a notification can bring it the work sooner.
+    let config = WorkerConfig {
+        id: "notified".into(),
+        poll_interval: Duration::from_secs(30),
+        ..WorkerConfig::default()
+    };
+    let (_, running) = support::run(Worker::with_config(
+        Arc::new(worker_store),
+        registry(),
+        config,
+    ));
+    // Another process's client: its own connection, no link to the worker in this one.
+    let options = loom_postgres::PostgresOptions {
+        schema,
+        listen: false,
+        max_connections: 1,
+        ..loom_postgres::PostgresOptions::default()
+    };
+    let other = loom_postgres::PostgresStorage::connect(&loom_postgres::testing::url(), options)
+        .await
+        .expect("connect");
+    let client = Client::new(Arc::new(other));
+    // Let the worker go idle in its long wait first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..3 {
+        let started = Instant::now();
+        let id = format!("woken-{n}");
+        client
+            .start::<Nap>(&0, StartOptions::id(id.as_str()))
+            .await
+            .expect("start");
+        loop {
+            let status = client.status(&id.as_str().into()).await.expect("status");
+            if status == WorkflowStatus::Completed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "workflow {id} waited {:?} for a worker polling every 30 s: the notification did not wake it",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    running.stop().await;
+}
