@@ -139,8 +139,24 @@ impl Activity for Step {
     type Input = (u64, u32);
     type Output = u64;
 
-    async fn run(&self, _: ActivityContext, (acc, i): (u64, u32)) -> Result<u64, Failure> {
+    async fn run(&self, ctx: ActivityContext, (acc, i): (u64, u32)) -> Result<u64, Failure> {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        // With LOOM_PROBE_EXECUTIONS, each execution that gets this far appends a line
+        // `workflow activity`: the crash test counts executions against recorded results.
+        if let Some(path) = std::env::var_os("LOOM_PROBE_EXECUTIONS") {
+            use std::io::Write;
+            let line = format!(
+                "{} {}\n",
+                ctx.info().workflow_id,
+                ctx.info().activity_id.0.get()
+            );
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| Failure::new("probe", format!("cannot record the execution: {e}")))?;
+        }
         Ok((acc * 31 + u64::from(i)) % 1_000_003)
     }
 }
