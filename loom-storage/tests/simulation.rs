@@ -12,11 +12,14 @@
 //! Faults: a store call that fails before it is applied, one applied whose answer is lost,
 //! a worker crash (its cache and held tasks dropped), leases lapsing (the clock jumps past
 //! them while tasks are held), clock jumps, activity attempts that fail and are retried.
+//! The workload: programs of activities, sleeps, signal waits, child workflows and
+//! continue-as-new, some of them asked to cancel.
 //!
 //! Invariants, checked during the run and after a fault-free drain: no task is handed to a
 //! second claimer while another's lease on it is live; no commit succeeds under a lapsed
 //! lease; every workflow ends exactly once, with the output its program and signals imply
-//! (or cancelled, only if a cancel was asked); histories are numbered without gaps; the
+//! (or cancelled, only if a cancel was asked); every earlier run ended by continuing as new,
+//! once; histories are numbered without gaps; the
 //! summary agrees with the history; every activity result came from an execution, and
 //! executions beyond the results are explained by failed attempts and failed commits.
 
@@ -50,27 +53,44 @@ enum Op {
     Sleep(u32),
     /// Wait for the next `go` signal and add its payload.
     Wait,
+    /// Start a child `Program` on [`child_program`] of this argument and add its output.
+    Child(u32),
+    /// Continue as new with the rest of the program and the sum so far.
+    Continue,
+}
+
+/// The program a child started by `Op::Child(arg)` runs: activities and a sleep, no signals.
+fn child_program(arg: u32) -> Vec<Op> {
+    vec![Op::Act(arg), Op::Sleep(arg * 10), Op::Act(arg + 1)]
 }
 
 /// Runs its program: the output folds the activities' results and the signals' payloads.
 struct Program;
 impl Workflow for Program {
     const NAME: &'static str = "Program";
-    type Input = Vec<Op>;
+    /// The sum so far (carried from run to run) and the program.
+    type Input = (u64, Vec<Op>);
     type State = ();
     type Output = u64;
     async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
-        let mut acc = 1u64;
-        for op in ctx.input().clone() {
+        let (mut acc, program) = ctx.input().clone();
+        for (i, op) in program.iter().enumerate() {
             match op {
                 Op::Act(arg) => {
-                    let out = ctx.activity::<Work>(arg).await?;
+                    let out = ctx.activity::<Work>(*arg).await?;
                     acc = (acc * 31 + out) % 1_000_003;
                 }
-                Op::Sleep(ms) => ctx.sleep(Duration::from_millis(u64::from(ms))).await?,
+                Op::Sleep(ms) => ctx.sleep(Duration::from_millis(u64::from(*ms))).await?,
                 Op::Wait => {
                     let n: u64 = ctx.wait_signal("go").await?;
                     acc = (acc * 17 + n) % 1_000_003;
+                }
+                Op::Child(arg) => {
+                    let out = ctx.child::<Program>((1, child_program(*arg))).await?;
+                    acc = (acc * 13 + out) % 1_000_003;
+                }
+                Op::Continue => {
+                    return Err(ctx.continue_as_new((acc, program[i + 1..].to_vec())));
                 }
             }
         }
@@ -94,18 +114,20 @@ fn work(arg: u32) -> u64 {
     u64::from(arg) * 7 + 3
 }
 
-/// The output of `program` given the payloads of its signals, in order.
-fn expected(program: &[Op]) -> u64 {
-    let mut acc = 1u64;
+/// The output of `program` started with `acc`, its signals' payloads being 0, 1, 2... in
+/// order (across its runs).
+fn expected(acc: u64, program: &[Op]) -> u64 {
+    let mut acc = acc;
     let mut signal = 0u64;
     for op in program {
         match op {
             Op::Act(arg) => acc = (acc * 31 + work(*arg)) % 1_000_003,
-            Op::Sleep(_) => {}
+            Op::Sleep(_) | Op::Continue => {}
             Op::Wait => {
                 acc = (acc * 17 + signal) % 1_000_003;
                 signal += 1;
             }
+            Op::Child(arg) => acc = (acc * 13 + expected(1, &child_program(*arg))) % 1_000_003,
         }
     }
     acc
@@ -141,10 +163,10 @@ struct Sim {
     signals_sent: BTreeMap<WorkflowId, u64>,
     cancelled: BTreeMap<WorkflowId, bool>,
     /// Executions of each activity, by workflow and activity.
-    executions: BTreeMap<(WorkflowId, u64), u64>,
+    executions: BTreeMap<(WorkflowId, u32, u64), u64>,
     /// Executions of each activity that explain another: a failure by design, or a report
     /// that failed or was fenced.
-    explained: BTreeMap<(WorkflowId, u64), u64>,
+    explained: BTreeMap<(WorkflowId, u32, u64), u64>,
     /// Attempts that failed by design, and commits that failed (before or after applying).
     failed_attempts: u64,
     failed_commits: u64,
@@ -208,12 +230,14 @@ impl Sim {
     }
 
     fn program(&mut self) -> Vec<Op> {
-        let len = 2 + self.rng.below(5);
+        let len = 2 + self.rng.below(6);
         (0..len)
-            .map(|_| match self.rng.below(5) {
+            .map(|_| match self.rng.below(8) {
                 0..=2 => Op::Act(self.rng.below(50) as u32),
                 3 => Op::Sleep(self.rng.below(2_000) as u32),
-                _ => Op::Wait,
+                4 | 5 => Op::Wait,
+                6 => Op::Child(self.rng.below(20) as u32),
+                _ => Op::Continue,
             })
             .collect()
     }
@@ -227,7 +251,7 @@ impl Sim {
             kind: EventKind::workflow_started(
                 Program::NAME,
                 1,
-                Payload::encode(&program).expect("encode"),
+                Payload::encode(&(1u64, &program)).expect("encode"),
             ),
         };
         self.store
@@ -413,7 +437,14 @@ impl Sim {
         let i = self.rng.below(self.workers[w].activities.len() as u64) as usize;
         let task = self.workers[w].activities.remove(i);
         let arg: u32 = task.input.decode().expect("an argument");
-        let key = (task.workflow_id.clone(), task.activity_id.0.get());
+        // Activity ids start again in each run: the key names the run the workflow is on (a
+        // task of a run that has just ended is fenced, and explained, when it reports).
+        let run = self
+            .store
+            .describe(&task.workflow_id)
+            .await
+            .map_or(0, |s| s.run);
+        let key = (task.workflow_id.clone(), run, task.activity_id.0.get());
         *self.executions.entry(key.clone()).or_default() += 1;
         let fails = self.faults && task.attempt < 3 && self.rng.chance(20);
         let (result, retry_after) = if fails {
@@ -572,19 +603,19 @@ impl Sim {
                     }
                 }
             }
-            let mut open = 0;
-            for id in &ids {
-                if !self
-                    .store
-                    .describe(id)
-                    .await
-                    .expect("describe")
-                    .status
-                    .is_terminal()
-                {
-                    open += 1;
-                }
-            }
+            let all = loom_storage::ListQuery {
+                limit: 10_000,
+                ..loom_storage::ListQuery::default()
+            };
+            let open = self
+                .store
+                .list(&all)
+                .await
+                .expect("list")
+                .items
+                .iter()
+                .filter(|w| !w.status.is_terminal())
+                .count();
             if open == 0 {
                 return;
             }
@@ -609,8 +640,49 @@ impl Sim {
 
     async fn check(&mut self) {
         let mut results = 0u64;
-        for (id, program) in self.programs.clone() {
-            let summary = self.store.describe(&id).await.expect("describe");
+        let all = loom_storage::ListQuery {
+            limit: 10_000,
+            ..loom_storage::ListQuery::default()
+        };
+        let summaries = self.store.list(&all).await.expect("list").items;
+        *self.counts.entry("child workflows").or_default() +=
+            summaries.iter().filter(|s| s.parent.is_some()).count() as u64;
+        for summary in summaries {
+            let id = summary.id.clone();
+            // The whole program, from the first run's input, and each earlier run's history.
+            let runs = self.store.runs(&id).await.expect("runs");
+            let first = match runs.first() {
+                Some(r) => self.store.load_run(&id, r.run).await.expect("run"),
+                None => self
+                    .store
+                    .load_history(&id, Seq::ZERO)
+                    .await
+                    .expect("history"),
+            };
+            let Some(EventKind::WorkflowStarted { input, .. }) = first.first().map(|e| &e.kind)
+            else {
+                self.fail(format!("{id}: no WorkflowStarted"));
+            };
+            let (acc, program): (u64, Vec<Op>) = input.decode().expect("a program");
+            let mut run_histories: Vec<(u32, Vec<Event>)> = Vec::new();
+            for r in &runs {
+                let earlier = self.store.load_run(&id, r.run).await.expect("run");
+                let continued = earlier
+                    .iter()
+                    .filter(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }))
+                    .count();
+                let last_continues = earlier
+                    .last()
+                    .is_some_and(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }));
+                if continued != 1 || !last_continues {
+                    self.fail(format!(
+                        "{id}: run {} did not end by continuing as new once",
+                        r.run
+                    ));
+                }
+                *self.counts.entry("runs continued as new").or_default() += 1;
+                run_histories.push((r.run, earlier));
+            }
             let history = self
                 .store
                 .load_history(&id, Seq::ZERO)
@@ -630,29 +702,46 @@ impl Sim {
             if ends != 1 || !history.last().is_some_and(|e| e.kind.is_terminal()) {
                 self.fail(format!("{id}: {ends} endings"));
             }
+            // A child's parent may be cancelled: the child is then asked to cancel too, and a
+            // parent whose child was cancelled fails with it.
+            let cancel_asked = self.cancelled.contains_key(&id)
+                || summary
+                    .parent
+                    .as_ref()
+                    .is_some_and(|p| self.cancelled.contains_key(p));
             match summary.status {
                 WorkflowStatus::Completed => {
-                    let out: u64 = summary.output.expect("output").decode().expect("u64");
-                    if out != expected(&program) {
+                    let out: u64 = summary
+                        .output
+                        .clone()
+                        .expect("output")
+                        .decode()
+                        .expect("u64");
+                    if out != expected(acc, &program) {
                         self.fail(format!(
                             "{id}: output {out}, the program implies {}",
-                            expected(&program)
+                            expected(acc, &program)
                         ));
                     }
                 }
-                WorkflowStatus::Cancelled if self.cancelled.contains_key(&id) => {}
-                other => self.fail(format!("{id} ended {other}")),
+                WorkflowStatus::Cancelled | WorkflowStatus::Failed if cancel_asked => {}
+                other => self.fail(format!("{id} ended {other}: {:?}", summary.failure)),
             }
-            for e in &history {
-                if let EventKind::ActivityCompleted { activity_id, .. } = &e.kind {
-                    results += 1;
-                    let ran = self
-                        .executions
-                        .get(&(id.clone(), activity_id.0.get()))
-                        .copied()
-                        .unwrap_or(0);
-                    if ran == 0 {
-                        self.fail(format!("{id}: {activity_id} has a result but never ran"));
+            run_histories.push((summary.run, history));
+            for (run, events) in run_histories {
+                for e in &events {
+                    if let EventKind::ActivityCompleted { activity_id, .. } = &e.kind {
+                        results += 1;
+                        let ran = self
+                            .executions
+                            .get(&(id.clone(), run, activity_id.0.get()))
+                            .copied()
+                            .unwrap_or(0);
+                        if ran == 0 {
+                            self.fail(format!(
+                                "{id}: run {run}'s {activity_id} has a result but never ran"
+                            ));
+                        }
                     }
                 }
             }
@@ -663,8 +752,8 @@ impl Sim {
             let explained = self.explained.get(&key).copied().unwrap_or(0);
             if ran > 1 + explained {
                 self.fail(format!(
-                    "{} activity #{} ran {ran} times; only {explained} failed attempts or reports explain re-running it",
-                    key.0, key.1
+                    "{} run {} activity #{} ran {ran} times; only {explained} failed attempts or reports explain re-running it",
+                    key.0, key.1, key.2
                 ));
             }
         }
