@@ -46,13 +46,11 @@ impl DbUrl {
         match self {
             DbUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
             // Never a password on a terminal or in a log.
-            DbUrl::Postgres(u) => match url::Url::parse(u) {
-                Ok(mut parsed) if parsed.password().is_some() => {
-                    let _ = parsed.set_password(Some("***"));
-                    parsed.to_string()
-                }
-                _ => u.clone(),
-            },
+            #[cfg(feature = "postgres")]
+            DbUrl::Postgres(u) => loom_postgres::redact(u),
+            // Without the backend such a URL is refused before anything shows it.
+            #[cfg(not(feature = "postgres"))]
+            DbUrl::Postgres(u) => u.clone(),
             DbUrl::Redb(p) => format!("redb://{}", p.display()),
         }
     }
@@ -91,6 +89,13 @@ pub(crate) async fn open_for_work(url: &DbUrl, missing: Missing) -> Result<Arc<d
     open_as(url, missing, false, true).await
 }
 
+#[cfg_attr(
+    not(feature = "postgres"),
+    expect(
+        unused_variables,
+        reason = "only PostgreSQL opens differently for work"
+    )
+)]
 async fn open_as(
     url: &DbUrl,
     missing: Missing,

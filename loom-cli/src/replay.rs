@@ -8,9 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use loom_core::{
-    Activation, DynWorkflow, Event, Registry, ReplayError, WorkflowId, WorkflowMachine,
-};
+use loom_core::{DynWorkflow, Event, Registry, ReplayError, WorkflowId, WorkflowMachine};
 use loom_storage::{Clock, ListQuery, Storage, SystemClock, WorkflowStatus};
 use serde_json::json;
 
@@ -49,11 +47,13 @@ fn replay_history(
     times: u32,
 ) -> Option<Problem> {
     for attempt in 1..=times {
-        let result =
-            WorkflowMachine::new(def.clone(), id.clone(), history.to_vec()).and_then(|mut m| {
-                m.activate(Activation::new(SystemClock.now(), u64::from(attempt)))
-                    .map(drop)
-            });
+        let result = WorkflowMachine::replay_only(
+            def.clone(),
+            id.clone(),
+            history.to_vec(),
+            SystemClock.now(),
+            u64::from(attempt),
+        );
         if let Err(e) = result {
             return Some(problem(id, attempt, &e));
         }

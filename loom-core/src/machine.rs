@@ -475,6 +475,23 @@ impl WorkflowMachine {
         Seq::new(self.shared.lock().history.len() as u64)
     }
 
+    /// Replays `history` on `def` as a workflow task after a crash would, and decides
+    /// nothing: answers how the recorded run ended (`None` while it is still going), or the
+    /// replay's error (a mismatch with the code names where). `now` and `entropy` are what
+    /// new commands would see; none is kept. The check behind `loom replay` and golden
+    /// histories.
+    pub fn replay_only(
+        def: Arc<dyn DynWorkflow>,
+        id: WorkflowId,
+        history: Vec<Event>,
+        now: Timestamp,
+        entropy: u64,
+    ) -> Result<Option<Outcome>, ReplayError> {
+        let mut machine = WorkflowMachine::new(def, id, history)?;
+        let _decided = machine.activate(Activation::new(now, entropy))?;
+        Ok(machine.outcome())
+    }
+
     /// How the workflow ended, if it has.
     pub fn outcome(&self) -> Option<Outcome> {
         self.shared.lock().finished.clone()

@@ -465,6 +465,17 @@ impl Registry {
         self.workflows.get(name)?.get(&version)
     }
 
+    /// The code that executes the run whose history is `history`: the type and version its
+    /// first event (`WorkflowStarted`) names.
+    pub fn workflow_for(&self, history: &[crate::Event]) -> Option<&Arc<dyn DynWorkflow>> {
+        match history.first().map(|e| &e.kind) {
+            Some(crate::EventKind::WorkflowStarted { name, version, .. }) => {
+                self.workflow_version(name, *version)
+            }
+            _ => None,
+        }
+    }
+
     /// The registered versions of the workflow type named `name`, oldest first.
     pub fn workflow_versions(&self, name: &str) -> Vec<u32> {
         self.workflows

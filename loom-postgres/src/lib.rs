@@ -244,7 +244,8 @@ fn unexpected(ws: &WriteSet) -> StorageError {
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+/// `url` with its password, if it has one, shown as `***`: for messages and logs.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

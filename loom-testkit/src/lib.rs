@@ -41,8 +41,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    Activation, Activity, ActivityContext, Event, EventKind, Failure, Outcome, Payload, Registry,
-    ReplayError, Seq, Timestamp, Workflow, WorkflowId, WorkflowMachine,
+    Activity, ActivityContext, Event, EventKind, Failure, Outcome, Payload, Registry, ReplayError,
+    Seq, Timestamp, Workflow, WorkflowId, WorkflowMachine,
 };
 use loom_storage::{Clock, ManualClock, MemoryStorage, Storage, WorkflowStatus, WorkflowSummary};
 use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
@@ -514,25 +514,21 @@ pub fn replay(
     id: &WorkflowId,
     history: Vec<Event>,
 ) -> Result<Option<Outcome>, ReplayError> {
-    let Some(EventKind::WorkflowStarted { name, version, .. }) = history.first().map(|e| &e.kind)
-    else {
+    let Some(EventKind::WorkflowStarted { name, .. }) = history.first().map(|e| &e.kind) else {
         return Err(ReplayError::Corrupt {
             seq: Some(Seq::FIRST),
             reason: "the first event is not WorkflowStarted".into(),
         });
     };
     let def = registry
-        .workflow_version(name, *version)
+        .workflow_for(&history)
         .or_else(|| registry.workflow(name))
         .cloned()
         .ok_or_else(|| ReplayError::WrongWorkflow {
             recorded: name.clone(),
             code: registry.workflow_names().collect::<Vec<_>>().join(", "),
         })?;
-    let mut machine = WorkflowMachine::new(def, id.clone(), history)?;
-    // Replay only: whatever the code would do next is not committed anywhere.
-    let _decision = machine.activate(Activation::new(Timestamp::EPOCH, 0))?;
-    Ok(machine.outcome())
+    WorkflowMachine::replay_only(def, id.clone(), history, Timestamp::EPOCH, 0)
 }
 
 /// The outcomes of a directory of exported histories (`*.json`), by file name: every one must
