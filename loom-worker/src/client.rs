@@ -243,6 +243,13 @@ impl Client {
         self
     }
 
+    /// This client, stamping the events it writes (a start, a termination) by `clock`
+    /// rather than the system clock: for tests on a manual or simulated clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub(crate) fn with_notifiers(mut self, wake: Arc<Notify>, finished: Arc<Notify>) -> Self {
         self.wake = Some(wake);
         self.finished = Some(finished);
@@ -428,6 +435,7 @@ impl Client {
             match notified {
                 Some(n) => {
                     tokio::select! {
+                        biased;
                         () = n => {}
                         () = sleep => {}
                     }

@@ -1493,3 +1493,73 @@ async fn a_claim_that_disagrees_with_the_history_is_not_decided() {
     );
     assert_eq!(emails.load(Ordering::SeqCst), 1);
 }
+
+/// Counts its ticks for ever, whatever its context says: only dropping it stops it.
+struct Ticker(Arc<AtomicU32>);
+impl Activity for Ticker {
+    const NAME: &'static str = "ticker";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, _: ActivityContext, (): ()) -> Result<(), Failure> {
+        loop {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+struct Ticking;
+impl Workflow for Ticking {
+    const NAME: &'static str = "Ticking";
+    type Input = ();
+    type State = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext<Self>) -> Result<(), WorkflowError> {
+        Ok(ctx.activity::<Ticker>(()).await?)
+    }
+}
+
+#[tokio::test]
+async fn dropping_run_stops_everything_the_worker_runs_and_keeps_its_leases() {
+    let ticks = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::new();
+    registry
+        .add_workflow::<Ticking>()
+        .expect("workflow")
+        .add_activity(Ticker(ticks.clone()))
+        .expect("activity");
+    let storage = Arc::new(MemoryStorage::new());
+    let worker = Worker::with_config(storage.clone(), registry, config());
+    let handle = worker
+        .client()
+        .start::<Ticking>(&(), StartOptions::default())
+        .await
+        .expect("start");
+    let running = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run(std::future::pending()).await }
+    });
+    while ticks.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // As if the process died: the run future is dropped.
+    running.abort();
+    assert!(running.await.expect_err("aborted").is_cancelled());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after_drop = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        after_drop,
+        "the activity went on running after the worker's run future was dropped"
+    );
+    // Nothing was released: the activity's lease is still held, to lapse.
+    let pending = storage.pending(handle.id()).await.expect("pending");
+    assert!(
+        pending
+            .tasks
+            .iter()
+            .any(|t| t.activity.is_some() && t.leased_until.is_some()),
+        "the activity's lease was released: {pending:?}"
+    );
+}

@@ -36,7 +36,7 @@ impl Shared {
         let retry_after = |failure: Option<&Failure>| {
             policy
                 .allows_retry(task.attempt, failure)
-                .then(|| policy.backoff(task.attempt, rand::random()))
+                .then(|| policy.backoff(task.attempt, self.random_unit()))
         };
         let mut retry_after_set = None;
         let result = match outcome {
@@ -170,7 +170,7 @@ impl Shared {
         let expected_last_seq = machine.last_seq();
         let activation = Activation {
             now,
-            entropy: rand::random(),
+            entropy: self.random_u64(),
             messages: vec![result.clone()],
         };
         let limits = self.config.limits;
@@ -263,6 +263,7 @@ impl Shared {
             }
         };
         tokio::select! {
+            biased;
             ran = tokio::time::timeout(task.options.start_to_close_timeout, attempt) => match ran {
                 Ok(Ok(Ok(result))) => Ok(result),
                 Ok(Ok(Err(failure))) => Err(Some(failure)),

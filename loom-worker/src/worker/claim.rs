@@ -45,12 +45,16 @@ impl Shared {
             // One slot (waiting for a task or a chain step to end), and a claim of as many
             // tasks as there are free slots now. Only that one slot is held while the claim is
             // in flight, so that a chain's eager step still finds the others free.
+            // Every `select!` here is biased (polled in the order written): the worker's
+            // choices must follow from what happened, never from a coin, so that a seeded
+            // simulation replays it exactly.
             let first = tokio::select! {
+                biased;
+                () = wait_stop(stop.clone()) => break,
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
-                () = wait_stop(stop.clone()) => break,
             };
             let req = self.claim_request(1 + slots.available_permits());
             let claimed = match kind {
@@ -80,10 +84,11 @@ impl Shared {
             if tasks.is_empty() {
                 drop(first);
                 tokio::select! {
+                    biased;
+                    () = wait_stop(stop.clone()) => break,
                     () = wake.notified() => {}
                     () = self.storage.work_signal() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
-                    () = wait_stop(stop.clone()) => break,
                 }
                 continue;
             }
@@ -115,6 +120,7 @@ impl Shared {
         tokio::pin!(grace);
         loop {
             tokio::select! {
+                biased;
                 next = running.join_next() => if next.is_none() { return },
                 () = &mut grace => break,
             }

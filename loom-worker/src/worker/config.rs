@@ -137,6 +137,10 @@ pub struct WorkerConfig {
     /// Purge closed workflows past their retention, in the background; `None` (the default)
     /// keeps them for ever.
     pub retention: Option<Retention>,
+    /// Seeds every random choice the worker makes (the entropy each workflow activation gets,
+    /// retry jitter), for deterministic simulation; `None` (the default) draws from the
+    /// operating system.
+    pub random_seed: Option<u64>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -153,6 +157,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("max_deliveries", &self.max_deliveries)
             .field("limits", &self.limits)
             .field("retention", &self.retention)
+            .field("random_seed", &self.random_seed)
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +181,7 @@ impl Default for WorkerConfig {
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             retention: None,
+            random_seed: None,
         }
     }
 }

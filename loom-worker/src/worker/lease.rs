@@ -59,6 +59,7 @@ impl Shared {
         };
         tokio::pin!(work);
         tokio::select! {
+            biased;
             done = &mut work => return Some(done),
             () = renew => {}
         }

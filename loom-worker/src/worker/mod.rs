@@ -32,6 +32,8 @@ use loom_storage::{
     WorkflowTaskCompletion,
 };
 use lru::LruCache;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
@@ -73,6 +75,9 @@ struct Shared {
     stopping: AtomicBool,
     /// Tasks running now, workflow tasks and activity attempts: the load eager steps heed.
     running: [AtomicUsize; 2],
+    /// The seeded generator of every random choice, when the configuration names a seed;
+    /// otherwise they come from the operating system.
+    rng: Option<Mutex<StdRng>>,
 }
 
 /// Why a worker stopped with an error.
@@ -103,6 +108,9 @@ impl Worker {
                 activity_slots: Arc::new(Semaphore::new(config.activity_concurrency.max(1))),
                 stopping: AtomicBool::new(false),
                 running: [AtomicUsize::new(0), AtomicUsize::new(0)],
+                rng: config
+                    .random_seed
+                    .map(|s| Mutex::new(StdRng::seed_from_u64(s))),
                 storage,
                 registry,
                 clock: config.clock.clone(),
@@ -117,11 +125,12 @@ impl Worker {
         }
     }
 
-    /// A client on the same storage that wakes this worker as soon as it starts or signals a
-    /// workflow, and is woken as soon as this worker ends one.
+    /// A client on the same storage and clock that wakes this worker as soon as it starts or
+    /// signals a workflow, and is woken as soon as this worker ends one.
     pub fn client(&self) -> Client {
         Client::new(self.shared.storage.clone())
             .with_limits(self.shared.config.limits)
+            .with_clock(self.shared.clock.clone())
             .with_notifiers(
                 self.shared.workflow_work.clone(),
                 self.shared.finished.clone(),
@@ -148,6 +157,9 @@ impl Worker {
     /// Runs until `shutdown` resolves, then stops claiming, lets running tasks finish for up
     /// to the configured grace period, cancels the rest and releases their leases so that
     /// another worker can take them at once.
+    ///
+    /// Dropping the returned future instead stops everything the worker runs at once, as if
+    /// its process died: nothing is committed or released, and its leases lapse.
     pub async fn run(
         &self,
         shutdown: impl Future<Output = ()>,
@@ -156,25 +168,29 @@ impl Worker {
             return Err(WorkerError::EmptyRegistry);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let workflows = tokio::spawn(
+        // A `JoinSet`, so that dropping this future aborts the loops (and, with them, the
+        // tasks they run).
+        let mut loops = JoinSet::new();
+        loops.spawn(
             self.shared
                 .clone()
                 .claim_loop(Kind::Workflow, stop_rx.clone()),
         );
-        let retention = self
-            .shared
-            .config
-            .retention
-            .clone()
-            .map(|r| tokio::spawn(self.shared.clone().retention_loop(r, stop_rx.clone())));
-        let activities = tokio::spawn(self.shared.clone().claim_loop(Kind::Activity, stop_rx));
+        loops.spawn(
+            self.shared
+                .clone()
+                .claim_loop(Kind::Activity, stop_rx.clone()),
+        );
+        if let Some(r) = self.shared.config.retention.clone() {
+            loops.spawn(self.shared.clone().retention_loop(r, stop_rx));
+        }
         shutdown.await;
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         self.shared.workflow_work.notify_one();
         self.shared.activity_work.notify_one();
-        for handle in [workflows, activities].into_iter().chain(retention) {
-            if let Err(e) = handle.await {
+        while let Some(ended) = loops.join_next().await {
+            if let Err(e) = ended {
                 warn!(error = %e, "a worker loop ended abnormally");
             }
         }
@@ -228,6 +244,22 @@ pub async fn shutdown_signal() {
 }
 
 impl Shared {
+    /// A random 64-bit number: from the seeded generator if there is one.
+    pub(super) fn random_u64(&self) -> u64 {
+        match &self.rng {
+            Some(rng) => rng.lock().unwrap_or_else(PoisonError::into_inner).random(),
+            None => rand::random(),
+        }
+    }
+
+    /// A random number in `[0, 1)`: from the seeded generator if there is one.
+    pub(super) fn random_unit(&self) -> f64 {
+        match &self.rng {
+            Some(rng) => rng.lock().unwrap_or_else(PoisonError::into_inner).random(),
+            None => rand::random(),
+        }
+    }
+
     pub(super) fn cache_guard(
         &self,
     ) -> std::sync::MutexGuard<'_, Option<LruCache<WorkflowId, WorkflowMachine>>> {

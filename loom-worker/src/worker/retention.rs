@@ -36,8 +36,9 @@ impl Shared {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(retention.every) => {}
+                biased;
                 _ = stop.changed() => return,
+                () = tokio::time::sleep(retention.every) => {}
             }
         }
     }

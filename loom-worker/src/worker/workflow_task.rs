@@ -175,7 +175,7 @@ impl Shared {
         // The task's time is the store's clock at the claim, never this worker's own.
         let activation = Activation {
             now: task.claimed_at,
-            entropy: rand::random(),
+            entropy: self.random_u64(),
             messages: task.messages.iter().map(|m| m.kind.clone()).collect(),
         };
         let decision = match machine.activate(activation) {

@@ -5,6 +5,9 @@
 //! printed and reproduces the same run exactly (`LOOM_SIM_SEED=N`); `LOOM_SIM_SEEDS=N` runs N
 //! seeds (a bounded number by default).
 //!
+//! `tests/system.rs` runs the real workers the same way; this one reaches corners of the
+//! store's rules that the workers' timing rarely hits.
+//!
 //! The simulated workers follow the worker's protocol (claim, replay or reuse a cached
 //! machine, decide, commit; claim an activity, run it, report), not its tokio code: this
 //! explores the store's rules and the machine under faults, not the worker's scheduling.
@@ -28,120 +31,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom_core::{
-    Activation, Event, EventKind, Failure, Payload, Registry, Seq, Timestamp, Workflow,
-    WorkflowContext, WorkflowError, WorkflowId, WorkflowMachine,
+    Activation, Event, EventKind, Failure, Payload, Registry, Seq, Timestamp, Workflow, WorkflowId,
+    WorkflowMachine,
+};
+use loom_sim::Rng;
+use loom_sim::check::{Counts, check_store};
+use loom_sim::workload::{
+    Ledger, Op, Program, program_input, random_program, signals_wanted, work,
 };
 use loom_storage::{
     ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest, Clock, ManualClock,
-    MemoryStorage, Storage, StorageError, WorkflowStatus, WorkflowTask, WorkflowTaskCompletion,
+    MemoryStorage, Storage, StorageError, WorkflowTask, WorkflowTaskCompletion,
 };
-use rand_core::{RngCore, SeedableRng};
-use rand_pcg::Pcg64Mcg;
-use serde::{Deserialize, Serialize};
 
 const LEASE: Duration = Duration::from_secs(5);
 const WORKERS: usize = 3;
 const WORKFLOWS: usize = 6;
 const STEPS: usize = 200;
-
-/// One step of a generated program.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum Op {
-    /// Run activity `work` on this argument.
-    Act(u32),
-    /// Sleep this many milliseconds.
-    Sleep(u32),
-    /// Wait for the next `go` signal and add its payload.
-    Wait,
-    /// Start a child `Program` on [`child_program`] of this argument and add its output.
-    Child(u32),
-    /// Continue as new with the rest of the program and the sum so far.
-    Continue,
-}
-
-/// The program a child started by `Op::Child(arg)` runs: activities and a sleep, no signals.
-fn child_program(arg: u32) -> Vec<Op> {
-    vec![Op::Act(arg), Op::Sleep(arg * 10), Op::Act(arg + 1)]
-}
-
-/// Runs its program: the output folds the activities' results and the signals' payloads.
-struct Program;
-impl Workflow for Program {
-    const NAME: &'static str = "Program";
-    /// The sum so far (carried from run to run) and the program.
-    type Input = (u64, Vec<Op>);
-    type State = ();
-    type Output = u64;
-    async fn run(ctx: WorkflowContext<Self>) -> Result<u64, WorkflowError> {
-        let (mut acc, program) = ctx.input().clone();
-        for (i, op) in program.iter().enumerate() {
-            match op {
-                Op::Act(arg) => {
-                    let out = ctx.activity::<Work>(*arg).await?;
-                    acc = (acc * 31 + out) % 1_000_003;
-                }
-                Op::Sleep(ms) => ctx.sleep(Duration::from_millis(u64::from(*ms))).await?,
-                Op::Wait => {
-                    let n: u64 = ctx.wait_signal("go").await?;
-                    acc = (acc * 17 + n) % 1_000_003;
-                }
-                Op::Child(arg) => {
-                    let out = ctx.child::<Program>((1, child_program(*arg))).await?;
-                    acc = (acc * 13 + out) % 1_000_003;
-                }
-                Op::Continue => {
-                    return Err(ctx.continue_as_new((acc, program[i + 1..].to_vec())));
-                }
-            }
-        }
-        Ok(acc)
-    }
-}
-
-/// Activity `work`: the simulation runs it itself (see [`work`]), counting executions.
-struct Work;
-impl loom_core::Activity for Work {
-    const NAME: &'static str = "work";
-    type Input = u32;
-    type Output = u64;
-    async fn run(&self, _: loom_core::ActivityContext, arg: u32) -> Result<u64, Failure> {
-        Ok(work(arg))
-    }
-}
-
-/// What activity `work` answers for `arg`.
-fn work(arg: u32) -> u64 {
-    u64::from(arg) * 7 + 3
-}
-
-/// The output of `program` started with `acc`, its signals' payloads being 0, 1, 2... in
-/// order (across its runs).
-fn expected(acc: u64, program: &[Op]) -> u64 {
-    let mut acc = acc;
-    let mut signal = 0u64;
-    for op in program {
-        match op {
-            Op::Act(arg) => acc = (acc * 31 + work(*arg)) % 1_000_003,
-            Op::Sleep(_) | Op::Continue => {}
-            Op::Wait => {
-                acc = (acc * 17 + signal) % 1_000_003;
-                signal += 1;
-            }
-            Op::Child(arg) => acc = (acc * 13 + expected(1, &child_program(*arg))) % 1_000_003,
-        }
-    }
-    acc
-}
-
-struct Rng(Pcg64Mcg);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.next_u64() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// A simulated worker: its cache of machines and the tasks it holds.
 #[derive(Default)]
@@ -161,19 +67,12 @@ struct Sim {
     workers: Vec<SimWorker>,
     programs: BTreeMap<WorkflowId, Vec<Op>>,
     signals_sent: BTreeMap<WorkflowId, u64>,
-    cancelled: BTreeMap<WorkflowId, bool>,
-    /// Executions of each activity, by workflow and activity.
-    executions: BTreeMap<(WorkflowId, u32, u64), u64>,
-    /// Executions of each activity that explain another: a failure by design, or a report
-    /// that failed or was fenced.
-    explained: BTreeMap<(WorkflowId, u32, u64), u64>,
-    /// Attempts that failed by design, and commits that failed (before or after applying).
-    failed_attempts: u64,
-    failed_commits: u64,
+    /// Executions, what explains re-running them, and cancel requests.
+    ledger: Ledger,
     faults: bool,
     trace: Vec<String>,
     /// What happened, for the summary: commits, refused or failed commits, crashes, lapses.
-    counts: BTreeMap<&'static str, u64>,
+    counts: Counts,
 }
 
 /// The error a store call gets when the simulation makes it fail.
@@ -192,18 +91,14 @@ impl Sim {
         registry.add_workflow::<Program>().expect("registry");
         Sim {
             seed,
-            rng: Rng(Pcg64Mcg::seed_from_u64(seed)),
+            rng: Rng::new(seed),
             clock,
             store,
             registry,
             workers: (0..WORKERS).map(|_| SimWorker::default()).collect(),
             programs: BTreeMap::new(),
             signals_sent: BTreeMap::new(),
-            cancelled: BTreeMap::new(),
-            executions: BTreeMap::new(),
-            explained: BTreeMap::new(),
-            failed_attempts: 0,
-            failed_commits: 0,
+            ledger: Ledger::default(),
             faults: true,
             trace: Vec::new(),
             counts: BTreeMap::new(),
@@ -229,29 +124,16 @@ impl Sim {
         (self.faults && self.rng.chance(8)).then(|| self.rng.chance(50))
     }
 
-    fn program(&mut self) -> Vec<Op> {
-        let len = 2 + self.rng.below(6);
-        (0..len)
-            .map(|_| match self.rng.below(8) {
-                0..=2 => Op::Act(self.rng.below(50) as u32),
-                3 => Op::Sleep(self.rng.below(2_000) as u32),
-                4 | 5 => Op::Wait,
-                6 => Op::Child(self.rng.below(20) as u32),
-                _ => Op::Continue,
-            })
-            .collect()
-    }
-
     async fn start(&mut self, n: usize) {
         let id = WorkflowId::new(format!("wf-{n}"));
-        let program = self.program();
+        let program = random_program(&mut self.rng);
         let started = Event {
             seq: Seq::FIRST,
             at: self.clock.now(),
             kind: EventKind::workflow_started(
                 Program::NAME,
                 1,
-                Payload::encode(&(1u64, &program)).expect("encode"),
+                Payload::encode(&program_input(&program)).expect("encode"),
             ),
         };
         self.store
@@ -366,7 +248,7 @@ impl Sim {
         };
         let activation = Activation {
             now: task.claimed_at,
-            entropy: self.rng.0.next_u64(),
+            entropy: self.rng.next_u64(),
             messages: task.messages.iter().map(|m| m.kind.clone()).collect(),
         };
         let decision = match machine.activate(activation) {
@@ -436,20 +318,17 @@ impl Sim {
         }
         let i = self.rng.below(self.workers[w].activities.len() as u64) as usize;
         let task = self.workers[w].activities.remove(i);
-        let arg: u32 = task.input.decode().expect("an argument");
-        // Activity ids start again in each run: the key names the run the workflow is on (a
-        // task of a run that has just ended is fenced, and explained, when it reports).
-        let run = self
-            .store
-            .describe(&task.workflow_id)
-            .await
-            .map_or(0, |s| s.run);
-        let key = (task.workflow_id.clone(), run, task.activity_id.0.get());
-        *self.executions.entry(key.clone()).or_default() += 1;
+        let (arg, generation): (u32, u32) = task.input.decode().expect("an argument");
+        let key = (
+            task.workflow_id.clone(),
+            generation,
+            task.activity_id.0.get(),
+        );
+        *self.ledger.executions.entry(key.clone()).or_default() += 1;
         let fails = self.faults && task.attempt < 3 && self.rng.chance(20);
         let (result, retry_after) = if fails {
-            self.failed_attempts += 1;
-            *self.explained.entry(key.clone()).or_default() += 1;
+            self.ledger.failed_attempts += 1;
+            self.ledger.explain(key.clone());
             (
                 EventKind::ActivityFailed {
                     activity_id: task.activity_id,
@@ -495,9 +374,8 @@ impl Sim {
             )),
             Ok(()) => *self.counts.entry("activity reports").or_default() += 1,
             Err(e) => {
-                self.failed_commits += 1;
                 if !fails {
-                    *self.explained.entry(key).or_default() += 1;
+                    self.ledger.explain(key);
                 }
                 let kind = match e {
                     StorageError::LeaseLost(_) => "activity reports fenced (lease lost)",
@@ -511,10 +389,7 @@ impl Sim {
     async fn signal(&mut self) {
         let ids: Vec<WorkflowId> = self.programs.keys().cloned().collect();
         let id = ids[self.rng.below(ids.len() as u64) as usize].clone();
-        let wanted = self.programs[&id]
-            .iter()
-            .filter(|op| matches!(op, Op::Wait))
-            .count() as u64;
+        let wanted = signals_wanted(&self.programs[&id]);
         let sent = self.signals_sent.get(&id).copied().unwrap_or(0);
         if sent >= wanted {
             return;
@@ -545,7 +420,7 @@ impl Sim {
             .await
             .is_ok()
         {
-            self.cancelled.insert(id, true);
+            self.ledger.cancelled.insert(id);
         }
     }
 
@@ -585,10 +460,7 @@ impl Sim {
             let ids: Vec<WorkflowId> = self.programs.keys().cloned().collect();
             for id in &ids {
                 while self.signals_sent.get(id).copied().unwrap_or(0)
-                    < self.programs[id]
-                        .iter()
-                        .filter(|op| matches!(op, Op::Wait))
-                        .count() as u64
+                    < signals_wanted(&self.programs[id])
                 {
                     let sent = self.signals_sent.get(id).copied().unwrap_or(0);
                     match self
@@ -639,125 +511,9 @@ impl Sim {
     }
 
     async fn check(&mut self) {
-        let mut results = 0u64;
-        let all = loom_storage::ListQuery {
-            limit: 10_000,
-            ..loom_storage::ListQuery::default()
-        };
-        let summaries = self.store.list(&all).await.expect("list").items;
-        *self.counts.entry("child workflows").or_default() +=
-            summaries.iter().filter(|s| s.parent.is_some()).count() as u64;
-        for summary in summaries {
-            let id = summary.id.clone();
-            // The whole program, from the first run's input, and each earlier run's history.
-            let runs = self.store.runs(&id).await.expect("runs");
-            let first = match runs.first() {
-                Some(r) => self.store.load_run(&id, r.run).await.expect("run"),
-                None => self
-                    .store
-                    .load_history(&id, Seq::ZERO)
-                    .await
-                    .expect("history"),
-            };
-            let Some(EventKind::WorkflowStarted { input, .. }) = first.first().map(|e| &e.kind)
-            else {
-                self.fail(format!("{id}: no WorkflowStarted"));
-            };
-            let (acc, program): (u64, Vec<Op>) = input.decode().expect("a program");
-            let mut run_histories: Vec<(u32, Vec<Event>)> = Vec::new();
-            for r in &runs {
-                let earlier = self.store.load_run(&id, r.run).await.expect("run");
-                let continued = earlier
-                    .iter()
-                    .filter(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }))
-                    .count();
-                let last_continues = earlier
-                    .last()
-                    .is_some_and(|e| matches!(e.kind, EventKind::WorkflowContinuedAsNew { .. }));
-                if continued != 1 || !last_continues {
-                    self.fail(format!(
-                        "{id}: run {} did not end by continuing as new once",
-                        r.run
-                    ));
-                }
-                *self.counts.entry("runs continued as new").or_default() += 1;
-                run_histories.push((r.run, earlier));
-            }
-            let history = self
-                .store
-                .load_history(&id, Seq::ZERO)
-                .await
-                .expect("history");
-            for (i, e) in history.iter().enumerate() {
-                if e.seq != Seq::new(i as u64 + 1) {
-                    self.fail(format!("{id}: event {i} is numbered {}", e.seq));
-                }
-            }
-            if summary.last_seq != history.last().map_or(Seq::ZERO, |e| e.seq) {
-                self.fail(format!(
-                    "{id}: the summary's last event is not the history's"
-                ));
-            }
-            let ends = history.iter().filter(|e| e.kind.is_terminal()).count();
-            if ends != 1 || !history.last().is_some_and(|e| e.kind.is_terminal()) {
-                self.fail(format!("{id}: {ends} endings"));
-            }
-            // A child's parent may be cancelled: the child is then asked to cancel too, and a
-            // parent whose child was cancelled fails with it.
-            let cancel_asked = self.cancelled.contains_key(&id)
-                || summary
-                    .parent
-                    .as_ref()
-                    .is_some_and(|p| self.cancelled.contains_key(p));
-            match summary.status {
-                WorkflowStatus::Completed => {
-                    let out: u64 = summary
-                        .output
-                        .clone()
-                        .expect("output")
-                        .decode()
-                        .expect("u64");
-                    if out != expected(acc, &program) {
-                        self.fail(format!(
-                            "{id}: output {out}, the program implies {}",
-                            expected(acc, &program)
-                        ));
-                    }
-                }
-                WorkflowStatus::Cancelled | WorkflowStatus::Failed if cancel_asked => {}
-                other => self.fail(format!("{id} ended {other}: {:?}", summary.failure)),
-            }
-            run_histories.push((summary.run, history));
-            for (run, events) in run_histories {
-                for e in &events {
-                    if let EventKind::ActivityCompleted { activity_id, .. } = &e.kind {
-                        results += 1;
-                        let ran = self
-                            .executions
-                            .get(&(id.clone(), run, activity_id.0.get()))
-                            .copied()
-                            .unwrap_or(0);
-                        if ran == 0 {
-                            self.fail(format!(
-                                "{id}: run {run}'s {activity_id} has a result but never ran"
-                            ));
-                        }
-                    }
-                }
-            }
+        if let Err(what) = check_store(self.store.as_ref(), &self.ledger, &mut self.counts).await {
+            self.fail(what);
         }
-        // An activity ran more than once only when a fault explains it: a failure by design,
-        // or a report that failed or was fenced.
-        for (key, ran) in self.executions.clone() {
-            let explained = self.explained.get(&key).copied().unwrap_or(0);
-            if ran > 1 + explained {
-                self.fail(format!(
-                    "{} run {} activity #{} ran {ran} times; only {explained} failed attempts or reports explain re-running it",
-                    key.0, key.1, key.2
-                ));
-            }
-        }
-        *self.counts.entry("activity results").or_default() += results;
     }
 }
 
@@ -774,12 +530,6 @@ async fn run_seed(seed: u64, totals: &mut BTreeMap<&'static str, u64>) {
     for (k, v) in &sim.counts {
         *totals.entry(k).or_default() += v;
     }
-    *totals.entry("activity executions").or_default() += sim.executions.values().sum::<u64>();
-    *totals
-        .entry("activity attempts failed by design")
-        .or_default() += sim.failed_attempts;
-    *totals.entry("workflows").or_default() += sim.programs.len() as u64;
-    *totals.entry("cancel requests").or_default() += sim.cancelled.len() as u64;
 }
 
 #[tokio::test(flavor = "current_thread")]
