@@ -23,14 +23,14 @@ impl PostgresStorage {
     async fn claim(&self, kind: i16, req: &ClaimRequest) -> Result<Vec<PgRow>> {
         sqlx::query(
             "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), picked AS (
-                SELECT id FROM tasks WHERE kind = $1 AND visible_at <= (SELECT ms FROM now)
+                SELECT id, visible_at FROM tasks WHERE kind = $1 AND visible_at <= (SELECT ms FROM now)
                 ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
              )
              UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = now.ms + $3,
                  visible_at = now.ms + $3, lease_owner = $4, deliveries = t.deliveries + 1
              FROM picked, now WHERE t.id = picked.id
              RETURNING t.id, t.workflow_id, t.lease_token, t.lease_expires_at, t.deliveries,
-                 t.activity_id, t.name, t.input, t.options, t.attempt, now.ms",
+                 t.activity_id, t.name, t.input, t.options, t.attempt, now.ms, picked.visible_at",
         )
         .bind(kind)
         .bind(i64::try_from(req.max).unwrap_or(i64::MAX))
@@ -133,6 +133,7 @@ impl PostgresStorage {
                     options: decode(&options, || format!("the options of activity task {task}"))?,
                     attempt: u32::try_from(row.get::<Option<i32>, _>(9).unwrap_or(1)).unwrap_or(1),
                     deliveries: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),
+                    ready_at: Timestamp::from_millis(row.get(11)),
                     claimed_at: Timestamp::from_millis(row.get(10)),
                 })
             })

@@ -37,7 +37,8 @@
 -- `ms + now * relative` at each use: a SQL function taking the jsonb fields is not inlined,
 -- and would be parsed and planned again in every statement that calls it).
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
---   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
+--   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt,
+--              ready_at]],
 --    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run]],
 --    "decided": bool (whether the conditions of the first "if" applied held),
 --    "purged": [workflow ids]}
@@ -507,7 +508,7 @@ BEGIN
 
         WHEN 'claim_a' THEN
             WITH picked AS (
-                SELECT id FROM tasks
+                SELECT id, visible_at FROM tasks
                 WHERE workflow_id = wf AND kind = 1 AND visible_at <= now_ms
                 ORDER BY visible_at, id LIMIT (s->>'max')::bigint
                 FOR UPDATE SKIP LOCKED
@@ -518,10 +519,11 @@ BEGIN
                     lease_owner = s->>'owner', deliveries = t.deliveries + 1
                 FROM picked WHERE t.id = picked.id
                 RETURNING t.id, t.lease_token, t.lease_expires_at, t.deliveries,
-                    t.activity_id, t.name, t.input, t.options, t.attempt
+                    t.activity_id, t.name, t.input, t.options, t.attempt,
+                    picked.visible_at AS ready_at
             )
             SELECT jsonb_agg(jsonb_build_array(id, lease_token, lease_expires_at, deliveries,
-                       activity_id, name, input, options, attempt) ORDER BY id)
+                       activity_id, name, input, options, attempt, ready_at) ORDER BY id)
             INTO claimed FROM c;
             answer := jsonb_set(answer, '{acts}',
                 COALESCE(answer->'acts', '[]'::jsonb) || COALESCE(claimed, '[]'::jsonb));

@@ -146,6 +146,8 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         "CREATE INDEX tags_by_num ON tags (key, num) WHERE num IS NOT NULL;\n",
         include_str!("functions.sql")
     ),
+    // 11: an eager claim of activities answers since when each was ready (`claim_a`).
+    include_str!("functions.sql"),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

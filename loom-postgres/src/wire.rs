@@ -547,10 +547,10 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
 }
 
 /// An activity task claimed by `claim_a`:
-/// `[task, token, expires, deliveries, activity_id, name, input, options, attempt]`.
+/// `[task, token, expires, deliveries, activity_id, name, input, options, attempt, ready_at]`.
 fn activity_task(row: &Value, workflow: &WorkflowId, now: Timestamp) -> Result<ActivityTask> {
-    type Row = (i64, i64, i64, i32, i64, String, String, String, i32);
-    let (task, token, expires, deliveries, activity, name, input, options, attempt): Row =
+    type Row = (i64, i64, i64, i32, i64, String, String, String, i32, i64);
+    let (task, token, expires, deliveries, activity, name, input, options, attempt, ready_at): Row =
         serde_json::from_value(row.clone())
             .map_err(|e| protocol(format!("an eager claim of activities: {e}")))?;
     Ok(ActivityTask {
@@ -566,6 +566,7 @@ fn activity_task(row: &Value, workflow: &WorkflowId, now: Timestamp) -> Result<A
         options: decode(&options, || format!("the options of activity task {task}"))?,
         attempt: u32::try_from(attempt).unwrap_or(1),
         deliveries: u32::try_from(deliveries).unwrap_or(0),
+        ready_at: Timestamp::from_millis(ready_at),
         claimed_at: now,
     })
 }

@@ -64,27 +64,32 @@ impl Db<'_> {
         kind: i64,
         req: &ClaimRequest,
         of: Option<&WorkflowId>,
-    ) -> Result<Vec<(Lease, WorkflowId, u32, i64)>> {
+    ) -> Result<Vec<(Lease, WorkflowId, u32, i64, Timestamp)>> {
         let expires = now.saturating_add(req.lease);
         let max = i64::try_from(req.max).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = match of {
+        let ids: Vec<(i64, i64)> = match of {
             None => self
                 .conn
                 .prepare_cached(
-                    "SELECT id FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
+                    "SELECT id, visible_at FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
                 )
-                .and_then(|mut s| s.query_map(params![kind, ms(now), max], |r| r.get(0))?.collect()),
+                .and_then(|mut s| {
+                    s.query_map(params![kind, ms(now), max], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                }),
             Some(id) => self
                 .conn
                 .prepare_cached(
                     // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
                     // it would walk every claimable task of the kind.
-                    "SELECT id FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
+                    "SELECT id, visible_at FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
                      ORDER BY visible_at, id LIMIT ?3",
                 )
                 .and_then(|mut s| {
-                    s.query_map(params![kind, ms(now), max, id.as_str()], |r| r.get(0))?
-                        .collect()
+                    s.query_map(params![kind, ms(now), max, id.as_str()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect()
                 }),
         }
         .map_err(|e| self.sql(e))?;
@@ -97,7 +102,7 @@ impl Db<'_> {
             )
             .map_err(|e| self.sql(e))?;
         let mut claimed = Vec::with_capacity(ids.len());
-        for id in ids {
+        for (id, ready_at) in ids {
             let (token, deliveries, workflow): (i64, u32, String) = stmt
                 .query_row(params![id, ms(expires), req.owner], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -108,7 +113,13 @@ impl Db<'_> {
                 token: token.unsigned_abs(),
                 expires_at: expires,
             };
-            claimed.push((lease, WorkflowId::new(workflow), deliveries, id));
+            claimed.push((
+                lease,
+                WorkflowId::new(workflow),
+                deliveries,
+                id,
+                Timestamp::from_millis(ready_at),
+            ));
         }
         Ok(claimed)
     }
@@ -593,7 +604,7 @@ impl Apply for Db<'_> {
         req: &ClaimRequest,
     ) -> Result<Vec<WorkflowTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, _) in self.claim(now, WORKFLOW_TASK, req, of)? {
+        for (lease, workflow_id, deliveries, _, _) in self.claim(now, WORKFLOW_TASK, req, of)? {
             let (name, last, run): (String, i64, u32) = self
                 .conn
                 .prepare_cached("SELECT name, last_seq, run FROM workflows WHERE id = ?1")
@@ -625,7 +636,9 @@ impl Apply for Db<'_> {
         req: &ClaimRequest,
     ) -> Result<Vec<ActivityTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, row) in self.claim(now, ACTIVITY_TASK, req, of)? {
+        for (lease, workflow_id, deliveries, row, ready_at) in
+            self.claim(now, ACTIVITY_TASK, req, of)?
+        {
             type Row = (i64, String, String, String, u32);
             let (activity, name, input, options, attempt): Row = self
                 .conn
@@ -649,6 +662,7 @@ impl Apply for Db<'_> {
                 name,
                 attempt,
                 deliveries,
+                ready_at,
                 claimed_at: now,
             });
         }

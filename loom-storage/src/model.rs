@@ -117,6 +117,10 @@ pub struct ActivityTask {
     pub attempt: u32,
     /// How many times this attempt has been handed out, this claim included.
     pub deliveries: u32,
+    /// Since when the attempt could be claimed, by the store's clock: when it was scheduled,
+    /// when its retry fell due, or when the last lease on it lapsed. Its schedule-to-start
+    /// latency is `claimed_at` minus this.
+    pub ready_at: Timestamp,
     /// The store's clock when the attempt was claimed.
     pub claimed_at: Timestamp,
 }

@@ -180,3 +180,33 @@ pub async fn an_expired_activity_lease_cannot_report(store: Store) {
     assert_eq!(again.attempt, 1);
     assert_eq!(again.deliveries, 2);
 }
+
+/// An attempt says since when it could be claimed, by the store's clock: from its scheduling
+/// commit while it waits, from its lapsed lease's end when it is taken again, and from the
+/// commit itself when that commit claims it eagerly.
+pub async fn an_attempt_says_since_when_it_was_ready(store: Store) {
+    with_scheduled_activity(&store, "wf-1").await;
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    let short = ClaimRequest::new("conformance", 1, SHORT_LEASE);
+    let first = store.claim_activity_tasks(&short).await.expect("claim");
+    let first = first.first().expect("the activity is ready");
+    let waited = first.claimed_at.as_millis() - first.ready_at.as_millis();
+    assert!(
+        (600..60_000).contains(&waited),
+        "it waited {waited} ms between its scheduling and its claim; expected about 700"
+    );
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    let again = claim_activity(&store).await;
+    assert_eq!(
+        again.ready_at, first.lease.expires_at,
+        "taken again, it was ready from when the last lease lapsed"
+    );
+    // Claimed by the commit that scheduled it: it never waited.
+    create(&store, "wf-2").await;
+    let task = claim_workflow(&store).await;
+    let mut c = completion(&task, vec![schedule("a", 1)]);
+    c.eager = Some(claim(1));
+    let eager = store.complete_workflow_task(c).await.expect("commit");
+    let eager = eager.first().expect("claimed eagerly");
+    assert_eq!(eager.ready_at, eager.claimed_at);
+}

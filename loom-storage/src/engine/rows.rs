@@ -555,6 +555,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
             let task = self.task_record(id)?;
+            let ready_at = task.visible_at.unwrap_or(now);
             let (lease, task) = self.lease(id, task, now, req)?;
             let Some(spec) = task.activity else {
                 continue;
@@ -568,6 +569,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
                 options: spec.options,
                 attempt: spec.attempt,
                 deliveries: task.deliveries,
+                ready_at,
                 claimed_at: now,
             });
         }
