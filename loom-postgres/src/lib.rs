@@ -57,9 +57,9 @@ use async_trait::async_trait;
 use loom_core::{Event, EventKind, LogRecord, Payload, Seq, WorkflowId};
 use loom_storage::engine::{self, Applied, Op, WriteSet};
 use loom_storage::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Purge, Release, Reset, Result, RunSummary, Stats, Storage, StorageError, TaskId,
-    Termination, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, Backlog, ClaimRequest, Lease,
+    ListQuery, Page, Pending, Purge, Release, Reset, Result, RunSummary, Stats, Storage,
+    StorageError, TaskId, Termination, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
@@ -377,6 +377,10 @@ impl Storage for PostgresStorage {
 
     async fn stats(&self) -> Result<Stats> {
         self.fetch_stats().await
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        self.fetch_backlog().await
     }
 
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {

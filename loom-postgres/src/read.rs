@@ -2,7 +2,7 @@
 
 use loom_core::{Event, LogLevel, LogRecord, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, RunSummary, Stats,
+    Backlog, ListQuery, Message, MessageId, Page, Pending, PendingTask, Result, RunSummary, Stats,
     StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use sqlx::postgres::PgRow;
@@ -301,6 +301,38 @@ impl PostgresStorage {
         stats.next_due_at = r.get::<Option<i64>, _>(8).map(Timestamp::from_millis);
         stats.at = Timestamp::from_millis(r.get(9));
         Ok(stats)
+    }
+
+    pub(crate) async fn fetch_backlog(&self) -> Result<Backlog> {
+        let rows = sqlx::query(
+            "WITH now AS (SELECT loom_now_ms() AS t)
+             SELECT k.kind, b.running, b.ready, b.oldest, now.t
+             FROM now CROSS JOIN (VALUES (0::smallint), (1::smallint)) k(kind)
+             LEFT JOIN LATERAL (
+                SELECT COUNT(*) FILTER (WHERE lease_expires_at > now.t) AS running,
+                       COUNT(*) FILTER (WHERE visible_at <= now.t
+                           AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)) AS ready,
+                       MIN(visible_at) FILTER (WHERE visible_at <= now.t
+                           AND (lease_expires_at IS NULL OR lease_expires_at <= now.t)) AS oldest
+                FROM tasks WHERE tasks.kind = k.kind
+             ) b ON true",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        let mut backlog = Backlog::default();
+        for r in rows {
+            let of = if r.get::<i16, _>(0) == 0 {
+                &mut backlog.workflow_tasks
+            } else {
+                &mut backlog.activity_tasks
+            };
+            of.running = r.get::<Option<i64>, _>(1).unwrap_or(0).unsigned_abs();
+            of.ready = r.get::<Option<i64>, _>(2).unwrap_or(0).unsigned_abs();
+            of.oldest_ready_at = r.get::<Option<i64>, _>(3).map(Timestamp::from_millis);
+            backlog.at = Timestamp::from_millis(r.get(4));
+        }
+        Ok(backlog)
     }
 
     pub(crate) async fn fetch_logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {

@@ -260,6 +260,10 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.stats().await
     }
+    async fn backlog(&self) -> loom_storage::Result<loom_storage::Backlog> {
+        self.sync().await?;
+        self.store.backlog().await
+    }
     async fn logs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<LogRecord>> {
         self.store.logs(id).await
     }

@@ -4,8 +4,8 @@
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::engine::rows::{TaskRecord, WorkflowRecord};
 use loom_storage::{
-    ListQuery, Message, Page, Pending, Read, Result, RunSummary, Stats, StorageError, TaskId,
-    WorkflowSummary,
+    Backlog, ListQuery, Message, Page, Pending, Read, Result, RunSummary, Stats, StorageError,
+    TaskId, WorkflowSummary,
 };
 use redb::{ReadableTable, ReadableTableMetadata};
 
@@ -128,6 +128,27 @@ impl Read for Tx<'_, redb::ReadTransaction> {
             }
         }
         Ok(Page::of_listing(items, q.limit))
+    }
+
+    fn backlog(&mut self, now: Timestamp) -> Result<Backlog> {
+        let mut backlog = Backlog {
+            at: now,
+            ..Backlog::default()
+        };
+        let tasks = self.tx.open_table(TASKS).map_err(|e| self.err(e))?;
+        for entry in tasks.iter().map_err(|e| self.err(e))? {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            let task: TaskRecord = self
+                .decode::<TaskRow>(value.value(), || "a task".to_owned())?
+                .into();
+            let kind = if task.is_activity() {
+                &mut backlog.activity_tasks
+            } else {
+                &mut backlog.workflow_tasks
+            };
+            kind.count(now, task.lease.map(|(_, until)| until), task.visible_at);
+        }
+        Ok(backlog)
     }
 
     fn stats(&mut self, now: Timestamp) -> Result<Stats> {

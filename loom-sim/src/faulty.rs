@@ -513,6 +513,11 @@ impl Storage for Faulty {
         let r = self.inner.stats().await;
         self.after("stats", false, r).await
     }
+    async fn backlog(&self) -> Result<loom_storage::Backlog> {
+        self.before("backlog").await?;
+        let r = self.inner.backlog().await;
+        self.after("backlog", false, r).await
+    }
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
         self.before("logs").await?;
         let r = self.inner.logs(id).await;

@@ -2,8 +2,8 @@
 
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, RunSummary, Stats,
-    StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
+    Backlog, ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, RunSummary,
+    Stats, StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
@@ -225,6 +225,48 @@ impl Read for Db<'_> {
             .map(|r| r.decode(self))
             .collect::<Result<Vec<_>>>()?;
         Ok(Page::of_listing(items, q.limit))
+    }
+
+    fn backlog(&mut self, now: Timestamp) -> Result<Backlog> {
+        let mut backlog = Backlog {
+            at: now,
+            ..Backlog::default()
+        };
+        let now = ms(now);
+        // One pass over the open tasks (the table holds no others).
+        let rows: Vec<(i64, i64, i64, Option<i64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT kind,
+                        SUM(lease_expires_at > ?1),
+                        SUM(visible_at <= ?1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)),
+                        MIN(CASE WHEN visible_at <= ?1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)
+                                 THEN visible_at END)
+                 FROM tasks GROUP BY kind",
+            )
+            .and_then(|mut s| {
+                s.query_map([now], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                        r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                        r.get(3)?,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        for (kind, running, ready, oldest) in rows {
+            let of = if kind == 0 {
+                &mut backlog.workflow_tasks
+            } else {
+                &mut backlog.activity_tasks
+            };
+            of.running = running.unsigned_abs();
+            of.ready = ready.unsigned_abs();
+            of.oldest_ready_at = oldest.map(Timestamp::from_millis);
+        }
+        Ok(backlog)
     }
 
     fn stats(&mut self, now: Timestamp) -> Result<Stats> {

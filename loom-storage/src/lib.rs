@@ -68,9 +68,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Result, StorageError};
 pub use memory::MemoryStorage;
 pub use model::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, Backlog, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Purge, Release, Reset, RunSummary, Stats, TagCmp, TagFilter, TaskId, Termination,
+    Purge, Release, Reset, RunSummary, Stats, TagCmp, TagFilter, TaskBacklog, TaskId, Termination,
     WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
@@ -169,6 +169,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Counts over the whole store.
     async fn stats(&self) -> Result<Stats>;
+
+    /// The tasks waiting and running, by kind, and the oldest ready one's age: cheap enough to
+    /// read at every metrics scrape, unlike [`stats`](Self::stats).
+    async fn backlog(&self) -> Result<Backlog>;
 
     /// The lines a workflow's code logged, in order.
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>>;

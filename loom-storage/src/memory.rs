@@ -19,7 +19,8 @@ use crate::engine::rows::{self, RowApply, Rows, TaskRecord, WorkflowRecord};
 use crate::engine::{self, Applied, WriteSet};
 use crate::error::{Result, StorageError};
 use crate::model::{
-    ListQuery, Message, MessageId, Page, Pending, RunSummary, Stats, TaskId, WorkflowSummary,
+    Backlog, ListQuery, Message, MessageId, Page, Pending, RunSummary, Stats, TaskId,
+    WorkflowSummary,
 };
 use crate::transact::{Read, ReadJob, Transact};
 
@@ -363,6 +364,22 @@ impl Read for State {
             }
         }
         Ok(stats)
+    }
+
+    fn backlog(&mut self, now: Timestamp) -> Result<Backlog> {
+        let mut backlog = Backlog {
+            at: now,
+            ..Backlog::default()
+        };
+        for task in self.tasks.values() {
+            let kind = if task.is_activity() {
+                &mut backlog.activity_tasks
+            } else {
+                &mut backlog.workflow_tasks
+            };
+            kind.count(now, task.lease.map(|(_, until)| until), task.visible_at);
+        }
+        Ok(backlog)
     }
 
     fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>> {

@@ -662,6 +662,47 @@ pub struct Stats {
     pub at: Timestamp,
 }
 
+/// The work waiting in the store, by kind of task: what metrics and health checks watch. It
+/// reads only the open tasks, never the workflows or their histories, so it stays cheap
+/// however many workflows the store keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backlog {
+    /// Workflow tasks.
+    pub workflow_tasks: TaskBacklog,
+    /// Activity tasks.
+    pub activity_tasks: TaskBacklog,
+    /// The store's clock when it counted.
+    pub at: Timestamp,
+}
+
+/// The backlog of one kind of task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskBacklog {
+    /// Tasks that can be claimed now.
+    pub ready: u64,
+    /// Tasks held under a live lease.
+    pub running: u64,
+    /// Since when the oldest ready task has been ready.
+    pub oldest_ready_at: Option<Timestamp>,
+}
+
+impl TaskBacklog {
+    /// Counts a task at store time `now`: leased until `lease`, claimable from `visible_at`.
+    pub fn count(
+        &mut self,
+        now: Timestamp,
+        lease: Option<Timestamp>,
+        visible_at: Option<Timestamp>,
+    ) {
+        if lease.is_some_and(|until| until > now) {
+            self.running += 1;
+        } else if let Some(v) = visible_at.filter(|v| *v <= now) {
+            self.ready += 1;
+            self.oldest_ready_at = Some(self.oldest_ready_at.map_or(v, |o| o.min(v)));
+        }
+    }
+}
+
 /// What one open workflow waits for in the store: its tasks and its messages.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pending {

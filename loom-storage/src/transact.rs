@@ -12,9 +12,9 @@ use crate::Storage;
 use crate::engine::{self, Applied, WriteSet};
 use crate::error::Result;
 use crate::model::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, ClaimRequest, Lease, ListQuery, Page,
-    Pending, Release, Reset, RunSummary, Stats, Termination, WorkflowSummary, WorkflowTask,
-    WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, Backlog, ClaimRequest, Lease,
+    ListQuery, Page, Pending, Release, Reset, RunSummary, Stats, Termination, WorkflowSummary,
+    WorkflowTask, WorkflowTaskCompletion,
 };
 
 /// The reads of a snapshot.
@@ -31,6 +31,8 @@ pub trait Read {
     fn list(&mut self, query: &ListQuery) -> Result<Page<WorkflowSummary>>;
     /// Counts at store time `now`.
     fn stats(&mut self, now: Timestamp) -> Result<Stats>;
+    /// The open tasks by kind at store time `now`.
+    fn backlog(&mut self, now: Timestamp) -> Result<Backlog>;
     /// A workflow's log lines, in order.
     fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>>;
     /// A workflow's tasks and messages.
@@ -171,6 +173,10 @@ impl<T: Transact> Storage for T {
 
     async fn stats(&self) -> Result<Stats> {
         self.read(Box::new(|r, now| r.stats(now))).await
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        self.read(Box::new(|r, now| r.backlog(now))).await
     }
 
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {

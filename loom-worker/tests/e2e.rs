@@ -1451,6 +1451,9 @@ impl Storage for StaleClaims {
     async fn stats(&self) -> loom_storage::Result<loom_storage::Stats> {
         self.inner.stats().await
     }
+    async fn backlog(&self) -> loom_storage::Result<loom_storage::Backlog> {
+        self.inner.backlog().await
+    }
     async fn logs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<loom_core::LogRecord>> {
         self.inner.logs(id).await
     }

@@ -1080,6 +1080,13 @@ impl Run {
             }
             Err(e) => self.line(format!("stats: {e}")),
         }
+        match self.store.backlog().await {
+            Ok(mut backlog) => {
+                backlog.at = START;
+                self.line(format!("backlog {backlog:?}"));
+            }
+            Err(e) => self.line(format!("backlog: {e}")),
+        }
     }
 }
 

@@ -298,6 +298,7 @@ macro_rules! for_each_conformance_case {
             list_is_newest_first_and_pages,
             list_filters,
             stats_count_what_is_there,
+            the_backlog_counts_open_tasks_by_kind,
             logs_are_kept_with_their_task,
             pending_shows_tasks_and_messages,
             a_child_is_started_with_its_parents_commit,

@@ -143,6 +143,51 @@ pub async fn stats_count_what_is_there(store: Store) {
     assert_eq!(stats.activity_tasks_ready, 0);
 }
 
+/// The backlog counts the open tasks by kind, ready and running, with the oldest ready one's
+/// time, and agrees with the stats.
+pub async fn the_backlog_counts_open_tasks_by_kind(store: Store) {
+    let empty = store.backlog().await.expect("backlog");
+    assert_eq!(empty.workflow_tasks, crate::TaskBacklog::default());
+    assert_eq!(empty.activity_tasks, crate::TaskBacklog::default());
+    create(&store, "wf-1").await;
+    create(&store, "wf-2").await;
+    let two = store.backlog().await.expect("backlog");
+    assert_eq!(
+        (two.workflow_tasks.ready, two.workflow_tasks.running),
+        (2, 0)
+    );
+    let oldest = two.workflow_tasks.oldest_ready_at.expect("an oldest");
+    assert!(oldest <= two.at, "ready at {oldest}, counted at {}", two.at);
+    assert_eq!(two.activity_tasks.oldest_ready_at, None);
+    let task = claim_workflow(&store).await;
+    let one = store.backlog().await.expect("backlog");
+    assert_eq!(
+        (one.workflow_tasks.ready, one.workflow_tasks.running),
+        (1, 1)
+    );
+    store
+        .complete_workflow_task(completion(&task, vec![schedule("a", 1)]))
+        .await
+        .expect("commit");
+    let b = store.backlog().await.expect("backlog");
+    assert_eq!((b.workflow_tasks.ready, b.workflow_tasks.running), (1, 0));
+    assert_eq!((b.activity_tasks.ready, b.activity_tasks.running), (1, 0));
+    assert!(b.activity_tasks.oldest_ready_at.is_some());
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.workflow_tasks_ready, b.workflow_tasks.ready);
+    assert_eq!(stats.activity_tasks_ready, b.activity_tasks.ready);
+    assert_eq!(
+        stats.oldest_ready_at,
+        [
+            b.workflow_tasks.oldest_ready_at,
+            b.activity_tasks.oldest_ready_at
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    );
+}
+
 /// Log lines committed with a task are kept in order; a NUL becomes U+FFFD on every backend.
 pub async fn logs_are_kept_with_their_task(store: Store) {
     create(&store, "wf-1").await;
