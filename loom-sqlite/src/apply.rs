@@ -17,6 +17,10 @@ use crate::db::{
     ACTIVITY_TASK, Db, WORKFLOW_TASK, encode, id_i64, level_str, ms, seq, seq_i64, task_i64,
 };
 
+/// A task claimed by `claim`: its lease, workflow, deliveries, row id, and since when
+/// it was ready.
+type Claim = (Lease, WorkflowId, u32, i64, Timestamp);
+
 impl Db<'_> {
     fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
         self.conn
@@ -64,7 +68,7 @@ impl Db<'_> {
         kind: i64,
         req: &ClaimRequest,
         of: Option<&WorkflowId>,
-    ) -> Result<Vec<(Lease, WorkflowId, u32, i64, Timestamp)>> {
+    ) -> Result<Vec<Claim>> {
         let expires = now.saturating_add(req.lease);
         let max = i64::try_from(req.max).unwrap_or(i64::MAX);
         let ids: Vec<(i64, i64)> = match of {
