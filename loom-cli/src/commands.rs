@@ -28,7 +28,12 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             exit_when_idle,
             pause_retry,
             bench,
+            metrics,
         } => {
+            let metrics = metrics
+                .map(|m| crate::observe::parse_addr(&m))
+                .transpose()
+                .map_err(Fail::usage)?;
             let mut registry = registry;
             if bench {
                 crate::bench::register(&mut registry)?;
@@ -41,6 +46,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 poll_interval,
                 pause_retry,
                 exit_when_idle,
+                metrics,
             };
             worker(store, registry, args, json).await
         }
@@ -1353,6 +1359,8 @@ struct WorkerArgs {
     poll_interval: f64,
     pause_retry: Duration,
     exit_when_idle: bool,
+    /// Where to serve metrics and health checks, if anywhere.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// The registered types, for the worker's start-up line: each workflow type with its
@@ -1389,6 +1397,7 @@ async fn worker(
         poll_interval,
         pause_retry,
         exit_when_idle,
+        metrics: metrics_addr,
     } = args;
     if !(poll_interval.is_finite() && poll_interval > 0.0) {
         return Err(Fail::usage(
@@ -1407,13 +1416,23 @@ async fn worker(
             .with_ansi(terminal)
             .try_init();
     }
+    let telemetry = metrics_addr.map(|_| Arc::new(loom_worker::Telemetry::new()));
     let config = WorkerConfig {
         workflow_concurrency: workers.max(1),
         activity_concurrency: workers.max(1) * 4,
         poll_interval: Duration::from_secs_f64(poll_interval),
         pause_retry,
+        telemetry: telemetry.clone(),
         ..WorkerConfig::default()
     };
+    if let (Some(addr), Some(telemetry)) = (metrics_addr, telemetry) {
+        let bound = crate::observe::serve(addr, telemetry, store.clone())
+            .await
+            .map_err(|e| Fail::usage(format!("--metrics {addr}: cannot listen there: {e}")))?;
+        if !json {
+            eprintln!("Metrics on http://{bound}/metrics; health on /livez and /readyz.");
+        }
+    }
     if !json {
         eprintln!(
             "Worker on {db}: {}; {} workflow task slots, {} activity slots; polling every {}, a paused workflow retried after {}.",

@@ -27,6 +27,7 @@ mod bench;
 mod commands;
 mod db;
 pub mod examples;
+mod observe;
 mod render;
 mod replay;
 
@@ -192,6 +193,10 @@ pub(crate) enum Command {
         /// Also run `loom bench`'s workflow (for `loom bench --processes`).
         #[arg(long, hide = true)]
         bench: bool,
+        /// Serve Prometheus metrics (`/metrics`) and health checks (`/livez`, `/readyz`) over
+        /// HTTP at ADDR: a PORT (on 127.0.0.1), or HOST:PORT to listen elsewhere.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Start a workflow and print its id.
     Start {

@@ -551,6 +551,20 @@ impl WorkflowMachine {
         &self.id
     }
 
+    /// The workflow type's name.
+    pub fn workflow_type(&self) -> &'static str {
+        self.def.name()
+    }
+
+    /// When the run started: its `WorkflowStarted` event's time.
+    pub fn started_at(&self) -> Timestamp {
+        self.shared
+            .lock()
+            .history
+            .first()
+            .map_or(Timestamp::from_millis(0), |e| e.at)
+    }
+
     /// Which run of the workflow the history is.
     pub fn run(&self) -> u32 {
         self.shared.lock().run

@@ -68,7 +68,8 @@ impl PostgresStorage {
                 RETURNING t.id, t.workflow_id, t.lease_token, t.lease_expires_at, t.deliveries
              )
              SELECT c.id, c.workflow_id, c.lease_token, c.lease_expires_at, c.deliveries,
-                 w.name, w.last_seq, m.ids, m.ats, m.kinds, (SELECT ms FROM now), w.run
+                 w.name, w.last_seq, m.ids, m.ats, m.kinds, (SELECT ms FROM now), w.run,
+                 p.visible_at
              FROM claimed c
              JOIN picked p ON p.id = c.id
              JOIN workflows w ON w.id = c.workflow_id
@@ -108,6 +109,7 @@ impl PostgresStorage {
                 messages: due,
                 deliveries: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),
                 workflow_id: WorkflowId::new(workflow_id),
+                ready_at: Timestamp::from_millis(row.get(12)),
                 claimed_at: Timestamp::from_millis(row.get(10)),
             });
         }

@@ -39,7 +39,8 @@
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
 --   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt,
 --              ready_at]],
---    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run]],
+--    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run,
+--              ready_at]],
 --    "decided": bool (whether the conditions of the first "if" applied held),
 --    "purged": [workflow ids]}
 -- and r_now, the database's clock for the item.
@@ -529,20 +530,25 @@ BEGIN
                 COALESCE(answer->'acts', '[]'::jsonb) || COALESCE(claimed, '[]'::jsonb));
 
         WHEN 'claim_w' THEN
-            WITH c AS (
-                UPDATE tasks SET lease_token = lease_token + 1,
+            WITH p AS (
+                SELECT id, visible_at FROM tasks
+                WHERE kind = 0 AND workflow_id = wf AND visible_at <= now_ms
+                FOR UPDATE
+            ), c AS (
+                UPDATE tasks t SET lease_token = t.lease_token + 1,
                     lease_expires_at = now_ms + (s->>'lease_ms')::bigint,
                     visible_at = now_ms + (s->>'lease_ms')::bigint,
-                    lease_owner = s->>'owner', deliveries = deliveries + 1
-                WHERE kind = 0 AND workflow_id = wf AND visible_at <= now_ms
-                RETURNING id, lease_token, lease_expires_at, deliveries
+                    lease_owner = s->>'owner', deliveries = t.deliveries + 1
+                FROM p WHERE t.id = p.id
+                RETURNING t.id, t.lease_token, t.lease_expires_at, t.deliveries,
+                    p.visible_at AS ready_at
             )
             SELECT jsonb_build_array(c.id, c.lease_token, c.lease_expires_at, c.deliveries,
                        wf, w.name, w.last_seq,
                        (SELECT COALESCE(jsonb_agg(jsonb_build_array(m.id, m.visible_at, m.kind)
                                                   ORDER BY m.visible_at, m.id), '[]'::jsonb)
                         FROM messages m WHERE m.workflow_id = wf AND m.visible_at <= now_ms),
-                       w.run)
+                       w.run, c.ready_at)
             INTO claimed
             FROM c JOIN workflows w ON w.id = wf;
             IF claimed IS NOT NULL THEN

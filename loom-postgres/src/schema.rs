@@ -146,7 +146,7 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         "CREATE INDEX tags_by_num ON tags (key, num) WHERE num IS NOT NULL;\n",
         include_str!("functions.sql")
     ),
-    // 11: an eager claim of activities answers since when each was ready (`claim_a`).
+    // 11: an eager claim answers since when each task was ready (`claim_a`, `claim_w`).
     include_str!("functions.sql"),
 ];
 

@@ -584,8 +584,9 @@ fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
         i64,
         Vec<(i64, i64, String)>,
         u32,
+        i64,
     );
-    let (task, token, expires, deliveries, workflow_id, name, last, messages, run): Row =
+    let (task, token, expires, deliveries, workflow_id, name, last, messages, run, ready_at): Row =
         serde_json::from_value(row.clone())
             .map_err(|e| protocol(format!("an eager claim of a workflow task: {e}")))?;
     let messages = messages
@@ -610,6 +611,7 @@ fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
         last_seq: Seq::new(last.max(0).unsigned_abs()),
         messages,
         deliveries: u32::try_from(deliveries).unwrap_or(0),
+        ready_at: Timestamp::from_millis(ready_at),
         claimed_at: now,
     })
 }

@@ -608,7 +608,9 @@ impl Apply for Db<'_> {
         req: &ClaimRequest,
     ) -> Result<Vec<WorkflowTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, _, _) in self.claim(now, WORKFLOW_TASK, req, of)? {
+        for (lease, workflow_id, deliveries, _, ready_at) in
+            self.claim(now, WORKFLOW_TASK, req, of)?
+        {
             let (name, last, run): (String, i64, u32) = self
                 .conn
                 .prepare_cached("SELECT name, last_seq, run FROM workflows WHERE id = ?1")
@@ -627,6 +629,7 @@ impl Apply for Db<'_> {
                 last_seq: seq(last),
                 messages,
                 deliveries,
+                ready_at,
                 claimed_at: now,
             });
         }

@@ -92,6 +92,10 @@ pub struct WorkflowTask {
     /// How many times this task has been handed out without being completed or released,
     /// this claim included. A task that keeps crashing its worker shows a rising count.
     pub deliveries: u32,
+    /// Since when the task could be claimed, by the store's clock: when the workflow was
+    /// created or a message for it fell due, or when the last lease on it lapsed. Its
+    /// schedule-to-start latency is `claimed_at` minus this.
+    pub ready_at: Timestamp,
     /// The store's clock when the task was claimed: the time of the workflow task, stamped on
     /// its events and returned by `ctx.now()`, so that a worker whose own clock is off changes
     /// nothing in the history.

@@ -53,9 +53,11 @@
 //! ```
 
 mod client;
+pub mod telemetry;
 mod worker;
 
 pub use client::{Client, ClientError, ResetDone, ResetTo, StartOptions, WorkflowHandle};
+pub use telemetry::Telemetry;
 pub use worker::{
     Limits, MetricsSnapshot, Retention, Worker, WorkerConfig, WorkerError, WorkerMetrics,
     shutdown_signal,

@@ -181,6 +181,43 @@ pub async fn an_expired_activity_lease_cannot_report(store: Store) {
     assert_eq!(again.deliveries, 2);
 }
 
+/// A workflow task says since when it could be claimed, by the store's clock: from the
+/// workflow's creation while it waits, from its lapsed lease's end when it is taken again, and
+/// from the commit that woke it when that commit claims it eagerly.
+pub async fn a_workflow_task_says_since_when_it_was_ready(store: Store) {
+    create(&store, "wf-1").await;
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    let short = ClaimRequest::new("conformance", 1, SHORT_LEASE);
+    let first = store.claim_workflow_tasks(&short).await.expect("claim");
+    let first = first.first().expect("the workflow task is ready");
+    let waited = first.claimed_at.as_millis() - first.ready_at.as_millis();
+    assert!(
+        (600..60_000).contains(&waited),
+        "it waited {waited} ms between the workflow's creation and its claim; expected about 700"
+    );
+    tokio::time::sleep(PAST_SHORT_LEASE).await;
+    let again = claim_workflow(&store).await;
+    assert_eq!(
+        again.ready_at, first.lease.expires_at,
+        "taken again, it was ready from when the last lease lapsed"
+    );
+    store
+        .complete_workflow_task(completion(&again, vec![schedule("a", 1)]))
+        .await
+        .expect("commit");
+    let activity = claim_activity(&store).await;
+    let mut done = completed(&activity, 1);
+    done.then = AfterActivity::ClaimWorkflowTask(claim(1));
+    let woken = store.complete_activity_task(done).await.expect("report");
+    let crate::ActivityCommitted::WorkflowTask(woken) = woken else {
+        panic!("the woken workflow task was not claimed: {woken:?}");
+    };
+    assert_eq!(
+        woken.ready_at, woken.claimed_at,
+        "woken and claimed in one commit"
+    );
+}
+
 /// An attempt says since when it could be claimed, by the store's clock: from its scheduling
 /// commit while it waits, from its lapsed lease's end when it is taken again, and from the
 /// commit itself when that commit claims it eagerly.

@@ -275,6 +275,7 @@ macro_rules! for_each_conformance_case {
             release_is_timed_by_the_store,
             scheduled_activities_become_tasks,
             an_attempt_says_since_when_it_was_ready,
+            a_workflow_task_says_since_when_it_was_ready,
             an_activity_result_wakes_the_workflow,
             a_failed_attempt_schedules_the_next,
             an_activity_result_must_match_its_task,

@@ -519,6 +519,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
             let task = self.task_record(id)?;
+            let ready_at = task.visible_at.unwrap_or(now);
             let (lease, task) = self.lease(id, task, now, req)?;
             let wf = self.workflow_record(&task.workflow)?;
             let mut messages: Vec<Message> = self
@@ -536,6 +537,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
                 last_seq: wf.summary.last_seq,
                 messages,
                 deliveries: task.deliveries,
+                ready_at,
                 claimed_at: now,
             });
         }

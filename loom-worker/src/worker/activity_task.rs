@@ -12,6 +12,14 @@ impl Shared {
     ) -> Option<Next> {
         let store_time = StoreTime::new(task.claimed_at, self.clock.now());
         let policy = task.options.retry.clone();
+        let started = std::time::Instant::now();
+        let activity_type = self.registry.activity(&task.name).map(|a| a.name());
+        if let (Some(t), Some(name)) = (self.telemetry(), activity_type) {
+            t.activity_started(
+                name,
+                task.claimed_at.saturating_duration_since(task.ready_at),
+            );
+        }
         let outcome = if task.deliveries > self.config.max_deliveries {
             Err(Some(Failure::new(
                 "worker_lost",
@@ -77,6 +85,20 @@ impl Shared {
             }
         };
         let retry_after = retry_after_set;
+        if let (Some(t), Some(name)) = (self.telemetry(), activity_type) {
+            let outcome = match &result {
+                EventKind::ActivityCompleted { .. } => AttemptOutcome::completed,
+                EventKind::ActivityTimedOut { .. } => AttemptOutcome::timed_out,
+                _ if retry_after.is_some() => AttemptOutcome::retried,
+                EventKind::ActivityFailed { failure, .. }
+                    if failure.non_retryable || policy.non_retryable.contains(&failure.kind) =>
+                {
+                    AttemptOutcome::non_retryable
+                }
+                _ => AttemptOutcome::failed,
+            };
+            t.activity_ended(name, outcome, started.elapsed());
+        }
         // With a free workflow slot, the commit also takes the workflow task the result wakes:
         // decided here from the cached machine if it is at hand, or claimed to run next.
         let workflow_slot = self.eager_slot(&self.workflow_slots);
@@ -122,6 +144,7 @@ impl Shared {
                 self.decision_committed(
                     workflow_id,
                     ahead.machine,
+                    store_time.now(self.clock.as_ref()),
                     ahead.scheduled,
                     claimed,
                     ahead.activity_slot,
@@ -140,6 +163,9 @@ impl Shared {
             }
             Err(StorageError::LeaseLost(_)) => {
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = self.telemetry() {
+                    t.commit_refused(Refusal::lease_lost);
+                }
                 debug!("activity result refused: the lease was lost or the workflow ended");
                 None
             }

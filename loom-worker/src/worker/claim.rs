@@ -57,6 +57,12 @@ impl Shared {
                 },
             };
             let req = self.claim_request(1 + slots.available_permits());
+            if let Some(t) = self.telemetry() {
+                t.claimed(match kind {
+                    Kind::Workflow => crate::telemetry::TaskKind::workflow,
+                    Kind::Activity => crate::telemetry::TaskKind::activity,
+                });
+            }
             let claimed = match kind {
                 Kind::Workflow => self
                     .storage
@@ -208,6 +214,12 @@ impl Shared {
                 Some(permit) => {
                     self.track(task.lease());
                     self.metrics.eager_tasks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = self.telemetry() {
+                        t.eager(match task {
+                            Claimed::Workflow(_) => crate::telemetry::TaskKind::workflow,
+                            Claimed::Activity(_) => crate::telemetry::TaskKind::activity,
+                        });
+                    }
                     next = Some(Next(task, permit));
                 }
                 None => {

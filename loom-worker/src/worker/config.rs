@@ -141,6 +141,9 @@ pub struct WorkerConfig {
     /// retry jitter), for deterministic simulation; `None` (the default) draws from the
     /// operating system.
     pub random_seed: Option<u64>,
+    /// Where the worker records its metrics; `None` (the default) records none. Several
+    /// workers may share one.
+    pub telemetry: Option<Arc<crate::Telemetry>>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -158,6 +161,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("limits", &self.limits)
             .field("retention", &self.retention)
             .field("random_seed", &self.random_seed)
+            .field("telemetry", &self.telemetry.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +186,7 @@ impl Default for WorkerConfig {
             limits: Limits::default(),
             retention: None,
             random_seed: None,
+            telemetry: None,
         }
     }
 }

@@ -45,11 +45,17 @@ impl Shared {
                 tokio::time::sleep(self.config.lease / 3).await;
                 match self.storage.renew_lease(&current, self.config.lease).await {
                     Ok(renewed) => {
+                        if let Some(t) = self.telemetry() {
+                            t.lease_renewed();
+                        }
                         current = renewed;
                         self.leases_guard().insert(renewed.task, renewed);
                     }
                     Err(StorageError::LeaseLost(_)) => {
                         self.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
+                        if let Some(t) = self.telemetry() {
+                            t.lease_lost();
+                        }
                         warn!(task = %lease.task, "lease lost while the task ran; abandoning it");
                         return;
                     }

@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client::Client;
+use crate::telemetry::{AttemptOutcome, PauseReason, Refusal, RunOutcome};
 
 pub use config::{Limits, Retention, WorkerConfig};
 pub use metrics::{MetricsSnapshot, WorkerMetrics};
@@ -102,6 +103,14 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let cache = NonZeroUsize::new(config.cache_capacity).map(LruCache::new);
+        // With telemetry, every store call is timed on its way through.
+        let storage: Arc<dyn Storage> = match &config.telemetry {
+            Some(t) => Arc::new(crate::telemetry::Instrumented {
+                inner: storage,
+                telemetry: t.clone(),
+            }),
+            None => storage,
+        };
         Worker {
             shared: Arc::new(Shared {
                 workflow_slots: Arc::new(Semaphore::new(config.workflow_concurrency.max(1))),
@@ -244,6 +253,11 @@ pub async fn shutdown_signal() {
 }
 
 impl Shared {
+    /// Where metrics go, if anywhere.
+    pub(super) fn telemetry(&self) -> Option<&crate::Telemetry> {
+        self.config.telemetry.as_deref()
+    }
+
     /// A random 64-bit number: from the seeded generator if there is one.
     pub(super) fn random_u64(&self) -> u64 {
         match &self.rng {

@@ -3,10 +3,13 @@
 use super::*;
 
 impl Shared {
-    pub(super) async fn release_paused(&self, lease: Lease, reason: String) {
+    pub(super) async fn release_paused(&self, lease: Lease, why: PauseReason, reason: String) {
         self.metrics
             .workflow_tasks_paused
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = self.telemetry() {
+            t.paused(why);
+        }
         let release = Release {
             after: self.config.pause_retry,
             pause: Some(reason),
@@ -53,8 +56,18 @@ impl Shared {
             next_run: None,
             eager: None,
         };
+        let outcome = match &completion.events[0].kind {
+            EventKind::WorkflowTimedOut { .. } => RunOutcome::timed_out,
+            _ => RunOutcome::terminated,
+        };
         match self.storage.complete_workflow_task(completion).await {
             Ok(_) => {
+                if let (Some(t), Some(def)) = (
+                    self.telemetry(),
+                    self.registry.workflow(&task.workflow_name),
+                ) {
+                    t.run_ended(def.name(), outcome, Duration::ZERO);
+                }
                 debug!(workflow = %id, "ended without its code");
                 self.finished.notify_waiters();
             }
@@ -82,7 +95,8 @@ impl Shared {
                 task.deliveries
             );
             warn!(%reason, "pausing workflow");
-            self.release_paused(task.lease, reason).await;
+            self.release_paused(task.lease, PauseReason::stalled, reason)
+                .await;
             return None;
         }
         let end = task.messages.iter().find_map(|m| match &m.kind {
@@ -107,14 +121,26 @@ impl Shared {
                 known.join(", ")
             );
             warn!(%reason, "pausing workflow");
-            self.release_paused(task.lease, reason).await;
+            self.release_paused(task.lease, PauseReason::unknown_type, reason)
+                .await;
             return None;
+        }
+        let started = std::time::Instant::now();
+        if let (Some(t), Some(def)) = (
+            self.telemetry(),
+            self.registry.workflow(&task.workflow_name),
+        ) {
+            let waited = task.claimed_at.saturating_duration_since(task.ready_at);
+            t.workflow_task_started(def.name(), waited);
         }
         let cached = self.cache_guard().as_mut().and_then(|c| c.pop(&id));
         let current = |m: &WorkflowMachine| m.last_seq() == task.last_seq && m.run() == task.run;
         let mut machine = match cached.filter(current) {
             Some(m) => {
                 self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = self.telemetry() {
+                    t.cache_hit();
+                }
                 m
             }
             None => {
@@ -127,6 +153,9 @@ impl Shared {
                         return None;
                     }
                 };
+                if let Some(t) = self.telemetry() {
+                    t.cache_miss(history.len());
+                }
                 if history.last().map(|e| e.seq) != Some(task.last_seq) {
                     // The claim and the history disagree (a store that is not read-your-writes
                     // across connections, or a fault): deciding now could consume a message
@@ -166,7 +195,8 @@ impl Shared {
                     Ok(m) => m,
                     Err(e) => {
                         warn!(error = %e, "the history cannot be replayed; pausing workflow");
-                        self.release_paused(task.lease, e.to_string()).await;
+                        self.release_paused(task.lease, PauseReason::of(&e), e.to_string())
+                            .await;
                         return None;
                     }
                 }
@@ -182,7 +212,8 @@ impl Shared {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "the workflow task cannot be decided; pausing workflow");
-                self.release_paused(task.lease, e.to_string()).await;
+                self.release_paused(task.lease, PauseReason::of(&e), e.to_string())
+                    .await;
                 return None;
             }
         };
@@ -209,7 +240,7 @@ impl Shared {
                 .err()
         }) {
             warn!(error = %e, "the workflow task records a payload over the limit; pausing workflow");
-            self.release_paused(task.lease, e).await;
+            self.release_paused(task.lease, PauseReason::limit, e).await;
             return None;
         }
         if machine.last_seq().get() > limits.history_warning_events {
@@ -261,13 +292,26 @@ impl Shared {
         match committed {
             Ok(claimed) => {
                 debug!(eager = claimed.len(), "workflow task committed");
-                self.decision_committed(id, machine, scheduled, claimed, slot)
+                if let Some(t) = self.telemetry() {
+                    t.workflow_task_committed(
+                        machine.workflow_type(),
+                        started.elapsed(),
+                        task.last_seq == Seq::FIRST,
+                    );
+                }
+                self.decision_committed(id, machine, task.claimed_at, scheduled, claimed, slot)
                     .await
             }
             Err(e @ (StorageError::LeaseLost(_) | StorageError::Conflict { .. })) => {
                 // Another worker owns the workflow now; our decision is void and our machine
                 // stale. Nothing was written.
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = self.telemetry() {
+                    t.commit_refused(match e {
+                        StorageError::LeaseLost(_) => Refusal::lease_lost,
+                        _ => Refusal::conflict,
+                    });
+                }
                 debug!(error = %e, "workflow task commit refused");
                 None
             }
@@ -285,6 +329,7 @@ impl Shared {
         &self,
         id: WorkflowId,
         machine: WorkflowMachine,
+        at: Timestamp,
         scheduled: usize,
         claimed: Vec<ActivityTask>,
         slot: Option<OwnedSemaphorePermit>,
@@ -292,6 +337,17 @@ impl Shared {
         self.metrics.workflow_tasks.fetch_add(1, Ordering::Relaxed);
         if scheduled > claimed.len() {
             self.activity_work.notify_one();
+        }
+        if let Some(t) = self.telemetry() {
+            let outcome = if machine.next_run().is_some() {
+                Some(RunOutcome::continued_as_new)
+            } else {
+                machine.outcome().map(|o| RunOutcome::of(&o))
+            };
+            if let Some(outcome) = outcome {
+                let ran = at.saturating_duration_since(machine.started_at());
+                t.run_ended(machine.workflow_type(), outcome, ran);
+            }
         }
         if machine.next_run().is_some() {
             // The next run starts from its own history; this machine is of no more use.
@@ -301,8 +357,12 @@ impl Shared {
                 .workflows_finished
                 .fetch_add(1, Ordering::Relaxed);
             self.finished.notify_waiters();
-        } else if let Some(cache) = self.cache_guard().as_mut() {
-            cache.put(id, machine);
+        } else if let Some(cache) = self.cache_guard().as_mut()
+            && let Some((evicted, _)) = cache.push(id.clone(), machine)
+            && evicted != id
+            && let Some(t) = self.telemetry()
+        {
+            t.cache_eviction();
         }
         self.take_eager(claimed.into_iter().map(Claimed::Activity), slot)
             .await

@@ -1,0 +1,148 @@
+//! The worker's HTTP endpoint for operators: Prometheus metrics and health checks.
+//!
+//! `loom worker --metrics ADDR` serves, on loopback unless told otherwise:
+//! - `GET /metrics`: every metric the worker records (see `loom_worker::telemetry`), in
+//!   Prometheus' text format, with the store's backlog read at most once per
+//!   [`BACKLOG_EVERY`] however often it is scraped;
+//! - `GET /livez`: 200 while the process serves (liveness);
+//! - `GET /readyz`: 200 when the store answers a backlog read within [`READY_WITHIN`], 503
+//!   with the reason otherwise (readiness). The schema was checked, and migrated if it was
+//!   older, when the worker opened the store.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use loom_storage::Storage;
+use loom_worker::Telemetry;
+
+/// The least time between two reads of the store's backlog for metrics.
+pub(crate) const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the store has to answer a readiness check.
+pub(crate) const READY_WITHIN: Duration = Duration::from_secs(2);
+
+struct Observed {
+    telemetry: Arc<Telemetry>,
+    store: Arc<dyn Storage>,
+    last_backlog: Mutex<Option<Instant>>,
+}
+
+/// Parses `--metrics`: `PORT` (on loopback), `HOST:PORT` or `[V6]:PORT`.
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let s = s
+        .strip_prefix("localhost:")
+        .map_or_else(|| s.to_owned(), |port| format!("127.0.0.1:{port}"));
+    s.parse().map_err(|_| {
+        format!("--metrics takes PORT, HOST:PORT or [IPV6]:PORT with HOST an IP address, not {s:?}")
+    })
+}
+
+/// Binds `addr` and serves the endpoint in the background; answers the address bound (the
+/// port chosen when `addr`'s is 0).
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    telemetry: Arc<Telemetry>,
+    store: Arc<dyn Storage>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let state = Arc::new(Observed {
+        telemetry,
+        store,
+        last_backlog: Mutex::new(None),
+    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "live\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(s): State<Arc<Observed>>) -> Response {
+    let due = {
+        let mut last = s
+            .last_backlog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    if due {
+        let backlog = tokio::time::timeout(READY_WITHIN, s.store.backlog()).await;
+        match backlog {
+            Ok(answer) => s.telemetry.set_backlog(answer.as_ref()),
+            Err(_) => s
+                .telemetry
+                .set_backlog(Err(&loom_storage::StorageError::Unavailable {
+                    message: "the backlog read timed out".into(),
+                    source: None,
+                })),
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, Telemetry::CONTENT_TYPE)],
+        s.telemetry.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<Arc<Observed>>) -> Response {
+    match tokio::time::timeout(READY_WITHIN, s.store.backlog()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store answered: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the store did not answer within {} s\n",
+                READY_WITHIN.as_secs()
+            ),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addr;
+
+    #[test]
+    fn a_bare_port_is_on_loopback() {
+        assert_eq!(parse_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            parse_addr("localhost:9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!(parse_addr("[::1]:9464").unwrap().to_string(), "[::1]:9464");
+    }
+
+    #[test]
+    fn bad_addresses_say_what_is_wanted() {
+        for bad in ["", "host", "example.com:80", "1.2.3.4:99999", "-1"] {
+            let e = parse_addr(bad).unwrap_err();
+            assert!(e.contains("--metrics takes"), "{bad}: {e}");
+        }
+    }
+}
