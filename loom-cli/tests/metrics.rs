@@ -236,3 +236,33 @@ fn bad_metrics_addresses_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot listen there"), "{stderr}");
 }
+
+/// The shipped alert rules load (`promtool check rules`) and their unit tests pass
+/// (`promtool test rules`): each alert fires on the synthetic series meant to fire it and
+/// stays quiet on the others.
+#[test]
+fn the_alert_rules_pass_their_unit_tests() {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        ["check", "rules", "loom-rules.yml"],
+        ["test", "rules", "loom-rules.test.yml"],
+    ] {
+        let out = match Command::new("promtool").args(args).current_dir(&rules).output() {
+            Ok(out) => out,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "promtool is needed under CI: {e}"
+                );
+                eprintln!("SKIPPED: promtool {args:?}: promtool is not installed ({e})");
+                return;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
