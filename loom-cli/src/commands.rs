@@ -1316,14 +1316,16 @@ async fn inspect(
 
 async fn stats(store: Arc<dyn Storage>, json: bool) -> Result<ExitCode, Fail> {
     let s = store.stats().await.map_err(Fail::from_storage)?;
-    let now = SystemClock.now();
-    let oldest_ready_age = s.oldest_ready_at.map(|t| now.saturating_duration_since(t));
+    let oldest_ready_age = s.oldest_ready_at.map(|t| s.at.saturating_duration_since(t));
+    let (health, reason) = crate::observe::verdict(&s);
     if json {
         let mut doc = serde_json::to_value(&s).map_err(|e| Fail::failed(e.to_string()))?;
         doc["oldest_ready_age_ms"] = json!(oldest_ready_age.map(|d| d.as_millis() as u64));
+        doc["verdict"] = json!({ "health": health, "reason": reason });
         render::json(&doc)?;
         return Ok(ExitCode::SUCCESS);
     }
+    println!("{health}: {reason}");
     let mut t = render::table(&["WORKFLOWS", "COUNT"]);
     for status in WorkflowStatus::ALL {
         t.add_row(vec![

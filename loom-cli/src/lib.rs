@@ -101,6 +101,7 @@ pub fn run(registry: Registry) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    quiet_on_closed_stdout();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,6 +119,26 @@ pub fn run(registry: Registry) -> ExitCode {
             ExitCode::from(fail.code)
         }
     }
+}
+
+/// Makes a closed stdout (`loom list | head`) end the program quietly, as it ends `cat`:
+/// `println!` panics when the reader has gone, and that panic is not a bug to report. Every
+/// other panic goes to the default hook.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            // 128 + SIGPIPE, what a shell reports for a program its pipe's reader outlived.
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Loom: durable workflows. Start them, run them, inspect them.

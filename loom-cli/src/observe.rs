@@ -123,9 +123,142 @@ async fn ready(State(s): State<Arc<Observed>>) -> Response {
     }
 }
 
+/// How the store's work looks, for `loom stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Health {
+    /// Nothing ready has waited long, and no workflow is paused.
+    Healthy,
+    /// Ready tasks wait longer than [`BEHIND`]: the workers are too few or too slow, or none
+    /// runs yet.
+    Behind,
+    /// Ready tasks have waited [`STUCK`] with none running, or workflows are paused: nothing
+    /// moves them until someone acts.
+    Stuck,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Behind => "behind",
+            Health::Stuck => "stuck",
+        })
+    }
+}
+
+/// A ready task older than this means the workers are behind.
+pub(crate) const BEHIND: Duration = Duration::from_secs(30);
+
+/// A ready task older than this, with nothing running, means no worker is working.
+pub(crate) const STUCK: Duration = Duration::from_secs(300);
+
+/// The verdict on the store's counts, and its reason in a sentence.
+pub(crate) fn verdict(s: &loom_storage::Stats) -> (Health, String) {
+    let paused = s
+        .workflows
+        .get(&loom_storage::WorkflowStatus::Paused)
+        .copied()
+        .unwrap_or(0);
+    if paused > 0 {
+        return (
+            Health::Stuck,
+            format!(
+                "{paused} workflow{} paused: {} until someone acts (`loom list --status paused`, then `loom resume ID`)",
+                if paused == 1 { " is" } else { "s are" },
+                if paused == 1 { "it waits" } else { "they wait" },
+            ),
+        );
+    }
+    let ready = s.workflow_tasks_ready + s.activity_tasks_ready;
+    let running = s.workflow_tasks_running + s.activity_tasks_running;
+    let age = s
+        .oldest_ready_at
+        .map(|t| s.at.saturating_duration_since(t))
+        .filter(|_| ready > 0);
+    let waited = |age: Duration| humantime::format_duration(Duration::from_secs(age.as_secs()));
+    match age {
+        None => (Health::Healthy, "no task waits to be claimed".into()),
+        Some(age) if age < BEHIND => (
+            Health::Healthy,
+            format!("{ready} ready, the oldest for {}", waited(age)),
+        ),
+        Some(age) if running == 0 && age >= STUCK => (
+            Health::Stuck,
+            format!(
+                "{ready} ready, the oldest for {}, and none running: is a worker running? (`loom worker`)",
+                waited(age)
+            ),
+        ),
+        Some(age) if running == 0 => (
+            Health::Behind,
+            format!(
+                "{ready} ready, the oldest for {}, and none running: no worker has claimed them yet",
+                waited(age)
+            ),
+        ),
+        Some(age) => (
+            Health::Behind,
+            format!(
+                "{ready} ready, the oldest for {}, with {running} running: more workers or `--workers` would catch up",
+                waited(age)
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_addr;
+    use std::time::Duration;
+
+    use loom_core::Timestamp;
+    use loom_storage::{Stats, WorkflowStatus};
+
+    use super::{Health, parse_addr, verdict};
+
+    fn stats(ready: u64, running: u64, waited: Duration) -> Stats {
+        let at = Timestamp::from_millis(1_800_000_000_000);
+        Stats {
+            activity_tasks_ready: ready,
+            activity_tasks_running: running,
+            oldest_ready_at: (ready > 0)
+                .then(|| Timestamp::from_millis(at.as_millis() - waited.as_millis() as i64)),
+            at,
+            ..Stats::default()
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_the_oldest_ready_task_and_what_runs() {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        let cases = [
+            (stats(0, 0, min(0)), Health::Healthy, "no task waits"),
+            (stats(0, 9, min(0)), Health::Healthy, "no task waits"),
+            (
+                stats(3, 1, Duration::from_secs(5)),
+                Health::Healthy,
+                "the oldest for 5s",
+            ),
+            (stats(3, 2, min(2)), Health::Behind, "with 2 running"),
+            (stats(3, 0, min(2)), Health::Behind, "none running"),
+            (stats(3, 0, min(6)), Health::Stuck, "is a worker running?"),
+            (stats(3, 4, min(60)), Health::Behind, "with 4 running"),
+        ];
+        for (s, health, reason) in cases {
+            let (h, r) = verdict(&s);
+            assert_eq!(h, health, "{s:?}: {r}");
+            assert!(r.contains(reason), "{s:?}: {r}");
+        }
+    }
+
+    #[test]
+    fn paused_workflows_are_stuck() {
+        let mut s = stats(0, 0, Duration::ZERO);
+        s.workflows.insert(WorkflowStatus::Paused, 2);
+        let (h, r) = verdict(&s);
+        assert_eq!(h, Health::Stuck);
+        assert!(r.starts_with("2 workflows are paused"), "{r}");
+    }
 
     #[test]
     fn a_bare_port_is_on_loopback() {

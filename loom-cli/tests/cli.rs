@@ -1793,3 +1793,25 @@ fn a_binary_of_another_name_says_its_own_name() {
         .code(2)
         .stderr(predicate::str::starts_with("tripctl: "));
 }
+
+/// A reader that goes away (`loom stats | head -1`) ends the program quietly with 141, as it
+/// ends `cat`, instead of a panic report.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    loom(dir.path()).arg("init").assert().success();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loom"))
+        .current_dir(dir.path())
+        .env_remove("LOOM_DB")
+        .arg("stats")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loom runs");
+    // The reader is gone before loom writes a line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("loom ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

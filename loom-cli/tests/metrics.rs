@@ -247,7 +247,11 @@ fn the_alert_rules_pass_their_unit_tests() {
         ["check", "rules", "loom-rules.yml"],
         ["test", "rules", "loom-rules.test.yml"],
     ] {
-        let out = match Command::new("promtool").args(args).current_dir(&rules).output() {
+        let out = match Command::new("promtool")
+            .args(args)
+            .current_dir(&rules)
+            .output()
+        {
             Ok(out) => out,
             Err(e) => {
                 assert!(
