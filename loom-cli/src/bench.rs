@@ -30,6 +30,8 @@ pub(crate) struct BenchArgs {
     pub(crate) rate: Option<f64>,
     pub(crate) processes: usize,
     pub(crate) idle: usize,
+    /// Record metrics as `loom worker --metrics` does, to measure what they cost.
+    pub(crate) metrics: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -310,6 +312,9 @@ pub(crate) async fn bench(
         workflow_concurrency: args.workers.max(1),
         activity_concurrency: args.workers.max(1) * 4,
         poll_interval: Duration::from_millis(50),
+        telemetry: args
+            .metrics
+            .then(|| Arc::new(loom_worker::Telemetry::new())),
         ..WorkerConfig::default()
     };
     let run = format!("bench-{}", micros());

@@ -267,6 +267,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             rate,
             processes,
             idle,
+            metrics,
         } => {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(Fail::usage(
@@ -282,6 +283,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 rate,
                 processes: processes.max(1),
                 idle,
+                metrics,
             };
             crate::bench::bench(store, registry, &url.display(), &cli.db, args, json).await
         }

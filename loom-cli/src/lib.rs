@@ -445,6 +445,10 @@ pub(crate) enum Command {
         /// park: the run then claims its work among them.
         #[arg(long, default_value_t = 0)]
         idle: usize,
+        /// Record metrics as `loom worker --metrics` does (without serving them), to measure
+        /// what recording costs.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Start a batch of the example workflows, run them with an in-process worker, and
     /// report what happened.
