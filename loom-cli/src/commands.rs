@@ -29,6 +29,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             pause_retry,
             bench,
             metrics,
+            log_format,
         } => {
             let metrics = metrics
                 .map(|m| crate::observe::parse_addr(&m))
@@ -47,6 +48,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 pause_retry,
                 exit_when_idle,
                 metrics,
+                log_format,
             };
             worker(store, registry, args, json).await
         }
@@ -1365,6 +1367,8 @@ struct WorkerArgs {
     exit_when_idle: bool,
     /// Where to serve metrics and health checks, if anywhere.
     metrics: Option<std::net::SocketAddr>,
+    /// How log lines are written.
+    log_format: crate::LogFormat,
 }
 
 /// The registered types, for the worker's start-up line: each workflow type with its
@@ -1402,6 +1406,7 @@ async fn worker(
         pause_retry,
         exit_when_idle,
         metrics: metrics_addr,
+        log_format,
     } = args;
     if !(poll_interval.is_finite() && poll_interval > 0.0) {
         return Err(Fail::usage(
@@ -1409,17 +1414,30 @@ async fn worker(
         ));
     }
     let terminal = std::io::stderr().is_terminal();
-    let live = !json && terminal;
+    let live = !json && terminal && log_format == crate::LogFormat::Text;
     if !live {
-        // Plain logs for files and pipes (colour only on a terminal); RUST_LOG refines them.
+        // Plain logs for files and pipes (colour only on a terminal), or JSON lines carrying
+        // the fields of the task they concern; RUST_LOG refines them.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,loom=info"));
-        let _ = tracing_subscriber::fmt()
+        let logs = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(terminal)
-            .try_init();
+            .with_writer(std::io::stderr);
+        let _ = match log_format {
+            crate::LogFormat::Text => logs.with_ansi(terminal).try_init(),
+            crate::LogFormat::Json => logs
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init(),
+        };
     }
+    // The worker's own lines for people: plain, or log lines like every other under JSON.
+    let say = |line: String| match log_format {
+        crate::LogFormat::Text => eprintln!("{line}"),
+        crate::LogFormat::Json => tracing::info!(target: "loom::worker", "{line}"),
+    };
     let telemetry = metrics_addr.map(|_| Arc::new(loom_worker::Telemetry::new()));
     let config = WorkerConfig {
         workflow_concurrency: workers.max(1),
@@ -1434,18 +1452,20 @@ async fn worker(
             .await
             .map_err(|e| Fail::usage(format!("--metrics {addr}: cannot listen there: {e}")))?;
         if !json {
-            eprintln!("Metrics on http://{bound}/metrics; health on /livez and /readyz.");
+            say(format!(
+                "Metrics on http://{bound}/metrics; health on /livez and /readyz."
+            ));
         }
     }
     if !json {
-        eprintln!(
+        say(format!(
             "Worker on {db}: {}; {} workflow task slots, {} activity slots; polling every {}, a paused workflow retried after {}.",
             registered(&registry),
             config.workflow_concurrency,
             config.activity_concurrency,
             render::duration(config.poll_interval),
             render::duration(pause_retry),
-        );
+        ));
     }
     let worker = Worker::with_config(store, registry, config);
     let metrics = worker.metrics();
@@ -1489,7 +1509,7 @@ async fn worker(
     if json {
         render::json(&json!({ "elapsed_ms": elapsed.as_millis() as u64, "metrics": report }))?;
     } else {
-        eprintln!(
+        say(format!(
             "Worker stopped after {}: {} workflow tasks, {} workflows finished, {} activities completed, {} attempts failed, {} tasks paused.",
             render::duration(elapsed),
             report.workflow_tasks,
@@ -1497,7 +1517,7 @@ async fn worker(
             report.activities_completed,
             report.activities_failed,
             report.workflow_tasks_paused
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,6 +121,15 @@ pub fn run(registry: Registry) -> ExitCode {
     }
 }
 
+/// How `loom worker` writes its log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Lines for people (colour on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Makes a closed stdout (`loom list | head`) end the program quietly, as it ends `cat`:
 /// `println!` panics when the reader has gone, and that panic is not a bug to report. Every
 /// other panic goes to the default hook.
@@ -218,6 +227,11 @@ pub(crate) enum Command {
         /// HTTP at ADDR: a PORT (on 127.0.0.1), or HOST:PORT to listen elsewhere.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// How log lines are written to stderr: `text` for people, `json` (one object per
+        /// line, with the workflow id, run, task and attempt of the task it concerns) for log
+        /// pipelines.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Start a workflow and print its id.
     Start {

@@ -1815,3 +1815,57 @@ fn a_closed_stdout_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+/// `--log-format json` writes every stderr line as one JSON object, and lines about a task
+/// carry its workflow id, run and task.
+#[test]
+fn worker_logs_can_be_json_lines_with_the_task_they_concern() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = start(dir.path(), "FlakyCharge", r#"{"fail_times": 1}"#);
+    let out = loom(dir.path())
+        .env("RUST_LOG", "loom=debug")
+        .args([
+            "worker",
+            "--exit-when-idle",
+            "--poll-interval",
+            "0.05",
+            "--log-format",
+            "json",
+        ])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Worker on "))),
+        "the start-up line is a log line too: {stderr}"
+    );
+    let in_task = lines
+        .iter()
+        .find(|l| l["span"]["name"] == "workflow_task")
+        .unwrap_or_else(|| panic!("no line from a workflow task: {stderr}"));
+    assert_eq!(in_task["span"]["workflow_id"], id.as_str());
+    assert_eq!(in_task["span"]["run"], 1);
+    assert!(in_task["span"]["task"].is_string(), "{in_task}");
+    let in_attempt = lines
+        .iter()
+        .find(|l| l["span"]["name"] == "activity")
+        .unwrap_or_else(|| panic!("no line from an activity attempt: {stderr}"));
+    assert_eq!(in_attempt["span"]["workflow_id"], id.as_str());
+    assert_eq!(in_attempt["span"]["activity"], "charge");
+    assert!(in_attempt["span"]["attempt"].is_u64(), "{in_attempt}");
+
+    loom(dir.path())
+        .args(["worker", "--log-format", "xml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("possible values: text, json"));
+}

@@ -260,14 +260,20 @@ impl Claimed {
 
     fn span(&self) -> tracing::Span {
         match self {
-            Claimed::Workflow(t) => {
-                info_span!("workflow_task", workflow_id = %t.workflow_id, workflow = %t.workflow_name)
-            }
+            Claimed::Workflow(t) => info_span!(
+                "workflow_task",
+                workflow_id = %t.workflow_id,
+                run = t.run,
+                workflow = %t.workflow_name,
+                task = %t.lease.task
+            ),
             Claimed::Activity(t) => info_span!(
                 "activity",
                 workflow_id = %t.workflow_id,
                 activity = %t.name,
-                attempt = t.attempt
+                activity_id = %t.activity_id,
+                attempt = t.attempt,
+                task = %t.lease.task
             ),
         }
     }
