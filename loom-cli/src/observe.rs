@@ -85,6 +85,7 @@ async fn metrics(State(s): State<Arc<Observed>>) -> Response {
         }
         due
     };
+    s.telemetry.set_store_counters(&s.store.counters());
     if due {
         let backlog = tokio::time::timeout(READY_WITHIN, s.store.backlog()).await;
         match backlog {

@@ -169,6 +169,13 @@ fn the_metrics_move_as_the_run_implies() {
         ) >= 5.0
     );
     assert_eq!(sample(&text, r#"loom_tasks_ready{kind="workflow"}"#), 0.0);
+    // SQLite's writer thread groups commits: at least one write per commit, none lost.
+    let commits = sample(&text, "loom_store_group_commits_total");
+    let writes = sample(&text, "loom_store_writes_committed_total");
+    assert!(
+        commits >= 1.0 && writes >= commits,
+        "{commits} commits of {writes} writes"
+    );
     assert!(text.contains(r#"loom_oldest_ready_task_age_seconds{kind="activity"}"#));
 
     assert_eq!(get(&served.addr, "/livez"), (200, "live\n".to_owned()));

@@ -39,6 +39,8 @@ pub(crate) struct Committer {
     queue: mpsc::UnboundedSender<Pending>,
     /// Statements sent, for tests and diagnostics.
     statements: Arc<AtomicU64>,
+    /// Items committed in them.
+    items: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -55,9 +57,11 @@ impl Committer {
         let rx = Arc::new(Mutex::new(rx));
         let woke: Arc<dyn Fn() + Send + Sync> = Arc::new(woke);
         let statements = Arc::new(AtomicU64::new(0));
+        let items = Arc::new(AtomicU64::new(0));
         for _ in 0..concurrency.max(1) {
             let (rx, pool, woke) = (rx.clone(), pool.clone(), woke.clone());
             let counter = statements.clone();
+            let items = items.clone();
             tokio::spawn(async move {
                 loop {
                     let batch = {
@@ -72,16 +76,26 @@ impl Committer {
                         }
                         batch
                     };
+                    items.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     run(&pool, batch, &*woke, &counter).await;
                 }
             });
         }
-        Committer { queue, statements }
+        Committer {
+            queue,
+            statements,
+            items,
+        }
     }
 
     /// How many statements the committer tasks have sent.
     pub(crate) fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    /// How many items the committer tasks have sent.
+    pub(crate) fn items(&self) -> u64 {
+        self.items.load(Ordering::Relaxed)
     }
 
     /// Queues `item` and waits for the server's answer to it.

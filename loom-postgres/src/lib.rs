@@ -383,6 +383,15 @@ impl Storage for PostgresStorage {
         self.fetch_backlog().await
     }
 
+    fn counters(&self) -> loom_storage::StoreCounters {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        loom_storage::StoreCounters {
+            group_commits: self.committer.statements(),
+            writes_committed: self.committer.items(),
+            connections: Some((self.pool.size(), idle)),
+        }
+    }
+
     async fn logs(&self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
         self.fetch_logs(id).await
     }

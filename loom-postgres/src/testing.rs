@@ -264,6 +264,9 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.backlog().await
     }
+    fn counters(&self) -> loom_storage::StoreCounters {
+        self.store.counters()
+    }
     async fn logs(&self, id: &WorkflowId) -> loom_storage::Result<Vec<LogRecord>> {
         self.store.logs(id).await
     }

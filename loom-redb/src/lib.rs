@@ -163,6 +163,10 @@ impl Transact for RedbStorage {
         self.inner.writer.write(ws).await
     }
 
+    fn counters(&self) -> loom_storage::StoreCounters {
+        self.inner.writer.counters()
+    }
+
     async fn read<T: Send + 'static>(&self, read: ReadJob<T>) -> Result<T> {
         let inner = self.inner.clone();
         writer::blocking("a redb read failed", move || {

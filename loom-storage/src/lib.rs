@@ -70,8 +70,8 @@ pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, Backlog, ClaimRequest,
     DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Purge, Release, Reset, RunSummary, Stats, TagCmp, TagFilter, TaskBacklog, TaskId, Termination,
-    WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    Purge, Release, Reset, RunSummary, Stats, StoreCounters, TagCmp, TagFilter, TaskBacklog,
+    TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
 pub use transact::{Read, Transact};
@@ -179,6 +179,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// What a workflow waits for in the store: its tasks and messages, by id.
     async fn pending(&self, id: &WorkflowId) -> Result<Pending>;
+
+    /// What the backend counted of its own work (group commits, connections), for metrics.
+    /// Cheap and synchronous; backends without such machinery answer zeros.
+    fn counters(&self) -> StoreCounters {
+        StoreCounters::default()
+    }
 
     /// Resolves when the store learns that new work may be ready (another process enqueued
     /// it), so that idle workers wake at once instead of at their next poll. Backends without

@@ -679,6 +679,18 @@ pub struct Backlog {
     pub at: Timestamp,
 }
 
+/// What a backend counted of its own work since it opened, for metrics: how its commits were
+/// grouped and how its connections are used. Backends without such machinery answer zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCounters {
+    /// Commits made: each holds one or more writes (group commit).
+    pub group_commits: u64,
+    /// Writes committed in them: `writes_committed / group_commits` is the mean batch size.
+    pub writes_committed: u64,
+    /// Open connections of a pool, and how many of them are idle (PostgreSQL).
+    pub connections: Option<(u32, u32)>,
+}
+
 /// The backlog of one kind of task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskBacklog {

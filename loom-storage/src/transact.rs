@@ -57,6 +57,11 @@ pub trait Transact: Send + Sync + 'static {
     async fn work_signal(&self) {
         std::future::pending::<()>().await;
     }
+
+    /// See [`Storage::counters`].
+    fn counters(&self) -> crate::StoreCounters {
+        crate::StoreCounters::default()
+    }
 }
 
 async fn run<T: Transact + ?Sized>(store: &T, ws: WriteSet) -> Result<Applied> {
@@ -191,5 +196,9 @@ impl<T: Transact> Storage for T {
 
     async fn work_signal(&self) {
         Transact::work_signal(self).await;
+    }
+
+    fn counters(&self) -> crate::StoreCounters {
+        Transact::counters(self)
     }
 }

@@ -8,6 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,6 +94,8 @@ pub trait Commit: Send + 'static {
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     name: &'static str,
+    /// Batches committed, and the jobs in them.
+    counted: Arc<[AtomicU64; 2]>,
 }
 
 impl Writer {
@@ -106,6 +109,8 @@ impl Writer {
     ) -> std::io::Result<Self> {
         let max_batch = max_batch.max(1);
         let (jobs, mut rx) = mpsc::channel::<Job>(max_batch * 4);
+        let counted = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let counts = counted.clone();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -119,12 +124,29 @@ impl Writer {
                         }
                     }
                     let failed = commit.commit(&mut batch, clock.as_ref());
+                    if failed.is_none() {
+                        counts[0].fetch_add(1, Ordering::Relaxed);
+                        counts[1].fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
                     for job in batch.drain(..) {
                         job.answer(failed.as_deref());
                     }
                 }
             })?;
-        Ok(Writer { jobs, name })
+        Ok(Writer {
+            jobs,
+            name,
+            counted,
+        })
+    }
+
+    /// Batches committed so far, and the writes in them.
+    pub fn counters(&self) -> crate::StoreCounters {
+        crate::StoreCounters {
+            group_commits: self.counted[0].load(Ordering::Relaxed),
+            writes_committed: self.counted[1].load(Ordering::Relaxed),
+            connections: None,
+        }
     }
 
     /// Applies `ws` in the next batch; answers once that batch is committed.

@@ -14,7 +14,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use loom_storage::{Backlog, StorageError};
+use loom_storage::{Backlog, StorageError, StoreCounters};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -212,6 +212,16 @@ pub struct Telemetry {
     tasks_running: Family<Kind, Gauge>,
     oldest_ready_age: Family<Kind, Gauge<f64, AtomicU64>>,
     store_up: Gauge,
+    group_commits: Counter,
+    writes_committed: Counter,
+    connections: Family<Connections, Gauge>,
+    /// The store's counters at the last scrape, to add only what they gained since.
+    last_counters: std::sync::Mutex<StoreCounters>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Connections {
+    state: &'static str,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -255,6 +265,10 @@ impl Telemetry {
             tasks_running: Family::default(),
             oldest_ready_age: Family::default(),
             store_up: Gauge::default(),
+            group_commits: Counter::default(),
+            writes_committed: Counter::default(),
+            connections: Family::default(),
+            last_counters: std::sync::Mutex::new(StoreCounters::default()),
         };
         let r = &mut t.registry;
         let s = Unit::Seconds;
@@ -385,7 +399,44 @@ impl Telemetry {
             "1 when the last read of the store's backlog succeeded, else 0",
             t.store_up.clone(),
         );
+        r.register(
+            "store_group_commits",
+            "Commits the store made; each holds one or more writes (group commit)",
+            t.group_commits.clone(),
+        );
+        r.register(
+            "store_writes_committed",
+            "Writes committed in them: divided by store_group_commits, the mean batch size",
+            t.writes_committed.clone(),
+        );
+        r.register(
+            "store_connections",
+            "The store's pooled connections, open and idle (PostgreSQL)",
+            t.connections.clone(),
+        );
         t
+    }
+
+    /// Adds what the store's own counters gained since the last call, and sets its
+    /// connection gauges.
+    pub fn set_store_counters(&self, now: &StoreCounters) {
+        let mut last = self
+            .last_counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.group_commits
+            .inc_by(now.group_commits.saturating_sub(last.group_commits));
+        self.writes_committed
+            .inc_by(now.writes_committed.saturating_sub(last.writes_committed));
+        *last = *now;
+        if let Some((open, idle)) = now.connections {
+            self.connections
+                .get_or_create(&Connections { state: "open" })
+                .set(i64::from(open));
+            self.connections
+                .get_or_create(&Connections { state: "idle" })
+                .set(i64::from(idle));
+        }
     }
 
     /// The `Content-Type` of what [`encode`](Self::encode) renders.
@@ -699,6 +750,9 @@ mod instrumented {
         }
         async fn work_signal(&self) {
             self.inner.work_signal().await;
+        }
+        fn counters(&self) -> loom_storage::StoreCounters {
+            self.inner.counters()
         }
     }
 }
