@@ -39,6 +39,7 @@ fn started() -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,

@@ -30,6 +30,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             bench,
             metrics,
             log_format,
+            otlp,
         } => {
             let metrics = metrics
                 .map(|m| crate::observe::parse_addr(&m))
@@ -49,6 +50,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 exit_when_idle,
                 metrics,
                 log_format,
+                otlp,
             };
             worker(store, registry, args, json).await
         }
@@ -103,6 +105,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 execution_timeout: timeouts.1,
                 tags,
                 version,
+                ..StartOptions::default()
             };
             start(store, &registry, &workflow, input, options, wait, json).await
         }
@@ -1369,6 +1372,8 @@ struct WorkerArgs {
     metrics: Option<std::net::SocketAddr>,
     /// How log lines are written.
     log_format: crate::LogFormat,
+    /// Where to export traces, if `--otlp` says.
+    otlp: Option<String>,
 }
 
 /// The registered types, for the worker's start-up line: each workflow type with its
@@ -1407,6 +1412,7 @@ async fn worker(
         exit_when_idle,
         metrics: metrics_addr,
         log_format,
+        otlp,
     } = args;
     if !(poll_interval.is_finite() && poll_interval > 0.0) {
         return Err(Fail::usage(
@@ -1415,23 +1421,41 @@ async fn worker(
     }
     let terminal = std::io::stderr().is_terminal();
     let live = !json && terminal && log_format == crate::LogFormat::Text;
-    if !live {
-        // Plain logs for files and pipes (colour only on a terminal), or JSON lines carrying
-        // the fields of the task they concern; RUST_LOG refines them.
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,loom=info"));
-        let logs = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        let _ = match log_format {
-            crate::LogFormat::Text => logs.with_ansi(terminal).try_init(),
-            crate::LogFormat::Json => logs
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .try_init(),
-        };
+    let worker_id = WorkerConfig::default().id;
+    let otel = if crate::otel::wanted(otlp.as_deref()) {
+        Some(crate::otel::Otel::start(otlp.as_deref(), &worker_id).map_err(Fail::usage)?)
+    } else {
+        None
+    };
+    {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+        let mut layers: Vec<Boxed> = Vec::new();
+        if !live {
+            // Plain logs for files and pipes (colour only on a terminal), or JSON lines
+            // carrying the fields of the task they concern; RUST_LOG refines them.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,loom=info"));
+            let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            layers.push(match log_format {
+                crate::LogFormat::Text => logs.with_ansi(terminal).with_filter(filter).boxed(),
+                crate::LogFormat::Json => logs
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter)
+                    .boxed(),
+            });
+        }
+        if let Some(otel) = &otel {
+            layers.push(otel.layer());
+        }
+        if !layers.is_empty() {
+            let _ = tracing_subscriber::registry().with(layers).try_init();
+        }
     }
     // The worker's own lines for people: plain, or log lines like every other under JSON.
     let say = |line: String| match log_format {
@@ -1445,6 +1469,7 @@ async fn worker(
         poll_interval: Duration::from_secs_f64(poll_interval),
         pause_retry,
         telemetry: telemetry.clone(),
+        id: worker_id,
         ..WorkerConfig::default()
     };
     if let (Some(addr), Some(telemetry)) = (metrics_addr, telemetry) {
@@ -1506,6 +1531,9 @@ async fn worker(
         bar.finish_and_clear();
     }
     let elapsed = started.elapsed();
+    if let Some(otel) = otel {
+        otel.shutdown();
+    }
     if json {
         render::json(&json!({ "elapsed_ms": elapsed.as_millis() as u64, "metrics": report }))?;
     } else {

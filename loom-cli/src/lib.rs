@@ -28,6 +28,7 @@ mod commands;
 mod db;
 pub mod examples;
 mod observe;
+mod otel;
 mod render;
 mod replay;
 
@@ -232,6 +233,10 @@ pub(crate) enum Command {
         /// pipelines.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Export traces over OTLP/HTTP to this collector URL (such as
+        /// http://127.0.0.1:4318); OTEL_EXPORTER_OTLP_ENDPOINT does the same.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Start a workflow and print its id.
     Start {

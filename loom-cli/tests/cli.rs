@@ -1850,14 +1850,14 @@ fn worker_logs_can_be_json_lines_with_the_task_they_concern() {
     );
     let in_task = lines
         .iter()
-        .find(|l| l["span"]["name"] == "workflow_task")
+        .find(|l| l["span"]["name"] == "RunWorkflow")
         .unwrap_or_else(|| panic!("no line from a workflow task: {stderr}"));
     assert_eq!(in_task["span"]["workflow_id"], id.as_str());
     assert_eq!(in_task["span"]["run"], 1);
     assert!(in_task["span"]["task"].is_string(), "{in_task}");
     let in_attempt = lines
         .iter()
-        .find(|l| l["span"]["name"] == "activity")
+        .find(|l| l["span"]["name"] == "RunActivity")
         .unwrap_or_else(|| panic!("no line from an activity attempt: {stderr}"));
     assert_eq!(in_attempt["span"]["workflow_id"], id.as_str());
     assert_eq!(in_attempt["span"]["activity"], "charge");

@@ -546,7 +546,10 @@ impl<O: DeserializeOwned> Future for ActivityCall<O> {
             let command = EventKind::ActivityScheduled {
                 name: this.name.clone(),
                 input,
-                options: this.options.clone(),
+                options: ActivityOptions {
+                    traceparent: shared.traceparent.clone(),
+                    ..this.options.clone()
+                },
             };
             let Some(index) = shared.command(command) else {
                 return Poll::Pending;
@@ -680,6 +683,7 @@ impl<O: DeserializeOwned> Future for ChildCall<O> {
                 parent_close: this.options.parent_close,
                 timeouts: this.options.timeouts,
                 retry: this.options.retry.clone(),
+                traceparent: shared.traceparent.clone(),
             };
             let Some(index) = shared.command(command) else {
                 return Poll::Pending;

@@ -101,6 +101,12 @@ pub enum EventKind {
         /// before it ended).
         #[serde(default, skip_serializing_if = "Tags::is_empty")]
         tags: Tags,
+        /// The trace the run belongs to, as a W3C `traceparent`: every workflow task,
+        /// activity attempt and child workflow of the run joins it, on any worker. Set at
+        /// start (from the starting span, or new); a child's is its parent's, and a run
+        /// continued as new or retried keeps the trace of the run before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// The workflow returned its output.
     WorkflowCompleted {
@@ -259,6 +265,10 @@ pub enum EventKind {
         /// final.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry: Option<RetryPolicy>,
+        /// The parent run's trace, which the child joins (set by Loom, not compared on
+        /// replay).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// A child workflow returned its output.
     ChildWorkflowCompleted {
@@ -459,6 +469,7 @@ impl EventKind {
             attempt: 1,
             reset: None,
             tags: Tags::new(),
+            traceparent: None,
         }
     }
 
@@ -712,6 +723,7 @@ impl fmt::Display for EventKind {
                 attempt,
                 reset,
                 tags,
+                traceparent: _,
             } => {
                 write!(
                     f,

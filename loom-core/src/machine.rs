@@ -380,8 +380,13 @@ impl WorkflowMachine {
         id: WorkflowId,
         history: Vec<Event>,
     ) -> Result<Self, ReplayError> {
-        let (run, attempt) = match history.first().map(|e| &e.kind) {
-            Some(EventKind::WorkflowStarted { run, attempt, .. }) => (*run, *attempt),
+        let (run, attempt, traceparent) = match history.first().map(|e| &e.kind) {
+            Some(EventKind::WorkflowStarted {
+                run,
+                attempt,
+                traceparent,
+                ..
+            }) => (*run, *attempt, traceparent.clone()),
             Some(other) => {
                 return Err(ReplayError::Corrupt {
                     seq: Some(history[0].seq),
@@ -413,6 +418,7 @@ impl WorkflowMachine {
             let mut inner = shared.lock();
             inner.run = run;
             inner.attempt = attempt;
+            inner.traceparent = traceparent;
         }
         Ok(WorkflowMachine {
             def,
@@ -554,6 +560,11 @@ impl WorkflowMachine {
     /// The workflow type's name.
     pub fn workflow_type(&self) -> &'static str {
         self.def.name()
+    }
+
+    /// The run's trace (a W3C `traceparent`), from its `WorkflowStarted`.
+    pub fn traceparent(&self) -> Option<String> {
+        self.shared.lock().traceparent.clone()
     }
 
     /// When the run started: its `WorkflowStarted` event's time.
@@ -910,6 +921,7 @@ fn next_run_of(inner: &Inner) -> Option<Event> {
         retry,
         attempt,
         tags,
+        traceparent,
         ..
     } = &inner.history.first()?.kind
     else {
@@ -950,6 +962,7 @@ fn next_run_of(inner: &Inner) -> Option<Event> {
             run: run + 1,
             retry: retry.clone(),
             attempt,
+            traceparent: traceparent.clone(),
         },
     })
 }
@@ -985,6 +998,7 @@ impl Shared {
             parent: None,
             run: 1,
             attempt: 1,
+            traceparent: None,
             cancels_dropped_work: false,
             signal_waits: 0,
             signals: BTreeMap::new(),
@@ -1054,6 +1068,8 @@ pub(crate) struct Inner {
     pub(crate) run: u32,
     /// Which attempt of a retried workflow this run is.
     pub(crate) attempt: u32,
+    /// The run's trace, from its `WorkflowStarted`: its activities and children join it.
+    pub(crate) traceparent: Option<String>,
     /// The run's history format cancels the timers and activities the code stops waiting for
     /// ([`FORMAT_CANCELS_DROPPED_WORK`]).
     pub(crate) cancels_dropped_work: bool,

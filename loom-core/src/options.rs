@@ -105,6 +105,11 @@ pub struct ActivityOptions {
     /// If set, an attempt that does not heartbeat within this interval is counted as timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// The trace of the run that scheduled the activity (a W3C `traceparent`), which its
+    /// attempts join. Loom sets it when the activity is scheduled; what code sets is
+    /// replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Default for ActivityOptions {
@@ -114,6 +119,7 @@ impl Default for ActivityOptions {
             retry: RetryPolicy::default(),
             start_to_close_timeout: Duration::from_secs(300),
             heartbeat_timeout_ms: None,
+            traceparent: None,
         }
     }
 }

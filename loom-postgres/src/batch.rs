@@ -232,6 +232,7 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(0),
             kind: EventKind::WorkflowStarted {
+                traceparent: None,
                 tags: Default::default(),
                 reset: None,
                 attempt: 1,

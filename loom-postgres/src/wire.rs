@@ -631,6 +631,7 @@ mod tests {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(5),
             kind: EventKind::WorkflowStarted {
+                traceparent: None,
                 tags: [("customer".to_owned(), loom_core::TagValue::Int(42))]
                     .into_iter()
                     .collect(),

@@ -15,6 +15,7 @@ fn started(n: u64) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,

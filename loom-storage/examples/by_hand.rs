@@ -99,6 +99,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         seq: Seq::FIRST,
         at: clock.now(),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,

@@ -64,6 +64,8 @@ pub struct NewChild {
     pub timeouts: loom_core::Timeouts,
     /// How a failed run of it is retried.
     pub retry: Option<loom_core::RetryPolicy>,
+    /// The parent run's trace, which the child joins.
+    pub traceparent: Option<String>,
 }
 
 impl NewChild {
@@ -73,6 +75,7 @@ impl NewChild {
             seq: Seq::FIRST,
             at: self.at,
             kind: EventKind::WorkflowStarted {
+                traceparent: self.traceparent.clone(),
                 tags: Default::default(),
                 reset: None,
                 attempt: 1,
@@ -196,8 +199,10 @@ impl TaskPlan {
                     input,
                     timeouts,
                     retry,
+                    traceparent,
                     ..
                 } => plan.children.push(NewChild {
+                    traceparent: traceparent.clone(),
                     timeouts: *timeouts,
                     retry: retry.clone(),
                     child: ChildId(e.seq),

@@ -13,6 +13,7 @@ use loom_storage::{
     WorkflowStatus, WorkflowSummary,
 };
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::Limits;
 
@@ -81,6 +82,10 @@ pub struct StartOptions {
     /// For [`Client::start_by_name`]: the version of the workflow type to start, instead of
     /// the newest registered. (A typed start uses its type's `VERSION`.)
     pub version: Option<u32>,
+    /// The trace the run joins, as a W3C `traceparent` (say, from an incoming request's
+    /// header). `None`: the trace of the `StartWorkflow` span `start` opens (a child of the
+    /// caller's current span) when an OpenTelemetry layer is installed, else a new trace.
+    pub traceparent: Option<String>,
 }
 
 impl StartOptions {
@@ -336,10 +341,24 @@ impl Client {
             .unwrap_or_else(|| WorkflowId::new(uuid::Uuid::new_v4().to_string()));
         loom_core::tags::check_tags(&options.tags)
             .map_err(|e| ClientError::Storage(StorageError::InvalidArgument(e)))?;
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET,
+            "StartWorkflow",
+            otel.name = tracing::field::Empty,
+            otel.kind = "producer",
+            workflow_id = %id,
+            workflow = name,
+        );
+        if !span.is_disabled() {
+            span.record("otel.name", format!("StartWorkflow:{name}"));
+        }
+        crate::trace::join(&span, options.traceparent.as_deref());
+        let traceparent = crate::trace::traceparent_of(&span, options.traceparent);
         let started = Event {
             seq: Seq::FIRST,
             at: self.clock.now(),
             kind: EventKind::WorkflowStarted {
+                traceparent: Some(traceparent),
                 tags: options.tags,
                 reset: None,
                 attempt: 1,
@@ -356,7 +375,12 @@ impl Client {
                 run: 1,
             },
         };
-        match self.storage.create_workflow(&id, started).await {
+        match self
+            .storage
+            .create_workflow(&id, started)
+            .instrument(span)
+            .await
+        {
             Ok(()) => {
                 if let Some(wake) = &self.wake {
                     wake.notify_one();

@@ -54,6 +54,7 @@
 
 mod client;
 pub mod telemetry;
+pub mod trace;
 mod worker;
 
 pub use client::{Client, ClientError, ResetDone, ResetTo, StartOptions, WorkflowHandle};

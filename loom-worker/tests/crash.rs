@@ -68,6 +68,7 @@ async fn create(store: &SqliteStorage, name: &str, id: &str, input: serde_json::
         seq: Seq::FIRST,
         at: Timestamp::from_millis(0),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,

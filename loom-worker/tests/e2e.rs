@@ -83,6 +83,7 @@ impl Activity for Slow {
     type Output = u64;
     fn options() -> ActivityOptions {
         ActivityOptions {
+            traceparent: None,
             retry: fast_retry(2),
             start_to_close_timeout: Duration::from_millis(50),
             heartbeat_timeout_ms: None,
@@ -128,6 +129,7 @@ impl Activity for Long {
     type Output = ();
     fn options() -> ActivityOptions {
         ActivityOptions {
+            traceparent: None,
             retry: RetryPolicy::no_retries(),
             start_to_close_timeout: Duration::from_secs(120),
             heartbeat_timeout_ms: None,
@@ -158,6 +160,7 @@ impl Activity for Silent {
     type Output = ();
     fn options() -> ActivityOptions {
         ActivityOptions {
+            traceparent: None,
             retry: RetryPolicy::no_retries(),
             start_to_close_timeout: Duration::from_secs(30),
             heartbeat_timeout_ms: Some(40),

@@ -69,6 +69,7 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
             seq: Seq::FIRST,
             at: Timestamp::from_millis(0),
             kind: EventKind::WorkflowStarted {
+                traceparent: None,
                 tags: Default::default(),
                 reset: None,
                 attempt: 1,

@@ -29,6 +29,7 @@ pub fn started_event(name: &str, version: u32, input: Payload) -> Event {
         seq: Seq::FIRST,
         at: Timestamp::from_millis(1_000),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,

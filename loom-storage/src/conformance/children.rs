@@ -10,6 +10,7 @@ use crate::{ListQuery, StorageError, WorkflowStatus};
 
 fn start_child(id: &str, policy: ParentClosePolicy) -> EventKind {
     EventKind::ChildWorkflowScheduled {
+        traceparent: None,
         retry: None,
         name: "Child".into(),
         version: 3,

@@ -31,6 +31,7 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
                     seq: Seq::FIRST,
                     at: Timestamp::from_millis(0),
                     kind: EventKind::WorkflowStarted {
+                        traceparent: None,
                         tags: Default::default(),
                         reset: None,
                         attempt: 1,

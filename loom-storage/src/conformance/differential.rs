@@ -435,6 +435,7 @@ impl Run {
                             .collect(),
                     },
                     NewEvent::StartChild(n, abandon) => EventKind::ChildWorkflowScheduled {
+                        traceparent: None,
                         retry: None,
                         name: "Child".into(),
                         version: 1,
@@ -517,6 +518,7 @@ impl Run {
                     seq: Seq::FIRST,
                     at: at(&self.clock),
                     kind: EventKind::WorkflowStarted {
+                        traceparent: None,
                         // Every workflow starts with a tag the code may replace.
                         tags: [("k0".to_owned(), loom_core::TagValue::Int(i64::from(*n)))]
                             .into_iter()
@@ -595,6 +597,7 @@ impl Run {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            traceparent: None,
                             tags: Default::default(),
                             reset: None,
                             run: task.run + 1,
@@ -617,6 +620,7 @@ impl Run {
                         seq: Seq::FIRST,
                         at: e.at,
                         kind: EventKind::WorkflowStarted {
+                            traceparent: None,
                             tags: Default::default(),
                             reset: None,
                             attempt: 1,

@@ -83,6 +83,7 @@ fn started(name: &str, input: impl serde::Serialize) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,

@@ -319,6 +319,7 @@ pub async fn reset_is_checked(store: Store) {
     ));
     // A child started at 6 that has not ended.
     let child = EventKind::ChildWorkflowScheduled {
+        traceparent: None,
         name: "Conformance".into(),
         version: 1,
         workflow_id: wid("wf-1/6"),

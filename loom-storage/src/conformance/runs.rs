@@ -14,6 +14,7 @@ fn next_started(run: u32, input: &str) -> Event {
         seq: Seq::FIRST,
         at: wall_now(),
         kind: EventKind::WorkflowStarted {
+            traceparent: None,
             tags: Default::default(),
             reset: None,
             attempt: 1,
@@ -386,6 +387,7 @@ pub async fn a_child_started_as_the_run_ends_is_created_and_told(store: Store) {
         &task,
         vec![
             EventKind::ChildWorkflowScheduled {
+                traceparent: None,
                 name: "Child".into(),
                 version: 1,
                 workflow_id: wid("dad/2"),

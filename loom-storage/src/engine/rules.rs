@@ -1170,6 +1170,7 @@ mod tests {
         let started = event(
             1,
             EventKind::WorkflowStarted {
+                traceparent: None,
                 tags: Default::default(),
                 reset: None,
                 attempt: 1,
@@ -1452,6 +1453,7 @@ mod tests {
     #[test]
     fn a_child_is_started_only_if_its_id_is_free_and_a_closing_child_reports_to_its_parent() {
         let start = EventKind::ChildWorkflowScheduled {
+            traceparent: None,
             retry: None,
             name: "Kid".into(),
             version: 2,

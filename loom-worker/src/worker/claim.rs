@@ -267,14 +267,25 @@ impl Claimed {
                 workflow = %t.workflow_name,
                 task = %t.lease.task
             ),
-            Claimed::Activity(t) => info_span!(
-                "activity",
-                workflow_id = %t.workflow_id,
-                activity = %t.name,
-                activity_id = %t.activity_id,
-                attempt = t.attempt,
-                task = %t.lease.task
-            ),
+            Claimed::Activity(t) => {
+                // The attempt's span joins the run's trace (its traceparent came with the task).
+                let span = info_span!(
+                    target: crate::trace::TARGET,
+                    "RunActivity",
+                    otel.name = tracing::field::Empty,
+                    otel.kind = "consumer",
+                    workflow_id = %t.workflow_id,
+                    activity = %t.name,
+                    activity_id = %t.activity_id,
+                    attempt = t.attempt,
+                    task = %t.lease.task
+                );
+                if !span.is_disabled() {
+                    span.record("otel.name", format!("RunActivity:{}", t.name));
+                    crate::trace::join(&span, t.options.traceparent.as_deref());
+                }
+                span
+            }
         }
     }
 }

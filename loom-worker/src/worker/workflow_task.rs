@@ -202,13 +202,28 @@ impl Shared {
                 }
             }
         };
+        // The span that joins the run's trace, now that the run (and its trace) is known.
+        let run_span = tracing::info_span!(
+            target: crate::trace::TARGET,
+            "RunWorkflow",
+            otel.name = tracing::field::Empty,
+            otel.kind = "consumer",
+            workflow_id = %id,
+            run = task.run,
+            workflow = %task.workflow_name,
+            task = %task.lease.task,
+        );
+        if !run_span.is_disabled() {
+            run_span.record("otel.name", format!("RunWorkflow:{}", task.workflow_name));
+            crate::trace::join(&run_span, machine.traceparent().as_deref());
+        }
         // The task's time is the store's clock at the claim, never this worker's own.
         let activation = Activation {
             now: task.claimed_at,
             entropy: self.random_u64(),
             messages: task.messages.iter().map(|m| m.kind.clone()).collect(),
         };
-        let decision = match machine.activate(activation) {
+        let decision = match run_span.in_scope(|| machine.activate(activation)) {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "the workflow task cannot be decided; pausing workflow");
@@ -251,18 +266,19 @@ impl Shared {
             );
         }
         let scheduled = activities_scheduled(&decision.events);
-        for line in &decision.logs {
-            log_line(&id, line.level, &line.message);
-        }
         let finished = machine.outcome().is_some();
-        debug!(
-            task = %task.lease.task,
-            token = task.lease.token,
-            from = %task.last_seq,
-            to = %machine.last_seq(),
-            consumed = ?task.messages.iter().map(|m| m.id.0).collect::<Vec<_>>(),
-            "workflow task decided"
-        );
+        run_span.in_scope(|| {
+            for line in &decision.logs {
+                log_line(&id, line.level, &line.message);
+            }
+            debug!(
+                token = task.lease.token,
+                from = %task.last_seq,
+                to = %machine.last_seq(),
+                consumed = ?task.messages.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+                "workflow task decided"
+            );
+        });
         // With a free activity slot, the commit also claims one of the activities it
         // schedules, and this worker starts it without a trip through the claim loop.
         let slot = (scheduled > 0 && !finished)
@@ -288,7 +304,11 @@ impl Shared {
                 .map(|started| self.on_newest_version(started)),
             eager: slot.as_ref().map(|_| self.claim_request(1)),
         };
-        let committed = self.storage.complete_workflow_task(completion).await;
+        let committed = self
+            .storage
+            .complete_workflow_task(completion)
+            .instrument(run_span.clone())
+            .await;
         match committed {
             Ok(claimed) => {
                 debug!(eager = claimed.len(), "workflow task committed");
