@@ -273,7 +273,18 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             processes,
             idle,
             metrics,
+            otlp,
         } => {
+            let otel = match otlp.as_deref() {
+                Some(url) => {
+                    use tracing_subscriber::layer::SubscriberExt;
+                    use tracing_subscriber::util::SubscriberInitExt;
+                    let otel = crate::otel::Otel::start(Some(url), "bench").map_err(Fail::usage)?;
+                    let _ = tracing_subscriber::registry().with(otel.layer()).try_init();
+                    Some(otel)
+                }
+                None => None,
+            };
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(Fail::usage(
                     "--rate must be a positive number of workflows per second",
@@ -290,7 +301,12 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 idle,
                 metrics,
             };
-            crate::bench::bench(store, registry, &url.display(), &cli.db, args, json).await
+            let ran =
+                crate::bench::bench(store, registry, &url.display(), &cli.db, args, json).await;
+            if let Some(otel) = otel {
+                otel.shutdown();
+            }
+            ran
         }
         Command::Demo { orders } => {
             let store = db::open_for_work(&url, Missing::Create).await?;

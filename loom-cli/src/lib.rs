@@ -468,6 +468,10 @@ pub(crate) enum Command {
         /// what recording costs.
         #[arg(long)]
         metrics: bool,
+        /// Export traces to this OTLP/HTTP collector as `loom worker --otlp` does, to measure
+        /// what tracing costs.
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
     },
     /// Start a batch of the example workflows, run them with an in-process worker, and
     /// report what happened.

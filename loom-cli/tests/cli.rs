@@ -1855,6 +1855,8 @@ fn worker_logs_can_be_json_lines_with_the_task_they_concern() {
     assert_eq!(in_task["span"]["workflow_id"], id.as_str());
     assert_eq!(in_task["span"]["run"], 1);
     assert!(in_task["span"]["task"].is_string(), "{in_task}");
+    let trace = in_task["span"]["trace_id"].as_str().expect("a trace id");
+    assert_eq!(trace.len(), 32, "{in_task}");
     let in_attempt = lines
         .iter()
         .find(|l| l["span"]["name"] == "RunActivity")
@@ -1862,6 +1864,10 @@ fn worker_logs_can_be_json_lines_with_the_task_they_concern() {
     assert_eq!(in_attempt["span"]["workflow_id"], id.as_str());
     assert_eq!(in_attempt["span"]["activity"], "charge");
     assert!(in_attempt["span"]["attempt"].is_u64(), "{in_attempt}");
+    assert_eq!(
+        in_attempt["span"]["trace_id"], trace,
+        "the attempt's lines carry its run's trace"
+    );
 
     loom(dir.path())
         .args(["worker", "--log-format", "xml"])

@@ -58,6 +58,11 @@ pub(crate) fn join(span: &Span, traceparent: Option<&str>) {
     }
 }
 
+/// The trace id of a `traceparent` (its second part), for log lines.
+pub(crate) fn trace_id(traceparent: Option<&str>) -> Option<&str> {
+    traceparent?.split('-').nth(1).filter(|id| id.len() == 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +85,12 @@ mod tests {
             "each start begins its own trace"
         );
         let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
+        assert_eq!(
+            trace_id(Some(&given)),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(trace_id(Some("garbage")), None);
+        assert_eq!(trace_id(None), None);
         assert_eq!(traceparent_of(&Span::none(), Some(given.clone())), given);
     }
 }

@@ -278,7 +278,8 @@ impl Claimed {
                     activity = %t.name,
                     activity_id = %t.activity_id,
                     attempt = t.attempt,
-                    task = %t.lease.task
+                    task = %t.lease.task,
+                    trace_id = crate::trace::trace_id(t.options.traceparent.as_deref()),
                 );
                 if !span.is_disabled() {
                     span.record("otel.name", format!("RunActivity:{}", t.name));

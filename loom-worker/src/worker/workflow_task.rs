@@ -203,6 +203,7 @@ impl Shared {
             }
         };
         // The span that joins the run's trace, now that the run (and its trace) is known.
+        let traceparent = machine.traceparent();
         let run_span = tracing::info_span!(
             target: crate::trace::TARGET,
             "RunWorkflow",
@@ -212,10 +213,11 @@ impl Shared {
             run = task.run,
             workflow = %task.workflow_name,
             task = %task.lease.task,
+            trace_id = crate::trace::trace_id(traceparent.as_deref()),
         );
         if !run_span.is_disabled() {
             run_span.record("otel.name", format!("RunWorkflow:{}", task.workflow_name));
-            crate::trace::join(&run_span, machine.traceparent().as_deref());
+            crate::trace::join(&run_span, traceparent.as_deref());
         }
         // The task's time is the store's clock at the claim, never this worker's own.
         let activation = Activation {
