@@ -103,8 +103,8 @@ pub enum EventKind {
         tags: Tags,
         /// The trace the run belongs to, as a W3C `traceparent`: every workflow task,
         /// activity attempt and child workflow of the run joins it, on any worker. Set at
-        /// start (from the starting span, or new); a child's is its parent's, and a run
-        /// continued as new or retried keeps the trace of the run before it.
+        /// start (from the starting span, or new); a child's is its parent's; a run continued
+        /// as new or retried begins a trace of its own, derived from the run before it's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
     },

@@ -962,9 +962,58 @@ fn next_run_of(inner: &Inner) -> Option<Event> {
             run: run + 1,
             retry: retry.clone(),
             attempt,
-            traceparent: traceparent.clone(),
+            traceparent: traceparent
+                .as_deref()
+                .and_then(|tp| next_traceparent(tp, run + 1)),
         },
     })
+}
+
+/// The trace of run `run`, derived from the trace of the run before it: each run has a trace
+/// of its own, and every worker that computes the next run's start derives the same one.
+/// `None` for a `traceparent` that is not W3C's version 00.
+fn next_traceparent(traceparent: &str, run: u32) -> Option<String> {
+    let mut parts = traceparent.split('-');
+    let (Some("00"), Some(trace), Some(_), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let trace = u128::from_str_radix(trace, 16).ok()?;
+    let seed = (trace as u64) ^ ((trace >> 64) as u64) ^ u64::from(run).rotate_left(32);
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let new_trace = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())).max(1);
+    let span = rng.next_u64().max(1);
+    Some(format!("00-{new_trace:032x}-{span:016x}-{flags}"))
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::next_traceparent;
+
+    #[test]
+    fn each_run_has_a_trace_of_its_own_derived_the_same_everywhere() {
+        let first = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let second = next_traceparent(first, 2).expect("a trace");
+        assert_eq!(next_traceparent(first, 2).as_deref(), Some(second.as_str()));
+        assert_ne!(second, first);
+        assert_eq!(second.len(), first.len());
+        assert!(
+            second.starts_with("00-") && second.ends_with("-01"),
+            "{second}"
+        );
+        let third = next_traceparent(&second, 3).expect("a trace");
+        assert_ne!(third, second);
+        assert_eq!(next_traceparent("garbage", 2), None);
+        assert_eq!(
+            next_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 2),
+            None
+        );
+    }
 }
 
 struct RootWaker(AtomicBool);
