@@ -37,10 +37,13 @@
 -- `ms + now * relative` at each use: a SQL function taking the jsonb fields is not inlined,
 -- and would be parsed and planned again in every statement that calls it).
 -- Answer: r_failed (the failed check's position, from 1) with r_found, or r_out:
---   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt,
---              ready_at]],
---    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run,
---              ready_at]],
+--   {"acts": [[task, token, expires, deliveries, activity_id, name, input, options, attempt]],
+--    "acts_ready": [ready_at, one per element of acts],
+--    "wfts": [[task, token, expires, deliveries, workflow, name, last_seq, [[id, at, kind]], run]],
+--    "wfts_ready": [ready_at, one per element of wfts],
+-- (The ready times are keys of their own, not elements of the arrays above: a worker of an
+-- earlier release, still running while the schema is upgraded, reads those arrays as tuples
+-- of exactly their old length.)
 --    "decided": bool (whether the conditions of the first "if" applied held),
 --    "purged": [workflow ids]}
 -- and r_now, the database's clock for the item.
@@ -199,6 +202,7 @@ DECLARE
     k integer;
     wf text;
     claimed jsonb;
+    ready jsonb;
     failed jsonb;
 BEGIN
     FOR k IN 0 .. COALESCE(jsonb_array_length(steps), 0) - 1 LOOP
@@ -524,10 +528,13 @@ BEGIN
                     picked.visible_at AS ready_at
             )
             SELECT jsonb_agg(jsonb_build_array(id, lease_token, lease_expires_at, deliveries,
-                       activity_id, name, input, options, attempt, ready_at) ORDER BY id)
-            INTO claimed FROM c;
+                       activity_id, name, input, options, attempt) ORDER BY id),
+                   jsonb_agg(ready_at ORDER BY id)
+            INTO claimed, ready FROM c;
             answer := jsonb_set(answer, '{acts}',
                 COALESCE(answer->'acts', '[]'::jsonb) || COALESCE(claimed, '[]'::jsonb));
+            answer := jsonb_set(answer, '{acts_ready}',
+                COALESCE(answer->'acts_ready', '[]'::jsonb) || COALESCE(ready, '[]'::jsonb));
 
         WHEN 'claim_w' THEN
             WITH p AS (
@@ -548,12 +555,15 @@ BEGIN
                        (SELECT COALESCE(jsonb_agg(jsonb_build_array(m.id, m.visible_at, m.kind)
                                                   ORDER BY m.visible_at, m.id), '[]'::jsonb)
                         FROM messages m WHERE m.workflow_id = wf AND m.visible_at <= now_ms),
-                       w.run, c.ready_at)
-            INTO claimed
+                       w.run),
+                   to_jsonb(c.ready_at)
+            INTO claimed, ready
             FROM c JOIN workflows w ON w.id = wf;
             IF claimed IS NOT NULL THEN
                 answer := jsonb_set(answer, '{wfts}',
                     COALESCE(answer->'wfts', '[]'::jsonb) || jsonb_build_array(claimed));
+                answer := jsonb_set(answer, '{wfts_ready}',
+                    COALESCE(answer->'wfts_ready', '[]'::jsonb) || jsonb_build_array(ready));
             END IF;
 
         WHEN 'if' THEN

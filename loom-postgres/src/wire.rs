@@ -461,10 +461,11 @@ pub(crate) fn applied(ws: &WriteSet, answer: Answer) -> Result<Applied> {
             .workflow()
             .cloned()
             .unwrap_or_else(|| WorkflowId::new(""));
-        for a in acts {
+        for (i, a) in acts.iter().enumerate() {
+            let ready = ready_at(&out, "acts_ready", i, now);
             applied
                 .activity_tasks
-                .push(activity_task(a, &workflow, now)?);
+                .push(activity_task(a, &workflow, now, ready)?);
         }
     }
     if let Some(Value::Array(ids)) = out.get("purged") {
@@ -476,11 +477,21 @@ pub(crate) fn applied(ws: &WriteSet, answer: Answer) -> Result<Applied> {
         }
     }
     if let Some(Value::Array(wfts)) = out.get("wfts") {
-        for w in wfts {
-            applied.workflow_tasks.push(workflow_task(w, now)?);
+        for (i, w) in wfts.iter().enumerate() {
+            let ready = ready_at(&out, "wfts_ready", i, now);
+            applied.workflow_tasks.push(workflow_task(w, now, ready)?);
         }
     }
     Ok(applied)
+}
+
+/// The ready time of the `i`th task of an eager claim, from its list `key`; the claim's time
+/// if the server did not say.
+fn ready_at(out: &Value, key: &str, i: usize, now: Timestamp) -> Timestamp {
+    out.get(key)
+        .and_then(|r| r.get(i))
+        .and_then(Value::as_i64)
+        .map_or(now, Timestamp::from_millis)
 }
 
 fn protocol(message: String) -> StorageError {
@@ -547,10 +558,15 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
 }
 
 /// An activity task claimed by `claim_a`:
-/// `[task, token, expires, deliveries, activity_id, name, input, options, attempt, ready_at]`.
-fn activity_task(row: &Value, workflow: &WorkflowId, now: Timestamp) -> Result<ActivityTask> {
-    type Row = (i64, i64, i64, i32, i64, String, String, String, i32, i64);
-    let (task, token, expires, deliveries, activity, name, input, options, attempt, ready_at): Row =
+/// `[task, token, expires, deliveries, activity_id, name, input, options, attempt]`.
+fn activity_task(
+    row: &Value,
+    workflow: &WorkflowId,
+    now: Timestamp,
+    ready_at: Timestamp,
+) -> Result<ActivityTask> {
+    type Row = (i64, i64, i64, i32, i64, String, String, String, i32);
+    let (task, token, expires, deliveries, activity, name, input, options, attempt): Row =
         serde_json::from_value(row.clone())
             .map_err(|e| protocol(format!("an eager claim of activities: {e}")))?;
     Ok(ActivityTask {
@@ -566,14 +582,14 @@ fn activity_task(row: &Value, workflow: &WorkflowId, now: Timestamp) -> Result<A
         options: decode(&options, || format!("the options of activity task {task}"))?,
         attempt: u32::try_from(attempt).unwrap_or(1),
         deliveries: u32::try_from(deliveries).unwrap_or(0),
-        ready_at: Timestamp::from_millis(ready_at),
+        ready_at,
         claimed_at: now,
     })
 }
 
 /// A workflow task claimed by `claim_w`:
 /// `[task, token, expires, deliveries, workflow_id, name, last_seq, [[id, at, kind]], run]`.
-fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
+fn workflow_task(row: &Value, now: Timestamp, ready_at: Timestamp) -> Result<WorkflowTask> {
     type Row = (
         i64,
         i64,
@@ -584,9 +600,8 @@ fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
         i64,
         Vec<(i64, i64, String)>,
         u32,
-        i64,
     );
-    let (task, token, expires, deliveries, workflow_id, name, last, messages, run, ready_at): Row =
+    let (task, token, expires, deliveries, workflow_id, name, last, messages, run): Row =
         serde_json::from_value(row.clone())
             .map_err(|e| protocol(format!("an eager claim of a workflow task: {e}")))?;
     let messages = messages
@@ -611,7 +626,7 @@ fn workflow_task(row: &Value, now: Timestamp) -> Result<WorkflowTask> {
         last_seq: Seq::new(last.max(0).unsigned_abs()),
         messages,
         deliveries: u32::try_from(deliveries).unwrap_or(0),
-        ready_at: Timestamp::from_millis(ready_at),
+        ready_at,
         claimed_at: now,
     })
 }
