@@ -1538,8 +1538,7 @@ async fn worker(
         worker.run_until_idle(Duration::from_secs(1)).await
     } else {
         worker.run(loom_worker::shutdown_signal()).await
-    }
-    .map_err(|e| Fail::usage(e.to_string()))?;
+    };
     if let Some(t) = ticker {
         t.abort();
     }
@@ -1547,9 +1546,11 @@ async fn worker(
         bar.finish_and_clear();
     }
     let elapsed = started.elapsed();
+    // The spans buffered go out whatever the run's end.
     if let Some(otel) = otel {
         otel.shutdown();
     }
+    let report = report.map_err(|e| Fail::usage(e.to_string()))?;
     if json {
         render::json(&json!({ "elapsed_ms": elapsed.as_millis() as u64, "metrics": report }))?;
     } else {

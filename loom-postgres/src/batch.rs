@@ -39,8 +39,8 @@ pub(crate) struct Committer {
     queue: mpsc::UnboundedSender<Pending>,
     /// Statements sent, for tests and diagnostics.
     statements: Arc<AtomicU64>,
-    /// Items committed in them.
-    items: Arc<AtomicU64>,
+    /// Statements that committed, and the items in them.
+    committed: Arc<[AtomicU64; 2]>,
 }
 
 impl Committer {
@@ -57,11 +57,11 @@ impl Committer {
         let rx = Arc::new(Mutex::new(rx));
         let woke: Arc<dyn Fn() + Send + Sync> = Arc::new(woke);
         let statements = Arc::new(AtomicU64::new(0));
-        let items = Arc::new(AtomicU64::new(0));
+        let committed = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         for _ in 0..concurrency.max(1) {
             let (rx, pool, woke) = (rx.clone(), pool.clone(), woke.clone());
             let counter = statements.clone();
-            let items = items.clone();
+            let committed = committed.clone();
             tokio::spawn(async move {
                 loop {
                     let batch = {
@@ -76,15 +76,14 @@ impl Committer {
                         }
                         batch
                     };
-                    items.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    run(&pool, batch, &*woke, &counter).await;
+                    run(&pool, batch, &*woke, &counter, &committed).await;
                 }
             });
         }
         Committer {
             queue,
             statements,
-            items,
+            committed,
         }
     }
 
@@ -93,9 +92,12 @@ impl Committer {
         self.statements.load(Ordering::Relaxed)
     }
 
-    /// How many items the committer tasks have sent.
-    pub(crate) fn items(&self) -> u64 {
-        self.items.load(Ordering::Relaxed)
+    /// Statements that committed, and the items in them.
+    pub(crate) fn committed(&self) -> (u64, u64) {
+        (
+            self.committed[0].load(Ordering::Relaxed),
+            self.committed[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Queues `item` and waits for the server's answer to it.
@@ -121,10 +123,13 @@ async fn run(
     batch: Vec<Pending>,
     woke: &(dyn Fn() + Send + Sync),
     statements: &AtomicU64,
+    committed: &[AtomicU64; 2],
 ) {
     statements.fetch_add(1, Ordering::Relaxed);
     match execute(pool, &batch).await {
         Ok(answers) => {
+            committed[0].fetch_add(1, Ordering::Relaxed);
+            committed[1].fetch_add(batch.len() as u64, Ordering::Relaxed);
             let mut wakes = false;
             for (p, answer) in batch.into_iter().zip(answers) {
                 wakes |= p.wakes && answer.failed.is_none();
@@ -138,7 +143,7 @@ async fn run(
         Err(e) if batch.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
             tracing::debug!(error = %e, items = batch.len(), "a batched commit failed; committing its items one by one");
             for p in batch {
-                Box::pin(run(pool, vec![p], woke, statements)).await;
+                Box::pin(run(pool, vec![p], woke, statements, committed)).await;
             }
         }
         Err(e) => {

@@ -385,9 +385,10 @@ impl Storage for PostgresStorage {
 
     fn counters(&self) -> loom_storage::StoreCounters {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let (group_commits, writes_committed) = self.committer.committed();
         loom_storage::StoreCounters {
-            group_commits: self.committer.statements(),
-            writes_committed: self.committer.items(),
+            group_commits,
+            writes_committed,
             connections: Some((self.pool.size(), idle)),
         }
     }

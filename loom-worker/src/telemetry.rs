@@ -40,6 +40,8 @@ pub enum RunOutcome {
     terminated,
     timed_out,
     continued_as_new,
+    /// Failed, and its retry policy begins another run.
+    retried,
 }
 
 /// How an activity attempt ended.
@@ -56,6 +58,9 @@ pub enum AttemptOutcome {
     non_retryable,
     /// It ran past its start-to-close or heartbeat timeout.
     timed_out,
+    /// It was told to stop: the workflow cancelled the activity, or the attempt's lease was
+    /// lost. Its result is not wanted.
+    cancelled,
 }
 
 /// Why a workflow was paused.
@@ -143,6 +148,7 @@ struct Kind {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Refused {
+    kind: TaskKind,
     reason: Refusal,
 }
 
@@ -202,7 +208,7 @@ pub struct Telemetry {
     cache_evictions: Counter,
     replayed_events: Counter,
     lease_renewals: Counter,
-    leases_lost: Counter,
+    leases_lost: Family<Kind, Counter>,
     commits_refused: Family<Refused, Counter>,
     claims: Family<Kind, Counter>,
     eager_tasks: Family<Kind, Counter>,
@@ -255,7 +261,7 @@ impl Telemetry {
             cache_evictions: Counter::default(),
             replayed_events: Counter::default(),
             lease_renewals: Counter::default(),
-            leases_lost: Counter::default(),
+            leases_lost: Family::default(),
             commits_refused: Family::default(),
             claims: Family::default(),
             eager_tasks: Family::default(),
@@ -349,12 +355,12 @@ impl Telemetry {
         );
         r.register(
             "leases_lost",
-            "Leases found lost while their task ran",
+            "Leases found lost while their task ran, by kind of task (an activity's is also lost when the workflow cancels it)",
             t.leases_lost.clone(),
         );
         r.register(
             "commits_refused",
-            "Commits the store refused, by reason",
+            "Commits the store refused, by kind of task and reason (an activity's result is also refused once its workflow has ended or cancelled it)",
             t.commits_refused.clone(),
         );
         r.register(
@@ -454,7 +460,11 @@ impl Telemetry {
     /// Sets the backlog gauges from the store's answer, or marks the store down.
     pub fn set_backlog(&self, backlog: Result<&Backlog, &StorageError>) {
         let Ok(b) = backlog else {
+            // Unknown, not zero: the series go until the store answers again.
             self.store_up.set(0);
+            self.tasks_ready.clear();
+            self.tasks_running.clear();
+            self.oldest_ready_age.clear();
             return;
         };
         self.store_up.set(1);
@@ -509,16 +519,18 @@ impl Telemetry {
         &self,
         workflow_type: &'static str,
         outcome: RunOutcome,
-        ran: Duration,
+        ran: Option<Duration>,
     ) {
         let label = WorkflowEnd {
             workflow_type,
             outcome,
         };
         self.workflow_runs_ended.get_or_create(&label).inc();
-        self.workflow_run_duration
-            .get_or_create(&label)
-            .observe(ran.as_secs_f64());
+        if let Some(ran) = ran {
+            self.workflow_run_duration
+                .get_or_create(&label)
+                .observe(ran.as_secs_f64());
+        }
     }
 
     pub(crate) fn paused(&self, reason: PauseReason) {
@@ -566,13 +578,13 @@ impl Telemetry {
         self.lease_renewals.inc();
     }
 
-    pub(crate) fn lease_lost(&self) {
-        self.leases_lost.inc();
+    pub(crate) fn lease_lost(&self, kind: TaskKind) {
+        self.leases_lost.get_or_create(&Kind { kind }).inc();
     }
 
-    pub(crate) fn commit_refused(&self, reason: Refusal) {
+    pub(crate) fn commit_refused(&self, kind: TaskKind, reason: Refusal) {
         self.commits_refused
-            .get_or_create(&Refused { reason })
+            .get_or_create(&Refused { kind, reason })
             .inc();
     }
 

@@ -1568,4 +1568,9 @@ async fn dropping_run_stops_everything_the_worker_runs_and_keeps_its_leases() {
             .any(|t| t.activity.is_some() && t.leased_until.is_some()),
         "the activity's lease was released: {pending:?}"
     );
+    // The worker is done: it refuses to run again with its state cut off.
+    assert!(matches!(
+        worker.run(std::future::ready(())).await,
+        Err(loom_worker::WorkerError::Abandoned)
+    ));
 }

@@ -29,7 +29,7 @@ impl Shared {
                 ),
             )))
         } else if let Some(activity) = self.registry.activity(&task.name).cloned() {
-            self.run_attempt(activity, &task, cancel).await
+            self.run_attempt(activity, &task, cancel.clone()).await
         } else if task.deliveries < self.config.max_deliveries {
             // Another worker may have it: give the task back for a while.
             warn!(activity = %task.name, "no activity of this name is registered here; releasing it");
@@ -87,6 +87,7 @@ impl Shared {
         let retry_after = retry_after_set;
         if let (Some(t), Some(name)) = (self.telemetry(), activity_type) {
             let outcome = match &result {
+                _ if cancel.is_cancelled() => AttemptOutcome::cancelled,
                 EventKind::ActivityCompleted { .. } => AttemptOutcome::completed,
                 EventKind::ActivityTimedOut { .. } => AttemptOutcome::timed_out,
                 _ if retry_after.is_some() => AttemptOutcome::retried,
@@ -164,7 +165,7 @@ impl Shared {
             Err(StorageError::LeaseLost(_)) => {
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = self.telemetry() {
-                    t.commit_refused(Refusal::lease_lost);
+                    t.commit_refused(TaskKind::activity, Refusal::lease_lost);
                 }
                 debug!("activity result refused: the lease was lost or the workflow ended");
                 None

@@ -166,7 +166,16 @@ impl Shared {
             };
             let next = self
                 .clone()
-                .with_renewal(lease, cancel, work)
+                .with_renewal(
+                    lease,
+                    if kind == 0 {
+                        TaskKind::workflow
+                    } else {
+                        TaskKind::activity
+                    },
+                    cancel,
+                    work,
+                )
                 .instrument(span)
                 .await
                 .flatten();

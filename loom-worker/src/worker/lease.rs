@@ -36,6 +36,7 @@ impl Shared {
     pub(super) async fn with_renewal<T>(
         self: Arc<Self>,
         lease: Lease,
+        kind: TaskKind,
         cancel: Arc<loom_core::CancelFlag>,
         work: impl Future<Output = T>,
     ) -> Option<T> {
@@ -54,7 +55,7 @@ impl Shared {
                     Err(StorageError::LeaseLost(_)) => {
                         self.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
                         if let Some(t) = self.telemetry() {
-                            t.lease_lost();
+                            t.lease_lost(kind);
                         }
                         warn!(task = %lease.task, "lease lost while the task ran; abandoning it");
                         return;

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::client::Client;
-use crate::telemetry::{AttemptOutcome, PauseReason, Refusal, RunOutcome};
+use crate::telemetry::{AttemptOutcome, PauseReason, Refusal, RunOutcome, TaskKind};
 
 pub use config::{Limits, Retention, WorkerConfig};
 pub use metrics::{MetricsSnapshot, WorkerMetrics};
@@ -79,6 +79,9 @@ struct Shared {
     /// The seeded generator of every random choice, when the configuration names a seed;
     /// otherwise they come from the operating system.
     rng: Option<Mutex<StdRng>>,
+    /// Set when a `run` future was dropped before it ended: its tasks were cut off where
+    /// they stood, and their leases and counts with them.
+    abandoned: AtomicBool,
 }
 
 /// Why a worker stopped with an error.
@@ -88,6 +91,10 @@ pub enum WorkerError {
     /// The worker was asked to run with a registry that has no workflow types.
     #[error("no workflow types are registered")]
     EmptyRegistry,
+    /// An earlier `run` of this worker was dropped before it ended, as a dead process stops:
+    /// its in-memory state is not to be trusted. Make a new `Worker`.
+    #[error("an earlier run of this worker was dropped before it ended; make a new worker")]
+    Abandoned,
 }
 
 impl Worker {
@@ -120,6 +127,7 @@ impl Worker {
                 rng: config
                     .random_seed
                     .map(|s| Mutex::new(StdRng::seed_from_u64(s))),
+                abandoned: AtomicBool::new(false),
                 storage,
                 registry,
                 clock: config.clock.clone(),
@@ -168,7 +176,8 @@ impl Worker {
     /// another worker can take them at once.
     ///
     /// Dropping the returned future instead stops everything the worker runs at once, as if
-    /// its process died: nothing is committed or released, and its leases lapse.
+    /// its process died: nothing is committed or released, and its leases lapse. Such a
+    /// worker is done: a later `run` answers [`WorkerError::Abandoned`].
     pub async fn run(
         &self,
         shutdown: impl Future<Output = ()>,
@@ -176,6 +185,19 @@ impl Worker {
         if self.shared.registry.workflow_names().next().is_none() {
             return Err(WorkerError::EmptyRegistry);
         }
+        if self.shared.abandoned.load(Ordering::SeqCst) {
+            return Err(WorkerError::Abandoned);
+        }
+        // Marks the worker abandoned if this future is dropped before the end below.
+        struct Abandon<'a>(&'a AtomicBool, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut abandon = Abandon(&self.shared.abandoned, true);
         let (stop_tx, stop_rx) = watch::channel(false);
         // A `JoinSet`, so that dropping this future aborts the loops (and, with them, the
         // tasks they run).
@@ -203,6 +225,7 @@ impl Worker {
                 warn!(error = %e, "a worker loop ended abnormally");
             }
         }
+        abandon.1 = false;
         Ok(self.shared.metrics.snapshot())
     }
 

@@ -28,7 +28,12 @@ impl Shared {
     /// a decision, consuming every message.
     async fn end_from_outside(&self, task: WorkflowTask, end: EventKind) {
         let id = task.workflow_id.clone();
-        drop(self.cache_guard().as_mut().and_then(|c| c.pop(&id)));
+        // The cached machine, if any, knows when the run started, for its duration.
+        let started_at = self
+            .cache_guard()
+            .as_mut()
+            .and_then(|c| c.pop(&id))
+            .map(|m| m.started_at());
         let family = match self.storage.describe(&id).await {
             Ok(summary) => crate::client::family_of(self.storage.as_ref(), &summary).await,
             Err(e) => Err(e),
@@ -66,7 +71,8 @@ impl Shared {
                     self.telemetry(),
                     self.registry.workflow(&task.workflow_name),
                 ) {
-                    t.run_ended(def.name(), outcome, Duration::ZERO);
+                    let ran = started_at.map(|s| task.claimed_at.saturating_duration_since(s));
+                    t.run_ended(def.name(), outcome, ran);
                 }
                 debug!(workflow = %id, "ended without its code");
                 self.finished.notify_waiters();
@@ -329,10 +335,11 @@ impl Shared {
                 // stale. Nothing was written.
                 self.metrics.commits_refused.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = self.telemetry() {
-                    t.commit_refused(match e {
+                    let reason = match e {
                         StorageError::LeaseLost(_) => Refusal::lease_lost,
                         _ => Refusal::conflict,
-                    });
+                    };
+                    t.commit_refused(TaskKind::workflow, reason);
                 }
                 debug!(error = %e, "workflow task commit refused");
                 None
@@ -361,14 +368,17 @@ impl Shared {
             self.activity_work.notify_one();
         }
         if let Some(t) = self.telemetry() {
-            let outcome = if machine.next_run().is_some() {
-                Some(RunOutcome::continued_as_new)
-            } else {
-                machine.outcome().map(|o| RunOutcome::of(&o))
+            let outcome = match machine.outcome() {
+                // A failure its retry policy retries begins another run.
+                Some(loom_core::Outcome::Failed { .. }) if machine.next_run().is_some() => {
+                    Some(RunOutcome::retried)
+                }
+                Some(o) => Some(RunOutcome::of(&o)),
+                None => None,
             };
             if let Some(outcome) = outcome {
                 let ran = at.saturating_duration_since(machine.started_at());
-                t.run_ended(machine.workflow_type(), outcome, ran);
+                t.run_ended(machine.workflow_type(), outcome, Some(ran));
             }
         }
         if machine.next_run().is_some() {
