@@ -56,6 +56,7 @@ fn every_golden_history_replays_to_its_recorded_output() {
     let mut child_started = false;
     let mut continued_run = false;
     let mut reset_run = false;
+    let mut traced = 0;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .expect("the golden directory")
         .map(|e| e.expect("an entry").path())
@@ -80,6 +81,33 @@ fn every_golden_history_replays_to_its_recorded_output() {
         child_started |= parent.is_some();
         continued_run |= *run > 1;
         reset_run |= reset.is_some();
+        // The run's trace, and every activity and child scheduled under it, decode as
+        // written.
+        if let Some(loom_core::EventKind::WorkflowStarted {
+            traceparent: Some(tp),
+            ..
+        }) = golden.events.first().map(|e| &e.kind)
+        {
+            traced += 1;
+            for e in &golden.events {
+                let carried = match &e.kind {
+                    loom_core::EventKind::ActivityScheduled { options, .. } => {
+                        options.traceparent.as_ref()
+                    }
+                    loom_core::EventKind::ChildWorkflowScheduled { traceparent, .. } => {
+                        traceparent.as_ref()
+                    }
+                    _ => continue,
+                };
+                assert_eq!(
+                    carried,
+                    Some(tp),
+                    "{}: {} lost the trace",
+                    path.display(),
+                    e.seq
+                );
+            }
+        }
         let was_reset = golden
             .events
             .last()
@@ -125,6 +153,7 @@ fn every_golden_history_replays_to_its_recorded_output() {
     let missing: Vec<_> = COVERED.iter().filter(|k| !seen.contains(*k)).collect();
     assert!(missing.is_empty(), "no golden history holds {missing:?}");
     assert!(child_started, "no golden history is a child's");
+    assert!(traced > 0, "no golden history carries a trace");
     assert!(
         continued_run,
         "no golden history is of a run that continued another"
