@@ -184,12 +184,13 @@ fn the_metrics_move_as_the_run_implies() {
     promtool_checks(&text);
 }
 
-/// `promtool check metrics` lints the exposition (names, units, help); skipped loudly without
-/// promtool outside CI, a failure under `CI=true`.
-fn promtool_checks(text: &str) {
+/// Runs `promtool` with `args` in `dir`, feeding it `stdin`, and requires success. Without
+/// promtool: a loud skip outside CI (`false`), a failure under `CI=true`.
+fn promtool(args: &[&str], dir: &Path, stdin: Option<&str>) -> bool {
     use std::io::Write;
     let child = Command::new("promtool")
-        .args(["check", "metrics"])
+        .args(args)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -201,23 +202,28 @@ fn promtool_checks(text: &str) {
                 std::env::var_os("CI").is_none(),
                 "promtool is needed under CI: {e}"
             );
-            eprintln!("SKIPPED: promtool check metrics: promtool is not installed ({e})");
-            return;
+            eprintln!("SKIPPED: promtool {args:?}: promtool is not installed ({e})");
+            return false;
         }
     };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("promtool reads");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("promtool reads");
+    }
+    drop(input);
     let out = child.wait_with_output().expect("promtool ends");
     assert!(
         out.status.success(),
-        "promtool check metrics: {}{}",
+        "promtool {args:?}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    true
+}
+
+/// `promtool check metrics` lints the exposition (names, units, help).
+fn promtool_checks(text: &str) {
+    promtool(&["check", "metrics"], Path::new("."), Some(text));
 }
 
 #[test]
@@ -250,30 +256,7 @@ fn bad_metrics_addresses_are_refused() {
 #[test]
 fn the_alert_rules_pass_their_unit_tests() {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
-    for args in [
-        ["check", "rules", "loom-rules.yml"],
-        ["test", "rules", "loom-rules.test.yml"],
-    ] {
-        let out = match Command::new("promtool")
-            .args(args)
-            .current_dir(&rules)
-            .output()
-        {
-            Ok(out) => out,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "promtool is needed under CI: {e}"
-                );
-                eprintln!("SKIPPED: promtool {args:?}: promtool is not installed ({e})");
-                return;
-            }
-        };
-        assert!(
-            out.status.success(),
-            "promtool {args:?}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if promtool(&["check", "rules", "loom-rules.yml"], &rules, None) {
+        promtool(&["test", "rules", "loom-rules.test.yml"], &rules, None);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use loom_core::{Event, EventKind, Seq, WorkflowId};
+use loom_core::{Event, EventKind, Seq};
 use loom_storage::{ListQuery, Storage, WorkflowStatus};
 
 use crate::workload::{Ledger, ProgramInput, expected};
@@ -149,17 +149,4 @@ pub async fn all_ended(store: &dyn Storage) -> bool {
         .list(&all)
         .await
         .is_ok_and(|page| page.items.iter().all(|w| w.status.is_terminal()))
-}
-
-/// Ids of the workflows in the store, with their status.
-pub async fn statuses(store: &dyn Storage) -> Vec<(WorkflowId, WorkflowStatus)> {
-    let all = ListQuery {
-        limit: 10_000,
-        ..ListQuery::default()
-    };
-    store
-        .list(&all)
-        .await
-        .map(|p| p.items.into_iter().map(|w| (w.id, w.status)).collect())
-        .unwrap_or_default()
 }

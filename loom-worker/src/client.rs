@@ -341,6 +341,17 @@ impl Client {
             .unwrap_or_else(|| WorkflowId::new(uuid::Uuid::new_v4().to_string()));
         loom_core::tags::check_tags(&options.tags)
             .map_err(|e| ClientError::Storage(StorageError::InvalidArgument(e)))?;
+        if let Some(tp) = options
+            .traceparent
+            .as_deref()
+            .filter(|tp| !crate::trace::is_valid(tp))
+        {
+            return Err(ClientError::Storage(StorageError::InvalidArgument(
+                format!(
+                    "the traceparent {tp:?} is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)"
+                ),
+            )));
+        }
         let span = tracing::info_span!(
             target: crate::trace::TARGET,
             "StartWorkflow",

@@ -43,6 +43,16 @@ pub(crate) fn traceparent_of(span: &Span, fallback: Option<String>) -> String {
     )
 }
 
+/// Whether `traceparent` is a W3C trace context this crate can join.
+pub(crate) fn is_valid(traceparent: &str) -> bool {
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    TraceContextPropagator::new()
+        .extract(&carrier)
+        .span()
+        .span_context()
+        .is_valid()
+}
+
 /// Makes `span` a child of the trace context `traceparent` names. Call it before the span is
 /// entered; without an OpenTelemetry layer, or with no or a malformed `traceparent`, it does
 /// nothing.
@@ -90,6 +100,14 @@ mod tests {
             Some("0af7651916cd43dd8448eb211c80319c")
         );
         assert_eq!(trace_id(Some("garbage")), None);
+        assert!(is_valid(&given));
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "",
+        ] {
+            assert!(!is_valid(bad), "{bad}");
+        }
         assert_eq!(trace_id(None), None);
         assert_eq!(traceparent_of(&Span::none(), Some(given.clone())), given);
     }

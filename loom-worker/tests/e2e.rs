@@ -1574,3 +1574,41 @@ async fn dropping_run_stops_everything_the_worker_runs_and_keeps_its_leases() {
         Err(loom_worker::WorkerError::Abandoned)
     ));
 }
+
+#[tokio::test]
+async fn a_start_keeps_a_given_trace_and_refuses_a_malformed_one() {
+    let storage = Arc::new(MemoryStorage::new());
+    let client = Client::new(storage.clone());
+    let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let options = StartOptions {
+        traceparent: Some(given.to_owned()),
+        ..StartOptions::id("traced")
+    };
+    let handle = client.start::<Ticking>(&(), options).await.expect("start");
+    let history = storage
+        .load_history(handle.id(), loom_core::Seq::ZERO)
+        .await
+        .expect("history");
+    match &history[0].kind {
+        EventKind::WorkflowStarted { traceparent, .. } => {
+            assert_eq!(traceparent.as_deref(), Some(given));
+        }
+        other => panic!("{other}"),
+    }
+    let bad = StartOptions {
+        traceparent: Some("<script>".to_owned()),
+        ..StartOptions::id("untraced")
+    };
+    let refused = client.start::<Ticking>(&(), bad).await.err();
+    assert!(
+        matches!(&refused, Some(ClientError::Storage(loom_storage::StorageError::InvalidArgument(m))) if m.contains("not a W3C trace context")),
+        "{refused:?}"
+    );
+    assert!(
+        storage
+            .describe(&WorkflowId::new("untraced"))
+            .await
+            .is_err(),
+        "nothing was written"
+    );
+}

@@ -13,7 +13,8 @@ impl Shared {
         let store_time = StoreTime::new(task.claimed_at, self.clock.now());
         let policy = task.options.retry.clone();
         let started = std::time::Instant::now();
-        let activity_type = self.registry.activity(&task.name).map(|a| a.name());
+        let activity = self.registry.activity(&task.name).cloned();
+        let activity_type = activity.as_ref().map(|a| a.name());
         if let (Some(t), Some(name)) = (self.telemetry(), activity_type) {
             t.activity_started(
                 name,
@@ -28,7 +29,7 @@ impl Shared {
                     task.attempt, task.deliveries
                 ),
             )))
-        } else if let Some(activity) = self.registry.activity(&task.name).cloned() {
+        } else if let Some(activity) = activity {
             self.run_attempt(activity, &task, cancel.clone()).await
         } else if task.deliveries < self.config.max_deliveries {
             // Another worker may have it: give the task back for a while.
