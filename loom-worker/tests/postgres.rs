@@ -91,29 +91,42 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
     let ids: Vec<String> = (0..WORKERS).map(|i| format!("{schema}-w{i}")).collect();
     let mut children: Vec<Child> = ids.iter().map(|id| worker(&url, &schema, id)).collect();
 
-    // Freeze worker 0 while it holds leases, past their 600 ms length.
+    // Freeze worker 0 while it holds leases, past their 600 ms length. A lease seen just before
+    // the STOP may be released by a commit already on its way, so the count that decides is
+    // taken after the STOP, once anything in flight has landed; without a live lease then, the
+    // worker is let go and caught again.
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&url)
         .await
         .expect("admin connection");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let held_by_worker_0 = async || -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM {schema}.tasks WHERE lease_owner = $1 AND lease_expires_at > {schema}.loom_now_ms()"
         )))
         .bind(&ids[0])
         .fetch_one(&admin)
         .await
-        .expect("count leases");
-        if held > 0 {
+        .expect("count leases")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "worker 0 was never frozen holding a lease"
+        );
+        if held_by_worker_0().await == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        signal(&children[0], "STOP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if held_by_worker_0().await > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "worker 0 never held a lease");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        signal(&children[0], "CONT");
     }
-    signal(&children[0], "STOP");
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(1_400)).await;
     signal(&children[0], "CONT");
 
     // Cut every Loom connection to the database in the middle of the run.
