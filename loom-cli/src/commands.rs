@@ -1458,10 +1458,8 @@ async fn worker(
             layers.push(match log_format {
                 crate::LogFormat::Text => logs.with_ansi(terminal).with_filter(filter).boxed(),
                 crate::LogFormat::Json => logs
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(crate::logs::JsonLines)
                     .with_filter(filter)
                     .boxed(),
             });

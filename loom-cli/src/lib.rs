@@ -27,6 +27,7 @@ mod bench;
 mod commands;
 mod db;
 pub mod examples;
+mod logs;
 mod observe;
 mod otel;
 mod render;

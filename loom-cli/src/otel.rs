@@ -12,10 +12,13 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::registry::LookupSpan;
+
+/// Spans held for export before new ones are dropped, unless `OTEL_BSP_MAX_QUEUE_SIZE` says.
+const QUEUE: usize = 32_768;
 
 /// The exporter's provider: shut it down before exiting, so the last spans are sent.
 pub(crate) struct Otel {
@@ -60,8 +63,18 @@ impl Otel {
             .with_service_name(service)
             .with_attribute(KeyValue::new("service.instance.id", instance.to_owned()))
             .build();
+        // The specification's queue of 2,048 spans fills in a tenth of a second at Loom's
+        // pace (about six spans a workflow), and spans past it are dropped: the default here
+        // holds a second and a half of them. OTEL_BSP_MAX_QUEUE_SIZE still decides.
+        let mut batch = BatchConfigBuilder::default();
+        if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+            batch = batch.with_max_queue_size(QUEUE);
+        }
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch.build())
+            .build();
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(processor)
             .with_resource(resource)
             .build();
         Ok(Otel { provider })

@@ -357,8 +357,7 @@ impl Client {
             "StartWorkflow",
             otel.name = tracing::field::Empty,
             otel.kind = "producer",
-            workflow_id = %id,
-            workflow = name,
+            workflow_id = id.as_str(),
         );
         if !span.is_disabled() {
             span.record("otel.name", format!("StartWorkflow:{name}"));

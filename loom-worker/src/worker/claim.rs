@@ -154,7 +154,7 @@ impl Shared {
         mut permit: OwnedSemaphorePermit,
     ) {
         loop {
-            let (lease, span) = (task.lease(), task.span());
+            let (lease, (span, attempt)) = (task.lease(), task.spans());
             let kind = usize::from(matches!(task, Claimed::Activity(_)));
             self.track(lease);
             self.metrics.running.fetch_add(1, Ordering::SeqCst);
@@ -162,7 +162,11 @@ impl Shared {
             let cancel = loom_core::CancelFlag::new();
             let work = match task {
                 Claimed::Workflow(t) => self.clone().workflow_task(t).boxed(),
-                Claimed::Activity(t) => self.clone().activity_task(t, cancel.clone()).boxed(),
+                Claimed::Activity(t) => self
+                    .clone()
+                    .activity_task(t, cancel.clone())
+                    .instrument(attempt.unwrap_or_else(tracing::Span::none))
+                    .boxed(),
             };
             let next = self
                 .clone()
@@ -267,34 +271,49 @@ impl Claimed {
         }
     }
 
-    fn span(&self) -> tracing::Span {
+    /// The task's spans: its own, which gives log lines their fields (the workflow, the task,
+    /// the trace id), and for an activity attempt the `RunActivity` span inside it, which joins
+    /// the run's trace and carries what a trace needs. A workflow task's `RunWorkflow` span is
+    /// made once its history is loaded and the run's trace known.
+    fn spans(&self) -> (tracing::Span, Option<tracing::Span>) {
         match self {
-            Claimed::Workflow(t) => info_span!(
-                "workflow_task",
-                workflow_id = %t.workflow_id,
-                run = t.run,
-                workflow = %t.workflow_name,
-                task = %t.lease.task
+            Claimed::Workflow(t) => (
+                info_span!(
+                    "workflow_task",
+                    workflow_id = t.workflow_id.as_str(),
+                    run = t.run,
+                    workflow = t.workflow_name.as_str(),
+                    task = %t.lease.task,
+                    trace_id = tracing::field::Empty,
+                ),
+                None,
             ),
             Claimed::Activity(t) => {
-                // The attempt's span joins the run's trace (its traceparent came with the task).
-                let span = info_span!(
-                    target: crate::trace::TARGET,
-                    "RunActivity",
-                    otel.name = tracing::field::Empty,
-                    otel.kind = "consumer",
-                    workflow_id = %t.workflow_id,
-                    activity = %t.name,
+                let traceparent = t.options.traceparent.as_deref();
+                let task = info_span!(
+                    "activity_task",
+                    workflow_id = t.workflow_id.as_str(),
+                    activity = t.name.as_str(),
                     activity_id = %t.activity_id,
                     attempt = t.attempt,
                     task = %t.lease.task,
-                    trace_id = crate::trace::trace_id(t.options.traceparent.as_deref()),
+                    trace_id = crate::trace::trace_id(traceparent),
                 );
-                if !span.is_disabled() {
-                    span.record("otel.name", format!("RunActivity:{}", t.name));
-                    crate::trace::join(&span, t.options.traceparent.as_deref());
+                let attempt = info_span!(
+                    target: crate::trace::TARGET,
+                    parent: &task,
+                    "RunActivity",
+                    otel.name = tracing::field::Empty,
+                    otel.kind = "consumer",
+                    workflow_id = t.workflow_id.as_str(),
+                    activity_id = %t.activity_id,
+                    attempt = t.attempt,
+                );
+                if !attempt.is_disabled() {
+                    attempt.record("otel.name", format!("RunActivity:{}", t.name));
+                    crate::trace::join(&attempt, traceparent);
                 }
-                span
+                (task, Some(attempt))
             }
         }
     }

@@ -208,18 +208,18 @@ impl Shared {
                 }
             }
         };
-        // The span that joins the run's trace, now that the run (and its trace) is known.
+        // The span that joins the run's trace, now that the run (and its trace) is known. It
+        // carries what a trace needs; the fields log lines want besides (the task, the trace
+        // id) are on the task's own span around it, which is not exported.
         let traceparent = machine.traceparent();
+        tracing::Span::current().record("trace_id", crate::trace::trace_id(traceparent.as_deref()));
         let run_span = tracing::info_span!(
             target: crate::trace::TARGET,
             "RunWorkflow",
             otel.name = tracing::field::Empty,
             otel.kind = "consumer",
-            workflow_id = %id,
+            workflow_id = id.as_str(),
             run = task.run,
-            workflow = %task.workflow_name,
-            task = %task.lease.task,
-            trace_id = crate::trace::trace_id(traceparent.as_deref()),
         );
         if !run_span.is_disabled() {
             run_span.record("otel.name", format!("RunWorkflow:{}", task.workflow_name));
