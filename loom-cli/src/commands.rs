@@ -54,6 +54,14 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             };
             worker(store, registry, args, json).await
         }
+        Command::Server { listen, token } => {
+            let addr = crate::observe::parse_addr(&listen)
+                .map_err(|e| Fail::usage(e.replace("--metrics", "--listen")))?;
+            loom_server::check_bind(addr, token.as_deref())
+                .map_err(|e| Fail::usage(format!("--listen {listen}: {e}")))?;
+            let store = db::open(&url, Missing::Create, false).await?;
+            server(store, registry, addr, token).await
+        }
         Command::Start {
             workflow,
             input,
@@ -417,16 +425,33 @@ fn workflows(registry: &Registry, json: bool) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A tag value as a person typed it: an RFC 3339 time, or what [`TagValue::infer`] makes of
-/// it.
-fn parse_tag_value(text: &str) -> loom_core::TagValue {
-    if let Ok(t) = humantime::parse_rfc3339_weak(text)
-        && let Ok(since) = t.duration_since(std::time::UNIX_EPOCH)
-        && let Ok(ms) = i64::try_from(since.as_millis())
-    {
-        return loom_core::TagValue::Time(loom_core::Timestamp::from_millis(ms));
-    }
-    loom_core::TagValue::infer(text)
+/// `loom server`: the HTTP API until Ctrl-C or SIGTERM.
+async fn server(
+    store: Arc<dyn Storage>,
+    registry: Registry,
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+) -> Result<ExitCode, Fail> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fail::usage(format!("--listen {addr}: cannot listen there: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Fail::usage(format!("--listen {addr}: {e}")))?;
+    eprintln!(
+        "Loom API on http://{bound}/api/v1 (OpenAPI at /api/openapi.json){}; Ctrl-C stops it.",
+        if token.is_some() {
+            ", token required"
+        } else {
+            ""
+        }
+    );
+    loom_server::Service::new(store, Arc::new(registry))
+        .with_token(token)
+        .serve(listener, loom_worker::shutdown_signal())
+        .await
+        .map_err(|e| Fail::failed(format!("the server stopped: {e}")))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--tag key=value` of `loom start`.
@@ -436,38 +461,14 @@ fn parse_tag(text: &str) -> Result<(String, loom_core::TagValue), Fail> {
             "--tag {text:?} is not key=value (say --tag customer=42)"
         )));
     };
-    let value = parse_tag_value(value);
+    let value = loom_core::TagValue::parse(value);
     loom_core::tags::check_tag(key, &value).map_err(|e| Fail::usage(format!("--tag: {e}")))?;
     Ok((key.to_owned(), value))
 }
 
-/// A tag filter: `key=value`, or `key` then `<`, `<=`, `>` or `>=` then a number or a time.
+/// A tag filter of `loom list --tag`.
 fn parse_tag_filter(text: &str) -> Result<loom_storage::TagFilter, Fail> {
-    use loom_storage::TagCmp;
-    let Some(at) = text.find(['=', '<', '>']) else {
-        return Err(Fail::usage(format!(
-            "tag filter {text:?} has no comparison: say key=value, key>N, key>=N, key<N or key<=N"
-        )));
-    };
-    let (key, rest) = text.split_at(at);
-    let (cmp, value) = if let Some(v) = rest.strip_prefix(">=") {
-        (TagCmp::Ge, v)
-    } else if let Some(v) = rest.strip_prefix("<=") {
-        (TagCmp::Le, v)
-    } else if let Some(v) = rest.strip_prefix('>') {
-        (TagCmp::Gt, v)
-    } else if let Some(v) = rest.strip_prefix('<') {
-        (TagCmp::Lt, v)
-    } else {
-        (TagCmp::Eq, &rest[1..])
-    };
-    let filter = loom_storage::TagFilter {
-        key: key.to_owned(),
-        cmp,
-        value: parse_tag_value(value),
-    };
-    filter.check().map_err(Fail::usage)?;
-    Ok(filter)
+    loom_storage::TagFilter::parse(text).map_err(Fail::usage)
 }
 
 async fn start(

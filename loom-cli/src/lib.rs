@@ -239,6 +239,18 @@ pub(crate) enum Command {
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
     },
+    /// Serve the HTTP JSON API over this database until Ctrl-C: start, list, describe,
+    /// history, signal, cancel, terminate, pause and resume, described by the OpenAPI
+    /// document at /api/openapi.json.
+    Server {
+        /// Where to listen: a PORT (on 127.0.0.1), or HOST:PORT. An address other machines
+        /// reach needs a token.
+        #[arg(long, default_value = "127.0.0.1:8237", value_name = "ADDR")]
+        listen: String,
+        /// The token callers must send as `Authorization: Bearer TOKEN`.
+        #[arg(long, env = "LOOM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Start a workflow and print its id.
     Start {
         /// The workflow type's name (see `loom workflows`).

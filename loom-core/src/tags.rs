@@ -72,8 +72,20 @@ impl TagValue {
         }
     }
 
+    /// The value a person typed, times included: an RFC 3339 time (`2026-12-06T10:00:00Z`,
+    /// or without the zone, read as UTC) a time, otherwise as [`infer`](Self::infer) reads it.
+    pub fn parse(text: &str) -> TagValue {
+        if let Ok(t) = humantime::parse_rfc3339_weak(text)
+            && let Ok(since) = t.duration_since(std::time::UNIX_EPOCH)
+            && let Ok(ms) = i64::try_from(since.as_millis())
+        {
+            return TagValue::Time(crate::Timestamp::from_millis(ms));
+        }
+        TagValue::infer(text)
+    }
+
     /// The value a person typed: `true`/`false` a truth value, a decimal number an int,
-    /// anything else text. (A time is parsed by the caller, which knows its formats.)
+    /// anything else text. ([`parse`](Self::parse) reads times too.)
     pub fn infer(text: &str) -> TagValue {
         match text {
             "true" => TagValue::Bool(true),

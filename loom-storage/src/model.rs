@@ -509,6 +509,36 @@ pub struct TagFilter {
 }
 
 impl TagFilter {
+    /// A filter as a person writes it: `key=value`, or `key` then `<`, `<=`, `>` or `>=` then
+    /// a number or a time (values read by [`TagValue::parse`]), checked as [`check`](Self::check)
+    /// does. The error says what is wrong.
+    pub fn parse(text: &str) -> Result<TagFilter, String> {
+        let Some(at) = text.find(['=', '<', '>']) else {
+            return Err(format!(
+                "tag filter {text:?} has no comparison: say key=value, key>N, key>=N, key<N or key<=N"
+            ));
+        };
+        let (key, rest) = text.split_at(at);
+        let (cmp, value) = if let Some(v) = rest.strip_prefix(">=") {
+            (TagCmp::Ge, v)
+        } else if let Some(v) = rest.strip_prefix("<=") {
+            (TagCmp::Le, v)
+        } else if let Some(v) = rest.strip_prefix('>') {
+            (TagCmp::Gt, v)
+        } else if let Some(v) = rest.strip_prefix('<') {
+            (TagCmp::Lt, v)
+        } else {
+            (TagCmp::Eq, &rest[1..])
+        };
+        let filter = TagFilter {
+            key: key.to_owned(),
+            cmp,
+            value: TagValue::parse(value),
+        };
+        filter.check()?;
+        Ok(filter)
+    }
+
     /// Whether a workflow with `tags` passes.
     pub fn matches(&self, tags: &Tags) -> bool {
         let Some(v) = tags.get(&self.key) else {

@@ -1,0 +1,865 @@
+//! The JSON API, version 1, and the OpenAPI document that describes it ([`ApiDoc`]).
+//!
+//! Times are RFC 3339 strings in UTC with milliseconds. A workflow id is one path segment:
+//! an id holding `/` (a child's, say) is sent percent-encoded (`%2F`). Lists page with an
+//! opaque `cursor`; a history pages by sequence number (`after`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loom_core::{Payload, Seq, TagValue, Tags, Timestamp, WorkflowId};
+use loom_storage::{ListCursor, ListQuery, TagFilter, WorkflowStatus, WorkflowSummary};
+use loom_worker::StartOptions;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::ErrorBody;
+use crate::{ApiError, Service};
+
+type Shared = State<Arc<Service>>;
+
+/// The most workflows one page of a list holds.
+pub const MAX_PAGE: usize = 1_000;
+/// The most events one page of a history holds.
+pub const MAX_EVENTS: usize = 1_000;
+
+/// The routes of the API, the OpenAPI document and `/livez`.
+pub(crate) fn routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/v1/workflows", get(list).post(start))
+        .route("/api/v1/workflows/{id}", get(describe))
+        .route("/api/v1/workflows/{id}/history", get(history))
+        .route("/api/v1/workflows/{id}/signal", post(signal))
+        .route("/api/v1/workflows/{id}/cancel", post(cancel))
+        .route("/api/v1/workflows/{id}/terminate", post(terminate))
+        .route("/api/v1/workflows/{id}/pause", post(pause))
+        .route("/api/v1/workflows/{id}/resume", post(resume))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/types", get(types))
+        .fallback(|| async { ApiError::not_found("no such route") })
+}
+
+/// The OpenAPI document of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Loom",
+        description = "Start, find, inspect and operate Loom workflows."
+    ),
+    paths(list, start, describe, history, signal, cancel, terminate, pause, resume, stats, types),
+    components(schemas(
+        Workflow, Status, FailureView, WorkflowPage, StartRequest, Started, HistoryPage,
+        HistoryEvent, SignalRequest, ReasonRequest, Accepted, StatsView, TypesView, WorkflowType,
+        ErrorBody
+    )),
+    modifiers(&BearerToken),
+    security(("token" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// A JSON body whose rejections are answered as the API's errors (400 with what is wrong,
+/// 415 without a JSON content type).
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::unsupported(
+                "send the body as JSON, with Content-Type: application/json",
+            )),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+// ---- shapes ----
+
+/// A workflow's status.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Started and not ended.
+    Running,
+    /// Its last workflow task could not be decided; retried until code that replays runs.
+    Paused,
+    /// Returned its output.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Was cancelled.
+    Cancelled,
+    /// Was ended from outside.
+    Terminated,
+    /// Ran past a timeout set at start.
+    TimedOut,
+}
+
+impl From<WorkflowStatus> for Status {
+    fn from(s: WorkflowStatus) -> Self {
+        match s {
+            WorkflowStatus::Running => Status::Running,
+            WorkflowStatus::Paused => Status::Paused,
+            WorkflowStatus::Completed => Status::Completed,
+            WorkflowStatus::Failed => Status::Failed,
+            WorkflowStatus::Cancelled => Status::Cancelled,
+            WorkflowStatus::Terminated => Status::Terminated,
+            WorkflowStatus::TimedOut => Status::TimedOut,
+        }
+    }
+}
+
+impl From<Status> for WorkflowStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Running => WorkflowStatus::Running,
+            Status::Paused => WorkflowStatus::Paused,
+            Status::Completed => WorkflowStatus::Completed,
+            Status::Failed => WorkflowStatus::Failed,
+            Status::Cancelled => WorkflowStatus::Cancelled,
+            Status::Terminated => WorkflowStatus::Terminated,
+            Status::TimedOut => WorkflowStatus::TimedOut,
+        }
+    }
+}
+
+/// How a workflow failed.
+#[derive(Serialize, ToSchema)]
+pub struct FailureView {
+    /// A stable name for the kind of error.
+    pub kind: String,
+    /// A sentence for people.
+    pub message: String,
+    /// Whether retrying could not help.
+    pub non_retryable: bool,
+    /// Structured details, if any.
+    pub details: Option<Value>,
+}
+
+/// One workflow.
+#[derive(Serialize, ToSchema)]
+pub struct Workflow {
+    /// Its id.
+    pub id: String,
+    /// Its type's name.
+    #[serde(rename = "type")]
+    pub workflow_type: String,
+    /// Its type's version at start.
+    pub version: u32,
+    /// Its status.
+    pub status: Status,
+    /// Its current run: 1, and one more for each continue-as-new or retry.
+    pub run: u32,
+    /// Its input (of the current run).
+    pub input: Value,
+    /// Its output, once completed.
+    pub output: Option<Value>,
+    /// Its error, once failed.
+    pub failure: Option<FailureView>,
+    /// Why it is paused.
+    pub pause_reason: Option<String>,
+    /// When it was created (its first run).
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// When it last changed.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// When it ended.
+    #[schema(format = DateTime)]
+    pub closed_at: Option<String>,
+    /// The sequence number of the last event in its history.
+    pub last_seq: u64,
+    /// The workflow that started it as its child.
+    pub parent: Option<String>,
+    /// Its tags: text, whole numbers, truth values, and times as RFC 3339 strings.
+    pub tags: BTreeMap<String, Value>,
+    /// Where it stood after its last workflow task: the current step, the state, pending
+    /// activities and timers, awaited signals.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Value>,
+}
+
+impl From<WorkflowSummary> for Workflow {
+    fn from(s: WorkflowSummary) -> Self {
+        Workflow {
+            id: s.id.as_str().to_owned(),
+            workflow_type: s.name,
+            version: s.version,
+            status: s.status.into(),
+            run: s.run,
+            input: s.input.into_json(),
+            output: s.output.map(Payload::into_json),
+            failure: s.failure.map(|f| FailureView {
+                kind: f.kind,
+                message: f.message,
+                non_retryable: f.non_retryable,
+                details: f.details.map(Payload::into_json),
+            }),
+            pause_reason: s.pause_reason,
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(s.updated_at),
+            closed_at: s.closed_at.map(rfc3339),
+            last_seq: s.last_seq.get(),
+            parent: s.parent.map(|p| p.as_str().to_owned()),
+            tags: tags_json(&s.tags),
+            progress: s
+                .progress
+                .and_then(|p| serde_json::to_value(p).ok())
+                .filter(Value::is_object),
+        }
+    }
+}
+
+/// One page of workflows, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowPage {
+    /// The workflows.
+    pub workflows: Vec<Workflow>,
+    /// The cursor of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// A workflow to start.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The workflow type, as registered in the serving binary.
+    #[serde(rename = "type")]
+    pub workflow_type: String,
+    /// Its input, checked against the type.
+    #[serde(default)]
+    pub input: Value,
+    /// Its id; a new one when absent. Starting again with the same id, type and input is
+    /// answered with the same id; with others, 409.
+    pub id: Option<String>,
+    /// Tags: strings (an RFC 3339 string is a time), whole numbers and truth values.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Value>,
+    /// The version of the type to run; the newest when absent.
+    pub version: Option<u32>,
+}
+
+/// A started workflow.
+#[derive(Serialize, ToSchema)]
+pub struct Started {
+    /// Its id.
+    pub id: String,
+}
+
+/// One page of a history.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// The events, in order.
+    pub events: Vec<HistoryEvent>,
+    /// The `after` of the next page, if there is one.
+    pub next: Option<u64>,
+}
+
+/// One event: its sequence number, time and type, and the fields of its type as the history
+/// stores them.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEvent {
+    /// Its position in the history.
+    pub seq: u64,
+    /// When it was appended.
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// What happened: `WorkflowStarted`, `ActivityScheduled`, `SignalReceived`, ...
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The fields of its type.
+    #[schema(value_type = Object)]
+    pub fields: Value,
+}
+
+/// A signal to send.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// The signal's name.
+    pub name: String,
+    /// Its payload, checked against what the workflow declares when the serving binary
+    /// knows its type.
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// Why an action is taken.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    /// The reason, recorded with the action (required to terminate or pause).
+    pub reason: Option<String>,
+}
+
+/// An action was recorded.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The workflow it concerns.
+    pub id: String,
+}
+
+/// Counts across the store.
+#[derive(Serialize, ToSchema)]
+pub struct StatsView {
+    /// Workflows by status.
+    pub workflows: BTreeMap<String, u64>,
+    /// Events in all histories.
+    pub events: u64,
+    /// Workflow tasks that can be claimed now.
+    pub workflow_tasks_ready: u64,
+    /// Workflow tasks held under a live lease.
+    pub workflow_tasks_running: u64,
+    /// Activity tasks that can be claimed now.
+    pub activity_tasks_ready: u64,
+    /// Activity tasks held under a live lease.
+    pub activity_tasks_running: u64,
+}
+
+/// The types the serving binary registers.
+#[derive(Serialize, ToSchema)]
+pub struct TypesView {
+    /// Workflow types.
+    pub workflows: Vec<WorkflowType>,
+    /// Activity names.
+    pub activities: Vec<String>,
+}
+
+/// One workflow type.
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowType {
+    /// Its name.
+    pub name: String,
+    /// Its registered versions, oldest first.
+    pub versions: Vec<u32>,
+}
+
+// ---- handlers ----
+
+/// Lists workflows, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows",
+    params(
+        ("status" = Option<Status>, Query, description = "Only this status."),
+        ("type" = Option<String>, Query, description = "Only this workflow type."),
+        ("tag" = Option<Vec<String>>, Query, explode = true,
+            description = "Only those whose tags pass: `key=value`, or `key` then `<`, `<=`, `>` or `>=` then a number or time. Repeatable."),
+        ("parent" = Option<String>, Query, description = "Only the children of this workflow."),
+        ("created_after" = Option<String>, Query, description = "Only those created at or after (RFC 3339)."),
+        ("created_before" = Option<String>, Query, description = "Only those created before (RFC 3339)."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."),
+        ("cursor" = Option<String>, Query, description = "The `next` of the page before."),
+    ),
+    responses(
+        (status = 200, body = WorkflowPage),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    )
+)]
+async fn list(
+    State(service): Shared,
+    RawQuery(query): RawQuery,
+) -> Result<Json<WorkflowPage>, ApiError> {
+    let mut q = ListQuery {
+        limit: 50,
+        ..ListQuery::default()
+    };
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match &*key {
+            "status" => {
+                let status = value
+                    .parse::<WorkflowStatus>()
+                    .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
+                q.status = Some(status);
+            }
+            "type" => q.name = Some(value.into_owned()),
+            "tag" => q
+                .tags
+                .push(TagFilter::parse(&value).map_err(ApiError::bad_request)?),
+            "parent" => q.parent = Some(WorkflowId::new(value.into_owned())),
+            "created_after" => q.created_after = Some(time_param("created_after", &value)?),
+            "created_before" => q.created_before = Some(time_param("created_before", &value)?),
+            "limit" => q.limit = count_param("limit", &value, MAX_PAGE)?,
+            "cursor" => q.after = Some(parse_cursor(&value)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}: say status, type, tag, parent, created_after, \
+                     created_before, limit or cursor"
+                )));
+            }
+        }
+    }
+    let page = service.client().list(&q).await?;
+    Ok(Json(WorkflowPage {
+        next: page.next.as_ref().map(cursor_text),
+        workflows: page.items.into_iter().map(Workflow::from).collect(),
+    }))
+}
+
+/// Starts a workflow by type name, checking its input against the type.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows",
+    request_body = StartRequest,
+    responses(
+        (status = 201, body = Started),
+        (status = 400, body = ErrorBody, description = "Unknown type, input that does not fit, bad tags."),
+        (status = 409, body = ErrorBody, description = "The id is taken by another workflow."),
+        (status = 415, body = ErrorBody),
+    )
+)]
+async fn start(
+    State(service): Shared,
+    Body(req): Body<StartRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut tags = Tags::new();
+    for (key, value) in req.tags {
+        let value = match value {
+            Value::String(s) => match TagValue::parse(&s) {
+                t @ TagValue::Time(_) => t,
+                _ => TagValue::Text(s),
+            },
+            Value::Bool(b) => TagValue::Bool(b),
+            Value::Number(n) if n.as_i64().is_some() => {
+                TagValue::Int(n.as_i64().unwrap_or_default())
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "tag {key:?}: a tag is a string, a whole number or true/false, not {other}"
+                )));
+            }
+        };
+        tags.insert(key, value);
+    }
+    loom_core::tags::check_tags(&tags).map_err(ApiError::bad_request)?;
+    if let Some(v) = req.version
+        && service
+            .registry()
+            .workflow_version(&req.workflow_type, v)
+            .is_none()
+        && service.registry().workflow(&req.workflow_type).is_some()
+    {
+        return Err(ApiError::bad_request(format!(
+            "version {v} of {} is not registered here (versions: {:?})",
+            req.workflow_type,
+            service.registry().workflow_versions(&req.workflow_type)
+        )));
+    }
+    let options = StartOptions {
+        id: req.id.map(WorkflowId::new),
+        tags,
+        version: req.version,
+        ..StartOptions::default()
+    };
+    let id = service
+        .client()
+        .start_by_name(
+            service.registry(),
+            &req.workflow_type,
+            Payload::from_json(req.input),
+            options,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Started {
+            id: id.as_str().to_owned(),
+        }),
+    ))
+}
+
+/// One workflow.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    responses(
+        (status = 200, body = Workflow),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn describe(
+    State(service): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<Workflow>, ApiError> {
+    let summary = service.client().describe(&WorkflowId::new(id)).await?;
+    Ok(Json(summary.into()))
+}
+
+/// A page of a workflow's history (its current run's, or `run`'s).
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}/history",
+    params(
+        ("id" = String, Path, description = "The workflow's id."),
+        ("after" = Option<u64>, Query, description = "Events after this sequence number (default 0: from the start)."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size (default 200)."),
+        ("run" = Option<u32>, Query, minimum = 1, description = "An earlier run's history."),
+    ),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    )
+)]
+async fn history(
+    State(service): Shared,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let (mut after, mut limit, mut run) = (0u64, 200usize, None);
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match &*key {
+            "after" => {
+                after = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("after: {value:?} is not a sequence number"))
+                })?;
+            }
+            "limit" => limit = count_param("limit", &value, MAX_EVENTS)?,
+            "run" => {
+                let r: u32 = value.parse().ok().filter(|r| *r >= 1).ok_or_else(|| {
+                    ApiError::bad_request(format!("run: {value:?} is not a run (1 or more)"))
+                })?;
+                run = Some(r);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {other:?}: say after, limit or run"
+                )));
+            }
+        }
+    }
+    let id = WorkflowId::new(id);
+    let events = match run {
+        Some(run) => service.client().run_history(&id, run).await?,
+        None => service
+            .client()
+            .storage()
+            .load_history(&id, Seq::new(after))
+            .await
+            .map_err(ApiError::from)?,
+    };
+    let mut page: Vec<HistoryEvent> = Vec::with_capacity(limit.min(events.len()));
+    let mut more = false;
+    for e in events.into_iter().filter(|e| e.seq.get() > after) {
+        if page.len() == limit {
+            more = true;
+            break;
+        }
+        page.push(event_json(&e)?);
+    }
+    Ok(Json(HistoryPage {
+        next: if more {
+            page.last().map(|e| e.seq)
+        } else {
+            None
+        },
+        events: page,
+    }))
+}
+
+/// Sends a signal.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/signal",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    request_body = SignalRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, body = ErrorBody, description = "A payload the workflow does not take."),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The workflow has ended."),
+    )
+)]
+async fn signal(
+    State(service): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<SignalRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let id = WorkflowId::new(id);
+    if req.name.is_empty() {
+        return Err(ApiError::bad_request("a signal needs a name"));
+    }
+    let payload = Payload::from_json(req.payload);
+    service
+        .client()
+        .signal_checked(service.registry(), &id, &req.name, payload)
+        .await?;
+    Ok(accepted(id))
+}
+
+/// Asks a workflow to cancel: its code sees the request and decides how to end.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/cancel",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    request_body = ReasonRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The workflow has ended."),
+    )
+)]
+async fn cancel(
+    State(service): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<ReasonRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let id = WorkflowId::new(id);
+    service.client().cancel(&id, req.reason).await?;
+    Ok(accepted(id))
+}
+
+/// Ends a workflow at once, without running its code.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/terminate",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    request_body = ReasonRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, body = ErrorBody, description = "No reason given."),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The workflow has ended."),
+    )
+)]
+async fn terminate(
+    State(service): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<ReasonRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let id = WorkflowId::new(id);
+    let reason = required_reason(req, "terminate")?;
+    service.client().terminate(&id, &reason).await?;
+    Ok(accepted(id))
+}
+
+/// Pauses a workflow: no workflow task of it runs until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/pause",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    request_body = ReasonRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, body = ErrorBody, description = "No reason given."),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The workflow has ended."),
+    )
+)]
+async fn pause(
+    State(service): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<ReasonRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let id = WorkflowId::new(id);
+    let reason = required_reason(req, "pause")?;
+    service.client().pause(&id, &reason).await?;
+    Ok(accepted(id))
+}
+
+/// Resumes a paused workflow.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/resume",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    request_body = ReasonRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The workflow is not paused."),
+    )
+)]
+async fn resume(
+    State(service): Shared,
+    Path(id): Path<String>,
+    Body(_): Body<ReasonRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let id = WorkflowId::new(id);
+    service.client().resume(&id).await?;
+    Ok(accepted(id))
+}
+
+/// Counts across the store.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    responses((status = 200, body = StatsView), (status = 401, body = ErrorBody))
+)]
+async fn stats(State(service): Shared) -> Result<Json<StatsView>, ApiError> {
+    let s = service.client().storage().stats().await?;
+    Ok(Json(StatsView {
+        workflows: s
+            .workflows
+            .iter()
+            .map(|(status, n)| (status.to_string(), *n))
+            .collect(),
+        events: s.events,
+        workflow_tasks_ready: s.workflow_tasks_ready,
+        workflow_tasks_running: s.workflow_tasks_running,
+        activity_tasks_ready: s.activity_tasks_ready,
+        activity_tasks_running: s.activity_tasks_running,
+    }))
+}
+
+/// The workflow types and activities the serving binary registers.
+#[utoipa::path(
+    get,
+    path = "/api/v1/types",
+    responses((status = 200, body = TypesView), (status = 401, body = ErrorBody))
+)]
+async fn types(State(service): Shared) -> Json<TypesView> {
+    let r = service.registry();
+    let mut workflows: Vec<WorkflowType> = r
+        .workflow_names()
+        .map(|name| WorkflowType {
+            name: name.to_owned(),
+            versions: r.workflow_versions(name),
+        })
+        .collect();
+    workflows.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut activities: Vec<String> = r.activity_names().map(str::to_owned).collect();
+    activities.sort();
+    Json(TypesView {
+        workflows,
+        activities,
+    })
+}
+
+// ---- helpers ----
+
+fn accepted(id: WorkflowId) -> (StatusCode, Json<Accepted>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id: id.as_str().to_owned(),
+        }),
+    )
+}
+
+fn required_reason(req: ReasonRequest, action: &str) -> Result<String, ApiError> {
+    req.reason
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("to {action} a workflow, give a reason")))
+}
+
+/// A time as the API writes it: RFC 3339, UTC, milliseconds.
+pub fn rfc3339(t: Timestamp) -> String {
+    let ms = u64::try_from(t.as_millis()).unwrap_or(0);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn time_param(name: &str, value: &str) -> Result<Timestamp, ApiError> {
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .map(Timestamp::from_millis)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name}: {value:?} is not an RFC 3339 time such as 2026-12-06T10:00:00Z"
+            ))
+        })
+}
+
+fn count_param(name: &str, value: &str, max: usize) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{name}: {value:?} is not a number from 1 to {max}"))
+        })
+}
+
+/// A list cursor as text: the last item's creation time in milliseconds, a dot, its id.
+fn cursor_text(c: &ListCursor) -> String {
+    format!("{}.{}", c.created_at.as_millis(), c.id.as_str())
+}
+
+fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
+    text.split_once('.')
+        .and_then(|(ms, id)| {
+            Some(ListCursor {
+                created_at: Timestamp::from_millis(ms.parse().ok()?),
+                id: WorkflowId::new(id),
+            })
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("cursor: {text:?} is not a cursor this API gave"))
+        })
+}
+
+fn tags_json(tags: &Tags) -> BTreeMap<String, Value> {
+    tags.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                TagValue::Text(s) => Value::from(s.clone()),
+                TagValue::Int(n) => Value::from(*n),
+                TagValue::Bool(b) => Value::from(*b),
+                TagValue::Time(t) => Value::from(rfc3339(*t)),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn event_json(e: &loom_core::Event) -> Result<HistoryEvent, ApiError> {
+    let Value::Object(mut fields) = serde_json::to_value(&e.kind).map_err(|err| {
+        ApiError::from(loom_storage::StorageError::InvalidArgument(format!(
+            "event {} cannot be written as JSON: {err}",
+            e.seq
+        )))
+    })?
+    else {
+        return Err(ApiError::bad_request(format!(
+            "event {} is not an object",
+            e.seq
+        )));
+    };
+    let event_type = match fields.remove("type") {
+        Some(Value::String(t)) => t,
+        _ => String::new(),
+    };
+    Ok(HistoryEvent {
+        seq: e.seq.get(),
+        at: rfc3339(e.at),
+        event_type,
+        fields: Value::Object(fields),
+    })
+}

@@ -1,0 +1,127 @@
+//! The API's errors: a status and `{"code": ..., "error": ...}`, a stable machine-readable code
+//! and a sentence for people.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use loom_storage::StorageError;
+use loom_worker::ClientError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error the API answers with.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable name for the kind of error: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `unsupported_media_type`, `unavailable` or `internal`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub error: String,
+}
+
+impl ApiError {
+    /// 400: the request is malformed or does not fit (bad JSON, unknown type, bad filter).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401: no token, or the wrong one.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: an action refused as a cross-site request.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 415: a body that is not declared as JSON.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    /// 404: no such workflow, or no such route.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let message = e.to_string();
+        match e {
+            StorageError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            StorageError::AlreadyExists { .. }
+            | StorageError::Conflict { .. }
+            | StorageError::RunMoved { .. }
+            | StorageError::Closed { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
+            StorageError::InvalidArgument(_) => Self::bad_request(message),
+            StorageError::Unavailable { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            _ => {
+                tracing::error!(error = %message, "the store failed a request");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Storage(e) => e.into(),
+            ClientError::IdInUse(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ClientError::Payload(_) | ClientError::UnknownWorkflow { .. } => {
+                Self::bad_request(e.to_string())
+            }
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            error: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
