@@ -61,11 +61,11 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
     paths(list, start, describe, history, signal, cancel, terminate, pause, resume, stats, types),
     components(schemas(
         Workflow, Status, FailureView, WorkflowPage, StartRequest, Started, HistoryPage,
-        HistoryEvent, SignalRequest, ReasonRequest, Accepted, StatsView, TypesView, WorkflowType,
+        HistoryEvent, SignalRequest, ReasonRequest, RequiredReason, Accepted, StatsView, TypesView, WorkflowType,
         ErrorBody
     )),
     modifiers(&BearerToken),
-    security(("token" = []))
+    security((), ("token" = []))
 )]
 pub struct ApiDoc;
 
@@ -85,8 +85,58 @@ async fn livez() -> &'static str {
     "ok\n"
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi(State(service): Shared) -> Json<Value> {
+    let mut doc = serde_json::to_value(document(service.registry())).unwrap_or_default();
+    camel_case_links(&mut doc);
+    Json(doc)
+}
+
+/// Writes the fields of every response's links as OpenAPI names them (`operationId`,
+/// `operationRef`, `requestBody`): utoipa 5 writes them in snake case, which tools reading the
+/// links (schemathesis's stateful tests among them) refuse.
+fn camel_case_links(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let operations = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|p| p.values_mut());
+    let responses = operations
+        .filter_map(|op| op.get_mut("responses").and_then(Value::as_object_mut))
+        .flat_map(|r| r.values_mut());
+    for link in responses
+        .filter_map(|r| r.get_mut("links").and_then(Value::as_object_mut))
+        .flat_map(|l| l.values_mut())
+        .filter_map(Value::as_object_mut)
+    {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(v) = link.remove(from) {
+                link.insert(to.to_owned(), v);
+            }
+        }
+    }
+}
+
+/// The OpenAPI document as this service serves it: [`ApiDoc`], with the workflow types the
+/// serving binary registers as the values a start's `type` takes.
+pub fn document(registry: &loom_core::Registry) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{RefOr, Schema};
+    let mut doc = ApiDoc::openapi();
+    let mut names: Vec<&str> = registry.workflow_names().collect();
+    names.sort_unstable();
+    if !names.is_empty()
+        && let Some(components) = doc.components.as_mut()
+        && let Some(RefOr::T(Schema::Object(start))) = components.schemas.get_mut("StartRequest")
+        && let Some(RefOr::T(Schema::Object(ty))) = start.properties.get_mut("type")
+    {
+        ty.enum_values = Some(names.into_iter().map(Value::from).collect());
+    }
+    doc
 }
 
 /// A JSON body whose rejections are answered as the API's errors (400 with what is wrong,
@@ -259,17 +309,20 @@ pub struct WorkflowPage {
 pub struct StartRequest {
     /// The workflow type, as registered in the serving binary.
     #[serde(rename = "type")]
+    #[schema(min_length = 1)]
     pub workflow_type: String,
     /// Its input, checked against the type.
     #[serde(default)]
     pub input: Value,
     /// Its id; a new one when absent. Starting again with the same id, type and input is
     /// answered with the same id; with others, 409.
+    #[schema(pattern = r"^[^\u0000]+$")]
     pub id: Option<String>,
     /// Tags: strings (an RFC 3339 string is a time), whole numbers and truth values.
     #[serde(default)]
     pub tags: BTreeMap<String, Value>,
     /// The version of the type to run; the newest when absent.
+    #[schema(minimum = 1)]
     pub version: Option<u32>,
 }
 
@@ -311,6 +364,7 @@ pub struct HistoryEvent {
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     /// The signal's name.
+    #[schema(min_length = 1)]
     pub name: String,
     /// Its payload, checked against what the workflow declares when the serving binary
     /// knows its type.
@@ -318,12 +372,22 @@ pub struct SignalRequest {
     pub payload: Value,
 }
 
-/// Why an action is taken.
+/// Why an action is taken, if the caller says.
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
-    /// The reason, recorded with the action (required to terminate or pause).
+    /// The reason, recorded with the action: without NUL characters.
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub reason: Option<String>,
+}
+
+/// Why an action is taken: required to terminate or pause.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredReason {
+    /// The reason, recorded with the action: not blank, without NUL characters.
+    #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    pub reason: String,
 }
 
 /// An action was recorded.
@@ -376,14 +440,14 @@ pub struct WorkflowType {
     path = "/api/v1/workflows",
     params(
         ("status" = Option<Status>, Query, description = "Only this status."),
-        ("type" = Option<String>, Query, description = "Only this workflow type."),
-        ("tag" = Option<Vec<String>>, Query, explode = true,
+        ("type" = Option<String>, Query, min_length = 1, description = "Only this workflow type."),
+        ("tag" = Option<Vec<String>>, Query, explode = true, pattern = r"^[A-Za-z0-9_.-]{1,64}(=[^\u0000]{0,64}|[<>]=?(-?[0-9]{1,18}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z))$",
             description = "Only those whose tags pass: `key=value`, or `key` then `<`, `<=`, `>` or `>=` then a number or time. Repeatable."),
-        ("parent" = Option<String>, Query, description = "Only the children of this workflow."),
-        ("created_after" = Option<String>, Query, description = "Only those created at or after (RFC 3339)."),
-        ("created_before" = Option<String>, Query, description = "Only those created before (RFC 3339)."),
+        ("parent" = Option<String>, Query, min_length = 1, description = "Only the children of this workflow."),
+        ("created_after" = Option<String>, Query, format = DateTime, description = "Only those created at or after (RFC 3339)."),
+        ("created_before" = Option<String>, Query, format = DateTime, description = "Only those created before (RFC 3339)."),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "The `next` of the page before."),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]+\..*$", description = "The `next` of the page before."),
     ),
     responses(
         (status = 200, body = WorkflowPage),
@@ -399,7 +463,7 @@ async fn list(
         limit: 50,
         ..ListQuery::default()
     };
-    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+    for (key, value) in params(query.as_deref()) {
         match &*key {
             "status" => {
                 let status = value
@@ -407,11 +471,11 @@ async fn list(
                     .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
                 q.status = Some(status);
             }
-            "type" => q.name = Some(value.into_owned()),
+            "type" => q.name = Some(non_empty("type", value)?),
             "tag" => q
                 .tags
                 .push(TagFilter::parse(&value).map_err(ApiError::bad_request)?),
-            "parent" => q.parent = Some(WorkflowId::new(value.into_owned())),
+            "parent" => q.parent = Some(WorkflowId::new(non_empty("parent", value)?)),
             "created_after" => q.created_after = Some(time_param("created_after", &value)?),
             "created_before" => q.created_before = Some(time_param("created_before", &value)?),
             "limit" => q.limit = count_param("limit", &value, MAX_PAGE)?,
@@ -437,10 +501,18 @@ async fn list(
     path = "/api/v1/workflows",
     request_body = StartRequest,
     responses(
-        (status = 201, body = Started),
+        (status = 201, body = Started, links(
+            ("describe" = (operation_id = "describe", parameters(("id" = "$response.body#/id")))),
+            ("history" = (operation_id = "history", parameters(("id" = "$response.body#/id")))),
+            ("signal" = (operation_id = "signal", parameters(("id" = "$response.body#/id")))),
+            ("cancel" = (operation_id = "cancel", parameters(("id" = "$response.body#/id")))),
+            ("terminate" = (operation_id = "terminate", parameters(("id" = "$response.body#/id")))),
+            ("pause" = (operation_id = "pause", parameters(("id" = "$response.body#/id")))),
+            ("resume" = (operation_id = "resume", parameters(("id" = "$response.body#/id"))))
+        )),
         (status = 400, body = ErrorBody, description = "Unknown type, input that does not fit, bad tags."),
         (status = 409, body = ErrorBody, description = "The id is taken by another workflow."),
-        (status = 415, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
 async fn start(
@@ -543,7 +615,7 @@ async fn history(
     RawQuery(query): RawQuery,
 ) -> Result<Json<HistoryPage>, ApiError> {
     let (mut after, mut limit, mut run) = (0u64, 200usize, None);
-    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+    for (key, value) in params(query.as_deref()) {
         match &*key {
             "after" => {
                 after = value.parse().map_err(|_| {
@@ -604,6 +676,7 @@ async fn history(
         (status = 400, body = ErrorBody, description = "A payload the workflow does not take."),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The workflow has ended."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
 async fn signal(
@@ -631,8 +704,10 @@ async fn signal(
     request_body = ReasonRequest,
     responses(
         (status = 202, body = Accepted),
+        (status = 400, body = ErrorBody, description = "A body that is not the request."),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The workflow has ended."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
 async fn cancel(
@@ -650,18 +725,19 @@ async fn cancel(
     post,
     path = "/api/v1/workflows/{id}/terminate",
     params(("id" = String, Path, description = "The workflow's id.")),
-    request_body = ReasonRequest,
+    request_body = RequiredReason,
     responses(
         (status = 202, body = Accepted),
-        (status = 400, body = ErrorBody, description = "No reason given."),
+        (status = 400, body = ErrorBody, description = "No reason given, or a body that is not the request."),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The workflow has ended."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
 async fn terminate(
     State(service): Shared,
     Path(id): Path<String>,
-    Body(req): Body<ReasonRequest>,
+    Body(req): Body<RequiredReason>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let id = WorkflowId::new(id);
     let reason = required_reason(req, "terminate")?;
@@ -674,18 +750,19 @@ async fn terminate(
     post,
     path = "/api/v1/workflows/{id}/pause",
     params(("id" = String, Path, description = "The workflow's id.")),
-    request_body = ReasonRequest,
+    request_body = RequiredReason,
     responses(
         (status = 202, body = Accepted),
-        (status = 400, body = ErrorBody, description = "No reason given."),
+        (status = 400, body = ErrorBody, description = "No reason given, or a body that is not the request."),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The workflow has ended."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
 async fn pause(
     State(service): Shared,
     Path(id): Path<String>,
-    Body(req): Body<ReasonRequest>,
+    Body(req): Body<RequiredReason>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let id = WorkflowId::new(id);
     let reason = required_reason(req, "pause")?;
@@ -701,8 +778,10 @@ async fn pause(
     request_body = ReasonRequest,
     responses(
         (status = 202, body = Accepted),
+        (status = 400, body = ErrorBody, description = "A body that is not the request."),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The workflow is not paused."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
 async fn resume(
@@ -763,6 +842,22 @@ async fn types(State(service): Shared) -> Json<TypesView> {
 
 // ---- helpers ----
 
+/// The parameters of a query string. An empty value is a value (and refused where it does not
+/// fit), not an absent parameter.
+fn params(
+    query: Option<&str>,
+) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+}
+
+/// A parameter that must not be empty.
+fn non_empty(name: &str, value: std::borrow::Cow<'_, str>) -> Result<String, ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::bad_request(format!("{name}: give a value")));
+    }
+    Ok(value.into_owned())
+}
+
 fn accepted(id: WorkflowId) -> (StatusCode, Json<Accepted>) {
     (
         StatusCode::ACCEPTED,
@@ -772,10 +867,13 @@ fn accepted(id: WorkflowId) -> (StatusCode, Json<Accepted>) {
     )
 }
 
-fn required_reason(req: ReasonRequest, action: &str) -> Result<String, ApiError> {
-    req.reason
-        .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("to {action} a workflow, give a reason")))
+fn required_reason(req: RequiredReason, action: &str) -> Result<String, ApiError> {
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "to {action} a workflow, give a reason"
+        )));
+    }
+    Ok(req.reason)
 }
 
 /// A time as the API writes it: RFC 3339, UTC, milliseconds.
@@ -784,11 +882,16 @@ pub fn rfc3339(t: Timestamp) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// An RFC 3339 time, with an offset or `Z` (or without either, read as UTC).
 fn time_param(name: &str, value: &str) -> Result<Timestamp, ApiError> {
-    humantime::parse_rfc3339_weak(value)
+    value
+        .parse::<jiff::Timestamp>()
         .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .map(|t| t.as_millisecond())
+        .or_else(|| {
+            let t = humantime::parse_rfc3339_weak(value).ok()?;
+            i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+        })
         .map(Timestamp::from_millis)
         .ok_or_else(|| {
             ApiError::bad_request(format!(
