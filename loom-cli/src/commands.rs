@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use loom_core::{EventKind, Payload, Registry, WorkflowId};
 use loom_storage::{Clock, ListQuery, Storage, SystemClock, WorkflowStatus, WorkflowSummary};
-use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
+use loom_worker::{Client, StartOptions, TaskState, Worker, WorkerConfig};
 use serde_json::json;
 
 use crate::db::{self, DbUrl, Missing};
@@ -929,85 +929,6 @@ async fn purge_command(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where one of a workflow's tasks stands, for `inspect`: why the workflow is not moving.
-#[derive(serde::Serialize)]
-struct TaskState {
-    /// `workflow_task`, or the activity's name.
-    task: String,
-    /// The activity's id, for an activity task.
-    activity_id: Option<u64>,
-    /// The activity's current attempt.
-    attempt: Option<u32>,
-    /// `running` (a worker holds it), `ready` (claimable, unclaimed), `waiting` (due later:
-    /// a retry's backoff, or a released task), or `idle` (a workflow task with nothing due).
-    state: &'static str,
-    /// Running: when the worker's lease lapses. Ready: since when. Waiting: when it is due.
-    at: Option<loom_core::Timestamp>,
-    /// Ready: how long it has waited for a worker, in milliseconds.
-    waited_ms: Option<u64>,
-    /// Times it was handed out without finishing.
-    deliveries: u32,
-    /// An activity's last failed attempt, as recorded.
-    last_failure: Option<String>,
-}
-
-/// The state of each of a workflow's tasks, at the store's reading of now by this clock.
-async fn task_states(store: &Arc<dyn Storage>, id: &WorkflowId) -> Result<Vec<TaskState>, Fail> {
-    let pending = store.pending(id).await.map_err(Fail::from_storage)?;
-    let now = SystemClock.now();
-    let failures: BTreeMap<u64, String> = if pending.tasks.iter().any(|t| t.activity.is_some()) {
-        let history = store
-            .load_history(id, loom_core::Seq::ZERO)
-            .await
-            .map_err(Fail::from_storage)?;
-        history
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::ActivityFailed {
-                    activity_id,
-                    attempt,
-                    failure,
-                    ..
-                } => Some((activity_id.0.get(), format!("attempt {attempt}: {failure}"))),
-                EventKind::ActivityTimedOut {
-                    activity_id,
-                    attempt,
-                    ..
-                } => Some((activity_id.0.get(), format!("attempt {attempt} timed out"))),
-                _ => None,
-            })
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
-    Ok(pending
-        .tasks
-        .iter()
-        .map(|t| {
-            let (state, at) = match (t.leased_until, t.visible_at) {
-                (Some(until), _) => ("running", Some(until)),
-                (None, Some(v)) if v <= now => ("ready", Some(v)),
-                (None, Some(v)) => ("waiting", Some(v)),
-                (None, None) => ("idle", None),
-            };
-            let waited_ms = (state == "ready")
-                .then(|| at.map(|v| now.saturating_duration_since(v).as_millis() as u64))
-                .flatten();
-            let activity = t.activity.as_ref();
-            TaskState {
-                task: activity.map_or_else(|| "workflow_task".to_owned(), |a| a.1.clone()),
-                activity_id: activity.map(|a| a.0.0.get()),
-                attempt: activity.map(|a| a.2),
-                state,
-                at,
-                waited_ms,
-                deliveries: t.deliveries,
-                last_failure: activity.and_then(|a| failures.get(&a.0.0.get()).cloned()),
-            }
-        })
-        .collect())
-}
-
 /// One line for a task's state.
 fn task_line(t: &TaskState) -> String {
     let what = match (&t.activity_id, t.attempt) {
@@ -1184,7 +1105,10 @@ async fn inspect(
     let tasks = if summary.status.is_terminal() {
         Vec::new()
     } else {
-        task_states(&store, id).await?
+        Client::new(store.clone())
+            .task_states(id)
+            .await
+            .map_err(Fail::from_client)?
     };
     if json {
         let mut doc = serde_json::to_value(&summary)

@@ -883,7 +883,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 }
 
 /// An RFC 3339 time, with an offset or `Z` (or without either, read as UTC).
-fn time_param(name: &str, value: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn time_param(name: &str, value: &str) -> Result<Timestamp, ApiError> {
     value
         .parse::<jiff::Timestamp>()
         .ok()
@@ -911,11 +911,11 @@ fn count_param(name: &str, value: &str, max: usize) -> Result<usize, ApiError> {
 }
 
 /// A list cursor as text: the last item's creation time in milliseconds, a dot, its id.
-fn cursor_text(c: &ListCursor) -> String {
+pub(crate) fn cursor_text(c: &ListCursor) -> String {
     format!("{}.{}", c.created_at.as_millis(), c.id.as_str())
 }
 
-fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
+pub(crate) fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
     text.split_once('.')
         .and_then(|(ms, id)| {
             Some(ListCursor {

@@ -1,7 +1,9 @@
 //! Who may call the API, and which requests are refused as cross-site.
 //!
-//! - **Token.** With a token set, every route but `/livez` and `/api/openapi.json` needs
-//!   `Authorization: Bearer TOKEN` (compared in constant time); without it the answer is 401.
+//! - **Token.** With a token set, every route but `/livez`, `/api/openapi.json`, `/login` and
+//!   the assets needs the token: `Authorization: Bearer TOKEN`, or the cookie the dashboard's
+//!   sign-in sets (HttpOnly, SameSite=Strict); compared in constant time. Without it a page
+//!   redirects to the sign-in form, and anything else is answered 401.
 //! - **Cross-site actions.** A web page the user visits can make their browser send requests
 //!   to the service. So an action (any method but `GET`, `HEAD` and `OPTIONS`) is refused with
 //!   403 when the browser says it comes from another site (`Sec-Fetch-Site`), or when its
@@ -16,22 +18,56 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
 use crate::{ApiError, Service};
 
+/// The cookie that carries the token for the dashboard's pages.
+pub(crate) const COOKIE: &str = "loom_token";
+
+/// Whether two tokens are the same, in time independent of where they differ.
+pub(crate) fn same(given: &str, token: &str) -> bool {
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
 /// The middleware every route passes through.
 pub async fn guard(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
-    match check(
-        &service,
-        request.method(),
-        request.uri().path(),
-        request.headers(),
-    ) {
+    let path = request.uri().path();
+    match check(&service, request.method(), path, request.headers()) {
         Ok(()) => next.run(request).await,
+        // A page asked for without the token: the sign-in form, then back.
+        Err(e)
+            if e.status() == 401
+                && request.method() == Method::GET
+                && !path.starts_with("/api/") =>
+        {
+            let back = request
+                .uri()
+                .path_and_query()
+                .map_or("/workflows", |p| p.as_str());
+            let next: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
+            Redirect::to(&format!("/login?next={next}")).into_response()
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// The token in the request's cookie, if it carries one.
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .and_then(|(_, value)| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .ok()
+                .map(|v| v.into_owned())
+        })
 }
 
 fn check(
@@ -40,20 +76,22 @@ fn check(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    let open = path == "/livez" || path == "/api/openapi.json";
+    let open =
+        matches!(path, "/livez" | "/api/openapi.json" | "/login") || path.starts_with("/assets/");
     match service.token() {
         Some(token) if !open => {
-            let given = headers
+            let bearer = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match given {
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned);
+            match bearer.or_else(|| cookie_token(headers)) {
                 None => {
                     return Err(ApiError::unauthorized(
                         "this service needs a token: send Authorization: Bearer TOKEN",
                     ));
                 }
-                Some(given) if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) => {
+                Some(given) if !same(&given, token) => {
                     return Err(ApiError::unauthorized("the token is not this service's"));
                 }
                 Some(_) => {}
@@ -153,6 +191,17 @@ mod tests {
         assert!(check(&s, &Method::GET, path, &right).is_ok());
         assert!(check(&s, &Method::GET, "/livez", &headers(&[])).is_ok());
         assert!(check(&s, &Method::GET, "/api/openapi.json", &headers(&[])).is_ok());
+        assert!(check(&s, &Method::GET, "/login", &headers(&[])).is_ok());
+        assert!(check(&s, &Method::GET, "/assets/loom.css", &headers(&[])).is_ok());
+        let cookie = headers(&[("cookie", "theme=dark; loom_token=s3cret")]);
+        assert!(check(&s, &Method::GET, "/workflows", &cookie).is_ok());
+        let stale = headers(&[("cookie", "loom_token=old")]);
+        assert_eq!(
+            check(&s, &Method::GET, "/workflows", &stale)
+                .unwrap_err()
+                .status(),
+            401
+        );
     }
 
     #[test]

@@ -71,41 +71,45 @@ impl ApiError {
     }
 }
 
+/// The status and code a store error is answered with.
+pub(crate) fn storage_status(e: &StorageError) -> (StatusCode, &'static str) {
+    match e {
+        StorageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        StorageError::AlreadyExists { .. }
+        | StorageError::Conflict { .. }
+        | StorageError::RunMoved { .. }
+        | StorageError::Closed { .. } => (StatusCode::CONFLICT, "conflict"),
+        StorageError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        StorageError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// The status and code a client error is answered with.
+pub(crate) fn client_status(e: &ClientError) -> (StatusCode, &'static str) {
+    match e {
+        ClientError::Storage(e) => storage_status(e),
+        ClientError::IdInUse(_) => (StatusCode::CONFLICT, "conflict"),
+        ClientError::Payload(_) | ClientError::UnknownWorkflow { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        let message = e.to_string();
-        match e {
-            StorageError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            StorageError::AlreadyExists { .. }
-            | StorageError::Conflict { .. }
-            | StorageError::RunMoved { .. }
-            | StorageError::Closed { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
-            StorageError::InvalidArgument(_) => Self::bad_request(message),
-            StorageError::Unavailable { .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            }
-            _ => {
-                tracing::error!(error = %message, "the store failed a request");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
-        }
+        ClientError::Storage(e).into()
     }
 }
 
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Storage(e) => e.into(),
-            ClientError::IdInUse(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ClientError::Payload(_) | ClientError::UnknownWorkflow { .. } => {
-                Self::bad_request(e.to_string())
-            }
-            other => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                other.to_string(),
-            ),
+        let (status, code) = client_status(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "a request failed");
         }
+        Self::new(status, code, e.to_string())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Loom's HTTP service: a JSON API over the [`Client`](loom_worker::Client), described by the
-//! OpenAPI document it serves at `/api/openapi.json`, for `loom server` and for users' own
-//! binaries.
+//! OpenAPI document it serves at `/api/openapi.json`, and a web dashboard over the same, for
+//! `loom server` and for users' own binaries.
 //!
 //! This crate is the room for HTTP: routes, request and response shapes, authentication and
 //! the protection of actions against cross-site requests. It must not hold rules of the store
@@ -23,6 +23,7 @@ use loom_worker::Client;
 pub mod api;
 pub mod auth;
 mod error;
+mod ui;
 
 pub use error::{ApiError, ErrorBody};
 
@@ -33,6 +34,7 @@ pub struct Service {
     client: Client,
     registry: Arc<Registry>,
     token: Option<Arc<str>>,
+    samples: Arc<ui::Samples>,
 }
 
 impl Service {
@@ -42,6 +44,7 @@ impl Service {
             client: Client::new(store),
             registry,
             token: None,
+            samples: Arc::default(),
         }
     }
 
@@ -51,11 +54,13 @@ impl Service {
         self
     }
 
-    /// The routes: the API under `/api/v1`, the OpenAPI document at `/api/openapi.json`, and
-    /// liveness at `/livez`.
+    /// The routes: the API under `/api/v1`, the OpenAPI document at `/api/openapi.json`,
+    /// liveness at `/livez`, and the dashboard everywhere else (`/workflows`, `/stats`,
+    /// `/types`, `/login`).
     pub fn router(self) -> Router {
         let state = Arc::new(self);
         api::routes()
+            .merge(ui::routes())
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 auth::guard,
@@ -84,6 +89,10 @@ impl Service {
 
     pub(crate) fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    pub(crate) fn samples(&self) -> &ui::Samples {
+        &self.samples
     }
 }
 

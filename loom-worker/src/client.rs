@@ -248,6 +248,11 @@ impl Client {
         self
     }
 
+    /// Now, by this client's clock.
+    pub(crate) fn now(&self) -> loom_core::Timestamp {
+        self.clock.now()
+    }
+
     /// This client, stamping the events it writes (a start, a termination) by `clock`
     /// rather than the system clock: for tests on a manual or simulated clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {

@@ -53,11 +53,13 @@
 //! ```
 
 mod client;
+mod tasks;
 pub mod telemetry;
 pub mod trace;
 mod worker;
 
 pub use client::{Client, ClientError, ResetDone, ResetTo, StartOptions, WorkflowHandle};
+pub use tasks::TaskState;
 pub use telemetry::Telemetry;
 pub use worker::{
     Limits, MetricsSnapshot, Retention, Worker, WorkerConfig, WorkerError, WorkerMetrics,
