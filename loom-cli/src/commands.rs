@@ -31,11 +31,22 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             metrics,
             log_format,
             otlp,
+            http,
+            token,
         } => {
             let metrics = metrics
                 .map(|m| crate::observe::parse_addr(&m))
                 .transpose()
                 .map_err(Fail::usage)?;
+            let http = http
+                .map(|h| {
+                    let addr = crate::observe::parse_addr(&h)
+                        .map_err(|e| Fail::usage(e.replace("--metrics", "--http")))?;
+                    loom_server::check_bind(addr, token.as_deref())
+                        .map_err(|e| Fail::usage(format!("--http {h}: {e}")))?;
+                    Ok::<_, Fail>(addr)
+                })
+                .transpose()?;
             let mut registry = registry;
             if bench {
                 crate::bench::register(&mut registry)?;
@@ -51,6 +62,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 metrics,
                 log_format,
                 otlp,
+                http: http.map(|addr| (addr, token)),
             };
             worker(store, registry, args, json).await
         }
@@ -1315,6 +1327,8 @@ struct WorkerArgs {
     log_format: crate::LogFormat,
     /// Where to export traces, if `--otlp` says.
     otlp: Option<String>,
+    /// Where to serve the dashboard and the API, and the token they need, if `--http` says.
+    http: Option<(std::net::SocketAddr, Option<String>)>,
 }
 
 /// The registered types, for the worker's start-up line: each workflow type with its
@@ -1354,6 +1368,7 @@ async fn worker(
         metrics: metrics_addr,
         log_format,
         otlp,
+        http,
     } = args;
     if !(poll_interval.is_finite() && poll_interval > 0.0) {
         return Err(Fail::usage(
@@ -1418,6 +1433,26 @@ async fn worker(
         if !json {
             say(format!(
                 "Metrics on http://{bound}/metrics; health on /livez and /readyz."
+            ));
+        }
+    }
+    if let Some((addr, token)) = http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Fail::usage(format!("--http {addr}: cannot listen there: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Fail::usage(format!("--http {addr}: {e}")))?;
+        let service =
+            loom_server::Service::new(store.clone(), Arc::new(registry.clone())).with_token(token);
+        tokio::spawn(async move {
+            if let Err(e) = service.serve(listener, std::future::pending()).await {
+                tracing::error!(error = %e, "the dashboard stopped");
+            }
+        });
+        if !json {
+            say(format!(
+                "Dashboard on http://{bound}/, API on http://{bound}/api/v1."
             ));
         }
     }

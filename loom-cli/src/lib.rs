@@ -238,6 +238,13 @@ pub(crate) enum Command {
         /// http://127.0.0.1:4318); OTEL_EXPORTER_OTLP_ENDPOINT does the same.
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
+        /// Also serve the dashboard and the HTTP API, as `loom server` does, at ADDR: a PORT
+        /// (on 127.0.0.1), or HOST:PORT. An address other machines reach needs a token.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// The token callers of `--http` must present.
+        #[arg(long, env = "LOOM_TOKEN", hide_env_values = true, requires = "http")]
+        token: Option<String>,
     },
     /// Serve the HTTP JSON API over this database until Ctrl-C: start, list, describe,
     /// history, signal, cancel, terminate, pause and resume, described by the OpenAPI

@@ -142,3 +142,71 @@ fn the_api_holds_to_its_document_under_fuzzing() {
         "every operation was tested:\n{report}"
     );
 }
+
+/// `loom worker --http` serves the dashboard and the API from the worker's process: on redb,
+/// whose file one process holds, that is how workflows are started while the worker runs.
+#[test]
+fn a_worker_serves_the_api_over_the_file_it_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(cargo_bin("loom"))
+        .current_dir(dir.path())
+        .env_remove("LOOM_TOKEN")
+        .args([
+            "--db",
+            "redb://loom.redb",
+            "worker",
+            "--http",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "0.05",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("loom worker starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the worker says where it serves")
+            .expect("a line");
+        if let Some(rest) = line.strip_prefix("Dashboard on ") {
+            let dashboard = rest.split(',').next().expect("an address");
+            break dashboard.trim_end_matches('/').to_owned();
+        }
+    };
+    let server = Server { child, url };
+    let mut started = ureq::post(format!("{}/api/v1/workflows", server.url))
+        .header("content-type", "application/json")
+        .send(r#"{"type": "Greeting", "input": {"name": "Ada"}, "id": "hello"}"#)
+        .expect("started");
+    assert_eq!(started.status().as_u16(), 201);
+    let _ = started.body_mut().read_to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut answer = ureq::get(format!("{}/api/v1/workflows/hello", server.url))
+            .call()
+            .expect("describe");
+        let body = answer.body_mut().read_to_string().expect("body");
+        let w: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if w["status"] == "completed" {
+            assert!(w["output"].to_string().contains("Ada"), "{w}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never completed: {w}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let page = ureq::get(format!("{}/workflows/hello", server.url))
+        .call()
+        .expect("the dashboard")
+        .body_mut()
+        .read_to_string()
+        .expect("page");
+    assert!(page.contains("completed"), "{page}");
+    drop(server);
+    loom(dir.path())
+        .args(["worker", "--token", "t"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--http"));
+}

@@ -332,6 +332,7 @@ struct WorkflowPage {
     events: Vec<EventRow>,
     more_after: Option<u64>,
     path: String,
+    t0: i64,
 }
 
 struct WorkflowView {
@@ -375,6 +376,8 @@ struct EventsFragment {
     events: Vec<EventRow>,
     more_after: Option<u64>,
     path: String,
+    /// The run's first event's time, in milliseconds: what the offsets count from.
+    t0: i64,
 }
 
 struct EventRow {
@@ -510,6 +513,7 @@ async fn workflow_page(
         events,
         more_after,
         path,
+        t0: start.as_millis(),
     }))
 }
 
@@ -518,28 +522,33 @@ async fn events_fragment(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Html<String>, PageError> {
-    let mut after = 0u64;
+    let (mut after, mut t0) = (0u64, 0i64);
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        if k == "after" {
-            after = v
-                .parse()
-                .map_err(|_| PageError(StatusCode::BAD_REQUEST, format!("after: {v:?}")))?;
+        let bad = || {
+            PageError(
+                StatusCode::BAD_REQUEST,
+                format!("{k}: {v:?} is not a number"),
+            )
+        };
+        match &*k {
+            "after" => after = v.parse().map_err(|_| bad())?,
+            "t0" => t0 = v.parse().map_err(|_| bad())?,
+            _ => {}
         }
     }
     let wid = WorkflowId::new(id.clone());
-    let client = service.client();
-    let start = client
+    let history = service
+        .client()
         .storage()
-        .load_history(&wid, Seq::ZERO)
-        .await?
-        .first()
-        .map_or(Timestamp::EPOCH, |e| e.at);
-    let history = client.storage().load_history(&wid, Seq::new(after)).await?;
+        .load_history(&wid, Seq::new(after))
+        .await?;
+    let start = Timestamp::from_millis(t0);
     let (events, more_after) = event_rows(&history, after, start);
     Ok(render(&EventsFragment {
         events,
         more_after,
         path: path(&id),
+        t0,
     }))
 }
 
