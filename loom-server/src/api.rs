@@ -46,6 +46,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/api/v1/workflows/{id}/terminate", post(terminate))
         .route("/api/v1/workflows/{id}/pause", post(pause))
         .route("/api/v1/workflows/{id}/resume", post(resume))
+        .route("/api/v1/workflows/{id}/reset", post(reset))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/types", get(types))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -58,10 +59,13 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         title = "Loom",
         description = "Start, find, inspect and operate Loom workflows."
     ),
-    paths(list, start, describe, history, signal, cancel, terminate, pause, resume, stats, types),
+    paths(
+        list, start, describe, history, signal, cancel, terminate, pause, resume, reset, stats,
+        types
+    ),
     components(schemas(
         Workflow, Status, FailureView, WorkflowPage, StartRequest, Started, HistoryPage,
-        HistoryEvent, SignalRequest, ReasonRequest, RequiredReason, Accepted, StatsView, TypesView, WorkflowType,
+        HistoryEvent, SignalRequest, ReasonRequest, RequiredReason, ResetRequest, ResetAnswer, Accepted, StatsView, TypesView, WorkflowType,
         ErrorBody
     )),
     modifiers(&BearerToken),
@@ -388,6 +392,34 @@ pub struct RequiredReason {
     /// The reason, recorded with the action: not blank, without NUL characters.
     #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
     pub reason: String,
+}
+
+/// Where to rerun a run from.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// A reset point of the current run (the sequence number of a workflow task's completion,
+    /// as the dashboard marks them), or `last-task`: the last one before the run's first
+    /// failure.
+    #[schema(pattern = r"^([1-9][0-9]{0,18}|last-task)$")]
+    pub to: String,
+    /// Why, recorded with the reset: not blank, without NUL characters.
+    #[schema(pattern = r"^[^\u0000]*\S[^\u0000]*$")]
+    pub reason: String,
+    /// Leave out the signals received after the point (by default they are delivered again).
+    #[serde(default)]
+    pub no_signals: bool,
+}
+
+/// A reset began a new run.
+#[derive(Serialize, ToSchema)]
+pub struct ResetAnswer {
+    /// The workflow.
+    pub id: String,
+    /// The new run.
+    pub run: u32,
+    /// The last event of the old run that the new run kept.
+    pub point: u64,
 }
 
 /// An action was recorded.
@@ -792,6 +824,58 @@ async fn resume(
     let id = WorkflowId::new(id);
     service.client().resume(&id).await?;
     Ok(accepted(id))
+}
+
+/// Reruns the current run, open or ended, from a workflow-task boundary with the serving
+/// binary's code: a new run that keeps the history up to the point.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/reset",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    request_body = ResetRequest,
+    responses(
+        (status = 202, body = ResetAnswer),
+        (status = 400, body = ErrorBody, description = "Not a reset point, no reason, or a body that is not the request."),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The run moved on meanwhile."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
+    )
+)]
+async fn reset(
+    State(service): Shared,
+    Path(id): Path<String>,
+    Body(req): Body<ResetRequest>,
+) -> Result<(StatusCode, Json<ResetAnswer>), ApiError> {
+    let id = WorkflowId::new(id);
+    let to = reset_to(&req.to).map_err(ApiError::bad_request)?;
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("to reset a workflow, give a reason"));
+    }
+    let done = service
+        .client()
+        .reset(&id, to, &req.reason, !req.no_signals)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ResetAnswer {
+            id: id.as_str().to_owned(),
+            run: done.run,
+            point: done.point.get(),
+        }),
+    ))
+}
+
+/// A reset point as written: a sequence number, or `last-task`.
+pub(crate) fn reset_to(text: &str) -> Result<loom_worker::ResetTo, String> {
+    match text.trim() {
+        "last-task" => Ok(loom_worker::ResetTo::LastTask),
+        n => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(|n| loom_worker::ResetTo::Event(Seq::new(n)))
+            .ok_or_else(|| format!("reset to {n:?}: say a sequence number or last-task")),
+    }
 }
 
 /// Counts across the store.

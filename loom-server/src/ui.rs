@@ -42,6 +42,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/workflows/{id}/terminate", post(terminate_action))
         .route("/workflows/{id}/pause", post(pause_action))
         .route("/workflows/{id}/resume", post(resume_action))
+        .route("/workflows/{id}/reset", post(reset_action))
         .route("/stats", get(stats_page))
         .route("/types", get(types_page))
         .route("/login", get(login_page).post(login))
@@ -329,6 +330,8 @@ fn local_time(text: &str) -> Option<Timestamp> {
 struct WorkflowPage {
     w: WorkflowView,
     open: bool,
+    /// The run's reset points, newest first (the last fifty).
+    reset_points: Vec<u64>,
     events: Vec<EventRow>,
     more_after: Option<u64>,
     path: String,
@@ -507,9 +510,16 @@ async fn workflow_page(
             .collect(),
     };
     let path = w.path.clone();
+    let reset_points = loom_core::history::reset_points(&history)
+        .iter()
+        .rev()
+        .take(50)
+        .map(|s| s.get())
+        .collect();
     Ok(render(&WorkflowPage {
         w,
         open,
+        reset_points,
         events,
         more_after,
         path,
@@ -788,6 +798,38 @@ async fn resume_action(
                 .await
                 .map_err(failed)?;
             Ok("Resumed.".to_owned())
+        }
+        .await,
+    )
+}
+
+async fn reset_action(
+    State(service): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    answer(
+        async {
+            from_dashboard(&headers)?;
+            let to = crate::api::reset_to(field(&form, "to"))
+                .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+            let reason = reason(&form, "reset")?;
+            let done = service
+                .client()
+                .reset(
+                    &WorkflowId::new(id),
+                    to,
+                    &reason,
+                    field(&form, "no_signals").is_empty(),
+                )
+                .await
+                .map_err(failed)?;
+            Ok(format!(
+                "Reset: run {} continues after event {}.",
+                done.run,
+                done.point.get()
+            ))
         }
         .await,
     )

@@ -287,6 +287,21 @@ async fn a_workflow_is_started_found_signalled_and_read_through_the_api() {
             "WorkflowCompleted"
         );
 
+        // A reset reruns it from its first point, here without the signal: it waits again.
+        let (code, reset) = post(
+            a,
+            "/api/v1/workflows/greet-1/reset",
+            json!({"to": "1", "reason": "try again", "no_signals": true}),
+        )
+        .await;
+        assert_eq!(code, 202, "{backend}: {reset}");
+        assert_eq!(
+            (reset["run"].as_u64(), reset["point"].as_u64()),
+            (Some(2), Some(1))
+        );
+        let again = wait_status(a, "greet-1", "running").await;
+        assert_eq!(again["run"], 2, "{again}");
+
         // Operator actions.
         let (code, _) = post(
             a,
@@ -323,7 +338,8 @@ async fn a_workflow_is_started_found_signalled_and_read_through_the_api() {
 
         let (code, stats) = get(a, "/api/v1/stats").await;
         assert_eq!(code, 200);
-        assert_eq!(stats["workflows"]["completed"], 1, "{stats}");
+        assert_eq!(stats["workflows"]["running"], 2, "{stats}");
+        assert_eq!(stats["workflows"]["cancelled"], 1, "{stats}");
         assert_eq!(stats["workflows"]["terminated"], 1, "{stats}");
         let (_, types) = get(a, "/api/v1/types").await;
         assert_eq!(

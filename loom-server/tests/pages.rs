@@ -297,6 +297,25 @@ async fn actions_come_from_the_dashboard_and_say_what_went_wrong() {
         ),
         "the signal waits for the workflow: {waiting:?}"
     );
+    let bad_point = call(
+        a,
+        "POST",
+        "/workflows/w/reset",
+        Some("to=zero&reason=x"),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(bad_point.status, 400, "{}", bad_point.body);
+    let reset = call(
+        a,
+        "POST",
+        "/workflows/w/reset",
+        Some("to=1&reason=again"),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    assert!(reset.body.contains("run 2"), "{}", reset.body);
     let terminated = call(
         a,
         "POST",
