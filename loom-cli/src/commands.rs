@@ -19,6 +19,41 @@ use crate::{Cli, Command, Fail};
 pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fail> {
     let url = DbUrl::parse(&cli.db)?;
     let json = cli.json;
+    let remote = cli
+        .server
+        .as_deref()
+        .map(|s| crate::remote::Remote::new(s, std::env::var("LOOM_TOKEN").ok()))
+        .transpose()?;
+    // Through a server, the commands that act on workflows go over its API; the rest need
+    // the database itself.
+    let operator = async |missing: Missing| -> Result<Operator, Fail> {
+        match &remote {
+            Some(r) => Ok(Operator::Remote(r.clone())),
+            None => Ok(Operator::Local(Client::new(
+                db::open(&url, missing, false).await?,
+            ))),
+        }
+    };
+    if remote.is_some()
+        && !matches!(
+            cli.command,
+            Command::Start { .. }
+                | Command::List { .. }
+                | Command::Signal { .. }
+                | Command::Cancel { .. }
+                | Command::Terminate { .. }
+                | Command::Pause { .. }
+                | Command::Resume { .. }
+                | Command::Reset { .. }
+                | Command::Result { .. }
+                | Command::Workflows
+        )
+    {
+        return Err(Fail::usage(
+            "through --server, loom runs start, list, signal, cancel, terminate, pause, resume, \
+             reset and result; this command needs the database (--db)",
+        ));
+    }
     match cli.command {
         Command::Init => init(&url, json).await,
         Command::Workflows => workflows(&registry, json),
@@ -117,7 +152,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             def.check_input(&input).map_err(|e| {
                 Fail::usage(format!("--input does not fit workflow {workflow}: {e}"))
             })?;
-            let store = db::open(&url, Missing::Create, false).await?;
+            let op = operator(Missing::Create).await?;
             let timeouts = (run_timeout, execution_timeout);
             let options = StartOptions {
                 id: id.map(WorkflowId::new),
@@ -127,7 +162,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 version,
                 ..StartOptions::default()
             };
-            start(store, &registry, &workflow, input, options, wait, json).await
+            start(op, &registry, &workflow, input, options, wait, json).await
         }
         Command::List {
             limit,
@@ -156,8 +191,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 limit,
                 ..ListQuery::default()
             };
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            list(store, &query, json).await
+            list(operator(Missing::Refuse).await?, &query, json).await
         }
         Command::Purge {
             closed_before,
@@ -191,12 +225,9 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             payload_file,
         } => {
             let payload = json_arg("--payload", payload, payload_file.as_deref())?;
-            let store = db::open(&url, Missing::Refuse, false).await?;
+            let op = operator(Missing::Refuse).await?;
             let id = WorkflowId::new(id);
-            Client::new(store)
-                .signal_checked(&registry, &id, &name, payload)
-                .await
-                .map_err(Fail::from_client)?;
+            op.signal(&registry, &id, &name, payload).await?;
             if json {
                 render::json(&json!({ "id": id, "signal": name, "sent": true }))?;
             } else {
@@ -205,8 +236,13 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             Ok(ExitCode::SUCCESS)
         }
         Command::Terminate { target, reason } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            act(store, target, Action::Terminate(reason), json).await
+            act(
+                operator(Missing::Refuse).await?,
+                target,
+                Action::Terminate(reason),
+                json,
+            )
+            .await
         }
         Command::Reset {
             target,
@@ -214,36 +250,48 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             reason,
             no_signals,
         } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
             let action = Action::Reset {
                 to,
                 reason,
                 signals: !no_signals,
             };
-            act(store, target, action, json).await
+            act(operator(Missing::Refuse).await?, target, action, json).await
         }
         Command::Pause { target, reason } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            act(store, target, Action::Pause(reason), json).await
+            act(
+                operator(Missing::Refuse).await?,
+                target,
+                Action::Pause(reason),
+                json,
+            )
+            .await
         }
         Command::Resume { target } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            act(store, target, Action::Resume, json).await
+            act(
+                operator(Missing::Refuse).await?,
+                target,
+                Action::Resume,
+                json,
+            )
+            .await
         }
         Command::Cancel { target, reason } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            act(store, target, Action::Cancel(reason), json).await
+            act(
+                operator(Missing::Refuse).await?,
+                target,
+                Action::Cancel(reason),
+                json,
+            )
+            .await
         }
         Command::Result { id, wait } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            let client = Client::new(store);
+            let op = operator(Missing::Refuse).await?;
             let id = WorkflowId::new(id);
             let summary = if wait {
-                client.wait(&id, None).await
+                op.wait(&id).await
             } else {
-                client.describe(&id).await
-            }
-            .map_err(Fail::from_client)?;
+                op.describe(&id).await
+            }?;
             if !summary.status.is_terminal() {
                 return Err(Fail::failed(format!(
                     "workflow {id} is {} and has no result yet (use --wait to wait for it)",
@@ -484,7 +532,7 @@ fn parse_tag_filter(text: &str) -> Result<loom_storage::TagFilter, Fail> {
 }
 
 async fn start(
-    store: Arc<dyn Storage>,
+    op: Operator,
     registry: &Registry,
     workflow: &str,
     input: Payload,
@@ -492,11 +540,7 @@ async fn start(
     wait: bool,
     json: bool,
 ) -> Result<ExitCode, Fail> {
-    let client = Client::new(store);
-    let id = client
-        .start_by_name(registry, workflow, input, options)
-        .await
-        .map_err(Fail::from_client)?;
+    let id = op.start(registry, workflow, input, options).await?;
     if !wait {
         if json {
             render::json(&json!({ "id": id, "workflow": workflow }))?;
@@ -510,7 +554,7 @@ async fn start(
             "Started {id}; waiting for a worker to finish it (run `loom worker` elsewhere)..."
         );
     }
-    let summary = client.wait(&id, None).await.map_err(Fail::from_client)?;
+    let summary = op.wait(&id).await?;
     print_result(&summary, json)
 }
 
@@ -573,9 +617,9 @@ fn print_result(summary: &WorkflowSummary, json: bool) -> Result<ExitCode, Fail>
     })
 }
 
-async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<ExitCode, Fail> {
+async fn list(op: Operator, query: &ListQuery, json: bool) -> Result<ExitCode, Fail> {
     let limit = query.limit;
-    let page = store.list(query).await.map_err(Fail::from_storage)?;
+    let page = op.list(query).await?;
     if json {
         render::json(&json!({ "workflows": page.items, "more": page.next.is_some() }))?;
         return Ok(ExitCode::SUCCESS);
@@ -619,6 +663,71 @@ async fn list(store: Arc<dyn Storage>, query: &ListQuery, json: bool) -> Result<
 /// The most children `inspect` lists; `list --parent` shows them all.
 const CHILDREN_SHOWN: usize = 20;
 
+/// Where a command acts: on the database, or through a server's API (`--server`).
+#[derive(Clone)]
+enum Operator {
+    Local(Client),
+    Remote(crate::remote::Remote),
+}
+
+impl Operator {
+    async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
+        match self {
+            Operator::Local(c) => c.describe(id).await.map_err(Fail::from_client),
+            Operator::Remote(r) => r.describe(id).await,
+        }
+    }
+
+    /// The workflow once it has ended.
+    async fn wait(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
+        match self {
+            Operator::Local(c) => c.wait(id, None).await.map_err(Fail::from_client),
+            Operator::Remote(r) => r.wait(id, Duration::from_millis(200)).await,
+        }
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<loom_storage::Page<WorkflowSummary>, Fail> {
+        match self {
+            Operator::Local(c) => c.list(q).await.map_err(Fail::from_client),
+            Operator::Remote(r) => r.list(q).await,
+        }
+    }
+
+    /// Starts a workflow by name: checked against this binary's registry here, and against
+    /// the server's there.
+    async fn start(
+        &self,
+        registry: &Registry,
+        workflow: &str,
+        input: Payload,
+        options: StartOptions,
+    ) -> Result<WorkflowId, Fail> {
+        match self {
+            Operator::Local(c) => c
+                .start_by_name(registry, workflow, input, options)
+                .await
+                .map_err(Fail::from_client),
+            Operator::Remote(r) => r.start(workflow, input, &options).await,
+        }
+    }
+
+    async fn signal(
+        &self,
+        registry: &Registry,
+        id: &WorkflowId,
+        name: &str,
+        payload: Payload,
+    ) -> Result<(), Fail> {
+        match self {
+            Operator::Local(c) => c
+                .signal_checked(registry, id, name, payload)
+                .await
+                .map_err(Fail::from_client),
+            Operator::Remote(r) => r.signal(id, name, payload).await,
+        }
+    }
+}
+
 /// What `cancel`, `terminate`, `pause` and `resume` do to one workflow.
 #[derive(Clone, Debug)]
 enum Action {
@@ -637,9 +746,26 @@ impl Action {
     /// Acts on one workflow; a reset answers what it began.
     async fn apply(
         &self,
-        client: &Client,
+        op: &Operator,
         id: &WorkflowId,
-    ) -> Result<Option<loom_worker::ResetDone>, loom_worker::ClientError> {
+    ) -> Result<Option<loom_worker::ResetDone>, Fail> {
+        let client = match op {
+            Operator::Local(client) => client,
+            Operator::Remote(remote) => {
+                let (action, body) = match self {
+                    Action::Cancel(reason) => ("cancel", json!({ "reason": reason })),
+                    Action::Terminate(reason) => ("terminate", json!({ "reason": reason })),
+                    Action::Pause(reason) => ("pause", json!({ "reason": reason })),
+                    Action::Resume => ("resume", json!({})),
+                    Action::Reset {
+                        to,
+                        reason,
+                        signals,
+                    } => return remote.reset(id, *to, reason, *signals).await.map(Some),
+                };
+                return remote.act(id, action, body).await.map(|()| None);
+            }
+        };
         match self {
             Action::Cancel(reason) => client.cancel(id, reason.clone()).await.map(|()| None),
             Action::Terminate(reason) => client.terminate(id, reason).await.map(|()| None),
@@ -651,6 +777,7 @@ impl Action {
                 signals,
             } => client.reset(id, *to, reason, *signals).await.map(Some),
         }
+        .map_err(Fail::from_client)
     }
 
     /// The key of the JSON answer for one workflow, and the sentence for people.
@@ -740,13 +867,13 @@ fn parse_query(text: &str) -> Result<ListQuery, Fail> {
 
 /// The ids of every workflow `query` lists (page after page) that `keep` keeps.
 async fn matching(
-    store: &Arc<dyn Storage>,
+    op: &Operator,
     mut query: ListQuery,
     keep: impl Fn(&WorkflowSummary) -> bool,
 ) -> Result<Vec<WorkflowId>, Fail> {
     let mut ids = Vec::new();
     loop {
-        let page = store.list(&query).await.map_err(Fail::from_storage)?;
+        let page = op.list(&query).await?;
         ids.extend(page.items.into_iter().filter(|s| keep(s)).map(|s| s.id));
         match page.next {
             Some(next) => query.after = Some(next),
@@ -761,18 +888,14 @@ const WITHOUT_YES: usize = 10;
 /// Runs `action` on the target: one workflow, or each that the query matches, at most 16 at
 /// once, each on its own (one failure does not stop the rest), with a summary.
 async fn act(
-    store: Arc<dyn Storage>,
+    op: Operator,
     target: crate::Target,
     action: Action,
     json: bool,
 ) -> Result<ExitCode, Fail> {
-    let client = Client::new(store.clone());
     let Some(query) = target.query else {
         let id = WorkflowId::new(target.id.unwrap_or_default());
-        let reset = action
-            .apply(&client, &id)
-            .await
-            .map_err(Fail::from_client)?;
+        let reset = action.apply(&op, &id).await?;
         let (key, sentence) = action.done(&id, reset);
         if json {
             let mut answer = json!({ "id": id, key: true });
@@ -790,7 +913,7 @@ async fn act(
     // Without a status, the workflows that have ended are left out: none of these actions
     // applies to them.
     let open_only = query.status.is_none();
-    let ids = matching(&store, query, |s| !(open_only && s.status.is_terminal())).await?;
+    let ids = matching(&op, query, |s| !(open_only && s.status.is_terminal())).await?;
     if target.dry_run {
         if json {
             render::json(&json!({ "dry_run": true, "matched": ids.len(), "ids": ids }))?;
@@ -818,9 +941,9 @@ async fn act(
     loop {
         while running.len() < 16 {
             let Some(id) = queue.next() else { break };
-            let (client, action) = (client.clone(), action.clone());
+            let (op, action) = (op.clone(), action.clone());
             running.spawn(async move {
-                let r = action.apply(&client, &id).await;
+                let r = action.apply(&op, &id).await;
                 (id, r)
             });
         }
@@ -830,7 +953,7 @@ async fn act(
         let (id, r) = joined.map_err(|e| Fail::failed(format!("an action panicked: {e}")))?;
         match r {
             Ok(_) => done += 1,
-            Err(e) => failed.push((id, e.to_string())),
+            Err(e) => failed.push((id, e.message)),
         }
         if let Some(bar) = &bar {
             bar.inc(1);
@@ -897,7 +1020,10 @@ async fn purge_command(
             limit: 1_000,
             ..ListQuery::default()
         };
-        let ids = matching(&store, query, |_| true).await?;
+        let ids = matching(&Operator::Local(Client::new(store.clone())), query, |_| {
+            true
+        })
+        .await?;
         if json {
             render::json(&json!({ "dry_run": true, "would_purge": ids.len(), "ids": ids }))?;
         } else {

@@ -30,6 +30,7 @@ pub mod examples;
 mod logs;
 mod observe;
 mod otel;
+mod remote;
 mod render;
 mod replay;
 
@@ -162,6 +163,11 @@ pub(crate) struct Cli {
     /// Print one JSON document on stdout instead of text for people.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Act through a running `loom server` (or `loom worker --http`) at this URL instead of
+    /// opening the database: start, list, signal, cancel, terminate, pause, resume, reset and
+    /// result.
+    #[arg(long, global = true, env = "LOOM_SERVER", value_name = "URL")]
+    pub(crate) server: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -138,7 +138,7 @@ fn the_api_holds_to_its_document_under_fuzzing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        report.contains("Tested: 11"),
+        report.contains("Tested: 12"),
         "every operation was tested:\n{report}"
     );
 }
@@ -209,4 +209,166 @@ fn a_worker_serves_the_api_over_the_file_it_holds() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("--http"));
+}
+
+/// `--server URL`: the commands that act on workflows go through a server's API, print what
+/// they print on the database, and fail as they fail there; on redb that is how they run
+/// while a worker holds the file.
+#[test]
+fn commands_go_through_a_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(cargo_bin("loom"))
+        .current_dir(dir.path())
+        .env("LOOM_TOKEN", "tok")
+        .args([
+            "--db",
+            "redb://loom.redb",
+            "worker",
+            "--http",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "0.05",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("loom worker starts");
+    let mut child = child;
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = lines.next().expect("a line").expect("a line");
+        if let Some(rest) = line.strip_prefix("Dashboard on ") {
+            break rest
+                .split(',')
+                .next()
+                .expect("an address")
+                .trim_end_matches('/')
+                .to_owned();
+        }
+    };
+    let _server = Server {
+        child,
+        url: url.clone(),
+    };
+    let through = |args: &[&str]| {
+        let mut cmd = loom(dir.path());
+        cmd.env("LOOM_TOKEN", "tok")
+            .env("LOOM_DB", "redb://loom.redb")
+            .args(["--server", &url])
+            .args(args);
+        cmd
+    };
+
+    let out = through(&[
+        "start",
+        "Greeting",
+        "--input",
+        r#"{"name": "Ada"}"#,
+        "--id",
+        "g1",
+        "--tag",
+        "team=ops",
+    ])
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "g1");
+    through(&["result", "g1", "--wait"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Ada"));
+    through(&[
+        "start",
+        "Approval",
+        "--input",
+        r#"{"request_id": "r1", "timeout_secs": 3600}"#,
+        "--id",
+        "a1",
+    ])
+    .assert()
+    .success();
+    through(&["list", "--tag", "team=ops", "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"g1\"").and(predicate::str::contains("a1").not()));
+    through(&["list", "--status", "running"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("a1"));
+    through(&[
+        "signal",
+        "a1",
+        "approve",
+        "--payload",
+        r#"{"approved": true, "by": "ada"}"#,
+    ])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains("Sent signal"));
+    through(&["result", "a1", "--wait", "--json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("approved"));
+    through(&[
+        "start",
+        "Approval",
+        "--input",
+        r#"{"request_id": "r2", "timeout_secs": 3600}"#,
+        "--id",
+        "a2",
+    ])
+    .assert()
+    .success();
+    through(&["pause", "a2", "--reason", "look"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Paused a2"));
+    through(&["resume", "a2"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Resumed a2"));
+    through(&["terminate", "a2", "--reason", "done"])
+        .assert()
+        .success();
+    through(&["cancel", "a2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("a2"));
+    through(&[
+        "terminate",
+        "--query",
+        "status=running",
+        "--dry-run",
+        "--reason",
+        "x",
+    ])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains("0 workflow(s) match"));
+
+    // Errors as on the database: unknown ids and bad input, exit 2; the rest needs --db.
+    through(&["result", "nope"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("nope"));
+    through(&["start", "Greeting", "--input", r#"{"nom": 1}"#])
+        .assert()
+        .code(2);
+    through(&["inspect", "g1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("needs the database"));
+    loom(dir.path())
+        .args(["--server", "localhost:8237", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--server takes"));
+    loom(dir.path())
+        .env_remove("LOOM_TOKEN")
+        .args(["--server", &url, "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("token"));
 }

@@ -30,6 +30,10 @@ type Shared = State<Arc<Service>>;
 
 /// The most workflows one page of a list holds.
 pub const MAX_PAGE: usize = 1_000;
+/// The largest version or run number the API takes: the document says they are 32-bit
+/// integers, as OpenAPI's `int32` (signed) has them.
+const MAX_NUMBER: u32 = i32::MAX as u32;
+
 /// The most events one page of a history holds.
 pub const MAX_EVENTS: usize = 1_000;
 
@@ -326,8 +330,14 @@ pub struct StartRequest {
     #[serde(default)]
     pub tags: BTreeMap<String, Value>,
     /// The version of the type to run; the newest when absent.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub version: Option<u32>,
+    /// Seconds each run may take before it ends `timed_out`.
+    #[schema(exclusive_minimum = 0.0, maximum = 3.0e9)]
+    pub run_timeout_s: Option<f64>,
+    /// Seconds the whole workflow, every run, may take.
+    #[schema(exclusive_minimum = 0.0, maximum = 3.0e9)]
+    pub execution_timeout_s: Option<f64>,
 }
 
 /// A started workflow.
@@ -478,6 +488,8 @@ pub struct WorkflowType {
         ("parent" = Option<String>, Query, min_length = 1, description = "Only the children of this workflow."),
         ("created_after" = Option<String>, Query, format = DateTime, description = "Only those created at or after (RFC 3339)."),
         ("created_before" = Option<String>, Query, format = DateTime, description = "Only those created before (RFC 3339)."),
+        ("closed_before" = Option<String>, Query, format = DateTime, description = "Only those that ended before (RFC 3339); none that is open."),
+        ("version" = Option<u32>, Query, minimum = 1, maximum = 2147483647, description = "Only runs of this version of their type."),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."),
         ("cursor" = Option<String>, Query, pattern = r"^[0-9]+\..*$", description = "The `next` of the page before."),
     ),
@@ -510,12 +522,25 @@ async fn list(
             "parent" => q.parent = Some(WorkflowId::new(non_empty("parent", value)?)),
             "created_after" => q.created_after = Some(time_param("created_after", &value)?),
             "created_before" => q.created_before = Some(time_param("created_before", &value)?),
+            "closed_before" => q.closed_before = Some(time_param("closed_before", &value)?),
+            "version" => {
+                let v = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| (1..=MAX_NUMBER).contains(v))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "version: {value:?} is not a version (1 or more)"
+                        ))
+                    })?;
+                q.version = Some(v);
+            }
             "limit" => q.limit = count_param("limit", &value, MAX_PAGE)?,
             "cursor" => q.after = Some(parse_cursor(&value)?),
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown parameter {other:?}: say status, type, tag, parent, created_after, \
-                     created_before, limit or cursor"
+                    "unknown parameter {other:?}: say status, type, version, tag, parent, \
+                     created_after, created_before, closed_before, limit or cursor"
                 )));
             }
         }
@@ -584,10 +609,23 @@ async fn start(
             service.registry().workflow_versions(&req.workflow_type)
         )));
     }
+    let timeout = |name: &str, s: Option<f64>| -> Result<Option<Duration>, ApiError> {
+        s.map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero() && s <= 3.0e9)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{name}: {s} is not a number of seconds above 0"))
+                })
+        })
+        .transpose()
+    };
     let options = StartOptions {
         id: req.id.map(WorkflowId::new),
         tags,
         version: req.version,
+        run_timeout: timeout("run_timeout_s", req.run_timeout_s)?,
+        execution_timeout: timeout("execution_timeout_s", req.execution_timeout_s)?,
         ..StartOptions::default()
     };
     let id = service
@@ -633,7 +671,7 @@ async fn describe(
         ("id" = String, Path, description = "The workflow's id."),
         ("after" = Option<u64>, Query, description = "Events after this sequence number (default 0: from the start)."),
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size (default 200)."),
-        ("run" = Option<u32>, Query, minimum = 1, description = "An earlier run's history."),
+        ("run" = Option<u32>, Query, minimum = 1, maximum = 2147483647, description = "An earlier run's history."),
     ),
     responses(
         (status = 200, body = HistoryPage),

@@ -1,0 +1,346 @@
+//! `--server URL` (or `LOOM_SERVER`): commands through a running `loom server` or `loom worker
+//! --http`, over its HTTP API, instead of opening the database. The answers are read back into
+//! the types the commands print, so a command prints the same through a server as on the
+//! database itself.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use loom_core::{Failure, Payload, Progress, Seq, TagValue, Tags, Timestamp, WorkflowId};
+use loom_storage::{ListCursor, ListQuery, Page, WorkflowStatus, WorkflowSummary};
+use loom_worker::{ResetDone, ResetTo, StartOptions};
+use serde_json::{Value, json};
+
+use crate::Fail;
+
+/// A server to send commands to.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Remote {
+    /// The server at `url` (`http://HOST:PORT`), sending `token` if there is one.
+    pub(crate) fn new(url: &str, token: Option<String>) -> Result<Remote, Fail> {
+        let base = url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://"))
+            || base.len() <= "https://".len()
+        {
+            return Err(Fail::usage(format!(
+                "--server takes the server's URL, such as http://127.0.0.1:8237, not {url:?}"
+            )));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Ok(Remote {
+            base: base.to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            agent,
+        })
+    }
+
+    /// One call; the answer's JSON, or the server's error as the command's.
+    async fn call(
+        &self,
+        method: &'static str,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<Value, Fail> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.call_blocking(method, &path, body))
+            .await
+            .map_err(|e| Fail::failed(format!("a request to the server panicked: {e}")))?
+    }
+
+    fn call_blocking(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let answer = if method == "GET" {
+            let mut r = self.agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        } else {
+            let mut r = self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.unwrap_or_else(|| json!({})).to_string().as_bytes())
+        };
+        let mut answer = answer
+            .map_err(|e| Fail::failed(format!("cannot reach the server at {}: {e}", self.base)))?;
+        let status = answer.status().as_u16();
+        let text = answer.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let message = value["error"].as_str().map_or_else(
+            || format!("the server answered {status}: {text}"),
+            str::to_owned,
+        );
+        Err(match status {
+            400..=499 => Fail::usage(message),
+            _ => Fail::failed(message),
+        })
+    }
+
+    /// Starts a workflow by type name.
+    pub(crate) async fn start(
+        &self,
+        workflow: &str,
+        input: Payload,
+        options: &StartOptions,
+    ) -> Result<WorkflowId, Fail> {
+        let tags: serde_json::Map<String, Value> = options
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), tag_json(v)))
+            .collect();
+        let body = json!({
+            "type": workflow,
+            "input": input.into_json(),
+            "id": options.id.as_ref().map(WorkflowId::as_str),
+            "tags": tags,
+            "version": options.version,
+            "run_timeout_s": options.run_timeout.map(|d| d.as_secs_f64()),
+            "execution_timeout_s": options.execution_timeout.map(|d| d.as_secs_f64()),
+        });
+        let answer = self
+            .call("POST", "/api/v1/workflows".into(), Some(body))
+            .await?;
+        Ok(WorkflowId::new(answer["id"].as_str().unwrap_or_default()))
+    }
+
+    /// One workflow.
+    pub(crate) async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
+        let w = self
+            .call("GET", format!("/api/v1/workflows/{}", segment(id)), None)
+            .await?;
+        summary(&w)
+    }
+
+    /// Waits until the workflow has ended, reading it again every `every`.
+    pub(crate) async fn wait(
+        &self,
+        id: &WorkflowId,
+        every: Duration,
+    ) -> Result<WorkflowSummary, Fail> {
+        loop {
+            let s = self.describe(id).await?;
+            if s.status.is_terminal() {
+                return Ok(s);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// A page of workflows.
+    pub(crate) async fn list(&self, q: &ListQuery) -> Result<Page<WorkflowSummary>, Fail> {
+        let mut ser = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = q.status {
+            ser.append_pair("status", &s.to_string());
+        }
+        if let Some(n) = &q.name {
+            ser.append_pair("type", n);
+        }
+        if let Some(v) = q.version {
+            ser.append_pair("version", &v.to_string());
+        }
+        if let Some(p) = &q.parent {
+            ser.append_pair("parent", p.as_str());
+        }
+        for (key, t) in [
+            ("created_after", q.created_after),
+            ("created_before", q.created_before),
+            ("closed_before", q.closed_before),
+        ] {
+            if let Some(t) = t {
+                ser.append_pair(key, &rfc3339(t));
+            }
+        }
+        for f in &q.tags {
+            let value = match &f.value {
+                TagValue::Time(t) => rfc3339(*t),
+                v => v.text(),
+            };
+            ser.append_pair("tag", &format!("{}{}{value}", f.key, f.cmp.as_str()));
+        }
+        ser.append_pair("limit", &q.limit.clamp(1, 1_000).to_string());
+        if let Some(c) = &q.after {
+            ser.append_pair(
+                "cursor",
+                &format!("{}.{}", c.created_at.as_millis(), c.id.as_str()),
+            );
+        }
+        let page = self
+            .call("GET", format!("/api/v1/workflows?{}", ser.finish()), None)
+            .await?;
+        let items = page["workflows"]
+            .as_array()
+            .map(|ws| ws.iter().map(summary).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        let next = page["next"].as_str().and_then(|c| {
+            let (ms, id) = c.split_once('.')?;
+            Some(ListCursor {
+                created_at: Timestamp::from_millis(ms.parse().ok()?),
+                id: WorkflowId::new(id),
+            })
+        });
+        Ok(Page { items, next })
+    }
+
+    /// Sends a signal.
+    pub(crate) async fn signal(
+        &self,
+        id: &WorkflowId,
+        name: &str,
+        payload: Payload,
+    ) -> Result<(), Fail> {
+        self.call(
+            "POST",
+            format!("/api/v1/workflows/{}/signal", segment(id)),
+            Some(json!({ "name": name, "payload": payload.into_json() })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// An operator action: `cancel`, `terminate`, `pause` or `resume` with its body.
+    pub(crate) async fn act(&self, id: &WorkflowId, action: &str, body: Value) -> Result<(), Fail> {
+        self.call(
+            "POST",
+            format!("/api/v1/workflows/{}/{action}", segment(id)),
+            Some(body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A reset.
+    pub(crate) async fn reset(
+        &self,
+        id: &WorkflowId,
+        to: ResetTo,
+        reason: &str,
+        signals: bool,
+    ) -> Result<ResetDone, Fail> {
+        let to = match to {
+            ResetTo::LastTask => "last-task".to_owned(),
+            ResetTo::Event(seq) => seq.get().to_string(),
+        };
+        let answer = self
+            .call(
+                "POST",
+                format!("/api/v1/workflows/{}/reset", segment(id)),
+                Some(json!({ "to": to, "reason": reason, "no_signals": !signals })),
+            )
+            .await?;
+        Ok(ResetDone {
+            run: answer["run"].as_u64().unwrap_or(0) as u32,
+            point: Seq::new(answer["point"].as_u64().unwrap_or(0)),
+        })
+    }
+}
+
+/// A workflow id as one path segment.
+fn segment(id: &WorkflowId) -> String {
+    percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    let ms = u64::try_from(t.as_millis()).unwrap_or(0);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn time(v: &Value) -> Option<Timestamp> {
+    let t = humantime::parse_rfc3339_weak(v.as_str()?).ok()?;
+    Some(Timestamp::from_millis(
+        i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?,
+    ))
+}
+
+fn tag_json(v: &TagValue) -> Value {
+    match v {
+        TagValue::Text(s) => Value::from(s.clone()),
+        TagValue::Int(n) => Value::from(*n),
+        TagValue::Bool(b) => Value::from(*b),
+        TagValue::Time(t) => Value::from(rfc3339(*t)),
+    }
+}
+
+/// A workflow as the API writes it, read back into the summary the commands print.
+fn summary(w: &Value) -> Result<WorkflowSummary, Fail> {
+    let bad = |what: &str| Fail::failed(format!("the server's answer has no {what}: {w}"));
+    let status: WorkflowStatus = w["status"]
+        .as_str()
+        .ok_or_else(|| bad("status"))?
+        .parse()
+        .map_err(|_| bad("status it names"))?;
+    let failure = w["failure"].as_object().map(|f| Failure {
+        kind: f
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        message: f
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        non_retryable: f
+            .get("non_retryable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        details: f
+            .get("details")
+            .filter(|d| !d.is_null())
+            .cloned()
+            .map(Payload::from_json),
+    });
+    let mut tags = Tags::new();
+    if let Some(map) = w["tags"].as_object() {
+        for (k, v) in map {
+            let value = match v {
+                Value::Bool(b) => TagValue::Bool(*b),
+                Value::Number(n) => TagValue::Int(n.as_i64().unwrap_or_default()),
+                Value::String(s) => match TagValue::parse(s) {
+                    t @ TagValue::Time(_) => t,
+                    _ => TagValue::Text(s.clone()),
+                },
+                other => TagValue::Text(other.to_string()),
+            };
+            tags.insert(k.clone(), value);
+        }
+    }
+    Ok(WorkflowSummary {
+        id: WorkflowId::new(w["id"].as_str().ok_or_else(|| bad("id"))?),
+        name: w["type"].as_str().unwrap_or_default().to_owned(),
+        version: w["version"].as_u64().unwrap_or(1) as u32,
+        status,
+        input: Payload::from_json(w["input"].clone()),
+        created_at: time(&w["created_at"]).ok_or_else(|| bad("creation time"))?,
+        updated_at: time(&w["updated_at"]).ok_or_else(|| bad("update time"))?,
+        closed_at: time(&w["closed_at"]),
+        last_seq: Seq::new(w["last_seq"].as_u64().unwrap_or(0)),
+        output: Some(&w["output"])
+            .filter(|o| !o.is_null() || status == WorkflowStatus::Completed)
+            .map(|o| Payload::from_json(o.clone())),
+        failure,
+        pause_reason: w["pause_reason"].as_str().map(str::to_owned),
+        progress: serde_json::from_value::<Progress>(w["progress"].clone()).ok(),
+        parent: w["parent"].as_str().map(WorkflowId::new),
+        run: w["run"].as_u64().unwrap_or(1) as u32,
+        tags,
+    })
+}
