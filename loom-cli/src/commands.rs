@@ -46,17 +46,21 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 | Command::Resume { .. }
                 | Command::Reset { .. }
                 | Command::Result { .. }
+                | Command::Inspect { .. }
                 | Command::Workflows
         )
     {
         return Err(Fail::usage(
-            "through --server, loom runs start, list, signal, cancel, terminate, pause, resume, \
-             reset and result; this command needs the database (--db)",
+            "through --server, loom runs start, list, inspect, signal, cancel, terminate, pause, \
+             resume, reset and result; this command needs the database (--db)",
         ));
     }
     match cli.command {
         Command::Init => init(&url, json).await,
-        Command::Workflows => workflows(&registry, json),
+        Command::Workflows => match &remote {
+            Some(r) => r.types(json).await,
+            None => workflows(&registry, json),
+        },
         Command::Worker {
             workers,
             poll_interval,
@@ -128,30 +132,33 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             loom_core::tags::check_tags(&tags).map_err(|e| Fail::usage(format!("--tag: {e}")))?;
             let run_timeout = seconds("--run-timeout", run_timeout)?;
             let execution_timeout = seconds("--execution-timeout", execution_timeout)?;
-            // Check name and input before touching the database, so bad input writes nothing.
-            let Some(newest) = registry.workflow(&workflow) else {
-                return Err(unknown_workflow(&registry, &workflow));
-            };
-            let def = match version {
-                None => newest,
-                Some(v) => registry.workflow_version(&workflow, v).ok_or_else(|| {
-                    let known: Vec<String> = registry
-                        .workflow_versions(&workflow)
-                        .iter()
-                        .map(u32::to_string)
-                        .collect();
-                    Fail::usage(format!(
-                        "--version {v}: this loom has versions {} of {workflow}",
-                        known.join(", ")
-                    ))
-                })?,
-            };
-            loom_worker::Limits::default()
-                .check_payload("the input", input.encoded_len())
-                .map_err(Fail::usage)?;
-            def.check_input(&input).map_err(|e| {
-                Fail::usage(format!("--input does not fit workflow {workflow}: {e}"))
-            })?;
+            // Check name and input before touching the database, so bad input writes nothing;
+            // through a server, the server checks them against its own types.
+            if remote.is_none() {
+                let Some(newest) = registry.workflow(&workflow) else {
+                    return Err(unknown_workflow(&registry, &workflow));
+                };
+                let def = match version {
+                    None => newest,
+                    Some(v) => registry.workflow_version(&workflow, v).ok_or_else(|| {
+                        let known: Vec<String> = registry
+                            .workflow_versions(&workflow)
+                            .iter()
+                            .map(u32::to_string)
+                            .collect();
+                        Fail::usage(format!(
+                            "--version {v}: this loom has versions {} of {workflow}",
+                            known.join(", ")
+                        ))
+                    })?,
+                };
+                loom_worker::Limits::default()
+                    .check_payload("the input", input.encoded_len())
+                    .map_err(Fail::usage)?;
+                def.check_input(&input).map_err(|e| {
+                    Fail::usage(format!("--input does not fit workflow {workflow}: {e}"))
+                })?;
+            }
             let op = operator(Missing::Create).await?;
             let timeouts = (run_timeout, execution_timeout);
             let options = StartOptions {
@@ -215,8 +222,8 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             purge_command(store, &purge, dry_run, json).await
         }
         Command::Inspect { id, events, run } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            inspect(store, &WorkflowId::new(id), run, events, json).await
+            let op = operator(Missing::Refuse).await?;
+            inspect(op, &WorkflowId::new(id), run, events, json).await
         }
         Command::Signal {
             id,
@@ -711,6 +718,36 @@ impl Operator {
         }
     }
 
+    /// The workflow's earlier runs.
+    async fn runs(&self, id: &WorkflowId) -> Result<Vec<loom_storage::RunSummary>, Fail> {
+        match self {
+            Operator::Local(c) => c.runs(id).await.map_err(Fail::from_client),
+            Operator::Remote(r) => r.runs(id).await,
+        }
+    }
+
+    /// A run's history: the current run's without `run`.
+    async fn history(
+        &self,
+        id: &WorkflowId,
+        run: Option<u32>,
+    ) -> Result<Vec<loom_core::Event>, Fail> {
+        match (self, run) {
+            (Operator::Local(c), None) => c.history(id).await.map_err(Fail::from_client),
+            (Operator::Local(c), Some(run)) => {
+                c.run_history(id, run).await.map_err(Fail::from_client)
+            }
+            (Operator::Remote(r), run) => r.history(id, run).await,
+        }
+    }
+
+    async fn task_states(&self, id: &WorkflowId) -> Result<Vec<TaskState>, Fail> {
+        match self {
+            Operator::Local(c) => c.task_states(id).await.map_err(Fail::from_client),
+            Operator::Remote(r) => r.task_states(id).await,
+        }
+    }
+
     async fn signal(
         &self,
         registry: &Registry,
@@ -1099,16 +1136,13 @@ const RUNS_SHOWN: usize = 10;
 
 /// `loom inspect ID --run R` for an earlier run: what its history says.
 async fn inspect_past_run(
-    store: Arc<dyn Storage>,
+    op: Operator,
     summary: &loom_storage::WorkflowSummary,
     run: u32,
     events: bool,
     json: bool,
 ) -> Result<ExitCode, Fail> {
-    let history = store
-        .load_run(&summary.id, run)
-        .await
-        .map_err(Fail::from_storage)?;
+    let history = op.history(&summary.id, Some(run)).await?;
     let input = match history.first().map(|e| &e.kind) {
         Some(loom_core::EventKind::WorkflowStarted { input, .. }) => input.clone(),
         _ => loom_core::Payload::NULL,
@@ -1195,18 +1229,18 @@ fn run_origin(run: u32, first: Option<&loom_core::Event>) -> String {
 }
 
 async fn inspect(
-    store: Arc<dyn Storage>,
+    op: Operator,
     id: &WorkflowId,
     run: Option<u32>,
     events: bool,
     json: bool,
 ) -> Result<ExitCode, Fail> {
-    let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    let summary = op.describe(id).await?;
     if let Some(run) = run.filter(|r| *r != summary.run) {
-        return inspect_past_run(store, &summary, run, events, json).await;
+        return inspect_past_run(op, &summary, run, events, json).await;
     }
     let runs = if summary.run > 1 {
-        store.runs(id).await.map_err(Fail::from_storage)?
+        op.runs(id).await?
     } else {
         Vec::new()
     };
@@ -1218,21 +1252,15 @@ async fn inspect(
             limits.max_history_events
         )
     });
-    let children = store
+    let children = op
         .list(&ListQuery {
             parent: Some(id.clone()),
             limit: CHILDREN_SHOWN,
             ..ListQuery::default()
         })
-        .await
-        .map_err(Fail::from_storage)?;
+        .await?;
     let history = if events || summary.run > 1 {
-        Some(
-            store
-                .load_history(id, loom_core::Seq::ZERO)
-                .await
-                .map_err(Fail::from_storage)?,
-        )
+        Some(op.history(id, None).await?)
     } else {
         None
     };
@@ -1243,10 +1271,7 @@ async fn inspect(
     let tasks = if summary.status.is_terminal() {
         Vec::new()
     } else {
-        Client::new(store.clone())
-            .task_states(id)
-            .await
-            .map_err(Fail::from_client)?
+        op.task_states(id).await?
     };
     if json {
         let mut doc = serde_json::to_value(&summary)

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use loom_core::{Failure, Payload, Progress, Seq, TagValue, Tags, Timestamp, WorkflowId};
-use loom_storage::{ListCursor, ListQuery, Page, WorkflowStatus, WorkflowSummary};
-use loom_worker::{ResetDone, ResetTo, StartOptions};
+use loom_core::{Event, Failure, Payload, Progress, Seq, TagValue, Tags, Timestamp, WorkflowId};
+use loom_storage::{ListCursor, ListQuery, Page, RunSummary, WorkflowStatus, WorkflowSummary};
+use loom_worker::{ResetDone, ResetTo, StartOptions, TaskState};
 use serde_json::{Value, json};
 
 use crate::Fail;
@@ -174,29 +174,36 @@ impl Remote {
             };
             ser.append_pair("tag", &format!("{}{}{value}", f.key, f.cmp.as_str()));
         }
-        ser.append_pair("limit", &q.limit.clamp(1, 1_000).to_string());
-        if let Some(c) = &q.after {
-            ser.append_pair(
-                "cursor",
-                &format!("{}.{}", c.created_at.as_millis(), c.id.as_str()),
-            );
+        let filters = ser.finish();
+        // The API's pages hold at most 1,000: a longer list is read a page at a time.
+        let (mut items, mut after) = (Vec::new(), q.after.clone());
+        loop {
+            let want = q.limit.saturating_sub(items.len()).clamp(1, 1_000);
+            let mut path = format!("/api/v1/workflows?limit={want}");
+            if !filters.is_empty() {
+                path.push('&');
+                path.push_str(&filters);
+            }
+            if let Some(c) = &after {
+                let cursor = format!("{}.{}", c.created_at.as_millis(), c.id.as_str());
+                path.push_str("&cursor=");
+                path.extend(form_urlencoded::byte_serialize(cursor.as_bytes()));
+            }
+            let page = self.call("GET", path, None).await?;
+            for w in page["workflows"].as_array().into_iter().flatten() {
+                items.push(summary(w)?);
+            }
+            after = page["next"].as_str().and_then(|c| {
+                let (ms, id) = c.split_once('.')?;
+                Some(ListCursor {
+                    created_at: Timestamp::from_millis(ms.parse().ok()?),
+                    id: WorkflowId::new(id),
+                })
+            });
+            if after.is_none() || items.len() >= q.limit {
+                return Ok(Page { items, next: after });
+            }
         }
-        let page = self
-            .call("GET", format!("/api/v1/workflows?{}", ser.finish()), None)
-            .await?;
-        let items = page["workflows"]
-            .as_array()
-            .map(|ws| ws.iter().map(summary).collect::<Result<Vec<_>, _>>())
-            .transpose()?
-            .unwrap_or_default();
-        let next = page["next"].as_str().and_then(|c| {
-            let (ms, id) = c.split_once('.')?;
-            Some(ListCursor {
-                created_at: Timestamp::from_millis(ms.parse().ok()?),
-                id: WorkflowId::new(id),
-            })
-        });
-        Ok(Page { items, next })
     }
 
     /// Sends a signal.
@@ -252,14 +259,145 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// A run's whole history (the current run's without `run`), read a page at a time.
+    pub(crate) async fn history(
+        &self,
+        id: &WorkflowId,
+        run: Option<u32>,
+    ) -> Result<Vec<Event>, Fail> {
+        let mut events = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let mut path = format!(
+                "/api/v1/workflows/{}/history?limit=1000&after={after}",
+                segment(id)
+            );
+            if let Some(run) = run {
+                path.push_str(&format!("&run={run}"));
+            }
+            let page = self.call("GET", path, None).await?;
+            for e in page["events"].as_array().into_iter().flatten() {
+                events.push(event(e)?);
+            }
+            match page["next"].as_u64() {
+                Some(next) => after = next,
+                None => return Ok(events),
+            }
+        }
+    }
+
+    /// Where each of the workflow's tasks stands.
+    pub(crate) async fn task_states(&self, id: &WorkflowId) -> Result<Vec<TaskState>, Fail> {
+        let answer = self
+            .call(
+                "GET",
+                format!("/api/v1/workflows/{}/tasks", segment(id)),
+                None,
+            )
+            .await?;
+        Ok(answer["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| TaskState {
+                task: t["task"].as_str().unwrap_or_default().to_owned(),
+                activity_id: t["activity_id"].as_u64(),
+                attempt: t["attempt"].as_u64().map(|a| a as u32),
+                state: match t["state"].as_str() {
+                    Some("running") => "running",
+                    Some("ready") => "ready",
+                    Some("waiting") => "waiting",
+                    _ => "idle",
+                },
+                at: time(&t["at"]),
+                waited_ms: t["waited_ms"].as_u64(),
+                deliveries: t["deliveries"].as_u64().unwrap_or(0) as u32,
+                last_failure: t["last_failure"].as_str().map(str::to_owned),
+            })
+            .collect())
+    }
+
+    /// The workflow's earlier runs.
+    pub(crate) async fn runs(&self, id: &WorkflowId) -> Result<Vec<RunSummary>, Fail> {
+        let answer = self
+            .call(
+                "GET",
+                format!("/api/v1/workflows/{}/runs", segment(id)),
+                None,
+            )
+            .await?;
+        Ok(answer["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| RunSummary {
+                run: r["run"].as_u64().unwrap_or(0) as u32,
+                started_at: time(&r["started_at"]).unwrap_or(Timestamp::EPOCH),
+                ended_at: time(&r["ended_at"]).unwrap_or(Timestamp::EPOCH),
+                events: r["events"].as_u64().unwrap_or(0),
+            })
+            .collect())
+    }
+}
+
+impl Remote {
+    /// `loom workflows` through the server: the types it registers.
+    pub(crate) async fn types(&self, json: bool) -> Result<std::process::ExitCode, Fail> {
+        let types = self.call("GET", "/api/v1/types".into(), None).await?;
+        if json {
+            crate::render::json(&types)?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        for w in types["workflows"].as_array().into_iter().flatten() {
+            let versions: Vec<String> = w["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
+            println!(
+                "{} (versions {})",
+                w["name"].as_str().unwrap_or_default(),
+                versions.join(", ")
+            );
+        }
+        let activities: Vec<&str> = types["activities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!("activities: {}", activities.join(", "));
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+}
+
+/// An event as the API writes it, read back into the history's own form.
+fn event(e: &Value) -> Result<Event, Fail> {
+    let mut whole = e["fields"].as_object().cloned().unwrap_or_default();
+    whole.insert("seq".into(), e["seq"].clone());
+    whole.insert(
+        "at".into(),
+        Value::from(time(&e["at"]).unwrap_or(Timestamp::EPOCH).as_millis()),
+    );
+    whole.insert("type".into(), e["type"].clone());
+    serde_json::from_value(Value::Object(whole)).map_err(|err| {
+        Fail::failed(format!(
+            "the server sent an event this loom cannot read: {err}"
+        ))
+    })
+}
+
 /// A workflow id as one path segment.
 fn segment(id: &WorkflowId) -> String {
     percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC)
         .to_string()
 }
 
+/// A time as the API reads it (RFC 3339, within the years 1970 to 9999).
 fn rfc3339(t: Timestamp) -> String {
-    let ms = u64::try_from(t.as_millis()).unwrap_or(0);
+    let ms = t.as_millis().clamp(0, 253_402_300_799_999) as u64;
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 

@@ -109,10 +109,16 @@ impl WorkflowId {
     }
 
     /// Whether a store accepts this id: non-empty text without NUL characters (which some
-    /// databases cannot store). The error says what is wrong.
+    /// databases cannot store), and not `.` or `..` (which no URL can name as a path segment:
+    /// browsers resolve them away). The error says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         if self.0.is_empty() {
             Err("a workflow id cannot be empty".into())
+        } else if self.0 == "." || self.0 == ".." {
+            Err(format!(
+                "a workflow id cannot be {:?}: no URL names it as a path segment",
+                self.0
+            ))
         } else if self.0.contains('\0') {
             Err("a workflow id cannot contain a NUL character".into())
         } else {

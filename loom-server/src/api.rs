@@ -45,6 +45,8 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/api/v1/workflows", get(list).post(start))
         .route("/api/v1/workflows/{id}", get(describe))
         .route("/api/v1/workflows/{id}/history", get(history))
+        .route("/api/v1/workflows/{id}/tasks", get(tasks))
+        .route("/api/v1/workflows/{id}/runs", get(runs))
         .route("/api/v1/workflows/{id}/signal", post(signal))
         .route("/api/v1/workflows/{id}/cancel", post(cancel))
         .route("/api/v1/workflows/{id}/terminate", post(terminate))
@@ -64,12 +66,12 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         description = "Start, find, inspect and operate Loom workflows."
     ),
     paths(
-        list, start, describe, history, signal, cancel, terminate, pause, resume, reset, stats,
-        types
+        list, start, describe, history, tasks, runs, signal, cancel, terminate, pause, resume,
+        reset, stats, types
     ),
     components(schemas(
         Workflow, Status, FailureView, WorkflowPage, StartRequest, Started, HistoryPage,
-        HistoryEvent, SignalRequest, ReasonRequest, RequiredReason, ResetRequest, ResetAnswer, Accepted, StatsView, TypesView, WorkflowType,
+        HistoryEvent, TasksView, TaskView, RunsView, RunView, SignalRequest, ReasonRequest, RequiredReason, ResetRequest, ResetAnswer, Accepted, StatsView, TypesView, WorkflowType,
         ErrorBody
     )),
     modifiers(&BearerToken),
@@ -94,7 +96,14 @@ async fn livez() -> &'static str {
 }
 
 async fn openapi(State(service): Shared) -> Json<Value> {
-    let mut doc = serde_json::to_value(document(service.registry())).unwrap_or_default();
+    // The document is served to anyone; with a token set, it does not name the types.
+    let empty = loom_core::Registry::new();
+    let registry = if service.token().is_some() {
+        &empty
+    } else {
+        service.registry()
+    };
+    let mut doc = serde_json::to_value(document(registry)).unwrap_or_default();
     camel_case_links(&mut doc);
     Json(doc)
 }
@@ -371,6 +380,58 @@ pub struct HistoryEvent {
     /// The fields of its type.
     #[schema(value_type = Object)]
     pub fields: Value,
+}
+
+/// Where each of a workflow's tasks stands.
+#[derive(Serialize, ToSchema)]
+pub struct TasksView {
+    /// Its workflow task and its activity tasks; none once it has ended.
+    pub tasks: Vec<TaskView>,
+}
+
+/// Where one task stands.
+#[derive(Serialize, ToSchema)]
+pub struct TaskView {
+    /// `workflow_task`, or the activity's name.
+    pub task: String,
+    /// The activity's id, for an activity task.
+    pub activity_id: Option<u64>,
+    /// The activity's current attempt.
+    pub attempt: Option<u32>,
+    /// `running` (a worker holds it), `ready` (claimable), `waiting` (due later) or `idle`
+    /// (a workflow task with nothing due).
+    pub state: String,
+    /// Running: when the lease lapses; ready: since when; waiting: when it is due.
+    #[schema(format = DateTime)]
+    pub at: Option<String>,
+    /// Ready: how long it has waited for a worker, in milliseconds.
+    pub waited_ms: Option<u64>,
+    /// Times it was handed out without finishing.
+    pub deliveries: u32,
+    /// An activity's last failed attempt.
+    pub last_failure: Option<String>,
+}
+
+/// A workflow's earlier runs (ended by continue-as-new, a retried failure or a reset).
+#[derive(Serialize, ToSchema)]
+pub struct RunsView {
+    /// The earlier runs, the first first; the current run is the workflow's own.
+    pub runs: Vec<RunView>,
+}
+
+/// One run.
+#[derive(Serialize, ToSchema)]
+pub struct RunView {
+    /// Its number.
+    pub run: u32,
+    /// When it started.
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// When it ended.
+    #[schema(format = DateTime)]
+    pub ended_at: String,
+    /// Its events.
+    pub events: u64,
 }
 
 /// A signal to send.
@@ -735,6 +796,63 @@ async fn history(
     }))
 }
 
+/// Where each of a workflow's tasks stands: why it is or is not moving.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}/tasks",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    responses((status = 200, body = TasksView), (status = 404, body = ErrorBody))
+)]
+async fn tasks(
+    State(service): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<TasksView>, ApiError> {
+    let id = WorkflowId::new(id);
+    let summary = service.client().describe(&id).await?;
+    let tasks = if summary.status.is_terminal() {
+        Vec::new()
+    } else {
+        service.client().task_states(&id).await?
+    };
+    Ok(Json(TasksView {
+        tasks: tasks
+            .into_iter()
+            .map(|t| TaskView {
+                task: t.task,
+                activity_id: t.activity_id,
+                attempt: t.attempt,
+                state: t.state.to_owned(),
+                at: t.at.map(rfc3339),
+                waited_ms: t.waited_ms,
+                deliveries: t.deliveries,
+                last_failure: t.last_failure,
+            })
+            .collect(),
+    }))
+}
+
+/// A workflow's earlier runs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}/runs",
+    params(("id" = String, Path, description = "The workflow's id.")),
+    responses((status = 200, body = RunsView), (status = 404, body = ErrorBody))
+)]
+async fn runs(State(service): Shared, Path(id): Path<String>) -> Result<Json<RunsView>, ApiError> {
+    let runs = service.client().runs(&WorkflowId::new(id)).await?;
+    Ok(Json(RunsView {
+        runs: runs
+            .into_iter()
+            .map(|r| RunView {
+                run: r.run,
+                started_at: rfc3339(r.started_at),
+                ended_at: rfc3339(r.ended_at),
+                events: r.events,
+            })
+            .collect(),
+    }))
+}
+
 /// Sends a signal.
 #[utoipa::path(
     post,
@@ -848,9 +966,9 @@ async fn pause(
     request_body = ReasonRequest,
     responses(
         (status = 202, body = Accepted),
-        (status = 400, body = ErrorBody, description = "A body that is not the request."),
+        (status = 400, body = ErrorBody, description = "The workflow is not paused, or a body that is not the request."),
         (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "The workflow is not paused."),
+        (status = 409, body = ErrorBody, description = "The workflow has ended."),
         (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
     )
 )]
@@ -998,9 +1116,14 @@ fn required_reason(req: RequiredReason, action: &str) -> Result<String, ApiError
     Ok(req.reason)
 }
 
-/// A time as the API writes it: RFC 3339, UTC, milliseconds.
+/// The latest time RFC 3339 writes: 9999-12-31T23:59:59.999Z, in milliseconds.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// A time as the API writes it: RFC 3339, UTC, milliseconds. Times past the year 9999 (a
+/// timer set for ever, say) are written as its last millisecond, and times before 1970 as
+/// 1970's first.
 pub fn rfc3339(t: Timestamp) -> String {
-    let ms = u64::try_from(t.as_millis()).unwrap_or(0);
+    let ms = t.as_millis().clamp(0, LATEST_MS) as u64;
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -1087,4 +1210,42 @@ fn event_json(e: &loom_core::Event) -> Result<HistoryEvent, ApiError> {
         event_type,
         fields: Value::Object(fields),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_time_is_written_as_rfc_3339() {
+        assert_eq!(
+            rfc3339(Timestamp::from_millis(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::from_millis(1_796_558_796_638)),
+            "2026-12-06T12:06:36.638Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::MAX),
+            "9999-12-31T23:59:59.999Z",
+            "a timer set for ever"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::from_millis(-5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn cursors_read_back_what_they_wrote() {
+        let c = ListCursor {
+            created_at: Timestamp::from_millis(42),
+            id: WorkflowId::new("a.b/c"),
+        };
+        let back = parse_cursor(&cursor_text(&c)).expect("reads");
+        assert_eq!((back.created_at, back.id), (c.created_at, c.id));
+        assert!(parse_cursor("nodot").is_err());
+        assert!(parse_cursor("x.y").is_err());
+    }
 }

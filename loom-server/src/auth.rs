@@ -100,12 +100,11 @@ fn check(
         Some(_) => {}
         None => {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            if let Some(host) = host
-                && !is_this_machine(host)
-            {
+            if !host.is_some_and(is_this_machine) {
                 return Err(ApiError::forbidden(format!(
-                    "Host {host:?} is not this machine: without a token the service answers \
-                     requests for localhost only"
+                    "Host {:?} is not this machine: without a token the service answers \
+                     requests for localhost only",
+                    host.unwrap_or("")
                 )));
             }
         }
@@ -270,6 +269,8 @@ mod tests {
             );
             assert_eq!(err.unwrap_err().status(), 403, "{host}");
         }
+        let none = check(&s, &Method::GET, "/api/v1/workflows", &headers(&[]));
+        assert_eq!(none.unwrap_err().status(), 403, "no Host is no machine");
         let with_token = service(Some("t"));
         let h = headers(&[
             ("host", "loom.internal:8233"),

@@ -43,6 +43,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 500: the service failed where the request was fine.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     /// 415: a body that is not declared as JSON.
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(

@@ -186,6 +186,9 @@ async fn list_page(State(service): Shared, RawQuery(query): RawQuery) -> Respons
     let (after, before, cursor) = (get("created_after"), get("created_before"), get("cursor"));
     let live = get("live") == "1";
     let mut errors = Vec::new();
+    // The page's status: 404 for an id that names nothing, 400 for a filter that does not
+    // read, the store's own for a store that failed.
+    let mut code = StatusCode::OK;
     if !id.is_empty() {
         match service
             .client()
@@ -194,11 +197,16 @@ async fn list_page(State(service): Shared, RawQuery(query): RawQuery) -> Respons
         {
             Ok(_) => return Redirect::to(&format!("/workflows/{}", path(&id))).into_response(),
             Err(ClientError::Storage(StorageError::NotFound(_))) => {
+                code = StatusCode::NOT_FOUND;
                 errors.push(format!("No workflow has the id {id:?}."));
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => {
+                code = crate::error::client_status(&e).0;
+                errors.push(e.to_string());
+            }
         }
     }
+    let found_nothing = !errors.is_empty();
     let mut q = ListQuery {
         limit: LIST_PAGE,
         ..ListQuery::default()
@@ -235,7 +243,10 @@ async fn list_page(State(service): Shared, RawQuery(query): RawQuery) -> Respons
             Err(_) => errors.push("That page is not one this server gave.".to_owned()),
         }
     }
-    let (rows, next) = if errors.iter().any(|e| !e.starts_with("No workflow")) {
+    if errors.len() > usize::from(found_nothing) {
+        code = StatusCode::BAD_REQUEST;
+    }
+    let (rows, next) = if code != StatusCode::OK && code != StatusCode::NOT_FOUND {
         (Vec::new(), None)
     } else {
         match service.client().list(&q).await {
@@ -256,6 +267,7 @@ async fn list_page(State(service): Shared, RawQuery(query): RawQuery) -> Respons
                 page.next.as_ref().map(crate::api::cursor_text),
             ),
             Err(e) => {
+                code = crate::error::client_status(&e).0;
                 errors.push(e.to_string());
                 (Vec::new(), None)
             }
@@ -292,7 +304,7 @@ async fn list_page(State(service): Shared, RawQuery(query): RawQuery) -> Respons
             .map(|s| (s.to_string(), s.to_string() == status))
             .collect(),
         types: names.iter().map(|n| ((*n).to_owned(), *n == ty)).collect(),
-        id: if errors.is_empty() { String::new() } else { id },
+        id: if found_nothing { id } else { String::new() },
         tag,
         created_after: after,
         created_before: before,
@@ -303,14 +315,7 @@ async fn list_page(State(service): Shared, RawQuery(query): RawQuery) -> Respons
         first_url: (!cursor.is_empty()).then(|| url(None)),
         next_url: next.map(|c| url(Some(("cursor", &c)))),
     };
-    let status = if page.error.is_some() && page.rows.is_empty() && !page.id.is_empty() {
-        StatusCode::NOT_FOUND
-    } else if page.error.is_some() && page.id.is_empty() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    (status, render(&page)).into_response()
+    (code, render(&page)).into_response()
 }
 
 /// A time from a `datetime-local` field (UTC, with or without seconds) or RFC 3339.
@@ -1057,9 +1062,14 @@ async fn login(State(service): Shared, Form(form): Form<HashMap<String, String>>
     }
 }
 
-/// Where to go after signing in: a path of this service only (never another site).
+/// Where to go after signing in: a path of this service only (never another site). Browsers
+/// drop tabs and newlines from URLs (`/\t/evil.example` becomes `//evil.example`), so any
+/// control character or space refuses it too.
 fn safe_next(next: &str) -> String {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    let plain = !next
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\');
+    if plain && next.starts_with('/') && !next.starts_with("//") {
         next.to_owned()
     } else {
         "/workflows".to_owned()

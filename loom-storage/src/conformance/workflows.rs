@@ -67,10 +67,10 @@ pub async fn create_rejects_anything_but_a_started_event(store: Store) {
     ));
 }
 
-/// An empty id, or one holding a NUL character, is refused on every backend alike; odd but
-/// valid text is kept exactly.
+/// An empty id, one holding a NUL character, and `.` or `..` are refused on every backend
+/// alike; odd but valid text (`...` among it) is kept exactly.
 pub async fn create_refuses_ids_a_database_cannot_hold(store: Store) {
-    for bad in ["", "nul\0inside"] {
+    for bad in ["", "nul\0inside", ".", ".."] {
         let err = store
             .create_workflow(&wid(bad), started("Conformance", 1))
             .await
@@ -79,6 +79,7 @@ pub async fn create_refuses_ids_a_database_cannot_hold(store: Store) {
     }
     let odd = "ünïcødé/🧶 \"quoted\" 'x' \\ %_";
     create(&store, odd).await;
+    create(&store, "...").await;
     assert_eq!(
         store.describe(&wid(odd)).await.expect("describe").id,
         wid(odd)
@@ -89,7 +90,7 @@ pub async fn create_refuses_ids_a_database_cannot_hold(store: Store) {
         .expect("list");
     assert_eq!(
         all.items.len(),
-        1,
+        2,
         "nothing was written for the refused ids"
     );
 }
