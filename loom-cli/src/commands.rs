@@ -47,12 +47,15 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 | Command::Reset { .. }
                 | Command::Result { .. }
                 | Command::Inspect { .. }
+                | Command::Stats
+                | Command::Purge { .. }
+                | Command::Replay { .. }
                 | Command::Workflows
         )
     {
         return Err(Fail::usage(
-            "through --server, loom runs start, list, inspect, signal, cancel, terminate, pause, \
-             resume, reset and result; this command needs the database (--db)",
+            "init, worker, server, demo and bench run here, on the database (--db), not \
+             through --server",
         ));
     }
     match cli.command {
@@ -218,8 +221,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 except_names: Vec::new(),
                 limit: batch as usize,
             };
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            purge_command(store, &purge, dry_run, json).await
+            purge_command(operator(Missing::Refuse).await?, &purge, dry_run, json).await
         }
         Command::Inspect { id, events, run } => {
             let op = operator(Missing::Refuse).await?;
@@ -307,10 +309,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             }
             print_result(&summary, json)
         }
-        Command::Stats => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
-            stats(store, json).await
-        }
+        Command::Stats => stats(operator(Missing::Refuse).await?, json).await,
         Command::Replay {
             id,
             all,
@@ -320,10 +319,10 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             times,
             parallel,
         } => {
-            let store = db::open(&url, Missing::Refuse, false).await?;
+            let op = operator(Missing::Refuse).await?;
             match id.filter(|_| !all) {
                 Some(id) => {
-                    crate::replay::one(store, &registry, &WorkflowId::new(id), times, json).await
+                    crate::replay::one(op, &registry, &WorkflowId::new(id), times, json).await
                 }
                 None => {
                     let parallel = parallel.map_or_else(
@@ -335,7 +334,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                         name,
                         version,
                     };
-                    crate::replay::all(store, &registry, filter, times, parallel, json).await
+                    crate::replay::all(op, &registry, filter, times, parallel, json).await
                 }
             }
         }
@@ -672,13 +671,13 @@ const CHILDREN_SHOWN: usize = 20;
 
 /// Where a command acts: on the database, or through a server's API (`--server`).
 #[derive(Clone)]
-enum Operator {
+pub(crate) enum Operator {
     Local(Client),
     Remote(crate::remote::Remote),
 }
 
 impl Operator {
-    async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
+    pub(crate) async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
         match self {
             Operator::Local(c) => c.describe(id).await.map_err(Fail::from_client),
             Operator::Remote(r) => r.describe(id).await,
@@ -686,14 +685,17 @@ impl Operator {
     }
 
     /// The workflow once it has ended.
-    async fn wait(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
+    pub(crate) async fn wait(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
         match self {
             Operator::Local(c) => c.wait(id, None).await.map_err(Fail::from_client),
             Operator::Remote(r) => r.wait(id, Duration::from_millis(200)).await,
         }
     }
 
-    async fn list(&self, q: &ListQuery) -> Result<loom_storage::Page<WorkflowSummary>, Fail> {
+    pub(crate) async fn list(
+        &self,
+        q: &ListQuery,
+    ) -> Result<loom_storage::Page<WorkflowSummary>, Fail> {
         match self {
             Operator::Local(c) => c.list(q).await.map_err(Fail::from_client),
             Operator::Remote(r) => r.list(q).await,
@@ -702,7 +704,7 @@ impl Operator {
 
     /// Starts a workflow by name: checked against this binary's registry here, and against
     /// the server's there.
-    async fn start(
+    pub(crate) async fn start(
         &self,
         registry: &Registry,
         workflow: &str,
@@ -718,8 +720,19 @@ impl Operator {
         }
     }
 
+    /// Deletes a batch of closed workflows (see [`loom_storage::Purge`]); answers their ids.
+    pub(crate) async fn purge(&self, purge: &loom_storage::Purge) -> Result<Vec<WorkflowId>, Fail> {
+        match self {
+            Operator::Local(c) => c.purge(purge).await.map_err(Fail::from_client),
+            Operator::Remote(r) => r.purge(purge).await,
+        }
+    }
+
     /// The workflow's earlier runs.
-    async fn runs(&self, id: &WorkflowId) -> Result<Vec<loom_storage::RunSummary>, Fail> {
+    pub(crate) async fn runs(
+        &self,
+        id: &WorkflowId,
+    ) -> Result<Vec<loom_storage::RunSummary>, Fail> {
         match self {
             Operator::Local(c) => c.runs(id).await.map_err(Fail::from_client),
             Operator::Remote(r) => r.runs(id).await,
@@ -727,7 +740,7 @@ impl Operator {
     }
 
     /// A run's history: the current run's without `run`.
-    async fn history(
+    pub(crate) async fn history(
         &self,
         id: &WorkflowId,
         run: Option<u32>,
@@ -741,14 +754,14 @@ impl Operator {
         }
     }
 
-    async fn task_states(&self, id: &WorkflowId) -> Result<Vec<TaskState>, Fail> {
+    pub(crate) async fn task_states(&self, id: &WorkflowId) -> Result<Vec<TaskState>, Fail> {
         match self {
             Operator::Local(c) => c.task_states(id).await.map_err(Fail::from_client),
             Operator::Remote(r) => r.task_states(id).await,
         }
     }
 
-    async fn signal(
+    pub(crate) async fn signal(
         &self,
         registry: &Registry,
         id: &WorkflowId,
@@ -1038,7 +1051,7 @@ fn ago(d: Duration) -> loom_core::Timestamp {
 /// `loom purge`: batches until one comes back short, or with `--dry-run`, the listing of what
 /// would go.
 async fn purge_command(
-    store: Arc<dyn Storage>,
+    op: Operator,
     purge: &loom_storage::Purge,
     dry_run: bool,
     json: bool,
@@ -1057,10 +1070,7 @@ async fn purge_command(
             limit: 1_000,
             ..ListQuery::default()
         };
-        let ids = matching(&Operator::Local(Client::new(store.clone())), query, |_| {
-            true
-        })
-        .await?;
+        let ids = matching(&op, query, |_| true).await?;
         if json {
             render::json(&json!({ "dry_run": true, "would_purge": ids.len(), "ids": ids }))?;
         } else {
@@ -1080,7 +1090,7 @@ async fn purge_command(
     let live = !json && std::io::stderr().is_terminal();
     let mut purged = 0usize;
     loop {
-        let batch = store.purge(purge).await.map_err(Fail::from_storage)?;
+        let batch = op.purge(purge).await?;
         purged += batch.len();
         if live {
             eprint!("\rpurged {purged}");
@@ -1425,8 +1435,11 @@ async fn inspect(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stats(store: Arc<dyn Storage>, json: bool) -> Result<ExitCode, Fail> {
-    let s = store.stats().await.map_err(Fail::from_storage)?;
+async fn stats(op: Operator, json: bool) -> Result<ExitCode, Fail> {
+    let s = match &op {
+        Operator::Local(c) => c.storage().stats().await.map_err(Fail::from_storage)?,
+        Operator::Remote(r) => r.stats().await?,
+    };
     let oldest_ready_age = s.oldest_ready_at.map(|t| s.at.saturating_duration_since(t));
     let (health, reason) = crate::observe::verdict(&s);
     if json {

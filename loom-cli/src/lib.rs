@@ -164,8 +164,8 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
     /// Act through a running `loom server` (or `loom worker --http`) at this URL instead of
-    /// opening the database: start, list, inspect, signal, cancel, terminate, pause, resume,
-    /// reset and result (the token, if it wants one, in LOOM_TOKEN).
+    /// opening the database: every command but init, worker, server, demo and bench (the
+    /// token, if it wants one, in LOOM_TOKEN).
     #[arg(long, global = true, env = "LOOM_SERVER", value_name = "URL")]
     pub(crate) server: Option<String>,
     #[command(subcommand)]

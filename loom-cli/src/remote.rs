@@ -342,6 +342,54 @@ impl Remote {
 }
 
 impl Remote {
+    /// Deletes a batch of closed workflows; answers their ids.
+    pub(crate) async fn purge(&self, purge: &loom_storage::Purge) -> Result<Vec<WorkflowId>, Fail> {
+        let answer = self
+            .call(
+                "POST",
+                "/api/v1/purge".into(),
+                Some(json!({
+                    "older_than_s": purge.older_than.as_secs_f64(),
+                    "status": purge.status.map(|s| s.to_string()),
+                    "type": purge.name,
+                    "limit": purge.limit,
+                })),
+            )
+            .await?;
+        Ok(answer["purged"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(WorkflowId::new)
+            .collect())
+    }
+
+    /// Counts across the store.
+    pub(crate) async fn stats(&self) -> Result<loom_storage::Stats, Fail> {
+        let v = self.call("GET", "/api/v1/stats".into(), None).await?;
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let mut workflows = std::collections::BTreeMap::new();
+        for (status, count) in v["workflows"].as_object().into_iter().flatten() {
+            if let (Ok(status), Some(count)) = (status.parse::<WorkflowStatus>(), count.as_u64()) {
+                workflows.insert(status, count);
+            }
+        }
+        Ok(loom_storage::Stats {
+            workflows,
+            events: n("events"),
+            workflow_tasks_ready: n("workflow_tasks_ready"),
+            workflow_tasks_running: n("workflow_tasks_running"),
+            activity_tasks_ready: n("activity_tasks_ready"),
+            activity_tasks_running: n("activity_tasks_running"),
+            activity_tasks_waiting: n("activity_tasks_waiting"),
+            messages_waiting: n("messages_waiting"),
+            oldest_ready_at: time(&v["oldest_ready_at"]),
+            next_due_at: time(&v["next_due_at"]),
+            at: time(&v["at"]).unwrap_or(Timestamp::EPOCH),
+        })
+    }
+
     /// `loom workflows` through the server: the types it registers.
     pub(crate) async fn types(&self, json: bool) -> Result<std::process::ExitCode, Fail> {
         let types = self.call("GET", "/api/v1/types".into(), None).await?;

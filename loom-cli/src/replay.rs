@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use loom_core::{DynWorkflow, Event, Registry, ReplayError, WorkflowId, WorkflowMachine};
-use loom_storage::{Clock, ListQuery, Storage, SystemClock, WorkflowStatus};
+use loom_storage::{Clock, ListQuery, SystemClock, WorkflowStatus};
 use serde_json::json;
 
 use crate::Fail;
+use crate::commands::Operator;
 use crate::render;
 
 /// What one replay of one history found wrong.
@@ -108,19 +109,16 @@ fn code_for(
 
 /// `loom replay ID [--times N]`.
 pub(crate) async fn one(
-    store: Arc<dyn Storage>,
+    op: Operator,
     registry: &Registry,
     id: &WorkflowId,
     times: u32,
     json: bool,
 ) -> Result<ExitCode, Fail> {
-    let summary = store.describe(id).await.map_err(Fail::from_storage)?;
+    let summary = op.describe(id).await?;
     let def = code_for(registry, id, &summary.name, summary.version)
         .map_err(|p| Fail::usage(format!("{id}: {}", p.error)))?;
-    let history = store
-        .load_history(id, loom_core::Seq::ZERO)
-        .await
-        .map_err(Fail::from_storage)?;
+    let history = op.history(id, None).await?;
     let events = history.len();
     let found = replay_history(&def, id, &history, times);
     if json {
@@ -180,7 +178,7 @@ pub(crate) struct Filter {
 /// times; every problem is reported (a mismatch with its position, recorded event and new
 /// command), then a count. Exit 1 if any.
 pub(crate) async fn all(
-    store: Arc<dyn Storage>,
+    op: Operator,
     registry: &Registry,
     filter: Filter,
     times: u32,
@@ -206,7 +204,7 @@ pub(crate) async fn all(
             ..ListQuery::default()
         };
         loop {
-            let page = store.list(&query).await.map_err(Fail::from_storage)?;
+            let page = op.list(&query).await?;
             targets.extend(page.items.into_iter().map(|s| (s.id, s.name, s.version)));
             match page.next {
                 Some(next) => query.after = Some(next),
@@ -242,16 +240,16 @@ pub(crate) async fn all(
                     continue;
                 }
             };
-            let store = store.clone();
+            let op = op.clone();
             running.spawn(async move {
-                let history = store.load_history(&id, loom_core::Seq::ZERO).await;
+                let history = op.history(&id, None).await;
                 let history = match history {
                     Ok(h) => h,
                     Err(e) => {
                         let p = Problem {
                             id,
                             attempt: 1,
-                            error: format!("its history could not be read: {e}"),
+                            error: format!("its history could not be read: {}", e.message),
                             seq: None,
                             recorded: None,
                             attempted: None,

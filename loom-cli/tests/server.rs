@@ -383,8 +383,29 @@ fn commands_go_through_a_server() {
         .stdout(predicate::str::contains("Greeting"));
     through(&["stats"])
         .assert()
+        .success()
+        .stdout(predicate::str::contains("healthy").and(predicate::str::contains("completed")));
+    through(&["replay", "a1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("deterministic"));
+    through(&["purge", "--closed-before", "0s", "--dry-run"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Would purge 3"));
+    through(&["purge", "--closed-before", "0s", "--status", "running"])
+        .assert()
         .code(2)
-        .stderr(predicate::str::contains("needs the database"));
+        .stderr(predicate::str::contains("never purged"));
+    through(&["purge", "--closed-before", "0s"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Purged 3"));
+    through(&["result", "g1"]).assert().code(2);
+    through(&["init"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not through --server"));
     loom(dir.path())
         .args(["--server", "localhost:8237", "list"])
         .assert()

@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/api/v1/workflows/{id}/pause", post(pause))
         .route("/api/v1/workflows/{id}/resume", post(resume))
         .route("/api/v1/workflows/{id}/reset", post(reset))
+        .route("/api/v1/purge", post(purge))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/types", get(types))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -67,11 +68,11 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
     ),
     paths(
         list, start, describe, history, tasks, runs, signal, cancel, terminate, pause, resume,
-        reset, stats, types
+        reset, purge, stats, types
     ),
     components(schemas(
         Workflow, Status, FailureView, WorkflowPage, StartRequest, Started, HistoryPage,
-        HistoryEvent, TasksView, TaskView, RunsView, RunView, SignalRequest, ReasonRequest, RequiredReason, ResetRequest, ResetAnswer, Accepted, StatsView, TypesView, WorkflowType,
+        HistoryEvent, TasksView, TaskView, RunsView, RunView, SignalRequest, ReasonRequest, RequiredReason, ResetRequest, ResetAnswer, PurgeRequest, Purged, Accepted, StatsView, TypesView, WorkflowType,
         ErrorBody
     )),
     modifiers(&BearerToken),
@@ -482,6 +483,30 @@ pub struct ResetRequest {
     pub no_signals: bool,
 }
 
+/// Which closed workflows to delete, whole (summary, every run's history, logs).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Only those that ended at least this many seconds ago.
+    #[schema(minimum = 0.0, maximum = 3.0e9)]
+    pub older_than_s: f64,
+    /// Only this status (one a workflow ends with).
+    pub status: Option<Status>,
+    /// Only this workflow type.
+    #[serde(rename = "type")]
+    pub workflow_type: Option<String>,
+    /// The most to delete in this call, oldest ended first (default 500).
+    #[schema(minimum = 1, maximum = 10000)]
+    pub limit: Option<usize>,
+}
+
+/// What a purge deleted.
+#[derive(Serialize, ToSchema)]
+pub struct Purged {
+    /// The ids of the workflows deleted; fewer than the limit when no more match.
+    pub purged: Vec<String>,
+}
+
 /// A reset began a new run.
 #[derive(Serialize, ToSchema)]
 pub struct ResetAnswer {
@@ -515,6 +540,19 @@ pub struct StatsView {
     pub activity_tasks_ready: u64,
     /// Activity tasks held under a live lease.
     pub activity_tasks_running: u64,
+    /// Activity tasks waiting for a retry's backoff.
+    pub activity_tasks_waiting: u64,
+    /// Timers and messages due later.
+    pub messages_waiting: u64,
+    /// When the oldest task that can be claimed became ready.
+    #[schema(format = DateTime)]
+    pub oldest_ready_at: Option<String>,
+    /// When the next timer or retry is due.
+    #[schema(format = DateTime)]
+    pub next_due_at: Option<String>,
+    /// The store's time of these counts.
+    #[schema(format = DateTime)]
+    pub at: String,
 }
 
 /// The types the serving binary registers.
@@ -1034,6 +1072,57 @@ pub(crate) fn reset_to(text: &str) -> Result<loom_worker::ResetTo, String> {
     }
 }
 
+/// Deletes closed workflows that ended long enough ago, a batch per call; never an open one.
+#[utoipa::path(
+    post,
+    path = "/api/v1/purge",
+    request_body = PurgeRequest,
+    responses(
+        (status = 200, body = Purged),
+        (status = 400, body = ErrorBody, description = "An open status, a bad age or limit, or a body that is not the request."),
+        (status = 415, body = ErrorBody, description = "A body not sent as JSON."),
+    )
+)]
+async fn purge(
+    State(service): Shared,
+    Body(req): Body<PurgeRequest>,
+) -> Result<Json<Purged>, ApiError> {
+    let older_than = Duration::try_from_secs_f64(req.older_than_s)
+        .ok()
+        .filter(|_| req.older_than_s <= 3.0e9)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "older_than_s: {} is not a number of seconds",
+                req.older_than_s
+            ))
+        })?;
+    let status = req.status.map(WorkflowStatus::from);
+    if let Some(s) = status.filter(|s| !s.is_terminal()) {
+        return Err(ApiError::bad_request(format!(
+            "a {s} workflow is open and is never purged"
+        )));
+    }
+    let limit = req.limit.unwrap_or(500);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is not from 1 to 10000"
+        )));
+    }
+    let ids = service
+        .client()
+        .purge(&loom_storage::Purge {
+            older_than,
+            status,
+            name: req.workflow_type,
+            except_names: Vec::new(),
+            limit,
+        })
+        .await?;
+    Ok(Json(Purged {
+        purged: ids.iter().map(|id| id.as_str().to_owned()).collect(),
+    }))
+}
+
 /// Counts across the store.
 #[utoipa::path(
     get,
@@ -1053,6 +1142,11 @@ async fn stats(State(service): Shared) -> Result<Json<StatsView>, ApiError> {
         workflow_tasks_running: s.workflow_tasks_running,
         activity_tasks_ready: s.activity_tasks_ready,
         activity_tasks_running: s.activity_tasks_running,
+        activity_tasks_waiting: s.activity_tasks_waiting,
+        messages_waiting: s.messages_waiting,
+        oldest_ready_at: s.oldest_ready_at.map(rfc3339),
+        next_due_at: s.next_due_at.map(rfc3339),
+        at: rfc3339(s.at),
     }))
 }
 

@@ -310,6 +310,7 @@ async fn a_workflow_is_started_found_signalled_and_read_through_the_api() {
         )
         .await;
         assert_eq!(code, 202);
+        wait_status(a, "greet-2", "cancelled").await;
         let (code, _) = post(
             a,
             "/api/v1/workflows/greet-3/pause",
