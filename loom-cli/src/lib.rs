@@ -164,8 +164,8 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
     /// Act through a running `loom server` (or `loom worker --http`) at this URL instead of
-    /// opening the database: every command but init, worker, server, demo and bench (the
-    /// token, if it wants one, in LOOM_TOKEN).
+    /// opening the database: every command that reads or acts on workflows (the token, if
+    /// it wants one, in LOOM_TOKEN).
     #[arg(long, global = true, env = "LOOM_SERVER", value_name = "URL")]
     pub(crate) server: Option<String>,
     #[command(subcommand)]
@@ -252,9 +252,8 @@ pub(crate) enum Command {
         #[arg(long, env = "LOOM_TOKEN", hide_env_values = true, requires = "http")]
         token: Option<String>,
     },
-    /// Serve the HTTP JSON API over this database until Ctrl-C: start, list, describe,
-    /// history, signal, cancel, terminate, pause and resume, described by the OpenAPI
-    /// document at /api/openapi.json.
+    /// Serve the web dashboard and the HTTP JSON API over this database until Ctrl-C; the
+    /// API is described by the OpenAPI document at /api/openapi.json.
     Server {
         /// Where to listen: a PORT (on 127.0.0.1), or HOST:PORT. An address other machines
         /// reach needs a token.

@@ -114,6 +114,8 @@ fn the_api_holds_to_its_document_under_fuzzing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path(), "fuzz-token");
     let examples = std::env::var("LOOM_FUZZ_EXAMPLES").unwrap_or_else(|_| "40".into());
+    // A fixed seed keeps a run reproducible; LOOM_FUZZ_SEED explores others.
+    let seed = std::env::var("LOOM_FUZZ_SEED").unwrap_or_else(|_| "1".into());
     let out = Command::new("st")
         .current_dir(dir.path())
         .args([
@@ -123,6 +125,8 @@ fn the_api_holds_to_its_document_under_fuzzing() {
             "Authorization: Bearer fuzz-token",
             "--max-examples",
             &examples,
+            "--seed",
+            &seed,
             "--exclude-checks",
             "positive_data_acceptance",
             "--request-timeout",

@@ -660,11 +660,14 @@ async fn list(
         (status = 201, body = Started, links(
             ("describe" = (operation_id = "describe", parameters(("id" = "$response.body#/id")))),
             ("history" = (operation_id = "history", parameters(("id" = "$response.body#/id")))),
+            ("tasks" = (operation_id = "tasks", parameters(("id" = "$response.body#/id")))),
+            ("runs" = (operation_id = "runs", parameters(("id" = "$response.body#/id")))),
             ("signal" = (operation_id = "signal", parameters(("id" = "$response.body#/id")))),
             ("cancel" = (operation_id = "cancel", parameters(("id" = "$response.body#/id")))),
             ("terminate" = (operation_id = "terminate", parameters(("id" = "$response.body#/id")))),
             ("pause" = (operation_id = "pause", parameters(("id" = "$response.body#/id")))),
-            ("resume" = (operation_id = "resume", parameters(("id" = "$response.body#/id"))))
+            ("resume" = (operation_id = "resume", parameters(("id" = "$response.body#/id")))),
+            ("reset" = (operation_id = "reset", parameters(("id" = "$response.body#/id"))))
         )),
         (status = 400, body = ErrorBody, description = "Unknown type, input that does not fit, bad tags."),
         (status = 409, body = ErrorBody, description = "The id is taken by another workflow."),
