@@ -303,6 +303,15 @@ async fn a_workflow_is_started_found_signalled_and_read_through_the_api() {
         );
         let again = wait_status(a, "greet-1", "running").await;
         assert_eq!(again["run"], 2, "{again}");
+        let (code, runs) = get(a, "/api/v1/workflows/greet-1/runs").await;
+        assert_eq!(code, 200, "{runs}");
+        assert_eq!(
+            runs["runs"][0]["run"], 1,
+            "the run before the reset: {runs}"
+        );
+        let (code, tasks) = get(a, "/api/v1/workflows/greet-1/tasks").await;
+        assert_eq!(code, 200, "{tasks}");
+        assert!(tasks["tasks"].is_array(), "{tasks}");
 
         // Operator actions.
         let (code, _) = post(
@@ -339,11 +348,34 @@ async fn a_workflow_is_started_found_signalled_and_read_through_the_api() {
         .await;
         assert_eq!((code, &ended["code"]), (409, &json!("conflict")), "{ended}");
 
+        let (code, purged) = post(a, "/api/v1/purge", json!({"older_than_s": 0})).await;
+        assert_eq!(code, 200, "{purged}");
+        let mut gone: Vec<&str> = purged["purged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            ["greet-2", "greet-4"],
+            "{backend}: the closed ones, and only them"
+        );
+        let (code, _) = get(a, "/api/v1/workflows/greet-2").await;
+        assert_eq!(code, 404);
+
         let (code, stats) = get(a, "/api/v1/stats").await;
         assert_eq!(code, 200);
         assert_eq!(stats["workflows"]["running"], 2, "{stats}");
-        assert_eq!(stats["workflows"]["cancelled"], 1, "{stats}");
-        assert_eq!(stats["workflows"]["terminated"], 1, "{stats}");
+        assert!(
+            stats["workflows"].get("cancelled").is_none(),
+            "purged: {stats}"
+        );
+        assert!(
+            stats["at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{stats}"
+        );
         let (_, types) = get(a, "/api/v1/types").await;
         assert_eq!(
             types["workflows"],
@@ -378,6 +410,36 @@ async fn bad_requests_are_answered_with_what_is_wrong_and_write_nothing() {
     let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
         ("GET", "/api/v1/workflows/nope", None, 404, "nope"),
         ("GET", "/api/v1/workflows/nope/history", None, 404, "nope"),
+        ("GET", "/api/v1/workflows/nope/tasks", None, 404, "nope"),
+        ("GET", "/api/v1/workflows/nope/runs", None, 404, "nope"),
+        (
+            "POST",
+            "/api/v1/purge",
+            Some(r#"{"older_than_s":-1}"#),
+            400,
+            "older_than_s",
+        ),
+        (
+            "POST",
+            "/api/v1/purge",
+            Some(r#"{"older_than_s":60,"status":"running"}"#),
+            400,
+            "never purged",
+        ),
+        (
+            "POST",
+            "/api/v1/purge",
+            Some(r#"{"older_than_s":60,"limit":0}"#),
+            400,
+            "limit",
+        ),
+        (
+            "POST",
+            "/api/v1/purge",
+            Some(r#"{"older_than_s":60,"colour":"red"}"#),
+            400,
+            "colour",
+        ),
         (
             "POST",
             "/api/v1/workflows/nope/signal",
