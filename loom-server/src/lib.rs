@@ -35,6 +35,7 @@ pub struct Service {
     registry: Arc<Registry>,
     token: Option<Arc<str>>,
     samples: Arc<ui::Samples>,
+    login_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Service {
@@ -45,6 +46,7 @@ impl Service {
             registry,
             token: None,
             samples: Arc::default(),
+            login_gate: Arc::default(),
         }
     }
 
@@ -93,6 +95,11 @@ impl Service {
 
     pub(crate) fn samples(&self) -> &ui::Samples {
         &self.samples
+    }
+
+    /// Failed sign-ins wait their turn here.
+    pub(crate) fn login_gate(&self) -> &tokio::sync::Mutex<()> {
+        &self.login_gate
     }
 }
 

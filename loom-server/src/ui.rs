@@ -28,6 +28,8 @@ type Shared = State<Arc<Service>>;
 pub(crate) const EVENTS_PAGE: usize = 100;
 /// Workflows on one page of the list.
 const LIST_PAGE: usize = 50;
+/// What a wrong token at the sign-in form costs.
+const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(500);
 /// How far back the stats page's throughput chart looks.
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(300);
 
@@ -1053,11 +1055,17 @@ async fn login(State(service): Shared, Form(form): Form<HashMap<String, String>>
             )
                 .into_response()
         }
-        Some(_) => (
-            StatusCode::UNAUTHORIZED,
-            render(&LoginPage { next, failed: true }),
-        )
-            .into_response(),
+        Some(_) => {
+            // A wrong token costs half a second, one at a time across the whole service:
+            // guessing runs at two tries a second, however many connections try.
+            let _gate = service.login_gate().lock().await;
+            tokio::time::sleep(WRONG_TOKEN_DELAY).await;
+            (
+                StatusCode::UNAUTHORIZED,
+                render(&LoginPage { next, failed: true }),
+            )
+                .into_response()
+        }
         None => Redirect::to(&next).into_response(),
     }
 }
