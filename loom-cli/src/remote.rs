@@ -10,6 +10,8 @@ use loom_storage::{ListCursor, ListQuery, Page, RunSummary, WorkflowStatus, Work
 use loom_worker::{ResetDone, ResetTo, StartOptions, TaskState};
 use serde_json::{Value, json};
 
+use loom_server::api::{rfc3339, tag_json};
+
 use crate::Fail;
 
 /// A server to send commands to.
@@ -443,26 +445,11 @@ fn segment(id: &WorkflowId) -> String {
         .to_string()
 }
 
-/// A time as the API reads it (RFC 3339, within the years 1970 to 9999).
-fn rfc3339(t: Timestamp) -> String {
-    let ms = t.as_millis().clamp(0, 253_402_300_799_999) as u64;
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 fn time(v: &Value) -> Option<Timestamp> {
     let t = humantime::parse_rfc3339_weak(v.as_str()?).ok()?;
     Some(Timestamp::from_millis(
         i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?,
     ))
-}
-
-fn tag_json(v: &TagValue) -> Value {
-    match v {
-        TagValue::Text(s) => Value::from(s.clone()),
-        TagValue::Int(n) => Value::from(*n),
-        TagValue::Bool(b) => Value::from(*b),
-        TagValue::Time(t) => Value::from(rfc3339(*t)),
-    }
 }
 
 /// A workflow as the API writes it, read back into the summary the commands print.

@@ -54,6 +54,45 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `loom worker --http` on a redb file in `dir`, with `token` if one is given.
+    fn worker_on_redb(dir: &Path, token: Option<&str>) -> Server {
+        let mut cmd = Command::new(cargo_bin("loom"));
+        cmd.current_dir(dir).env_remove("LOOM_TOKEN");
+        if let Some(t) = token {
+            cmd.env("LOOM_TOKEN", t);
+        }
+        let mut child = cmd
+            .args([
+                "--db",
+                "redb://loom.redb",
+                "worker",
+                "--http",
+                "127.0.0.1:0",
+                "--poll-interval",
+                "0.05",
+            ])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("loom worker starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the worker says where it serves")
+                .expect("a line");
+            if let Some(rest) = line.strip_prefix("Dashboard on ") {
+                let dashboard = rest.split(',').next().expect("an address");
+                break dashboard.trim_end_matches('/').to_owned();
+            }
+        };
+        // The worker goes on logging: keep reading, or a closed pipe would stop it.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, url }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -157,34 +196,7 @@ fn the_api_holds_to_its_document_under_fuzzing() {
 #[test]
 fn a_worker_serves_the_api_over_the_file_it_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(cargo_bin("loom"))
-        .current_dir(dir.path())
-        .env_remove("LOOM_TOKEN")
-        .args([
-            "--db",
-            "redb://loom.redb",
-            "worker",
-            "--http",
-            "127.0.0.1:0",
-            "--poll-interval",
-            "0.05",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("loom worker starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the worker says where it serves")
-            .expect("a line");
-        if let Some(rest) = line.strip_prefix("Dashboard on ") {
-            let dashboard = rest.split(',').next().expect("an address");
-            break dashboard.trim_end_matches('/').to_owned();
-        }
-    };
-    let server = Server { child, url };
+    let server = Server::worker_on_redb(dir.path(), None);
     let mut started = ureq::post(format!("{}/api/v1/workflows", server.url))
         .header("content-type", "application/json")
         .send(r#"{"type": "Greeting", "input": {"name": "Ada"}, "id": "hello"}"#)
@@ -226,39 +238,8 @@ fn a_worker_serves_the_api_over_the_file_it_holds() {
 #[test]
 fn commands_go_through_a_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(cargo_bin("loom"))
-        .current_dir(dir.path())
-        .env("LOOM_TOKEN", "tok")
-        .args([
-            "--db",
-            "redb://loom.redb",
-            "worker",
-            "--http",
-            "127.0.0.1:0",
-            "--poll-interval",
-            "0.05",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("loom worker starts");
-    let mut child = child;
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let url = loop {
-        let line = lines.next().expect("a line").expect("a line");
-        if let Some(rest) = line.strip_prefix("Dashboard on ") {
-            break rest
-                .split(',')
-                .next()
-                .expect("an address")
-                .trim_end_matches('/')
-                .to_owned();
-        }
-    };
-    let _server = Server {
-        child,
-        url: url.clone(),
-    };
+    let server = Server::worker_on_redb(dir.path(), Some("tok"));
+    let url = server.url.clone();
     let through = |args: &[&str]| {
         let mut cmd = loom(dir.path());
         cmd.env("LOOM_TOKEN", "tok")

@@ -1271,29 +1271,25 @@ pub(crate) fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
 }
 
 fn tags_json(tags: &Tags) -> BTreeMap<String, Value> {
-    tags.iter()
-        .map(|(k, v)| {
-            let v = match v {
-                TagValue::Text(s) => Value::from(s.clone()),
-                TagValue::Int(n) => Value::from(*n),
-                TagValue::Bool(b) => Value::from(*b),
-                TagValue::Time(t) => Value::from(rfc3339(*t)),
-            };
-            (k.clone(), v)
-        })
-        .collect()
+    tags.iter().map(|(k, v)| (k.clone(), tag_json(v))).collect()
 }
 
-fn event_json(e: &loom_core::Event) -> Result<HistoryEvent, ApiError> {
-    let Value::Object(mut fields) = serde_json::to_value(&e.kind).map_err(|err| {
-        ApiError::from(loom_storage::StorageError::InvalidArgument(format!(
-            "event {} cannot be written as JSON: {err}",
-            e.seq
-        )))
-    })?
-    else {
-        return Err(ApiError::bad_request(format!(
-            "event {} is not an object",
+/// A tag's value as the API writes it: text, a whole number, a truth value, or a time as an
+/// RFC 3339 string.
+pub fn tag_json(v: &TagValue) -> Value {
+    match v {
+        TagValue::Text(s) => Value::from(s.clone()),
+        TagValue::Int(n) => Value::from(*n),
+        TagValue::Bool(b) => Value::from(*b),
+        TagValue::Time(t) => Value::from(rfc3339(*t)),
+    }
+}
+
+/// An event as the API writes it: its number, time and type, and the fields of its type.
+pub(crate) fn event_json(e: &loom_core::Event) -> Result<HistoryEvent, ApiError> {
+    let Ok(Value::Object(mut fields)) = serde_json::to_value(&e.kind) else {
+        return Err(ApiError::internal(format!(
+            "event {} cannot be written as a JSON object",
             e.seq
         )));
     };

@@ -582,20 +582,18 @@ fn event_rows(
             more = rows.last().map(|r: &EventRow| r.seq);
             break;
         }
-        let mut fields = match serde_json::to_value(&e.kind) {
-            Ok(Value::Object(m)) => m,
-            _ => serde_json::Map::new(),
+        let Ok(event) = crate::api::event_json(e) else {
+            continue;
         };
-        let event_type = match fields.remove("type") {
-            Some(Value::String(t)) => t,
-            _ => String::new(),
-        };
-        let brief = Value::Object(fields.clone()).to_string();
+        let brief = event.fields.to_string();
         let mut whole = serde_json::Map::new();
-        whole.insert("seq".into(), e.seq.get().into());
-        whole.insert("at".into(), rfc3339(e.at).into());
-        whole.insert("type".into(), event_type.clone().into());
-        whole.extend(fields);
+        whole.insert("seq".into(), event.seq.into());
+        whole.insert("at".into(), event.at.into());
+        whole.insert("type".into(), event.event_type.clone().into());
+        if let Value::Object(fields) = event.fields {
+            whole.extend(fields);
+        }
+        let event_type = event.event_type;
         rows.push(EventRow {
             seq: e.seq.get(),
             at: time(e.at),
