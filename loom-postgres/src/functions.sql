@@ -17,9 +17,10 @@
 --         | ["attempt", task, wf, activity, attempt] | ["absent", wf] | ["open", wf]
 --         | ["last", wf, seq] | ["run", wf, run] | ["paused", wf] | ["child_of", wf, parent]
 --         | ["free", wf] | ["no_wft", wf] | ["quiet", wf]
+--         | ["sched", id, version]   (version null: no schedule has the id)
 -- Found:  a task [workflow, kind, activity_id, attempt, token, lease_expires_at],
---         a workflow [status, last_seq, parent, run], or the earliest message time; null for
---         no row.
+--         a workflow [status, last_seq, parent, run], the earliest message time, or a
+--         schedule's version; null for no row.
 -- Step:   {"s":"w", "wf", parts...}   a run of primitive writes, by table ("tg": tags set,
 --                                      [[key, value, text, num]]); "up" (withdraw
 --                                      messages by kind) and "da" (delete an activity's task)
@@ -32,6 +33,8 @@
 --         {"s":"purge", "older_ms", "status", "name", "except", "max"}   retention: closed
 --                                      workflows deleted, with everything of theirs
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
+--         {"s":"sput", "id", "version", "wake", "body"}   a schedule stored, new or replaced
+--         {"s":"sdel", "id"}   a schedule deleted
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
 -- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
 -- `ms + now * relative` at each use: a SQL function taking the jsonb fields is not inlined,
@@ -71,6 +74,7 @@ DECLARE
     -- The workflow whose task the checks have locked, if any.
     locked_wft text;
     earliest bigint;
+    sched_version bigint;
 BEGIN
     FOR k IN 0 .. COALESCE(jsonb_array_length(checks), 0) - 1 LOOP
         c := checks->k;
@@ -175,6 +179,11 @@ BEGIN
             SELECT MIN(visible_at) INTO earliest FROM messages WHERE workflow_id = c->>1;
             ok := earliest IS NULL OR earliest > now_ms;
             found_row := to_jsonb(earliest);
+        WHEN 'sched' THEN
+            SELECT version INTO sched_version FROM schedules WHERE id = c->>1 FOR UPDATE;
+            ok := sched_version IS NOT DISTINCT FROM (c->>2)::bigint;
+            found_row := to_jsonb(sched_version);
+            sched_version := NULL;
         ELSE
             RAISE EXCEPTION 'loom_apply: unknown check %', c->>0;
         END CASE;
@@ -573,6 +582,20 @@ BEGIN
             END IF;
             answer := loom_steps(CASE WHEN failed IS NULL THEN s->'then' ELSE s->'else' END,
                                  now_ms, answer);
+        WHEN 'sput' THEN
+            -- A create inserts (two creates at once: the second fails on the key, and its
+            -- check, evaluated again alone, reports the schedule the first created); a
+            -- change updates the row its check locked.
+            IF (s->>'version')::bigint = 1 THEN
+                INSERT INTO schedules (id, version, wake_at, body)
+                VALUES (s->>'id', 1, (s->>'wake')::bigint, s->>'body');
+            ELSE
+                UPDATE schedules SET version = (s->>'version')::bigint,
+                    wake_at = (s->>'wake')::bigint, body = s->>'body'
+                WHERE id = s->>'id';
+            END IF;
+        WHEN 'sdel' THEN
+            DELETE FROM schedules WHERE id = s->>'id';
         ELSE
             RAISE EXCEPTION 'loom_apply: unknown step %', s->>'s';
         END CASE;

@@ -401,6 +401,33 @@ impl Storage for PostgresStorage {
         self.fetch_pending(id).await
     }
 
+    async fn now(&self) -> Result<loom_core::Timestamp> {
+        self.fetch_now().await
+    }
+
+    async fn schedule(&self, id: &str) -> Result<loom_storage::Schedule> {
+        self.fetch_schedules(Some(id), None, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StorageError::ScheduleNotFound(id.to_owned()))
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<loom_storage::Schedule>> {
+        self.fetch_schedules(None, after, limit).await
+    }
+
+    async fn due_schedules(&self, limit: usize) -> Result<loom_storage::DueSchedules> {
+        self.fetch_due_schedules(limit).await
+    }
+
+    async fn write_schedule(&self, write: loom_storage::ScheduleWrite) -> Result<()> {
+        self.apply(engine::write_schedule(write)?).await.map(drop)
+    }
+
     async fn work_signal(&self) {
         self.work.notified().await;
     }

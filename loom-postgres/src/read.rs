@@ -58,6 +58,70 @@ fn summary(row: &PgRow) -> Result<WorkflowSummary> {
 }
 
 impl PostgresStorage {
+    pub(crate) async fn fetch_now(&self) -> Result<Timestamp> {
+        let now: i64 = sqlx::query_scalar("SELECT loom_now_ms()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(sql_err)?;
+        Ok(Timestamp::from_millis(now))
+    }
+
+    fn schedule_rows(rows: &[PgRow]) -> Result<Vec<loom_storage::Schedule>> {
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let body: String = r.get(1);
+                decode(&body, || format!("schedule {id:?}"))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn fetch_schedules(
+        &self,
+        id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<loom_storage::Schedule>> {
+        let rows = sqlx::query(
+            "SELECT id, body FROM schedules
+             WHERE ($1::text IS NULL OR id = $1) AND ($2::text IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        Self::schedule_rows(&rows)
+    }
+
+    pub(crate) async fn fetch_due_schedules(
+        &self,
+        limit: usize,
+    ) -> Result<loom_storage::DueSchedules> {
+        let now = self.fetch_now().await?;
+        let rows = sqlx::query(
+            "SELECT id, body FROM schedules WHERE wake_at <= $1 ORDER BY wake_at, id LIMIT $2",
+        )
+        .bind(now.as_millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_err)?;
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(wake_at) FROM schedules WHERE wake_at > $1")
+                .bind(now.as_millis())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(sql_err)?;
+        Ok(loom_storage::DueSchedules {
+            now,
+            due: Self::schedule_rows(&rows)?,
+            next: next.map(Timestamp::from_millis),
+        })
+    }
+
     pub(crate) async fn fetch_history(&self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
         let rows = sqlx::query(
             "SELECT seq, at, kind FROM events WHERE workflow_id = $1 AND seq > $2 ORDER BY seq",

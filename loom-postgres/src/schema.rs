@@ -148,6 +148,18 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
     ),
     // 11: an eager claim answers since when each task was ready (`claim_a`, `claim_w`).
     include_str!("functions.sql"),
+    // 12: schedules: each as JSON (`body`), with its version and when a worker must look at it
+    // next, indexed; the `sched` check and the `sput` and `sdel` steps.
+    concat!(
+        "CREATE TABLE schedules (\n",
+        "    id       text COLLATE \"C\" PRIMARY KEY,\n",
+        "    version  bigint NOT NULL,\n",
+        "    wake_at  bigint,\n",
+        "    body     text NOT NULL\n",
+        ");\n",
+        "CREATE INDEX schedules_by_wake ON schedules (wake_at, id) WHERE wake_at IS NOT NULL;\n",
+        include_str!("functions.sql")
+    ),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

@@ -274,4 +274,29 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.pending(id).await
     }
+    async fn now(&self) -> loom_storage::Result<loom_core::Timestamp> {
+        self.sync().await?;
+        self.store.now().await
+    }
+    async fn schedule(&self, id: &str) -> loom_storage::Result<loom_storage::Schedule> {
+        self.store.schedule(id).await
+    }
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> loom_storage::Result<Vec<loom_storage::Schedule>> {
+        self.store.schedules(after, limit).await
+    }
+    async fn due_schedules(
+        &self,
+        limit: usize,
+    ) -> loom_storage::Result<loom_storage::DueSchedules> {
+        self.sync().await?;
+        self.store.due_schedules(limit).await
+    }
+    async fn write_schedule(&self, write: loom_storage::ScheduleWrite) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.write_schedule(write).await
+    }
 }

@@ -70,6 +70,9 @@ fn check(c: &Check) -> Value {
         Check::NoWorkflowTask { workflow } => json!(["no_wft", workflow.as_str()]),
         Check::Paused { workflow } => json!(["paused", workflow.as_str()]),
         Check::NothingDue { workflow } => json!(["quiet", workflow.as_str()]),
+        Check::ScheduleVersion { schedule, expected } => {
+            json!(["sched", schedule, expected.map(n)])
+        }
     }
 }
 
@@ -292,6 +295,8 @@ impl WriteStep {
             | Op::Purge { .. }
             | Op::ClaimWorkflowTasks { .. }
             | Op::ClaimActivityTasks { .. }
+            | Op::PutSchedule { .. }
+            | Op::DeleteSchedule { .. }
             | Op::If { .. } => false,
         })
     }
@@ -382,6 +387,12 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
                     "progress": encode(progress)?, "keep_signals": keep_signals,
                 })
             }
+            Op::PutSchedule { schedule } => json!({
+                "s": "sput", "id": schedule.id, "version": n(schedule.version),
+                "wake": schedule.wake_at.map(Timestamp::as_millis),
+                "body": encode(schedule)?,
+            }),
+            Op::DeleteSchedule { schedule } => json!({"s": "sdel", "id": schedule}),
             Op::If {
                 all,
                 then,
@@ -554,6 +565,13 @@ fn found(check: &Check, found: &Value) -> Result<Found> {
             }))
         }
         C::NothingDue { .. } => Found::EarliestMessage(found.as_i64().map(Timestamp::from_millis)),
+        C::ScheduleVersion { .. } => {
+            if found.is_null() {
+                Found::ScheduleVersion(None)
+            } else {
+                Found::ScheduleVersion(Some(found.as_u64().ok_or_else(bad)?))
+            }
+        }
     })
 }
 

@@ -10,7 +10,8 @@ use loom_storage::{
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use crate::tables::{
-    BY_CREATED, EVENTS, LOGS, MESSAGES, PAST_EVENTS, TASKS, TaskRow, Tx, WF_ACTIVITIES, WORKFLOWS,
+    BY_CREATED, EVENTS, LOGS, MESSAGES, PAST_EVENTS, SCHEDULE_WAKES, SCHEDULES, TASKS, TaskRow, Tx,
+    WF_ACTIVITIES, WORKFLOWS,
 };
 
 impl Tx<'_, redb::ReadTransaction> {
@@ -35,6 +36,82 @@ impl Tx<'_, redb::ReadTransaction> {
 }
 
 impl Read for Tx<'_, redb::ReadTransaction> {
+    fn schedule(&mut self, id: &str) -> Result<Option<loom_storage::Schedule>> {
+        let table = self.tx.open_table(SCHEDULES).map_err(|e| self.err(e))?;
+        let row = table.get(id).map_err(|e| self.err(e))?;
+        row.map(|bytes| self.decode(bytes.value(), || format!("schedule {id}")))
+            .transpose()
+    }
+
+    fn schedules(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<loom_storage::Schedule>> {
+        let table = self.tx.open_table(SCHEDULES).map_err(|e| self.err(e))?;
+        let range = match after {
+            Some(a) => {
+                table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => table.range::<&str>(..),
+        }
+        .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            out.push(self.decode(value.value(), || format!("schedule {}", key.value()))?);
+        }
+        Ok(out)
+    }
+
+    fn due_schedules(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<loom_storage::Schedule>, Option<Timestamp>)> {
+        let ids: Vec<String> = {
+            let wakes = self
+                .tx
+                .open_table(SCHEDULE_WAKES)
+                .map_err(|e| self.err(e))?;
+            let mut ids = Vec::new();
+            for entry in wakes
+                .range::<(i64, &str)>((i64::MIN, "")..)
+                .map_err(|e| self.err(e))?
+            {
+                let (key, _) = entry.map_err(|e| self.err(e))?;
+                let (at, id) = key.value();
+                if at > now.as_millis() || ids.len() >= limit {
+                    break;
+                }
+                ids.push(id.to_owned());
+            }
+            ids
+        };
+        let next = {
+            let wakes = self
+                .tx
+                .open_table(SCHEDULE_WAKES)
+                .map_err(|e| self.err(e))?;
+            let mut range = wakes
+                .range::<(i64, &str)>((now.as_millis().saturating_add(1), "")..)
+                .map_err(|e| self.err(e))?;
+            match range.next() {
+                Some(entry) => Some(Timestamp::from_millis(
+                    entry.map_err(|e| self.err(e))?.0.value().0,
+                )),
+                None => None,
+            }
+        };
+        let mut due = Vec::new();
+        for id in ids {
+            if let Some(s) = Read::schedule(self, &id)? {
+                due.push(s);
+            }
+        }
+        Ok((due, next))
+    }
+
     fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
         self.workflow(id)?;
         let table = self.tx.open_table(EVENTS).map_err(|e| self.err(e))?;

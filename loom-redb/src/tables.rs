@@ -30,6 +30,11 @@ pub(crate) const WF_ACTIVITIES: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("workflow_activities");
 pub(crate) const BY_CREATED: TableDefinition<(i64, &str), ()> = TableDefinition::new("by_created");
 pub(crate) const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+/// Schedules by id, as JSON.
+pub(crate) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+/// `(wake_at, schedule)`: every schedule that has a `wake_at`.
+pub(crate) const SCHEDULE_WAKES: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("schedule_wakes");
 
 /// Creates every table, so that read transactions find them in a new file.
 pub(crate) fn create_tables(
@@ -45,6 +50,8 @@ pub(crate) fn create_tables(
     tx.open_table(WF_ACTIVITIES)?;
     tx.open_table(BY_CREATED)?;
     tx.open_table(LOGS)?;
+    tx.open_table(SCHEDULES)?;
+    tx.open_table(SCHEDULE_WAKES)?;
     Ok(())
 }
 
@@ -215,6 +222,50 @@ impl<T> Tx<'_, T> {
 }
 
 impl Rows for Tx<'_, redb::WriteTransaction> {
+    fn get_schedule(&mut self, id: &str) -> Result<Option<loom_storage::Schedule>> {
+        let table = self.tx.open_table(SCHEDULES).map_err(|e| self.err(e))?;
+        let row = table.get(id).map_err(|e| self.err(e))?;
+        row.map(|bytes| self.decode(bytes.value(), || format!("schedule {id}")))
+            .transpose()
+    }
+
+    fn put_schedule(&mut self, schedule: &loom_storage::Schedule) -> Result<()> {
+        self.delete_schedule(&schedule.id)?;
+        let bytes = encode(schedule)?;
+        {
+            let mut table = self.tx.open_table(SCHEDULES).map_err(|e| self.err(e))?;
+            table
+                .insert(schedule.id.as_str(), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        if let Some(w) = schedule.wake_at {
+            let mut wakes = self
+                .tx
+                .open_table(SCHEDULE_WAKES)
+                .map_err(|e| self.err(e))?;
+            wakes
+                .insert((w.as_millis(), schedule.id.as_str()), ())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    fn delete_schedule(&mut self, id: &str) -> Result<()> {
+        let Some(old) = self.get_schedule(id)? else {
+            return Ok(());
+        };
+        if let Some(w) = old.wake_at {
+            let mut wakes = self
+                .tx
+                .open_table(SCHEDULE_WAKES)
+                .map_err(|e| self.err(e))?;
+            wakes.remove((w.as_millis(), id)).map_err(|e| self.err(e))?;
+        }
+        let mut table = self.tx.open_table(SCHEDULES).map_err(|e| self.err(e))?;
+        table.remove(id).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn next_id(&mut self) -> Result<u64> {
         let mut meta = self.tx.open_table(META).map_err(|e| self.err(e))?;
         let next = meta

@@ -528,6 +528,35 @@ impl Storage for Faulty {
         let r = self.inner.pending(id).await;
         self.after("pending", false, r).await
     }
+    async fn now(&self) -> Result<loom_core::Timestamp> {
+        self.before("now").await?;
+        let r = self.inner.now().await;
+        self.after("now", false, r).await
+    }
+    async fn schedule(&self, id: &str) -> Result<loom_storage::Schedule> {
+        self.before("schedule").await?;
+        let r = self.inner.schedule(id).await;
+        self.after("schedule", false, r).await
+    }
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<loom_storage::Schedule>> {
+        self.before("schedules").await?;
+        let r = self.inner.schedules(after, limit).await;
+        self.after("schedules", false, r).await
+    }
+    async fn due_schedules(&self, limit: usize) -> Result<loom_storage::DueSchedules> {
+        self.before("due_schedules").await?;
+        let r = self.inner.due_schedules(limit).await;
+        self.after("due_schedules", false, r).await
+    }
+    async fn write_schedule(&self, write: loom_storage::ScheduleWrite) -> Result<()> {
+        self.before("write_schedule").await?;
+        let r = self.inner.write_schedule(write).await;
+        self.after("write_schedule", true, r).await
+    }
     async fn work_signal(&self) {
         self.hang_if_dead().await;
         self.inner.work_signal().await;

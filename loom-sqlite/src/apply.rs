@@ -247,6 +247,35 @@ impl Apply for Db<'_> {
         Ok(earliest.map(Timestamp::from_millis))
     }
 
+    fn schedule_version(&mut self, schedule: &str) -> Result<Option<u64>> {
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT version FROM schedules WHERE id = ?1")
+            .and_then(|mut s| s.query_row([schedule], |r| r.get(0)).optional())
+            .map_err(|e| self.sql(e))?;
+        Ok(version.map(i64::unsigned_abs))
+    }
+
+    fn put_schedule(&mut self, schedule: &loom_storage::Schedule) -> Result<()> {
+        self.exec(
+            "INSERT INTO schedules (id, version, wake_at, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version,
+                 wake_at = excluded.wake_at, body = excluded.body",
+            params![
+                schedule.id,
+                i64::try_from(schedule.version).unwrap_or(i64::MAX),
+                schedule.wake_at.map(Timestamp::as_millis),
+                encode(schedule)?
+            ],
+        )
+        .map(drop)
+    }
+
+    fn delete_schedule(&mut self, schedule: &str) -> Result<()> {
+        self.exec("DELETE FROM schedules WHERE id = ?1", [schedule])
+            .map(drop)
+    }
+
     fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()> {
         self.exec(
             "INSERT INTO workflows (id, name, version, status, input, created_at, updated_at,

@@ -11,6 +11,24 @@ use rusqlite::{OptionalExtension, params, params_from_iter};
 use crate::db::{Db, RawSummary, SUMMARY, ms, parse_level, seq, seq_i64};
 
 impl Db<'_> {
+    fn schedule_rows(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<loom_storage::Schedule>> {
+        let rows: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.into_iter()
+            .map(|(id, body)| self.decode(&body, || format!("schedule {id:?}")))
+            .collect()
+    }
+
     /// `NotFound` unless the workflow exists.
     fn exists(&self, id: &WorkflowId) -> Result<()> {
         let found: Option<i64> = self
@@ -327,6 +345,41 @@ impl Read for Db<'_> {
             .min()
             .map(Timestamp::from_millis);
         Ok(stats)
+    }
+
+    fn schedule(&mut self, id: &str) -> Result<Option<loom_storage::Schedule>> {
+        Ok(self
+            .schedule_rows("SELECT id, body FROM schedules WHERE id = ?1", [id])?
+            .pop())
+    }
+
+    fn schedules(
+        &mut self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<loom_storage::Schedule>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.schedule_rows(
+            "SELECT id, body FROM schedules WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2",
+            params![after, limit],
+        )
+    }
+
+    fn due_schedules(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<loom_storage::Schedule>, Option<Timestamp>)> {
+        let due = self.schedule_rows(
+            "SELECT id, body FROM schedules WHERE wake_at <= ?1 ORDER BY wake_at, id LIMIT ?2",
+            params![now.as_millis(), i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?;
+        let next: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(wake_at) FROM schedules WHERE wake_at > ?1")
+            .and_then(|mut s| s.query_row([now.as_millis()], |r| r.get(0)))
+            .map_err(|e| self.sql(e))?;
+        Ok((due, next.map(Timestamp::from_millis)))
     }
 
     fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>> {

@@ -117,6 +117,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX tags_by_text ON tags (key, text, created_at DESC, workflow_id DESC);
     CREATE INDEX tags_by_num ON tags (key, num) WHERE num IS NOT NULL;
     "#,
+    // 6: schedules: each as JSON (`body`), with its version and when a worker must look at
+    // it next, indexed.
+    r#"
+    CREATE TABLE schedules (
+        id            TEXT PRIMARY KEY NOT NULL,
+        version       INTEGER NOT NULL,
+        wake_at       INTEGER,
+        body          TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX schedules_by_wake ON schedules (wake_at, id) WHERE wake_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -44,6 +44,22 @@ pub enum StorageError {
         /// The workflow's current run.
         actual: u32,
     },
+    /// No schedule with this id.
+    #[error("no schedule with id {0}")]
+    ScheduleNotFound(String),
+    /// A schedule with this id already exists; nothing was written.
+    #[error("a schedule with id {0} already exists")]
+    ScheduleExists(String),
+    /// The schedule was written since the caller read it; nothing was written.
+    #[error("schedule {id} is at version {actual}, the caller read version {expected}")]
+    ScheduleConflict {
+        /// The schedule.
+        id: String,
+        /// The version the caller read.
+        expected: u64,
+        /// The version stored.
+        actual: u64,
+    },
     /// The caller's lease on this task expired, was taken by another worker, or the task no
     /// longer exists; nothing was written.
     #[error("the lease on task {0} is no longer held")]

@@ -57,6 +57,7 @@ pub mod error;
 pub mod memory;
 pub mod model;
 pub mod plan;
+pub mod schedule;
 pub mod transact;
 #[cfg(feature = "writer")]
 pub mod writer;
@@ -74,6 +75,7 @@ pub use model::{
     TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
+pub use schedule::{DueSchedules, Schedule, ScheduleWrite};
 pub use transact::{Read, Transact};
 
 /// Durable storage for workflows, histories, messages and tasks.
@@ -179,6 +181,25 @@ pub trait Storage: Send + Sync + 'static {
 
     /// What a workflow waits for in the store: its tasks and messages, by id.
     async fn pending(&self, id: &WorkflowId) -> Result<Pending>;
+
+    /// The store's clock now.
+    async fn now(&self) -> Result<loom_core::Timestamp>;
+
+    /// One schedule. `ScheduleNotFound` if there is none.
+    async fn schedule(&self, id: &str) -> Result<Schedule>;
+
+    /// Up to `limit` schedules by id, those after `after` when it is given.
+    async fn schedules(&self, after: Option<&str>, limit: usize) -> Result<Vec<Schedule>>;
+
+    /// Up to `limit` schedules whose `wake_at` has come by the store's clock, earliest first,
+    /// with that time and the next `wake_at` to come: what a worker ticks.
+    async fn due_schedules(&self, limit: usize) -> Result<DueSchedules>;
+
+    /// Writes a schedule and what its tick decided, in one step (see
+    /// [`engine::write_schedule`]). `ScheduleConflict` if it was written since the caller
+    /// read it, `ScheduleExists` or `ScheduleNotFound`, `AlreadyExists` for a workflow id
+    /// taken meanwhile; nothing is written then.
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<()>;
 
     /// What the backend counted of its own work (group commits, connections), for metrics.
     /// Cheap and synchronous; backends without such machinery answer zeros.

@@ -22,6 +22,7 @@ use crate::model::{
     Backlog, ListQuery, Message, MessageId, Page, Pending, RunSummary, Stats, TaskId,
     WorkflowSummary,
 };
+use crate::schedule::Schedule;
 use crate::transact::{Read, ReadJob, Transact};
 
 /// A complete in-memory backend. Cheap to create; everything is lost when it is dropped.
@@ -40,6 +41,10 @@ struct State {
     /// index, kept in step by `put_task` and `delete_task`, the only writers of tasks.
     ready: [BTreeSet<(Timestamp, TaskId)>; 2],
     events: u64,
+    schedules: BTreeMap<String, Schedule>,
+    /// Every schedule with a `wake_at`, by that time: kept in step by `put_schedule` and
+    /// `delete_schedule`.
+    wakes: BTreeSet<(Timestamp, String)>,
 }
 
 struct Entry {
@@ -124,6 +129,24 @@ impl State {
 }
 
 impl Rows for State {
+    fn get_schedule(&mut self, id: &str) -> Result<Option<Schedule>> {
+        Ok(self.schedules.get(id).cloned())
+    }
+
+    fn put_schedule(&mut self, schedule: &Schedule) -> Result<()> {
+        self.unindex_schedule(&schedule.id);
+        if let Some(w) = schedule.wake_at {
+            self.wakes.insert((w, schedule.id.clone()));
+        }
+        self.schedules.insert(schedule.id.clone(), schedule.clone());
+        Ok(())
+    }
+
+    fn delete_schedule(&mut self, id: &str) -> Result<()> {
+        self.unindex_schedule(id);
+        Ok(())
+    }
+
     fn next_id(&mut self) -> Result<u64> {
         self.counter += 1;
         Ok(self.counter)
@@ -257,7 +280,47 @@ impl Rows for State {
     }
 }
 
+impl State {
+    fn unindex_schedule(&mut self, id: &str) {
+        if let Some(old) = self.schedules.remove(id)
+            && let Some(w) = old.wake_at
+        {
+            self.wakes.remove(&(w, old.id));
+        }
+    }
+}
+
 impl Read for State {
+    fn schedule(&mut self, id: &str) -> Result<Option<Schedule>> {
+        Ok(self.schedules.get(id).cloned())
+    }
+
+    fn schedules(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<Schedule>> {
+        let range = match after {
+            Some(a) => self
+                .schedules
+                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => self.schedules.range::<str, _>(..),
+        };
+        Ok(range.take(limit).map(|(_, s)| s.clone()).collect())
+    }
+
+    fn due_schedules(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<Schedule>, Option<Timestamp>)> {
+        let due = self
+            .wakes
+            .iter()
+            .take_while(|(w, _)| *w <= now)
+            .take(limit)
+            .filter_map(|(_, id)| self.schedules.get(id).cloned())
+            .collect();
+        let next = self.wakes.iter().map(|(w, _)| *w).find(|w| *w > now);
+        Ok((due, next))
+    }
+
     fn load_history(&mut self, id: &WorkflowId, after: Seq) -> Result<Vec<Event>> {
         Ok(self
             .entry(id)?

@@ -16,6 +16,7 @@ use crate::model::{
     ListQuery, Page, Pending, Release, Reset, RunSummary, Stats, Termination, WorkflowSummary,
     WorkflowTask, WorkflowTaskCompletion,
 };
+use crate::schedule::{DueSchedules, Schedule, ScheduleWrite};
 
 /// The reads of a snapshot.
 pub trait Read {
@@ -37,6 +38,17 @@ pub trait Read {
     fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>>;
     /// A workflow's tasks and messages.
     fn pending(&mut self, id: &WorkflowId, now: Timestamp) -> Result<Pending>;
+    /// One schedule, if there is one.
+    fn schedule(&mut self, id: &str) -> Result<Option<Schedule>>;
+    /// Up to `limit` schedules by id, after `after`.
+    fn schedules(&mut self, after: Option<&str>, limit: usize) -> Result<Vec<Schedule>>;
+    /// Up to `limit` schedules with `wake_at <= now`, by `(wake_at, id)`, and the least
+    /// `wake_at` after `now`.
+    fn due_schedules(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<Schedule>, Option<Timestamp>)>;
 }
 
 /// A read to run on a snapshot at store time `now`.
@@ -192,6 +204,37 @@ impl<T: Transact> Storage for T {
     async fn pending(&self, id: &WorkflowId) -> Result<Pending> {
         let id = id.clone();
         self.read(Box::new(move |r, now| r.pending(&id, now))).await
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        self.read(Box::new(|_, now| Ok(now))).await
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Schedule> {
+        let id = id.to_owned();
+        self.read(Box::new(move |r, _| {
+            r.schedule(&id)?
+                .ok_or(crate::StorageError::ScheduleNotFound(id))
+        }))
+        .await
+    }
+
+    async fn schedules(&self, after: Option<&str>, limit: usize) -> Result<Vec<Schedule>> {
+        let after = after.map(str::to_owned);
+        self.read(Box::new(move |r, _| r.schedules(after.as_deref(), limit)))
+            .await
+    }
+
+    async fn due_schedules(&self, limit: usize) -> Result<DueSchedules> {
+        self.read(Box::new(move |r, now| {
+            let (due, next) = r.due_schedules(now, limit)?;
+            Ok(DueSchedules { now, due, next })
+        }))
+        .await
+    }
+
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<()> {
+        run(self, engine::write_schedule(write)?).await.map(drop)
     }
 
     async fn work_signal(&self) {

@@ -760,6 +760,25 @@ mod instrumented {
         async fn pending(&self, id: &WorkflowId) -> Result<Pending> {
             timed!(self, "pending", self.inner.pending(id))
         }
+        async fn now(&self) -> Result<loom_core::Timestamp> {
+            timed!(self, "now", self.inner.now())
+        }
+        async fn schedule(&self, id: &str) -> Result<loom_storage::Schedule> {
+            timed!(self, "schedule", self.inner.schedule(id))
+        }
+        async fn schedules(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<loom_storage::Schedule>> {
+            timed!(self, "schedules", self.inner.schedules(after, limit))
+        }
+        async fn due_schedules(&self, limit: usize) -> Result<loom_storage::DueSchedules> {
+            timed!(self, "due_schedules", self.inner.due_schedules(limit))
+        }
+        async fn write_schedule(&self, write: loom_storage::ScheduleWrite) -> Result<()> {
+            timed!(self, "write_schedule", self.inner.write_schedule(write))
+        }
         async fn work_signal(&self) {
             self.inner.work_signal().await;
         }

@@ -1463,6 +1463,28 @@ impl Storage for StaleClaims {
     async fn pending(&self, id: &WorkflowId) -> loom_storage::Result<loom_storage::Pending> {
         self.inner.pending(id).await
     }
+    async fn now(&self) -> loom_storage::Result<loom_core::Timestamp> {
+        self.inner.now().await
+    }
+    async fn schedule(&self, id: &str) -> loom_storage::Result<loom_storage::Schedule> {
+        self.inner.schedule(id).await
+    }
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> loom_storage::Result<Vec<loom_storage::Schedule>> {
+        self.inner.schedules(after, limit).await
+    }
+    async fn due_schedules(
+        &self,
+        limit: usize,
+    ) -> loom_storage::Result<loom_storage::DueSchedules> {
+        self.inner.due_schedules(limit).await
+    }
+    async fn write_schedule(&self, write: loom_storage::ScheduleWrite) -> loom_storage::Result<()> {
+        self.inner.write_schedule(write).await
+    }
 }
 
 /// A claim whose `last_seq` is not where the history ends is never decided: the worker gives

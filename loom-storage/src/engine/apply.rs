@@ -71,6 +71,12 @@ pub trait Apply {
     fn workflow_task(&mut self, workflow: &WorkflowId) -> Result<Option<TaskView>>;
     /// The earliest `visible_at` among a workflow's messages.
     fn earliest_message(&mut self, workflow: &WorkflowId) -> Result<Option<Timestamp>>;
+    /// A schedule's version, for checks.
+    fn schedule_version(&mut self, schedule: &str) -> Result<Option<u64>>;
+    /// [`Op::PutSchedule`].
+    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule) -> Result<()>;
+    /// [`Op::DeleteSchedule`].
+    fn delete_schedule(&mut self, schedule: &str) -> Result<()>;
 
     /// [`Op::CreateWorkflow`].
     fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()>;
@@ -169,6 +175,7 @@ fn read(store: &mut dyn Apply, check: &Check) -> Result<Found> {
         Subject::Workflow(id) => Found::Workflow(store.workflow(id)?),
         Subject::WorkflowTask(id) => Found::Task(store.workflow_task(id)?),
         Subject::Messages(id) => Found::EarliestMessage(store.earliest_message(id)?),
+        Subject::Schedule(id) => Found::ScheduleVersion(store.schedule_version(id)?),
     })
 }
 
@@ -241,6 +248,8 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
             Op::SetTags { workflow, tags } => store.set_tags(workflow, tags)?,
             Op::Settle { workflow } => store.settle(workflow)?,
+            Op::PutSchedule { schedule } => store.put_schedule(schedule)?,
+            Op::DeleteSchedule { schedule } => store.delete_schedule(schedule)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,
             Op::Pause { task, reason } => store.pause(now, *task, reason)?,
             Op::Hold { workflow, reason } => store.hold(now, workflow, reason)?,

@@ -53,6 +53,8 @@ pub enum Found {
     /// A workflow's earliest message time, `None` when it has none (for
     /// [`Check::NothingDue`]).
     EarliestMessage(Option<Timestamp>),
+    /// A schedule's version, or nothing (for [`Check::ScheduleVersion`]).
+    ScheduleVersion(Option<u64>),
 }
 
 /// One precondition. Each names one row (its [`subject`](Check::subject)); an applier reads
@@ -147,6 +149,14 @@ pub enum Check {
         /// The workflow.
         workflow: WorkflowId,
     },
+    /// The schedule is at version `expected`, or, with `None`, no schedule has the id
+    /// (`ScheduleNotFound`, `ScheduleConflict` or `ScheduleExists` otherwise).
+    ScheduleVersion {
+        /// The schedule's id.
+        schedule: String,
+        /// The version the caller read; `None` for a create.
+        expected: Option<u64>,
+    },
 }
 
 /// What a check reads.
@@ -160,6 +170,8 @@ pub enum Subject<'a> {
     WorkflowTask(&'a WorkflowId),
     /// A workflow's earliest message.
     Messages(&'a WorkflowId),
+    /// A schedule's row.
+    Schedule(&'a str),
 }
 
 impl Check {
@@ -180,13 +192,16 @@ impl Check {
                 Subject::WorkflowTask(workflow)
             }
             Check::NothingDue { workflow } => Subject::Messages(workflow),
+            Check::ScheduleVersion { schedule, .. } => Subject::Schedule(schedule),
         }
     }
 
     /// The workflow the check names, if it names one.
     pub fn workflow(&self) -> Option<&WorkflowId> {
         match self {
-            Check::Leased { .. } | Check::IsWorkflowTask { .. } => None,
+            Check::Leased { .. } | Check::IsWorkflowTask { .. } | Check::ScheduleVersion { .. } => {
+                None
+            }
             Check::WorkflowTaskOf { workflow, .. }
             | Check::ActivityAttempt { workflow, .. }
             | Check::Absent { workflow }
@@ -335,6 +350,22 @@ impl Check {
                 Found::EarliestMessage(_) => Err(StorageError::InvalidArgument(format!(
                     "a message of \"{workflow}\" is due"
                 ))),
+                _ => Err(wrong_subject()),
+            },
+            Check::ScheduleVersion { schedule, expected } => match (found, expected) {
+                (Found::ScheduleVersion(None), None) => Ok(()),
+                (Found::ScheduleVersion(Some(v)), Some(e)) if v == e => Ok(()),
+                (Found::ScheduleVersion(Some(_)), None) => {
+                    Err(StorageError::ScheduleExists(schedule.clone()))
+                }
+                (Found::ScheduleVersion(None), Some(_)) => {
+                    Err(StorageError::ScheduleNotFound(schedule.clone()))
+                }
+                (Found::ScheduleVersion(Some(v)), Some(e)) => Err(StorageError::ScheduleConflict {
+                    id: schedule.clone(),
+                    expected: *e,
+                    actual: *v,
+                }),
                 _ => Err(wrong_subject()),
             },
         }
@@ -499,6 +530,36 @@ mod tests {
                 .verdict(&Found::EarliestMessage(Some(NOW)), NOW)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_schedule_write_names_the_version_it_read() {
+        let at = |expected| Check::ScheduleVersion {
+            schedule: "nightly".into(),
+            expected,
+        };
+        assert!(at(None).verdict(&Found::ScheduleVersion(None), NOW).is_ok());
+        assert!(
+            at(Some(3))
+                .verdict(&Found::ScheduleVersion(Some(3)), NOW)
+                .is_ok()
+        );
+        assert!(matches!(
+            at(None).verdict(&Found::ScheduleVersion(Some(1)), NOW),
+            Err(StorageError::ScheduleExists(id)) if id == "nightly"
+        ));
+        assert!(matches!(
+            at(Some(3)).verdict(&Found::ScheduleVersion(None), NOW),
+            Err(StorageError::ScheduleNotFound(_))
+        ));
+        assert!(matches!(
+            at(Some(3)).verdict(&Found::ScheduleVersion(Some(4)), NOW),
+            Err(StorageError::ScheduleConflict {
+                expected: 3,
+                actual: 4,
+                ..
+            })
+        ));
     }
 
     #[test]

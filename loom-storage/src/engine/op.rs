@@ -296,6 +296,16 @@ pub enum Op {
         /// Which.
         purge: crate::Purge,
     },
+    /// Stores a schedule, new or replacing the one with its id, with its `wake_at` indexed.
+    PutSchedule {
+        /// The schedule, at its new version.
+        schedule: Box<crate::schedule::Schedule>,
+    },
+    /// Deletes a schedule (the workflows it started are left as they are).
+    DeleteSchedule {
+        /// Its id.
+        schedule: String,
+    },
     /// Applies `then` if every condition holds (evaluated as checks, without failing the
     /// write set), `otherwise` if not; [`Applied::decided`] says which, for the first `If`
     /// applied (one nested in the ops it chose does not change the answer).
@@ -403,6 +413,8 @@ impl Op {
                 .find_map(Check::workflow)
                 .or_else(|| then.iter().find_map(Op::workflow)),
             Op::DeleteTask { .. }
+            | Op::PutSchedule { .. }
+            | Op::DeleteSchedule { .. }
             | Op::Purge { .. }
             | Op::Requeue { .. }
             | Op::Release { .. }

@@ -111,6 +111,12 @@ pub trait Rows {
     fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()>;
     /// Up to `max` claimable tasks of one kind (`visible_at <= now`), by `(visible_at, id)`.
     fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>>;
+    /// A schedule's record.
+    fn get_schedule(&mut self, id: &str) -> Result<Option<crate::schedule::Schedule>>;
+    /// Stores a schedule's record (new or changed), keeping the index of `wake_at` in step.
+    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule) -> Result<()>;
+    /// Deletes a schedule's record, with its index entry.
+    fn delete_schedule(&mut self, id: &str) -> Result<()>;
 }
 
 /// [`Apply`] on any [`Rows`]: the one implementation of the primitives for row stores.
@@ -214,6 +220,18 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             .iter()
             .map(|m| m.visible_at)
             .min())
+    }
+
+    fn schedule_version(&mut self, schedule: &str) -> Result<Option<u64>> {
+        Ok(self.0.get_schedule(schedule)?.map(|s| s.version))
+    }
+
+    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule) -> Result<()> {
+        self.0.put_schedule(schedule)
+    }
+
+    fn delete_schedule(&mut self, schedule: &str) -> Result<()> {
+        self.0.delete_schedule(schedule)
     }
 
     fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()> {

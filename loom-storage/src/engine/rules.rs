@@ -1089,6 +1089,68 @@ pub fn deliver(id: &WorkflowId, kind: EventKind) -> Result<WriteSet> {
     })
 }
 
+/// Writes a schedule: creates it (its id free), replaces it or deletes it (at the version the
+/// caller read), and in the same step starts the workflows a tick decided on (each id free,
+/// as [`create`] starts one: a taken id fails the whole write, so a fire never starts a
+/// second workflow) and asks running ones to cancel or terminates them (each only while it
+/// is open). The stored schedule's version is the one read plus one, 1 for a create.
+pub fn write_schedule(w: crate::schedule::ScheduleWrite) -> Result<WriteSet> {
+    crate::schedule::check_id(&w.id).map_err(StorageError::InvalidArgument)?;
+    let mut checks = vec![Check::ScheduleVersion {
+        schedule: w.id.clone(),
+        expected: w.expected,
+    }];
+    let mut ops = Vec::new();
+    match w.schedule {
+        Some(mut schedule) => {
+            if schedule.id != w.id {
+                return Err(StorageError::InvalidArgument(format!(
+                    "the write is for schedule {:?}, the record is {:?}",
+                    w.id, schedule.id
+                )));
+            }
+            schedule.version = w.expected.map_or(1, |v| v + 1);
+            ops.push(Op::PutSchedule {
+                schedule: Box::new(schedule),
+            });
+        }
+        None if w.expected.is_none() => {
+            return Err(StorageError::InvalidArgument(
+                "a schedule is deleted at the version read".into(),
+            ));
+        }
+        None => ops.push(Op::DeleteSchedule { schedule: w.id }),
+    }
+    for (id, started) in w.starts {
+        let start = create(&id, started)?;
+        checks.extend(start.checks);
+        ops.extend(start.ops);
+    }
+    let reach = |id: WorkflowId, kind: EventKind| Op::If {
+        all: vec![Check::Open {
+            workflow: id.clone(),
+        }],
+        then: notify(&id, kind),
+        otherwise: Vec::new(),
+    };
+    for (id, reason) in w.cancel {
+        ops.push(reach(
+            id,
+            EventKind::CancelRequested {
+                reason: Some(reason),
+            },
+        ));
+    }
+    for (id, reason) in w.terminate {
+        ops.push(reach(id, EventKind::TerminateRequested { reason }));
+    }
+    Ok(WriteSet {
+        checks,
+        ops,
+        sync: Sync::Durable,
+    })
+}
+
 /// Claims up to `req.max` claimable workflow tasks (see [`Op::ClaimWorkflowTasks`]).
 pub fn claim_workflow_tasks(req: &ClaimRequest) -> WriteSet {
     claim(req, |req| Op::ClaimWorkflowTasks { of: None, req })
@@ -1583,6 +1645,8 @@ mod tests {
             Op::Renew { .. } => "Renew",
             Op::ClaimWorkflowTasks { .. } => "ClaimWorkflowTasks",
             Op::ClaimActivityTasks { .. } => "ClaimActivityTasks",
+            Op::PutSchedule { .. } => "PutSchedule",
+            Op::DeleteSchedule { .. } => "DeleteSchedule",
             Op::If { .. } => "If",
         }
     }
