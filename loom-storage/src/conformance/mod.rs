@@ -26,6 +26,7 @@ mod operations;
 mod reads;
 mod reset;
 mod runs;
+mod schedules;
 mod tags;
 mod tasks;
 mod workflows;
@@ -46,6 +47,7 @@ pub use operations::*;
 pub use reads::*;
 pub use reset::*;
 pub use runs::*;
+pub use schedules::*;
 pub use tags::*;
 pub use tasks::*;
 pub use workflows::*;
@@ -330,7 +332,12 @@ macro_rules! for_each_conformance_case {
             an_open_run_is_reset_and_fenced,
             a_reset_without_signals_drops_them,
             reset_is_checked,
-            tags_are_kept_and_listed
+            tags_are_kept_and_listed,
+            schedules_are_created_read_listed_and_deleted,
+            a_schedule_write_names_the_version_it_read,
+            due_schedules_are_those_whose_time_has_come,
+            a_ticks_starts_are_written_with_it_or_not_at_all,
+            a_ticks_cancels_and_terminations_reach_only_open_workflows
         }
     };
 }
