@@ -587,6 +587,43 @@ pub struct Tick {
     pub terminate: Vec<WorkflowId>,
 }
 
+impl Tick {
+    /// The write of `schedule` (as ticked, read at version `expected`) with this tick's
+    /// starts, each started by the event `started` builds for it, and its cancels and
+    /// terminations with reasons that name the schedule and its policy.
+    pub fn into_write(
+        self,
+        schedule: &Schedule,
+        expected: u64,
+        mut started: impl FnMut(&WorkflowId, &Fire) -> loom_core::Event,
+    ) -> ScheduleWrite {
+        let reason = format!(
+            "schedule {}: overlap policy {}",
+            schedule.id, schedule.policy.overlap
+        );
+        ScheduleWrite {
+            id: schedule.id.clone(),
+            expected: Some(expected),
+            schedule: Some(schedule.clone()),
+            starts: self
+                .starts
+                .iter()
+                .map(|(id, fire)| (id.clone(), started(id, fire)))
+                .collect(),
+            cancel: self
+                .cancel
+                .into_iter()
+                .map(|id| (id, reason.clone()))
+                .collect(),
+            terminate: self
+                .terminate
+                .into_iter()
+                .map(|id| (id, reason.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// What a tick knows of a workflow id it asked about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdState {

@@ -166,6 +166,16 @@ pub enum Op {
     /// Purge up to two workflows that ended at least the span ago (only completed ones, or
     /// any).
     Purge(Span, bool),
+    /// Create schedule `n` (every second, its overlap policy chosen by `n`, a catch-up window
+    /// of two seconds).
+    CreateSchedule(u8),
+    /// Tick the schedules that are due, as a worker does: read, decide, write at the version
+    /// read.
+    TickSchedules,
+    /// Trigger schedule `n`, or pause and unpause it.
+    TouchSchedule(u8, bool),
+    /// Delete schedule `n` at the version read.
+    DeleteSchedule(u8),
     /// Let this much time pass.
     Advance(u16),
 }
@@ -234,6 +244,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => wf.clone().prop_map(Op::Resume),
         1 => (wf, any::<u8>(), any::<bool>()).prop_map(|(n, k, s)| Op::Reset(n, k, s)),
         1 => (span(), any::<bool>()).prop_map(|(s, c)| Op::Purge(s, c)),
+        1 => (0u8..3).prop_map(Op::CreateSchedule),
+        2 => Just(Op::TickSchedules),
+        1 => (0u8..3, any::<bool>()).prop_map(|(n, t)| Op::TouchSchedule(n, t)),
+        1 => (0u8..3).prop_map(Op::DeleteSchedule),
         2 => (1u16..700).prop_map(Op::Advance),
     ]
 }
@@ -290,6 +304,11 @@ impl Names {
             StorageError::AlreadyExists { status, .. } => format!("AlreadyExists({status})"),
             StorageError::NotFound(id) => format!("NotFound({id})"),
             StorageError::InvalidArgument(_) => "InvalidArgument".to_owned(),
+            StorageError::ScheduleNotFound(id) => format!("ScheduleNotFound({id})"),
+            StorageError::ScheduleExists(id) => format!("ScheduleExists({id})"),
+            StorageError::ScheduleConflict {
+                expected, actual, ..
+            } => format!("ScheduleConflict({expected}, {actual})"),
             other => format!("unexpected error: {other}"),
         }
     }
@@ -870,6 +889,131 @@ impl Run {
                     self.line(format!("  purged {ids:?}"));
                 }
             }
+            Op::CreateSchedule(n) => {
+                let Some(now) = self.result(self.store.now().await) else {
+                    return;
+                };
+                let schedule = crate::schedule::Schedule::new(
+                    format!("s{n}"),
+                    crate::schedule::ScheduleSpec {
+                        intervals: vec![crate::schedule::IntervalSpec {
+                            every_ms: 1_000,
+                            offset_ms: 0,
+                        }],
+                        ..Default::default()
+                    },
+                    crate::schedule::ScheduleAction {
+                        workflow: "Scheduled".into(),
+                        version: None,
+                        input: Payload::NULL,
+                        id_pattern: crate::schedule::DEFAULT_ID_PATTERN.into(),
+                        tags: Default::default(),
+                    },
+                    crate::schedule::SchedulePolicy {
+                        overlap: crate::schedule::Overlap::ALL[usize::from(*n) % 6],
+                        catchup_window_ms: 2_000,
+                    },
+                    false,
+                    now,
+                )
+                .expect("a valid schedule");
+                let r = self
+                    .store
+                    .write_schedule(crate::ScheduleWrite {
+                        id: schedule.id.clone(),
+                        expected: None,
+                        schedule: Some(schedule),
+                        starts: Vec::new(),
+                        cancel: Vec::new(),
+                        terminate: Vec::new(),
+                    })
+                    .await;
+                self.result(r);
+            }
+            Op::TickSchedules => {
+                let Some(due) = self.result(self.store.due_schedules(2).await) else {
+                    return;
+                };
+                for mut schedule in due.due {
+                    let mut ids = std::collections::BTreeMap::new();
+                    for id in schedule.candidates(due.now) {
+                        let state = match self.store.describe(&id).await {
+                            Ok(s) if s.status.is_terminal() => crate::schedule::IdState::Closed,
+                            Ok(_) => crate::schedule::IdState::Open,
+                            Err(_) => crate::schedule::IdState::Free,
+                        };
+                        ids.insert(id, state);
+                    }
+                    let version = schedule.version;
+                    let tick = schedule.tick(due.now, &ids);
+                    let write = tick.into_write(&schedule, version, |_, fire| Event {
+                        seq: Seq::FIRST,
+                        at: due.now,
+                        kind: EventKind::WorkflowStarted {
+                            traceparent: None,
+                            tags: schedule.action.tags_for(&schedule.id, fire.nominal),
+                            reset: None,
+                            attempt: 1,
+                            retry: None,
+                            run: 1,
+                            name: schedule.action.workflow.clone(),
+                            version: 1,
+                            input: schedule.action.input.clone(),
+                            format: HISTORY_FORMAT,
+                            timeouts: Default::default(),
+                            parent: None,
+                        },
+                    });
+                    let r = self.store.write_schedule(write).await;
+                    self.result(r);
+                }
+            }
+            Op::TouchSchedule(n, trigger) => {
+                let Some(mut schedule) = self.result(self.store.schedule(&format!("s{n}")).await)
+                else {
+                    return;
+                };
+                let Some(now) = self.result(self.store.now().await) else {
+                    return;
+                };
+                let version = schedule.version;
+                if *trigger {
+                    schedule.trigger(now);
+                } else {
+                    let paused = !schedule.paused;
+                    schedule.set_paused(paused, String::new(), now);
+                }
+                let r = self
+                    .store
+                    .write_schedule(crate::ScheduleWrite {
+                        id: schedule.id.clone(),
+                        expected: Some(version),
+                        schedule: Some(schedule),
+                        starts: Vec::new(),
+                        cancel: Vec::new(),
+                        terminate: Vec::new(),
+                    })
+                    .await;
+                self.result(r);
+            }
+            Op::DeleteSchedule(n) => {
+                let Some(schedule) = self.result(self.store.schedule(&format!("s{n}")).await)
+                else {
+                    return;
+                };
+                let r = self
+                    .store
+                    .write_schedule(crate::ScheduleWrite {
+                        id: schedule.id,
+                        expected: Some(schedule.version),
+                        schedule: None,
+                        starts: Vec::new(),
+                        cancel: Vec::new(),
+                        terminate: Vec::new(),
+                    })
+                    .await;
+                self.result(r);
+            }
             Op::Advance(ms) => self.clock.advance(Duration::from_millis(u64::from(*ms))),
         }
     }
@@ -1090,6 +1234,22 @@ impl Run {
                 self.line(format!("backlog {backlog:?}"));
             }
             Err(e) => self.line(format!("backlog: {e}")),
+        }
+        match self.store.schedules(None, 100).await {
+            Ok(schedules) => {
+                for s in schedules {
+                    self.line(format!("schedule {s:?}"));
+                }
+            }
+            Err(e) => self.line(format!("schedules: {e}")),
+        }
+        match self.store.due_schedules(100).await {
+            Ok(due) => {
+                let ids: Vec<&str> = due.due.iter().map(|s| s.id.as_str()).collect();
+                let next = due.next.map(|t| t.as_millis() - START.as_millis());
+                self.line(format!("due schedules {ids:?}, next {next:?}"));
+            }
+            Err(e) => self.line(format!("due schedules: {e}")),
         }
     }
 }

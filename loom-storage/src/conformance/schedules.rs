@@ -54,7 +54,10 @@ pub async fn schedules_are_created_read_listed_and_deleted(store: Store) {
     let read = store.schedule("a-hourly").await.expect("read");
     let mut expected = record("a-hourly", now);
     expected.version = 1;
-    assert_eq!(read, expected, "a schedule reads back as written, at version 1");
+    assert_eq!(
+        read, expected,
+        "a schedule reads back as written, at version 1"
+    );
 
     let first = store.schedules(None, 2).await.expect("list");
     let ids: Vec<&str> = first.iter().map(|s| s.id.as_str()).collect();
@@ -63,7 +66,9 @@ pub async fn schedules_are_created_read_listed_and_deleted(store: Store) {
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].id, "c-nightly");
 
-    let again = store.write_schedule(put(&record("a-hourly", now), None)).await;
+    let again = store
+        .write_schedule(put(&record("a-hourly", now), None))
+        .await;
     assert!(
         matches!(&again, Err(StorageError::ScheduleExists(id)) if id == "a-hourly"),
         "{again:?}"
@@ -213,7 +218,14 @@ pub async fn a_ticks_starts_are_written_with_it_or_not_at_all(store: Store) {
             Some(&loom_core::TagValue::Text("hourly".into()))
         );
     }
-    assert_eq!(store.claim_workflow_tasks(&claim(10)).await.expect("claim").len(), 2);
+    assert_eq!(
+        store
+            .claim_workflow_tasks(&claim(10))
+            .await
+            .expect("claim")
+            .len(),
+        2
+    );
 
     let t3 = Timestamp::from_millis(now.as_millis() - 3 * HOUR_MS);
     let mut again = store.schedule("hourly").await.expect("read");
@@ -221,7 +233,10 @@ pub async fn a_ticks_starts_are_written_with_it_or_not_at_all(store: Store) {
     let mut write = put(&again, Some(2));
     write.starts = vec![start(t3), start(t1)];
     let r = store.write_schedule(write).await;
-    assert!(matches!(r, Err(StorageError::AlreadyExists { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(StorageError::AlreadyExists { .. })),
+        "{r:?}"
+    );
     let after = store.schedule("hourly").await.expect("read");
     assert_eq!(after.version, 2);
     assert_eq!(after.note, "ticked");
