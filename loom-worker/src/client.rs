@@ -231,6 +231,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The limits inputs are checked against.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// A client on `storage`, with the default [`Limits`].
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Client {

@@ -53,12 +53,14 @@
 //! ```
 
 mod client;
+mod schedules;
 mod tasks;
 pub mod telemetry;
 pub mod trace;
 mod worker;
 
 pub use client::{Client, ClientError, ResetDone, ResetTo, StartOptions, WorkflowHandle};
+pub use schedules::{RecentAction, ScheduleDefinition, ScheduleDescription};
 pub use tasks::TaskState;
 pub use telemetry::Telemetry;
 pub use worker::{

@@ -221,8 +221,15 @@ pub struct Telemetry {
     group_commits: Counter,
     writes_committed: Counter,
     connections: Family<Connections, Gauge>,
+    schedule_fires: Family<ScheduleFire, Counter>,
+    schedule_lateness: Histogram,
     /// The store's counters at the last scrape, to add only what they gained since.
     last_counters: std::sync::Mutex<StoreCounters>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleFire {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -274,6 +281,8 @@ impl Telemetry {
             group_commits: Counter::default(),
             writes_committed: Counter::default(),
             connections: Family::default(),
+            schedule_fires: Family::default(),
+            schedule_lateness: latency(),
             last_counters: std::sync::Mutex::new(StoreCounters::default()),
         };
         let r = &mut t.registry;
@@ -420,7 +429,33 @@ impl Telemetry {
             "The store's pooled connections, open and idle (PostgreSQL)",
             t.connections.clone(),
         );
+        r.register(
+            "schedule_fires",
+            "Fire times of schedules dealt with by this worker, by outcome: started, skipped \
+             (overlap policy), missed (older than the catch-up window), already_started",
+            t.schedule_fires.clone(),
+        );
+        r.register_with_unit(
+            "schedule_lateness",
+            "Time from a schedule's nominal fire time to the start of its workflow",
+            Unit::Seconds,
+            t.schedule_lateness.clone(),
+        );
         t
+    }
+
+    /// Counts `n` fire times of schedules that ended as `outcome`.
+    pub(crate) fn schedule_fires(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.schedule_fires
+                .get_or_create(&ScheduleFire { outcome })
+                .inc_by(n);
+        }
+    }
+
+    /// Records how late a scheduled workflow started after its nominal fire time.
+    pub(crate) fn schedule_late(&self, late: Duration) {
+        self.schedule_lateness.observe(late.as_secs_f64());
     }
 
     /// Adds what the store's own counters gained since the last call, and sets its

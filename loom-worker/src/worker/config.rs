@@ -137,6 +137,9 @@ pub struct WorkerConfig {
     /// Purge closed workflows past their retention, in the background; `None` (the default)
     /// keeps them for ever.
     pub retention: Option<Retention>,
+    /// Whether this worker starts the workflows of schedules whose time has come (true by
+    /// default). Any number of workers may; each fire still starts at most one workflow.
+    pub schedules: bool,
     /// Seeds every random choice the worker makes (the entropy each workflow activation gets,
     /// retry jitter), for deterministic simulation; `None` (the default) draws from the
     /// operating system.
@@ -160,6 +163,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("max_deliveries", &self.max_deliveries)
             .field("limits", &self.limits)
             .field("retention", &self.retention)
+            .field("schedules", &self.schedules)
             .field("random_seed", &self.random_seed)
             .field("telemetry", &self.telemetry.is_some())
             .finish_non_exhaustive()
@@ -185,6 +189,7 @@ impl Default for WorkerConfig {
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
             retention: None,
+            schedules: true,
             random_seed: None,
             telemetry: None,
         }

@@ -11,6 +11,7 @@ mod config;
 mod lease;
 mod metrics;
 mod retention;
+mod schedules;
 mod workflow_task;
 
 use std::collections::BTreeMap;
@@ -212,6 +213,9 @@ impl Worker {
                 .clone()
                 .claim_loop(Kind::Activity, stop_rx.clone()),
         );
+        if self.shared.config.schedules {
+            loops.spawn(self.shared.clone().schedule_loop(stop_rx.clone()));
+        }
         if let Some(r) = self.shared.config.retention.clone() {
             loops.spawn(self.shared.clone().retention_loop(r, stop_rx));
         }
