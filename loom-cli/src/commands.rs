@@ -54,12 +54,18 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
         )
     {
         return Err(Fail::usage(
-            "init, worker, server, demo and bench run here, on the database (--db), not \
-             through --server",
+            "init, worker, server, schedule, demo and bench run here, on the database (--db), \
+             not through --server",
         ));
     }
     match cli.command {
         Command::Init => init(&url, json).await,
+        Command::Schedule { command } => {
+            let open = async |missing: Missing| -> Result<Client, Fail> {
+                Ok(Client::new(db::open(&url, missing, false).await?))
+            };
+            crate::schedule::run(command, open, &registry, json).await
+        }
         Command::Workflows => match &remote {
             Some(r) => r.types(json).await,
             None => workflows(&registry, json),
@@ -521,7 +527,7 @@ async fn server(
 }
 
 /// `--tag key=value` of `loom start`.
-fn parse_tag(text: &str) -> Result<(String, loom_core::TagValue), Fail> {
+pub(crate) fn parse_tag(text: &str) -> Result<(String, loom_core::TagValue), Fail> {
     let Some((key, value)) = text.split_once('=') else {
         return Err(Fail::usage(format!(
             "--tag {text:?} is not key=value (say --tag customer=42)"

@@ -33,6 +33,7 @@ mod otel;
 mod remote;
 mod render;
 mod replay;
+mod schedule;
 
 use std::process::ExitCode;
 
@@ -498,6 +499,11 @@ pub(crate) enum Command {
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
     },
+    /// Schedules: start workflows on cron expressions and intervals, each fire time once.
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
+    },
     /// Start a batch of the example workflows, run them with an in-process worker, and
     /// report what happened.
     Demo {
@@ -535,6 +541,8 @@ impl Fail {
         let message = sentence(&e);
         match e {
             StorageError::NotFound(_)
+            | StorageError::ScheduleNotFound(_)
+            | StorageError::ScheduleExists(_)
             | StorageError::AlreadyExists { .. }
             | StorageError::InvalidArgument(_)
             | StorageError::Incompatible(_)

@@ -58,14 +58,11 @@ fn invalid(message: String) -> ClientError {
     ClientError::Storage(StorageError::InvalidArgument(message))
 }
 
-impl Client {
-    /// Checks a definition against `registry` and the limits: the spec parses, the workflow
+impl ScheduleDefinition {
+    /// Checks the definition against `registry` and `limits`: the spec parses, the workflow
     /// type (and version) is registered, and the input fits it.
-    fn check_definition(
-        &self,
-        registry: &Registry,
-        def: &ScheduleDefinition,
-    ) -> Result<(), ClientError> {
+    pub fn check(&self, registry: &Registry, limits: &crate::Limits) -> Result<(), ClientError> {
+        let def = self;
         def.spec.calendar().map_err(invalid)?;
         def.action.check().map_err(invalid)?;
         let name = &def.action.workflow;
@@ -85,14 +82,16 @@ impl Client {
                     }
                 })?,
             };
-        self.limits()
+        limits
             .check_payload("the input", def.action.input.encoded_len())
             .map_err(ClientError::Payload)?;
         workflow.check_input(&def.action.input).map_err(|e| {
             ClientError::Payload(format!("the input does not fit workflow {name}: {e}"))
         })
     }
+}
 
+impl Client {
     /// Creates a schedule: checked against `registry` (the type it starts, its input), stored
     /// with its first fire due after the store's now, or refused (`ScheduleExists` for a
     /// taken id) with nothing written.
@@ -103,7 +102,7 @@ impl Client {
         def: ScheduleDefinition,
         paused: bool,
     ) -> Result<Schedule, ClientError> {
-        self.check_definition(registry, &def)?;
+        def.check(registry, &self.limits())?;
         let now = self.storage().now().await?;
         let mut schedule =
             Schedule::new(id, def.spec, def.action, def.policy, paused, now).map_err(invalid)?;
@@ -222,7 +221,7 @@ impl Client {
         id: &str,
         def: ScheduleDefinition,
     ) -> Result<Schedule, ClientError> {
-        self.check_definition(registry, &def)?;
+        def.check(registry, &self.limits())?;
         self.change_schedule(id, |s, now| {
             s.update(def.spec.clone(), def.action.clone(), def.policy, now)
         })

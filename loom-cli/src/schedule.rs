@@ -1,0 +1,527 @@
+//! `loom schedule ...`: create, list, describe, update, pause, unpause, trigger, backfill and
+//! delete schedules. Each is checked before the database is touched where it can be (specs,
+//! time zones, the workflow type and its input), so bad input exits 2 with nothing written.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use loom_core::{Payload, Registry, Timestamp};
+use loom_storage::schedule::{
+    FireSource, IntervalSpec, Outcome, Overlap, Schedule, ScheduleAction, SchedulePolicy,
+    ScheduleSpec,
+};
+use loom_worker::{Client, ScheduleDefinition, ScheduleDescription};
+use serde_json::json;
+
+use crate::db::Missing;
+use crate::{Fail, render};
+
+/// What `loom schedule` does.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// Create a schedule: it starts a workflow at each fire time of its cron expressions and
+    /// intervals, once per fire time whatever the number of workers (`loom worker` runs it).
+    Create {
+        /// The schedule's id.
+        id: String,
+        #[command(flatten)]
+        def: DefinitionArgs,
+        /// Create it paused (`loom schedule unpause` lets it fire).
+        #[arg(long)]
+        paused: bool,
+    },
+    /// List the schedules, by id.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Those after this id (for the next page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// A schedule: its spec and policies, its next ten fire times, the workflows it started
+    /// that still run, its last actions and their workflows' results, and its missed fires.
+    Describe {
+        /// The schedule's id.
+        id: String,
+    },
+    /// Change a schedule: the options given replace what it had (a `--cron` or
+    /// `--interval` replaces all of its cron expressions and intervals); fires of the new
+    /// spec are taken from now on.
+    Update {
+        /// The schedule's id.
+        id: String,
+        #[command(flatten)]
+        def: DefinitionArgs,
+    },
+    /// Pause a schedule: its fire times pass without starting anything until it is unpaused.
+    Pause {
+        /// The schedule's id.
+        id: String,
+        /// Why, and who (shown by `describe`).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Let a paused schedule fire again, from now on.
+    Unpause {
+        /// The schedule's id.
+        id: String,
+        /// A note.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Fire a schedule now, under its overlap policy (a worker starts it within its poll
+    /// interval).
+    Trigger {
+        /// The schedule's id.
+        id: String,
+    },
+    /// Run a schedule's fire times in a past range, under its overlap policy and whatever its
+    /// catch-up window; fire times that already started a workflow start nothing.
+    Backfill {
+        /// The schedule's id.
+        id: String,
+        /// The first time (RFC 3339, such as 2024-03-01T00:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// The last time (RFC 3339).
+        #[arg(long)]
+        to: String,
+    },
+    /// Delete a schedule (the workflows it started are left as they are).
+    Delete {
+        /// The schedule's id.
+        id: String,
+    },
+}
+
+/// The parts of a schedule, as options.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct DefinitionArgs {
+    /// The workflow type it starts (required to create).
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Its input, as JSON.
+    #[arg(long)]
+    input: Option<String>,
+    /// Its version (the newest the firing worker knows, if not given).
+    #[arg(long)]
+    version: Option<u32>,
+    /// A cron expression: five fields, or six with seconds first (`0 30 2 * * *`); names of
+    /// days and months, L, W and # are understood. Repeat for several.
+    #[arg(long)]
+    cron: Vec<String>,
+    /// The IANA time zone of the cron expressions (UTC if not given).
+    #[arg(long)]
+    tz: Option<String>,
+    /// An interval from the Unix epoch, with an optional offset: `1h`, `1h/5m` (at five past
+    /// each hour, UTC). Repeat for several.
+    #[arg(long)]
+    interval: Vec<String>,
+    /// No fire before this time (RFC 3339).
+    #[arg(long)]
+    start: Option<String>,
+    /// No fire after this time (RFC 3339).
+    #[arg(long)]
+    end: Option<String>,
+    /// Delay each fire by up to this much (`30s`): the same delay for the same fire on every
+    /// worker, never past the next fire.
+    #[arg(long)]
+    jitter: Option<String>,
+    /// What a fire does while a workflow this schedule started still runs: skip,
+    /// buffer-one, buffer-all, allow-all, cancel-other, terminate-other.
+    #[arg(long)]
+    overlap: Option<String>,
+    /// How old a fire missed while no worker ran may be and still be taken (`1h`, `30days`);
+    /// older ones are recorded as missed. A year if not given.
+    #[arg(long)]
+    catchup_window: Option<String>,
+    /// The started workflows' ids: `{schedule}` and `{time}` (the fire time, RFC 3339 in UTC)
+    /// are replaced; `{time}` is required. `{schedule}-{time}` if not given.
+    #[arg(long)]
+    id_pattern: Option<String>,
+    /// A tag each started workflow carries, `key=value`. Repeat for several.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
+fn time_arg(flag: &str, text: &str) -> Result<Timestamp, Fail> {
+    let ts: jiff::Timestamp = text.parse().map_err(|e| {
+        Fail::usage(format!(
+            "{flag} {text:?} is not an RFC 3339 time such as 2024-03-01T00:00:00Z ({e})"
+        ))
+    })?;
+    Ok(Timestamp::from_millis(ts.as_millisecond()))
+}
+
+fn duration_arg(flag: &str, text: &str) -> Result<Duration, Fail> {
+    humantime::parse_duration(text).map_err(|e| {
+        Fail::usage(format!(
+            "{flag} {text:?} is not a duration such as 90s or 1h ({e})"
+        ))
+    })
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl DefinitionArgs {
+    /// The definition these options give over `base` (a create's defaults, or what the
+    /// schedule has).
+    fn over(self, mut def: ScheduleDefinition) -> Result<ScheduleDefinition, Fail> {
+        if let Some(w) = self.workflow {
+            def.action.workflow = w;
+        }
+        if let Some(input) = self.input {
+            def.action.input = Payload::parse(&input)
+                .map_err(|e| Fail::usage(format!("--input is not valid JSON ({e})")))?;
+        }
+        if self.version.is_some() {
+            def.action.version = self.version;
+        }
+        if !self.cron.is_empty() || !self.interval.is_empty() {
+            def.spec.cron = self.cron;
+            def.spec.intervals = self
+                .interval
+                .iter()
+                .map(|text| {
+                    let (every, offset) = match text.split_once('/') {
+                        Some((e, o)) => (e, Some(o)),
+                        None => (text.as_str(), None),
+                    };
+                    Ok(IntervalSpec {
+                        every_ms: ms(duration_arg("--interval", every)?),
+                        offset_ms: offset
+                            .map(|o| duration_arg("--interval", o))
+                            .transpose()?
+                            .map_or(0, ms),
+                    })
+                })
+                .collect::<Result<_, Fail>>()?;
+        }
+        if let Some(tz) = self.tz {
+            def.spec.timezone = tz;
+        }
+        if let Some(s) = self.start {
+            def.spec.start_at = Some(time_arg("--start", &s)?);
+        }
+        if let Some(e) = self.end {
+            def.spec.end_at = Some(time_arg("--end", &e)?);
+        }
+        if let Some(j) = self.jitter {
+            def.spec.jitter_ms = ms(duration_arg("--jitter", &j)?);
+        }
+        if let Some(o) = self.overlap {
+            def.policy.overlap = o
+                .parse::<Overlap>()
+                .map_err(|e| Fail::usage(format!("--overlap: {e}")))?;
+        }
+        if let Some(w) = self.catchup_window {
+            def.policy.catchup_window_ms = ms(duration_arg("--catchup-window", &w)?);
+        }
+        if let Some(p) = self.id_pattern {
+            def.action.id_pattern = p;
+        }
+        if !self.tags.is_empty() {
+            def.action.tags = self
+                .tags
+                .iter()
+                .map(|t| crate::commands::parse_tag(t))
+                .collect::<Result<_, Fail>>()?;
+        }
+        // The spec and action on their own, so that their errors name what is wrong before
+        // anything is read or written.
+        def.spec.calendar().map_err(Fail::usage)?;
+        def.action.check().map_err(Fail::usage)?;
+        Ok(def)
+    }
+}
+
+/// Runs one `loom schedule` command on `client`.
+/// Runs one `loom schedule` command, opening the database with `open` once its arguments
+/// are known to be good (a create may create it; the others need it to exist).
+pub(crate) async fn run(
+    command: ScheduleCommand,
+    open: impl AsyncFn(Missing) -> Result<Client, Fail>,
+    registry: &Registry,
+    json: bool,
+) -> Result<ExitCode, Fail> {
+    let fail = Fail::from_client;
+    if let ScheduleCommand::Create { def, .. } = &command {
+        // The type and input against this binary's registry, as `start` does.
+        if let Some(w) = &def.workflow
+            && registry.workflow(w).is_none()
+        {
+            let known: Vec<&str> = registry.workflow_names().collect();
+            return Err(Fail::usage(format!(
+                "unknown workflow {w:?}; this loom knows: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    match command {
+        ScheduleCommand::Create { id, def, paused } => {
+            if def.workflow.is_none() {
+                return Err(Fail::usage("--workflow is required to create a schedule"));
+            }
+            if def.cron.is_empty() && def.interval.is_empty() {
+                return Err(Fail::usage(
+                    "a schedule needs at least one --cron or --interval",
+                ));
+            }
+            let base = ScheduleDefinition {
+                spec: ScheduleSpec::default(),
+                action: ScheduleAction {
+                    workflow: String::new(),
+                    version: None,
+                    input: Payload::NULL,
+                    id_pattern: loom_storage::schedule::DEFAULT_ID_PATTERN.into(),
+                    tags: loom_core::Tags::new(),
+                },
+                policy: SchedulePolicy::default(),
+            };
+            let def = def.over(base)?;
+            def.check(registry, &loom_worker::Limits::default())
+                .map_err(fail)?;
+            let client = open(Missing::Create).await?;
+            let s = client
+                .create_schedule(registry, &id, def, paused)
+                .await
+                .map_err(fail)?;
+            done(&s, "Created", json)
+        }
+        ScheduleCommand::Update { id, def } => {
+            let client = open(Missing::Refuse).await?;
+            let current = client.schedule(&id).await.map_err(fail)?;
+            let def = def.over(ScheduleDefinition {
+                spec: current.spec,
+                action: current.action,
+                policy: current.policy,
+            })?;
+            let s = client
+                .update_schedule(registry, &id, def)
+                .await
+                .map_err(fail)?;
+            done(&s, "Updated", json)
+        }
+        ScheduleCommand::List { limit, after } => {
+            let client = open(Missing::Refuse).await?;
+            let list = client
+                .schedules(after.as_deref(), limit)
+                .await
+                .map_err(fail)?;
+            if json {
+                render::json(&json!({ "schedules": list }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if list.is_empty() {
+                println!("No schedules.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = render::table(&[
+                "ID", "WORKFLOW", "WHEN", "OVERLAP", "STATE", "NEXT", "STARTED", "MISSED",
+            ]);
+            for s in &list {
+                table.add_row(vec![
+                    s.id.clone(),
+                    s.action.workflow.clone(),
+                    spec_text(&s.spec),
+                    s.policy.overlap.to_string(),
+                    if s.paused { "paused" } else { "active" }.to_owned(),
+                    s.wake_at.map_or_else(|| "-".to_owned(), render::time),
+                    s.state.counts.started.to_string(),
+                    s.state.counts.missed.to_string(),
+                ]);
+            }
+            println!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ScheduleCommand::Describe { id } => {
+            let client = open(Missing::Refuse).await?;
+            let d = client.describe_schedule(&id).await.map_err(fail)?;
+            if json {
+                render::json(&d)?;
+            } else {
+                describe_text(&d);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ScheduleCommand::Pause { id, note } => {
+            let client = open(Missing::Refuse).await?;
+            let s = client.pause_schedule(&id, &note).await.map_err(fail)?;
+            done(&s, "Paused", json)
+        }
+        ScheduleCommand::Unpause { id, note } => {
+            let client = open(Missing::Refuse).await?;
+            let s = client.unpause_schedule(&id, &note).await.map_err(fail)?;
+            done(&s, "Unpaused", json)
+        }
+        ScheduleCommand::Trigger { id } => {
+            let client = open(Missing::Refuse).await?;
+            let s = client.trigger_schedule(&id).await.map_err(fail)?;
+            done(&s, "Triggered", json)
+        }
+        ScheduleCommand::Backfill { id, from, to } => {
+            let from = time_arg("--from", &from)?;
+            let to = time_arg("--to", &to)?;
+            if to < from {
+                return Err(Fail::usage("--to is before --from"));
+            }
+            let client = open(Missing::Refuse).await?;
+            let s = client
+                .backfill_schedule(&id, from, to)
+                .await
+                .map_err(fail)?;
+            done(&s, "Asked a backfill of", json)
+        }
+        ScheduleCommand::Delete { id } => {
+            let client = open(Missing::Refuse).await?;
+            client.delete_schedule(&id).await.map_err(fail)?;
+            if json {
+                render::json(&json!({ "id": id, "deleted": true }))?;
+            } else {
+                println!("Deleted schedule {id}.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// What a change answers: the schedule as written.
+fn done(s: &Schedule, what: &str, json: bool) -> Result<ExitCode, Fail> {
+    if json {
+        render::json(s)?;
+    } else {
+        let next = match s.wake_at {
+            Some(t) if !s.paused => format!("; next look at {}", render::time(t)),
+            _ if s.paused => "; paused".to_owned(),
+            _ => "; no fire to come".to_owned(),
+        };
+        println!("{what} schedule {}{next}.", s.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A catch-up window for people: whole days as days, the rest as `render::duration` says.
+fn window_text(ms: u64) -> String {
+    const DAY: u64 = 86_400_000;
+    if ms >= DAY && ms % DAY == 0 {
+        let days = ms / DAY;
+        format!("{days} day{}", if days == 1 { "" } else { "s" })
+    } else {
+        render::duration(Duration::from_millis(ms))
+    }
+}
+
+fn spec_text(spec: &ScheduleSpec) -> String {
+    let mut parts: Vec<String> = spec
+        .cron
+        .iter()
+        .map(|c| format!("cron {c:?} {}", spec.timezone))
+        .collect();
+    for i in &spec.intervals {
+        let every = render::duration(Duration::from_millis(i.every_ms));
+        if i.offset_ms == 0 {
+            parts.push(format!("every {every}"));
+        } else {
+            let offset = render::duration(Duration::from_millis(i.offset_ms));
+            parts.push(format!("every {every} +{offset}"));
+        }
+    }
+    parts.join(", ")
+}
+
+fn describe_text(d: &ScheduleDescription) {
+    let s = &d.schedule;
+    let line = |k: &str, v: String| println!("{k:>10}  {v}");
+    line("schedule", s.id.clone());
+    line("workflow", {
+        let version = s
+            .action
+            .version
+            .map_or_else(String::new, |v| format!(" v{v}"));
+        format!(
+            "{}{version}, input {}",
+            s.action.workflow,
+            render::payload(&s.action.input, 120)
+        )
+    });
+    line("ids", s.action.id_pattern.clone());
+    line("when", spec_text(&s.spec));
+    if let Some(t) = s.spec.start_at {
+        line("from", render::time(t));
+    }
+    if let Some(t) = s.spec.end_at {
+        line("until", render::time(t));
+    }
+    if s.spec.jitter_ms > 0 {
+        line(
+            "jitter",
+            render::duration(Duration::from_millis(s.spec.jitter_ms)),
+        );
+    }
+    line(
+        "policy",
+        format!(
+            "overlap {}, catch up fires missed within {}",
+            s.policy.overlap,
+            window_text(s.policy.catchup_window_ms)
+        ),
+    );
+    line(
+        "state",
+        if s.paused {
+            format!("paused {}", s.note)
+        } else {
+            "active".to_owned()
+        },
+    );
+    let c = &s.state.counts;
+    line(
+        "counts",
+        format!(
+            "{} started, {} skipped, {} missed, {} already started, {} cancelled, {} terminated",
+            c.started, c.skipped, c.missed, c.already_started, c.cancelled, c.terminated
+        ),
+    );
+    for t in &d.upcoming {
+        line("next", render::time(*t));
+    }
+    for w in &d.running {
+        line(
+            "running",
+            format!("{} since {}", w.id, render::time(w.created_at)),
+        );
+    }
+    for f in &s.state.buffer {
+        line("buffered", render::time(f.nominal));
+    }
+    for r in &d.recent {
+        let what = match &r.action.outcome {
+            Outcome::Started { workflow } => format!(
+                "started {workflow} ({})",
+                r.status
+                    .map_or_else(|| "purged".to_owned(), |s| s.to_string())
+            ),
+            Outcome::AlreadyStarted { workflow } => format!("{workflow} existed already"),
+            Outcome::Skipped => "skipped (overlap policy)".to_owned(),
+            Outcome::Missed => "missed (older than the catch-up window)".to_owned(),
+        };
+        line(
+            "fired",
+            format!(
+                "{} ({}): {what}",
+                render::time(r.action.fire.nominal),
+                match r.action.fire.source {
+                    FireSource::Scheduled => "scheduled",
+                    FireSource::Trigger => "triggered",
+                    FireSource::Backfill => "backfilled",
+                }
+            ),
+        );
+    }
+    for t in &s.state.missed {
+        line("missed", render::time(*t));
+    }
+}
