@@ -542,6 +542,152 @@ pub(crate) async fn bench(
 
 /// Starts a workflow of type `W` with `input` under each id, a chunk at a time; `done` hears
 /// how many have started after each chunk.
+/// `loom bench --schedules N`: N schedules firing every second for `duration`, run by this
+/// process's worker (and `processes - 1` helpers); reports each fire's lateness, from its
+/// nominal time to its workflow's creation by the store's clock, and refuses to report unless
+/// every schedule started one workflow for each second it ran, none twice, none skipped.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn schedules(
+    store: Arc<dyn Storage>,
+    mut registry: Registry,
+    url: &str,
+    raw_url: &str,
+    n: usize,
+    duration: Duration,
+    processes: usize,
+    json: bool,
+) -> Result<std::process::ExitCode, Fail> {
+    use loom_storage::schedule::{
+        Overlap, ScheduleAction, SchedulePolicy, ScheduleSpec, TAG_SCHEDULE, TAG_SCHEDULED_AT,
+    };
+    register(&mut registry)?;
+    let config = WorkerConfig {
+        poll_interval: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let run = format!("bench-{}", micros());
+    let worker = Worker::with_config(store.clone(), registry.clone(), config);
+    let client = worker.client();
+    let input = ChainInput {
+        activities: 1,
+        payload: String::new(),
+    };
+    let ids: Vec<String> = (0..n).map(|i| format!("{run}-s{i}")).collect();
+    for id in &ids {
+        let def = loom_worker::ScheduleDefinition {
+            spec: ScheduleSpec {
+                cron: vec!["* * * * * *".into()],
+                ..ScheduleSpec::default()
+            },
+            action: ScheduleAction {
+                workflow: BenchChain::NAME.into(),
+                version: None,
+                input: loom_core::Payload::encode(&input)
+                    .map_err(|e| Fail::failed(format!("cannot encode the input: {e}")))?,
+                id_pattern: "{schedule}-{time}".into(),
+                tags: loom_core::Tags::new(),
+            },
+            policy: SchedulePolicy {
+                overlap: Overlap::AllowAll,
+                catchup_window_ms: 60_000,
+            },
+        };
+        client
+            .create_schedule(&registry, id, def, false)
+            .await
+            .map_err(Fail::from_client)?;
+    }
+    let (stop, running) = spawn_worker(&worker);
+    let mut helpers = Helpers::start(processes - 1, raw_url, 16)?;
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        helpers.check()?;
+    }
+    // Stop firing, then let the last fires' workflows be created before reading.
+    for id in &ids {
+        client
+            .pause_schedule(id, "bench done")
+            .await
+            .map_err(Fail::from_client)?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(helpers);
+    let _ = stop.send(());
+    let _ = running.await;
+    let mut late_ms = Vec::new();
+    let mut problems = Vec::new();
+    for id in &ids {
+        let schedule = client.schedule(id).await.map_err(Fail::from_client)?;
+        let mut query = ListQuery {
+            limit: 100_000,
+            ..ListQuery::default()
+        };
+        query.tags.push(
+            loom_storage::TagFilter::parse(&format!("{TAG_SCHEDULE}={id}"))
+                .map_err(Fail::failed)?,
+        );
+        let page = store.list(&query).await.map_err(Fail::from_storage)?;
+        let mut nominal = Vec::new();
+        for w in &page.items {
+            if let Some(loom_core::TagValue::Time(t)) = w.tags.get(TAG_SCHEDULED_AT) {
+                nominal.push(t.as_millis());
+                late_ms.push((w.created_at.as_millis() - t.as_millis()) as f64);
+            }
+        }
+        nominal.sort_unstable();
+        let started = schedule.state.counts.started;
+        if nominal.len() as u64 != started
+            || nominal.windows(2).any(|w| w[1] - w[0] != 1_000)
+            || schedule.state.counts.missed > 0
+        {
+            problems.push(format!(
+                "{id}: {started} counted, {} workflows, {} missed, seconds {:?}",
+                nominal.len(),
+                schedule.state.counts.missed,
+                nominal
+            ));
+        }
+        client
+            .delete_schedule(id)
+            .await
+            .map_err(Fail::from_client)?;
+    }
+    if !problems.is_empty() {
+        return Err(Fail::failed(format!(
+            "schedules did not start each fire exactly once: {}",
+            problems.join("; ")
+        )));
+    }
+    let fires = late_ms.len();
+    let lateness = summarize(late_ms);
+    if json {
+        render::json(&json!({
+            "db": url,
+            "schedules": n,
+            "seconds": duration.as_secs_f64(),
+            "processes": processes,
+            "fires": fires,
+            "each_fire_started_once": true,
+            "lateness_ms": lateness,
+        }))?;
+    } else {
+        println!(
+            "{n} schedules firing every second for {} on {url} ({processes} process{}): {fires} fires, each started exactly once",
+            render::duration(duration),
+            if processes == 1 { "" } else { "es" }
+        );
+        println!(
+            "lateness from nominal time to workflow start: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lateness["p50"].as_f64().unwrap_or(f64::NAN),
+            lateness["p95"].as_f64().unwrap_or(f64::NAN),
+            lateness["p99"].as_f64().unwrap_or(f64::NAN),
+            lateness["max"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 async fn start_all<W: Workflow>(
     client: &Client,
     ids: &[WorkflowId],

@@ -354,7 +354,31 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             idle,
             metrics,
             otlp,
+            schedules,
+            duration,
         } => {
+            if let Some(n) = schedules {
+                let duration = humantime::parse_duration(&duration).map_err(|e| {
+                    Fail::usage(format!("--duration {duration:?} is not a duration ({e})"))
+                })?;
+                if n == 0 || duration < Duration::from_secs(2) {
+                    return Err(Fail::usage(
+                        "--schedules needs at least one schedule and a --duration of 2s or more",
+                    ));
+                }
+                let store = db::open_for_work(&url, Missing::Create).await?;
+                return crate::bench::schedules(
+                    store,
+                    registry,
+                    &url.display(),
+                    &cli.db,
+                    n,
+                    duration,
+                    processes.max(1),
+                    json,
+                )
+                .await;
+            }
             let otel = match otlp.as_deref() {
                 Some(url) => {
                     use tracing_subscriber::layer::SubscriberExt;

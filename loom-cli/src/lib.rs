@@ -498,6 +498,14 @@ pub(crate) enum Command {
         /// what tracing costs.
         #[arg(long, value_name = "URL")]
         otlp: Option<String>,
+        /// Measure schedules instead: this many schedules firing every second for
+        /// `--duration`, each fire's lateness from its nominal time to its workflow's start,
+        /// and that every fire started exactly once.
+        #[arg(long, value_name = "N")]
+        schedules: Option<usize>,
+        /// How long the schedules run (with `--schedules`).
+        #[arg(long, default_value = "20s", requires = "schedules")]
+        duration: String,
     },
     /// Schedules: start workflows on cron expressions and intervals, each fire time once.
     Schedule {

@@ -66,16 +66,6 @@ impl PostgresStorage {
         Ok(Timestamp::from_millis(now))
     }
 
-    fn schedule_rows(rows: &[PgRow]) -> Result<Vec<loom_storage::Schedule>> {
-        rows.iter()
-            .map(|r| {
-                let id: String = r.get(0);
-                let body: String = r.get(1);
-                decode(&body, || format!("schedule {id:?}"))
-            })
-            .collect()
-    }
-
     pub(crate) async fn fetch_schedules(
         &self,
         id: Option<&str>,
@@ -93,31 +83,53 @@ impl PostgresStorage {
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        Self::schedule_rows(&rows)
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let body: String = r.get(1);
+                decode(&body, || format!("schedule {id:?}"))
+            })
+            .collect()
     }
 
     pub(crate) async fn fetch_due_schedules(
         &self,
         limit: usize,
     ) -> Result<loom_storage::DueSchedules> {
-        let now = self.fetch_now().await?;
+        // One statement: the clock, the due schedules (none: one row of NULLs), and the next
+        // wake after them.
         let rows = sqlx::query(
-            "SELECT id, body FROM schedules WHERE wake_at <= $1 ORDER BY wake_at, id LIMIT $2",
+            "WITH n AS (SELECT loom_now_ms() AS now)
+             SELECT n.now, d.id, d.body,
+                    (SELECT MIN(wake_at) FROM schedules WHERE wake_at > n.now)
+             FROM n LEFT JOIN LATERAL (
+                 SELECT id, body FROM schedules WHERE wake_at <= n.now
+                 ORDER BY wake_at, id LIMIT $1
+             ) d ON true",
         )
-        .bind(now.as_millis())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(sql_err)?;
-        let next: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(wake_at) FROM schedules WHERE wake_at > $1")
-                .bind(now.as_millis())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(sql_err)?;
+        let Some(first) = rows.first() else {
+            return Err(StorageError::Unavailable {
+                message: "reading the due schedules answered no row".into(),
+                source: None,
+            });
+        };
+        let now = Timestamp::from_millis(first.get(0));
+        let next: Option<i64> = first.get(3);
+        let mut due = Vec::new();
+        for r in &rows {
+            let id: Option<String> = r.get(1);
+            let body: Option<String> = r.get(2);
+            if let (Some(id), Some(body)) = (id, body) {
+                due.push(decode(&body, || format!("schedule {id:?}"))?);
+            }
+        }
         Ok(loom_storage::DueSchedules {
             now,
-            due: Self::schedule_rows(&rows)?,
+            due,
             next: next.map(Timestamp::from_millis),
         })
     }

@@ -291,8 +291,22 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Creates a schedule of the registered types (see
+    /// [`Client::create_schedule`](loom_worker::Client::create_schedule)); the worker fires it
+    /// as [`advance`](Self::advance) moves the clock past its fire times.
+    pub async fn schedule(
+        &mut self,
+        id: &str,
+        def: loom_worker::ScheduleDefinition,
+    ) -> Result<loom_storage::Schedule, TestError> {
+        let client = self.ensure_running().clone();
+        Ok(client
+            .create_schedule(&self.registry, id, def, false)
+            .await?)
+    }
+
     /// Moves the virtual clock `by` forward, running everything that becomes due on the way
-    /// (timers, retries, scheduled signals), in time order.
+    /// (timers, retries, scheduled signals, schedules' fires), in time order.
     pub async fn advance(&mut self, by: Duration) -> Result<(), TestError> {
         let until = self.now().saturating_add(by);
         loop {
@@ -411,19 +425,30 @@ impl TestEnv {
                     && s.workflow_tasks_running == 0
                     && s.activity_tasks_ready == 0
                     && s.activity_tasks_running == 0
-            });
+            }) && self
+                .store
+                .due_schedules(1)
+                .await
+                .is_ok_and(|d| d.due.is_empty());
             quiet = if idle { quiet + 1 } else { 0 };
         }
     }
 
-    /// The next time something is due: a task or message of the store, or a scheduled signal.
+    /// The next time something is due: a task or message of the store, a schedule's fire,
+    /// or a scheduled signal.
     async fn next_due(&mut self) -> Result<Option<Timestamp>, TestError> {
         let stats = self.store.stats().await.map_err(ClientError::from)?;
+        let schedule = self
+            .store
+            .due_schedules(1)
+            .await
+            .map_err(ClientError::from)?
+            .next;
         let signal = self.scheduled.first().map(|s| s.at);
-        Ok(match (stats.next_due_at, signal) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok([stats.next_due_at, schedule, signal]
+            .into_iter()
+            .flatten()
+            .min())
     }
 
     /// Sends the scheduled signals whose time has come (one for a workflow that has ended is

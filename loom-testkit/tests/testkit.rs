@@ -221,3 +221,63 @@ async fn exported_histories_replay_against_the_current_code() {
     let err = loom_testkit::replay_exported(&other, &file).expect_err("another program");
     assert!(err.to_string().contains("trial-x.json"), "{err}");
 }
+
+/// Says hello to whoever its schedule names.
+struct Hello;
+impl Workflow for Hello {
+    const NAME: &'static str = "Hello";
+    type Input = String;
+    type State = ();
+    type Output = String;
+    async fn run(ctx: WorkflowContext<Self>) -> Result<String, WorkflowError> {
+        Ok(format!("hello {}", ctx.input()))
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_fires_as_the_clock_is_advanced() {
+    use loom_storage::schedule::{ScheduleAction, SchedulePolicy, ScheduleSpec, TAG_SCHEDULE};
+    let mut env = TestEnv::new();
+    env.workflow::<Hello>();
+    let def = loom_worker::ScheduleDefinition {
+        spec: ScheduleSpec {
+            cron: vec!["0 0 9 * * *".into()],
+            timezone: "Europe/Paris".into(),
+            ..ScheduleSpec::default()
+        },
+        action: ScheduleAction {
+            workflow: "Hello".into(),
+            version: None,
+            input: loom_core::Payload::encode(&"team").expect("json"),
+            id_pattern: "{schedule}-{time}".into(),
+            tags: Default::default(),
+        },
+        policy: SchedulePolicy::default(),
+    };
+    env.schedule("morning", def).await.expect("schedule");
+    env.advance(3 * DAY).await.expect("advance");
+    let mut query = loom_storage::ListQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    query
+        .tags
+        .push(loom_storage::TagFilter::parse(&format!("{TAG_SCHEDULE}=morning")).expect("filter"));
+    let page = env.storage().list(&query).await.expect("list");
+    let mut ids: Vec<String> = page.items.iter().map(|w| w.id.to_string()).collect();
+    ids.sort();
+    // 09:00 in Paris in January is 08:00 UTC; the clock starts at midnight UTC on 2026-01-01.
+    assert_eq!(
+        ids,
+        [
+            "morning-2026-01-01T08:00:00Z",
+            "morning-2026-01-02T08:00:00Z",
+            "morning-2026-01-03T08:00:00Z"
+        ]
+    );
+    assert!(
+        page.items
+            .iter()
+            .all(|w| w.status == loom_storage::WorkflowStatus::Completed)
+    );
+}
