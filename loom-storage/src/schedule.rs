@@ -709,18 +709,57 @@ impl Schedule {
         action.check()?;
         action.workflow_id(&self.id, now).check()?;
         let calendar = spec.calendar()?;
+        let folded = self.fold_due(now);
         self.spec = spec;
         self.action = action;
         self.policy = policy;
         self.state.processed = self.state.processed.max(now);
         self.updated_at = now;
-        self.wake_at = self.wake(&calendar, now, false);
+        self.wake_at = self.wake(&calendar, now, folded);
         Ok(())
+    }
+
+    /// The fires of the current spec already due at `now` that no tick has dealt with yet
+    /// (a worker is about to), moved to the buffer as they are, so that a change of spec or
+    /// a pause made after their time does not drop them: the next tick deals with them as
+    /// any other. Those already past the catch-up window are recorded as missed here.
+    /// Answers whether any was buffered.
+    fn fold_due(&mut self, now: Timestamp) -> bool {
+        if self.paused {
+            return false;
+        }
+        let Ok(calendar) = self.spec.calendar() else {
+            return false;
+        };
+        let window = Duration::from_millis(self.policy.catchup_window_ms);
+        let mut folded = false;
+        let mut t = self.state.processed;
+        while let Some(next) = calendar.next_after(t) {
+            if calendar.due_at(&self.id, next) > now || self.state.buffer.len() >= TICK_FIRES {
+                break;
+            }
+            let fire = Fire {
+                nominal: next,
+                source: FireSource::Scheduled,
+            };
+            if next.saturating_add(window) < now {
+                self.state.counts.missed += 1;
+                push_recent(&mut self.state.missed, next);
+                record(&mut self.state, now, fire, Outcome::Missed);
+            } else {
+                self.state.buffer.push(fire);
+                folded = true;
+            }
+            self.state.processed = next;
+            t = next;
+        }
+        folded
     }
 
     /// Pauses it (`true`) or lets it run again (`false`) at store time `now`, with a note.
     /// Fires of its spec that fall while it is paused are not taken.
     pub fn set_paused(&mut self, paused: bool, note: String, now: Timestamp) {
+        let folded = paused && self.fold_due(now);
         if !paused && self.paused {
             self.state.processed = self.state.processed.max(now);
         }
@@ -728,7 +767,7 @@ impl Schedule {
         self.note = note;
         self.updated_at = now;
         if let Ok(c) = self.spec.calendar() {
-            self.wake_at = self.wake(&c, now, false);
+            self.wake_at = self.wake(&c, now, folded);
         }
     }
 
@@ -1391,6 +1430,47 @@ mod tests {
         assert_eq!(s.wake_at, Some(at("2024-01-01T00:08:00Z")));
         let tick = s.tick(at("2024-01-01T00:08:00Z"), &BTreeMap::new());
         assert_eq!(tick.starts.len(), 1, "the fires while paused are not taken");
+    }
+
+    #[test]
+    fn a_fire_due_but_not_yet_ticked_survives_an_update_or_a_pause() {
+        let t0 = at("2024-01-01T00:00:30Z");
+        let mut s = every_minute(Overlap::AllowAll, HOUR, t0);
+        // 00:01 is due; before any worker ticks it, the spec changes to hourly.
+        let hourly = ScheduleSpec {
+            cron: vec!["0 0 * * * *".into()],
+            ..ScheduleSpec::default()
+        };
+        s.update(
+            hourly,
+            s.action.clone(),
+            s.policy,
+            at("2024-01-01T00:01:00.100Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.wake_at,
+            Some(at("2024-01-01T00:01:00.100Z")),
+            "looked at at once"
+        );
+        let tick = s.tick(at("2024-01-01T00:01:00.200Z"), &BTreeMap::new());
+        assert_eq!(tick.starts.len(), 1);
+        assert_eq!(tick.starts[0].1.nominal, at("2024-01-01T00:01:00Z"));
+        assert_eq!(
+            s.wake_at,
+            Some(at("2024-01-01T01:00:00Z")),
+            "the new spec from now on"
+        );
+
+        let mut s = every_minute(Overlap::AllowAll, HOUR, t0);
+        s.set_paused(true, "now".into(), at("2024-01-01T00:02:00.050Z"));
+        let tick = s.tick(at("2024-01-01T00:02:00.060Z"), &BTreeMap::new());
+        let nominal: Vec<_> = tick.starts.iter().map(|(_, f)| f.nominal).collect();
+        assert_eq!(
+            nominal,
+            [at("2024-01-01T00:01:00Z"), at("2024-01-01T00:02:00Z")]
+        );
+        assert_eq!(s.wake_at, None, "paused: nothing more");
     }
 
     #[test]
