@@ -1,8 +1,9 @@
 //! Databases written by an earlier release must open, migrate and finish their open
 //! workflows. `tests/fixtures` keeps one per backend, each written by the `loom` of the schema
-//! it names (SQLite schema 5, redb format 2, PostgreSQL schema 10), holding workflows in every
-//! state: ended, sleeping on a timer, waiting for a signal, never run. A release that changes
-//! a schema adds its own fixtures beside these and keeps these passing.
+//! it names (SQLite schemas 5 and 6, redb format 2, PostgreSQL schemas 10 and 12), holding
+//! workflows in every state: ended, sleeping on a timer, waiting for a signal, never run;
+//! those of SQLite schema 6 and PostgreSQL schema 12 also hold a paused schedule. A release
+//! that changes a schema adds its own fixtures beside these and keeps these passing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -83,6 +84,58 @@ fn finish_the_fixture(dir: &Path, db: &str, schema: Option<&str>) {
     assert_eq!(tagged["workflows"][0]["id"], "order-running");
 }
 
+/// The paused schedule of the fixtures that have one: it reads back as written, and, let go,
+/// starts its workflow, which a worker runs.
+fn the_schedule_fires_again(dir: &Path, db: &str, schema: Option<&str>) {
+    let run = |args: &[&str]| {
+        let mut cmd = loom(dir, db);
+        if let Some(schema) = schema {
+            cmd.env("LOOM_PG_SCHEMA", schema);
+        }
+        cmd.args(args);
+        cmd
+    };
+    let d = json(&mut run(&[
+        "schedule",
+        "describe",
+        "nightly-greeting",
+        "--json",
+    ]));
+    let s = &d["schedule"];
+    assert_eq!(s["paused"], true, "{d}");
+    assert_eq!(s["note"], "kept for the upgrade test");
+    assert_eq!(s["spec"]["cron"][0], "0 30 2 * * *");
+    assert_eq!(s["spec"]["timezone"], "America/New_York");
+    assert_eq!(s["policy"]["overlap"], "buffer_one");
+    assert_eq!(s["action"]["tags"]["team"]["text"], "ops");
+    run(&["schedule", "unpause", "nightly-greeting"])
+        .assert()
+        .success();
+    run(&["schedule", "trigger", "nightly-greeting"])
+        .assert()
+        .success();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        run(&["worker", "--exit-when-idle", "--poll-interval", "0.05"])
+            .timeout(Duration::from_secs(120))
+            .assert()
+            .success();
+        let listed = json(&mut run(&[
+            "list",
+            "--tag",
+            "loom.schedule=nightly-greeting",
+            "--json",
+        ]));
+        let done = listed["workflows"]
+            .as_array()
+            .is_some_and(|w| w.len() == 1 && w[0]["status"] == "completed");
+        if done {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+    }
+}
+
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -98,6 +151,16 @@ fn a_sqlite_file_of_schema_5_opens_and_finishes_its_workflows() {
 }
 
 #[test]
+fn a_sqlite_file_of_schema_6_opens_and_finishes_its_workflows_and_its_schedule_fires() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("old.db");
+    std::fs::copy(fixture("sqlite-schema-6.db"), &file).expect("copy the fixture");
+    let db = format!("sqlite://{}", file.display());
+    finish_the_fixture(dir.path(), &db, None);
+    the_schedule_fires_again(dir.path(), &db, None);
+}
+
+#[test]
 fn a_redb_file_of_format_2_opens_and_finishes_its_workflows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("old.redb");
@@ -105,18 +168,19 @@ fn a_redb_file_of_format_2_opens_and_finishes_its_workflows() {
     finish_the_fixture(dir.path(), &format!("redb://{}", file.display()), None);
 }
 
-#[test]
-fn a_postgres_dump_of_schema_10_restores_and_finishes_its_workflows() {
+/// Restores a PostgreSQL dump into a fresh schema: the URL and the schema, or `None` without
+/// a server.
+fn restore(dump: &str) -> Option<(String, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     if !rt.block_on(loom_postgres::testing::server_available()) {
-        return;
+        return None;
     }
     let url = loom_postgres::testing::url();
     let schema = loom_postgres::testing::fresh_schema();
-    let dump = std::fs::read_to_string(fixture("postgres-schema-10.sql"))
+    let dump = std::fs::read_to_string(fixture(dump))
         .expect("the dump")
         .replace("loom_fixture_schema", &schema);
     rt.block_on(async {
@@ -131,6 +195,24 @@ fn a_postgres_dump_of_schema_10_restores_and_finishes_its_workflows() {
             .expect("restore the dump");
         pool.close().await;
     });
+    Some((url, schema))
+}
+
+#[test]
+fn a_postgres_dump_of_schema_10_restores_and_finishes_its_workflows() {
+    let Some((url, schema)) = restore("postgres-schema-10.sql") else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     finish_the_fixture(dir.path(), &url, Some(&schema));
+}
+
+#[test]
+fn a_postgres_dump_of_schema_12_restores_finishes_its_workflows_and_its_schedule_fires() {
+    let Some((url, schema)) = restore("postgres-schema-12.sql") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    finish_the_fixture(dir.path(), &url, Some(&schema));
+    the_schedule_fires_again(dir.path(), &url, Some(&schema));
 }

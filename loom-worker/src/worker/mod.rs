@@ -233,7 +233,8 @@ impl Worker {
         Ok(self.shared.metrics.snapshot())
     }
 
-    /// Runs until no task is ready, running, or due within `horizon`: for scripts and tests.
+    /// Runs until no task is ready, running, or due within `horizon`, and no schedule is due
+    /// or fires within it: for scripts and tests.
     pub async fn run_until_idle(&self, horizon: Duration) -> Result<MetricsSnapshot, WorkerError> {
         let shared = self.shared.clone();
         let idle = async move {
@@ -315,11 +316,19 @@ impl Shared {
             return false;
         };
         let soon = stats.at.saturating_add(horizon);
-        stats.workflow_tasks_ready == 0
+        let tasks_idle = stats.workflow_tasks_ready == 0
             && stats.activity_tasks_ready == 0
             && stats.workflow_tasks_running == 0
             && stats.activity_tasks_running == 0
-            && stats.next_due_at.is_none_or(|t| t > soon)
+            && stats.next_due_at.is_none_or(|t| t > soon);
+        if !tasks_idle || !self.config.schedules {
+            return tasks_idle;
+        }
+        // A schedule due now, or firing within the horizon, is work too.
+        match self.storage.due_schedules(1).await {
+            Ok(due) => due.due.is_empty() && due.next.is_none_or(|t| t > soon),
+            Err(_) => false,
+        }
     }
 
     pub(super) fn claim_request(&self, max: usize) -> ClaimRequest {
