@@ -56,6 +56,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/api/v1/purge", post(purge))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/types", get(types))
+        .merge(crate::schedules::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
 }
 
@@ -145,6 +146,7 @@ fn camel_case_links(doc: &mut Value) {
 pub fn document(registry: &loom_core::Registry) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{RefOr, Schema};
     let mut doc = ApiDoc::openapi();
+    doc.merge(<crate::schedules::ScheduleDoc as OpenApi>::openapi());
     let mut names: Vec<&str> = registry.workflow_names().collect();
     names.sort_unstable();
     if !names.is_empty()
@@ -159,7 +161,7 @@ pub fn document(registry: &loom_core::Registry) -> utoipa::openapi::OpenApi {
 
 /// A JSON body whose rejections are answered as the API's errors (400 with what is wrong,
 /// 415 without a JSON content type).
-struct Body<T>(T);
+pub(crate) struct Body<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
@@ -678,26 +680,7 @@ async fn start(
     State(service): Shared,
     Body(req): Body<StartRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mut tags = Tags::new();
-    for (key, value) in req.tags {
-        let value = match value {
-            Value::String(s) => match TagValue::parse(&s) {
-                t @ TagValue::Time(_) => t,
-                _ => TagValue::Text(s),
-            },
-            Value::Bool(b) => TagValue::Bool(b),
-            Value::Number(n) if n.as_i64().is_some() => {
-                TagValue::Int(n.as_i64().unwrap_or_default())
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "tag {key:?}: a tag is a string, a whole number or true/false, not {other}"
-                )));
-            }
-        };
-        tags.insert(key, value);
-    }
-    loom_core::tags::check_tags(&tags).map_err(ApiError::bad_request)?;
+    let tags = tags_from_json(req.tags)?;
     if let Some(v) = req.version
         && service
             .registry()
@@ -1270,7 +1253,33 @@ pub(crate) fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
         })
 }
 
-fn tags_json(tags: &Tags) -> BTreeMap<String, Value> {
+/// Tags as a request sends them: strings (an RFC 3339 string is a time), whole numbers and
+/// truth values, checked as a store holds them.
+pub(crate) fn tags_from_json(json: BTreeMap<String, Value>) -> Result<Tags, ApiError> {
+    let mut tags = Tags::new();
+    for (key, value) in json {
+        let value = match value {
+            Value::String(s) => match TagValue::parse(&s) {
+                t @ TagValue::Time(_) => t,
+                _ => TagValue::Text(s),
+            },
+            Value::Bool(b) => TagValue::Bool(b),
+            Value::Number(n) if n.as_i64().is_some() => {
+                TagValue::Int(n.as_i64().unwrap_or_default())
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "tag {key:?}: a tag is a string, a whole number or true/false, not {other}"
+                )));
+            }
+        };
+        tags.insert(key, value);
+    }
+    loom_core::tags::check_tags(&tags).map_err(ApiError::bad_request)?;
+    Ok(tags)
+}
+
+pub(crate) fn tags_json(tags: &Tags) -> BTreeMap<String, Value> {
     tags.iter().map(|(k, v)| (k.clone(), tag_json(v))).collect()
 }
 

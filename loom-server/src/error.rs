@@ -79,8 +79,12 @@ impl ApiError {
 /// The status and code a store error is answered with.
 pub(crate) fn storage_status(e: &StorageError) -> (StatusCode, &'static str) {
     match e {
-        StorageError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        StorageError::NotFound(_) | StorageError::ScheduleNotFound(_) => {
+            (StatusCode::NOT_FOUND, "not_found")
+        }
         StorageError::AlreadyExists { .. }
+        | StorageError::ScheduleExists(_)
+        | StorageError::ScheduleConflict { .. }
         | StorageError::Conflict { .. }
         | StorageError::RunMoved { .. }
         | StorageError::Closed { .. } => (StatusCode::CONFLICT, "conflict"),

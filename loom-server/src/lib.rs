@@ -23,6 +23,7 @@ use loom_worker::Client;
 pub mod api;
 pub mod auth;
 mod error;
+pub mod schedules;
 mod ui;
 
 pub use error::{ApiError, ErrorBody};

@@ -98,8 +98,19 @@ async fn call(
                 }
                 r.call()
             }
+            ("DELETE", _) => {
+                let mut r = agent.delete(&url);
+                for (k, v) in &headers {
+                    r = r.header(*k, v);
+                }
+                r.call()
+            }
             (_, body) => {
-                let mut r = agent.post(&url);
+                let mut r = if method == "PUT" {
+                    agent.put(&url)
+                } else {
+                    agent.post(&url)
+                };
                 for (k, v) in &headers {
                     r = r.header(*k, v);
                 }
@@ -661,4 +672,200 @@ async fn actions_from_other_sites_are_refused() {
             .0,
         201
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_created_read_changed_and_deleted_through_the_api() {
+    for (name, store, _dir) in stores().await {
+        let running = serve(store, None).await;
+        let addr = running.addr;
+        let create = json!({
+            "id": "greet-every-second",
+            "type": "Greet",
+            "input": 7,
+            "intervals": [{"every_ms": 1000}],
+            "overlap": "allow_all",
+            "tags": {"team": "ops"}
+        });
+        let (code, s) = post(addr, "/api/v1/schedules", create.clone()).await;
+        assert_eq!(code, 201, "{name}: {s}");
+        assert_eq!(s["id"], "greet-every-second");
+        assert_eq!(s["version"], 1);
+        assert_eq!(s["overlap"], "allow_all");
+        assert_eq!(s["tags"]["team"], "ops");
+        let (code, e) = post(addr, "/api/v1/schedules", create).await;
+        assert_eq!(
+            (code, e["code"].as_str()),
+            (409, Some("conflict")),
+            "{name}: {e}"
+        );
+
+        // It fires; the workflows it starts are tagged with it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let described = loop {
+            let (code, d) = get(addr, "/api/v1/schedules/greet-every-second").await;
+            assert_eq!(code, 200, "{name}: {d}");
+            if d["schedule"]["counts"]["started"].as_u64() >= Some(2) {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "{name}: never fired: {d}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(described["upcoming"].as_array().map(Vec::len), Some(10));
+        assert!(
+            described["running"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty()),
+            "{name}: Greet waits for a signal, so its runs are open: {described}"
+        );
+        assert_eq!(described["recent"][0]["outcome"], "started");
+        assert_eq!(described["recent"][0]["status"], "running");
+        let (code, page) = get(
+            addr,
+            "/api/v1/workflows?tag=loom.schedule%3Dgreet-every-second",
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert!(
+            page["workflows"].as_array().is_some_and(|w| w.len() >= 2),
+            "{page}"
+        );
+
+        let (code, p) = post(
+            addr,
+            "/api/v1/schedules/greet-every-second/pause",
+            json!({"note": "deploy"}),
+        )
+        .await;
+        assert_eq!(
+            (code, &p["paused"], &p["note"]),
+            (200, &json!(true), &json!("deploy"))
+        );
+        let (code, t) = post(
+            addr,
+            "/api/v1/schedules/greet-every-second/trigger",
+            json!({}),
+        )
+        .await;
+        assert_eq!(code, 200, "{t}");
+        let (code, b) = post(
+            addr,
+            "/api/v1/schedules/greet-every-second/backfill",
+            json!({"from": "2024-01-01T00:00:00Z", "to": "2024-01-01T00:00:02Z"}),
+        )
+        .await;
+        assert_eq!(code, 200, "{b}");
+        let (code, u) = post(
+            addr,
+            "/api/v1/schedules/greet-every-second/unpause",
+            json!({}),
+        )
+        .await;
+        assert_eq!((code, &u["paused"]), (200, &json!(false)));
+        let update = json!({
+            "type": "Greet",
+            "input": 8,
+            "cron": ["0 0 9 * * MON-FRI"],
+            "timezone": "Europe/Paris"
+        });
+        let (code, u) = call(
+            addr,
+            "PUT",
+            "/api/v1/schedules/greet-every-second",
+            Some(&update.to_string()),
+            &[JSON],
+        )
+        .await;
+        assert_eq!(code, 200, "{name}: {u}");
+        assert_eq!(u["timezone"], "Europe/Paris");
+        assert_eq!(u["overlap"], "skip", "an update replaces everything");
+        let (code, page) = get(addr, "/api/v1/schedules?limit=10").await;
+        assert_eq!(
+            (code, page["schedules"].as_array().map(Vec::len)),
+            (200, Some(1))
+        );
+
+        // Bad requests change nothing.
+        for (body, says) in [
+            (
+                json!({"id": "x", "type": "Greet", "input": 1, "cron": ["0 61 * * *"]}),
+                "malformed",
+            ),
+            (
+                json!({"id": "x", "type": "Greet", "input": 1, "cron": ["* * * * *"], "timezone": "Mars/Base"}),
+                "unknown time zone",
+            ),
+            (
+                json!({"id": "x", "type": "Nope", "cron": ["* * * * *"]}),
+                "unknown workflow",
+            ),
+            (
+                json!({"id": "x", "type": "Greet", "input": "seven", "cron": ["* * * * *"]}),
+                "does not fit",
+            ),
+            (
+                json!({"type": "Greet", "input": 1, "cron": ["* * * * *"]}),
+                "needs an id",
+            ),
+            (
+                json!({"id": "a/b", "type": "Greet", "input": 1, "cron": ["* * * * *"]}),
+                "'/'",
+            ),
+            (
+                json!({"id": "x", "type": "Greet", "input": 1, "intervals": [{"every_ms": 10}]}),
+                "at least a second",
+            ),
+            (
+                json!({"id": "x", "type": "Greet", "input": 1, "cron": ["* * * * *"], "overlap": "sometimes"}),
+                "unknown variant",
+            ),
+        ] {
+            let (code, e) = post(addr, "/api/v1/schedules", body.clone()).await;
+            assert_eq!(code, 400, "{name}: {body}: {e}");
+            assert!(
+                e["error"].as_str().is_some_and(|m| m.contains(says)),
+                "{name}: {body}: {e}"
+            );
+        }
+        let (code, e) = post(
+            addr,
+            "/api/v1/schedules/greet-every-second/backfill",
+            json!({"from": "2024-01-02T00:00:00Z", "to": "2024-01-01T00:00:00Z"}),
+        )
+        .await;
+        assert_eq!(code, 400, "{e}");
+        for path in ["/api/v1/schedules/nope"] {
+            let (code, e) = get(addr, path).await;
+            assert_eq!((code, e["code"].as_str()), (404, Some("not_found")), "{e}");
+        }
+        let (code, e) = post(addr, "/api/v1/schedules/nope/trigger", json!({})).await;
+        assert_eq!(code, 404, "{e}");
+        let (code, e) = get(addr, "/api/v1/schedules?limit=0").await;
+        assert_eq!(code, 400, "{e}");
+        let (code, page) = get(addr, "/api/v1/schedules").await;
+        assert_eq!(
+            (code, page["schedules"].as_array().map(Vec::len)),
+            (200, Some(1))
+        );
+
+        let (code, d) = call(
+            addr,
+            "DELETE",
+            "/api/v1/schedules/greet-every-second",
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!((code, &d["id"]), (200, &json!("greet-every-second")));
+        let (code, _) = call(
+            addr,
+            "DELETE",
+            "/api/v1/schedules/greet-every-second",
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(code, 404);
+        drop(running);
+    }
 }
