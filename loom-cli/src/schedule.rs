@@ -326,7 +326,7 @@ pub(crate) async fn run(
                 table.add_row(vec![
                     s.id.clone(),
                     s.action.workflow.clone(),
-                    spec_text(&s.spec),
+                    s.spec.to_string(),
                     s.policy.overlap.to_string(),
                     if s.paused { "paused" } else { "active" }.to_owned(),
                     s.wake_at.map_or_else(|| "-".to_owned(), render::time),
@@ -414,24 +414,6 @@ fn window_text(ms: u64) -> String {
     }
 }
 
-fn spec_text(spec: &ScheduleSpec) -> String {
-    let mut parts: Vec<String> = spec
-        .cron
-        .iter()
-        .map(|c| format!("cron {c:?} {}", spec.timezone))
-        .collect();
-    for i in &spec.intervals {
-        let every = render::duration(Duration::from_millis(i.every_ms));
-        if i.offset_ms == 0 {
-            parts.push(format!("every {every}"));
-        } else {
-            let offset = render::duration(Duration::from_millis(i.offset_ms));
-            parts.push(format!("every {every} +{offset}"));
-        }
-    }
-    parts.join(", ")
-}
-
 fn describe_text(d: &ScheduleDescription) {
     let s = &d.schedule;
     let line = |k: &str, v: String| println!("{k:>10}  {v}");
@@ -448,7 +430,7 @@ fn describe_text(d: &ScheduleDescription) {
         )
     });
     line("ids", s.action.id_pattern.clone());
-    line("when", spec_text(&s.spec));
+    line("when", s.spec.to_string());
     if let Some(t) = s.spec.start_at {
         line("from", render::time(t));
     }

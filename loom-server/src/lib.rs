@@ -23,6 +23,7 @@ use loom_worker::Client;
 pub mod api;
 pub mod auth;
 mod error;
+mod schedule_pages;
 pub mod schedules;
 mod ui;
 

@@ -45,6 +45,7 @@ pub(crate) fn routes() -> Router<Arc<Service>> {
         .route("/workflows/{id}/pause", post(pause_action))
         .route("/workflows/{id}/resume", post(resume_action))
         .route("/workflows/{id}/reset", post(reset_action))
+        .merge(crate::schedule_pages::routes())
         .route("/stats", get(stats_page))
         .route("/types", get(types_page))
         .route("/login", get(login_page).post(login))
@@ -105,7 +106,7 @@ struct ErrorPage {
 }
 
 /// A page that could not be shown: its status and a sentence.
-struct PageError(StatusCode, String);
+pub(crate) struct PageError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
@@ -135,7 +136,7 @@ impl From<StorageError> for PageError {
     }
 }
 
-fn render(t: &impl Template) -> Html<String> {
+pub(crate) fn render(t: &impl Template) -> Html<String> {
     Html(t.render().unwrap_or_else(|e| {
         tracing::error!(error = %e, "a page failed to render");
         format!("<p>This page could not be rendered: {e}</p>")
@@ -632,7 +633,7 @@ struct Flash {
 
 /// An action's answer to the page that sent it: on success a reload (`HX-Refresh`), on
 /// failure the reason in the page's flash area, with the status.
-fn answer(result: Result<String, (StatusCode, String)>) -> Response {
+pub(crate) fn answer(result: Result<String, (StatusCode, String)>) -> Response {
     match result {
         Ok(message) => (
             [("HX-Refresh", "true")],
@@ -653,14 +654,14 @@ fn answer(result: Result<String, (StatusCode, String)>) -> Response {
     }
 }
 
-fn failed(e: ClientError) -> (StatusCode, String) {
+pub(crate) fn failed(e: ClientError) -> (StatusCode, String) {
     (crate::error::client_status(&e).0, e.to_string())
 }
 
 /// Actions come from the dashboard's own pages, which send them through htmx: a plain form
 /// posted from elsewhere lacks the header (a page on another site cannot add it without the
 /// service's consent), on top of the origin checks every action passes.
-fn from_dashboard(headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+pub(crate) fn from_dashboard(headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     if headers.get("hx-request").is_some_and(|v| v == "true") {
         Ok(())
     } else {
@@ -671,7 +672,7 @@ fn from_dashboard(headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     }
 }
 
-fn field<'a>(form: &'a HashMap<String, String>, name: &str) -> &'a str {
+pub(crate) fn field<'a>(form: &'a HashMap<String, String>, name: &str) -> &'a str {
     form.get(name).map_or("", |v| v.trim())
 }
 
@@ -1117,7 +1118,7 @@ pub(crate) fn path(id: &str) -> String {
 }
 
 /// A time for people: UTC to the second.
-fn time(t: Timestamp) -> String {
+pub(crate) fn time(t: Timestamp) -> String {
     let s = rfc3339(t);
     format!("{} {}", &s[..10], &s[11..19])
 }
@@ -1132,7 +1133,7 @@ fn seconds(ms: u64) -> String {
     }
 }
 
-fn pretty(p: &Payload) -> String {
+pub(crate) fn pretty(p: &Payload) -> String {
     serde_json::to_string_pretty(p.as_json()).unwrap_or_default()
 }
 

@@ -1,7 +1,7 @@
 //! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): the list
 //! and its filters, a workflow's page and timeline, a signal sent from the page completing the
 //! workflow, a cancel, and markup in a payload shown as text. Screenshots of the list and of a
-//! workflow page are saved under `target/screenshots/`.
+//! workflow page, and of a schedule's, are saved under `target/screenshots/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them): without them the
 //! test is skipped loudly, and under `CI=true` it fails.
@@ -351,6 +351,62 @@ async fn the_dashboard_lists_shows_signals_cancels_and_escapes() {
         json!([0, "undefined"]),
         "nothing the payload held ran or rendered"
     );
+
+    // A schedule: its page fills in as it fires, and a trigger is confirmed.
+    let every_second = loom_worker::ScheduleDefinition {
+        spec: loom_storage::schedule::ScheduleSpec {
+            intervals: vec![loom_storage::schedule::IntervalSpec {
+                every_ms: 1_000,
+                offset_ms: 0,
+            }],
+            ..Default::default()
+        },
+        action: loom_storage::schedule::ScheduleAction {
+            workflow: "Echo".into(),
+            version: None,
+            input: loom_core::Payload::from_json(json!("tick")),
+            id_pattern: "{schedule}-{time}".into(),
+            tags: Default::default(),
+        },
+        policy: loom_storage::schedule::SchedulePolicy::default(),
+    };
+    client
+        .create_schedule(&registry(), "echo-every-second", every_second, false)
+        .await
+        .expect("schedule");
+    c.goto(&format!("{base}/schedules"))
+        .await
+        .expect("schedules");
+    c.find(Locator::LinkText("echo-every-second"))
+        .await
+        .expect("the schedule is listed")
+        .click()
+        .await
+        .expect("open");
+    eventually("fires on its page", || async {
+        let body = text_of(&c, "#body").await;
+        (body.matches("completed").count() >= 2).then_some(())
+    })
+    .await;
+    c.find(Locator::Css("form[hx-post$='/trigger'] button"))
+        .await
+        .expect("trigger button")
+        .click()
+        .await
+        .expect("trigger");
+    eventually("the confirmation", || async { c.accept_alert().await.ok() }).await;
+    eventually("a triggered fire", || async {
+        text_of(&c, "#body")
+            .await
+            .contains("triggered")
+            .then_some(())
+    })
+    .await;
+    std::fs::write(
+        screenshots().join("dashboard-schedule.png"),
+        c.screenshot().await.expect("screenshot"),
+    )
+    .expect("save");
 
     c.close().await.expect("close the browser");
     let _ = stop_server.send(());

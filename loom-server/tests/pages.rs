@@ -396,3 +396,155 @@ async fn a_token_is_asked_for_by_a_sign_in_form() {
         "the API is not redirected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_has_its_pages_and_its_actions() {
+    use loom_storage::schedule::{ScheduleAction, SchedulePolicy, ScheduleSpec};
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let client = loom_worker::Client::new(store.clone());
+    let def = loom_worker::ScheduleDefinition {
+        spec: ScheduleSpec {
+            cron: vec!["0 30 2 * * *".into()],
+            timezone: "America/New_York".into(),
+            ..ScheduleSpec::default()
+        },
+        action: ScheduleAction {
+            workflow: "Ticks".into(),
+            version: None,
+            input: Payload::from_json(1.into()),
+            id_pattern: "{schedule}-{time}".into(),
+            tags: Default::default(),
+        },
+        policy: SchedulePolicy::default(),
+    };
+    client
+        .create_schedule(&registry(), "<b>nightly", def, false)
+        .await
+        .expect("create");
+    let a = serve(store.clone(), None).await;
+    let list = get(a, "/schedules").await;
+    assert_eq!(list.status, 200);
+    assert!(list.body.contains("&#60;b&#62;nightly"), "{}", list.body);
+    assert!(
+        !list.body.contains("<b>nightly"),
+        "an id is text, not markup"
+    );
+    assert!(
+        list.body
+            .contains("cron &#34;0 30 2 * * *&#34; America/New_York"),
+        "{}",
+        list.body
+    );
+    let page = get(a, "/schedules/%3Cb%3Enightly").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Next fire times"), "{}", page.body);
+    assert!(
+        page.body.contains(":30:00</li>"),
+        "the next fire times are listed: {}",
+        page.body
+    );
+    assert_eq!(get(a, "/schedules/nope").await.status, 404);
+
+    let path = "/schedules/%3Cb%3Enightly";
+    let plain = call(a, "POST", &format!("{path}/trigger"), Some(""), &[FORM]).await;
+    assert_eq!(plain.status, 400, "a plain form post is refused");
+    let evil = call(
+        a,
+        "POST",
+        &format!("{path}/pause"),
+        Some(""),
+        &[FORM, HTMX, ("origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(evil.status, 403);
+    assert!(!client.schedule("<b>nightly").await.expect("read").paused);
+    let paused = call(
+        a,
+        "POST",
+        &format!("{path}/pause"),
+        Some("note=deploy"),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    let s = client.schedule("<b>nightly").await.expect("read");
+    assert!(s.paused);
+    assert_eq!(s.note, "deploy");
+    let bad = call(
+        a,
+        "POST",
+        &format!("{path}/backfill"),
+        Some("from=yesterday&to=today"),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("RFC 3339"), "{}", bad.body);
+    let filled = call(
+        a,
+        "POST",
+        &format!("{path}/backfill"),
+        Some("from=2024-03-01T00%3A00%3A00Z&to=2024-03-03T00%3A00%3A00Z"),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(filled.status, 200, "{}", filled.body);
+    assert_eq!(
+        client
+            .schedule("<b>nightly")
+            .await
+            .expect("read")
+            .state
+            .backfills
+            .len(),
+        1
+    );
+    let triggered = call(
+        a,
+        "POST",
+        &format!("{path}/trigger"),
+        Some(""),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(triggered.status, 200);
+    assert_eq!(
+        client
+            .schedule("<b>nightly")
+            .await
+            .expect("read")
+            .state
+            .triggers
+            .len(),
+        1
+    );
+    let unpaused = call(
+        a,
+        "POST",
+        &format!("{path}/unpause"),
+        Some(""),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(unpaused.status, 200);
+    assert!(!client.schedule("<b>nightly").await.expect("read").paused);
+    let missing = call(
+        a,
+        "POST",
+        "/schedules/nope/trigger",
+        Some(""),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let deleted = call(
+        a,
+        "POST",
+        &format!("{path}/delete"),
+        Some(""),
+        &[FORM, HTMX],
+    )
+    .await;
+    assert_eq!(deleted.status, 200);
+    assert!(client.schedules(None, 10).await.expect("list").is_empty());
+}

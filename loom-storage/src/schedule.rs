@@ -111,6 +111,42 @@ pub struct IntervalSpec {
     pub offset_ms: u64,
 }
 
+impl fmt::Display for ScheduleSpec {
+    /// The spec in one line for people: `cron "0 30 2 * * *" America/New_York, every 1h +5m`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut sep = |f: &mut fmt::Formatter<'_>| {
+            let s = if first { "" } else { ", " };
+            first = false;
+            f.write_str(s)
+        };
+        for c in &self.cron {
+            sep(f)?;
+            write!(f, "cron {c:?} {}", self.timezone)?;
+        }
+        for i in &self.intervals {
+            sep(f)?;
+            write!(f, "every {}", span(i.every_ms))?;
+            if i.offset_ms > 0 {
+                write!(f, " +{}", span(i.offset_ms))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds in the largest whole unit: `1h`, `90m`, `30s`, `250ms`.
+pub fn span(ms: u64) -> String {
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// A spec whose expressions are parsed and whose time zone is resolved: what computes fire
 /// times.
 #[derive(Clone, Debug)]
@@ -1215,6 +1251,30 @@ mod tests {
             .map(|i| c.due_at(&format!("s{i}"), t).as_millis())
             .collect();
         assert!(spread.len() > 10, "{spread:?}");
+    }
+
+    #[test]
+    fn a_spec_reads_in_one_line() {
+        let spec = ScheduleSpec {
+            cron: vec!["0 30 2 * * *".into()],
+            timezone: "America/New_York".into(),
+            intervals: vec![
+                IntervalSpec {
+                    every_ms: 3_600_000,
+                    offset_ms: 300_000,
+                },
+                IntervalSpec {
+                    every_ms: 1_500,
+                    offset_ms: 0,
+                },
+            ],
+            ..ScheduleSpec::default()
+        };
+        assert_eq!(
+            spec.to_string(),
+            "cron \"0 30 2 * * *\" America/New_York, every 1h +5m, every 1500ms"
+        );
+        assert_eq!(span(2 * 86_400_000), "2d");
     }
 
     #[test]
