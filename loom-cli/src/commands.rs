@@ -51,20 +51,26 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 | Command::Purge { .. }
                 | Command::Replay { .. }
                 | Command::Workflows
+                | Command::Schedule { .. }
         )
     {
         return Err(Fail::usage(
-            "init, worker, server, schedule, demo and bench run here, on the database (--db), \
-             not through --server",
+            "init, worker, server, demo and bench run here, on the database (--db), not \
+             through --server",
         ));
     }
     match cli.command {
         Command::Init => init(&url, json).await,
         Command::Schedule { command } => {
-            let open = async |missing: Missing| -> Result<Client, Fail> {
-                Ok(Client::new(db::open(&url, missing, false).await?))
+            let open = async |missing: Missing| -> Result<crate::schedule::Place, Fail> {
+                Ok(match &remote {
+                    Some(r) => crate::schedule::Place::Remote(r.clone()),
+                    None => crate::schedule::Place::Local(Client::new(
+                        db::open(&url, missing, false).await?,
+                    )),
+                })
             };
-            crate::schedule::run(command, open, &registry, json).await
+            crate::schedule::run(command, open, &registry, remote.is_some(), json).await
         }
         Command::Workflows => match &remote {
             Some(r) => r.types(json).await,

@@ -61,17 +61,23 @@ impl Remote {
     fn call_blocking(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Fail> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let answer = if method == "GET" {
-            let mut r = self.agent.get(&url);
+        let answer = if method == "GET" || method == "DELETE" {
+            let mut r = if method == "GET" {
+                self.agent.get(&url)
+            } else {
+                self.agent.delete(&url)
+            };
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
             r.call()
         } else {
-            let mut r = self
-                .agent
-                .post(&url)
-                .header("Content-Type", "application/json");
+            let r = if method == "PUT" {
+                self.agent.put(&url)
+            } else {
+                self.agent.post(&url)
+            };
+            let mut r = r.header("Content-Type", "application/json");
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
@@ -93,6 +99,18 @@ impl Remote {
             400..=499 => Fail::usage(message),
             _ => Fail::failed(message),
         })
+    }
+
+    /// A schedule call (`loom schedule ... --server`): the answer read as the API's shape.
+    pub(crate) async fn schedule_call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<T, Fail> {
+        let answer = self.call(method, path, body).await?;
+        serde_json::from_value(answer)
+            .map_err(|e| Fail::failed(format!("the server's answer is not a schedule's: {e}")))
     }
 
     /// Starts a workflow by type name.

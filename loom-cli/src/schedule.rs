@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use loom_core::{Payload, Registry, Timestamp};
-use loom_storage::schedule::{
-    FireSource, IntervalSpec, Outcome, Overlap, Schedule, ScheduleAction, SchedulePolicy,
-    ScheduleSpec,
+use loom_server::api::rfc3339;
+use loom_server::schedules::{
+    OverlapPolicy, ScheduleDescribed, SchedulePage, ScheduleView, request_json,
 };
-use loom_worker::{Client, ScheduleDefinition, ScheduleDescription};
+use loom_storage::WorkflowStatus;
+use loom_storage::schedule::{
+    IntervalSpec, Overlap, ScheduleAction, SchedulePolicy, ScheduleSpec, span,
+};
+use loom_worker::{Client, ScheduleDefinition};
 use serde_json::json;
 
 use crate::db::Missing;
@@ -238,28 +242,167 @@ impl DefinitionArgs {
     }
 }
 
-/// Runs one `loom schedule` command on `client`.
-/// Runs one `loom schedule` command, opening the database with `open` once its arguments
-/// are known to be good (a create may create it; the others need it to exist).
-pub(crate) async fn run(
-    command: ScheduleCommand,
-    open: impl AsyncFn(Missing) -> Result<Client, Fail>,
-    registry: &Registry,
-    json: bool,
-) -> Result<ExitCode, Fail> {
-    let fail = Fail::from_client;
-    if let ScheduleCommand::Create { def, .. } = &command {
-        // The type and input against this binary's registry, as `start` does.
-        if let Some(w) = &def.workflow
-            && registry.workflow(w).is_none()
-        {
-            let known: Vec<&str> = registry.workflow_names().collect();
-            return Err(Fail::usage(format!(
-                "unknown workflow {w:?}; this loom knows: {}",
-                known.join(", ")
-            )));
+/// Where a schedule command acts: the database, or a server's API (`--server`). Either way
+/// the answers are the API's shapes, so a command prints the same through a server as on the
+/// database.
+pub(crate) enum Place {
+    /// The database, through the `Client`.
+    Local(Client),
+    /// A server, through its API.
+    Remote(crate::remote::Remote),
+}
+
+fn segment(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl Place {
+    async fn create(
+        &self,
+        registry: &Registry,
+        id: &str,
+        def: ScheduleDefinition,
+        paused: bool,
+    ) -> Result<ScheduleView, Fail> {
+        match self {
+            Place::Local(c) => Ok(ScheduleView::from(
+                &c.create_schedule(registry, id, def, paused)
+                    .await
+                    .map_err(Fail::from_client)?,
+            )),
+            Place::Remote(r) => {
+                let body = request_json(Some(id), &def, paused);
+                r.schedule_call("POST", "/api/v1/schedules".into(), Some(body))
+                    .await
+            }
         }
     }
+
+    async fn update(
+        &self,
+        registry: &Registry,
+        id: &str,
+        def: ScheduleDefinition,
+    ) -> Result<ScheduleView, Fail> {
+        match self {
+            Place::Local(c) => Ok(ScheduleView::from(
+                &c.update_schedule(registry, id, def)
+                    .await
+                    .map_err(Fail::from_client)?,
+            )),
+            Place::Remote(r) => {
+                let body = request_json(None, &def, false);
+                r.schedule_call(
+                    "PUT",
+                    format!("/api/v1/schedules/{}", segment(id)),
+                    Some(body),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<SchedulePage, Fail> {
+        match self {
+            Place::Local(c) => {
+                let list = c.schedules(after, limit).await.map_err(Fail::from_client)?;
+                let next = (list.len() == limit)
+                    .then(|| list.last().map(|s| s.id.clone()))
+                    .flatten();
+                Ok(SchedulePage {
+                    schedules: list.iter().map(ScheduleView::from).collect(),
+                    next,
+                })
+            }
+            Place::Remote(r) => {
+                let mut query = format!("?limit={limit}");
+                if let Some(a) = after {
+                    query.push_str(&format!("&after={}", segment(a)));
+                }
+                r.schedule_call("GET", format!("/api/v1/schedules{query}"), None)
+                    .await
+            }
+        }
+    }
+
+    async fn describe(&self, id: &str) -> Result<ScheduleDescribed, Fail> {
+        match self {
+            Place::Local(c) => Ok(c
+                .describe_schedule(id)
+                .await
+                .map_err(Fail::from_client)?
+                .into()),
+            Place::Remote(r) => {
+                r.schedule_call("GET", format!("/api/v1/schedules/{}", segment(id)), None)
+                    .await
+            }
+        }
+    }
+
+    /// An operation that answers the schedule: `pause`, `unpause`, `trigger`, `backfill`.
+    async fn act(&self, id: &str, op: Op<'_>) -> Result<ScheduleView, Fail> {
+        match self {
+            Place::Local(c) => {
+                let s = match op {
+                    Op::Pause(note) => c.pause_schedule(id, note).await,
+                    Op::Unpause(note) => c.unpause_schedule(id, note).await,
+                    Op::Trigger => c.trigger_schedule(id).await,
+                    Op::Backfill(from, to) => c.backfill_schedule(id, from, to).await,
+                }
+                .map_err(Fail::from_client)?;
+                Ok(ScheduleView::from(&s))
+            }
+            Place::Remote(r) => {
+                let (verb, body) = match op {
+                    Op::Pause(note) => ("pause", json!({ "note": note })),
+                    Op::Unpause(note) => ("unpause", json!({ "note": note })),
+                    Op::Trigger => ("trigger", json!({})),
+                    Op::Backfill(from, to) => (
+                        "backfill",
+                        json!({ "from": rfc3339(from), "to": rfc3339(to) }),
+                    ),
+                };
+                r.schedule_call(
+                    "POST",
+                    format!("/api/v1/schedules/{}/{verb}", segment(id)),
+                    Some(body),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), Fail> {
+        match self {
+            Place::Local(c) => c.delete_schedule(id).await.map_err(Fail::from_client),
+            Place::Remote(r) => r
+                .schedule_call::<serde_json::Value>(
+                    "DELETE",
+                    format!("/api/v1/schedules/{}", segment(id)),
+                    None,
+                )
+                .await
+                .map(drop),
+        }
+    }
+}
+
+enum Op<'a> {
+    Pause(&'a str),
+    Unpause(&'a str),
+    Trigger,
+    Backfill(Timestamp, Timestamp),
+}
+
+/// Runs one `loom schedule` command at the place `open` gives once its arguments are known
+/// to be good (on the database, a create may create it; the others need it to exist).
+pub(crate) async fn run(
+    command: ScheduleCommand,
+    open: impl AsyncFn(Missing) -> Result<Place, Fail>,
+    registry: &Registry,
+    remote: bool,
+    json: bool,
+) -> Result<ExitCode, Fail> {
     match command {
         ScheduleCommand::Create { id, def, paused } => {
             if def.workflow.is_none() {
@@ -282,64 +425,65 @@ pub(crate) async fn run(
                 policy: SchedulePolicy::default(),
             };
             let def = def.over(base)?;
-            def.check(registry, &loom_worker::Limits::default())
-                .map_err(fail)?;
-            let client = open(Missing::Create).await?;
-            let s = client
-                .create_schedule(registry, &id, def, paused)
-                .await
-                .map_err(fail)?;
+            if !remote {
+                // The type and input against this binary's registry, before the database is
+                // opened; through a server, the server checks them against its own.
+                def.check(registry, &loom_worker::Limits::default())
+                    .map_err(Fail::from_client)?;
+            }
+            let place = open(Missing::Create).await?;
+            let s = place.create(registry, &id, def, paused).await?;
             done(&s, "Created", json)
         }
         ScheduleCommand::Update { id, def } => {
-            let client = open(Missing::Refuse).await?;
-            let current = client.schedule(&id).await.map_err(fail)?;
-            let def = def.over(ScheduleDefinition {
-                spec: current.spec,
-                action: current.action,
-                policy: current.policy,
-            })?;
-            let s = client
-                .update_schedule(registry, &id, def)
-                .await
-                .map_err(fail)?;
+            let place = open(Missing::Refuse).await?;
+            let current = place.describe(&id).await?.schedule;
+            let base = current
+                .definition()
+                .map_err(|e| Fail::failed(e.message().to_owned()))?;
+            let def = def.over(base)?;
+            let s = place.update(registry, &id, def).await?;
             done(&s, "Updated", json)
         }
         ScheduleCommand::List { limit, after } => {
-            let client = open(Missing::Refuse).await?;
-            let list = client
-                .schedules(after.as_deref(), limit)
-                .await
-                .map_err(fail)?;
+            if !(1..=1_000).contains(&limit) {
+                return Err(Fail::usage("--limit takes a number from 1 to 1000"));
+            }
+            let page = open(Missing::Refuse)
+                .await?
+                .list(after.as_deref(), limit)
+                .await?;
             if json {
-                render::json(&json!({ "schedules": list }))?;
+                render::json(&page)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            if list.is_empty() {
+            if page.schedules.is_empty() {
                 println!("No schedules.");
                 return Ok(ExitCode::SUCCESS);
             }
             let mut table = render::table(&[
                 "ID", "WORKFLOW", "WHEN", "OVERLAP", "STATE", "NEXT", "STARTED", "MISSED",
             ]);
-            for s in &list {
+            for s in &page.schedules {
                 table.add_row(vec![
                     s.id.clone(),
-                    s.action.workflow.clone(),
-                    s.spec.to_string(),
-                    s.policy.overlap.to_string(),
+                    s.workflow_type.clone(),
+                    when_text(s),
+                    overlap_text(s.overlap),
                     if s.paused { "paused" } else { "active" }.to_owned(),
-                    s.wake_at.map_or_else(|| "-".to_owned(), render::time),
-                    s.state.counts.started.to_string(),
-                    s.state.counts.missed.to_string(),
+                    s.wake_at.clone().unwrap_or_else(|| "-".to_owned()),
+                    s.counts.started.to_string(),
+                    s.counts.missed.to_string(),
                 ]);
             }
             println!("{table}");
+            if let Some(next) = page.next {
+                println!("More after {next}: loom schedule list --after {next}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         ScheduleCommand::Describe { id } => {
-            let client = open(Missing::Refuse).await?;
-            let d = client.describe_schedule(&id).await.map_err(fail)?;
+            let d = open(Missing::Refuse).await?.describe(&id).await?;
             if json {
                 render::json(&d)?;
             } else {
@@ -348,18 +492,21 @@ pub(crate) async fn run(
             Ok(ExitCode::SUCCESS)
         }
         ScheduleCommand::Pause { id, note } => {
-            let client = open(Missing::Refuse).await?;
-            let s = client.pause_schedule(&id, &note).await.map_err(fail)?;
+            let s = open(Missing::Refuse)
+                .await?
+                .act(&id, Op::Pause(&note))
+                .await?;
             done(&s, "Paused", json)
         }
         ScheduleCommand::Unpause { id, note } => {
-            let client = open(Missing::Refuse).await?;
-            let s = client.unpause_schedule(&id, &note).await.map_err(fail)?;
+            let s = open(Missing::Refuse)
+                .await?
+                .act(&id, Op::Unpause(&note))
+                .await?;
             done(&s, "Unpaused", json)
         }
         ScheduleCommand::Trigger { id } => {
-            let client = open(Missing::Refuse).await?;
-            let s = client.trigger_schedule(&id).await.map_err(fail)?;
+            let s = open(Missing::Refuse).await?.act(&id, Op::Trigger).await?;
             done(&s, "Triggered", json)
         }
         ScheduleCommand::Backfill { id, from, to } => {
@@ -368,16 +515,14 @@ pub(crate) async fn run(
             if to < from {
                 return Err(Fail::usage("--to is before --from"));
             }
-            let client = open(Missing::Refuse).await?;
-            let s = client
-                .backfill_schedule(&id, from, to)
-                .await
-                .map_err(fail)?;
+            let s = open(Missing::Refuse)
+                .await?
+                .act(&id, Op::Backfill(from, to))
+                .await?;
             done(&s, "Asked a backfill of", json)
         }
         ScheduleCommand::Delete { id } => {
-            let client = open(Missing::Refuse).await?;
-            client.delete_schedule(&id).await.map_err(fail)?;
+            open(Missing::Refuse).await?.delete(&id).await?;
             if json {
                 render::json(&json!({ "id": id, "deleted": true }))?;
             } else {
@@ -389,12 +534,12 @@ pub(crate) async fn run(
 }
 
 /// What a change answers: the schedule as written.
-fn done(s: &Schedule, what: &str, json: bool) -> Result<ExitCode, Fail> {
+fn done(s: &ScheduleView, what: &str, json: bool) -> Result<ExitCode, Fail> {
     if json {
         render::json(s)?;
     } else {
-        let next = match s.wake_at {
-            Some(t) if !s.paused => format!("; next look at {}", render::time(t)),
+        let next = match &s.wake_at {
+            Some(t) if !s.paused => format!("; next look at {t}"),
             _ if s.paused => "; paused".to_owned(),
             _ => "; no fire to come".to_owned(),
         };
@@ -403,52 +548,55 @@ fn done(s: &Schedule, what: &str, json: bool) -> Result<ExitCode, Fail> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A catch-up window for people: whole days as days, the rest as `render::duration` says.
-fn window_text(ms: u64) -> String {
-    const DAY: u64 = 86_400_000;
-    if ms >= DAY && ms % DAY == 0 {
-        let days = ms / DAY;
-        format!("{days} day{}", if days == 1 { "" } else { "s" })
-    } else {
-        render::duration(Duration::from_millis(ms))
-    }
+fn overlap_text(o: OverlapPolicy) -> String {
+    Overlap::from(o).to_string()
 }
 
-fn describe_text(d: &ScheduleDescription) {
+/// The spec of a schedule as shown, in one line.
+fn when_text(s: &ScheduleView) -> String {
+    let spec = ScheduleSpec {
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        intervals: s
+            .intervals
+            .iter()
+            .map(|i| IntervalSpec {
+                every_ms: i.every_ms,
+                offset_ms: i.offset_ms,
+            })
+            .collect(),
+        ..ScheduleSpec::default()
+    };
+    spec.to_string()
+}
+
+fn describe_text(d: &ScheduleDescribed) {
     let s = &d.schedule;
     let line = |k: &str, v: String| println!("{k:>10}  {v}");
     line("schedule", s.id.clone());
     line("workflow", {
         let version = s
-            .action
-            .version
+            .workflow_version
             .map_or_else(String::new, |v| format!(" v{v}"));
-        format!(
-            "{}{version}, input {}",
-            s.action.workflow,
-            render::payload(&s.action.input, 120)
-        )
+        format!("{}{version}, input {}", s.workflow_type, s.input)
     });
-    line("ids", s.action.id_pattern.clone());
-    line("when", s.spec.to_string());
-    if let Some(t) = s.spec.start_at {
-        line("from", render::time(t));
+    line("ids", s.id_pattern.clone());
+    line("when", when_text(s));
+    if let Some(t) = &s.start_at {
+        line("from", t.clone());
     }
-    if let Some(t) = s.spec.end_at {
-        line("until", render::time(t));
+    if let Some(t) = &s.end_at {
+        line("until", t.clone());
     }
-    if s.spec.jitter_ms > 0 {
-        line(
-            "jitter",
-            render::duration(Duration::from_millis(s.spec.jitter_ms)),
-        );
+    if s.jitter_ms > 0 {
+        line("jitter", span(s.jitter_ms));
     }
     line(
         "policy",
         format!(
             "overlap {}, catch up fires missed within {}",
-            s.policy.overlap,
-            window_text(s.policy.catchup_window_ms)
+            overlap_text(s.overlap),
+            span(s.catchup_window_ms)
         ),
     );
     line(
@@ -459,7 +607,7 @@ fn describe_text(d: &ScheduleDescription) {
             "active".to_owned()
         },
     );
-    let c = &s.state.counts;
+    let c = &s.counts;
     line(
         "counts",
         format!(
@@ -468,42 +616,29 @@ fn describe_text(d: &ScheduleDescription) {
         ),
     );
     for t in &d.upcoming {
-        line("next", render::time(*t));
+        line("next", t.clone());
     }
     for w in &d.running {
-        line(
-            "running",
-            format!("{} since {}", w.id, render::time(w.created_at)),
-        );
+        line("running", format!("{} since {}", w.id, w.created_at));
     }
-    for f in &s.state.buffer {
-        line("buffered", render::time(f.nominal));
+    for t in &s.buffered {
+        line("buffered", t.clone());
     }
     for r in &d.recent {
-        let what = match &r.action.outcome {
-            Outcome::Started { workflow } => format!(
-                "started {workflow} ({})",
-                r.status
-                    .map_or_else(|| "purged".to_owned(), |s| s.to_string())
-            ),
-            Outcome::AlreadyStarted { workflow } => format!("{workflow} existed already"),
-            Outcome::Skipped => "skipped (overlap policy)".to_owned(),
-            Outcome::Missed => "missed (older than the catch-up window)".to_owned(),
-        };
-        line(
-            "fired",
-            format!(
-                "{} ({}): {what}",
-                render::time(r.action.fire.nominal),
-                match r.action.fire.source {
-                    FireSource::Scheduled => "scheduled",
-                    FireSource::Trigger => "triggered",
-                    FireSource::Backfill => "backfilled",
-                }
-            ),
+        let status = r.status.map_or_else(
+            || "purged".to_owned(),
+            |st| WorkflowStatus::from(st).to_string(),
         );
+        let what = match (r.outcome.as_str(), &r.workflow) {
+            ("started", Some(w)) => format!("started {w} ({status})"),
+            ("already_started", Some(w)) => format!("{w} existed already"),
+            ("skipped", _) => "skipped (overlap policy)".to_owned(),
+            ("missed", _) => "missed (older than the catch-up window)".to_owned(),
+            (other, _) => other.to_owned(),
+        };
+        line("fired", format!("{} ({}): {what}", r.nominal, r.source));
     }
-    for t in &s.state.missed {
-        line("missed", render::time(*t));
+    for t in &s.missed {
+        line("missed", t.clone());
     }
 }

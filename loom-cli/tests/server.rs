@@ -387,6 +387,119 @@ fn commands_go_through_a_server() {
         .success()
         .stdout(predicate::str::contains("Purged 3"));
     through(&["result", "g1"]).assert().code(2);
+
+    // Schedules, on redb while the worker holds the file: only through the server.
+    let created = through(&[
+        "schedule",
+        "create",
+        "greet",
+        "--workflow",
+        "Greeting",
+        "--input",
+        r#"{"name": "Bo"}"#,
+        "--interval",
+        "1s",
+        "--overlap",
+        "allow-all",
+        "--json",
+    ])
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let created: serde_json::Value = serde_json::from_slice(&created).expect("json");
+    assert_eq!(created["overlap"], "allow_all");
+    through(&[
+        "schedule",
+        "create",
+        "bad",
+        "--workflow",
+        "Greeting",
+        "--cron",
+        "0 61 * * *",
+    ])
+    .assert()
+    .code(2)
+    .stderr(predicate::str::contains("malformed"));
+    through(&[
+        "schedule",
+        "create",
+        "bad",
+        "--workflow",
+        "Greeting",
+        "--input",
+        "1",
+        "--interval",
+        "1h",
+    ])
+    .assert()
+    .code(2)
+    .stderr(predicate::str::contains("does not fit"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = through(&["schedule", "describe", "greet", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let d: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        if d["schedule"]["counts"]["started"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fired: {d}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    through(&["schedule", "pause", "greet", "--note", "enough"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Paused schedule greet"));
+    through(&[
+        "schedule",
+        "update",
+        "greet",
+        "--cron",
+        "0 0 9 * * *",
+        "--tz",
+        "Europe/Paris",
+    ])
+    .assert()
+    .success();
+    through(&["schedule", "describe", "greet"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("cron \"0 0 9 * * *\" Europe/Paris")
+                .and(predicate::str::contains("paused enough"))
+                .and(predicate::str::contains("started greet-")),
+        );
+    through(&["schedule", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("greet"));
+    through(&["schedule", "trigger", "greet"])
+        .assert()
+        .success();
+    through(&[
+        "schedule",
+        "backfill",
+        "greet",
+        "--from",
+        "2024-01-01T00:00:00Z",
+        "--to",
+        "2024-01-02T00:00:00Z",
+    ])
+    .assert()
+    .success();
+    through(&["schedule", "unpause", "greet"])
+        .assert()
+        .success();
+    through(&["schedule", "delete", "greet"]).assert().success();
+    through(&["schedule", "describe", "greet"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no schedule"));
     through(&["init"])
         .assert()
         .code(2)

@@ -104,10 +104,10 @@ fn the_schedule_fires_again(dir: &Path, db: &str, schema: Option<&str>) {
     let s = &d["schedule"];
     assert_eq!(s["paused"], true, "{d}");
     assert_eq!(s["note"], "kept for the upgrade test");
-    assert_eq!(s["spec"]["cron"][0], "0 30 2 * * *");
-    assert_eq!(s["spec"]["timezone"], "America/New_York");
-    assert_eq!(s["policy"]["overlap"], "buffer_one");
-    assert_eq!(s["action"]["tags"]["team"]["text"], "ops");
+    assert_eq!(s["cron"][0], "0 30 2 * * *");
+    assert_eq!(s["timezone"], "America/New_York");
+    assert_eq!(s["overlap"], "buffer_one");
+    assert_eq!(s["tags"]["team"], "ops");
     run(&["schedule", "unpause", "nightly-greeting"])
         .assert()
         .success();

@@ -228,7 +228,7 @@ impl From<Status> for WorkflowStatus {
 }
 
 /// How a workflow failed.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct FailureView {
     /// A stable name for the kind of error.
     pub kind: String,
@@ -241,7 +241,7 @@ pub struct FailureView {
 }
 
 /// One workflow.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Workflow {
     /// Its id.
     pub id: String,

@@ -194,7 +194,7 @@ impl ScheduleRequest {
 }
 
 /// What a schedule counted.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Counts {
     /// Workflows started.
     pub started: u64,
@@ -211,7 +211,7 @@ pub struct Counts {
 }
 
 /// A schedule as stored.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ScheduleView {
     /// Its id.
     pub id: String,
@@ -268,6 +268,10 @@ pub struct ScheduleView {
     pub buffered: Vec<String>,
     /// Its last missed fire times.
     pub missed: Vec<String>,
+    /// Fires asked for by hand that no worker has dealt with yet.
+    pub pending_triggers: usize,
+    /// Backfills no worker has finished yet.
+    pub pending_backfills: usize,
 }
 
 impl From<&Schedule> for ScheduleView {
@@ -313,12 +317,74 @@ impl From<&Schedule> for ScheduleView {
             },
             buffered: s.state.buffer.iter().map(|f| rfc3339(f.nominal)).collect(),
             missed: s.state.missed.iter().copied().map(rfc3339).collect(),
+            pending_triggers: s.state.triggers.len(),
+            pending_backfills: s.state.backfills.len(),
         }
     }
 }
 
+impl ScheduleView {
+    /// The definition this view shows: what an update starts from.
+    pub fn definition(&self) -> Result<ScheduleDefinition, ApiError> {
+        let time =
+            |name: &str, v: &Option<String>| v.as_deref().map(|v| time_param(name, v)).transpose();
+        Ok(ScheduleDefinition {
+            spec: ScheduleSpec {
+                cron: self.cron.clone(),
+                timezone: self.timezone.clone(),
+                intervals: self
+                    .intervals
+                    .iter()
+                    .map(|i| IntervalSpec {
+                        every_ms: i.every_ms,
+                        offset_ms: i.offset_ms,
+                    })
+                    .collect(),
+                start_at: time("start_at", &self.start_at)?,
+                end_at: time("end_at", &self.end_at)?,
+                jitter_ms: self.jitter_ms,
+            },
+            action: ScheduleAction {
+                workflow: self.workflow_type.clone(),
+                version: self.workflow_version,
+                input: Payload::from_json(self.input.clone()),
+                id_pattern: self.id_pattern.clone(),
+                tags: tags_from_json(self.tags.clone())?,
+            },
+            policy: SchedulePolicy {
+                overlap: self.overlap.into(),
+                catchup_window_ms: self.catchup_window_ms,
+            },
+        })
+    }
+}
+
+/// The body of a create (with `id`) or an update (without) of `def`, as
+/// [`ScheduleRequest`] reads it.
+pub fn request_json(id: Option<&str>, def: &ScheduleDefinition, paused: bool) -> Value {
+    serde_json::json!({
+        "id": id,
+        "type": def.action.workflow,
+        "input": def.action.input.as_json(),
+        "version": def.action.version,
+        "cron": def.spec.cron,
+        "timezone": def.spec.timezone,
+        "intervals": def.spec.intervals.iter().map(|i| serde_json::json!({
+            "every_ms": i.every_ms, "offset_ms": i.offset_ms,
+        })).collect::<Vec<_>>(),
+        "start_at": def.spec.start_at.map(rfc3339),
+        "end_at": def.spec.end_at.map(rfc3339),
+        "jitter_ms": def.spec.jitter_ms,
+        "overlap": OverlapPolicy::from(def.policy.overlap),
+        "catchup_window_ms": def.policy.catchup_window_ms,
+        "id_pattern": def.action.id_pattern,
+        "tags": tags_json(&def.action.tags),
+        "paused": paused,
+    })
+}
+
 /// One page of schedules, by id.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct SchedulePage {
     /// The schedules.
     pub schedules: Vec<ScheduleView>,
@@ -327,7 +393,7 @@ pub struct SchedulePage {
 }
 
 /// One of a schedule's last actions.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ActionView {
     /// The fire's nominal time.
     #[schema(format = DateTime)]
@@ -346,7 +412,7 @@ pub struct ActionView {
 }
 
 /// A schedule, with what it will do and what it did.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ScheduleDescribed {
     /// The schedule.
     pub schedule: ScheduleView,
@@ -415,7 +481,7 @@ pub struct BackfillRequest {
 }
 
 /// A schedule was deleted.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     /// Its id.
     pub id: String,
