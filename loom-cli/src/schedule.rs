@@ -302,6 +302,26 @@ impl Place {
         }
     }
 
+    /// What the schedule does now: what an update starts from.
+    async fn definition(&self, id: &str) -> Result<ScheduleDefinition, Fail> {
+        match self {
+            Place::Local(c) => {
+                let s = c.schedule(id).await.map_err(Fail::from_client)?;
+                Ok(ScheduleDefinition {
+                    spec: s.spec,
+                    action: s.action,
+                    policy: s.policy,
+                })
+            }
+            Place::Remote(_) => self
+                .describe(id)
+                .await?
+                .schedule
+                .definition()
+                .map_err(|e| Fail::failed(e.message().to_owned())),
+        }
+    }
+
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<SchedulePage, Fail> {
         match self {
             Place::Local(c) => {
@@ -437,11 +457,7 @@ pub(crate) async fn run(
         }
         ScheduleCommand::Update { id, def } => {
             let place = open(Missing::Refuse).await?;
-            let current = place.describe(&id).await?.schedule;
-            let base = current
-                .definition()
-                .map_err(|e| Fail::failed(e.message().to_owned()))?;
-            let def = def.over(base)?;
+            let def = def.over(place.definition(&id).await?)?;
             let s = place.update(registry, &id, def).await?;
             done(&s, "Updated", json)
         }

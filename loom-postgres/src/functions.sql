@@ -33,7 +33,7 @@
 --         {"s":"purge", "older_ms", "status", "name", "except", "max"}   retention: closed
 --                                      workflows deleted, with everything of theirs
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
---         {"s":"sput", "id", "version", "wake", "body"}   a schedule stored, new or replaced
+--         {"s":"sput", "id", "new", "version", "wake", "body"}   a schedule stored, new or replaced
 --         {"s":"sdel", "id"}   a schedule deleted
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
 -- A time is [relative, ms]: ms + now when relative is 1, ms itself when 0 (written out as
@@ -586,9 +586,9 @@ BEGIN
             -- A create inserts (two creates at once: the second fails on the key, and its
             -- check, evaluated again alone, reports the schedule the first created); a
             -- change updates the row its check locked.
-            IF (s->>'version')::bigint = 1 THEN
+            IF (s->>'new')::boolean THEN
                 INSERT INTO schedules (id, version, wake_at, body)
-                VALUES (s->>'id', 1, (s->>'wake')::bigint, s->>'body');
+                VALUES (s->>'id', (s->>'version')::bigint, (s->>'wake')::bigint, s->>'body');
             ELSE
                 UPDATE schedules SET version = (s->>'version')::bigint,
                     wake_at = (s->>'wake')::bigint, body = s->>'body'

@@ -387,8 +387,8 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
                     "progress": encode(progress)?, "keep_signals": keep_signals,
                 })
             }
-            Op::PutSchedule { schedule } => json!({
-                "s": "sput", "id": schedule.id, "version": n(schedule.version),
+            Op::PutSchedule { schedule, new } => json!({
+                "s": "sput", "id": schedule.id, "new": new, "version": n(schedule.version),
                 "wake": schedule.wake_at.map(Timestamp::as_millis),
                 "body": encode(schedule)?,
             }),

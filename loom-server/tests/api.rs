@@ -690,7 +690,7 @@ async fn schedules_are_created_read_changed_and_deleted_through_the_api() {
         let (code, s) = post(addr, "/api/v1/schedules", create.clone()).await;
         assert_eq!(code, 201, "{name}: {s}");
         assert_eq!(s["id"], "greet-every-second");
-        assert_eq!(s["version"], 1);
+        assert!(s["version"].as_u64().is_some_and(|v| v >= 1_000), "{s}");
         assert_eq!(s["overlap"], "allow_all");
         assert_eq!(s["tags"]["team"], "ops");
         let (code, e) = post(addr, "/api/v1/schedules", create).await;

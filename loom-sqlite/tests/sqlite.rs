@@ -63,11 +63,11 @@ async fn a_new_file_is_migrated_once_and_reopens_with_its_data() {
             .await
             .expect("create workflow");
     }
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
     let store = open(&path).await.expect("reopen");
     assert_eq!(
         schema_versions(&path),
-        vec![1, 2, 3, 4, 5],
+        vec![1, 2, 3, 4, 5, 6],
         "migrations are not applied twice"
     );
     let s = store

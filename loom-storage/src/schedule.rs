@@ -22,13 +22,17 @@
 //! into the binary, so every worker of one build computes the same fire times whatever the
 //! machine's own database.
 //!
-//! **Daylight saving.** A cron expression names wall-clock times in its time zone:
+//! **Daylight saving.** A cron expression names wall-clock times in its time zone. An
+//! expression whose second, minute and hour fields are each one value (`0 30 2 * * *`) names
+//! one time a day, and croner keeps it to one fire a day:
 //! - A time that does not exist (02:30 on the night clocks go forward) fires once, at the
-//!   first instant after the gap (03:00), for expressions that name a fixed hour; an
-//!   expression whose hour is a wildcard or a range simply has no fire in the gap.
+//!   first instant after the gap (03:00).
 //! - A time that exists twice (01:30 on the night clocks go back) fires once, at its first
-//!   occurrence, for expressions that name a fixed hour; an expression whose hour is a
-//!   wildcard fires at both, since they are different instants.
+//!   occurrence.
+//!
+//! Any other expression (a wildcard, a list or a range in one of those fields: `0 */15 * * *`,
+//! `0 0,30 1 * * *`) fires at the wall-clock times that exist: none in the gap, and both
+//! occurrences of a repeated time, since they are different instants.
 //!
 //! Intervals count real time from the Unix epoch plus an offset, and ignore time zones.
 
@@ -48,6 +52,16 @@ pub const TICK_FIRES: usize = 1_000;
 
 /// How often a schedule with a fire waiting for a running workflow to end looks again.
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// How often a schedule whose spec this build cannot read is looked at again.
+pub const UNREADABLE_RETRY: Duration = Duration::from_secs(60);
+
+/// The most fires a schedule holds waiting for running workflows to end (`buffer_all`); a
+/// fire past it is skipped.
+pub const MAX_BUFFER: usize = 1_000;
+
+/// The most fire times one backfill may ask for.
+pub const MAX_BACKFILL: usize = 100_000;
 
 /// The default id pattern of the workflows a schedule starts.
 pub const DEFAULT_ID_PATTERN: &str = "{schedule}-{time}";
@@ -111,6 +125,14 @@ pub struct IntervalSpec {
     pub offset_ms: u64,
 }
 
+/// The time zone database compiled into this build (jiff's bundled copy of the IANA
+/// database), never the machine's own: every worker of one build computes the same fire
+/// times, whatever the time zone files of the machine it runs on.
+fn zones() -> &'static jiff::tz::TimeZoneDatabase {
+    static ZONES: std::sync::OnceLock<jiff::tz::TimeZoneDatabase> = std::sync::OnceLock::new();
+    ZONES.get_or_init(jiff::tz::TimeZoneDatabase::bundled)
+}
+
 impl fmt::Display for ScheduleSpec {
     /// The spec in one line for people: `cron "0 30 2 * * *" America/New_York, every 1h +5m`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,7 +189,8 @@ impl ScheduleSpec {
         if self.cron.is_empty() && self.intervals.is_empty() {
             return Err("a schedule needs at least one cron expression or interval".into());
         }
-        let tz = jiff::tz::TimeZone::get(&self.timezone)
+        let tz = zones()
+            .get(&self.timezone)
             .map_err(|_| format!("unknown time zone {:?}", self.timezone))?;
         let parser = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
@@ -671,6 +694,14 @@ pub enum IdState {
     Closed,
 }
 
+/// Checks a note of a pause or an unpause: at most 1,000 bytes, no NUL.
+pub fn check_note(note: &str) -> Result<(), String> {
+    if note.len() > 1_000 || note.contains('\0') {
+        return Err("a note has at most 1000 bytes and no NUL character".into());
+    }
+    Ok(())
+}
+
 /// Checks a schedule id: non-empty, at most 200 bytes, no NUL and no `/` (it is a path
 /// segment of the HTTP API), not `.` or `..`.
 pub fn check_id(id: &str) -> Result<(), String> {
@@ -770,15 +801,20 @@ impl Schedule {
         let window = Duration::from_millis(self.policy.catchup_window_ms);
         let mut folded = false;
         let mut t = self.state.processed;
+        // Every fire whose nominal time has come, jittered or not: a change made within a
+        // fire's jitter does not lose it (it starts at the next tick).
         while let Some(next) = calendar.next_after(t) {
-            if calendar.due_at(&self.id, next) > now || self.state.buffer.len() >= TICK_FIRES {
+            if next > now {
                 break;
             }
             let fire = Fire {
                 nominal: next,
                 source: FireSource::Scheduled,
             };
-            if next.saturating_add(window) < now {
+            let late = calendar.due_at(&self.id, next).saturating_add(window) < now;
+            if late || self.state.buffer.len() >= MAX_BUFFER {
+                // Past the catch-up window, or more than a buffer's worth at once: missed,
+                // and recorded as such.
                 self.state.counts.missed += 1;
                 push_recent(&mut self.state.missed, next);
                 record(&mut self.state, now, fire, Outcome::Missed);
@@ -814,8 +850,10 @@ impl Schedule {
         self.wake_at = Some(now);
     }
 
-    /// Asks for the spec's fire times in `[from, to]`, under the overlap policy and regardless
-    /// of the catch-up window; fires whose workflow exists already are recorded as such.
+    /// Asks for the spec's fire times in `[from, to]` (`to` no later than `now`: those still to
+    /// come fire on their own), at most [`MAX_BACKFILL`], under the overlap policy and
+    /// regardless of the catch-up window; fires whose workflow exists already are recorded as
+    /// such.
     pub fn backfill(
         &mut self,
         from: Timestamp,
@@ -829,10 +867,22 @@ impl Schedule {
                 rfc3339(from)
             ));
         }
-        self.state.backfills.push(Backfill {
-            after: Timestamp::from_millis(from.as_millis().saturating_sub(1)),
-            until: to,
-        });
+        if from > now {
+            return Err(format!(
+                "a backfill runs past fire times; {} is still to come",
+                rfc3339(from)
+            ));
+        }
+        // Fire times still to come fire on their own.
+        let until = to.min(now);
+        let after = Timestamp::from_millis(from.as_millis().saturating_sub(1));
+        let calendar = self.spec.calendar()?;
+        if calendar.between(after, until, MAX_BACKFILL + 1).len() > MAX_BACKFILL {
+            return Err(format!(
+                "the backfill holds more than {MAX_BACKFILL} fire times: ask for a shorter range"
+            ));
+        }
+        self.state.backfills.push(Backfill { after, until });
         self.updated_at = now;
         self.wake_at = Some(now);
         Ok(())
@@ -862,6 +912,7 @@ impl Schedule {
             more: false,
             missed: Vec::new(),
         };
+        let buffered = walk.fires.len();
         let Ok(calendar) = self.spec.calendar() else {
             return walk;
         };
@@ -870,7 +921,7 @@ impl Schedule {
             walk.processed = walk.processed.max(now);
         } else {
             loop {
-                if walk.fires.len() + walk.missed.len() >= TICK_FIRES {
+                if walk.fires.len() - buffered + walk.missed.len() >= TICK_FIRES {
                     walk.more = true;
                     break;
                 }
@@ -881,7 +932,7 @@ impl Schedule {
                     break;
                 }
                 walk.processed = next;
-                if next.saturating_add(window) < now {
+                if calendar.due_at(&self.id, next).saturating_add(window) < now {
                     walk.missed.push(next);
                     walk.fires.push(None);
                 } else {
@@ -902,7 +953,7 @@ impl Schedule {
         let mut kept = Vec::new();
         for mut b in walk.backfills.drain(..) {
             loop {
-                if walk.fires.len() >= TICK_FIRES {
+                if walk.fires.len() - buffered >= TICK_FIRES {
                     walk.more = true;
                     break;
                 }
@@ -973,10 +1024,11 @@ impl Schedule {
                         }
                         false
                     }
-                    Overlap::BufferAll => {
+                    Overlap::BufferAll if s.buffer.len() < MAX_BUFFER => {
                         s.buffer.push(fire);
                         continue;
                     }
+                    Overlap::BufferAll => false,
                     Overlap::AllowAll => true,
                     Overlap::CancelOther => {
                         for id in &s.running {
@@ -1024,9 +1076,22 @@ impl Schedule {
         self.updated_at = now;
         match self.spec.calendar() {
             Ok(c) => self.wake_at = self.wake(&c, now, walk.more),
-            Err(_) => self.wake_at = None,
+            // A spec this build cannot read (written by another build): looked at again
+            // later rather than never, so its triggers and backfills are not stranded.
+            Err(_) => self.wake_at = Some(now.saturating_add(UNREADABLE_RETRY)),
         }
         tick
+    }
+
+    /// The version a create stores: its creation time in milliseconds times a thousand. A
+    /// schedule deleted and created again under the same id so starts above every version
+    /// the earlier one reached (it would have needed a thousand writes a millisecond), so a
+    /// write read from the earlier one can never pass the version check of the later.
+    pub fn first_version(&self) -> u64 {
+        u64::try_from(self.created_at.as_millis())
+            .unwrap_or(0)
+            .max(1)
+            .saturating_mul(1_000)
     }
 
     /// When a worker must look next, at store time `now`.
@@ -1531,6 +1596,144 @@ mod tests {
             [at("2024-01-01T00:01:00Z"), at("2024-01-01T00:02:00Z")]
         );
         assert_eq!(s.wake_at, None, "paused: nothing more");
+    }
+
+    #[test]
+    fn the_catch_up_window_counts_from_a_fires_jittered_time() {
+        let t0 = at("2024-01-01T00:00:00.500Z");
+        let mut s = Schedule::new(
+            "j",
+            ScheduleSpec {
+                cron: vec!["0 0 * * * *".into()],
+                jitter_ms: 30 * 60_000,
+                ..ScheduleSpec::default()
+            },
+            every_minute(Overlap::AllowAll, HOUR, t0).action,
+            SchedulePolicy {
+                overlap: Overlap::AllowAll,
+                catchup_window_ms: 60_000,
+            },
+            false,
+            t0,
+        )
+        .unwrap();
+        let calendar = s.spec.calendar().unwrap();
+        let nominal = at("2024-01-01T01:00:00Z");
+        let due = calendar.due_at("j", nominal);
+        // A worker that comes a few seconds after the jittered time takes the fire, however
+        // much later than the nominal time that is.
+        let tick = s.tick(due.saturating_add(Duration::from_secs(5)), &BTreeMap::new());
+        assert_eq!(tick.starts.len(), 1, "{:?}", s.state);
+        assert_eq!(s.state.counts.missed, 0);
+    }
+
+    #[test]
+    fn a_change_within_a_fires_jitter_keeps_the_fire() {
+        let t0 = at("2024-01-01T00:00:00.500Z");
+        let spec = ScheduleSpec {
+            cron: vec!["0 0 * * * *".into()],
+            jitter_ms: 59 * 60_000,
+            ..ScheduleSpec::default()
+        };
+        let mut s = every_minute(Overlap::AllowAll, HOUR, t0);
+        s.update(spec.clone(), s.action.clone(), s.policy, t0)
+            .unwrap();
+        let nominal = at("2024-01-01T01:00:00Z");
+        let due = s.spec.calendar().unwrap().due_at(&s.id, nominal);
+        assert!(
+            due > nominal.saturating_add(Duration::from_secs(60)),
+            "{due}"
+        );
+        // The input changes after the nominal time, before the jittered one.
+        let mut action = s.action.clone();
+        action.input = Payload::encode(&2).unwrap();
+        s.update(
+            spec,
+            action,
+            s.policy,
+            nominal.saturating_add(Duration::from_secs(30)),
+        )
+        .unwrap();
+        let tick = s.tick(
+            nominal.saturating_add(Duration::from_secs(31)),
+            &BTreeMap::new(),
+        );
+        assert_eq!(tick.starts.len(), 1);
+        assert_eq!(tick.starts[0].1.nominal, nominal);
+    }
+
+    #[test]
+    fn a_backfill_stops_at_now_and_is_bounded() {
+        let t0 = at("2024-01-01T00:00:30Z");
+        let mut s = every_minute(Overlap::AllowAll, HOUR, t0);
+        let now = at("2024-01-01T00:05:30Z");
+        assert!(
+            s.backfill(at("2024-01-01T00:06:00Z"), at("2024-01-02T00:00:00Z"), now)
+                .unwrap_err()
+                .contains("still to come")
+        );
+        s.backfill(at("2024-01-01T00:04:00Z"), at("2024-01-02T00:00:00Z"), now)
+            .unwrap();
+        assert_eq!(s.state.backfills[0].until, now);
+        let mut busy = Schedule::new(
+            "busy",
+            ScheduleSpec {
+                cron: vec!["* * * * * *".into()],
+                ..ScheduleSpec::default()
+            },
+            s.action.clone(),
+            s.policy,
+            false,
+            t0,
+        )
+        .unwrap();
+        let e = busy
+            .backfill(at("2023-01-01T00:00:00Z"), at("2023-12-31T00:00:00Z"), now)
+            .unwrap_err();
+        assert!(e.contains("more than 100000"), "{e}");
+        assert!(busy.state.backfills.is_empty());
+    }
+
+    #[test]
+    fn a_buffer_holds_at_most_its_limit() {
+        let t0 = at("2024-01-01T00:00:00.500Z");
+        let mut s = Schedule::new(
+            "b",
+            ScheduleSpec {
+                cron: vec!["* * * * * *".into()],
+                ..ScheduleSpec::default()
+            },
+            every_minute(Overlap::BufferAll, HOUR, t0).action,
+            SchedulePolicy {
+                overlap: Overlap::BufferAll,
+                catchup_window_ms: 3 * HOUR,
+            },
+            false,
+            t0,
+        )
+        .unwrap();
+        let first = s.tick(at("2024-01-01T00:00:01Z"), &BTreeMap::new());
+        let running = open(&[&first.starts[0].0]);
+        let mut now = at("2024-01-01T00:00:01Z");
+        for _ in 0..3 {
+            now = now.saturating_add(Duration::from_secs(1_000));
+            s.tick(now, &running);
+            assert!(s.state.buffer.len() <= MAX_BUFFER);
+        }
+        assert_eq!(s.state.buffer.len(), MAX_BUFFER);
+        assert!(s.state.counts.skipped > 0);
+        assert_eq!(
+            s.state.processed, now,
+            "the walk went on past a full buffer"
+        );
+    }
+
+    #[test]
+    fn a_schedule_created_again_starts_above_every_version_of_the_one_before() {
+        let t0 = at("2024-01-01T00:00:00Z");
+        let earlier = every_minute(Overlap::Skip, HOUR, t0);
+        let later = every_minute(Overlap::Skip, HOUR, at("2024-01-01T00:00:00.001Z"));
+        assert!(later.first_version() >= earlier.first_version() + 1_000);
     }
 
     #[test]

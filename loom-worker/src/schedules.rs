@@ -58,6 +58,12 @@ fn invalid(message: String) -> ClientError {
     ClientError::Storage(StorageError::InvalidArgument(message))
 }
 
+/// A schedule id as the store can hold it, checked before any read: an id no schedule can
+/// have is refused with its reason rather than sent to the database.
+fn checked(id: &str) -> Result<(), ClientError> {
+    loom_storage::schedule::check_id(id).map_err(invalid)
+}
+
 impl ScheduleDefinition {
     /// Checks the definition against `registry` and `limits`: the spec parses, the workflow
     /// type (and version) is registered, and the input fits it.
@@ -116,12 +122,13 @@ impl Client {
                 terminate: Vec::new(),
             })
             .await?;
-        schedule.version = 1;
+        schedule.version = schedule.first_version();
         Ok(schedule)
     }
 
     /// One schedule as stored.
     pub async fn schedule(&self, id: &str) -> Result<Schedule, ClientError> {
+        checked(id)?;
         Ok(self.storage().schedule(id).await?)
     }
 
@@ -131,12 +138,16 @@ impl Client {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Schedule>, ClientError> {
+        if after.is_some_and(|a| a.contains('\0')) {
+            return Err(invalid("a schedule id cannot hold NUL".into()));
+        }
         Ok(self.storage().schedules(after, limit).await?)
     }
 
     /// A schedule with its next ten fire times, the workflows it started that still run, and
     /// its last actions with their workflows' statuses.
     pub async fn describe_schedule(&self, id: &str) -> Result<ScheduleDescription, ClientError> {
+        checked(id)?;
         let storage = self.storage();
         let schedule = storage.schedule(id).await?;
         let now = storage.now().await?;
@@ -186,6 +197,7 @@ impl Client {
         id: &str,
         mut change: impl FnMut(&mut Schedule, Timestamp) -> Result<(), String>,
     ) -> Result<Schedule, ClientError> {
+        checked(id)?;
         let storage = self.storage();
         let mut tries = 0;
         loop {
@@ -230,6 +242,7 @@ impl Client {
 
     /// Pauses a schedule with a note: its spec's fires are not taken until it is unpaused.
     pub async fn pause_schedule(&self, id: &str, note: &str) -> Result<Schedule, ClientError> {
+        loom_storage::schedule::check_note(note).map_err(invalid)?;
         self.change_schedule(id, |s, now| {
             s.set_paused(true, note.to_owned(), now);
             Ok(())
@@ -240,6 +253,7 @@ impl Client {
     /// Lets a paused schedule fire again, from now on (the fires it was paused through are not
     /// taken).
     pub async fn unpause_schedule(&self, id: &str, note: &str) -> Result<Schedule, ClientError> {
+        loom_storage::schedule::check_note(note).map_err(invalid)?;
         self.change_schedule(id, |s, now| {
             s.set_paused(false, note.to_owned(), now);
             Ok(())
@@ -272,6 +286,7 @@ impl Client {
 
     /// Deletes a schedule. The workflows it started are left as they are.
     pub async fn delete_schedule(&self, id: &str) -> Result<(), ClientError> {
+        checked(id)?;
         let storage = self.storage();
         let mut tries = 0;
         loop {

@@ -53,10 +53,15 @@ pub async fn schedules_are_created_read_listed_and_deleted(store: Store) {
     }
     let read = store.schedule("a-hourly").await.expect("read");
     let mut expected = record("a-hourly", now);
-    expected.version = 1;
+    expected.version = expected.first_version();
+    let v1 = expected.version;
+    assert!(
+        v1 >= 1_000,
+        "a create's version is its creation time times a thousand"
+    );
     assert_eq!(
         read, expected,
-        "a schedule reads back as written, at version 1"
+        "a schedule reads back as written, at its first version"
     );
 
     let first = store.schedules(None, 2).await.expect("list");
@@ -86,17 +91,17 @@ pub async fn schedules_are_created_read_listed_and_deleted(store: Store) {
         store.write_schedule(delete(7)).await,
         Err(StorageError::ScheduleConflict {
             expected: 7,
-            actual: 1,
+            actual,
             ..
-        })
+        }) if actual == v1
     ));
-    store.write_schedule(delete(1)).await.expect("delete");
+    store.write_schedule(delete(v1)).await.expect("delete");
     assert!(matches!(
         store.schedule("a-hourly").await,
         Err(StorageError::ScheduleNotFound(id)) if id == "a-hourly"
     ));
     assert!(matches!(
-        store.write_schedule(delete(1)).await,
+        store.write_schedule(delete(v1)).await,
         Err(StorageError::ScheduleNotFound(_))
     ));
     assert_eq!(store.schedules(None, 10).await.expect("list").len(), 2);
@@ -107,28 +112,29 @@ pub async fn a_schedule_write_names_the_version_it_read(store: Store) {
     let now = store.now().await.expect("now");
     let s = record("nightly", now);
     store.write_schedule(put(&s, None)).await.expect("create");
+    let v1 = s.first_version();
     let mut paused = store.schedule("nightly").await.expect("read");
     paused.set_paused(true, "maintenance".into(), now);
     store
-        .write_schedule(put(&paused, Some(1)))
+        .write_schedule(put(&paused, Some(v1)))
         .await
         .expect("update");
     let read = store.schedule("nightly").await.expect("read");
-    assert_eq!(read.version, 2);
+    assert_eq!(read.version, v1 + 1);
     assert!(read.paused);
     assert_eq!(read.note, "maintenance");
 
     let mut stale = s.clone();
     stale.note = "lost update".into();
-    let r = store.write_schedule(put(&stale, Some(1))).await;
+    let r = store.write_schedule(put(&stale, Some(v1))).await;
     assert!(
         matches!(
             r,
             Err(StorageError::ScheduleConflict {
-                expected: 1,
-                actual: 2,
+                expected,
+                actual,
                 ..
-            })
+            }) if expected == v1 && actual == v1 + 1
         ),
         "{r:?}"
     );
@@ -141,7 +147,7 @@ pub async fn a_schedule_write_names_the_version_it_read(store: Store) {
         store.write_schedule(bad).await,
         Err(StorageError::InvalidArgument(_))
     ));
-    let mut other = put(&s, Some(2));
+    let mut other = put(&s, Some(v1 + 1));
     other.id = "other".into();
     assert!(matches!(
         store.write_schedule(other).await,
@@ -179,7 +185,7 @@ pub async fn due_schedules_are_those_whose_time_has_come(store: Store) {
     let mut late = store.schedule("late").await.expect("read");
     late.wake_at = at(3 * HOUR_MS);
     store
-        .write_schedule(put(&late, Some(1)))
+        .write_schedule(put(&late, Some(late.version)))
         .await
         .expect("update");
     let due = store.due_schedules(10).await.expect("due");
@@ -204,7 +210,7 @@ pub async fn a_ticks_starts_are_written_with_it_or_not_at_all(store: Store) {
     };
     let mut ticked = store.schedule("hourly").await.expect("read");
     ticked.note = "ticked".into();
-    let mut write = put(&ticked, Some(1));
+    let mut write = put(&ticked, Some(ticked.version));
     write.starts = vec![start(t2), start(t1)];
     store.write_schedule(write).await.expect("tick");
     for t in [t1, t2] {
@@ -230,7 +236,7 @@ pub async fn a_ticks_starts_are_written_with_it_or_not_at_all(store: Store) {
     let t3 = Timestamp::from_millis(now.as_millis() - 3 * HOUR_MS);
     let mut again = store.schedule("hourly").await.expect("read");
     again.note = "ticked again".into();
-    let mut write = put(&again, Some(2));
+    let mut write = put(&again, Some(again.version));
     write.starts = vec![start(t3), start(t1)];
     let r = store.write_schedule(write).await;
     assert!(
@@ -238,7 +244,7 @@ pub async fn a_ticks_starts_are_written_with_it_or_not_at_all(store: Store) {
         "{r:?}"
     );
     let after = store.schedule("hourly").await.expect("read");
-    assert_eq!(after.version, 2);
+    assert_eq!(after.version, s.first_version() + 1);
     assert_eq!(after.note, "ticked");
     assert!(matches!(
         store.describe(&s.action.workflow_id(&s.id, t3)).await,
@@ -269,7 +275,7 @@ pub async fn a_ticks_cancels_and_terminations_reach_only_open_workflows(store: S
         ))
         .await
         .expect("end");
-    let mut write = put(&s, Some(1));
+    let mut write = put(&s, Some(s.first_version()));
     write.cancel = vec![
         (wid("running-1"), "schedule every: cancel_other".into()),
         (wid("ended"), "too late".into()),
@@ -290,5 +296,8 @@ pub async fn a_ticks_cancels_and_terminations_reach_only_open_workflows(store: S
         }]
     );
     assert!(kinds(store.pending(&wid("ended")).await.expect("pending")).is_empty());
-    assert_eq!(store.schedule("every").await.expect("read").version, 2);
+    assert_eq!(
+        store.schedule("every").await.expect("read").version,
+        s.first_version() + 1
+    );
 }

@@ -248,7 +248,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
             Op::SetTags { workflow, tags } => store.set_tags(workflow, tags)?,
             Op::Settle { workflow } => store.settle(workflow)?,
-            Op::PutSchedule { schedule } => store.put_schedule(schedule)?,
+            Op::PutSchedule { schedule, .. } => store.put_schedule(schedule)?,
             Op::DeleteSchedule { schedule } => store.delete_schedule(schedule)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,
             Op::Pause { task, reason } => store.pause(now, *task, reason)?,

@@ -300,6 +300,8 @@ pub enum Op {
     PutSchedule {
         /// The schedule, at its new version.
         schedule: Box<crate::schedule::Schedule>,
+        /// Whether it is new (a create, whose check found no schedule with the id).
+        new: bool,
     },
     /// Deletes a schedule (the workflows it started are left as they are).
     DeleteSchedule {

@@ -1093,7 +1093,8 @@ pub fn deliver(id: &WorkflowId, kind: EventKind) -> Result<WriteSet> {
 /// caller read), and in the same step starts the workflows a tick decided on (each id free,
 /// as [`create`] starts one: a taken id fails the whole write, so a fire never starts a
 /// second workflow) and asks running ones to cancel or terminates them (each only while it
-/// is open). The stored schedule's version is the one read plus one, 1 for a create.
+/// is open). The stored schedule's version is the one read plus one; a create's is
+/// [`Schedule::first_version`](crate::schedule::Schedule::first_version).
 pub fn write_schedule(w: crate::schedule::ScheduleWrite) -> Result<WriteSet> {
     crate::schedule::check_id(&w.id).map_err(StorageError::InvalidArgument)?;
     let mut checks = vec![Check::ScheduleVersion {
@@ -1109,9 +1110,12 @@ pub fn write_schedule(w: crate::schedule::ScheduleWrite) -> Result<WriteSet> {
                     w.id, schedule.id
                 )));
             }
-            schedule.version = w.expected.map_or(1, |v| v + 1);
+            schedule.version = w
+                .expected
+                .map_or_else(|| schedule.first_version(), |v| v + 1);
             ops.push(Op::PutSchedule {
                 schedule: Box::new(schedule),
+                new: w.expected.is_none(),
             });
         }
         None if w.expected.is_none() => {

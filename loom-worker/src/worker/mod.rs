@@ -325,8 +325,9 @@ impl Shared {
             return tasks_idle;
         }
         // A schedule due now, or firing within the horizon, is work too.
-        match self.storage.due_schedules(1).await {
-            Ok(due) => due.due.is_empty() && due.next.is_none_or(|t| t > soon),
+        match self.storage.due_schedules(64).await {
+            // Due schedules of types this worker lacks are left to workers that have them.
+            Ok(due) => !due.due.iter().any(|s| self.knows(s)) && due.next.is_none_or(|t| t > soon),
             Err(_) => false,
         }
     }

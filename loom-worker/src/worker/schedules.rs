@@ -10,8 +10,12 @@ use loom_storage::schedule::{FireSource, Schedule};
 
 use super::*;
 
-/// How many due schedules one look takes.
+/// How many due schedules one look ticks.
 const BATCH: usize = 64;
+
+/// How many due schedules one look reads: those of types this worker does not know are
+/// passed over, so that they cannot hide the others.
+const LOOK: usize = 1_024;
 
 impl Shared {
     /// Ticks the schedules that are due, then sleeps until the next one is (or the poll
@@ -24,12 +28,14 @@ impl Shared {
             if *stop.borrow() {
                 return;
             }
-            let wait = match self.storage.due_schedules(BATCH).await {
+            let wait = match self.storage.due_schedules(LOOK).await {
                 Ok(due) => {
                     // All at once: their writes share a group commit where the store has one.
                     let ticks = due
                         .due
                         .iter()
+                        .filter(|s| self.knows(s))
+                        .take(BATCH)
                         .cloned()
                         .map(|schedule| self.tick_schedule(schedule, due.now));
                     let ticked = futures::future::join_all(ticks)
@@ -54,6 +60,18 @@ impl Shared {
                 _ = stop.changed() => return,
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Whether this worker has the workflow type (and version) a schedule starts.
+    pub(super) fn knows(&self, schedule: &Schedule) -> bool {
+        let action = &schedule.action;
+        match action.version {
+            Some(v) => self
+                .registry
+                .workflow_version(&action.workflow, v)
+                .is_some(),
+            None => self.registry.workflow(&action.workflow).is_some(),
         }
     }
 
