@@ -340,7 +340,9 @@ pub(crate) async fn bench(
             .saturating_sub(1_000),
     );
 
-    // Up front: start everything, then run. With a rate: start while running.
+    // Up front: start everything, then run. With a rate: start while running. Either way the
+    // headline counts from the first start to the last completion.
+    let first_start = Instant::now();
     let mut start_elapsed = None;
     if args.rate.is_none() {
         let t = Instant::now();
@@ -402,6 +404,7 @@ pub(crate) async fn bench(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = began.elapsed();
+    let total = first_start.elapsed();
     drop(helpers);
     let _ = stop.send(());
     if let Some(starter) = starter {
@@ -454,6 +457,7 @@ pub(crate) async fn bench(
         }
     }
     let secs = elapsed.as_secs_f64();
+    let total_secs = total.as_secs_f64();
     let doc = json!({
         "db": url,
         "workflows": args.workflows,
@@ -466,9 +470,11 @@ pub(crate) async fn bench(
         "idle_park_seconds": idle_elapsed.map(|d| d.as_secs_f64()),
         "start_seconds": start_elapsed.map(|d| d.as_secs_f64()),
         "starts_per_second": start_elapsed.map(|d| args.workflows as f64 / d.as_secs_f64()),
+        "seconds": total_secs,
+        "workflows_per_second": args.workflows as f64 / total_secs,
+        "activities_per_second": (args.workflows as f64 * f64::from(args.activities)) / total_secs,
         "run_seconds": secs,
-        "workflows_per_second": args.workflows as f64 / secs,
-        "activities_per_second": (args.workflows as f64 * f64::from(args.activities)) / secs,
+        "run_only_workflows_per_second": args.workflows as f64 / secs,
         "start_to_completion_ms": summarize(end_to_end_ms),
         "activity_completion_to_next_started_us": summarize(handoff_us),
         "peak_memory_kib": peak_kib,
@@ -509,11 +515,18 @@ pub(crate) async fn bench(
         );
     }
     println!(
-        "ran in {}: {:.0} workflows/s, {:.0} activities/s",
-        render::duration(elapsed),
+        "first start to last completion in {}: {:.0} workflows/s, {:.0} activities/s",
+        render::duration(total),
         doc["workflows_per_second"].as_f64().unwrap_or(0.0),
         doc["activities_per_second"].as_f64().unwrap_or(0.0)
     );
+    if start_elapsed.is_some() {
+        println!(
+            "run only (after every start): {} at {:.0} workflows/s",
+            render::duration(elapsed),
+            doc["run_only_workflows_per_second"].as_f64().unwrap_or(0.0)
+        );
+    }
     let e2e = &doc["start_to_completion_ms"];
     println!(
         "start to completion (ms): p50 {}  p95 {}  p99 {}  max {}",
@@ -697,19 +710,17 @@ async fn start_all<W: Workflow>(
 where
     W::Input: Clone + Send + Sync + 'static,
 {
-    const AT_ONCE: usize = 128;
+    // A batch at a time through `Client::start_many`: each batch reaches the store at once,
+    // and its group commit makes it durable in a few commits.
+    const AT_ONCE: usize = 4_096;
     let mut started = 0;
     for chunk in ids.chunks(AT_ONCE) {
-        let mut set = tokio::task::JoinSet::new();
-        for id in chunk {
-            let client = client.clone();
-            let input = input.clone();
-            let options = StartOptions::id(id.clone());
-            set.spawn(async move { client.start::<W>(&input, options).await.map(drop) });
-        }
-        while let Some(r) = set.join_next().await {
-            r.map_err(|e| Fail::failed(format!("a start task failed: {e}")))?
-                .map_err(Fail::from_client)?;
+        let starts = chunk
+            .iter()
+            .map(|id| (input.clone(), StartOptions::id(id.clone())))
+            .collect();
+        for r in client.start_many::<W>(starts).await {
+            r.map_err(Fail::from_client)?;
         }
         started += chunk.len();
         done(started);

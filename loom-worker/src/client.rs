@@ -295,6 +295,28 @@ impl Client {
         })
     }
 
+    /// Starts many workflows of type `W` at once, each as [`start`](Self::start) would (its
+    /// own answer, idempotent on its id): their writes reach the store together, so a backend
+    /// with group commit makes them durable in as few commits as its batches allow, rather
+    /// than one after another. Answers in the order given.
+    pub async fn start_many<W: Workflow>(
+        &self,
+        starts: Vec<(W::Input, StartOptions)>,
+    ) -> Vec<Result<WorkflowHandle<W>, ClientError>> {
+        let each = starts.into_iter().map(|(input, options)| async move {
+            let input = Payload::encode(&input).map_err(|e| ClientError::Payload(e.to_string()))?;
+            let id = self
+                .start_erased(W::NAME, W::VERSION, input, options)
+                .await?;
+            Ok(WorkflowHandle {
+                client: self.clone(),
+                id,
+                _type: PhantomData,
+            })
+        });
+        futures::future::join_all(each).await
+    }
+
     /// Starts a workflow by name with a JSON input, checking both against `registry`: the way
     /// a command line or another language starts workflows.
     pub async fn start_by_name(

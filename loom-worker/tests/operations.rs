@@ -463,3 +463,50 @@ on_every_backend!(
     a_run_that_failed_is_reset_after_the_fix_and_completes,
     tags_from_the_start_and_the_code_find_workflows,
 );
+
+/// Many starts at once: each answered on its own, in the order given, idempotent on its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_starts_are_answered_each_in_order() {
+    let store: Arc<dyn Storage> = Arc::new(loom_storage::MemoryStorage::new());
+    let client = Client::new(store.clone());
+    client
+        .start::<Collector>(&(), StartOptions::id("taken"))
+        .await
+        .expect("start");
+    let answers = client
+        .start_many::<Collector>(vec![
+            ((), StartOptions::id("one")),
+            ((), StartOptions::id("taken")),
+            ((), StartOptions::id("two")),
+            ((), StartOptions::id("")),
+        ])
+        .await;
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0].as_ref().expect("one").id().as_str(), "one");
+    assert_eq!(
+        answers[1]
+            .as_ref()
+            .expect("the same start again")
+            .id()
+            .as_str(),
+        "taken"
+    );
+    assert_eq!(answers[2].as_ref().expect("two").id().as_str(), "two");
+    assert!(
+        matches!(
+            answers[3],
+            Err(ClientError::Storage(StorageError::InvalidArgument(_)))
+        ),
+        "an empty id is refused alone"
+    );
+    for id in ["one", "two", "taken"] {
+        assert_eq!(
+            store
+                .describe(&loom_core::WorkflowId::new(id))
+                .await
+                .expect("started")
+                .status,
+            WorkflowStatus::Running
+        );
+    }
+}
