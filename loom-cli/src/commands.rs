@@ -34,6 +34,20 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
             ))),
         }
     };
+    if url == DbUrl::Memory
+        && !matches!(
+            cli.command,
+            Command::Bench {
+                processes: 0 | 1,
+                ..
+            }
+        )
+    {
+        return Err(Fail::usage(
+            "--db memory:// is for `loom bench` in one process only: nothing in it outlives the \
+             process, so it measures the engine without a disk",
+        ));
+    }
     if remote.is_some()
         && !matches!(
             cli.command,

@@ -19,6 +19,9 @@ pub(crate) enum DbUrl {
     Postgres(String),
     /// `redb://PATH`.
     Redb(PathBuf),
+    /// `memory://`: the in-process reference store, for `loom bench` only: nothing in it
+    /// outlives the process, so it measures the engine without a disk.
+    Memory,
 }
 
 impl DbUrl {
@@ -28,6 +31,9 @@ impl DbUrl {
                 "--db {url:?} is not a database URL; use sqlite://PATH (for example {DEFAULT_URL})"
             ))
         })?;
+        if scheme == "memory" {
+            return Ok(DbUrl::Memory);
+        }
         if rest.is_empty() {
             return Err(Fail::usage(format!("--db {url:?} names no database")));
         }
@@ -52,6 +58,7 @@ impl DbUrl {
             #[cfg(not(feature = "postgres"))]
             DbUrl::Postgres(u) => u.clone(),
             DbUrl::Redb(p) => format!("redb://{}", p.display()),
+            DbUrl::Memory => "memory://".to_owned(),
         }
     }
 
@@ -59,7 +66,7 @@ impl DbUrl {
     pub(crate) fn file(&self) -> Option<&Path> {
         match self {
             DbUrl::Sqlite(p) | DbUrl::Redb(p) => Some(p),
-            DbUrl::Postgres(_) => None,
+            DbUrl::Postgres(_) | DbUrl::Memory => None,
         }
     }
 }
@@ -130,6 +137,7 @@ async fn open_as(
         }
     }
     match url {
+        DbUrl::Memory => Ok(Arc::new(loom_storage::MemoryStorage::new())),
         #[cfg(feature = "sqlite")]
         DbUrl::Sqlite(path) => {
             let store =

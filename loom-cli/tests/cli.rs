@@ -1081,6 +1081,32 @@ fn bad_database_urls_and_files_are_clear_errors() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown scheme"));
+    // The in-process store measures the engine; nothing else may use it.
+    for args in [
+        &["list"][..],
+        &["start", "Greeting", "--input", r#"{"name": "Ada"}"#],
+        &["bench", "--workflows", "10", "--processes", "2"],
+    ] {
+        loom(dir.path())
+            .args(["--db", "memory://"])
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(
+                predicate::str::contains("only for").or(predicate::str::contains(
+                    "is for `loom bench` in one process only",
+                )),
+            );
+    }
+    let out = loom(dir.path())
+        .args(["--db", "memory://", "bench", "--workflows", "20", "--json"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["db"], "memory://");
     loom(dir.path())
         .env("LOOM_DB", "sqlite://via-env.db")
         .args(["init", "--json"])
