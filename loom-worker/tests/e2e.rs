@@ -1322,6 +1322,33 @@ async fn shutdown_releases_unfinished_work_at_once(store: Arc<dyn Storage>) {
 struct StaleClaims {
     inner: MemoryStorage,
     lies: AtomicU32,
+    /// How many commits to answer `Unavailable` without touching the store, as a database
+    /// being restarted does.
+    outages: AtomicU32,
+}
+
+impl StaleClaims {
+    fn over(inner: MemoryStorage, lies: u32, outages: u32) -> Self {
+        StaleClaims {
+            inner,
+            lies: AtomicU32::new(lies),
+            outages: AtomicU32::new(outages),
+        }
+    }
+
+    fn outage(&self) -> loom_storage::Result<()> {
+        if self
+            .outages
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(loom_storage::StorageError::Unavailable {
+                message: "the database is restarting".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl StaleClaims {
@@ -1367,6 +1394,7 @@ impl Storage for StaleClaims {
         &self,
         completion: loom_storage::WorkflowTaskCompletion,
     ) -> loom_storage::Result<Vec<loom_storage::ActivityTask>> {
+        self.outage()?;
         self.inner.complete_workflow_task(completion).await
     }
     async fn claim_activity_tasks(
@@ -1379,6 +1407,7 @@ impl Storage for StaleClaims {
         &self,
         completion: loom_storage::ActivityTaskCompletion,
     ) -> loom_storage::Result<loom_storage::ActivityCommitted> {
+        self.outage()?;
         let mut answer = self.inner.complete_activity_task(completion).await?;
         if let loom_storage::ActivityCommitted::WorkflowTask(task) = &mut answer {
             self.maybe_lie(task);
@@ -1493,10 +1522,7 @@ impl Storage for StaleClaims {
 /// once reported such claims, accepted, consuming a message without recording it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_disagrees_with_the_history_is_not_decided() {
-    let store = Arc::new(StaleClaims {
-        inner: MemoryStorage::new(),
-        lies: AtomicU32::new(2),
-    });
+    let store = Arc::new(StaleClaims::over(MemoryStorage::new(), 2, 0));
     let emails = Arc::new(AtomicU32::new(0));
     // No cached machines, so no decisions ahead: every workflow task after the first is
     // claimed, by the claim loop or with an activity's result.
@@ -1520,6 +1546,42 @@ async fn a_claim_that_disagrees_with_the_history_is_not_decided() {
         "no decision was made from a claim that disagreed with the history: {metrics:?}"
     );
     assert_eq!(emails.load(Ordering::SeqCst), 1);
+}
+
+/// A commit the store could not take (unavailable, as while a database restarts) is tried
+/// again by the worker that holds the task, not left until the lease lapses: on a manual
+/// clock that never moves, no lease ever lapses, so the workflow finishes only if its
+/// commits are retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_the_store_could_not_take_are_tried_again_while_the_lease_holds() {
+    let clock = ManualClock::new(loom_storage::Clock::now(&loom_storage::SystemClock));
+    let store = Arc::new(StaleClaims::over(
+        MemoryStorage::with_clock(Arc::new(clock.clone())),
+        0,
+        5,
+    ));
+    let emails = Arc::new(AtomicU32::new(0));
+    let config = WorkerConfig {
+        lease: Duration::from_secs(3_600),
+        ..on(&clock)
+    };
+    let worker = Worker::with_config(store.clone(), registry_with(emails.clone(), false), config);
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<OrderProcessing>(&order("8"), StartOptions::id("order-8"))
+        .await
+        .expect("start");
+    let output = handle.result_within(WAIT).await.expect("result");
+    assert_eq!(output, "order 8 complete");
+    assert_eq!(
+        store.outages.load(Ordering::SeqCst),
+        0,
+        "every outage was met"
+    );
+    let metrics = running.stop().await;
+    assert_eq!(metrics.commits_refused, 0, "{metrics:?}");
+    assert_eq!(emails.load(Ordering::SeqCst), 1, "no attempt ran twice");
 }
 
 /// Counts its ticks for ever, whatever its context says: only dropping it stops it.

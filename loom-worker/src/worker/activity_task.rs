@@ -127,7 +127,10 @@ impl Shared {
             retry_after,
             then,
         };
-        match self.storage.complete_activity_task(completion).await {
+        let committed = self
+            .commit_retrying(|| self.storage.complete_activity_task(completion.clone()))
+            .await;
+        match committed {
             Ok(ActivityCommitted::Decided(claimed)) => {
                 drop(workflow_slot);
                 let Some(ahead) = ahead else {

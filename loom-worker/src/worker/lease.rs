@@ -76,6 +76,33 @@ impl Shared {
         None
     }
 
+    /// Runs a commit, and runs it again while the store answers that it is unavailable (a
+    /// restart, a cut connection), backing off from 25 ms to a second, for at most a lease's
+    /// length: the worker still holds the task and the work, so the commit lands as soon as
+    /// the store is back instead of the task waiting for its lease to lapse. A commit that
+    /// did land with its answer lost is refused when run again (its lease is spent, or the
+    /// history moved on), as any refused commit is.
+    pub(super) async fn commit_retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.lease;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match attempt().await {
+                Err(e @ StorageError::Unavailable { .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    debug!(error = %e, "the store could not take a commit; trying it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub(super) fn current_lease(&self, lease: Lease) -> Lease {
         self.leases_guard()
             .get(&lease.task)

@@ -65,7 +65,10 @@ impl Shared {
             EventKind::WorkflowTimedOut { .. } => RunOutcome::timed_out,
             _ => RunOutcome::terminated,
         };
-        match self.storage.complete_workflow_task(completion).await {
+        let committed = self
+            .commit_retrying(|| self.storage.complete_workflow_task(completion.clone()))
+            .await;
+        match committed {
             Ok(_) => {
                 if let (Some(t), Some(def)) = (
                     self.telemetry(),
@@ -313,8 +316,7 @@ impl Shared {
             eager: slot.as_ref().map(|_| self.claim_request(1)),
         };
         let committed = self
-            .storage
-            .complete_workflow_task(completion)
+            .commit_retrying(|| self.storage.complete_workflow_task(completion.clone()))
             .instrument(run_span.clone())
             .await;
         match committed {
