@@ -143,7 +143,11 @@ impl Remote {
     /// One workflow.
     pub(crate) async fn describe(&self, id: &WorkflowId) -> Result<WorkflowSummary, Fail> {
         let w = self
-            .call("GET", format!("/api/v1/workflows/{}", segment(id)), None)
+            .call(
+                "GET",
+                format!("/api/v1/workflows/{}", segment(id.as_str())),
+                None,
+            )
             .await?;
         summary(&w)
     }
@@ -235,7 +239,7 @@ impl Remote {
     ) -> Result<(), Fail> {
         self.call(
             "POST",
-            format!("/api/v1/workflows/{}/signal", segment(id)),
+            format!("/api/v1/workflows/{}/signal", segment(id.as_str())),
             Some(json!({ "name": name, "payload": payload.into_json() })),
         )
         .await
@@ -246,7 +250,7 @@ impl Remote {
     pub(crate) async fn act(&self, id: &WorkflowId, action: &str, body: Value) -> Result<(), Fail> {
         self.call(
             "POST",
-            format!("/api/v1/workflows/{}/{action}", segment(id)),
+            format!("/api/v1/workflows/{}/{action}", segment(id.as_str())),
             Some(body),
         )
         .await
@@ -268,7 +272,7 @@ impl Remote {
         let answer = self
             .call(
                 "POST",
-                format!("/api/v1/workflows/{}/reset", segment(id)),
+                format!("/api/v1/workflows/{}/reset", segment(id.as_str())),
                 Some(json!({ "to": to, "reason": reason, "no_signals": !signals })),
             )
             .await?;
@@ -291,7 +295,7 @@ impl Remote {
         loop {
             let mut path = format!(
                 "/api/v1/workflows/{}/history?limit=1000&after={after}",
-                segment(id)
+                segment(id.as_str())
             );
             if let Some(run) = run {
                 path.push_str(&format!("&run={run}"));
@@ -312,7 +316,7 @@ impl Remote {
         let answer = self
             .call(
                 "GET",
-                format!("/api/v1/workflows/{}/tasks", segment(id)),
+                format!("/api/v1/workflows/{}/tasks", segment(id.as_str())),
                 None,
             )
             .await?;
@@ -343,7 +347,7 @@ impl Remote {
         let answer = self
             .call(
                 "GET",
-                format!("/api/v1/workflows/{}/runs", segment(id)),
+                format!("/api/v1/workflows/{}/runs", segment(id.as_str())),
                 None,
             )
             .await?;
@@ -458,9 +462,9 @@ fn event(e: &Value) -> Result<Event, Fail> {
 }
 
 /// A workflow id as one path segment.
-fn segment(id: &WorkflowId) -> String {
-    percent_encoding::utf8_percent_encode(id.as_str(), percent_encoding::NON_ALPHANUMERIC)
-        .to_string()
+/// An id as one path segment of the API, every byte but letters and digits percent-encoded.
+pub(crate) fn segment(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn time(v: &Value) -> Option<Timestamp> {

@@ -18,6 +18,7 @@ use loom_worker::{Client, ScheduleDefinition};
 use serde_json::json;
 
 use crate::db::Missing;
+use crate::remote::segment;
 use crate::{Fail, render};
 
 /// What `loom schedule` does.
@@ -250,10 +251,6 @@ pub(crate) enum Place {
     Local(Client),
     /// A server, through its API.
     Remote(crate::remote::Remote),
-}
-
-fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 impl Place {
@@ -570,20 +567,9 @@ fn overlap_text(o: OverlapPolicy) -> String {
 
 /// The spec of a schedule as shown, in one line.
 fn when_text(s: &ScheduleView) -> String {
-    let spec = ScheduleSpec {
-        cron: s.cron.clone(),
-        timezone: s.timezone.clone(),
-        intervals: s
-            .intervals
-            .iter()
-            .map(|i| IntervalSpec {
-                every_ms: i.every_ms,
-                offset_ms: i.offset_ms,
-            })
-            .collect(),
-        ..ScheduleSpec::default()
-    };
-    spec.to_string()
+    s.definition()
+        .map(|d| d.spec.to_string())
+        .unwrap_or_else(|e| e.message().to_owned())
 }
 
 fn describe_text(d: &ScheduleDescribed) {

@@ -455,6 +455,24 @@ fn bench_checks_every_output_and_reports_its_figures() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("at least 1"));
+    for (args, says) in [
+        (&["bench", "--schedules", "0"][..], "at least one schedule"),
+        (
+            &["bench", "--schedules", "2", "--duration", "1s"],
+            "2s or more",
+        ),
+        (
+            &["bench", "--schedules", "2", "--duration", "soon"],
+            "not a duration",
+        ),
+        (&["bench", "--duration", "5s"], "--schedules"),
+    ] {
+        loom(dir.path())
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says));
+    }
     loom(dir.path())
         .args([
             "--db",

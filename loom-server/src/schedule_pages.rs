@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, Response};
 use axum::routing::{get, post};
 use loom_storage::schedule::{FireSource, Outcome, span};
+use loom_worker::ClientError;
 
 use crate::Service;
 use crate::ui::{PageError, answer, failed, field, from_dashboard, path, pretty, render, time};
@@ -181,25 +182,36 @@ async fn schedule_page(
     Ok(render(&page))
 }
 
+/// An action of a schedule's page: sent from the dashboard, then `op`, answered with `done`
+/// or with why it failed. (`op` is a future: nothing of it runs before the check.)
+async fn act<T>(
+    headers: &HeaderMap,
+    op: impl Future<Output = Result<T, ClientError>>,
+    done: &str,
+) -> Response {
+    answer(
+        async {
+            from_dashboard(headers)?;
+            op.await.map_err(failed)?;
+            Ok(done.to_owned())
+        }
+        .await,
+    )
+}
+
 async fn pause_action(
     State(service): Shared,
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    answer(
-        async {
-            from_dashboard(&headers)?;
-            let note = field(&form, "note");
-            service
-                .client()
-                .pause_schedule(&id, note)
-                .await
-                .map_err(failed)?;
-            Ok("Paused.".to_owned())
-        }
-        .await,
+    let client = service.client();
+    act(
+        &headers,
+        client.pause_schedule(&id, field(&form, "note")),
+        "Paused.",
     )
+    .await
 }
 
 async fn unpause_action(
@@ -207,18 +219,8 @@ async fn unpause_action(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(
-        async {
-            from_dashboard(&headers)?;
-            service
-                .client()
-                .unpause_schedule(&id, "")
-                .await
-                .map_err(failed)?;
-            Ok("Unpaused.".to_owned())
-        }
-        .await,
-    )
+    let client = service.client();
+    act(&headers, client.unpause_schedule(&id, ""), "Unpaused.").await
 }
 
 async fn trigger_action(
@@ -226,18 +228,13 @@ async fn trigger_action(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    answer(
-        async {
-            from_dashboard(&headers)?;
-            service
-                .client()
-                .trigger_schedule(&id)
-                .await
-                .map_err(failed)?;
-            Ok("Triggered: a worker starts it at its next look.".to_owned())
-        }
-        .await,
+    let client = service.client();
+    act(
+        &headers,
+        client.trigger_schedule(&id),
+        "Triggered: a worker starts it at its next look.",
     )
+    .await
 }
 
 async fn backfill_action(
@@ -270,18 +267,8 @@ async fn delete_action(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let mut response = answer(
-        async {
-            from_dashboard(&headers)?;
-            service
-                .client()
-                .delete_schedule(&id)
-                .await
-                .map_err(failed)?;
-            Ok("Deleted.".to_owned())
-        }
-        .await,
-    );
+    let client = service.client();
+    let mut response = act(&headers, client.delete_schedule(&id), "Deleted.").await;
     if response.status().is_success() {
         // The page it was sent from is gone: go to the list instead of reloading.
         response.headers_mut().remove("HX-Refresh");

@@ -88,7 +88,7 @@ impl From<OverlapPolicy> for Overlap {
 }
 
 /// An interval from the Unix epoch.
-#[derive(Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Interval {
     /// Its period in milliseconds, at least a second.
@@ -324,38 +324,27 @@ impl From<&Schedule> for ScheduleView {
 }
 
 impl ScheduleView {
-    /// The definition this view shows: what an update starts from.
+    /// The definition this view shows: what an update starts from, read as an update's body
+    /// is.
     pub fn definition(&self) -> Result<ScheduleDefinition, ApiError> {
-        let time =
-            |name: &str, v: &Option<String>| v.as_deref().map(|v| time_param(name, v)).transpose();
-        Ok(ScheduleDefinition {
-            spec: ScheduleSpec {
-                cron: self.cron.clone(),
-                timezone: self.timezone.clone(),
-                intervals: self
-                    .intervals
-                    .iter()
-                    .map(|i| IntervalSpec {
-                        every_ms: i.every_ms,
-                        offset_ms: i.offset_ms,
-                    })
-                    .collect(),
-                start_at: time("start_at", &self.start_at)?,
-                end_at: time("end_at", &self.end_at)?,
-                jitter_ms: self.jitter_ms,
-            },
-            action: ScheduleAction {
-                workflow: self.workflow_type.clone(),
-                version: self.workflow_version,
-                input: Payload::from_json(self.input.clone()),
-                id_pattern: self.id_pattern.clone(),
-                tags: tags_from_json(self.tags.clone())?,
-            },
-            policy: SchedulePolicy {
-                overlap: self.overlap.into(),
-                catchup_window_ms: self.catchup_window_ms,
-            },
-        })
+        let request = ScheduleRequest {
+            id: None,
+            workflow_type: self.workflow_type.clone(),
+            input: self.input.clone(),
+            version: self.workflow_version,
+            cron: self.cron.clone(),
+            timezone: Some(self.timezone.clone()),
+            intervals: self.intervals.clone(),
+            start_at: self.start_at.clone(),
+            end_at: self.end_at.clone(),
+            jitter_ms: self.jitter_ms,
+            overlap: Some(self.overlap),
+            catchup_window_ms: Some(self.catchup_window_ms),
+            id_pattern: Some(self.id_pattern.clone()),
+            tags: self.tags.clone(),
+            paused: false,
+        };
+        Ok(request.definition()?.2)
     }
 }
 

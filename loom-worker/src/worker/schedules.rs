@@ -65,14 +65,18 @@ impl Shared {
 
     /// Whether this worker has the workflow type (and version) a schedule starts.
     pub(super) fn knows(&self, schedule: &Schedule) -> bool {
+        self.started_type(schedule).is_some()
+    }
+
+    /// The name and version of the workflow type a schedule starts, as this worker's registry
+    /// has it: the version the schedule pins, or the newest.
+    fn started_type(&self, schedule: &Schedule) -> Option<(String, u32)> {
         let action = &schedule.action;
-        match action.version {
-            Some(v) => self
-                .registry
-                .workflow_version(&action.workflow, v)
-                .is_some(),
-            None => self.registry.workflow(&action.workflow).is_some(),
-        }
+        let def = match action.version {
+            Some(v) => self.registry.workflow_version(&action.workflow, v),
+            None => self.registry.workflow(&action.workflow),
+        }?;
+        Some((def.name().to_owned(), def.version()))
     }
 
     /// Ticks one schedule read at store time `now`: what is known of the ids it may touch is
@@ -80,17 +84,11 @@ impl Shared {
     /// A schedule whose workflow type this worker does not know is left to a worker that
     /// does.
     async fn tick_schedule(&self, mut schedule: Schedule, now: Timestamp) -> bool {
-        let action = &schedule.action;
-        let def = match action.version {
-            Some(v) => self.registry.workflow_version(&action.workflow, v),
-            None => self.registry.workflow(&action.workflow),
-        };
-        let Some(def) = def else {
-            debug!(schedule = %schedule.id, workflow = %action.workflow,
+        let Some((name, version)) = self.started_type(&schedule) else {
+            debug!(schedule = %schedule.id, workflow = %schedule.action.workflow,
                 "a due schedule starts a workflow type this worker does not know; left to others");
             return false;
         };
-        let (name, version) = (def.name().to_owned(), def.version());
         let client = Client::new(self.storage.clone());
         let ids: BTreeMap<_, _> = match client.id_states(schedule.candidates(now)).await {
             Ok(ids) => ids,
