@@ -102,8 +102,12 @@ impl Shared {
             t.activity_ended(name, outcome, started.elapsed());
         }
         // With a free workflow slot, the commit also takes the workflow task the result wakes:
-        // decided here from the cached machine if it is at hand, or claimed to run next.
-        let workflow_slot = self.eager_slot(&self.workflow_slots);
+        // decided here from the cached machine if it is at hand, or claimed to run next. The
+        // task continues a workflow in flight, so it takes any free slot, however busy the
+        // worker: left in the queue it would wait behind every newer workflow's first task,
+        // and under a backlog the workflows stranded half-done (each holding its machine in
+        // the cache) would grow with the backlog.
+        let workflow_slot = self.continuation_slot();
         let workflow_id = task.workflow_id.clone();
         let ahead = match &workflow_slot {
             Some(_) if retry_after.is_none() => {

@@ -194,6 +194,18 @@ impl Shared {
         }
     }
 
+    /// A slot for the workflow task an activity's result wakes: any free workflow slot while
+    /// the worker is not shutting down, whatever the load (unlike [`eager_slot`]), since the
+    /// task continues a workflow in flight rather than taking new work off the queue.
+    ///
+    /// [`eager_slot`]: Self::eager_slot
+    pub(super) fn continuation_slot(&self) -> Option<OwnedSemaphorePermit> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.workflow_slots.clone().try_acquire_owned().ok()
+    }
+
     /// A slot for an eager claim, while at most half of each kind's slots run tasks and the
     /// worker is not shutting down. A busy worker has its claim loops batching claims already
     /// (an eager claim is a claim of one, measured at about a fifth less throughput under a
