@@ -595,6 +595,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     order_processing_pays_then_emails,
+    a_busy_worker_decides_the_next_step_of_a_workflow_in_flight,
     a_declined_payment_sends_no_email,
     a_flaky_activity_is_retried_and_each_attempt_recorded,
     retries_run_out_and_the_code_handles_it,
@@ -653,6 +654,34 @@ async fn order_processing_pays_then_emails(store: Arc<dyn Storage>) {
     );
     assert_eq!(emails.load(Ordering::SeqCst), 1);
     running.stop().await;
+}
+
+/// A worker whose every activity slot is busy (here its only one, running the payment) still
+/// decides the next step of the workflow whose activity just finished, from its cached
+/// machine, in the result's own commit: the step continues a workflow in flight, and left in
+/// the queue it would wait behind every newer workflow's first task.
+async fn a_busy_worker_decides_the_next_step_of_a_workflow_in_flight(store: Arc<dyn Storage>) {
+    let cfg = WorkerConfig {
+        activity_concurrency: 1,
+        ..config()
+    };
+    let worker = Worker::with_config(store, registry(), cfg);
+    let client = worker.client();
+    let running = spawn(&worker);
+    let handle = client
+        .start::<OrderProcessing>(&order("7"), StartOptions::id("order-busy"))
+        .await
+        .expect("start");
+    assert_eq!(
+        handle.result_within(WAIT).await.expect("result"),
+        "order 7 complete"
+    );
+    let metrics = running.stop().await;
+    assert_eq!(metrics.workflows_finished, 1, "{metrics:?}");
+    assert!(
+        metrics.decided_ahead >= 1,
+        "the payment's commit decided the next step: {metrics:?}"
+    );
 }
 
 async fn a_declined_payment_sends_no_email(store: Arc<dyn Storage>) {
