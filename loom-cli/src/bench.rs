@@ -357,14 +357,30 @@ pub(crate) async fn bench(
         let ids = ids.clone();
         let input = input.clone();
         tokio::spawn(async move {
+            // Each start goes out on its tick, without waiting for the ones before it to be
+            // durable: awaited one at a time, the starts could go no faster than one commit
+            // after another, and a rate past that would not be the rate offered.
             let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
             let mut tick = tokio::time::interval(every);
+            let mut starts = tokio::task::JoinSet::new();
+            let failed = |e: &dyn std::fmt::Display| {
+                Fail::failed(format!("starting a workflow failed: {e}"))
+            };
             for id in ids {
                 tick.tick().await;
-                let options = StartOptions::id(id);
-                if let Err(e) = client.start::<BenchChain>(&input, options).await {
-                    return Err(Fail::failed(format!("starting a workflow failed: {e}")));
+                let (client, input) = (client.clone(), input.clone());
+                starts.spawn(async move {
+                    client
+                        .start::<BenchChain>(&input, StartOptions::id(id))
+                        .await
+                        .map(drop)
+                });
+                while let Some(done) = starts.try_join_next() {
+                    done.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
                 }
+            }
+            while let Some(done) = starts.join_next().await {
+                done.map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
             }
             Ok(())
         })
