@@ -240,10 +240,18 @@ impl Helpers {
         let mut helpers = Helpers(Vec::with_capacity(n));
         for _ in 0..n {
             let child = std::process::Command::new(&exe)
-                .args(["--db", db, "worker", "--bench", "--poll-interval", "0.05"])
+                .args([
+                    "--db",
+                    db,
+                    "--json",
+                    "worker",
+                    "--bench",
+                    "--poll-interval",
+                    "0.05",
+                ])
                 .args(["--workers", &workers.to_string()])
                 .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .map_err(|e| Fail::failed(format!("cannot start a helper worker: {e}")))?;
@@ -262,6 +270,45 @@ impl Helpers {
             }
         }
         Ok(())
+    }
+}
+
+impl Helpers {
+    /// Stops every helper as an operator would (SIGTERM, through the system's `kill`), and
+    /// reads the counters each one prints as it stops (`loom worker --json`). A helper that
+    /// cannot be stopped so, or whose counters cannot be read, is killed and answers `None`.
+    fn stop(mut self) -> Vec<Option<loom_worker::MetricsSnapshot>> {
+        let mut reports = Vec::with_capacity(self.0.len());
+        for child in std::mem::take(&mut self.0) {
+            reports.push(Self::stop_one(child));
+        }
+        reports
+    }
+
+    fn stop_one(mut child: std::process::Child) -> Option<loom_worker::MetricsSnapshot> {
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        // Nothing runs by now, so a worker stops at once; past a minute it is hung.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut()?, &mut out).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+        serde_json::from_value(doc.get("metrics")?.clone()).ok()
     }
 }
 
@@ -421,7 +468,7 @@ pub(crate) async fn bench(
     }
     let elapsed = began.elapsed();
     let total = first_start.elapsed();
-    drop(helpers);
+    let helper_reports = helpers.stop();
     let _ = stop.send(());
     if let Some(starter) = starter {
         match starter.await {
@@ -474,6 +521,14 @@ pub(crate) async fn bench(
     }
     let secs = elapsed.as_secs_f64();
     let total_secs = total.as_secs_f64();
+    // A history is read on each cache miss, in whichever process took the task; known only
+    // when every helper told its count.
+    let history_loads = helper_reports
+        .iter()
+        .try_fold(report.cache_misses, |sum, r| {
+            r.map(|r| sum + r.cache_misses)
+        })
+        .map(|misses| misses as f64 / args.workflows as f64);
     let doc = json!({
         "db": url,
         "workflows": args.workflows,
@@ -495,6 +550,8 @@ pub(crate) async fn bench(
         "activity_completion_to_next_started_us": summarize(handoff_us),
         "peak_memory_kib": peak_kib,
         "worker": report,
+        "helpers": helper_reports,
+        "history_loads_per_workflow": history_loads,
     });
     if json {
         render::json(&doc)?;
@@ -558,6 +615,9 @@ pub(crate) async fn bench(
         f(&h["p95"]),
         f(&h["p99"])
     );
+    if let Some(loads) = history_loads {
+        println!("history loads (cache misses, every process): {loads:.2} per workflow");
+    }
     if let Some(kib) = peak_kib {
         let whose = if args.processes > 1 {
             " (this process)"

@@ -522,6 +522,21 @@ fn bench_runs_across_processes_among_idle_workflows() {
     assert_eq!(doc["processes"], 2);
     assert_eq!(doc["idle_workflows"], 25);
     assert_eq!(doc["start_to_completion_ms"]["samples"], 40);
+    // The helper stopped as an operator stops a worker, and told its counters: the two
+    // processes' workflow tasks together are the 40 workflows' (three each, K=2), and each
+    // workflow's history was read at least once.
+    let helper = &doc["helpers"][0];
+    let tasks = doc["worker"]["workflow_tasks"]
+        .as_u64()
+        .expect("this process's tasks")
+        + helper["workflow_tasks"]
+            .as_u64()
+            .expect("the helper's tasks");
+    assert!(tasks >= 40 * 3, "{doc}");
+    let loads = doc["history_loads_per_workflow"]
+        .as_f64()
+        .expect("history loads");
+    assert!(loads >= 1.0, "{doc}");
     let out = stdout_of(
         dir.path(),
         &["--db", "sqlite://shared.db", "stats", "--json"],

@@ -59,7 +59,7 @@ impl WorkerMetrics {
 }
 
 /// The counters of [`WorkerMetrics`] at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[expect(
     missing_docs,
     reason = "the fields mirror WorkerMetrics, documented there"
