@@ -250,7 +250,7 @@ impl Helpers {
                     "0.05",
                 ])
                 .args(["--workers", &workers.to_string()])
-                .stdin(std::process::Stdio::null())
+                .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -271,30 +271,20 @@ impl Helpers {
         }
         Ok(())
     }
-}
 
-impl Helpers {
-    /// Stops every helper as an operator would (SIGTERM, through the system's `kill`), and
-    /// reads the counters each one prints as it stops (`loom worker --json`). A helper that
-    /// cannot be stopped so, or whose counters cannot be read, is killed and answers `None`.
+    /// Stops every helper and reads the counters each prints as it stops (`loom worker
+    /// --json`): closing a helper's standard input stops it as SIGTERM would (`--bench`),
+    /// even one still starting. A helper whose counters cannot be read is killed and answers
+    /// `None`.
     fn stop(mut self) -> Vec<Option<loom_worker::MetricsSnapshot>> {
-        let mut reports = Vec::with_capacity(self.0.len());
-        for child in std::mem::take(&mut self.0) {
-            reports.push(Self::stop_one(child));
+        let mut children = std::mem::take(&mut self.0);
+        for child in &mut children {
+            drop(child.stdin.take());
         }
-        reports
+        children.into_iter().map(Self::counters_of).collect()
     }
 
-    fn stop_one(mut child: std::process::Child) -> Option<loom_worker::MetricsSnapshot> {
-        let stopped = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !stopped {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
+    fn counters_of(mut child: std::process::Child) -> Option<loom_worker::MetricsSnapshot> {
         // Nothing runs by now, so a worker stops at once; past a minute it is hung.
         let deadline = Instant::now() + Duration::from_secs(60);
         while child.try_wait().ok().flatten().is_none() {

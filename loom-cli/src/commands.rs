@@ -131,6 +131,7 @@ pub(crate) async fn execute(cli: Cli, registry: Registry) -> Result<ExitCode, Fa
                 log_format,
                 otlp,
                 http: http.map(|addr| (addr, token)),
+                stop_at_end_of_input: bench,
             };
             worker(store, registry, args, json).await
         }
@@ -1543,6 +1544,8 @@ struct WorkerArgs {
     otlp: Option<String>,
     /// Where to serve the dashboard and the API, and the token they need, if `--http` says.
     http: Option<(std::net::SocketAddr, Option<String>)>,
+    /// Stop, as on SIGTERM, when standard input closes (`--bench`).
+    stop_at_end_of_input: bool,
 }
 
 /// The registered types, for the worker's start-up line: each workflow type with its
@@ -1583,6 +1586,7 @@ async fn worker(
         log_format,
         otlp,
         http,
+        stop_at_end_of_input,
     } = args;
     if !(poll_interval.is_finite() && poll_interval > 0.0) {
         return Err(Fail::usage(
@@ -1709,7 +1713,18 @@ async fn worker(
     let report = if exit_when_idle {
         worker.run_until_idle(Duration::from_secs(1)).await
     } else {
-        worker.run(loom_worker::shutdown_signal()).await
+        worker
+            .run(async move {
+                if stop_at_end_of_input {
+                    tokio::select! {
+                        () = loom_worker::shutdown_signal() => {}
+                        () = end_of_input() => {}
+                    }
+                } else {
+                    loom_worker::shutdown_signal().await;
+                }
+            })
+            .await
     };
     if let Some(t) = ticker {
         t.abort();
@@ -1737,6 +1752,17 @@ async fn worker(
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves when standard input reaches its end (or cannot be read), read on a thread of its
+/// own.
+async fn end_of_input() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 async fn demo(

@@ -229,7 +229,9 @@ pub(crate) enum Command {
         /// resume` retries it at once.
         #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
         pause_retry: f64,
-        /// Also run `loom bench`'s workflow (for `loom bench --processes`).
+        /// Also run `loom bench`'s workflow (for `loom bench --processes`), and stop, as on
+        /// SIGTERM, when standard input closes: the benchmark stops its helpers so, with no
+        /// race against the signal handler being installed.
         #[arg(long, hide = true)]
         bench: bool,
         /// Serve Prometheus metrics (`/metrics`) and health checks (`/livez`, `/readyz`) over
