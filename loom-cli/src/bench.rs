@@ -458,7 +458,10 @@ pub(crate) async fn bench(
     }
     let elapsed = began.elapsed();
     let total = first_start.elapsed();
-    let helper_reports = helpers.stop();
+    // Waiting on the helpers blocks: off the runtime's threads.
+    let helper_reports = tokio::task::spawn_blocking(move || helpers.stop())
+        .await
+        .map_err(|e| Fail::failed(format!("stopping the helper workers failed: {e}")))?;
     let _ = stop.send(());
     if let Some(starter) = starter {
         match starter.await {

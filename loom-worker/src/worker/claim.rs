@@ -200,23 +200,26 @@ impl Shared {
     ///
     /// [`eager_slot`]: Self::eager_slot
     pub(super) fn continuation_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.free_slot(&self.workflow_slots)
+    }
+
+    /// A free slot of `slots`, unless the worker is shutting down.
+    fn free_slot(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
         if self.stopping.load(Ordering::SeqCst) {
             return None;
         }
-        self.workflow_slots.clone().try_acquire_owned().ok()
+        slots.clone().try_acquire_owned().ok()
     }
 
     /// A slot for an eager claim, while at most half of each kind's slots run tasks and the
     /// worker is not shutting down. A busy worker has its claim loops batching claims already
     /// (an eager claim is a claim of one, measured at about a fifth less throughput under a
-    /// backlog), and runs the queue oldest first rather than letting workflows in flight
-    /// overtake it; a lightly loaded one gains the hand-off's latency. Load is counted in
+    /// backlog), and takes new work off the queue oldest first; a lightly loaded one gains
+    /// the hand-off's latency. (The step an activity's result wakes is not new work: see
+    /// [`continuation_slot`](Self::continuation_slot).) Load is counted in
     /// running tasks, not free slots: a claim loop holds a slot while its claim is in flight,
     /// which is not load.
     pub(super) fn eager_slot(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return None;
-        }
         let light =
             |running: &AtomicUsize, of: usize| running.load(Ordering::SeqCst) * 2 <= of.max(1);
         if !light(&self.running[0], self.config.workflow_concurrency)
@@ -224,7 +227,7 @@ impl Shared {
         {
             return None;
         }
-        slots.clone().try_acquire_owned().ok()
+        self.free_slot(slots)
     }
 
     pub(super) async fn take_eager(
