@@ -1844,6 +1844,17 @@ fn a_binary_of_another_name_says_its_own_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let own = dir.path().join("tripctl");
     std::fs::copy(env!("CARGO_BIN_EXE_loom"), &own).expect("copy the binary");
+    // Another test's process forked while the copy was open for writing holds that file
+    // descriptor until it execs, and running the copy meanwhile fails with "text file busy"
+    // (ETXTBSY): wait for it to pass.
+    for _ in 0..100 {
+        match std::process::Command::new(&own).arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            _ => break,
+        }
+    }
     let mut cmd = Command::new(&own);
     cmd.current_dir(dir.path()).env_remove("LOOM_DB");
     cmd.arg("--help")
