@@ -170,6 +170,7 @@ async fn cycle(store: &Arc<dyn Storage>, events: u64) {
             progress: None,
             logs: Vec::new(),
             eager: None,
+            affinity: None,
         })
         .await
         .expect("complete");
@@ -268,6 +269,7 @@ fn storage(c: &mut Criterion) {
                                                 progress: None,
                                                 logs: Vec::new(),
                                                 eager: None,
+                                                affinity: None,
                                             })
                                             .await
                                             .expect("complete");

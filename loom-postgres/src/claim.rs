@@ -55,12 +55,27 @@ impl PostgresStorage {
         if req.max == 0 {
             return Ok(Vec::new());
         }
-        // One statement: claim, then read each claimed workflow's name, run, last sequence
-        // number and due messages (as parallel arrays, oldest first).
+        // One statement: claim (the tasks preferring this owner first, by the index of
+        // preferred owners; then the queue, passing over what another owner's affinity
+        // keeps), then read each claimed workflow's name, run, last sequence number and due
+        // messages (as parallel arrays, oldest first).
         let rows = sqlx::query(
-            "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), picked AS (
-                SELECT id, visible_at FROM tasks WHERE kind = 0 AND visible_at <= (SELECT ms FROM now)
+            "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), own AS (
+                SELECT id, visible_at FROM tasks
+                WHERE affinity_owner = $3 AND visible_at <= (SELECT ms FROM now)
                 ORDER BY visible_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+             ), rest AS (
+                SELECT id, visible_at FROM tasks
+                WHERE kind = 0 AND visible_at <= (SELECT ms FROM now)
+                  AND (affinity_owner IS NULL OR affinity_owner = $3
+                       OR affinity_until <= (SELECT ms FROM now))
+                ORDER BY visible_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+             ), picked AS (
+                SELECT id, visible_at, first FROM (
+                    SELECT id, visible_at, true AS first FROM own
+                    UNION ALL
+                    SELECT id, visible_at, false FROM rest WHERE id NOT IN (SELECT id FROM own)
+                ) both_ ORDER BY first DESC, visible_at, id LIMIT $1
              ), claimed AS (
                 UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = now.ms + $2,
                     visible_at = now.ms + $2, lease_owner = $3, deliveries = t.deliveries + 1
@@ -79,7 +94,7 @@ impl PostgresStorage {
                        array_agg(kind ORDER BY visible_at, id) AS kinds
                 FROM messages WHERE workflow_id = c.workflow_id AND visible_at <= (SELECT ms FROM now)
              ) m
-             ORDER BY p.visible_at, p.id",
+             ORDER BY p.first DESC, p.visible_at, p.id",
         )
         .bind(i64::try_from(req.max).unwrap_or(i64::MAX))
         .bind(millis(req.lease))

@@ -25,7 +25,8 @@
 --                                      [[key, value, text, num]]); "up" (withdraw
 --                                      messages by kind) and "da" (delete an activity's task)
 --                                      come after posts; "st" (settle the workflow task at its
---                                      earliest message) comes last
+--                                      earliest message: true, or {"o": owner, "ms": window}
+--                                      for an affinity) comes last
 --         {"s":"nr", "wf", "ev": [seq, at, kind], "ver", "input"}   a new run (continue-as-new)
 --         {"s":"rr", "wf", "ev": [[seq, at, kind]], "ver", "input", "last", "progress",
 --          "keep_signals"}   a new run from a prefix (a reset)
@@ -331,7 +332,8 @@ BEGIN
             END IF;
             IF s ? 'rl' THEN
                 UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-                    visible_at = (r->>2)::bigint + now_ms * (r->>1)::bigint
+                    visible_at = (r->>2)::bigint + now_ms * (r->>1)::bigint,
+                    affinity_owner = NULL, affinity_until = NULL
                 FROM jsonb_array_elements(s->'rl') AS r
                 WHERE tasks.id = (r->>0)::bigint;
             END IF;
@@ -401,14 +403,20 @@ BEGIN
                 )
                 UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
                     visible_at = (SELECT MIN(m.visible_at) FROM messages m
-                                  WHERE m.workflow_id = wf AND m.id NOT IN (SELECT id FROM d))
+                                  WHERE m.workflow_id = wf AND m.id NOT IN (SELECT id FROM d)),
+                    affinity_owner = s->'st'->>'o',
+                    affinity_until = now_ms + LEAST((s->'st'->>'ms')::bigint,
+                                                    9223372036854775807 - now_ms)
                 WHERE kind = 0 AND workflow_id = wf;
             ELSIF s ? 'cm' THEN
                 DELETE FROM messages WHERE workflow_id = wf
                   AND id = ANY (ARRAY(SELECT jsonb_array_elements_text(s->'cm')::bigint));
             ELSIF s ? 'st' THEN
                 UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-                    visible_at = (SELECT MIN(m.visible_at) FROM messages m WHERE m.workflow_id = wf)
+                    visible_at = (SELECT MIN(m.visible_at) FROM messages m WHERE m.workflow_id = wf),
+                    affinity_owner = s->'st'->>'o',
+                    affinity_until = now_ms + LEAST((s->'st'->>'ms')::bigint,
+                                                    9223372036854775807 - now_ms)
                 WHERE kind = 0 AND workflow_id = wf;
             END IF;
             IF s ? 'dw' THEN
@@ -549,6 +557,8 @@ BEGIN
             WITH p AS (
                 SELECT id, visible_at FROM tasks
                 WHERE kind = 0 AND workflow_id = wf AND visible_at <= now_ms
+                  AND (affinity_owner IS NULL OR affinity_owner = s->>'owner'
+                       OR affinity_until <= now_ms)
                 FOR UPDATE
             ), c AS (
                 UPDATE tasks t SET lease_token = t.lease_token + 1,

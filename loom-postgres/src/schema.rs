@@ -160,6 +160,14 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         "CREATE INDEX schedules_by_wake ON schedules (wake_at, id) WHERE wake_at IS NOT NULL;\n",
         include_str!("functions.sql")
     ),
+    // 13: affinity: the worker a workflow task goes to first, until when, and the index its
+    // owner's claims read first; "st" sets it, "rl" and `claim_w` respect it.
+    concat!(
+        "ALTER TABLE tasks ADD COLUMN affinity_owner text, ADD COLUMN affinity_until bigint;\n",
+        "CREATE INDEX tasks_preferred ON tasks (affinity_owner, visible_at, id)\n",
+        "    WHERE affinity_owner IS NOT NULL AND visible_at IS NOT NULL;\n",
+        include_str!("functions.sql")
+    ),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

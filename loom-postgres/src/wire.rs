@@ -287,7 +287,13 @@ impl WriteStep {
             }
             Op::Pause { task, reason } => self.set("pa", json!([[n(task.0), reason]])),
             // Applied last in its step, reading the messages the step's writes left.
-            Op::Settle { .. } => self.set("st", json!(true)),
+            Op::Settle { affinity, .. } => self.set(
+                "st",
+                match affinity {
+                    Some(a) => json!({"o": a.owner, "ms": crate::millis(a.window)}),
+                    None => json!(true),
+                },
+            ),
             Op::Renew { .. }
             | Op::NewRun { .. }
             | Op::ResetRun { .. }

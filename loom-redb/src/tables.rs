@@ -5,6 +5,7 @@
 //! `(created_at, id)` backwards. A write transaction implements [`Rows`], so every primitive
 //! of the store is `loom_storage::engine::rows`'s; this file only keeps records and indexes.
 
+use std::ops::Bound;
 use std::path::Path;
 
 use loom_core::{ActivityId, ActivityOptions, Event, LogRecord, Payload, Timestamp, WorkflowId};
@@ -25,6 +26,10 @@ pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// `(kind, visible_at, task)`: every task that has a `visible_at`, the claim index.
 pub(crate) const READY: TableDefinition<(u8, i64, u64), ()> = TableDefinition::new("ready");
+/// `(owner, visible_at, task)`: every workflow task that has an affinity and a `visible_at`,
+/// the index of its owner's claims.
+pub(crate) const PREFERRED: TableDefinition<(&str, i64, u64), ()> =
+    TableDefinition::new("preferred");
 /// `(workflow, task)`: the activity tasks of each workflow.
 pub(crate) const WF_ACTIVITIES: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("workflow_activities");
@@ -47,6 +52,7 @@ pub(crate) fn create_tables(
     tx.open_table(MESSAGES)?;
     tx.open_table(TASKS)?;
     tx.open_table(READY)?;
+    tx.open_table(PREFERRED)?;
     tx.open_table(WF_ACTIVITIES)?;
     tx.open_table(BY_CREATED)?;
     tx.open_table(LOGS)?;
@@ -61,7 +67,10 @@ pub(crate) fn create_tables(
 /// - 2: runs: a workflow's current run in its record, the histories of earlier runs in
 ///   `past_events`. A format-1 file opens as format 2 (its workflows are on their first run);
 ///   a build that knows only format 1 then refuses it, since it would not know the runs.
-pub(crate) const FORMAT: u64 = 2;
+/// - 3: affinity: a workflow task's preferred owner in its row, indexed in `preferred`. A
+///   format-2 file opens as format 3 (none of its tasks has one); a build that knows only
+///   format 2 then refuses it, since it would not keep that index.
+pub(crate) const FORMAT: u64 = 3;
 
 pub(crate) const WORKFLOW_TASK: u8 = 0;
 pub(crate) const ACTIVITY_TASK: u8 = 1;
@@ -74,6 +83,9 @@ pub(crate) struct TaskRow {
     visible_at: Option<i64>,
     lease: Option<HeldLease>,
     deliveries: u32,
+    /// A workflow task's preferred owner and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    affinity: Option<(String, i64)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy)]
@@ -127,6 +139,9 @@ impl From<TaskRow> for TaskRecord {
                 .lease
                 .map(|l| (l.token, Timestamp::from_millis(l.expires_at))),
             deliveries: row.deliveries,
+            affinity: row
+                .affinity
+                .map(|(owner, until)| (owner, Timestamp::from_millis(until))),
         }
     }
 }
@@ -154,8 +169,18 @@ impl From<&TaskRecord> for TaskRow {
                 expires_at: expires.as_millis(),
             }),
             deliveries: task.deliveries,
+            affinity: task
+                .affinity
+                .as_ref()
+                .map(|(owner, until)| (owner.clone(), until.as_millis())),
         }
     }
+}
+
+/// A task's key in [`PREFERRED`] (its owner and `visible_at`), if it belongs there.
+fn preferred_key(task: &TaskRecord) -> Option<(&str, i64)> {
+    let (owner, _) = task.affinity.as_ref()?;
+    Some((owner.as_str(), task.visible_at?.as_millis()))
 }
 
 fn slot(task: &TaskRecord) -> u8 {
@@ -355,6 +380,20 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
                     .map_err(|e| self.err(e))?;
             }
         }
+        let (was, is) = (old.as_ref().and_then(preferred_key), preferred_key(task));
+        if was != is {
+            let mut preferred = self.tx.open_table(PREFERRED).map_err(|e| self.err(e))?;
+            if let Some((owner, v)) = was {
+                preferred
+                    .remove((owner, v, id.0))
+                    .map_err(|e| self.err(e))?;
+            }
+            if let Some((owner, v)) = is {
+                preferred
+                    .insert((owner, v, id.0), ())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
         if old.is_none() && task.is_activity() {
             let mut index = self.tx.open_table(WF_ACTIVITIES).map_err(|e| self.err(e))?;
             index
@@ -377,6 +416,12 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
             let mut ready = self.tx.open_table(READY).map_err(|e| self.err(e))?;
             ready
                 .remove((slot(&task), v.as_millis(), id.0))
+                .map_err(|e| self.err(e))?;
+        }
+        if let Some((owner, v)) = preferred_key(&task) {
+            let mut preferred = self.tx.open_table(PREFERRED).map_err(|e| self.err(e))?;
+            preferred
+                .remove((owner, v, id.0))
                 .map_err(|e| self.err(e))?;
         }
         if task.is_activity() {
@@ -517,15 +562,42 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
         Ok(())
     }
 
-    fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
+    fn claimable(
+        &mut self,
+        activity: bool,
+        now: Timestamp,
+        after: Option<(Timestamp, TaskId)>,
+        max: usize,
+    ) -> Result<Vec<(Timestamp, TaskId)>> {
         let slot = if activity {
             ACTIVITY_TASK
         } else {
             WORKFLOW_TASK
         };
         let ready = self.tx.open_table(READY).map_err(|e| self.err(e))?;
+        let from = match after {
+            Some((v, id)) => Bound::Excluded((slot, v.as_millis(), id.0)),
+            None => Bound::Included((slot, i64::MIN, 0)),
+        };
         let range = ready
-            .range((slot, i64::MIN, 0)..=(slot, now.as_millis(), u64::MAX))
+            .range::<(u8, i64, u64)>((from, Bound::Included((slot, now.as_millis(), u64::MAX))))
+            .map_err(|e| self.err(e))?;
+        range
+            .take(max)
+            .map(|r| {
+                r.map(|(k, _)| {
+                    let (_, v, id) = k.value();
+                    (Timestamp::from_millis(v), TaskId(id))
+                })
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
+        let preferred = self.tx.open_table(PREFERRED).map_err(|e| self.err(e))?;
+        let range = preferred
+            .range((owner, i64::MIN, 0)..=(owner, now.as_millis(), u64::MAX))
             .map_err(|e| self.err(e))?;
         range
             .take(max)

@@ -125,36 +125,47 @@ fn format_of(path: &std::path::Path) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_of_the_first_format_opens_upgraded_with_its_data() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("old.redb");
-    {
-        let store = RedbStorage::open(&path).await.expect("create");
-        store
-            .create_workflow(&WorkflowId::new("kept"), started())
+async fn files_of_earlier_formats_open_upgraded_with_their_data() {
+    for format in [1, 2] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.redb");
+        {
+            let store = RedbStorage::open(&path).await.expect("create");
+            store
+                .create_workflow(&WorkflowId::new("kept"), started())
+                .await
+                .expect("create a workflow");
+        }
+        set_format(&path, format);
+        let store = RedbStorage::open(&path).await.expect("an older file opens");
+        let summary = store
+            .describe(&WorkflowId::new("kept"))
             .await
-            .expect("create a workflow");
+            .expect("its workflow is there");
+        assert_eq!(summary.run, 1, "on its first run");
+        assert!(
+            store
+                .runs(&WorkflowId::new("kept"))
+                .await
+                .expect("runs")
+                .is_empty()
+        );
+        let claimed = store
+            .claim_workflow_tasks(&loom_storage::ClaimRequest::new(
+                "w",
+                10,
+                std::time::Duration::from_secs(30),
+            ))
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "its task is claimable, by anyone");
+        drop(store);
+        assert_eq!(
+            format_of(&path),
+            Some(3),
+            "format {format} is recorded as the format this build writes"
+        );
     }
-    set_format(&path, 1);
-    let store = RedbStorage::open(&path).await.expect("an older file opens");
-    let summary = store
-        .describe(&WorkflowId::new("kept"))
-        .await
-        .expect("its workflow is there");
-    assert_eq!(summary.run, 1, "on its first run");
-    assert!(
-        store
-            .runs(&WorkflowId::new("kept"))
-            .await
-            .expect("runs")
-            .is_empty()
-    );
-    drop(store);
-    assert_eq!(
-        format_of(&path),
-        Some(2),
-        "recorded as the format this build writes"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,6 +271,7 @@ impl Sim {
             logs: Vec::new(),
             next_run: machine.next_run(),
             eager: None,
+            affinity: None,
         };
         let lapsed = self.clock.now() >= task.lease.expires_at;
         let fault = self.fault();

@@ -61,7 +61,9 @@ impl Db<'_> {
 
     /// Claims up to `req.max` claimable tasks of `kind` (of one workflow, with `of`): a new
     /// token, the lease's expiry (also the time the task is claimable again), the owner, one
-    /// more delivery. Returns each lease, workflow, delivery count and row id.
+    /// more delivery. Workflow tasks preferring `req.owner` come first and those another
+    /// owner's affinity keeps are passed over. Returns each lease, workflow, delivery count
+    /// and row id.
     fn claim(
         &self,
         now: Timestamp,
@@ -71,32 +73,52 @@ impl Db<'_> {
     ) -> Result<Vec<Claim>> {
         let expires = now.saturating_add(req.lease);
         let max = i64::try_from(req.max).unwrap_or(i64::MAX);
-        let ids: Vec<(i64, i64)> = match of {
-            None => self
-                .conn
-                .prepare_cached(
-                    "SELECT id, visible_at FROM tasks WHERE kind = ?1 AND visible_at <= ?2 ORDER BY visible_at, id LIMIT ?3",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![kind, ms(now), max], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect()
-                }),
-            Some(id) => self
-                .conn
-                .prepare_cached(
-                    // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
-                    // it would walk every claimable task of the kind.
-                    "SELECT id, visible_at FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
+        let rows = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Vec<(i64, i64)>> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.query_map(p, |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(|e| self.sql(e))
+        };
+        let owner = req.owner.as_str();
+        let ids: Vec<(i64, i64)> = match (of, kind) {
+            (None, ACTIVITY_TASK) => rows(
+                "SELECT id, visible_at FROM tasks WHERE kind = ?1 AND visible_at <= ?2
+                 ORDER BY visible_at, id LIMIT ?3",
+                params![kind, ms(now), max],
+            )?,
+            (None, _) => {
+                // Its own first, by the index of preferred owners; then the queue, passing
+                // over what another owner's affinity keeps (its own show up again there).
+                let mut ids = rows(
+                    "SELECT id, visible_at FROM tasks WHERE affinity_owner = ?1 AND visible_at <= ?2
                      ORDER BY visible_at, id LIMIT ?3",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![kind, ms(now), max, id.as_str()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?
-                    .collect()
-                }),
-        }
-        .map_err(|e| self.sql(e))?;
+                    params![owner, ms(now), max],
+                )?;
+                let preferred = ids.len();
+                for row in rows(
+                    "SELECT id, visible_at FROM tasks WHERE kind = ?1 AND visible_at <= ?2
+                     AND (affinity_owner IS NULL OR affinity_owner = ?4 OR affinity_until <= ?2)
+                     ORDER BY visible_at, id LIMIT ?3",
+                    params![kind, ms(now), max, owner],
+                )? {
+                    if ids.len() == req.max {
+                        break;
+                    }
+                    if !ids[..preferred].contains(&row) {
+                        ids.push(row);
+                    }
+                }
+                ids
+            }
+            (Some(id), _) => rows(
+                // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
+                // it would walk every claimable task of the kind.
+                "SELECT id, visible_at FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
+                 AND (affinity_owner IS NULL OR affinity_owner = ?5 OR affinity_until <= ?2)
+                 ORDER BY visible_at, id LIMIT ?3",
+                params![kind, ms(now), max, id.as_str(), owner],
+            )?,
+        };
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -539,12 +561,17 @@ impl Apply for Db<'_> {
         Ok(())
     }
 
-    fn settle(&mut self, workflow: &WorkflowId) -> Result<()> {
+    fn settle(&mut self, workflow: &WorkflowId, affinity: Option<(&str, Timestamp)>) -> Result<()> {
         self.exec(
             "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-             visible_at = (SELECT MIN(visible_at) FROM messages WHERE workflow_id = ?1)
+             visible_at = (SELECT MIN(visible_at) FROM messages WHERE workflow_id = ?1),
+             affinity_owner = ?2, affinity_until = ?3
              WHERE workflow_id = ?1 AND kind = 0",
-            [workflow.as_str()],
+            params![
+                workflow.as_str(),
+                affinity.map(|a| a.0),
+                affinity.map(|a| ms(a.1))
+            ],
         )
         .map(drop)
     }
@@ -552,7 +579,7 @@ impl Apply for Db<'_> {
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()> {
         self.exec(
             "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-             visible_at = ?2 WHERE id = ?1",
+             visible_at = ?2, affinity_owner = NULL, affinity_until = NULL WHERE id = ?1",
             params![task_i64(task), ms(due)],
         )
         .map(drop)

@@ -128,6 +128,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX schedules_by_wake ON schedules (wake_at, id) WHERE wake_at IS NOT NULL;
     "#,
+    // 7: affinity: the worker a workflow task goes to first, until when; the index its
+    // owner's claims read first.
+    r#"
+    ALTER TABLE tasks ADD COLUMN affinity_owner TEXT;
+    ALTER TABLE tasks ADD COLUMN affinity_until INTEGER;
+    CREATE INDEX tasks_preferred ON tasks (affinity_owner, visible_at)
+        WHERE affinity_owner IS NOT NULL AND visible_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -63,11 +63,11 @@ async fn a_new_file_is_migrated_once_and_reopens_with_its_data() {
             .await
             .expect("create workflow");
     }
-    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(schema_versions(&path), vec![1, 2, 3, 4, 5, 6, 7]);
     let store = open(&path).await.expect("reopen");
     assert_eq!(
         schema_versions(&path),
-        vec![1, 2, 3, 4, 5, 6],
+        vec![1, 2, 3, 4, 5, 6, 7],
         "migrations are not applied twice"
     );
     let s = store
@@ -349,6 +349,7 @@ async fn only_durable_writes_wait_for_the_disk() {
             progress: None,
             logs: Vec::new(),
             eager: None,
+            affinity: None,
         })
         .await
         .expect("commit");

@@ -144,6 +144,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
                     progress: Some(machine.progress()),
                     logs: decision.logs,
                     eager: None,
+                    affinity: None,
                 })
                 .await?;
         }

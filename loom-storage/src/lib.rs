@@ -69,10 +69,11 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Result, StorageError};
 pub use memory::MemoryStorage;
 pub use model::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, Backlog, ClaimRequest,
-    DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending, PendingTask,
-    Purge, Release, Reset, RunSummary, Stats, StoreCounters, TagCmp, TagFilter, TaskBacklog,
-    TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask, WorkflowTaskCompletion,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, Affinity, AfterActivity, Backlog,
+    ClaimRequest, DecidedTask, Lease, ListCursor, ListQuery, Message, MessageId, Page, Pending,
+    PendingTask, Purge, Release, Reset, RunSummary, Stats, StoreCounters, TagCmp, TagFilter,
+    TaskBacklog, TaskId, Termination, WorkflowStatus, WorkflowSummary, WorkflowTask,
+    WorkflowTaskCompletion,
 };
 pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
 pub use schedule::{DueSchedules, Schedule, ScheduleWrite};

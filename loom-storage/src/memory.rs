@@ -40,6 +40,9 @@ struct State {
     /// Every task with a `visible_at`, by kind (workflow tasks first) and time: the claim
     /// index, kept in step by `put_task` and `delete_task`, the only writers of tasks.
     ready: [BTreeSet<(Timestamp, TaskId)>; 2],
+    /// Every task with an affinity and a `visible_at`, by owner and time: the index of
+    /// `preferring`, kept in step with `ready`.
+    preferred: BTreeSet<(String, Timestamp, TaskId)>,
     events: u64,
     schedules: BTreeMap<String, Schedule>,
     /// Every schedule with a `wake_at`, by that time: kept in step by `put_schedule` and
@@ -198,9 +201,15 @@ impl Rows for State {
             && let Some(v) = old.visible_at
         {
             self.ready[slot(old)].remove(&(v, id));
+            if let Some(key) = preferred_key(old, id) {
+                self.preferred.remove(&key);
+            }
         }
         if let Some(v) = task.visible_at {
             self.ready[slot(task)].insert((v, id));
+            if let Some(key) = preferred_key(task, id) {
+                self.preferred.insert(key);
+            }
         }
         self.entry_mut(&task.workflow)?.tasks.insert(id);
         self.tasks.insert(id, task.clone());
@@ -211,6 +220,9 @@ impl Rows for State {
         if let Some(task) = self.tasks.remove(&id) {
             if let Some(v) = task.visible_at {
                 self.ready[slot(&task)].remove(&(v, id));
+            }
+            if let Some(key) = preferred_key(&task, id) {
+                self.preferred.remove(&key);
             }
             if let Some(entry) = self.workflows.get_mut(&task.workflow) {
                 entry.tasks.remove(&id);
@@ -270,14 +282,45 @@ impl Rows for State {
         Ok(())
     }
 
-    fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
+    fn claimable(
+        &mut self,
+        activity: bool,
+        now: Timestamp,
+        after: Option<(Timestamp, TaskId)>,
+        max: usize,
+    ) -> Result<Vec<(Timestamp, TaskId)>> {
+        let from = match after {
+            Some(key) => std::ops::Bound::Excluded(key),
+            None => std::ops::Bound::Unbounded,
+        };
         Ok(self.ready[usize::from(activity)]
-            .iter()
+            .range((from, std::ops::Bound::Unbounded))
             .take_while(|(v, _)| *v <= now)
             .take(max)
-            .map(|(_, id)| *id)
+            .copied()
             .collect())
     }
+
+    fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
+        let from = (
+            owner.to_owned(),
+            Timestamp::from_millis(i64::MIN),
+            TaskId(0),
+        );
+        Ok(self
+            .preferred
+            .range(from..)
+            .take_while(|(o, v, _)| o == owner && *v <= now)
+            .take(max)
+            .map(|(_, _, id)| *id)
+            .collect())
+    }
+}
+
+/// A task's key in [`State::preferred`], if it belongs there.
+fn preferred_key(task: &TaskRecord, id: TaskId) -> Option<(String, Timestamp, TaskId)> {
+    let (owner, _) = task.affinity.as_ref()?;
+    Some((owner.clone(), task.visible_at?, id))
 }
 
 impl State {

@@ -62,6 +62,30 @@ impl ClaimRequest {
     }
 }
 
+/// A worker's first claim on a workflow's next task, asked for when it commits a workflow task
+/// and keeps the workflow's machine in its cache: until `window` after the commit (by the
+/// store's clock) no other worker claims that workflow's task, and `owner`'s own claims take
+/// its tasks before the rest of the queue. After that anyone may; so a worker that died or is
+/// too busy delays its workflows by `window` at most. Temporal's sticky task queues give the
+/// same promise with a schedule-to-start timeout. See [`Op::ClaimWorkflowTasks`](crate::engine::Op::ClaimWorkflowTasks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Affinity {
+    /// The worker, as it names itself in its [`ClaimRequest`]s.
+    pub owner: String,
+    /// How long the preference lasts after the commit.
+    pub window: Duration,
+}
+
+impl Affinity {
+    /// A preference for `owner` lasting `window`.
+    pub fn new(owner: impl Into<String>, window: Duration) -> Self {
+        Affinity {
+            owner: owner.into(),
+            window,
+        }
+    }
+}
+
 /// An input waiting to be moved into a workflow's history by its next workflow task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -160,6 +184,9 @@ pub struct WorkflowTaskCompletion {
     /// creates (eager dispatch): the committing worker starts them at once. The answer lists
     /// what was claimed, each exactly as by [`Storage::claim_activity_tasks`](crate::Storage::claim_activity_tasks).
     pub eager: Option<ClaimRequest>,
+    /// The committing worker keeps the workflow cached and asks for its next task first
+    /// (see [`Affinity`]); `None` leaves the next task to anyone.
+    pub affinity: Option<Affinity>,
 }
 
 /// A workflow task decided ahead of its claim, from an activity's result alone: the worker
@@ -177,6 +204,8 @@ pub struct DecidedTask {
     pub progress: Option<Progress>,
     /// Lines the workflow code logged.
     pub logs: Vec<LogRecord>,
+    /// As [`WorkflowTaskCompletion::affinity`], should the decision be committed.
+    pub affinity: Option<Affinity>,
 }
 
 /// The commit of an activity attempt: its result becomes a message to the workflow, and a

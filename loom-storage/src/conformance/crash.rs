@@ -73,6 +73,7 @@ pub async fn write_acknowledged(store: Arc<dyn Storage>, prefix: &str) -> Result
                         progress: None,
                         logs: Vec::new(),
                         eager: None,
+                        affinity: None,
                     };
                     store
                         .complete_workflow_task(commit)

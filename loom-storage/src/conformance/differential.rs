@@ -33,7 +33,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use crate::clock::{Clock, ManualClock};
 use crate::{
-    ActivityCommitted, ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest,
+    ActivityCommitted, ActivityTask, ActivityTaskCompletion, Affinity, AfterActivity, ClaimRequest,
     DecidedTask, Lease, ListQuery, MemoryStorage, Release, Storage, StorageError, WorkflowTask,
     WorkflowTaskCompletion,
 };
@@ -118,10 +118,11 @@ pub enum Outcome {
 pub enum Then {
     /// Nothing.
     Nothing,
-    /// Claim the woken workflow task.
-    Claim,
-    /// Commit a decision made ahead: the result, then these events.
-    Decide(Vec<NewEvent>),
+    /// Claim the woken workflow task, as worker `w`.
+    Claim(u8),
+    /// Commit a decision made ahead: the result, then these events, as worker `w`, with an
+    /// affinity (its owner and window) or none.
+    Decide(Vec<NewEvent>, u8, Option<(u8, Span)>),
 }
 
 /// One operation of a sequence. Held tasks are named by their position among those the
@@ -132,15 +133,16 @@ pub enum Op {
     Create(u8),
     /// Start workflow `n` with a run timeout of the span.
     CreateWithTimeout(u8, Span),
-    /// Claim up to `max` workflow tasks under a lease of `lease`.
-    ClaimWorkflows(u8, Span),
+    /// Claim up to `max` workflow tasks under a lease of `lease`, as worker `w`.
+    ClaimWorkflows(u8, Span, u8),
     /// Claim up to `max` activity tasks under a lease of `lease`.
     ClaimActivities(u8, Span),
-    /// Two claimers at once, one task each.
+    /// Two claimers at once, workers 0 and 1, one task each.
     Race,
-    /// Commit a held workflow task with these events, consuming its messages (or not), and
-    /// claiming up to `eager` of the activities it schedules.
-    CompleteWorkflow(u8, Vec<NewEvent>, bool, u8),
+    /// Commit a held workflow task with these events, consuming its messages (or not),
+    /// claiming up to `eager` of the activities it schedules, with an affinity (its owner
+    /// and window) or none.
+    CompleteWorkflow(u8, Vec<NewEvent>, bool, u8, Option<(u8, Span)>),
     /// Commit a held workflow task naming a stale last event.
     CompleteStale(u8),
     /// Commit a held activity attempt.
@@ -214,11 +216,18 @@ fn outcome() -> impl Strategy<Value = Outcome> {
     ]
 }
 
+/// The workers that claim and commit.
+const WORKERS: std::ops::Range<u8> = 0..2;
+
+fn affinity() -> impl Strategy<Value = Option<(u8, Span)>> {
+    prop::option::of((WORKERS, span()))
+}
+
 fn then() -> impl Strategy<Value = Then> {
     prop_oneof![
         2 => Just(Then::Nothing),
-        1 => Just(Then::Claim),
-        2 => events().prop_map(Then::Decide),
+        1 => WORKERS.prop_map(Then::Claim),
+        2 => (events(), WORKERS, affinity()).prop_map(|(e, w, a)| Then::Decide(e, w, a)),
     ]
 }
 
@@ -228,11 +237,11 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => wf.clone().prop_map(Op::Create),
         1 => (wf.clone(), span()).prop_map(|(n, s)| Op::CreateWithTimeout(n, s)),
-        4 => (1u8..4, span()).prop_map(|(n, s)| Op::ClaimWorkflows(n, s)),
+        4 => (1u8..4, span(), WORKERS).prop_map(|(n, s, w)| Op::ClaimWorkflows(n, s, w)),
         4 => (1u8..4, span()).prop_map(|(n, s)| Op::ClaimActivities(n, s)),
         1 => Just(Op::Race),
-        6 => (held.clone(), events(), any::<bool>(), 0u8..3)
-            .prop_map(|(t, e, c, n)| Op::CompleteWorkflow(t, e, c, n)),
+        6 => (held.clone(), events(), any::<bool>(), 0u8..3, affinity())
+            .prop_map(|(t, e, c, n, a)| Op::CompleteWorkflow(t, e, c, n, a)),
         1 => held.clone().prop_map(Op::CompleteStale),
         5 => (held.clone(), outcome(), then()).prop_map(|(t, o, th)| Op::CompleteActivity(t, o, th)),
         1 => (held.clone(), span()).prop_map(|(t, s)| Op::Renew(t, s)),
@@ -259,6 +268,14 @@ pub fn sequence() -> impl Strategy<Value = Vec<Op>> {
 
 /// The clock every run starts at.
 const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+fn worker_name(w: u8) -> String {
+    format!("w{w}")
+}
+
+fn affinity_of(a: &Option<(u8, Span)>) -> Option<Affinity> {
+    a.map(|(w, span)| Affinity::new(worker_name(w), span.duration()))
+}
 
 fn wid(n: u8) -> WorkflowId {
     WorkflowId::new(format!("wf-{n}"))
@@ -520,7 +537,11 @@ impl Run {
     }
 
     fn claim(&self, max: u8, lease: Span) -> ClaimRequest {
-        ClaimRequest::new("differential", usize::from(max), lease.duration())
+        self.claim_as(0, max, lease)
+    }
+
+    fn claim_as(&self, worker: u8, max: u8, lease: Span) -> ClaimRequest {
+        ClaimRequest::new(worker_name(worker), usize::from(max), lease.duration())
     }
 
     async fn step(&mut self, op: &Op) {
@@ -560,10 +581,10 @@ impl Run {
                 let r = self.store.create_workflow(&wid(*n), started).await;
                 self.result(r);
             }
-            Op::ClaimWorkflows(max, lease) => {
+            Op::ClaimWorkflows(max, lease, who) => {
                 let r = self
                     .store
-                    .claim_workflow_tasks(&self.claim(*max, *lease))
+                    .claim_workflow_tasks(&self.claim_as(*who, *max, *lease))
                     .await;
                 if let Some(tasks) = self.result(r) {
                     self.took_workflows(tasks);
@@ -581,8 +602,10 @@ impl Run {
             Op::Race => {
                 let (a, b) = {
                     let (s1, s2) = (self.store.clone(), self.store.clone());
-                    let req = self.claim(1, Span::Long);
-                    let (r1, r2) = (req.clone(), req);
+                    let (r1, r2) = (
+                        self.claim_as(0, 1, Span::Long),
+                        self.claim_as(1, 1, Span::Long),
+                    );
                     tokio::join!(
                         async move { s1.claim_workflow_tasks(&r1).await },
                         async move { s2.claim_workflow_tasks(&r2).await }
@@ -604,7 +627,7 @@ impl Run {
                 }
                 self.took_workflows(got);
             }
-            Op::CompleteWorkflow(i, new, consume, eager) => {
+            Op::CompleteWorkflow(i, new, consume, eager, affinity) => {
                 let Some(task) = self.take_workflow(*i) else {
                     return;
                 };
@@ -674,6 +697,7 @@ impl Run {
                         message: format!("commit of {}", task.workflow_id),
                     }],
                     eager: (*eager > 0).then(|| self.claim(*eager, Span::Long)),
+                    affinity: affinity_of(affinity),
                 };
                 let r = self.store.complete_workflow_task(c).await;
                 if let Some(claimed) = self.result(r) {
@@ -695,6 +719,7 @@ impl Run {
                     progress: None,
                     logs: Vec::new(),
                     eager: None,
+                    affinity: None,
                 };
                 let r = self.store.complete_workflow_task(c).await;
                 self.result(r);
@@ -734,8 +759,10 @@ impl Run {
                 };
                 let then = match then {
                     Then::Nothing => AfterActivity::Nothing,
-                    Then::Claim => AfterActivity::ClaimWorkflowTask(self.claim(1, Span::Long)),
-                    Then::Decide(new) => {
+                    Then::Claim(who) => {
+                        AfterActivity::ClaimWorkflowTask(self.claim_as(*who, 1, Span::Long))
+                    }
+                    Then::Decide(new, who, affinity) => {
                         // Decided from what the store says the history is now.
                         let last = self
                             .store
@@ -756,8 +783,9 @@ impl Run {
                                 events,
                                 progress: Some(progress),
                                 logs: Vec::new(),
+                                affinity: affinity_of(affinity),
                             }),
-                            claim: self.claim(1, Span::Long),
+                            claim: self.claim_as(*who, 1, Span::Long),
                         }
                     }
                 };
@@ -1359,8 +1387,8 @@ mod tests {
         let ops = vec![
             Op::Create(0),
             Op::Create(0),
-            Op::ClaimWorkflows(2, Span::Long),
-            Op::CompleteWorkflow(0, vec![NewEvent::Schedule], true, 1),
+            Op::ClaimWorkflows(2, Span::Long, 0),
+            Op::CompleteWorkflow(0, vec![NewEvent::Schedule], true, 1, None),
             Op::Advance(10),
             Op::Signal(1),
         ];

@@ -155,6 +155,7 @@ fn decided(task: &ActivityTask, last: Seq, value: i64, next: &str) -> ActivityTa
         ],
         progress: None,
         logs: Vec::new(),
+        affinity: None,
     };
     done.then = AfterActivity::Decide {
         decided: Box::new(decided),

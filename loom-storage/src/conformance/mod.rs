@@ -16,6 +16,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 mod activities;
+mod affinity;
 mod children;
 pub mod crash;
 
@@ -40,6 +41,7 @@ use loom_core::{
 };
 
 pub use activities::*;
+pub use affinity::*;
 pub use children::*;
 pub use eager::*;
 pub use messages::*;
@@ -175,6 +177,7 @@ fn completion(task: &WorkflowTask, kinds: Vec<EventKind>) -> WorkflowTaskComplet
         progress: None,
         logs: Vec::new(),
         eager: None,
+        affinity: None,
     }
 }
 
@@ -289,6 +292,11 @@ macro_rules! for_each_conformance_case {
             a_decision_ahead_is_applied,
             a_decision_ahead_is_applied_whole_or_not_at_all,
             a_decision_ahead_must_be_well_formed,
+            an_affinity_keeps_a_task_for_its_owner,
+            an_owner_takes_its_own_tasks_first,
+            an_affinity_ends_with_a_release_or_a_commit_without_one,
+            an_activity_commit_claims_only_a_task_it_may_take,
+            an_affinity_must_name_an_owner,
             timers_not_due_are_not_handed_out,
             timers_are_timed_by_the_store,
             due_timers_are_delivered,

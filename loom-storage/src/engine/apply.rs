@@ -119,8 +119,8 @@ pub trait Apply {
     ) -> Result<()>;
     /// [`Op::AppendLogs`].
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()>;
-    /// [`Op::Settle`].
-    fn settle(&mut self, workflow: &WorkflowId) -> Result<()>;
+    /// [`Op::Settle`], with the affinity's owner and its expiry resolved.
+    fn settle(&mut self, workflow: &WorkflowId, affinity: Option<(&str, Timestamp)>) -> Result<()>;
     /// [`Op::Release`].
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()>;
     /// [`Op::Hold`].
@@ -247,7 +247,12 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
             )?,
             Op::AppendLogs { workflow, logs } => store.append_logs(workflow, logs)?,
             Op::SetTags { workflow, tags } => store.set_tags(workflow, tags)?,
-            Op::Settle { workflow } => store.settle(workflow)?,
+            Op::Settle { workflow, affinity } => store.settle(
+                workflow,
+                affinity
+                    .as_ref()
+                    .map(|a| (a.owner.as_str(), now.saturating_add(a.window))),
+            )?,
             Op::PutSchedule { schedule, .. } => store.put_schedule(schedule)?,
             Op::DeleteSchedule { schedule } => store.delete_schedule(schedule)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,

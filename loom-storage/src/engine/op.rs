@@ -10,7 +10,7 @@ use loom_core::{
 use crate::engine::check::Check;
 use crate::error::{Result, StorageError};
 use crate::model::{
-    ActivityCommitted, ActivityTask, ClaimRequest, Lease, MessageId, TaskId, WorkflowTask,
+    ActivityCommitted, ActivityTask, Affinity, ClaimRequest, Lease, MessageId, TaskId, WorkflowTask,
 };
 use crate::plan::Terminal;
 
@@ -236,12 +236,15 @@ pub enum Op {
     },
     /// The workflow's task is released (no lease, deliveries zero) and becomes claimable at
     /// its earliest remaining message, or not at all if it has none. Reads the messages as
-    /// the ops before it left them.
+    /// the ops before it left them. Its affinity becomes `affinity`'s owner until the store's
+    /// now plus its window, or none.
     Settle {
         /// The workflow.
         workflow: WorkflowId,
+        /// Who claims the task first, for how long.
+        affinity: Option<Affinity>,
     },
-    /// A task is released (no lease, deliveries zero) and claimable from `due`.
+    /// A task is released (no lease, deliveries zero, no affinity) and claimable from `due`.
     Release {
         /// The task.
         task: TaskId,
@@ -271,18 +274,22 @@ pub enum Op {
         /// The new expiry.
         until: When,
     },
-    /// Claims up to `req.max` claimable workflow tasks (of one workflow, with `of`), oldest
-    /// first by `(visible_at, id)`: a new fencing token, deliveries plus one, the lease
-    /// lapsing at now plus `req.lease` (which is also when the task is claimable again if it
-    /// is not renewed). Each is answered with its due messages by `(visible_at, id)`.
+    /// Claims up to `req.max` claimable workflow tasks (of one workflow, with `of`): first
+    /// those whose affinity names `req.owner` (expired or not), then the others, each group
+    /// oldest first by `(visible_at, id)`, never one whose affinity names another owner and
+    /// has not expired (`until > now`). Each gets a new fencing token, deliveries plus one,
+    /// the lease lapsing at now plus `req.lease` (which is also when the task is claimable
+    /// again if it is not renewed); its affinity is left as it is. Each is answered with its
+    /// due messages by `(visible_at, id)`.
     ClaimWorkflowTasks {
         /// Only this workflow's task.
         of: Option<WorkflowId>,
         /// Who, how many, how long.
         req: ClaimRequest,
     },
-    /// Claims up to `req.max` claimable activity tasks (of one workflow, with `of`), as
-    /// [`ClaimWorkflowTasks`](Self::ClaimWorkflowTasks) does.
+    /// Claims up to `req.max` claimable activity tasks (of one workflow, with `of`), oldest
+    /// first by `(visible_at, id)`, leased as [`ClaimWorkflowTasks`](Self::ClaimWorkflowTasks)
+    /// leases (activity tasks have no affinity).
     ClaimActivityTasks {
         /// Only this workflow's tasks.
         of: Option<WorkflowId>,
@@ -408,7 +415,7 @@ impl Op {
             | Op::SetTags { workflow, .. }
             | Op::Hold { workflow, .. }
             | Op::AppendLogs { workflow, .. }
-            | Op::Settle { workflow } => Some(workflow),
+            | Op::Settle { workflow, .. } => Some(workflow),
             Op::ClaimWorkflowTasks { of, .. } | Op::ClaimActivityTasks { of, .. } => of.as_ref(),
             Op::If { all, then, .. } => all
                 .iter()

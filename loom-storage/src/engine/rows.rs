@@ -37,6 +37,9 @@ pub struct TaskRecord {
     pub lease: Option<(u64, Timestamp)>,
     /// Times handed out without being completed or released.
     pub deliveries: u32,
+    /// A workflow task's affinity: the worker it prefers, until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<(String, Timestamp)>,
 }
 
 impl TaskRecord {
@@ -52,6 +55,14 @@ impl TaskRecord {
             token: self.lease.map_or(0, |l| l.0),
             lease_expires_at: self.lease.map(|l| l.1),
         }
+    }
+
+    /// Whether its affinity keeps it from `owner` at `now`: it names another worker and has
+    /// not expired.
+    pub fn kept_from(&self, owner: &str, now: Timestamp) -> bool {
+        self.affinity
+            .as_ref()
+            .is_some_and(|(o, until)| o != owner && *until > now)
     }
 
     fn live_lease(&self, now: Timestamp) -> Option<Timestamp> {
@@ -109,8 +120,18 @@ pub trait Rows {
     /// Deletes a workflow's row, its histories (every run's), messages and logs, with their
     /// index entries (its tasks are deleted before, one by one).
     fn delete_workflow(&mut self, id: &WorkflowId) -> Result<()>;
-    /// Up to `max` claimable tasks of one kind (`visible_at <= now`), by `(visible_at, id)`.
-    fn claimable(&mut self, activity: bool, now: Timestamp, max: usize) -> Result<Vec<TaskId>>;
+    /// Up to `max` claimable tasks of one kind (`visible_at <= now`), by `(visible_at, id)`,
+    /// those after `after` in that order.
+    fn claimable(
+        &mut self,
+        activity: bool,
+        now: Timestamp,
+        after: Option<(Timestamp, TaskId)>,
+        max: usize,
+    ) -> Result<Vec<(Timestamp, TaskId)>>;
+    /// Up to `max` claimable workflow tasks whose affinity names `owner` (expired or not), by
+    /// `(visible_at, id)`; `put_task` and `delete_task` keep the index this reads in step.
+    fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>>;
     /// A schedule's record.
     fn get_schedule(&mut self, id: &str) -> Result<Option<crate::schedule::Schedule>>;
     /// Stores a schedule's record (new or changed), keeping the index of `wake_at` in step.
@@ -168,18 +189,21 @@ impl<R: Rows + ?Sized> RowApply<'_, R> {
         ))
     }
 
-    /// The claimable tasks of one kind of workflow `of`, by `(visible_at, id)`.
+    /// The claimable tasks of one kind of workflow `of` that `owner` may claim, by
+    /// `(visible_at, id)`.
     fn claimable_of(
         &mut self,
         of: &WorkflowId,
         activity: bool,
         now: Timestamp,
+        owner: &str,
         max: usize,
     ) -> Result<Vec<TaskId>> {
         let mut found = Vec::new();
         for id in self.0.tasks_of(of)? {
             if let Some(task) = self.0.get_task(id)? {
                 if task.is_activity() == activity
+                    && !task.kept_from(owner, now)
                     && let Some(v) = task.visible_at.filter(|v| *v <= now)
                 {
                     found.push((v, id));
@@ -188,6 +212,36 @@ impl<R: Rows + ?Sized> RowApply<'_, R> {
         }
         found.sort();
         Ok(found.into_iter().take(max).map(|(_, id)| id).collect())
+    }
+}
+
+impl<R: Rows + ?Sized> RowApply<'_, R> {
+    /// The workflow tasks a claim by `req` takes at `now`: those preferring its owner, then
+    /// the rest of the queue without those another owner's affinity still keeps.
+    fn claimable_workflow_tasks(
+        &mut self,
+        now: Timestamp,
+        req: &ClaimRequest,
+    ) -> Result<Vec<TaskId>> {
+        let mut ids = self.0.preferring(&req.owner, now, req.max)?;
+        let preferred = ids.len();
+        let mut after = None;
+        while ids.len() < req.max {
+            let page = self.0.claimable(false, now, after, req.max - ids.len())?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (_, id) in page {
+                if ids[..preferred].contains(&id)
+                    || self.task_record(id)?.kept_from(&req.owner, now)
+                {
+                    continue;
+                }
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 }
 
@@ -310,6 +364,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
             visible_at: Some(due),
             lease: None,
             deliveries: 0,
+            affinity: None,
         };
         self.0.put_task(id, &record)?;
         if matches!(task, NewTask::Workflow) {
@@ -465,7 +520,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         self.0.put_workflow(&record)
     }
 
-    fn settle(&mut self, workflow: &WorkflowId) -> Result<()> {
+    fn settle(&mut self, workflow: &WorkflowId, affinity: Option<(&str, Timestamp)>) -> Result<()> {
         let earliest = self.earliest_message(workflow)?;
         let Some((id, mut task)) = self.workflow_task_record(workflow)? else {
             return Ok(());
@@ -473,6 +528,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         task.lease = None;
         task.deliveries = 0;
         task.visible_at = earliest;
+        task.affinity = affinity.map(|(owner, until)| (owner.to_owned(), until));
         self.0.put_task(id, &task)
     }
 
@@ -481,6 +537,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         record.lease = None;
         record.deliveries = 0;
         record.visible_at = Some(due);
+        record.affinity = None;
         self.0.put_task(task, &record)
     }
 
@@ -531,8 +588,8 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         req: &ClaimRequest,
     ) -> Result<Vec<WorkflowTask>> {
         let ids = match of {
-            None => self.0.claimable(false, now, req.max)?,
-            Some(wf) => self.claimable_of(wf, false, now, req.max)?,
+            None => self.claimable_workflow_tasks(now, req)?,
+            Some(wf) => self.claimable_of(wf, false, now, &req.owner, req.max)?,
         };
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {
@@ -569,8 +626,13 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         req: &ClaimRequest,
     ) -> Result<Vec<ActivityTask>> {
         let ids = match of {
-            None => self.0.claimable(true, now, req.max)?,
-            Some(wf) => self.claimable_of(wf, true, now, req.max)?,
+            None => self
+                .0
+                .claimable(true, now, None, req.max)?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect(),
+            Some(wf) => self.claimable_of(wf, true, now, &req.owner, req.max)?,
         };
         let mut claimed = Vec::with_capacity(ids.len());
         for id in ids {

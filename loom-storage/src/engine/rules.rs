@@ -15,8 +15,8 @@ use crate::engine::op::{
 };
 use crate::error::{Result, StorageError};
 use crate::model::{
-    ActivityTaskCompletion, AfterActivity, ClaimRequest, Lease, MessageId, Release, Reset, TaskId,
-    Termination, WorkflowTaskCompletion,
+    ActivityTaskCompletion, Affinity, AfterActivity, ClaimRequest, Lease, MessageId, Release,
+    Reset, TaskId, Termination, WorkflowTaskCompletion,
 };
 use crate::plan::{
     NewChild, ResetPlan, TaskPlan, activity_result, check_continues, started_fields,
@@ -99,11 +99,13 @@ pub fn create(id: &WorkflowId, started: Event) -> Result<WriteSet> {
 /// while the parent is open; each child still open (`progress.pending_children`) gets its
 /// parent-close policy: a cancel request, a terminate request, or nothing. Log lines are kept
 /// (NUL characters become U+FFFD). With `eager`, the new activity tasks are then claimed, up
-/// to `eager.max`.
+/// to `eager.max`. With `affinity`, the released task prefers its owner until the window
+/// after the commit (see [`Affinity`]); without, it prefers no one.
 pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
     check_continues(c.expected_last_seq, &c.events)?;
     check_next_run(&c.events, c.next_run.as_ref())?;
     check_tags_set(&c.events)?;
+    check_affinity(c.affinity.as_ref())?;
     let workflow = c.workflow_id;
     let checks = vec![
         Check::Leased {
@@ -131,6 +133,7 @@ pub fn complete_workflow_task(c: WorkflowTaskCompletion) -> Result<WriteSet> {
             logs: c.logs,
             eager: c.eager,
             next_run: c.next_run.map(|started| (c.lease.task, started)),
+            affinity: c.affinity,
         },
     );
     Ok(WriteSet {
@@ -187,6 +190,19 @@ fn check_next_run(events: &[Event], next_run: Option<&Event>) -> Result<()> {
     }
 }
 
+/// Checks that an affinity names an owner every store can hold.
+fn check_affinity(affinity: Option<&Affinity>) -> Result<()> {
+    match affinity {
+        Some(a) if a.owner.is_empty() => Err(StorageError::InvalidArgument(
+            "an affinity's owner cannot be empty".into(),
+        )),
+        Some(a) if a.owner.contains('\0') => Err(StorageError::InvalidArgument(
+            "an affinity's owner cannot contain a NUL character".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that every tag the events set can be stored.
 fn check_tags_set(events: &[Event]) -> Result<()> {
     for e in events {
@@ -207,6 +223,8 @@ struct Decided {
     /// For a run that continues as new or is retried: the workflow task to release, and the
     /// next run's first event.
     next_run: Option<(TaskId, Event)>,
+    /// Who asks for the workflow's next task first.
+    affinity: Option<Affinity>,
 }
 
 /// The messages that arm the timeouts in `timeouts` for a run starting now: one per
@@ -237,6 +255,7 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
         logs,
         eager,
         next_run,
+        affinity,
     } = d;
     let plan = TaskPlan::from_events(&events);
     let last_seq = events.last().map(|e| e.seq);
@@ -421,6 +440,7 @@ fn decision_ops(workflow: &WorkflowId, d: Decided) -> Vec<Op> {
         }
         ops.push(Op::Settle {
             workflow: workflow.clone(),
+            affinity,
         });
         if let Some(req) = eager.filter(|r| r.max > 0 && scheduled > 0) {
             ops.push(Op::ClaimActivityTasks {
@@ -637,6 +657,7 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
             }
             check_continues(decided.expected_last_seq, &decided.events)?;
             check_tags_set(&decided.events)?;
+            check_affinity(decided.affinity.as_ref())?;
             if decided
                 .events
                 .iter()
@@ -683,6 +704,7 @@ pub fn complete_activity_task(c: ActivityTaskCompletion) -> Result<WriteSet> {
                     logs: decided.logs,
                     eager: Some(claim.clone()),
                     next_run: None,
+                    affinity: decided.affinity,
                 },
             );
             ops.push(Op::If {
@@ -735,6 +757,7 @@ pub fn terminate(t: Termination) -> Result<WriteSet> {
             logs: Vec::new(),
             eager: None,
             next_run: None,
+            affinity: None,
         },
     );
     Ok(WriteSet {
@@ -1220,6 +1243,7 @@ mod tests {
             progress: None,
             logs: Vec::new(),
             eager: None,
+            affinity: None,
         }
     }
 
@@ -1423,6 +1447,7 @@ mod tests {
             events: vec![event(4, first), event(5, schedule("next"))],
             progress: None,
             logs: Vec::new(),
+            affinity: None,
         };
         let ok = result(None, AfterActivity::Nothing).result;
         let ws = complete_activity_task(result(

@@ -235,6 +235,7 @@ impl Shared {
             events: decision.events,
             progress: Some(machine.progress()),
             logs: decision.logs,
+            affinity: self.affinity(),
         };
         Some(Ahead {
             decided,

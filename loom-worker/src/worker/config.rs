@@ -120,6 +120,12 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Workflows kept in memory between tasks (sticky execution); 0 disables the cache.
     pub cache_capacity: usize,
+    /// How long after this worker commits a workflow task the workflow's next task is kept
+    /// for this worker, which holds it in its cache, before any worker may claim it
+    /// ([`Affinity`](loom_storage::Affinity); Temporal's sticky schedule-to-start timeout).
+    /// It bounds how long a workflow waits when its worker died or is too busy. Zero, or a
+    /// cache of 0, leaves every task to any worker.
+    pub affinity_window: Duration,
     /// How long a paused workflow (non-determinism, a panic, an unknown type) waits before it
     /// is tried again.
     pub pause_retry: Duration,
@@ -159,6 +165,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("lease", &self.lease)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("cache_capacity", &self.cache_capacity)
+            .field("affinity_window", &self.affinity_window)
             .field("pause_retry", &self.pause_retry)
             .field("max_deliveries", &self.max_deliveries)
             .field("limits", &self.limits)
@@ -184,6 +191,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             cache_capacity: 10_000,
+            affinity_window: Duration::from_secs(5),
             pause_retry: Duration::from_secs(60),
             max_deliveries: 5,
             clock: Arc::new(SystemClock),

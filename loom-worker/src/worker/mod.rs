@@ -335,4 +335,11 @@ impl Shared {
     pub(super) fn claim_request(&self, max: usize) -> ClaimRequest {
         ClaimRequest::new(self.config.id.clone(), max, self.config.lease)
     }
+
+    /// The affinity this worker asks for with a commit whose workflow it keeps cached.
+    pub(super) fn affinity(&self) -> Option<loom_storage::Affinity> {
+        (self.config.cache_capacity > 0 && !self.config.affinity_window.is_zero()).then(|| {
+            loom_storage::Affinity::new(self.config.id.clone(), self.config.affinity_window)
+        })
+    }
 }

@@ -60,6 +60,7 @@ impl Shared {
             logs: Vec::new(),
             next_run: None,
             eager: None,
+            affinity: None,
         };
         let outcome = match &completion.events[0].kind {
             EventKind::WorkflowTimedOut { .. } => RunOutcome::timed_out,
@@ -314,6 +315,7 @@ impl Shared {
                 .next_run()
                 .map(|started| self.on_newest_version(started)),
             eager: slot.as_ref().map(|_| self.claim_request(1)),
+            affinity: if finished { None } else { self.affinity() },
         };
         let committed = self
             .commit_retrying(|| self.storage.complete_workflow_task(completion.clone()))
