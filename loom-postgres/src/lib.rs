@@ -431,6 +431,10 @@ impl Storage for PostgresStorage {
     async fn work_signal(&self) {
         self.work.notified().await;
     }
+
+    fn signals_work(&self) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Debug for PostgresStorage {

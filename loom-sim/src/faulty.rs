@@ -561,4 +561,7 @@ impl Storage for Faulty {
         self.hang_if_dead().await;
         self.inner.work_signal().await;
     }
+    fn signals_work(&self) -> bool {
+        self.inner.signals_work()
+    }
 }

@@ -214,4 +214,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn work_signal(&self) {
         std::future::pending::<()>().await;
     }
+
+    /// Whether [`work_signal`](Self::work_signal) resolves for work that other workers make
+    /// claimable (PostgreSQL's notifications do; the embedded stores have no signal). A
+    /// worker asks for an [`Affinity`] only from such a store: elsewhere the preferred worker
+    /// would learn of its workflow's next task only at its next poll.
+    fn signals_work(&self) -> bool {
+        false
+    }
 }

@@ -817,6 +817,9 @@ mod instrumented {
         async fn work_signal(&self) {
             self.inner.work_signal().await;
         }
+        fn signals_work(&self) -> bool {
+            self.inner.signals_work()
+        }
         fn counters(&self) -> loom_storage::StoreCounters {
             self.inner.counters()
         }

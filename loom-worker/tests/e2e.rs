@@ -684,6 +684,65 @@ async fn a_busy_worker_decides_the_next_step_of_a_workflow_in_flight(store: Arc<
     );
 }
 
+/// Two workers share a PostgreSQL store and each other's activities: a workflow's later tasks
+/// still go to the worker that holds it in its cache (its affinity; the store's notification
+/// tells that worker at once), so every history is loaded once, however often an activity's
+/// result is committed by the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_stay_with_the_worker_that_holds_them() {
+    let Some(store) = postgres().await else {
+        return;
+    };
+    assert!(store.signals_work());
+    const ORDERS: u64 = 24;
+    let worker = |id: &str| {
+        Worker::with_config(
+            store.clone(),
+            registry(),
+            WorkerConfig {
+                id: id.into(),
+                // One slot each: a commit rarely finds one free to run its activity itself,
+                // so most results reach the store from whichever worker claimed them.
+                activity_concurrency: 1,
+                affinity_window: Duration::from_secs(60),
+                ..config()
+            },
+        )
+    };
+    let (a, b) = (worker("worker-a"), worker("worker-b"));
+    let client = a.client();
+    let (running_a, running_b) = (spawn(&a), spawn(&b));
+    let mut handles = Vec::new();
+    for i in 0..ORDERS {
+        handles.push(
+            client
+                .start::<OrderProcessing>(
+                    &order(&i.to_string()),
+                    StartOptions::id(format!("sticky-{i}")),
+                )
+                .await
+                .expect("start"),
+        );
+    }
+    for (i, handle) in handles.iter().enumerate() {
+        assert_eq!(
+            handle.result_within(WAIT).await.expect("result"),
+            format!("order {i} complete")
+        );
+    }
+    let (ma, mb) = (running_a.stop().await, running_b.stop().await);
+    assert_eq!(ma.workflows_finished + mb.workflows_finished, ORDERS);
+    assert!(
+        ma.activities_completed > 0 && mb.activities_completed > 0,
+        "both workers ran activities: {ma:?} {mb:?}"
+    );
+    assert_eq!(
+        ma.cache_misses + mb.cache_misses,
+        ORDERS,
+        "each history loaded once: {ma:?} {mb:?}"
+    );
+}
+
 async fn a_declined_payment_sends_no_email(store: Arc<dyn Storage>) {
     let emails = Arc::new(AtomicU32::new(0));
     let worker = Worker::with_config(store, registry_with(emails.clone(), false), config());

@@ -123,8 +123,10 @@ pub struct WorkerConfig {
     /// How long after this worker commits a workflow task the workflow's next task is kept
     /// for this worker, which holds it in its cache, before any worker may claim it
     /// ([`Affinity`](loom_storage::Affinity); Temporal's sticky schedule-to-start timeout).
-    /// It bounds how long a workflow waits when its worker died or is too busy. Zero, or a
-    /// cache of 0, leaves every task to any worker.
+    /// It bounds how long a workflow waits when its worker died or is too busy. Asked for
+    /// only from a store whose work signal reaches every worker (PostgreSQL; see
+    /// [`Storage::signals_work`](loom_storage::Storage::signals_work)). Zero, or a cache of 0,
+    /// leaves every task to any worker.
     pub affinity_window: Duration,
     /// How long a paused workflow (non-determinism, a panic, an unknown type) waits before it
     /// is tried again.

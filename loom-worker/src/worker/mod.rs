@@ -336,10 +336,12 @@ impl Shared {
         ClaimRequest::new(self.config.id.clone(), max, self.config.lease)
     }
 
-    /// The affinity this worker asks for with a commit whose workflow it keeps cached.
+    /// The affinity this worker asks for with a commit whose workflow it keeps cached: none
+    /// without a cache, a window, or a store that tells the owner of its task at once.
     pub(super) fn affinity(&self) -> Option<loom_storage::Affinity> {
-        (self.config.cache_capacity > 0 && !self.config.affinity_window.is_zero()).then(|| {
-            loom_storage::Affinity::new(self.config.id.clone(), self.config.affinity_window)
-        })
+        (self.config.cache_capacity > 0
+            && !self.config.affinity_window.is_zero()
+            && self.storage.signals_work())
+        .then(|| loom_storage::Affinity::new(self.config.id.clone(), self.config.affinity_window))
     }
 }
