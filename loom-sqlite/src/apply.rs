@@ -81,10 +81,12 @@ impl Db<'_> {
         };
         let owner = req.owner.as_str();
         let ids: Vec<(i64, i64)> = match (of, kind) {
+            // The kind is written into the SQL, not bound, so that the planner can prove a
+            // partial index's condition (`tasks_workflow_task`'s `kind = 0`) from it.
             (None, ACTIVITY_TASK) => rows(
-                "SELECT id, visible_at FROM tasks WHERE kind = ?1 AND visible_at <= ?2
-                 ORDER BY visible_at, id LIMIT ?3",
-                params![kind, ms(now), max],
+                "SELECT id, visible_at FROM tasks WHERE kind = 1 AND visible_at <= ?1
+                 ORDER BY visible_at, id LIMIT ?2",
+                params![ms(now), max],
             )?,
             (None, _) => {
                 // Its own first, by the index of preferred owners; then the queue, passing
@@ -96,10 +98,10 @@ impl Db<'_> {
                 )?;
                 let preferred = ids.len();
                 for row in rows(
-                    "SELECT id, visible_at FROM tasks WHERE kind = ?1 AND visible_at <= ?2
-                     AND (affinity_owner IS NULL OR affinity_owner = ?4 OR affinity_until <= ?2)
-                     ORDER BY visible_at, id LIMIT ?3",
-                    params![kind, ms(now), max, owner],
+                    "SELECT id, visible_at FROM tasks WHERE kind = 0 AND visible_at <= ?1
+                     AND (affinity_owner IS NULL OR affinity_owner = ?3 OR affinity_until <= ?1)
+                     ORDER BY visible_at, id LIMIT ?2",
+                    params![ms(now), max, owner],
                 )? {
                     if ids.len() == req.max {
                         break;
@@ -110,13 +112,19 @@ impl Db<'_> {
                 }
                 ids
             }
+            // The unary `+` keeps SQLite on the by-workflow indexes (the unique
+            // `tasks_workflow_task` for the workflow task): on `tasks_ready` it would walk
+            // every claimable task of the kind.
+            (Some(id), ACTIVITY_TASK) => rows(
+                "SELECT id, visible_at FROM tasks WHERE workflow_id = ?3 AND +kind = 1 AND +visible_at <= ?1
+                 ORDER BY visible_at, id LIMIT ?2",
+                params![ms(now), max, id.as_str()],
+            )?,
             (Some(id), _) => rows(
-                // The unary `+` keeps SQLite on the by-workflow index: on `tasks_ready`
-                // it would walk every claimable task of the kind.
-                "SELECT id, visible_at FROM tasks WHERE workflow_id = ?4 AND +kind = ?1 AND +visible_at <= ?2
-                 AND (affinity_owner IS NULL OR affinity_owner = ?5 OR affinity_until <= ?2)
-                 ORDER BY visible_at, id LIMIT ?3",
-                params![kind, ms(now), max, id.as_str(), owner],
+                "SELECT id, visible_at FROM tasks WHERE workflow_id = ?3 AND kind = 0 AND +visible_at <= ?1
+                 AND (affinity_owner IS NULL OR affinity_owner = ?4 OR affinity_until <= ?1)
+                 ORDER BY visible_at, id LIMIT ?2",
+                params![ms(now), max, id.as_str(), owner],
             )?,
         };
         let mut stmt = self

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use loom_storage::StorageError;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use crate::Durability;
@@ -93,6 +94,11 @@ pub(crate) fn open(
         "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"
     ))
     .map_err(|e| map_err(path, e))?;
+    // Plans never depend on bound values (the query planner stability guarantee). Without
+    // it SQLite recompiles a cached statement whenever a parameter it planned with is bound
+    // again, and it plans with every `LIMIT ?`: a claim was compiled afresh on every call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| map_err(path, e))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -164,6 +170,36 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StorageError
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached statement whose `LIMIT` and compared values are bound again runs without
+    /// being compiled again: the query planner stability guarantee is on.
+    #[test]
+    fn rebinding_a_cached_statement_does_not_recompile_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("qpsg.db");
+        let conn = open(&path, Durability::Fast, Duration::from_secs(1)).expect("open");
+        migrate(&conn, &path).expect("migrate");
+        let sql = "SELECT id FROM tasks WHERE workflow_id = ?1 AND +kind = ?2 ORDER BY id LIMIT ?3";
+        for (kind, limit) in [(0, 1), (1, 5), (0, 9)] {
+            let mut stmt = conn.prepare_cached(sql).expect("prepare");
+            let ids: Vec<i64> = stmt
+                .query_map(rusqlite::params!["wf", kind, limit], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            assert!(ids.is_empty());
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "recompiled after binding kind {kind} and limit {limit}"
+            );
         }
     }
 }
