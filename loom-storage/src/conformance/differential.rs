@@ -1326,7 +1326,7 @@ where
         failure_persistence: None,
         ..Config::default()
     });
-    let result = runner.run(&sequence(), |ops| {
+    let compare = |ops: Vec<Op>| {
         rt.block_on(async {
             let clock = clock();
             let Some(store) = fresh(clock.clone()).await else {
@@ -1344,10 +1344,60 @@ where
                 "the backend and MemoryStorage disagree.\n{diff}\n--- MemoryStorage\n{ours}\n--- backend\n{theirs}"
             )))
         })
-    });
-    if let Err(e) = result {
+    };
+    for ops in seeded() {
+        if let Err(e) = compare(ops) {
+            panic!("{e}");
+        }
+    }
+    if let Err(e) = runner.run(&sequence(), compare) {
         panic!("{e}");
     }
+}
+
+/// Sequences every run compares before the generated ones: situations the generator reaches
+/// only rarely.
+pub fn seeded() -> Vec<Vec<Op>> {
+    let sticky = |owner: u8| {
+        [
+            Op::Create(0),
+            Op::ClaimWorkflows(1, Span::Long, owner),
+            Op::Create(1),
+            Op::Advance(10),
+            Op::CompleteWorkflow(0, vec![NewEvent::Step], true, 0, Some((owner, Span::Long))),
+            Op::Signal(0),
+        ]
+    };
+    // wf-0 prefers worker 0 and is older than wf-1: worker 1 passes over it, one task at a
+    // time, and never takes it.
+    let passed_over = vec![
+        Op::Create(0),
+        Op::ClaimWorkflows(1, Span::Long, 0),
+        Op::CompleteWorkflow(0, vec![NewEvent::Step], true, 0, Some((0, Span::Long))),
+        Op::Signal(0),
+        Op::Advance(10),
+        Op::Create(1),
+        Op::ClaimWorkflows(1, Span::Long, 1),
+        Op::ClaimWorkflows(1, Span::Long, 1),
+    ];
+    // wf-0 prefers worker 0 and is newer than wf-1: worker 0 takes it first.
+    let own_first = sticky(0)
+        .into_iter()
+        .chain([Op::Create(2), Op::ClaimWorkflows(1, Span::Long, 0)])
+        .collect();
+    // Another worker's activity result cannot claim the task the owner prefers until the
+    // window has passed.
+    let lapsed = vec![
+        Op::Create(0),
+        Op::ClaimWorkflows(1, Span::Long, 0),
+        Op::CompleteWorkflow(0, vec![NewEvent::Schedule], true, 0, Some((0, Span::Short))),
+        Op::ClaimActivities(1, Span::Long),
+        Op::CompleteActivity(0, Outcome::Completed, Then::Claim(1)),
+        Op::ClaimWorkflows(1, Span::Long, 1),
+        Op::Advance(400),
+        Op::ClaimWorkflows(1, Span::Long, 1),
+    ];
+    vec![passed_over, own_first, lapsed]
 }
 
 fn first_difference(a: &str, b: &str) -> String {
@@ -1377,6 +1427,50 @@ mod tests {
         check(|clock| async move {
             Some(Arc::new(MemoryStorage::with_clock(Arc::new(clock))) as Arc<dyn Storage>)
         });
+    }
+
+    /// The seeded sequences show what they are there for on the reference: another worker
+    /// passes over a preferred task, its owner takes it first, and a lapsed window frees it.
+    #[tokio::test]
+    async fn the_seeded_sequences_reach_affinity() {
+        let mut shown = Vec::new();
+        for ops in seeded() {
+            let clock = clock();
+            let store = Arc::new(MemoryStorage::with_clock(Arc::new(clock.clone())));
+            let t = transcript(store, clock, &ops).await;
+            let claims: Vec<String> = t
+                .split("== state")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("ClaimWorkflows") || l.starts_with("  wft"))
+                .map(|l| l.split(" Differential").next().unwrap_or(l).to_owned())
+                .collect();
+            shown.push(claims);
+        }
+        assert_eq!(
+            shown[0][2..],
+            [
+                "ClaimWorkflows(1, Long, 1)",
+                "  wft T1/k1/3600010 wf-1",
+                "ClaimWorkflows(1, Long, 1)",
+            ],
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown[1][2..],
+            ["ClaimWorkflows(1, Long, 0)", "  wft T0/k1/3600010 wf-0"],
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown[2][2..],
+            [
+                "ClaimWorkflows(1, Long, 1)",
+                "ClaimWorkflows(1, Long, 1)",
+                "  wft T0/k2/3600400 wf-0",
+            ],
+            "{shown:?}"
+        );
     }
 
     /// A transcript names what was claimed, with renamed ids.
