@@ -17,9 +17,17 @@ use crate::db::{
     ACTIVITY_TASK, Db, WORKFLOW_TASK, encode, id_i64, level_str, ms, seq, seq_i64, task_i64,
 };
 
-/// A task claimed by `claim`: its lease, workflow, deliveries, row id, and since when
-/// it was ready.
-type Claim = (Lease, WorkflowId, u32, i64, Timestamp);
+/// One task a claim took: its lease, workflow, deliveries, row id, since when it was ready,
+/// and for an activity task what it runs (activity id, name, input, options, attempt), read
+/// by the claim's own update.
+struct Claim {
+    lease: Lease,
+    workflow: WorkflowId,
+    deliveries: u32,
+    row: i64,
+    ready_at: Timestamp,
+    activity: Option<(i64, String, String, String, u32)>,
+}
 
 impl Db<'_> {
     fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
@@ -132,28 +140,35 @@ impl Db<'_> {
             .prepare_cached(
                 "UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = ?2, visible_at = ?2,
                  lease_owner = ?3, deliveries = deliveries + 1 WHERE id = ?1
-                 RETURNING lease_token, deliveries, workflow_id",
+                 RETURNING lease_token, deliveries, workflow_id, activity_id, name, input, options,
+                     attempt",
             )
             .map_err(|e| self.sql(e))?;
         let mut claimed = Vec::with_capacity(ids.len());
         for (id, ready_at) in ids {
-            let (token, deliveries, workflow): (i64, u32, String) = stmt
-                .query_row(params![id, ms(expires), req.owner], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            claimed.push(
+                stmt.query_row(params![id, ms(expires), req.owner], |r| {
+                    let activity = match (kind, r.get::<_, Option<i64>>(3)?) {
+                        (ACTIVITY_TASK, Some(activity)) => {
+                            Some((activity, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                        }
+                        _ => None,
+                    };
+                    Ok(Claim {
+                        lease: Lease {
+                            task: TaskId(id.unsigned_abs()),
+                            token: r.get::<_, i64>(0)?.unsigned_abs(),
+                            expires_at: expires,
+                        },
+                        deliveries: r.get(1)?,
+                        workflow: WorkflowId::new(r.get::<_, String>(2)?),
+                        row: id,
+                        ready_at: Timestamp::from_millis(ready_at),
+                        activity,
+                    })
                 })
-                .map_err(|e| self.sql(e))?;
-            let lease = Lease {
-                task: TaskId(id.unsigned_abs()),
-                token: token.unsigned_abs(),
-                expires_at: expires,
-            };
-            claimed.push((
-                lease,
-                WorkflowId::new(workflow),
-                deliveries,
-                id,
-                Timestamp::from_millis(ready_at),
-            ));
+                .map_err(|e| self.sql(e))?,
+            );
         }
         Ok(claimed)
     }
@@ -672,8 +687,13 @@ impl Apply for Db<'_> {
         req: &ClaimRequest,
     ) -> Result<Vec<WorkflowTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, _, ready_at) in
-            self.claim(now, WORKFLOW_TASK, req, of)?
+        for Claim {
+            lease,
+            workflow: workflow_id,
+            deliveries,
+            ready_at,
+            ..
+        } in self.claim(now, WORKFLOW_TASK, req, of)?
         {
             let (name, last, run): (String, i64, u32) = self
                 .conn
@@ -707,21 +727,21 @@ impl Apply for Db<'_> {
         req: &ClaimRequest,
     ) -> Result<Vec<ActivityTask>> {
         let mut tasks = Vec::new();
-        for (lease, workflow_id, deliveries, row, ready_at) in
-            self.claim(now, ACTIVITY_TASK, req, of)?
-        {
-            type Row = (i64, String, String, String, u32);
-            let (activity, name, input, options, attempt): Row = self
-                .conn
-                .prepare_cached(
-                    "SELECT activity_id, name, input, options, attempt FROM tasks WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([row], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                    })
-                })
-                .map_err(|e| self.sql(e))?;
+        for claim in self.claim(now, ACTIVITY_TASK, req, of)? {
+            let row = claim.row;
+            let Some((activity, name, input, options, attempt)) = claim.activity else {
+                return Err(loom_storage::StorageError::Corrupt {
+                    message: format!("activity task {row} has no activity"),
+                    source: None,
+                });
+            };
+            let Claim {
+                lease,
+                workflow: workflow_id,
+                deliveries,
+                ready_at,
+                ..
+            } = claim;
             let options: ActivityOptions =
                 self.decode(&options, || format!("the options of activity task {row}"))?;
             tasks.push(ActivityTask {
