@@ -52,7 +52,7 @@ const BEGIN_RETRIES: u32 = 6;
 fn begin(conn: &Connection, path: &Path) -> Result<(), String> {
     let mut attempt = 0;
     loop {
-        match conn.execute_batch("BEGIN IMMEDIATE") {
+        match crate::conn::run_cached(conn, "BEGIN IMMEDIATE") {
             Ok(()) => return Ok(()),
             Err(e) if is_busy(&e) && attempt < BEGIN_RETRIES => {
                 attempt += 1;
@@ -117,7 +117,7 @@ impl SqliteCommit {
                 return Attempt::Done(Some(map_err(path, e).to_string()));
             }
         }
-        match conn.execute_batch("COMMIT") {
+        match crate::conn::run_cached(conn, "COMMIT") {
             Ok(()) => Attempt::Done(None),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");

@@ -103,6 +103,14 @@ pub(crate) fn open(
     Ok(conn)
 }
 
+/// Runs one statement without parameters or rows (`BEGIN`, `COMMIT`) from the connection's
+/// statement cache: `execute_batch` would parse it again every time.
+pub(crate) fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+}
+
 /// Brings the schema up to date in one transaction, or refuses a database this build cannot
 /// use: one written by a newer Loom, or a SQLite file that is not Loom's.
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StorageError> {

@@ -237,8 +237,7 @@ impl Transact for SqliteStorage {
             };
             let now = inner.options.clock.now();
             // One snapshot for the whole read, as SQLite's statements would each take their own.
-            conn.execute_batch("BEGIN")
-                .map_err(|e| conn::map_err(&inner.path, e))?;
+            conn::run_cached(&conn, "BEGIN").map_err(|e| conn::map_err(&inner.path, e))?;
             let result = read(
                 &mut Db {
                     conn: &conn,
@@ -246,7 +245,7 @@ impl Transact for SqliteStorage {
                 },
                 now,
             );
-            let ended = conn.execute_batch("COMMIT");
+            let ended = conn::run_cached(&conn, "COMMIT");
             let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
             if ended.is_ok() && idle.len() < inner.options.readers {
                 idle.push(conn);
