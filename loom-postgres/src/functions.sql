@@ -31,6 +31,7 @@
 --         {"s":"rr", "wf", "ev": [[seq, at, kind]], "ver", "input", "last", "progress",
 --          "keep_signals"}   a new run from a prefix (a reset)
 --         {"s":"hold", "wf", "reason"}   an operator's pause: paused, its workflow task deleted
+--         {"s":"forget", "owner"}   every affinity naming the worker cleared
 --         {"s":"purge", "older_ms", "status", "name", "except", "max"}   retention: closed
 --                                      workflows deleted, with everything of theirs
 --         {"s":"claim_a"|"claim_w", "wf", "owner", "lease_ms", "max"}
@@ -485,6 +486,10 @@ BEGIN
             DELETE FROM messages WHERE workflow_id = wf
                 AND (NOT carry OR (NOT (s->>'keep_signals')::boolean
                                    AND kind LIKE '{"type":"SignalReceived"%'));
+
+        WHEN 'forget' THEN
+            UPDATE tasks SET affinity_owner = NULL, affinity_until = NULL
+            WHERE affinity_owner = s->>'owner';
 
         WHEN 'hold' THEN
             UPDATE workflows SET status = 'paused', pause_reason = s->>'reason',

@@ -326,6 +326,10 @@ impl Storage for PostgresStorage {
         self.apply(engine::release(lease, release)).await.map(drop)
     }
 
+    async fn forget_affinity(&self, owner: &str) -> Result<()> {
+        self.apply(engine::forget_affinity(owner)?).await.map(drop)
+    }
+
     async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
         let kind = EventKind::SignalReceived {
             name: name.to_owned(),

@@ -207,6 +207,10 @@ impl Storage for OnClock {
         self.sync().await?;
         self.store.release_task(lease, release).await
     }
+    async fn forget_affinity(&self, owner: &str) -> loom_storage::Result<()> {
+        self.sync().await?;
+        self.store.forget_affinity(owner).await
+    }
     async fn signal(
         &self,
         id: &WorkflowId,

@@ -298,6 +298,7 @@ impl WriteStep {
             | Op::NewRun { .. }
             | Op::ResetRun { .. }
             | Op::Hold { .. }
+            | Op::ForgetAffinity { .. }
             | Op::Purge { .. }
             | Op::ClaimWorkflowTasks { .. }
             | Op::ClaimActivityTasks { .. }
@@ -347,6 +348,7 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
             Op::Hold { workflow, reason } => json!({
                 "s": "hold", "wf": workflow.as_str(), "reason": reason,
             }),
+            Op::ForgetAffinity { owner } => json!({ "s": "forget", "owner": owner }),
             Op::Purge { purge } => json!({
                 "s": "purge",
                 "older_ms": i64::try_from(purge.older_than.as_millis()).unwrap_or(i64::MAX),

@@ -26,8 +26,8 @@ pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// `(kind, visible_at, task)`: every task that has a `visible_at`, the claim index.
 pub(crate) const READY: TableDefinition<(u8, i64, u64), ()> = TableDefinition::new("ready");
-/// `(owner, visible_at, task)`: every workflow task that has an affinity and a `visible_at`,
-/// the index of its owner's claims.
+/// `(owner, visible_at, task)`: every workflow task that has an affinity (`i64::MAX` for no
+/// `visible_at`), the index of its owner's claims.
 pub(crate) const PREFERRED: TableDefinition<(&str, i64, u64), ()> =
     TableDefinition::new("preferred");
 /// `(workflow, task)`: the activity tasks of each workflow.
@@ -180,7 +180,10 @@ impl From<&TaskRecord> for TaskRow {
 /// A task's key in [`PREFERRED`] (its owner and `visible_at`), if it belongs there.
 fn preferred_key(task: &TaskRecord) -> Option<(&str, i64)> {
     let (owner, _) = task.affinity.as_ref()?;
-    Some((owner.as_str(), task.visible_at?.as_millis()))
+    Some((
+        owner.as_str(),
+        task.visible_at.map_or(i64::MAX, Timestamp::as_millis),
+    ))
 }
 
 fn slot(task: &TaskRecord) -> u8 {
@@ -590,6 +593,17 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
                     (Timestamp::from_millis(v), TaskId(id))
                 })
             })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    fn preferring_any(&mut self, owner: &str) -> Result<Vec<TaskId>> {
+        let preferred = self.tx.open_table(PREFERRED).map_err(|e| self.err(e))?;
+        let range = preferred
+            .range((owner, i64::MIN, 0)..=(owner, i64::MAX, u64::MAX))
+            .map_err(|e| self.err(e))?;
+        range
+            .map(|r| r.map(|(k, _)| TaskId(k.value().2)))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| self.err(e))
     }

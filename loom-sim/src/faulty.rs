@@ -453,6 +453,11 @@ impl Storage for Faulty {
         }
         self.after("release_task", true, r).await
     }
+    async fn forget_affinity(&self, owner: &str) -> Result<()> {
+        self.before("forget_affinity").await?;
+        let r = self.inner.forget_affinity(owner).await;
+        self.after("forget_affinity", true, r).await
+    }
     async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
         self.before("signal").await?;
         let r = self.inner.signal(id, name, payload).await;

@@ -599,6 +599,14 @@ impl Apply for Db<'_> {
         .map(drop)
     }
 
+    fn forget_affinity(&mut self, owner: &str) -> Result<()> {
+        self.exec(
+            "UPDATE tasks SET affinity_owner = NULL, affinity_until = NULL WHERE affinity_owner = ?1",
+            [owner],
+        )
+        .map(drop)
+    }
+
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()> {
         self.exec(
             "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,

@@ -124,6 +124,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Gives a claimed task back without completing it; see [`Release`].
     async fn release_task(&self, lease: &Lease, release: Release) -> Result<()>;
 
+    /// Gives up every affinity naming `owner` (see [`engine::forget_affinity`]): a worker
+    /// that stops calls it, so that other workers take its workflows at once.
+    async fn forget_affinity(&self, owner: &str) -> Result<()>;
+
     /// Delivers a signal: it waits as a message, in order, until the workflow's next task,
     /// whether or not any worker runs. `Closed` if the workflow has ended.
     async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()>;

@@ -40,8 +40,8 @@ struct State {
     /// Every task with a `visible_at`, by kind (workflow tasks first) and time: the claim
     /// index, kept in step by `put_task` and `delete_task`, the only writers of tasks.
     ready: [BTreeSet<(Timestamp, TaskId)>; 2],
-    /// Every task with an affinity and a `visible_at`, by owner and time: the index of
-    /// `preferring`, kept in step with `ready`.
+    /// Every task with an affinity, by owner and `visible_at` (`Timestamp::MAX` for none):
+    /// the index of `preferring`, kept in step with `ready`.
     preferred: BTreeSet<(String, Timestamp, TaskId)>,
     events: u64,
     schedules: BTreeMap<String, Schedule>,
@@ -197,19 +197,19 @@ impl Rows for State {
     }
 
     fn put_task(&mut self, id: TaskId, task: &TaskRecord) -> Result<()> {
-        if let Some(old) = self.tasks.get(&id)
-            && let Some(v) = old.visible_at
-        {
-            self.ready[slot(old)].remove(&(v, id));
+        if let Some(old) = self.tasks.get(&id) {
+            if let Some(v) = old.visible_at {
+                self.ready[slot(old)].remove(&(v, id));
+            }
             if let Some(key) = preferred_key(old, id) {
                 self.preferred.remove(&key);
             }
         }
         if let Some(v) = task.visible_at {
             self.ready[slot(task)].insert((v, id));
-            if let Some(key) = preferred_key(task, id) {
-                self.preferred.insert(key);
-            }
+        }
+        if let Some(key) = preferred_key(task, id) {
+            self.preferred.insert(key);
         }
         self.entry_mut(&task.workflow)?.tasks.insert(id);
         self.tasks.insert(id, task.clone());
@@ -315,12 +315,26 @@ impl Rows for State {
             .map(|(_, _, id)| *id)
             .collect())
     }
+
+    fn preferring_any(&mut self, owner: &str) -> Result<Vec<TaskId>> {
+        let from = (
+            owner.to_owned(),
+            Timestamp::from_millis(i64::MIN),
+            TaskId(0),
+        );
+        Ok(self
+            .preferred
+            .range(from..)
+            .take_while(|(o, _, _)| o == owner)
+            .map(|(_, _, id)| *id)
+            .collect())
+    }
 }
 
 /// A task's key in [`State::preferred`], if it belongs there.
 fn preferred_key(task: &TaskRecord, id: TaskId) -> Option<(String, Timestamp, TaskId)> {
     let (owner, _) = task.affinity.as_ref()?;
-    Some((owner.clone(), task.visible_at?, id))
+    Some((owner.clone(), task.visible_at.unwrap_or(Timestamp::MAX), id))
 }
 
 impl State {

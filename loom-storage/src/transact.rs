@@ -135,6 +135,10 @@ impl<T: Transact> Storage for T {
         run(self, engine::release(lease, release)).await.map(drop)
     }
 
+    async fn forget_affinity(&self, owner: &str) -> Result<()> {
+        run(self, engine::forget_affinity(owner)?).await.map(drop)
+    }
+
     async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
         let kind = EventKind::SignalReceived {
             name: name.to_owned(),

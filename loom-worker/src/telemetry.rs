@@ -746,6 +746,9 @@ mod instrumented {
                 self.inner.release_task(lease, release)
             )
         }
+        async fn forget_affinity(&self, owner: &str) -> Result<()> {
+            timed!(self, "forget_affinity", self.inner.forget_affinity(owner))
+        }
         async fn signal(&self, id: &WorkflowId, name: &str, payload: Payload) -> Result<()> {
             timed!(self, "signal", self.inner.signal(id, name, payload))
         }

@@ -743,6 +743,73 @@ async fn workflows_stay_with_the_worker_that_holds_them() {
     );
 }
 
+/// A worker that stops gracefully gives up its affinities: the workflow it kept cached goes
+/// to another worker as soon as there is work for it, not after the window (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_its_workflows_on_at_once() {
+    let Some(store) = postgres().await else {
+        return;
+    };
+    let worker = |id: &str| {
+        Worker::with_config(
+            store.clone(),
+            registry(),
+            WorkerConfig {
+                id: id.into(),
+                affinity_window: Duration::from_secs(60),
+                ..config()
+            },
+        )
+    };
+    let a = worker("worker-a");
+    let client = a.client();
+    let running = spawn(&a);
+    let handle = client
+        .start::<AwaitApproval>(&60_000, StartOptions::id("handed-on"))
+        .await
+        .expect("start");
+    // Its first task has run on worker a (which now prefers it) when it waits for a signal.
+    let deadline = std::time::Instant::now() + WAIT;
+    while client
+        .describe(handle.id())
+        .await
+        .expect("describe")
+        .progress
+        .is_none_or(|p| p.awaiting_signals.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first task never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    let b = worker("worker-b");
+    let running = spawn(&b);
+    for by in ["ada", "grace"] {
+        let approval = Approval {
+            approved: true,
+            by: by.into(),
+        };
+        client
+            .signal(
+                handle.id(),
+                "approve",
+                loom_core::Payload::encode(&approval).expect("encode"),
+            )
+            .await
+            .expect("signal");
+    }
+    assert_eq!(
+        handle
+            .result_within(Duration::from_secs(10))
+            .await
+            .expect("worker b finishes it well inside the window"),
+        "ada:true then grace:true"
+    );
+    running.stop().await;
+}
+
 async fn a_declined_payment_sends_no_email(store: Arc<dyn Storage>) {
     let emails = Arc::new(AtomicU32::new(0));
     let worker = Worker::with_config(store, registry_with(emails.clone(), false), config());
@@ -1515,6 +1582,9 @@ impl Storage for StaleClaims {
         release: loom_storage::Release,
     ) -> loom_storage::Result<()> {
         self.inner.release_task(lease, release).await
+    }
+    async fn forget_affinity(&self, owner: &str) -> loom_storage::Result<()> {
+        self.inner.forget_affinity(owner).await
     }
     async fn signal(
         &self,

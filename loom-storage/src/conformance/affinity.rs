@@ -148,6 +148,38 @@ pub async fn an_activity_commit_claims_only_a_task_it_may_take(store: Store) {
     );
 }
 
+/// A worker that gives up its affinities frees its workflows' tasks at once, those waiting
+/// for a message as well as the claimable ones; other workers' affinities stay.
+pub async fn forgetting_an_owner_frees_its_tasks(store: Store) {
+    create(&store, "waiting").await;
+    let task = claimed_by(&store, "a", 1)
+        .await
+        .pop()
+        .expect("its first task");
+    let mut c = completion(&task, vec![step("s")]);
+    c.affinity = Some(Affinity::new("a", LEASE));
+    store.complete_workflow_task(c).await.expect("commit");
+    sticky_to(&store, "ready", "a", LEASE).await;
+    sticky_to(&store, "other", "c", LEASE).await;
+    assert!(claimed_by(&store, "b", 10).await.is_empty());
+    store.forget_affinity("a").await.expect("forget");
+    store
+        .forget_affinity("nobody")
+        .await
+        .expect("an owner with nothing");
+    assert_eq!(ids(&claimed_by(&store, "b", 10).await), ["ready"]);
+    store
+        .signal(&wid("waiting"), "go", Payload::NULL)
+        .await
+        .expect("signal");
+    assert_eq!(ids(&claimed_by(&store, "b", 10).await), ["waiting"]);
+    assert_eq!(ids(&claimed_by(&store, "c", 10).await), ["other"]);
+    match store.forget_affinity("").await {
+        Err(StorageError::InvalidArgument(_)) => {}
+        other => panic!("an empty owner must be refused, got {other:?}"),
+    }
+}
+
 /// An affinity must name an owner every store can hold; a refused commit writes nothing and
 /// its lease still commits.
 pub async fn an_affinity_must_name_an_owner(store: Store) {

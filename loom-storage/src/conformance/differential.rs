@@ -149,6 +149,8 @@ pub enum Op {
     CompleteActivity(u8, Outcome, Then),
     /// Renew a held lease.
     Renew(u8, Span),
+    /// Worker `w` gives up its affinities.
+    Forget(u8),
     /// Release a held task, pausing its workflow or not.
     Release(u8, Span, bool),
     /// Signal workflow `n`.
@@ -246,6 +248,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (held.clone(), outcome(), then()).prop_map(|(t, o, th)| Op::CompleteActivity(t, o, th)),
         1 => (held.clone(), span()).prop_map(|(t, s)| Op::Renew(t, s)),
         1 => (held, span(), any::<bool>()).prop_map(|(t, s, p)| Op::Release(t, s, p)),
+        1 => WORKERS.prop_map(Op::Forget),
         2 => wf.clone().prop_map(Op::Signal),
         1 => wf.clone().prop_map(Op::RequestCancel),
         1 => (wf.clone(), any::<bool>()).prop_map(|(n, stale)| Op::Terminate(n, stale)),
@@ -817,6 +820,10 @@ impl Run {
                     self.line(format!("  {line}"));
                     self.update_lease(renewed);
                 }
+            }
+            Op::Forget(w) => {
+                let r = self.store.forget_affinity(&worker_name(*w)).await;
+                self.result(r);
             }
             Op::Release(i, after, pause) => {
                 let Some(lease) = self.held_lease(*i) else {
@@ -1397,7 +1404,17 @@ pub fn seeded() -> Vec<Vec<Op>> {
         Op::Advance(400),
         Op::ClaimWorkflows(1, Span::Long, 1),
     ];
-    vec![passed_over, own_first, lapsed]
+    // A worker that gives up its affinities frees its workflow's task at once.
+    let forgotten = vec![
+        Op::Create(0),
+        Op::ClaimWorkflows(1, Span::Long, 0),
+        Op::CompleteWorkflow(0, vec![NewEvent::Step], true, 0, Some((0, Span::Long))),
+        Op::Signal(0),
+        Op::ClaimWorkflows(1, Span::Long, 1),
+        Op::Forget(0),
+        Op::ClaimWorkflows(1, Span::Long, 1),
+    ];
+    vec![passed_over, own_first, lapsed, forgotten]
 }
 
 fn first_difference(a: &str, b: &str) -> String {
@@ -1460,6 +1477,15 @@ mod tests {
         assert_eq!(
             shown[1][2..],
             ["ClaimWorkflows(1, Long, 0)", "  wft T0/k1/3600010 wf-0"],
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown[3][2..],
+            [
+                "ClaimWorkflows(1, Long, 1)",
+                "ClaimWorkflows(1, Long, 1)",
+                "  wft T0/k1/3600000 wf-0",
+            ],
             "{shown:?}"
         );
         assert_eq!(

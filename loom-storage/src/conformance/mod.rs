@@ -297,6 +297,7 @@ macro_rules! for_each_conformance_case {
             an_affinity_ends_with_a_release_or_a_commit_without_one,
             an_activity_commit_claims_only_a_task_it_may_take,
             an_affinity_must_name_an_owner,
+            forgetting_an_owner_frees_its_tasks,
             timers_not_due_are_not_handed_out,
             timers_are_timed_by_the_store,
             due_timers_are_delivered,

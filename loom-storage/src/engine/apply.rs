@@ -129,6 +129,8 @@ pub trait Apply {
     fn purge(&mut self, now: Timestamp, purge: &crate::Purge) -> Result<Vec<WorkflowId>>;
     /// [`Op::Pause`].
     fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()>;
+    /// [`Op::ForgetAffinity`].
+    fn forget_affinity(&mut self, owner: &str) -> Result<()>;
     /// [`Op::Renew`].
     fn renew(&mut self, task: TaskId, until: Timestamp) -> Result<()>;
     /// [`Op::ClaimWorkflowTasks`].
@@ -262,6 +264,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                 let purged = store.purge(now, purge)?;
                 applied.purged.extend(purged);
             }
+            Op::ForgetAffinity { owner } => store.forget_affinity(owner)?,
             Op::Renew { task, until } => {
                 let until = until.resolve(now);
                 store.renew(*task, until)?;

@@ -53,6 +53,6 @@ pub use op::{
 };
 pub use rules::{
     claim_activity_tasks, claim_workflow_tasks, complete_activity_task, complete_workflow_task,
-    create, deliver, pause, purge, release, renew, reset, resume, safe_log_text, terminate,
-    write_schedule,
+    create, deliver, forget_affinity, pause, purge, release, renew, reset, resume, safe_log_text,
+    terminate, write_schedule,
 };

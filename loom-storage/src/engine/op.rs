@@ -267,6 +267,12 @@ pub enum Op {
         /// Why.
         reason: String,
     },
+    /// Every workflow task whose affinity names `owner` loses it (each stays claimable when
+    /// it was).
+    ForgetAffinity {
+        /// The worker.
+        owner: String,
+    },
     /// The task's live lease now lapses at `until`; answered in [`Applied::renewed_until`].
     Renew {
         /// The task.
@@ -428,6 +434,7 @@ impl Op {
             | Op::Requeue { .. }
             | Op::Release { .. }
             | Op::Pause { .. }
+            | Op::ForgetAffinity { .. }
             | Op::Renew { .. } => None,
         }
     }

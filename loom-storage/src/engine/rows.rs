@@ -132,6 +132,8 @@ pub trait Rows {
     /// Up to `max` claimable workflow tasks whose affinity names `owner` (expired or not), by
     /// `(visible_at, id)`; `put_task` and `delete_task` keep the index this reads in step.
     fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>>;
+    /// Every task whose affinity names `owner`, claimable or not, from the same index.
+    fn preferring_any(&mut self, owner: &str) -> Result<Vec<TaskId>>;
     /// A schedule's record.
     fn get_schedule(&mut self, id: &str) -> Result<Option<crate::schedule::Schedule>>;
     /// Stores a schedule's record (new or changed), keeping the index of `wake_at` in step.
@@ -530,6 +532,15 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         task.visible_at = earliest;
         task.affinity = affinity.map(|(owner, until)| (owner.to_owned(), until));
         self.0.put_task(id, &task)
+    }
+
+    fn forget_affinity(&mut self, owner: &str) -> Result<()> {
+        for id in self.0.preferring_any(owner)? {
+            let mut record = self.task_record(id)?;
+            record.affinity = None;
+            self.0.put_task(id, &record)?;
+        }
+        Ok(())
     }
 
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()> {

@@ -1178,6 +1178,21 @@ pub fn write_schedule(w: crate::schedule::ScheduleWrite) -> Result<WriteSet> {
     })
 }
 
+/// Gives up a worker's affinities ([`Op::ForgetAffinity`]): what a worker that stops does,
+/// so that the workflows it kept cached go to other workers at once instead of after the
+/// window. Losing this write only makes them wait out the window, so it is not waited on
+/// to reach the disk.
+pub fn forget_affinity(owner: &str) -> Result<WriteSet> {
+    check_affinity(Some(&Affinity::new(owner, Duration::ZERO)))?;
+    Ok(WriteSet {
+        checks: Vec::new(),
+        ops: vec![Op::ForgetAffinity {
+            owner: owner.to_owned(),
+        }],
+        sync: Sync::Relaxed,
+    })
+}
+
 /// Claims up to `req.max` claimable workflow tasks (see [`Op::ClaimWorkflowTasks`]).
 pub fn claim_workflow_tasks(req: &ClaimRequest) -> WriteSet {
     claim(req, |req| Op::ClaimWorkflowTasks { of: None, req })
@@ -1667,6 +1682,7 @@ mod tests {
             Op::SetTags { .. } => "SetTags",
             Op::AppendLogs { .. } => "AppendLogs",
             Op::Settle { .. } => "Settle",
+            Op::ForgetAffinity { .. } => "ForgetAffinity",
             Op::Release { .. } => "Release",
             Op::Pause { .. } => "Pause",
             Op::Hold { .. } => "Hold",

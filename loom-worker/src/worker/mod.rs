@@ -229,6 +229,16 @@ impl Worker {
                 warn!(error = %e, "a worker loop ended abnormally");
             }
         }
+        // The workflows it kept cached go to other workers at once, not after the window.
+        if self.shared.affinity().is_some()
+            && let Err(e) = self
+                .shared
+                .storage
+                .forget_affinity(&self.shared.config.id)
+                .await
+        {
+            warn!(error = %e, "could not give up this worker's affinities; they lapse on their own");
+        }
         abandon.1 = false;
         Ok(self.shared.metrics.snapshot())
     }
