@@ -40,11 +40,13 @@ use loom_sim::workload::{
     Ledger, Op, Program, program_input, random_program, signals_wanted, work,
 };
 use loom_storage::{
-    ActivityTask, ActivityTaskCompletion, AfterActivity, ClaimRequest, Clock, ManualClock,
-    MemoryStorage, Storage, StorageError, WorkflowTask, WorkflowTaskCompletion,
+    ActivityTask, ActivityTaskCompletion, Affinity, AfterActivity, ClaimRequest, Clock,
+    ManualClock, MemoryStorage, Storage, StorageError, WorkflowTask, WorkflowTaskCompletion,
 };
 
 const LEASE: Duration = Duration::from_secs(5);
+/// The window of the affinities the simulated workers ask for.
+const AFFINITY: Duration = Duration::from_secs(2);
 const WORKERS: usize = 3;
 const WORKFLOWS: usize = 6;
 const STEPS: usize = 200;
@@ -271,7 +273,11 @@ impl Sim {
             logs: Vec::new(),
             next_run: machine.next_run(),
             eager: None,
-            affinity: None,
+            // Half the commits ask for the workflow's next task first.
+            affinity: self
+                .rng
+                .chance(50)
+                .then(|| Affinity::new(format!("sim-{w}"), AFFINITY)),
         };
         let lapsed = self.clock.now() >= task.lease.expires_at;
         let fault = self.fault();
@@ -440,8 +446,18 @@ impl Sim {
                 self.clock.advance(Duration::from_millis(ms));
             }
             91..=94 => {
-                *self.counts.entry("worker crashes").or_default() += 1;
-                self.trace.push(format!("w{w} crashes"));
+                // Half the time a graceful stop: the worker gives up its affinities first.
+                if self.rng.chance(50) {
+                    *self.counts.entry("worker stops").or_default() += 1;
+                    self.trace.push(format!("w{w} stops"));
+                    let r = self.store.forget_affinity(&format!("sim-{w}")).await;
+                    if let Err(e) = r {
+                        self.fail(format!("forgetting w{w}'s affinities failed: {e}"));
+                    }
+                } else {
+                    *self.counts.entry("worker crashes").or_default() += 1;
+                    self.trace.push(format!("w{w} crashes"));
+                }
                 self.workers[w] = SimWorker::default();
             }
             _ => {
@@ -506,6 +522,10 @@ impl Sim {
                     Some(t) => self.clock.set(t.max(self.clock.now())),
                     None => self.clock.advance(LEASE + Duration::from_millis(1)),
                 }
+            } else if stats.workflow_tasks_ready > 0 {
+                // Ready tasks the drain's worker may not claim yet prefer another worker:
+                // their affinity lapses with time.
+                self.clock.advance(AFFINITY);
             }
         }
         self.fail("the drain did not finish every workflow".into());
