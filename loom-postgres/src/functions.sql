@@ -406,8 +406,9 @@ BEGIN
                     visible_at = (SELECT MIN(m.visible_at) FROM messages m
                                   WHERE m.workflow_id = wf AND m.id NOT IN (SELECT id FROM d)),
                     affinity_owner = s->'st'->>'o',
-                    affinity_until = now_ms + LEAST((s->'st'->>'ms')::bigint,
-                                                    9223372036854775807 - now_ms)
+                    affinity_until = CASE WHEN s->'st' ? 'o'
+                        THEN now_ms + LEAST((s->'st'->>'ms')::bigint,
+                                            9223372036854775807 - GREATEST(now_ms, 0)) END
                 WHERE kind = 0 AND workflow_id = wf;
             ELSIF s ? 'cm' THEN
                 DELETE FROM messages WHERE workflow_id = wf
@@ -416,8 +417,9 @@ BEGIN
                 UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
                     visible_at = (SELECT MIN(m.visible_at) FROM messages m WHERE m.workflow_id = wf),
                     affinity_owner = s->'st'->>'o',
-                    affinity_until = now_ms + LEAST((s->'st'->>'ms')::bigint,
-                                                    9223372036854775807 - now_ms)
+                    affinity_until = CASE WHEN s->'st' ? 'o'
+                        THEN now_ms + LEAST((s->'st'->>'ms')::bigint,
+                                            9223372036854775807 - GREATEST(now_ms, 0)) END
                 WHERE kind = 0 AND workflow_id = wf;
             END IF;
             IF s ? 'dw' THEN

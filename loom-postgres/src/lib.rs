@@ -101,6 +101,8 @@ pub struct PostgresStorage {
     pool: PgPool,
     channel: String,
     work: Arc<Notify>,
+    /// Whether it listens for other processes' work (`work` fires for it).
+    listens: bool,
     /// The group commit of write sets.
     committer: batch::Committer,
 }
@@ -199,6 +201,7 @@ impl PostgresStorage {
             pool,
             channel,
             work: Arc::new(Notify::new()),
+            listens: options.listen,
             committer,
         };
         if options.listen {
@@ -437,7 +440,7 @@ impl Storage for PostgresStorage {
     }
 
     fn signals_work(&self) -> bool {
-        true
+        self.listens
     }
 }
 

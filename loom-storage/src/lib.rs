@@ -220,7 +220,8 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Whether [`work_signal`](Self::work_signal) resolves for work that other workers make
-    /// claimable (PostgreSQL's notifications do; the embedded stores have no signal). A
+    /// claimable (PostgreSQL's notifications do while it listens; the embedded stores have
+    /// no signal). A
     /// worker asks for an [`Affinity`] only from such a store: elsewhere the preferred worker
     /// would learn of its workflow's next task only at its next poll.
     fn signals_work(&self) -> bool {

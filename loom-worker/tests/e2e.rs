@@ -701,9 +701,12 @@ async fn workflows_stay_with_the_worker_that_holds_them() {
             registry(),
             WorkerConfig {
                 id: id.into(),
-                // One slot each: a commit rarely finds one free to run its activity itself,
-                // so most results reach the store from whichever worker claimed them.
+                // One activity slot each: a commit rarely finds one free to run its activity
+                // itself, so most results reach the store from whichever worker claimed
+                // them. Workflow slots for every order: a claimed task never goes back for
+                // want of one (a release gives up its affinity).
                 activity_concurrency: 1,
+                workflow_concurrency: 64,
                 affinity_window: Duration::from_secs(60),
                 ..config()
             },

@@ -76,22 +76,25 @@ pub async fn an_affinity_keeps_a_task_for_its_owner(store: Store) {
 }
 
 /// An owner's claim takes the tasks that prefer it before older ones; another worker's claim
-/// passes over them to the rest of the queue, however many come first.
+/// passes over them to the rest of the queue, one task at a time.
 pub async fn an_owner_takes_its_own_tasks_first(store: Store) {
     create(&store, "kept-1").await;
     create(&store, "kept-2").await;
-    for task in claimed_by(&store, "a", 2).await {
-        commit_and_wake(&store, &task, Some(Affinity::new("a", LEASE))).await;
+    let kept = claimed_by(&store, "a", 2).await;
+    create(&store, "old-free").await;
+    // The kept tasks are woken after old-free was created: they are younger than it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for task in &kept {
+        commit_and_wake(&store, task, Some(Affinity::new("a", LEASE))).await;
     }
+    tokio::time::sleep(Duration::from_millis(20)).await;
     create(&store, "free-1").await;
-    create(&store, "free-2").await;
-    // b skips both kept tasks, which are older than the free ones.
+    assert_eq!(ids(&claimed_by(&store, "a", 1).await), ["kept-1"]);
+    assert_eq!(ids(&claimed_by(&store, "b", 1).await), ["old-free"]);
+    // kept-2 comes before free-1 in the queue; b passes over it.
     assert_eq!(ids(&claimed_by(&store, "b", 1).await), ["free-1"]);
-    // a takes its own first, then the rest by age.
-    assert_eq!(
-        ids(&claimed_by(&store, "a", 10).await),
-        ["kept-1", "kept-2", "free-2"]
-    );
+    assert!(claimed_by(&store, "b", 10).await.is_empty());
+    assert_eq!(ids(&claimed_by(&store, "a", 10).await), ["kept-2"]);
 }
 
 /// A release hands the task to anyone at once, and so does a commit without an affinity:

@@ -391,6 +391,7 @@ impl WriteSet {
                 | Op::Post { .. }
                 | Op::Requeue { .. }
                 | Op::Release { .. }
+                | Op::ForgetAffinity { .. }
                 | Op::Wake { .. } => true,
                 Op::If {
                     then, otherwise, ..

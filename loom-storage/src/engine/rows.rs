@@ -215,9 +215,7 @@ impl<R: Rows + ?Sized> RowApply<'_, R> {
         found.sort();
         Ok(found.into_iter().take(max).map(|(_, id)| id).collect())
     }
-}
 
-impl<R: Rows + ?Sized> RowApply<'_, R> {
     /// The workflow tasks a claim by `req` takes at `now`: those preferring its owner, then
     /// the rest of the queue without those another owner's affinity still keeps.
     fn claimable_workflow_tasks(
