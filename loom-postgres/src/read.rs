@@ -441,7 +441,7 @@ impl PostgresStorage {
             "WITH now AS (SELECT loom_now_ms() AS t)
              SELECT t.id, t.kind, t.activity_id, t.name, t.attempt, t.visible_at,
                  CASE WHEN t.lease_expires_at > now.t THEN t.lease_expires_at END, t.deliveries,
-                 EXISTS (SELECT 1 FROM workflows WHERE id = $1)
+                 EXISTS (SELECT 1 FROM workflows WHERE id = $1), t.affinity_owner, t.affinity_until
              FROM now LEFT JOIN tasks t ON t.workflow_id = $1
              ORDER BY t.id",
         )
@@ -470,6 +470,10 @@ impl PostgresStorage {
                     visible_at: r.get::<Option<i64>, _>(5).map(Timestamp::from_millis),
                     leased_until: r.get::<Option<i64>, _>(6).map(Timestamp::from_millis),
                     deliveries: u32::try_from(r.get::<i32, _>(7)).unwrap_or(0),
+                    preferred_by: r
+                        .get::<Option<String>, _>(9)
+                        .zip(r.get::<Option<i64>, _>(10))
+                        .map(|(owner, until)| (owner, Timestamp::from_millis(until))),
                 })
             })
             .collect();

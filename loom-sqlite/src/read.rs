@@ -418,15 +418,19 @@ impl Read for Db<'_> {
             Option<i64>,
             Option<i64>,
             u32,
+            Option<(String, i64)>,
         );
         let rows: Vec<Row> = self
             .conn
             .prepare_cached(
-                "SELECT id, kind, activity_id, name, attempt, visible_at, lease_expires_at, deliveries
+                "SELECT id, kind, activity_id, name, attempt, visible_at, lease_expires_at, deliveries,
+                     affinity_owner, affinity_until
                  FROM tasks WHERE workflow_id = ?1 ORDER BY id",
             )
             .and_then(|mut s| {
                 s.query_map([id.as_str()], |r| {
+                    let owner: Option<String> = r.get(8)?;
+                    let until: Option<i64> = r.get(9)?;
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
@@ -436,6 +440,7 @@ impl Read for Db<'_> {
                         r.get(5)?,
                         r.get(6)?,
                         r.get(7)?,
+                        owner.zip(until),
                     ))
                 })?
                 .collect()
@@ -444,18 +449,22 @@ impl Read for Db<'_> {
         let tasks = rows
             .into_iter()
             .map(
-                |(task, kind, activity, name, attempt, visible, lease, deliveries)| PendingTask {
-                    id: TaskId(task.unsigned_abs()),
-                    activity: (kind == crate::db::ACTIVITY_TASK).then(|| {
-                        (
-                            loom_core::ActivityId(seq(activity.unwrap_or(0))),
-                            name.unwrap_or_default(),
-                            attempt.unwrap_or(1),
-                        )
-                    }),
-                    visible_at: visible.map(Timestamp::from_millis),
-                    leased_until: lease.filter(|t| *t > ms(now)).map(Timestamp::from_millis),
-                    deliveries,
+                |(task, kind, activity, name, attempt, visible, lease, deliveries, preferred)| {
+                    PendingTask {
+                        id: TaskId(task.unsigned_abs()),
+                        activity: (kind == crate::db::ACTIVITY_TASK).then(|| {
+                            (
+                                loom_core::ActivityId(seq(activity.unwrap_or(0))),
+                                name.unwrap_or_default(),
+                                attempt.unwrap_or(1),
+                            )
+                        }),
+                        visible_at: visible.map(Timestamp::from_millis),
+                        leased_until: lease.filter(|t| *t > ms(now)).map(Timestamp::from_millis),
+                        deliveries,
+                        preferred_by: preferred
+                            .map(|(owner, until)| (owner, Timestamp::from_millis(until))),
+                    }
                 },
             )
             .collect();

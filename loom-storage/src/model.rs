@@ -801,4 +801,8 @@ pub struct PendingTask {
     pub leased_until: Option<Timestamp>,
     /// Times handed out without completing.
     pub deliveries: u32,
+    /// A workflow task's affinity: the worker it goes to first, and until when (shown after
+    /// that time too, until a claim's commit or a release replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_by: Option<(String, Timestamp)>,
 }

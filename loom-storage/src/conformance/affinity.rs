@@ -51,10 +51,25 @@ async fn sticky_to(store: &Store, id: &str, owner: &str, window: Duration) {
     commit_and_wake(store, &task, Some(Affinity::new(owner, window))).await;
 }
 
+/// The owner a workflow's task prefers, as `pending` shows it.
+async fn preferred_by(store: &Store, id: &str) -> Option<String> {
+    store
+        .pending(&wid(id))
+        .await
+        .expect("pending")
+        .tasks
+        .into_iter()
+        .find(|t| t.activity.is_none())
+        .and_then(|t| t.preferred_by)
+        .map(|(owner, _)| owner)
+}
+
 /// While its window lasts, a task whose affinity names another worker is not handed to a
 /// claimer; its owner takes it, with its messages; once the window has passed, anyone does.
+/// `pending` shows the owner.
 pub async fn an_affinity_keeps_a_task_for_its_owner(store: Store) {
     sticky_to(&store, "wf-1", "a", LEASE).await;
+    assert_eq!(preferred_by(&store, "wf-1").await.as_deref(), Some("a"));
     assert!(
         claimed_by(&store, "b", 10).await.is_empty(),
         "another worker's affinity keeps the task from b"
@@ -112,6 +127,11 @@ pub async fn an_affinity_ends_with_a_release_or_a_commit_without_one(store: Stor
         )
         .await
         .expect("release");
+    assert_eq!(
+        preferred_by(&store, "wf-1").await,
+        None,
+        "a release ends it"
+    );
     let task = claimed_by(&store, "b", 1)
         .await
         .pop()

@@ -1232,11 +1232,12 @@ impl Run {
                             for t in p.tasks {
                                 let id = self.names.task(t.id.0);
                                 self.line(format!(
-                                    "  task {id} {:?} visible={:?} leased={:?} d={}",
+                                    "  task {id} {:?} visible={:?} leased={:?} d={} pref={:?}",
                                     t.activity,
                                     t.visible_at.map(ms),
                                     t.leased_until.map(ms),
-                                    t.deliveries
+                                    t.deliveries,
+                                    t.preferred_by.map(|(o, until)| (o, ms(until)))
                                 ));
                             }
                             for m in p.messages {

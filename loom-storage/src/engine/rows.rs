@@ -80,6 +80,7 @@ impl TaskRecord {
             visible_at: self.visible_at,
             leased_until: self.live_lease(now),
             deliveries: self.deliveries,
+            preferred_by: self.affinity.clone(),
         }
     }
 }
