@@ -597,21 +597,10 @@ impl Rows for Tx<'_, redb::WriteTransaction> {
             .map_err(|e| self.err(e))
     }
 
-    fn preferring_any(&mut self, owner: &str) -> Result<Vec<TaskId>> {
+    fn preferring(&mut self, owner: &str, until: Timestamp, max: usize) -> Result<Vec<TaskId>> {
         let preferred = self.tx.open_table(PREFERRED).map_err(|e| self.err(e))?;
         let range = preferred
-            .range((owner, i64::MIN, 0)..=(owner, i64::MAX, u64::MAX))
-            .map_err(|e| self.err(e))?;
-        range
-            .map(|r| r.map(|(k, _)| TaskId(k.value().2)))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| self.err(e))
-    }
-
-    fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
-        let preferred = self.tx.open_table(PREFERRED).map_err(|e| self.err(e))?;
-        let range = preferred
-            .range((owner, i64::MIN, 0)..=(owner, now.as_millis(), u64::MAX))
+            .range((owner, i64::MIN, 0)..=(owner, until.as_millis(), u64::MAX))
             .map_err(|e| self.err(e))?;
         range
             .take(max)

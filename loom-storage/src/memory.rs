@@ -301,7 +301,7 @@ impl Rows for State {
             .collect())
     }
 
-    fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>> {
+    fn preferring(&mut self, owner: &str, until: Timestamp, max: usize) -> Result<Vec<TaskId>> {
         let from = (
             owner.to_owned(),
             Timestamp::from_millis(i64::MIN),
@@ -310,22 +310,8 @@ impl Rows for State {
         Ok(self
             .preferred
             .range(from..)
-            .take_while(|(o, v, _)| o == owner && *v <= now)
+            .take_while(|(o, v, _)| o == owner && *v <= until)
             .take(max)
-            .map(|(_, _, id)| *id)
-            .collect())
-    }
-
-    fn preferring_any(&mut self, owner: &str) -> Result<Vec<TaskId>> {
-        let from = (
-            owner.to_owned(),
-            Timestamp::from_millis(i64::MIN),
-            TaskId(0),
-        );
-        Ok(self
-            .preferred
-            .range(from..)
-            .take_while(|(o, _, _)| o == owner)
             .map(|(_, _, id)| *id)
             .collect())
     }

@@ -447,6 +447,26 @@ impl Running {
     }
 }
 
+/// Waits until the workflow's progress satisfies `ready`; fails with `what` after `WAIT`.
+async fn wait_for_progress(
+    client: &Client,
+    id: &WorkflowId,
+    what: &str,
+    ready: impl Fn(&loom_core::Progress) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !client
+        .describe(id)
+        .await
+        .expect("describe")
+        .progress
+        .is_some_and(|p| ready(&p))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn spawn(worker: &Worker) -> Running {
     let (stop, rx) = oneshot::channel::<()>();
     let worker = worker.clone();
@@ -772,20 +792,10 @@ async fn a_stopping_worker_hands_its_workflows_on_at_once() {
         .await
         .expect("start");
     // Its first task has run on worker a (which now prefers it) when it waits for a signal.
-    let deadline = std::time::Instant::now() + WAIT;
-    while client
-        .describe(handle.id())
-        .await
-        .expect("describe")
-        .progress
-        .is_none_or(|p| p.awaiting_signals.is_empty())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first task never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_progress(&client, handle.id(), "the first task never ran", |p| {
+        !p.awaiting_signals.is_empty()
+    })
+    .await;
     running.stop().await;
     let b = worker("worker-b");
     let running = spawn(&b);
@@ -1169,17 +1179,10 @@ async fn cancellation_reaches_the_code_which_cleans_up(store: Arc<dyn Storage>) 
         .start::<CancelMe>(&(), StartOptions::default())
         .await
         .expect("start");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client
-        .describe(handle.id())
-        .await
-        .expect("describe")
-        .progress
-        .is_none_or(|p| p.pending_timers.is_empty())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never slept");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_progress(&client, handle.id(), "never slept", |p| {
+        !p.pending_timers.is_empty()
+    })
+    .await;
     client
         .cancel(handle.id(), Some("changed my mind".into()))
         .await
@@ -1220,17 +1223,10 @@ async fn a_nondeterministic_change_pauses_and_the_fix_resumes(store: Arc<dyn Sto
         .start::<Evolving>(&5, StartOptions::default())
         .await
         .expect("start");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client
-        .describe(handle.id())
-        .await
-        .expect("describe")
-        .progress
-        .is_none_or(|p| p.awaiting_signals.is_empty())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never waited");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_progress(&client, handle.id(), "never waited", |p| {
+        !p.awaiting_signals.is_empty()
+    })
+    .await;
     running.stop().await;
     let events_before = client.history(handle.id()).await.expect("history").len();
 

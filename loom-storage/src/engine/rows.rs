@@ -130,11 +130,11 @@ pub trait Rows {
         after: Option<(Timestamp, TaskId)>,
         max: usize,
     ) -> Result<Vec<(Timestamp, TaskId)>>;
-    /// Up to `max` claimable workflow tasks whose affinity names `owner` (expired or not), by
-    /// `(visible_at, id)`; `put_task` and `delete_task` keep the index this reads in step.
-    fn preferring(&mut self, owner: &str, now: Timestamp, max: usize) -> Result<Vec<TaskId>>;
-    /// Every task whose affinity names `owner`, claimable or not, from the same index.
-    fn preferring_any(&mut self, owner: &str) -> Result<Vec<TaskId>>;
+    /// Up to `max` workflow tasks whose affinity names `owner` (expired or not) and whose
+    /// `visible_at` is at most `until`, by `(visible_at, id)`; a task without a `visible_at`
+    /// counts as visible at `Timestamp::MAX`, so `until = MAX` finds them all. `put_task` and
+    /// `delete_task` keep the index this reads in step.
+    fn preferring(&mut self, owner: &str, until: Timestamp, max: usize) -> Result<Vec<TaskId>>;
     /// A schedule's record.
     fn get_schedule(&mut self, id: &str) -> Result<Option<crate::schedule::Schedule>>;
     /// Stores a schedule's record (new or changed), keeping the index of `wake_at` in step.
@@ -534,7 +534,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
     }
 
     fn forget_affinity(&mut self, owner: &str) -> Result<()> {
-        for id in self.0.preferring_any(owner)? {
+        for id in self.0.preferring(owner, Timestamp::MAX, usize::MAX)? {
             let mut record = self.task_record(id)?;
             record.affinity = None;
             self.0.put_task(id, &record)?;
