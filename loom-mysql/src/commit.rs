@@ -1,0 +1,196 @@
+//! Group commit on MySQL: how the shared writer thread's batches become transactions.
+//!
+//! The writer thread (`loom_storage::writer`) owns the write connection and hands each batch
+//! of write sets here. The batch runs in one transaction, at one reading of the store's
+//! clock, and commits once: one log flush for many workflows' transitions.
+//!
+//! A write set that fails (a conflict, a lost lease) must not take the others down with it.
+//! The engine's checks come before its writes, so a failed write set has almost always
+//! written nothing (InnoDB undoes a failed statement alone), and the batch commits without it.
+//! One that failed after writing, or on a unique key another transaction took meanwhile,
+//! makes the batch roll back and run again with a savepoint around each write set, so that
+//! one is undone alone; a duplicate key then meets the engine's check, which answers it.
+//!
+//! InnoDB rolls a transaction back on a deadlock, and gives up on a lock held too long; the
+//! batch then runs again from the start, a few times, before its callers hear the retryable
+//! `Unavailable`. A lost connection fails the batch as `Unavailable` and is opened again for
+//! the next one: a commit whose answer was lost may or may not have landed, and a worker's
+//! retry meets the engine's checks, as after any lost answer.
+
+use std::time::Duration;
+
+use loom_storage::engine;
+use loom_storage::writer::{Commit, Job};
+use loom_storage::Clock;
+use sqlx::mysql::MySqlConnectOptions;
+
+use crate::MysqlOptions;
+use crate::conn::{self, Conn, Failed, Role};
+
+/// How many times a batch runs again after a deadlock before its callers hear of it.
+const DEADLOCK_RETRIES: u32 = 8;
+
+/// The write side of one database.
+pub(crate) struct MysqlCommit {
+    conn: Option<Conn>,
+    connect: MySqlConnectOptions,
+    shown: String,
+    options: MysqlOptions,
+}
+
+/// How one run of a batch ended.
+enum Attempt {
+    /// Committed (`None`) or lost with the reason (`Some`): every job gets its answer.
+    Done(Option<String>),
+    /// A job failed after writing or on a duplicate key; the transaction was rolled back and
+    /// nothing stands.
+    Dirty,
+    /// InnoDB rolled the transaction back (a deadlock) or a lock wait timed out: run again.
+    Retry(String),
+}
+
+impl MysqlCommit {
+    pub(crate) fn new(
+        conn: Conn,
+        connect: MySqlConnectOptions,
+        shown: String,
+        options: MysqlOptions,
+    ) -> Self {
+        MysqlCommit {
+            conn: Some(conn),
+            connect,
+            shown,
+            options,
+        }
+    }
+
+    /// The connection, opened again if the last one was lost.
+    fn connection(&mut self) -> Result<&mut Conn, String> {
+        if self.conn.as_ref().is_some_and(Conn::broken)
+            && let Some(old) = self.conn.take()
+        {
+            old.close();
+        }
+        if self.conn.is_none() {
+            let conn = Conn::open(&self.connect, &self.shown, &self.options, Role::Write)
+                .map_err(|e| e.to_string())?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| format!("no connection to the {}", self.shown))
+    }
+
+    /// Runs the batch in one transaction. Without savepoints (the fast path, almost always) a
+    /// job that fails before writing anything costs nothing; one that fails after writing
+    /// makes the batch `Dirty`. With savepoints, each job's failure is rolled back alone.
+    fn attempt(&mut self, batch: &mut [Job], savepoints: bool) -> Attempt {
+        let clock = self.options.clock.clone();
+        let shown = self.shown.clone();
+        let conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(reason) => return Attempt::Done(Some(reason)),
+        };
+        if let Err((e, _)) = conn.run("START TRANSACTION") {
+            conn.set_broken();
+            return Attempt::Done(Some(e.to_string()));
+        }
+        let mut db = conn.db();
+        let now = match conn::now(&mut db, &clock) {
+            Ok(now) => now,
+            Err(e) => {
+                drop(db);
+                conn.set_broken();
+                return Attempt::Done(Some(e.to_string()));
+            }
+        };
+        let mut outcome = None;
+        for job in batch.iter_mut() {
+            if savepoints && let Err(e) = db.exec(sqlx::query("SAVEPOINT job")) {
+                outcome = Some(Attempt::Done(Some(e.to_string())));
+                break;
+            }
+            db.reset();
+            let ok = job.run(|ws| engine::apply(&mut db, ws, now));
+            match db.failed() {
+                Some(Failed::Lost) => {
+                    outcome = Some(Attempt::Done(Some(format!(
+                        "the connection to the {shown} was lost mid-transaction"
+                    ))));
+                    break;
+                }
+                Some(Failed::Retry) => {
+                    outcome = Some(Attempt::Retry(format!(
+                        "the {shown} rolled the transaction back (a deadlock or a lock wait)"
+                    )));
+                    break;
+                }
+                _ => {}
+            }
+            let dirty = !ok && (db.wrote() || db.failed() == Some(Failed::Duplicate));
+            if savepoints {
+                let sql = if ok {
+                    "RELEASE SAVEPOINT job"
+                } else {
+                    "ROLLBACK TO SAVEPOINT job"
+                };
+                if let Err(e) = db.exec(sqlx::query(sql)) {
+                    outcome = Some(Attempt::Done(Some(e.to_string())));
+                    break;
+                }
+            } else if dirty {
+                outcome = Some(Attempt::Dirty);
+                break;
+            }
+        }
+        drop(db);
+        match outcome {
+            Some(outcome) => {
+                if conn.run("ROLLBACK").is_err() {
+                    conn.set_broken();
+                }
+                if matches!(outcome, Attempt::Done(Some(_))) {
+                    conn.set_broken();
+                }
+                outcome
+            }
+            None => match conn.run("COMMIT") {
+                Ok(()) => Attempt::Done(None),
+                Err((e, Failed::Retry)) => {
+                    let _ = conn.run("ROLLBACK");
+                    Attempt::Retry(e.to_string())
+                }
+                Err((e, _)) => {
+                    conn.set_broken();
+                    Attempt::Done(Some(format!(
+                        "the commit's outcome is unknown ({e}); it may have landed"
+                    )))
+                }
+            },
+        }
+    }
+}
+
+impl Commit for MysqlCommit {
+    fn commit(&mut self, batch: &mut [Job], _clock: &dyn Clock) -> Option<String> {
+        let mut savepoints = false;
+        let mut retries = 0;
+        loop {
+            match self.attempt(batch, savepoints) {
+                Attempt::Done(outcome) => return outcome,
+                Attempt::Dirty if !savepoints => savepoints = true,
+                Attempt::Dirty => {
+                    return Some("a write failed halfway and could not be isolated".to_owned());
+                }
+                Attempt::Retry(reason) => {
+                    retries += 1;
+                    if retries > DEADLOCK_RETRIES {
+                        return Some(format!("{reason}, {DEADLOCK_RETRIES} times in a row"));
+                    }
+                    tracing::debug!(database = %self.shown, retries, "{reason}; running the batch again");
+                    std::thread::sleep(Duration::from_millis(1 << retries.min(7)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! One connection inside one transaction or snapshot, the statements it runs, and the
+//! conversions between Loom's records and MySQL's columns.
+
+use loom_core::{Failure, LogLevel, Payload, Progress, Seq, Timestamp, WorkflowId};
+use loom_storage::{Result, StorageError, TaskId, WorkflowSummary};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::mysql::{MySql, MySqlArguments, MySqlConnection, MySqlRow};
+use sqlx::{Row, query::Query};
+use tokio::runtime::Runtime;
+
+use crate::conn::{Failed, map_err};
+
+/// `tasks.kind` of a workflow task.
+pub(crate) const WORKFLOW_TASK: i64 = 0;
+/// `tasks.kind` of an activity task.
+pub(crate) const ACTIVITY_TASK: i64 = 1;
+
+/// A statement with its arguments bound.
+pub(crate) type Q<'q> = Query<'q, MySql, MySqlArguments>;
+
+/// One connection inside one transaction (writes) or snapshot (reads). None of its methods
+/// begins or commits. It remembers whether it wrote anything and how its last statement
+/// failed, for the code that owns the transaction.
+pub(crate) struct Db<'a> {
+    rt: &'a Runtime,
+    conn: &'a mut MySqlConnection,
+    shown: &'a str,
+    wrote: bool,
+    failed: Option<Failed>,
+}
+
+impl<'a> Db<'a> {
+    pub(crate) fn new(rt: &'a Runtime, conn: &'a mut MySqlConnection, shown: &'a str) -> Self {
+        Db {
+            rt,
+            conn,
+            shown,
+            wrote: false,
+            failed: None,
+        }
+    }
+}
+
+impl Db<'_> {
+    /// Whether a statement changed a row since [`reset`](Self::reset).
+    pub(crate) fn wrote(&self) -> bool {
+        self.wrote
+    }
+
+    /// How the last failed statement failed, since [`reset`](Self::reset).
+    pub(crate) fn failed(&self) -> Option<Failed> {
+        self.failed
+    }
+
+    /// Forgets what was written and how anything failed.
+    pub(crate) fn reset(&mut self) {
+        self.wrote = false;
+        self.failed = None;
+    }
+
+    fn fail(&mut self, e: sqlx::Error) -> StorageError {
+        let (err, failed) = map_err(self.shown, e);
+        // The gravest failure wins: a lost connection over a retry over a duplicate.
+        self.failed = Some(match (self.failed, failed) {
+            (Some(Failed::Lost), _) | (_, Failed::Lost) => Failed::Lost,
+            (Some(Failed::Retry), _) | (_, Failed::Retry) => Failed::Retry,
+            (Some(Failed::Duplicate), _) | (_, Failed::Duplicate) => Failed::Duplicate,
+            _ => Failed::Statement,
+        });
+        err
+    }
+
+    /// Runs a write; returns the rows it changed.
+    pub(crate) fn exec(&mut self, q: Q<'_>) -> Result<u64> {
+        match self.rt.block_on(q.execute(&mut *self.conn)) {
+            Ok(done) => {
+                if done.rows_affected() > 0 {
+                    self.wrote = true;
+                }
+                Ok(done.rows_affected())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Runs a query; returns every row.
+    pub(crate) fn rows(&mut self, q: Q<'_>) -> Result<Vec<MySqlRow>> {
+        match self.rt.block_on(q.fetch_all(&mut *self.conn)) {
+            Ok(rows) => Ok(rows),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Runs a query; returns its row, if any.
+    pub(crate) fn row(&mut self, q: Q<'_>) -> Result<Option<MySqlRow>> {
+        match self.rt.block_on(q.fetch_optional(&mut *self.conn)) {
+            Ok(row) => Ok(row),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Reads column `i` of a row.
+    pub(crate) fn get<'r, T>(&mut self, row: &'r MySqlRow, i: usize) -> Result<T>
+    where
+        T: sqlx::Decode<'r, MySql> + sqlx::Type<MySql>,
+    {
+        row.try_get(i).map_err(|e| self.fail(e))
+    }
+
+    /// Reads a `VARBINARY` or `BLOB` column `i` holding UTF-8 text.
+    pub(crate) fn text(&mut self, row: &MySqlRow, i: usize) -> Result<String> {
+        let bytes: Vec<u8> = self.get(row, i)?;
+        String::from_utf8(bytes).map_err(|e| {
+            StorageError::corrupt(format!("a text column of the {} is not UTF-8", self.shown), e)
+        })
+    }
+
+    /// [`text`](Self::text) of a column that may be NULL.
+    pub(crate) fn text_opt(&mut self, row: &MySqlRow, i: usize) -> Result<Option<String>> {
+        let bytes: Option<Vec<u8>> = self.get(row, i)?;
+        bytes
+            .map(|b| {
+                String::from_utf8(b).map_err(|e| {
+                    StorageError::corrupt(
+                        format!("a text column of the {} is not UTF-8", self.shown),
+                        e,
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// Decodes JSON from column `i`; `what` names it in an error.
+    pub(crate) fn json<T: DeserializeOwned>(
+        &mut self,
+        row: &MySqlRow,
+        i: usize,
+        what: impl FnOnce() -> String,
+    ) -> Result<T> {
+        let bytes: Vec<u8> = self.get(row, i)?;
+        self.decode(&bytes, what)
+    }
+
+    /// Decodes JSON bytes; `what` names them in an error.
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            StorageError::corrupt(
+                format!("{} in the {} cannot be decoded", what(), self.shown),
+                e,
+            )
+        })
+    }
+
+    /// A workflow status from its column.
+    pub(crate) fn status(&self, text: &str, id: &str) -> Result<loom_storage::WorkflowStatus> {
+        text.parse().map_err(|e: String| StorageError::Corrupt {
+            message: format!("workflow \"{id}\" in the {}: {e}", self.shown),
+            source: None,
+        })
+    }
+
+    /// The database's clock now, in milliseconds since the epoch.
+    pub(crate) fn database_now(&mut self) -> Result<Timestamp> {
+        let row = self.rows(sqlx::query(
+            "SELECT CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)",
+        ))?;
+        let ms: Option<i64> = match row.first() {
+            Some(r) => self.get(r, 0)?,
+            None => None,
+        };
+        ms.map(Timestamp::from_millis).ok_or_else(|| StorageError::Unavailable {
+            message: format!("the {} did not tell the time", self.shown),
+            source: None,
+        })
+    }
+}
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+pub(crate) fn seq(n: i64) -> Seq {
+    Seq::new(n.max(0).unsigned_abs())
+}
+
+pub(crate) fn seq_i64(s: Seq) -> i64 {
+    i64::try_from(s.get()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn task_i64(t: TaskId) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn id_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Text for a `VARBINARY` column: its UTF-8 bytes, compared byte by byte.
+pub(crate) fn b(s: &str) -> &[u8] {
+    s.as_bytes()
+}
+
+/// A value as JSON bytes for a `LONGBLOB` column.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| StorageError::InvalidArgument(format!("cannot encode a value as JSON: {e}")))
+}
+
+pub(crate) fn level_str(l: LogLevel) -> &'static str {
+    match l {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+pub(crate) fn parse_level(s: &str) -> LogLevel {
+    match s {
+        "debug" => LogLevel::Debug,
+        "warn" => LogLevel::Warn,
+        "error" => LogLevel::Error,
+        _ => LogLevel::Info,
+    }
+}
+
+/// The columns of a workflow's summary, in [`Db::summary`]'s order. The tags come as one JSON
+/// object, put together from each tag's key (letters, digits, `_`, `-` and `.` only) and its
+/// value's JSON.
+pub(crate) const SUMMARY: &str = "workflows.id, workflows.name, workflows.version, \
+    workflows.status, workflows.input, workflows.created_at, workflows.updated_at, \
+    workflows.closed_at, workflows.last_seq, workflows.output, workflows.failure, \
+    workflows.pause_reason, workflows.progress, workflows.parent_id, workflows.run, \
+    (SELECT CONCAT('{', GROUP_CONCAT(CONCAT('\"', t.tag_key, '\":', t.tag_value) SEPARATOR ','), '}') \
+     FROM tags t WHERE t.workflow_id = workflows.id)";
+
+impl Db<'_> {
+    /// A workflow's summary from a row of [`SUMMARY`]'s columns.
+    pub(crate) fn summary(&mut self, r: &MySqlRow) -> Result<WorkflowSummary> {
+        let id = self.text(r, 0)?;
+        let field = |what: &str| {
+            let id = id.clone();
+            let what = what.to_owned();
+            move || format!("the {what} of workflow \"{id}\"")
+        };
+        let status = self.text(r, 3)?;
+        let status = self.status(&status, &id)?;
+        let input: Payload = self.json(r, 4, field("input"))?;
+        let output: Option<Vec<u8>> = self.get(r, 9)?;
+        let output: Option<Payload> = output
+            .map(|t| self.decode(&t, field("output")))
+            .transpose()?;
+        let failure: Option<Vec<u8>> = self.get(r, 10)?;
+        let failure: Option<Failure> = failure
+            .map(|t| self.decode(&t, field("failure")))
+            .transpose()?;
+        let progress: Option<Vec<u8>> = self.get(r, 12)?;
+        let progress: Option<Progress> = progress
+            .map(|t| self.decode(&t, field("progress")))
+            .transpose()?;
+        let tags: Option<Vec<u8>> = self.get(r, 15)?;
+        let tags: loom_core::Tags = tags
+            .map(|t| self.decode(&t, field("tags")))
+            .transpose()?
+            .unwrap_or_default();
+        let version: u32 = self.get(r, 2)?;
+        let created_at: i64 = self.get(r, 5)?;
+        let updated_at: i64 = self.get(r, 6)?;
+        let closed_at: Option<i64> = self.get(r, 7)?;
+        let last_seq: i64 = self.get(r, 8)?;
+        Ok(WorkflowSummary {
+            name: self.text(r, 1)?,
+            version,
+            status,
+            input,
+            created_at: Timestamp::from_millis(created_at),
+            updated_at: Timestamp::from_millis(updated_at),
+            closed_at: closed_at.map(Timestamp::from_millis),
+            last_seq: seq(last_seq),
+            output,
+            failure,
+            pause_reason: self.text_opt(r, 11)?,
+            progress,
+            parent: self.text_opt(r, 13)?.map(WorkflowId::new),
+            run: self.get(r, 14)?,
+            tags,
+            id: WorkflowId::new(id),
+        })
+    }
+}
