@@ -217,8 +217,10 @@ impl Db<'_> {
             )
             .bind(b(workflow.as_str())),
         )?;
-        self.exec(sqlx::query("DELETE FROM events WHERE workflow_id = ?").bind(b(workflow.as_str())))
-            .map(drop)
+        self.exec(
+            sqlx::query("DELETE FROM events WHERE workflow_id = ?").bind(b(workflow.as_str())),
+        )
+        .map(drop)
     }
 
     /// Deletes the workflow's messages that `keep` refuses. Which messages a new run keeps is
@@ -244,7 +246,8 @@ impl Db<'_> {
     /// workflow takes.
     fn lock_workflow_task(&mut self, workflow: &WorkflowId) -> Result<()> {
         self.rows(
-            sqlx::query("SELECT id FROM tasks WHERE wft_of = ? FOR UPDATE").bind(b(workflow.as_str())),
+            sqlx::query("SELECT id FROM tasks WHERE wft_of = ? FOR UPDATE")
+                .bind(b(workflow.as_str())),
         )
         .map(drop)
     }
@@ -519,7 +522,9 @@ impl Apply for Db<'_> {
     }
 
     fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()> {
-        self.exec(sqlx::query("DELETE FROM messages WHERE workflow_id = ?").bind(b(workflow.as_str())))?;
+        self.exec(
+            sqlx::query("DELETE FROM messages WHERE workflow_id = ?").bind(b(workflow.as_str())),
+        )?;
         self.exec(sqlx::query("DELETE FROM tasks WHERE workflow_id = ?").bind(b(workflow.as_str())))
             .map(drop)
     }
@@ -573,7 +578,9 @@ impl Apply for Db<'_> {
             .bind(ms(now))
             .bind(b(workflow.as_str())),
         )?;
-        self.exec(sqlx::query("DELETE FROM tasks WHERE workflow_id = ?").bind(b(workflow.as_str())))?;
+        self.exec(
+            sqlx::query("DELETE FROM tasks WHERE workflow_id = ?").bind(b(workflow.as_str())),
+        )?;
         self.delete_messages_unless(workflow, |kind| reset.keeps(kind))
     }
 
@@ -652,7 +659,8 @@ impl Apply for Db<'_> {
     }
 
     fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()> {
-        let row = self.row(sqlx::query("SELECT workflow_id FROM tasks WHERE id = ?").bind(task_i64(task)))?;
+        let row = self
+            .row(sqlx::query("SELECT workflow_id FROM tasks WHERE id = ?").bind(task_i64(task)))?;
         let Some(row) = row else {
             return Ok(());
         };

@@ -19,9 +19,9 @@
 
 use std::time::Duration;
 
+use loom_storage::Clock;
 use loom_storage::engine;
 use loom_storage::writer::{Commit, Job};
-use loom_storage::Clock;
 use sqlx::mysql::MySqlConnectOptions;
 
 use crate::MysqlOptions;

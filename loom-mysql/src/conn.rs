@@ -70,7 +70,9 @@ impl Conn {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StorageError::unavailable("cannot start a MySQL connection's runtime", e))?;
+            .map_err(|e| {
+                StorageError::unavailable("cannot start a MySQL connection's runtime", e)
+            })?;
         let connect = connect
             .clone()
             .charset("utf8mb4")
@@ -139,10 +141,11 @@ impl Conn {
     }
 
     /// Runs one statement outside the engine's primitives (`START TRANSACTION`, `COMMIT`).
-    pub(crate) fn run(&mut self, sql: &'static str) -> std::result::Result<(), (StorageError, Failed)> {
-        let done = self
-            .rt
-            .block_on(sqlx::raw_sql(sql).execute(&mut self.conn));
+    pub(crate) fn run(
+        &mut self,
+        sql: &'static str,
+    ) -> std::result::Result<(), (StorageError, Failed)> {
+        let done = self.rt.block_on(sqlx::raw_sql(sql).execute(&mut self.conn));
         match done {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -198,7 +201,9 @@ impl std::ops::Deref for Rt {
     type Target = Runtime;
 
     fn deref(&self) -> &Runtime {
-        self.0.as_ref().unwrap_or_else(|| unreachable!("a runtime is taken only when dropped"))
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a runtime is taken only when dropped"))
     }
 }
 

@@ -112,7 +112,10 @@ impl Db<'_> {
     pub(crate) fn text(&mut self, row: &MySqlRow, i: usize) -> Result<String> {
         let bytes: Vec<u8> = self.get(row, i)?;
         String::from_utf8(bytes).map_err(|e| {
-            StorageError::corrupt(format!("a text column of the {} is not UTF-8", self.shown), e)
+            StorageError::corrupt(
+                format!("a text column of the {} is not UTF-8", self.shown),
+                e,
+            )
         })
     }
 
@@ -173,10 +176,11 @@ impl Db<'_> {
             Some(r) => self.get(r, 0)?,
             None => None,
         };
-        ms.map(Timestamp::from_millis).ok_or_else(|| StorageError::Unavailable {
-            message: format!("the {} did not tell the time", self.shown),
-            source: None,
-        })
+        ms.map(Timestamp::from_millis)
+            .ok_or_else(|| StorageError::Unavailable {
+                message: format!("the {} did not tell the time", self.shown),
+                source: None,
+            })
     }
 }
 

@@ -2,8 +2,8 @@
 
 use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
-    Backlog, ListQuery, Page, Pending, PendingTask, Read, Result, RunSummary, Stats,
-    StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
+    Backlog, ListQuery, Page, Pending, PendingTask, Read, Result, RunSummary, Stats, StorageError,
+    TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use sqlx::mysql::MySqlRow;
 
@@ -72,7 +72,8 @@ impl Read for Db<'_> {
     }
 
     fn load_run(&mut self, id: &WorkflowId, run: u32) -> Result<Vec<Event>> {
-        let row = self.row(sqlx::query("SELECT run FROM workflows WHERE id = ?").bind(b(id.as_str())))?;
+        let row =
+            self.row(sqlx::query("SELECT run FROM workflows WHERE id = ?").bind(b(id.as_str())))?;
         let current: u32 = match row {
             Some(r) => self.get(&r, 0)?,
             None => return Err(StorageError::NotFound(id.clone())),
@@ -205,9 +206,7 @@ impl Read for Db<'_> {
             args.push(Arg::Bytes(c.id.as_str().into()));
         }
         sql.push_str(&format!(" ORDER BY {time} DESC, {id} DESC LIMIT ?"));
-        args.push(Arg::Int(
-            i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1,
-        ));
+        args.push(Arg::Int(i64::try_from(q.limit).unwrap_or(i64::MAX - 1) + 1));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for arg in args {
             query = match arg {
@@ -352,7 +351,8 @@ impl Read for Db<'_> {
     }
 
     fn schedule(&mut self, id: &str) -> Result<Option<loom_storage::Schedule>> {
-        let rows = self.rows(sqlx::query("SELECT id, body FROM schedules WHERE id = ?").bind(b(id)))?;
+        let rows =
+            self.rows(sqlx::query("SELECT id, body FROM schedules WHERE id = ?").bind(b(id)))?;
         Ok(self.schedule_rows(rows)?.pop())
     }
 
@@ -387,7 +387,8 @@ impl Read for Db<'_> {
         )?;
         let due = self.schedule_rows(rows)?;
         let rows = self.rows(
-            sqlx::query("SELECT MIN(wake_at) FROM schedules WHERE wake_at > ?").bind(now.as_millis()),
+            sqlx::query("SELECT MIN(wake_at) FROM schedules WHERE wake_at > ?")
+                .bind(now.as_millis()),
         )?;
         let next = self.one(&rows)?;
         Ok((due, next.map(Timestamp::from_millis)))
@@ -396,8 +397,10 @@ impl Read for Db<'_> {
     fn logs(&mut self, id: &WorkflowId) -> Result<Vec<LogRecord>> {
         self.exists(id)?;
         let rows = self.rows(
-            sqlx::query("SELECT seq, at, level, message FROM logs WHERE workflow_id = ? ORDER BY n")
-                .bind(b(id.as_str())),
+            sqlx::query(
+                "SELECT seq, at, level, message FROM logs WHERE workflow_id = ? ORDER BY n",
+            )
+            .bind(b(id.as_str())),
         )?;
         rows.iter()
             .map(|r| {
@@ -454,8 +457,10 @@ impl Read for Db<'_> {
             });
         }
         let rows = self.rows(
-            sqlx::query("SELECT id, visible_at, kind FROM messages WHERE workflow_id = ? ORDER BY id")
-                .bind(b(id.as_str())),
+            sqlx::query(
+                "SELECT id, visible_at, kind FROM messages WHERE workflow_id = ? ORDER BY id",
+            )
+            .bind(b(id.as_str())),
         )?;
         let messages = self.messages(id, &rows)?;
         Ok(Pending { tasks, messages })

@@ -17,7 +17,7 @@ use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
 mod support;
-use support::{Running, memory, postgres, redb, sqlite};
+use support::{Running, memory, mysql, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 

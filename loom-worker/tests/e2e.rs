@@ -511,6 +511,13 @@ async fn postgres() -> Option<Arc<dyn Storage>> {
     Some(Arc::new(store))
 }
 
+/// A store in a fresh database of the MySQL test server; `None` (after a loud notice) without
+/// one.
+async fn mysql() -> Option<Arc<dyn Storage>> {
+    let store = loom_mysql::testing::fresh().await?;
+    Some(Arc::new(store))
+}
+
 async fn memory_on(clock: ManualClock) -> Option<Arc<dyn Storage>> {
     Some(Arc::new(MemoryStorage::with_clock(Arc::new(clock))))
 }
@@ -568,6 +575,10 @@ macro_rules! on_every_backend_on_a_clock {
                 async fn on_postgres() {
                     run(loom_postgres::testing::fresh_on).await;
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_mysql() {
+                    run(loom_mysql::testing::fresh_on).await;
+                }
             }
         )*
     };
@@ -604,6 +615,17 @@ macro_rules! on_every_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(store) = super::postgres().await else {
+                        return;
+                    };
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod on_mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(store) = super::mysql().await else {
                         return;
                     };
                     super::$name(store).await;

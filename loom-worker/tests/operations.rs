@@ -15,7 +15,7 @@ use loom_storage::{Storage, StorageError, WorkflowStatus};
 use loom_worker::{Client, ClientError, ResetTo, StartOptions, Worker, WorkerConfig};
 
 mod support;
-use support::{Running, memory, postgres, redb, sqlite};
+use support::{Running, memory, mysql, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -620,6 +620,10 @@ macro_rules! on_every_backend_on_a_clock {
                     let _one = POSTGRES.lock().await;
                     run(loom_postgres::testing::fresh_on).await;
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_mysql() {
+                    run(loom_mysql::testing::fresh_on).await;
+                }
             }
         )*
     };

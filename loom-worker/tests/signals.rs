@@ -12,7 +12,7 @@ use loom_storage::Storage;
 use loom_worker::{Client, ClientError, StartOptions, Worker, WorkerConfig};
 
 mod support;
-use support::{memory, postgres, redb, sqlite};
+use support::{memory, mysql, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -12,7 +12,7 @@ use loom_storage::{ListQuery, Storage};
 use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
 
 mod support;
-use support::{Running, memory, postgres, redb, sqlite};
+use support::{Running, memory, mysql, postgres, redb, sqlite};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -11,7 +11,7 @@ use loom_storage::{Storage, WorkflowStatus};
 use loom_worker::{Client, StartOptions, Worker, WorkerConfig};
 
 mod support;
-use support::{memory, postgres, redb, sqlite};
+use support::{memory, mysql, postgres, redb, sqlite};
 
 /// Sleeps as long as its input says.
 struct Nap;

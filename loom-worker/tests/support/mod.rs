@@ -76,6 +76,13 @@ pub async fn postgres() -> Option<Arc<dyn Storage>> {
     Some(Arc::new(store))
 }
 
+/// A store in a fresh database of the MySQL test server; `None` (after a loud notice) without
+/// one.
+pub async fn mysql() -> Option<Arc<dyn Storage>> {
+    let store = loom_mysql::testing::fresh().await?;
+    Some(Arc::new(store))
+}
+
 /// Makes one test per scenario and backend: `on_every_backend!(scenario, ...)` with each
 /// `async fn scenario(store: Arc<dyn Storage>)`.
 #[macro_export]
@@ -85,6 +92,7 @@ macro_rules! on_every_backend {
         on_every_backend!(@on on_sqlite, sqlite, $($name),*);
         on_every_backend!(@on on_redb, redb, $($name),*);
         on_every_backend!(@on on_postgres, postgres, $($name),*);
+        on_every_backend!(@on on_mysql, mysql, $($name),*);
     };
     (@on $module:ident, $fresh:ident, $($name:ident),*) => {
         mod $module {
