@@ -19,6 +19,8 @@ pub(crate) enum DbUrl {
     Postgres(String),
     /// `redb://PATH`.
     Redb(PathBuf),
+    /// `mysql://...` or `mariadb://...`: MySQL 8 or MariaDB 10.6+.
+    Mysql(String),
     /// `memory://`: the in-process reference store, for `loom bench` only: nothing in it
     /// outlives the process, so it measures the engine without a disk.
     Memory,
@@ -41,8 +43,10 @@ impl DbUrl {
             "sqlite" => Ok(DbUrl::Sqlite(PathBuf::from(rest))),
             "postgres" | "postgresql" => Ok(DbUrl::Postgres(url.to_owned())),
             "redb" => Ok(DbUrl::Redb(PathBuf::from(rest))),
+            "mysql" => Ok(DbUrl::Mysql(url.to_owned())),
+            "mariadb" => Ok(DbUrl::Mysql(format!("mysql://{rest}"))),
             other => Err(Fail::usage(format!(
-                "--db {url:?}: unknown scheme {other:?}; use sqlite://PATH, postgres://... or redb://PATH"
+                "--db {url:?}: unknown scheme {other:?}; use sqlite://PATH, postgres://..., mysql://... or redb://PATH"
             ))),
         }
     }
@@ -52,11 +56,7 @@ impl DbUrl {
         match self {
             DbUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
             // Never a password on a terminal or in a log.
-            #[cfg(feature = "postgres")]
-            DbUrl::Postgres(u) => loom_postgres::redact(u),
-            // Without the backend such a URL is refused before anything shows it.
-            #[cfg(not(feature = "postgres"))]
-            DbUrl::Postgres(u) => u.clone(),
+            DbUrl::Postgres(u) | DbUrl::Mysql(u) => loom_storage::redact_url(u),
             DbUrl::Redb(p) => format!("redb://{}", p.display()),
             DbUrl::Memory => "memory://".to_owned(),
         }
@@ -66,7 +66,7 @@ impl DbUrl {
     pub(crate) fn file(&self) -> Option<&Path> {
         match self {
             DbUrl::Sqlite(p) | DbUrl::Redb(p) => Some(p),
-            DbUrl::Postgres(_) | DbUrl::Memory => None,
+            DbUrl::Postgres(_) | DbUrl::Mysql(_) | DbUrl::Memory => None,
         }
     }
 }
@@ -97,10 +97,10 @@ pub(crate) async fn open_for_work(url: &DbUrl, missing: Missing) -> Result<Arc<d
 }
 
 #[cfg_attr(
-    not(feature = "postgres"),
+    not(any(feature = "postgres", feature = "mysql")),
     expect(
         unused_variables,
-        reason = "only PostgreSQL opens differently for work"
+        reason = "only PostgreSQL and MySQL open differently for work"
     )
 )]
 async fn open_as(
@@ -170,6 +170,22 @@ async fn open_as(
             "this loom was built without the PostgreSQL backend (Cargo feature `postgres`)"
                 .to_owned(),
         )),
+        #[cfg(feature = "mysql")]
+        DbUrl::Mysql(url) => {
+            let defaults = loom_mysql::MysqlOptions::default();
+            let options = loom_mysql::MysqlOptions {
+                readers: if work { defaults.readers } else { 1 },
+                ..defaults
+            };
+            let store = loom_mysql::MysqlStorage::connect(url, options)
+                .await
+                .map_err(Fail::from_storage)?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "mysql"))]
+        DbUrl::Mysql(_) => Err(Fail::usage(
+            "this loom was built without the MySQL backend (Cargo feature `mysql`)".to_owned(),
+        )),
         #[cfg(feature = "redb")]
         DbUrl::Redb(path) => {
             let store = loom_redb::RedbStorage::open(path)
@@ -203,7 +219,11 @@ mod tests {
             Ok(DbUrl::Postgres(_))
         ));
         assert!(matches!(DbUrl::parse("redb://a.redb"), Ok(DbUrl::Redb(_))));
-        for bad in ["loom.db", "mysql://x", "sqlite://"] {
+        assert_eq!(
+            DbUrl::parse("mariadb://root@h/loom").expect("ok"),
+            DbUrl::Mysql("mysql://root@h/loom".to_owned())
+        );
+        for bad in ["loom.db", "mysql://", "oracle://x", "sqlite://"] {
             let err = DbUrl::parse(bad).expect_err(bad);
             assert_eq!(err.code, 2, "{bad}");
         }

@@ -158,7 +158,7 @@ fn quiet_on_closed_stdout() {
 #[derive(Debug, Parser)]
 #[command(name = "loom", version, about, max_term_width = 100)]
 pub(crate) struct Cli {
-    /// The database: sqlite://PATH (postgres:// and redb:// when built in).
+    /// The database: sqlite://PATH (postgres://, mysql:// and redb:// when built in).
     #[arg(long, global = true, env = "LOOM_DB", default_value = db::DEFAULT_URL)]
     pub(crate) db: String,
     /// Print one JSON document on stdout instead of text for people.

@@ -56,6 +56,7 @@ mod schema;
 pub mod testing;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,6 +66,7 @@ use loom_storage::transact::ReadJob;
 use loom_storage::writer::{self, Writer};
 use loom_storage::{Clock, Result, StorageError, SystemClock, Transact};
 use sqlx::mysql::MySqlConnectOptions;
+use tokio::sync::Semaphore;
 
 use crate::commit::MysqlCommit;
 use crate::conn::Conn;
@@ -75,7 +77,11 @@ use crate::db::Db;
 pub struct MysqlOptions {
     /// The most write sets committed in one transaction.
     pub max_batch: usize,
-    /// Read connections kept open between reads.
+    /// Writer threads, each with a connection of its own, committing batches side by side.
+    /// The round trips of one transaction, not the server's work, bound one writer; InnoDB
+    /// locks rows, so writers of different workflows never wait for each other.
+    pub writers: usize,
+    /// The most read connections, opened as reads need them and kept open.
     pub readers: usize,
     /// How long a statement waits for another transaction's row lock before InnoDB gives up
     /// (`innodb_lock_wait_timeout`, whole seconds); the batch is then run again.
@@ -91,7 +97,8 @@ impl Default for MysqlOptions {
     fn default() -> Self {
         MysqlOptions {
             max_batch: 128,
-            readers: 4,
+            writers: 4,
+            readers: 8,
             lock_wait_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             clock: None,
@@ -103,6 +110,7 @@ impl std::fmt::Debug for MysqlOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MysqlOptions")
             .field("max_batch", &self.max_batch)
+            .field("writers", &self.writers)
             .field("readers", &self.readers)
             .field("lock_wait_timeout", &self.lock_wait_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -123,8 +131,12 @@ struct Inner {
     shown: String,
     connect: MySqlConnectOptions,
     options: MysqlOptions,
-    writer: Writer,
+    writers: Vec<Writer>,
+    /// The writer the next write set goes to.
+    next: AtomicUsize,
     readers: Mutex<Vec<Conn>>,
+    /// One permit per read connection: a read waits for one rather than opening more.
+    reader_slots: Semaphore,
 }
 
 impl MysqlStorage {
@@ -139,7 +151,7 @@ impl MysqlStorage {
         let Some(database) = connect.get_database().map(str::to_owned) else {
             return Err(StorageError::InvalidArgument(format!(
                 "the MySQL URL names no database: mysql://USER@HOST:PORT/DATABASE, not {}",
-                conn::redacted(url)
+                loom_storage::redact_url(url)
             )));
         };
         let shown = format!(
@@ -159,17 +171,34 @@ impl MysqlStorage {
     ) -> Result<Self> {
         let mut conn = Conn::open(&connect, &shown, &options, conn::Role::Write)?;
         schema::migrate(&mut conn, &shown)?;
-        let commit = MysqlCommit::new(conn, connect.clone(), shown.clone(), options.clone());
         let clock: Arc<dyn Clock> = options.clock.clone().unwrap_or(Arc::new(SystemClock));
-        let writer = Writer::start("loom-mysql-writer", commit, clock, options.max_batch)
-            .map_err(|e| StorageError::unavailable("cannot start the MySQL writer thread", e))?;
+        let mut writers = Vec::with_capacity(options.writers.max(1));
+        let mut first = Some(conn);
+        for _ in 0..options.writers.max(1) {
+            let conn = match first.take() {
+                Some(conn) => conn,
+                None => Conn::open(&connect, &shown, &options, conn::Role::Write)?,
+            };
+            let commit = MysqlCommit::new(conn, connect.clone(), shown.clone(), options.clone());
+            let writer = Writer::start(
+                "loom-mysql-writer",
+                commit,
+                clock.clone(),
+                options.max_batch,
+            )
+            .map_err(|e| StorageError::unavailable("cannot start a MySQL writer thread", e))?;
+            writers.push(writer);
+        }
+        let reader_slots = Semaphore::new(options.readers.max(1));
         Ok(MysqlStorage {
             inner: Arc::new(Inner {
                 shown,
                 connect,
                 options,
-                writer,
+                writers,
+                next: AtomicUsize::new(0),
                 readers: Mutex::new(Vec::new()),
+                reader_slots,
             }),
         })
     }
@@ -187,14 +216,29 @@ impl std::fmt::Debug for MysqlStorage {
 #[async_trait]
 impl Transact for MysqlStorage {
     async fn transact(&self, ws: WriteSet) -> Result<Applied> {
-        self.inner.writer.write(ws).await
+        let writers = &self.inner.writers;
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % writers.len();
+        writers[i].write(ws).await
     }
 
     fn counters(&self) -> loom_storage::StoreCounters {
-        self.inner.writer.counters()
+        let mut sum = loom_storage::StoreCounters::default();
+        for writer in &self.inner.writers {
+            let c = writer.counters();
+            sum.group_commits += c.group_commits;
+            sum.writes_committed += c.writes_committed;
+        }
+        sum
     }
 
     async fn read<T: Send + 'static>(&self, read: ReadJob<T>) -> Result<T> {
+        // Held until the read is done: at most `readers` connections at once.
+        let _slot = self
+            .inner
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|e| StorageError::unavailable("the MySQL store is closed", e))?;
         let inner = self.inner.clone();
         writer::blocking("a MySQL read failed", move || {
             let idle = inner
@@ -213,10 +257,11 @@ impl Transact for MysqlStorage {
             };
             let result = conn.snapshot(&inner.options.clock, |db: &mut Db<'_>, now| read(db, now));
             if !conn.broken() {
-                let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
-                if idle.len() < inner.options.readers {
-                    idle.push(conn);
-                }
+                inner
+                    .readers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
             }
             result
         })

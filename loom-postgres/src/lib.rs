@@ -180,7 +180,10 @@ impl PostgresStorage {
             .await
             .map_err(|e| {
                 StorageError::unavailable(
-                    format!("cannot connect to PostgreSQL at {}", redact(url)),
+                    format!(
+                        "cannot connect to PostgreSQL at {}",
+                        loom_storage::redact_url(url)
+                    ),
                     e,
                 )
             })?;
@@ -243,21 +246,6 @@ fn unexpected(ws: &WriteSet) -> StorageError {
     StorageError::Unavailable {
         message: format!("loom-postgres cannot apply {ws:?} in one statement"),
         source: None,
-    }
-}
-
-/// The URL without its password, for messages.
-/// `url` with its password, if it has one, shown as `***`: for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -471,14 +459,5 @@ mod tests {
         for host in ["db.example.com", "10.0.0.5", "192.168.1.2"] {
             assert!(!is_loopback(host), "{host}");
         }
-    }
-
-    #[test]
-    fn passwords_are_kept_out_of_messages() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

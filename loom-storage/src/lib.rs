@@ -66,7 +66,7 @@ use async_trait::async_trait;
 use loom_core::{Event, LogRecord, Payload, Seq, WorkflowId};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{BoxError, Result, StorageError};
+pub use error::{BoxError, Result, StorageError, redact_url};
 pub use memory::MemoryStorage;
 pub use model::{
     ActivityCommitted, ActivityTask, ActivityTaskCompletion, Affinity, AfterActivity, Backlog,
