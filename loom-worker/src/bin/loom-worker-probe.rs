@@ -10,7 +10,8 @@
 //! loom-worker-probe drain TARGET   # work until idle, then exit 0
 //! ```
 //!
-//! TARGET is a SQLite file, or a `postgres://` URL with the schema in `LOOM_PROBE_SCHEMA`.
+//! TARGET is a SQLite file, a `postgres://` URL with the schema in `LOOM_PROBE_SCHEMA`, or a
+//! `mysql://` URL.
 //! `LOOM_PROBE_WORKER_ID` names the worker in its leases.
 
 use std::process::ExitCode;
@@ -193,6 +194,12 @@ fn main() -> ExitCode {
             };
             Arc::new(
                 loom_postgres::PostgresStorage::connect(&path, options)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else if path.starts_with("mysql://") {
+            Arc::new(
+                loom_mysql::MysqlStorage::connect(&path, loom_mysql::MysqlOptions::default())
                     .await
                     .map_err(|e| e.to_string())?,
             )
