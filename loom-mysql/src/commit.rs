@@ -99,7 +99,6 @@ impl MysqlCommit {
         let now = match conn::now(&mut db, &clock) {
             Ok(now) => now,
             Err(e) => {
-                drop(db);
                 conn.set_broken();
                 return Attempt::Done(Some(e.to_string()));
             }
@@ -143,7 +142,6 @@ impl MysqlCommit {
                 break;
             }
         }
-        drop(db);
         match outcome {
             Some(outcome) => {
                 if conn.run("ROLLBACK").is_err() {

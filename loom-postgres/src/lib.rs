@@ -443,7 +443,7 @@ impl std::fmt::Debug for PostgresStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_loopback, redact};
+    use super::is_loopback;
 
     #[test]
     fn only_this_machine_is_loopback() {
