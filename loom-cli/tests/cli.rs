@@ -628,6 +628,47 @@ fn the_postgres_backend_runs_the_same_commands() {
 }
 
 #[test]
+fn the_mysql_backend_runs_the_same_commands() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if !rt.block_on(loom_mysql::testing::server_available()) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = rt.block_on(loom_mysql::testing::fresh_database());
+    let db = ["--db", url.as_str()];
+    let out = loom(dir.path())
+        .args(db)
+        .args(["demo", "--orders", "2", "--json"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["completed"], doc["workflows"]);
+    let id = doc["ids"][0].as_str().expect("an id").to_owned();
+    loom(dir.path())
+        .args(db)
+        .args(["replay", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("deterministic"));
+    let out = loom(dir.path())
+        .args(db)
+        .args(["inspect", &id, "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(json_of(&out)["status"], "completed");
+}
+
+#[test]
 fn workflows_lists_the_examples() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = stdout_of(dir.path(), &["workflows", "--json"]);
@@ -1110,7 +1151,21 @@ fn bad_database_urls_and_files_are_clear_errors() {
             "cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/none",
         ));
     loom(dir.path())
-        .args(["--db", "mysql://x", "list"])
+        .args(["--db", "mysql://root:s3cret@127.0.0.1:1/none", "list"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "MySQL database none at 127.0.0.1:1",
+        ))
+        .stderr(predicate::str::contains("s3cret").not());
+    loom(dir.path())
+        .args(["--db", "mysql://root@127.0.0.1:1", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("names no database"));
+    loom(dir.path())
+        .args(["--db", "oracle://x", "list"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown scheme"));
