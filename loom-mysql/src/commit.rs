@@ -81,9 +81,12 @@ impl MysqlCommit {
             .ok_or_else(|| format!("no connection to the {}", self.shown))
     }
 
-    /// Runs the batch in one transaction. Without savepoints (the fast path, almost always) a
-    /// job that fails before writing anything costs nothing; one that fails after writing
-    /// makes the batch `Dirty`. With savepoints, each job's failure is rolled back alone.
+    /// Runs the batch in one transaction: its writes go out with the reads that follow them
+    /// and with the `COMMIT`. Without savepoints (the fast path, almost always) a job that
+    /// fails before any of its writes was sent costs nothing; one that fails after, or on a
+    /// duplicate key, or a round trip carrying writes that fails, makes the batch `Dirty`.
+    /// With savepoints, each job's writes are sent at its end and its failure is rolled back
+    /// alone.
     fn attempt(&mut self, batch: &mut [Job], savepoints: bool) -> Attempt {
         let clock = self.options.clock.clone();
         let shown = self.shown.clone();
@@ -91,11 +94,8 @@ impl MysqlCommit {
             Ok(conn) => conn,
             Err(reason) => return Attempt::Done(Some(reason)),
         };
-        if let Err((e, _)) = conn.run("START TRANSACTION") {
-            conn.set_broken();
-            return Attempt::Done(Some(e.to_string()));
-        }
         let mut db = conn.db();
+        db.push("START TRANSACTION");
         let now = match conn::now(&mut db, &clock) {
             Ok(now) => now,
             Err(e) => {
@@ -105,12 +105,17 @@ impl MysqlCommit {
         };
         let mut outcome = None;
         for job in batch.iter_mut() {
-            if savepoints && let Err(e) = db.exec(sqlx::query("SAVEPOINT job")) {
-                outcome = Some(Attempt::Done(Some(e.to_string())));
-                break;
+            if savepoints {
+                db.push("SAVEPOINT job");
             }
-            db.reset();
-            let ok = job.run(|ws| engine::apply(&mut db, ws, now));
+            db.begin();
+            let ok = job.run(|ws| {
+                let applied = engine::apply(&mut db, ws, now)?;
+                if savepoints {
+                    db.flush()?;
+                }
+                Ok(applied)
+            });
             match db.failed() {
                 Some(Failed::Lost) => {
                     outcome = Some(Attempt::Done(Some(format!(
@@ -126,46 +131,39 @@ impl MysqlCommit {
                 }
                 _ => {}
             }
-            let dirty = !ok && (db.wrote() || db.failed() == Some(Failed::Duplicate));
+            if ok {
+                continue;
+            }
+            db.discard();
             if savepoints {
-                let sql = if ok {
-                    "RELEASE SAVEPOINT job"
-                } else {
-                    "ROLLBACK TO SAVEPOINT job"
-                };
-                if let Err(e) = db.exec(sqlx::query(sql)) {
-                    outcome = Some(Attempt::Done(Some(e.to_string())));
-                    break;
-                }
-            } else if dirty {
+                db.push("ROLLBACK TO SAVEPOINT job");
+            } else if db.wrote() || db.failed() == Some(Failed::Duplicate) {
                 outcome = Some(Attempt::Dirty);
                 break;
             }
         }
-        match outcome {
-            Some(outcome) => {
-                if conn.run("ROLLBACK").is_err() {
-                    conn.set_broken();
-                }
-                if matches!(outcome, Attempt::Done(Some(_))) {
-                    conn.set_broken();
-                }
-                outcome
-            }
-            None => match conn.run("COMMIT") {
+        if outcome.is_none() {
+            db.begin();
+            db.push("COMMIT");
+            outcome = Some(match db.flush() {
                 Ok(()) => Attempt::Done(None),
-                Err((e, Failed::Retry)) => {
-                    let _ = conn.run("ROLLBACK");
-                    Attempt::Retry(e.to_string())
-                }
-                Err((e, _)) => {
-                    conn.set_broken();
-                    Attempt::Done(Some(format!(
+                Err(e) => match db.failed() {
+                    Some(Failed::Retry) => Attempt::Retry(e.to_string()),
+                    Some(Failed::Duplicate | Failed::Statement) if !savepoints => Attempt::Dirty,
+                    _ => Attempt::Done(Some(format!(
                         "the commit's outcome is unknown ({e}); it may have landed"
-                    )))
-                }
-            },
+                    ))),
+                },
+            });
         }
+        let outcome = outcome.unwrap_or(Attempt::Done(None));
+        if !matches!(outcome, Attempt::Done(None)) && conn.run("ROLLBACK").is_err() {
+            conn.set_broken();
+        }
+        if matches!(outcome, Attempt::Done(Some(_))) {
+            conn.set_broken();
+        }
+        outcome
     }
 }
 

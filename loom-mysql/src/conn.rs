@@ -41,6 +41,8 @@ pub(crate) struct Conn {
     pub(crate) conn: MySqlConnection,
     pub(crate) rt: Rt,
     pub(crate) shown: String,
+    /// MariaDB: compound statements outside stored programs.
+    compound: bool,
     broken: bool,
 }
 
@@ -122,10 +124,12 @@ impl Conn {
                  (FOR UPDATE SKIP LOCKED)"
             )));
         }
+        tracing::debug!(database = %shown, ?role, "opened a connection");
         Ok(Conn {
             rt: Rt(Some(rt)),
             conn,
             shown: shown.to_owned(),
+            compound: version.to_ascii_lowercase().contains("mariadb"),
             broken: false,
         })
     }
@@ -137,7 +141,7 @@ impl Conn {
 
     /// The connection inside a transaction or snapshot of the caller's.
     pub(crate) fn db(&mut self) -> Db<'_> {
-        Db::new(&self.rt, &mut self.conn, &self.shown)
+        Db::new(&self.rt, &mut self.conn, &self.shown, self.compound)
     }
 
     /// Runs one statement outside the engine's primitives (`START TRANSACTION`, `COMMIT`).

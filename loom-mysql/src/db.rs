@@ -20,43 +20,175 @@ pub(crate) const ACTIVITY_TASK: i64 = 1;
 pub(crate) type Q<'q> = Query<'q, MySql, MySqlArguments>;
 
 /// One connection inside one transaction (writes) or snapshot (reads). None of its methods
-/// begins or commits. It remembers whether it wrote anything and how its last statement
-/// failed, for the code that owns the transaction.
+/// begins or commits on its own. It remembers whether it wrote anything and how its last
+/// statement failed, for the code that owns the transaction.
+///
+/// A writer's transaction is a pipeline: [`write`](Self::write) keeps each write as SQL text
+/// with its values written in, and [`select`](Self::select) sends every write kept so far and
+/// its own query as one multi-statement round trip. So a write set costs one round trip per
+/// read its checks and claims make, and the writes of a whole batch go out with its `COMMIT`.
+/// On MariaDB, writes in a row go out as one compound statement (`BEGIN NOT ATOMIC ... END`),
+/// which the server answers once rather than once per write.
 pub(crate) struct Db<'a> {
     rt: &'a Runtime,
     conn: &'a mut MySqlConnection,
     shown: &'a str,
+    /// Whether the server runs compound statements outside stored programs (MariaDB).
+    compound: bool,
+    /// Statements kept for the next round trip, each ending with `;`.
+    pending: String,
+    /// Writes kept after `pending`, not yet closed into it, and how many.
+    run: String,
+    run_n: usize,
+    /// Where the current write set's writes begin: in `pending`, in `run`, and `run_n`.
+    mark: (usize, usize, usize),
     wrote: bool,
+    /// A round trip that carried kept statements failed: which of them ran is unknown.
+    flush_failed: bool,
+    /// Workflows whose workflow task this transaction has locked.
+    pub(crate) locked: Vec<WorkflowId>,
     failed: Option<Failed>,
 }
 
+/// A value written into a statement's text.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum V<'a> {
+    /// An integer.
+    I(i64),
+    /// Bytes (text, JSON): written as a hexadecimal literal, so nothing in them is SQL.
+    B(&'a [u8]),
+    /// NULL.
+    N,
+}
+
+impl From<i64> for V<'_> {
+    fn from(v: i64) -> Self {
+        V::I(v)
+    }
+}
+
+impl From<u32> for V<'_> {
+    fn from(v: u32) -> Self {
+        V::I(i64::from(v))
+    }
+}
+
+impl<'a> From<&'a [u8]> for V<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        V::B(v)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for V<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        V::B(v)
+    }
+}
+
+impl<'a, T: Into<V<'a>>> From<Option<T>> for V<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(V::N, Into::into)
+    }
+}
+
+/// Appends `sql` with each `?` replaced by the next of `args`, and a `;`.
+fn render(out: &mut String, sql: &str, args: &[V<'_>]) {
+    use std::fmt::Write as _;
+    let mut args = args.iter();
+    for (i, part) in sql.split('?').enumerate() {
+        if i > 0 {
+            match args.next() {
+                Some(V::I(v)) => {
+                    let _ = write!(out, "{v}");
+                }
+                Some(V::B(bytes)) => {
+                    out.push_str("X'");
+                    for b in *bytes {
+                        let _ = write!(out, "{b:02X}");
+                    }
+                    out.push('\'');
+                }
+                Some(V::N) | None => out.push_str("NULL"),
+            }
+        }
+        out.push_str(part);
+    }
+    debug_assert!(args.next().is_none(), "more values than placeholders in {sql}");
+    out.push_str(";\n");
+}
+
 impl<'a> Db<'a> {
-    pub(crate) fn new(rt: &'a Runtime, conn: &'a mut MySqlConnection, shown: &'a str) -> Self {
+    pub(crate) fn new(
+        rt: &'a Runtime,
+        conn: &'a mut MySqlConnection,
+        shown: &'a str,
+        compound: bool,
+    ) -> Self {
         Db {
             rt,
             conn,
             shown,
+            compound,
+            pending: String::new(),
+            run: String::new(),
+            run_n: 0,
+            mark: (0, 0, 0),
             wrote: false,
+            flush_failed: false,
+            locked: Vec::new(),
             failed: None,
         }
     }
 }
 
 impl Db<'_> {
-    /// Whether a statement changed a row since [`reset`](Self::reset).
+    /// Whether the current write set's writes may have reached the database.
     pub(crate) fn wrote(&self) -> bool {
-        self.wrote
+        self.wrote || self.flush_failed
     }
 
-    /// How the last failed statement failed, since [`reset`](Self::reset).
+    /// How the last failed statement failed, since [`begin`](Self::begin).
     pub(crate) fn failed(&self) -> Option<Failed> {
         self.failed
     }
 
-    /// Forgets what was written and how anything failed.
-    pub(crate) fn reset(&mut self) {
+    /// Begins a write set: what it writes, and how anything fails, is its own from here.
+    pub(crate) fn begin(&mut self) {
+        self.mark = (self.pending.len(), self.run.len(), self.run_n);
         self.wrote = false;
+        self.flush_failed = false;
         self.failed = None;
+    }
+
+    /// Drops the writes the current write set kept and never sent.
+    pub(crate) fn discard(&mut self) {
+        self.pending.truncate(self.mark.0);
+        self.run.truncate(self.mark.1);
+        self.run_n = self.mark.2;
+    }
+
+    /// Keeps a statement that returns nothing (a write, `START TRANSACTION`, `COMMIT`) for
+    /// the next round trip.
+    pub(crate) fn push(&mut self, sql: &str) {
+        self.close_run();
+        render(&mut self.pending, sql, &[]);
+    }
+
+    /// Moves the writes kept in a row into `pending`: as one compound statement where the
+    /// server has them.
+    fn close_run(&mut self) {
+        if self.run_n == 0 {
+            return;
+        }
+        if self.compound && self.run_n > 1 {
+            self.pending.push_str("BEGIN NOT ATOMIC\n");
+            self.pending.push_str(&self.run);
+            self.pending.push_str("END;\n");
+        } else {
+            self.pending.push_str(&self.run);
+        }
+        self.run.clear();
+        self.run_n = 0;
     }
 
     fn fail(&mut self, e: sqlx::Error) -> StorageError {
@@ -71,29 +203,73 @@ impl Db<'_> {
         err
     }
 
-    /// Runs a write; returns the rows it changed.
-    pub(crate) fn exec(&mut self, q: Q<'_>) -> Result<u64> {
-        match self.rt.block_on(q.execute(&mut *self.conn)) {
-            Ok(done) => {
-                if done.rows_affected() > 0 {
-                    self.wrote = true;
-                }
-                Ok(done.rows_affected())
+    /// Keeps a write (`sql` with `args` in place of its `?`s) for the next round trip.
+    pub(crate) fn write(&mut self, sql: &str, args: &[V<'_>]) -> Result<()> {
+        render(&mut self.run, sql, args);
+        self.run_n += 1;
+        Ok(())
+    }
+
+    /// Sends the writes kept so far, if any.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() && self.run_n == 0 {
+            return Ok(());
+        }
+        self.select_text(String::new()).map(drop)
+    }
+
+    /// Runs a query (`sql` with `args` in place of its `?`s) after the writes kept so far, in
+    /// one round trip; returns its rows. A query of several statements returns the rows of
+    /// each, one after the other.
+    pub(crate) fn select(&mut self, sql: &str, args: &[V<'_>]) -> Result<Vec<MySqlRow>> {
+        let mut text = String::new();
+        render(&mut text, sql, args);
+        self.select_text(text)
+    }
+
+    fn select_text(&mut self, query: String) -> Result<Vec<MySqlRow>> {
+        let carried = self.pending.len() > self.mark.0 || self.run.len() > self.mark.1;
+        self.close_run();
+        let mut text = std::mem::take(&mut self.pending);
+        let any = !text.is_empty();
+        self.mark = (0, 0, 0);
+        text.push_str(&query);
+        match self
+            .rt
+            .block_on(sqlx::raw_sql(sqlx::AssertSqlSafe(text)).fetch_all(&mut *self.conn))
+        {
+            Ok(rows) => {
+                self.wrote |= carried;
+                Ok(rows)
             }
+            Err(e) => {
+                self.flush_failed |= any;
+                Err(self.fail(e))
+            }
+        }
+    }
+
+    /// Runs a prepared statement at once; returns the rows it changed.
+    pub(crate) fn exec(&mut self, q: Q<'_>) -> Result<u64> {
+        self.flush()?;
+        match self.rt.block_on(q.execute(&mut *self.conn)) {
+            Ok(done) => Ok(done.rows_affected()),
             Err(e) => Err(self.fail(e)),
         }
     }
 
-    /// Runs a query; returns every row.
+    /// Runs a prepared query; returns every row.
     pub(crate) fn rows(&mut self, q: Q<'_>) -> Result<Vec<MySqlRow>> {
+        self.flush()?;
         match self.rt.block_on(q.fetch_all(&mut *self.conn)) {
             Ok(rows) => Ok(rows),
             Err(e) => Err(self.fail(e)),
         }
     }
 
-    /// Runs a query; returns its row, if any.
+    /// Runs a prepared query; returns its row, if any.
     pub(crate) fn row(&mut self, q: Q<'_>) -> Result<Option<MySqlRow>> {
+        self.flush()?;
         match self.rt.block_on(q.fetch_optional(&mut *self.conn)) {
             Ok(row) => Ok(row),
             Err(e) => Err(self.fail(e)),
@@ -112,10 +288,7 @@ impl Db<'_> {
     pub(crate) fn text(&mut self, row: &MySqlRow, i: usize) -> Result<String> {
         let bytes: Vec<u8> = self.get(row, i)?;
         String::from_utf8(bytes).map_err(|e| {
-            StorageError::corrupt(
-                format!("a text column of the {} is not UTF-8", self.shown),
-                e,
-            )
+            StorageError::corrupt(format!("a text column of the {} is not UTF-8", self.shown), e)
         })
     }
 
@@ -167,22 +340,23 @@ impl Db<'_> {
         })
     }
 
-    /// The database's clock now, in milliseconds since the epoch.
+    /// The database's clock now, in milliseconds since the epoch, read after the writes kept
+    /// so far.
     pub(crate) fn database_now(&mut self) -> Result<Timestamp> {
-        let row = self.rows(sqlx::query(
-            "SELECT CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)",
-        ))?;
-        let ms: Option<i64> = match row.first() {
+        let rows = self.select(NOW_MS, &[])?;
+        let ms: Option<i64> = match rows.first() {
             Some(r) => self.get(r, 0)?,
             None => None,
         };
-        ms.map(Timestamp::from_millis)
-            .ok_or_else(|| StorageError::Unavailable {
-                message: format!("the {} did not tell the time", self.shown),
-                source: None,
-            })
+        ms.map(Timestamp::from_millis).ok_or_else(|| StorageError::Unavailable {
+            message: format!("the {} did not tell the time", self.shown),
+            source: None,
+        })
     }
 }
+
+/// The database's time now, in milliseconds since the epoch.
+pub(crate) const NOW_MS: &str = "SELECT CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)";
 
 pub(crate) fn ms(t: Timestamp) -> i64 {
     t.as_millis()

@@ -462,7 +462,7 @@ impl Read for Db<'_> {
             )
             .bind(b(id.as_str())),
         )?;
-        let messages = self.messages(id, &rows)?;
+        let messages = self.messages(id, &rows, 0)?;
         Ok(Pending { tasks, messages })
     }
 }
