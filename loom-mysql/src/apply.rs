@@ -558,7 +558,10 @@ impl Apply for Db<'_> {
              WHERE id = ?",
             &[version.into(), V::B(&input), V::I(ms(now)), id],
         )?;
-        self.write("DELETE FROM tasks WHERE workflow_id = ? AND kind = 1", &[id])?;
+        self.write(
+            "DELETE FROM tasks WHERE workflow_id = ? AND kind = 1",
+            &[id],
+        )?;
         self.delete_messages_unless(workflow, EventKind::carries_over)
     }
 

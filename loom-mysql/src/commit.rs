@@ -17,7 +17,7 @@
 //! the next one: a commit whose answer was lost may or may not have landed, and a worker's
 //! retry meets the engine's checks, as after any lost answer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loom_storage::Clock;
 use loom_storage::engine;
@@ -36,7 +36,14 @@ pub(crate) struct MysqlCommit {
     connect: MySqlConnectOptions,
     shown: String,
     options: MysqlOptions,
+    /// After a failed connect: the next try not before this, the wait after it, and why.
+    backoff: Option<(Instant, Duration, String)>,
 }
+
+/// The first wait after a failed connect; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest wait between tries to connect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How one run of a batch ended.
 enum Attempt {
@@ -61,6 +68,7 @@ impl MysqlCommit {
             connect,
             shown,
             options,
+            backoff: None,
         }
     }
 
@@ -72,9 +80,28 @@ impl MysqlCommit {
             old.close();
         }
         if self.conn.is_none() {
-            let conn = Conn::open(&self.connect, &self.shown, &self.options, Role::Write)
-                .map_err(|e| e.to_string())?;
-            self.conn = Some(conn);
+            // A server that is down is tried again after a wait that doubles, not by every
+            // batch: meanwhile each batch fails at once with the last reason.
+            if let Some((at, _, reason)) = &self.backoff
+                && Instant::now() < *at
+            {
+                return Err(reason.clone());
+            }
+            match Conn::open(&self.connect, &self.shown, &self.options, Role::Write) {
+                Ok(conn) => {
+                    self.conn = Some(conn);
+                    self.backoff = None;
+                }
+                Err(e) => {
+                    let wait = self
+                        .backoff
+                        .as_ref()
+                        .map_or(FIRST_BACKOFF, |(_, wait, _)| (*wait * 2).min(MAX_BACKOFF));
+                    let reason = e.to_string();
+                    self.backoff = Some((Instant::now() + wait, wait, reason.clone()));
+                    return Err(reason);
+                }
+            }
         }
         self.conn
             .as_mut()

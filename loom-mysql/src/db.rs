@@ -113,7 +113,10 @@ fn render(out: &mut String, sql: &str, args: &[V<'_>]) {
         }
         out.push_str(part);
     }
-    debug_assert!(args.next().is_none(), "more values than placeholders in {sql}");
+    debug_assert!(
+        args.next().is_none(),
+        "more values than placeholders in {sql}"
+    );
     out.push_str(";\n");
 }
 
@@ -288,7 +291,10 @@ impl Db<'_> {
     pub(crate) fn text(&mut self, row: &MySqlRow, i: usize) -> Result<String> {
         let bytes: Vec<u8> = self.get(row, i)?;
         String::from_utf8(bytes).map_err(|e| {
-            StorageError::corrupt(format!("a text column of the {} is not UTF-8", self.shown), e)
+            StorageError::corrupt(
+                format!("a text column of the {} is not UTF-8", self.shown),
+                e,
+            )
         })
     }
 
@@ -348,10 +354,11 @@ impl Db<'_> {
             Some(r) => self.get(r, 0)?,
             None => None,
         };
-        ms.map(Timestamp::from_millis).ok_or_else(|| StorageError::Unavailable {
-            message: format!("the {} did not tell the time", self.shown),
-            source: None,
-        })
+        ms.map(Timestamp::from_millis)
+            .ok_or_else(|| StorageError::Unavailable {
+                message: format!("the {} did not tell the time", self.shown),
+                source: None,
+            })
     }
 }
 

@@ -26,7 +26,7 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
     fleet::create_chains(&store).await;
     let database = url.rsplit('/').next().expect("a database").to_owned();
     let ids: Vec<String> = (0..WORKERS).map(|i| format!("{database}-w{i}")).collect();
-    let mut children: Vec<_> = ids.iter().map(|id| fleet::worker(&url, &[], id)).collect();
+    let mut children = fleet::Fleet::start(&url, &[], &ids);
 
     // Freeze worker 0 while it holds leases, past their length.
     let admin = MySqlPoolOptions::new()
@@ -44,7 +44,7 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
         .await
         .expect("count leases")
     };
-    fleet::freeze_while_holding(&children[0], held_by_worker_0).await;
+    fleet::freeze_while_holding(&children.0[0], held_by_worker_0).await;
 
     // Kill every other connection to the database in the middle of the run: the workers'
     // writers and readers, and this test's store's.

@@ -29,10 +29,7 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
         .expect("connect");
     fleet::create_chains(&store).await;
     let ids: Vec<String> = (0..WORKERS).map(|i| format!("{schema}-w{i}")).collect();
-    let mut children: Vec<_> = ids
-        .iter()
-        .map(|id| fleet::worker(&url, &[("LOOM_PROBE_SCHEMA", &schema)], id))
-        .collect();
+    let mut children = fleet::Fleet::start(&url, &[("LOOM_PROBE_SCHEMA", &schema)], &ids);
 
     // Freeze worker 0 while it holds leases, past their length.
     let admin = sqlx::postgres::PgPoolOptions::new()
@@ -49,7 +46,7 @@ async fn worker_processes_share_one_database_without_duplicates_or_losses() {
         .await
         .expect("count leases")
     };
-    fleet::freeze_while_holding(&children[0], held_by_worker_0).await;
+    fleet::freeze_while_holding(&children.0[0], held_by_worker_0).await;
 
     // Cut every Loom connection to the database in the middle of the run.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -87,9 +87,32 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(ok.success(), "kill -{sig}");
 }
 
+/// Worker processes, killed if the test ends (or fails) before [`stop`] reaped them: a
+/// failed assertion must not leave workers polling a database that is gone.
+pub struct Fleet(pub Vec<Child>);
+
+impl Fleet {
+    /// One worker on `target` per id, with `env` set.
+    pub fn start(target: &str, env: &[(&str, &str)], ids: &[String]) -> Fleet {
+        Fleet(ids.iter().map(|id| worker(target, env, id)).collect())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Stops every worker with SIGTERM and answers, for each, its refused commits and lost
 /// leases, and the workflow tasks it ran.
-pub fn stop(children: &mut [Child]) -> Vec<(u64, u64)> {
+pub fn stop(fleet: &mut Fleet) -> Vec<(u64, u64)> {
+    let children = &mut fleet.0;
     for child in children.iter() {
         signal(child, "TERM");
     }

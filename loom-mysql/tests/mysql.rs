@@ -1,0 +1,201 @@
+//! What is MySQL's own: the schema applied once, refused databases, ids compared byte by byte,
+//! and connections killed under a store. Against the real server in `LOOM_TEST_MYSQL_URL`
+//! (skipped loudly without one, failing under `CI=true`).
+
+use std::str::FromStr;
+
+use loom_core::{Event, EventKind, Payload, Seq, Timestamp, WorkflowId};
+use loom_mysql::{MysqlOptions, MysqlStorage, testing};
+use loom_storage::{ListQuery, Storage, StorageError};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+
+fn started() -> Event {
+    Event {
+        seq: Seq::FIRST,
+        at: Timestamp::from_millis(0),
+        kind: EventKind::workflow_started("Greeting", 1, Payload::encode("Ada").expect("json")),
+    }
+}
+
+async fn admin(url: &str) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(MySqlConnectOptions::from_str(url).expect("url"))
+        .await
+        .expect("admin connection")
+}
+
+#[tokio::test]
+async fn connecting_again_finds_the_schema_in_place() {
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::fresh_database().await;
+    let first = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect("connect");
+    first
+        .create_workflow(&WorkflowId::new("kept"), started())
+        .await
+        .expect("create");
+    let again = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect("connect again");
+    assert_eq!(
+        again
+            .list(&ListQuery::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM loom_migrations")
+        .fetch_all(&admin(&url).await)
+        .await
+        .expect("versions");
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test]
+async fn a_newer_schema_and_a_foreign_table_are_refused() {
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::fresh_database().await;
+    drop(
+        MysqlStorage::connect(&url, MysqlOptions::default())
+            .await
+            .expect("connect"),
+    );
+    sqlx::query("INSERT INTO loom_migrations VALUES (99, 0)")
+        .execute(&admin(&url).await)
+        .await
+        .expect("a newer version");
+    let err = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect_err("a newer schema");
+    assert!(
+        matches!(&err, StorageError::Incompatible(m) if m.contains("newer Loom")),
+        "{err}"
+    );
+
+    let url = testing::fresh_database().await;
+    sqlx::query("CREATE TABLE workflows (id INT PRIMARY KEY, total INT)")
+        .execute(&admin(&url).await)
+        .await
+        .expect("someone else's table");
+    let err = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect_err("a foreign table");
+    assert!(
+        matches!(&err, StorageError::Incompatible(m) if m.contains("did not make")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_url_without_a_database_or_a_server_is_a_clear_error() {
+    let err = MysqlStorage::connect("mysql://root@127.0.0.1:3306", MysqlOptions::default())
+        .await
+        .expect_err("no database");
+    assert!(matches!(err, StorageError::InvalidArgument(_)), "{err}");
+    let err = MysqlStorage::connect(
+        "mysql://root:s3cret@127.0.0.1:1/loom",
+        MysqlOptions::default(),
+    )
+    .await
+    .expect_err("no server");
+    assert!(err.is_retryable(), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+#[tokio::test]
+async fn ids_are_compared_byte_by_byte() {
+    let Some(store) = testing::fresh().await else {
+        return;
+    };
+    // No collation folds case, ignores trailing spaces or equates accents.
+    let ids = ["order", "Order", "order ", "ordér", "order\u{301}"];
+    for id in ids {
+        store
+            .create_workflow(&WorkflowId::new(id), started())
+            .await
+            .unwrap_or_else(|e| panic!("create {id:?}: {e}"));
+    }
+    for id in ids {
+        let summary = store
+            .describe(&WorkflowId::new(id))
+            .await
+            .expect("describe");
+        assert_eq!(summary.id.as_str(), id);
+    }
+    let err = store
+        .create_workflow(&WorkflowId::new("order "), started())
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn killed_connections_are_opened_again() {
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::fresh_database().await;
+    let store = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect("connect");
+    store
+        .create_workflow(&WorkflowId::new("before"), started())
+        .await
+        .expect("create");
+    let admin = admin(&url).await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("connections");
+    assert!(!ids.is_empty());
+    for id in ids {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+            .execute(&admin)
+            .await
+            .expect("kill");
+    }
+    // Each write goes to the next writer; a writer whose connection was killed answers the
+    // retryable Unavailable once, then connects again. Nothing is written twice.
+    let mut created = 0;
+    for n in 0..40 {
+        match store
+            .create_workflow(&WorkflowId::new(format!("after-{n}")), started())
+            .await
+        {
+            Ok(()) => created += 1,
+            Err(e) => assert!(e.is_retryable(), "{e}"),
+        }
+    }
+    assert!(created >= 30, "only {created} of 40 writes went through");
+    let listed = store
+        .list(&ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await;
+    let listed = match listed {
+        Ok(page) => page,
+        // The read connection was killed too: the next read opens another.
+        Err(e) => {
+            assert!(e.is_retryable(), "{e}");
+            store
+                .list(&ListQuery {
+                    limit: 100,
+                    ..ListQuery::default()
+                })
+                .await
+                .expect("list")
+        }
+    };
+    assert_eq!(listed.items.len(), created + 1);
+}
