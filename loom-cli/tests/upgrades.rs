@@ -1,8 +1,9 @@
 //! Databases written by an earlier release must open, migrate and finish their open
 //! workflows. `tests/fixtures` keeps one per backend, each written by the `loom` of the schema
-//! it names (SQLite schemas 5 and 6, redb format 2, PostgreSQL schemas 10 and 12), holding
-//! workflows in every state: ended, sleeping on a timer, waiting for a signal, never run;
-//! those of SQLite schema 6 and PostgreSQL schema 12 also hold a paused schedule. A release
+//! it names (SQLite schemas 5 and 6, redb format 2, PostgreSQL schemas 10 and 12, MySQL
+//! schema 1, a `mysqldump` of MariaDB 10.11), holding workflows in every state: ended,
+//! sleeping on a timer, waiting for a signal, never run; those of SQLite schema 6, PostgreSQL
+//! schema 12 and MySQL schema 1 also hold a paused schedule. A release
 //! that changes a schema adds its own fixtures beside these and keeps these passing.
 
 use std::path::Path;
@@ -215,4 +216,43 @@ fn a_postgres_dump_of_schema_12_restores_finishes_its_workflows_and_its_schedule
     let dir = tempfile::tempdir().expect("temp dir");
     finish_the_fixture(dir.path(), &url, Some(&schema));
     the_schedule_fires_again(dir.path(), &url, Some(&schema));
+}
+
+/// Restores a MySQL dump into a fresh database of the test server: its URL, or `None` without
+/// a server.
+fn restore_mysql(dump: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if !rt.block_on(loom_mysql::testing::server_available()) {
+        return None;
+    }
+    let url = rt.block_on(loom_mysql::testing::fresh_database());
+    let dump = std::fs::read_to_string(fixture(dump)).expect("the dump");
+    rt.block_on(async {
+        use std::str::FromStr;
+        let options = sqlx::mysql::MySqlConnectOptions::from_str(&url).expect("url");
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
+            .execute(&pool)
+            .await
+            .expect("restore the dump");
+        pool.close().await;
+    });
+    Some(url)
+}
+
+#[test]
+fn a_mysql_dump_of_schema_1_restores_finishes_its_workflows_and_its_schedule_fires() {
+    let Some(url) = restore_mysql("mysql-schema-1.sql") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    finish_the_fixture(dir.path(), &url, None);
+    the_schedule_fires_again(dir.path(), &url, None);
 }

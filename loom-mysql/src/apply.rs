@@ -341,12 +341,29 @@ impl Apply for Db<'_> {
         })
     }
 
-    fn put_schedule(&mut self, schedule: &loom_storage::Schedule) -> Result<()> {
+    fn put_schedule(&mut self, schedule: &loom_storage::Schedule, new: bool) -> Result<()> {
         let body = encode(schedule)?;
+        // A new schedule is a plain insert: its check could lock no row, so a concurrent
+        // create of the same id meets this one on the key (and the batch runs again, where
+        // the check finds it). A change updates the row its check locked.
+        let sql = if new {
+            "INSERT INTO schedules (id, version, wake_at, body) VALUES (?, ?, ?, ?)"
+        } else {
+            "UPDATE schedules SET version = ?, wake_at = ?, body = ? WHERE id = ?"
+        };
+        if !new {
+            return self.write(
+                sql,
+                &[
+                    V::I(i64::try_from(schedule.version).unwrap_or(i64::MAX)),
+                    schedule.wake_at.map(Timestamp::as_millis).into(),
+                    V::B(&body),
+                    V::B(b(&schedule.id)),
+                ],
+            );
+        }
         self.write(
-            "INSERT INTO schedules (id, version, wake_at, body) VALUES (?, ?, ?, ?)
-             ON DUPLICATE KEY UPDATE version = VALUES(version), wake_at = VALUES(wake_at),
-                 body = VALUES(body)",
+            sql,
             &[
                 V::B(b(&schedule.id)),
                 V::I(i64::try_from(schedule.version).unwrap_or(i64::MAX)),
@@ -689,7 +706,8 @@ impl Apply for Db<'_> {
             sql.push_str(&vec!["?"; purge.except_names.len()].join(", "));
             sql.push(')');
         }
-        sql.push_str(" ORDER BY closed_at, id LIMIT ?");
+        // Locked, so that a reset reopening one of them waits for this purge or is passed over.
+        sql.push_str(" ORDER BY closed_at, id LIMIT ? FOR UPDATE SKIP LOCKED");
         let status: V<'_> = purge.status.map(|st| b(st.as_str())).into();
         let name: V<'_> = purge.name.as_deref().map(b).into();
         let mut args = vec![V::I(before), status, status, name, name];

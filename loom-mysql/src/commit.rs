@@ -121,6 +121,9 @@ impl MysqlCommit {
             Ok(conn) => conn,
             Err(reason) => return Attempt::Done(Some(reason)),
         };
+        for job in batch.iter_mut() {
+            job.forget();
+        }
         let mut db = conn.db();
         db.push("START TRANSACTION");
         let now = match conn::now(&mut db, &clock) {
@@ -136,13 +139,25 @@ impl MysqlCommit {
                 db.push("SAVEPOINT job");
             }
             db.begin();
-            let ok = job.run(|ws| {
-                let applied = engine::apply(&mut db, ws, now)?;
-                if savepoints {
-                    db.flush()?;
-                }
-                Ok(applied)
-            });
+            let run = |db: &mut crate::db::Db<'_>, job: &mut Job| {
+                job.run(|ws| {
+                    let applied = engine::apply(db, ws, now)?;
+                    if savepoints {
+                        db.flush()?;
+                    }
+                    Ok(applied)
+                })
+            };
+            let mut ok = run(&mut db, job);
+            if savepoints && !ok && db.failed() == Some(Failed::Duplicate) {
+                // Another transaction took a key this write set's check found free: undone,
+                // the write set runs once more, and its check answers.
+                db.discard();
+                db.push("ROLLBACK TO SAVEPOINT job");
+                db.push("SAVEPOINT job");
+                db.begin();
+                ok = run(&mut db, job);
+            }
             match db.failed() {
                 Some(Failed::Lost) => {
                     outcome = Some(Attempt::Done(Some(format!(

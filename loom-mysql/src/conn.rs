@@ -43,6 +43,8 @@ pub(crate) struct Conn {
     pub(crate) shown: String,
     /// MariaDB: compound statements outside stored programs.
     compound: bool,
+    /// Half the server's `max_allowed_packet`: the most one round trip carries.
+    packet: usize,
     broken: bool,
 }
 
@@ -94,18 +96,19 @@ impl Conn {
         let conn = rt.block_on(async {
             let connecting = async {
                 let mut conn = connect.connect().await?;
-                let version: String = sqlx::query("SELECT VERSION()")
+                let row = sqlx::query("SELECT VERSION(), CAST(@@max_allowed_packet AS SIGNED)")
                     .fetch_one(&mut conn)
-                    .await?
-                    .try_get(0)?;
+                    .await?;
+                let version: String = row.try_get(0)?;
+                let packet: i64 = row.try_get(1)?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(settings))
                     .execute(&mut conn)
                     .await?;
-                Ok::<_, sqlx::Error>((conn, version))
+                Ok::<_, sqlx::Error>((conn, version, packet))
             };
             tokio::time::timeout(options.connect_timeout, connecting).await
         });
-        let (conn, version) = match conn {
+        let (conn, version, packet) = match conn {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(map_err(shown, e).0),
             Err(_) => {
@@ -130,6 +133,7 @@ impl Conn {
             conn,
             shown: shown.to_owned(),
             compound: version.to_ascii_lowercase().contains("mariadb"),
+            packet: usize::try_from(packet / 2).unwrap_or(0).max(64 * 1024),
             broken: false,
         })
     }
@@ -141,7 +145,13 @@ impl Conn {
 
     /// The connection inside a transaction or snapshot of the caller's.
     pub(crate) fn db(&mut self) -> Db<'_> {
-        Db::new(&self.rt, &mut self.conn, &self.shown, self.compound)
+        Db::new(
+            &self.rt,
+            &mut self.conn,
+            &self.shown,
+            self.compound,
+            self.packet,
+        )
     }
 
     /// Runs one statement outside the engine's primitives (`START TRANSACTION`, `COMMIT`).
@@ -236,8 +246,8 @@ pub(crate) fn map_err(shown: &str, e: sqlx::Error) -> (StorageError, Failed) {
                 .map_or(0, MySqlDatabaseError::number);
             match number {
                 // Deadlock found; lock wait timeout exceeded; "record has changed since last
-                // read" (MariaDB's snapshot isolation).
-                1213 | 1205 | 1020 => (
+                // read" (MariaDB's snapshot isolation); the lock table full.
+                1213 | 1205 | 1020 | 1206 => (
                     StorageError::unavailable(
                         format!("the {shown} asked to retry (error {number})"),
                         e,
@@ -252,8 +262,8 @@ pub(crate) fn map_err(shown: &str, e: sqlx::Error) -> (StorageError, Failed) {
                     Failed::Duplicate,
                 ),
                 // Data too long, out of range, incorrect value, NULL in a NOT NULL column,
-                // a packet larger than max_allowed_packet.
-                1406 | 1264 | 1366 | 1048 | 1292 | 1153 | 1301 => (
+                // a result past max_allowed_packet.
+                1406 | 1264 | 1366 | 1048 | 1292 | 1301 | 1690 => (
                     StorageError::rejected(
                         format!("the {shown} cannot hold a value (error {number})"),
                         e,
@@ -261,17 +271,21 @@ pub(crate) fn map_err(shown: &str, e: sqlx::Error) -> (StorageError, Failed) {
                     Failed::Statement,
                 ),
                 // The server shutting down, this connection killed, a query interrupted, too
-                // many connections, a read-only server during a failover.
-                1053 | 1927 | 1317 | 1040 | 1290 | 1836 => (
+                // many connections, a read-only server during a failover, a packet past
+                // max_allowed_packet (the server closes the connection), a commit that
+                // failed, a savepoint the transaction lost.
+                1053 | 1927 | 1317 | 1040 | 1290 | 1836 | 1153 | 1180 | 1305 => (
                     StorageError::unavailable(
                         format!("the {shown} is unavailable (error {number})"),
                         e,
                     ),
                     Failed::Lost,
                 ),
+                // Any other error the server answered is its statement's alone: InnoDB undid
+                // that statement and the transaction stands.
                 _ => (
                     StorageError::unavailable(format!("the {shown} failed (error {number})"), e),
-                    Failed::Lost,
+                    Failed::Statement,
                 ),
             }
         }

@@ -42,6 +42,11 @@ pub(crate) struct Db<'a> {
     run_n: usize,
     /// Where the current write set's writes begin: in `pending`, in `run`, and `run_n`.
     mark: (usize, usize, usize),
+    /// How many of `locked` were there when the current write set began.
+    locked_mark: usize,
+    /// The most bytes one round trip may carry (half the server's `max_allowed_packet`:
+    /// room for the statements around the writes).
+    packet: usize,
     wrote: bool,
     /// A round trip that carried kept statements failed: which of them ran is unknown.
     flush_failed: bool,
@@ -126,12 +131,15 @@ impl<'a> Db<'a> {
         conn: &'a mut MySqlConnection,
         shown: &'a str,
         compound: bool,
+        packet: usize,
     ) -> Self {
         Db {
             rt,
             conn,
             shown,
             compound,
+            locked_mark: 0,
+            packet,
             pending: String::new(),
             run: String::new(),
             run_n: 0,
@@ -158,6 +166,7 @@ impl Db<'_> {
     /// Begins a write set: what it writes, and how anything fails, is its own from here.
     pub(crate) fn begin(&mut self) {
         self.mark = (self.pending.len(), self.run.len(), self.run_n);
+        self.locked_mark = self.locked.len();
         self.wrote = false;
         self.flush_failed = false;
         self.failed = None;
@@ -168,6 +177,10 @@ impl Db<'_> {
         self.pending.truncate(self.mark.0);
         self.run.truncate(self.mark.1);
         self.run_n = self.mark.2;
+        // A lock the write set took is held until the transaction ends, but one it only
+        // meant to take (an insert never sent, or undone by a savepoint) is not: later write
+        // sets lock the workflow's task again.
+        self.locked.truncate(self.locked_mark);
     }
 
     /// Keeps a statement that returns nothing (a write, `START TRANSACTION`, `COMMIT`) for
@@ -208,8 +221,27 @@ impl Db<'_> {
 
     /// Keeps a write (`sql` with `args` in place of its `?`s) for the next round trip.
     pub(crate) fn write(&mut self, sql: &str, args: &[V<'_>]) -> Result<()> {
+        let before = self.run.len();
         render(&mut self.run, sql, args);
+        let size = self.run.len() - before;
+        if size > self.packet {
+            self.run.truncate(before);
+            self.failed = Some(Failed::Statement);
+            return Err(StorageError::Rejected {
+                message: format!(
+                    "a write of {size} bytes as SQL is past what the {} takes in one packet \
+                     (max_allowed_packet {} bytes)",
+                    self.shown,
+                    self.packet * 2
+                ),
+                source: None,
+            });
+        }
         self.run_n += 1;
+        if self.pending.len() + self.run.len() > self.packet {
+            // Too much for one round trip: send what is kept now.
+            self.flush()?;
+        }
         Ok(())
     }
 

@@ -301,7 +301,7 @@ impl Apply for Db<'_> {
         Ok(version.map(i64::unsigned_abs))
     }
 
-    fn put_schedule(&mut self, schedule: &loom_storage::Schedule) -> Result<()> {
+    fn put_schedule(&mut self, schedule: &loom_storage::Schedule, _new: bool) -> Result<()> {
         self.exec(
             "INSERT INTO schedules (id, version, wake_at, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET version = excluded.version,

@@ -46,6 +46,12 @@ impl Job {
         ok
     }
 
+    /// Forgets the result of an earlier run: a batch that runs again answers a job it did not
+    /// reach this time with the batch's failure, never with what an abandoned run left.
+    pub fn forget(&mut self) {
+        self.result = None;
+    }
+
     /// Whether the job must be durable whatever it answers.
     pub fn durable(&self) -> bool {
         self.ws.sync == Sync::Durable

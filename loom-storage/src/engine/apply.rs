@@ -73,8 +73,10 @@ pub trait Apply {
     fn earliest_message(&mut self, workflow: &WorkflowId) -> Result<Option<Timestamp>>;
     /// A schedule's version, for checks.
     fn schedule_version(&mut self, schedule: &str) -> Result<Option<u64>>;
-    /// [`Op::PutSchedule`].
-    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule) -> Result<()>;
+    /// [`Op::PutSchedule`]: `new` when its check found no schedule with the id, so that a
+    /// backend whose checks cannot lock an absent row inserts it plainly and meets a
+    /// concurrent create on the key.
+    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule, new: bool) -> Result<()>;
     /// [`Op::DeleteSchedule`].
     fn delete_schedule(&mut self, schedule: &str) -> Result<()>;
 
@@ -255,7 +257,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                     .as_ref()
                     .map(|a| (a.owner.as_str(), now.saturating_add(a.window))),
             )?,
-            Op::PutSchedule { schedule, .. } => store.put_schedule(schedule)?,
+            Op::PutSchedule { schedule, new } => store.put_schedule(schedule, *new)?,
             Op::DeleteSchedule { schedule } => store.delete_schedule(schedule)?,
             Op::Release { task, due } => store.release(*task, due.resolve(now))?,
             Op::Pause { task, reason } => store.pause(now, *task, reason)?,

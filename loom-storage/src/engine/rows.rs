@@ -281,7 +281,7 @@ impl<R: Rows + ?Sized> Apply for RowApply<'_, R> {
         Ok(self.0.get_schedule(schedule)?.map(|s| s.version))
     }
 
-    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule) -> Result<()> {
+    fn put_schedule(&mut self, schedule: &crate::schedule::Schedule, _new: bool) -> Result<()> {
         self.0.put_schedule(schedule)
     }
 
