@@ -182,6 +182,9 @@ BEGIN
             ok := earliest IS NULL OR earliest > now_ms;
             found_row := to_jsonb(earliest);
         WHEN 'sched' THEN
+            -- A missing row cannot be locked: writes of one schedule queue on an advisory
+            -- lock first, so that of two creates at once the second finds the first's row.
+            PERFORM pg_advisory_xact_lock(hashtextextended('loom-schedule:' || (c->>1), 0));
             SELECT version INTO sched_version FROM schedules WHERE id = c->>1 FOR UPDATE;
             ok := sched_version IS NOT DISTINCT FROM (c->>2)::bigint;
             found_row := to_jsonb(sched_version);

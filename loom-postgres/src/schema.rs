@@ -168,6 +168,9 @@ CREATE INDEX logs_by_workflow ON logs (workflow_id, n);
         "    WHERE affinity_owner IS NOT NULL AND visible_at IS NOT NULL;\n",
         include_str!("functions.sql")
     ),
+    // 14: the `sched` check queues writes of one schedule on an advisory lock, so that of two
+    // creates at once the second is told the schedule exists.
+    include_str!("functions.sql"),
 ];
 
 /// Creates the schema if needed and applies the migrations it lacks, under an advisory

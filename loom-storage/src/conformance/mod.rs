@@ -343,6 +343,7 @@ macro_rules! for_each_conformance_case {
             reset_is_checked,
             tags_are_kept_and_listed,
             schedules_are_created_read_listed_and_deleted,
+            creates_of_one_schedule_at_once_write_one,
             a_schedule_write_names_the_version_it_read,
             due_schedules_are_those_whose_time_has_come,
             a_ticks_starts_are_written_with_it_or_not_at_all,

@@ -42,6 +42,40 @@ fn put(schedule: &Schedule, expected: Option<u64>) -> ScheduleWrite {
     }
 }
 
+/// Creates of one id at once, as from several workers: one is written and every other is told
+/// the schedule exists, whichever transactions they run in.
+pub async fn creates_of_one_schedule_at_once_write_one(store: Store) {
+    let now = store.now().await.expect("now");
+    for round in 0..8 {
+        let id = format!("race-{round}");
+        let mut handles = Vec::new();
+        for writer in 0..4 {
+            let store = store.clone();
+            let mut schedule = record(&id, now);
+            schedule.action.input = json(&format!("writer {writer}"));
+            handles.push(tokio::spawn(async move {
+                (writer, store.write_schedule(put(&schedule, None)).await)
+            }));
+        }
+        let mut won = Vec::new();
+        for handle in handles {
+            let (writer, result) = handle.await.expect("a writer");
+            match result {
+                Ok(()) => won.push(writer),
+                Err(StorageError::ScheduleExists(got)) => assert_eq!(got, id),
+                Err(e) => panic!("writer {writer} of {id}: {e:?}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "{id}: one create is written, not {won:?}");
+        let stored = store.schedule(&id).await.expect("read");
+        assert_eq!(
+            stored.action.input,
+            json(&format!("writer {}", won[0])),
+            "{id}: what stands is the winner's"
+        );
+    }
+}
+
 /// Creates, reads back, lists in pages by id, refuses a second create, and deletes.
 pub async fn schedules_are_created_read_listed_and_deleted(store: Store) {
     let now = store.now().await.expect("now");
