@@ -52,7 +52,7 @@ pub async fn creates_of_one_schedule_at_once_write_one(store: Store) {
         for writer in 0..4 {
             let store = store.clone();
             let mut schedule = record(&id, now);
-            schedule.action.input = json(&format!("writer {writer}"));
+            schedule.action.input = json(format!("writer {writer}"));
             handles.push(tokio::spawn(async move {
                 (writer, store.write_schedule(put(&schedule, None)).await)
             }));
@@ -70,7 +70,7 @@ pub async fn creates_of_one_schedule_at_once_write_one(store: Store) {
         let stored = store.schedule(&id).await.expect("read");
         assert_eq!(
             stored.action.input,
-            json(&format!("writer {}", won[0])),
+            json(format!("writer {}", won[0])),
             "{id}: what stands is the winner's"
         );
     }
