@@ -117,7 +117,20 @@ fn closed() -> StorageError {
     }
 }
 
-/// Commits `batch`, or its items one by one if the statement fails on the database's side.
+/// How many times a batch the server rolled back for a deadlock or a serialization failure is
+/// sent again before its callers hear of it.
+const TRANSIENT_RETRIES: u32 = 5;
+
+/// Whether the server rolled the transaction back for a reason another try may not meet: a
+/// deadlock (which PostgreSQL breaks after `deadlock_timeout`) or a serialization failure.
+fn transient(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Commits `batch`, or its items one by one if the statement fails on the database's side. A
+/// batch rolled back for a deadlock is sent again first: the deadlock is between this batch
+/// and another, not in any one item, and ends with either.
 async fn run(
     pool: &PgPool,
     batch: Vec<Pending>,
@@ -125,8 +138,19 @@ async fn run(
     statements: &AtomicU64,
     committed: &[AtomicU64; 2],
 ) {
-    statements.fetch_add(1, Ordering::Relaxed);
-    match execute(pool, &batch).await {
+    let mut tries = 0;
+    let result = loop {
+        statements.fetch_add(1, Ordering::Relaxed);
+        match execute(pool, &batch).await {
+            Err(e) if transient(&e) && tries < TRANSIENT_RETRIES => {
+                tries += 1;
+                tracing::debug!(error = %e, tries, "a batched commit was rolled back; sending it again");
+                tokio::time::sleep(std::time::Duration::from_millis(5 << tries)).await;
+            }
+            result => break result,
+        }
+    };
+    match result {
         Ok(answers) => {
             committed[0].fetch_add(1, Ordering::Relaxed);
             committed[1].fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -224,8 +224,16 @@ impl PostgresStorage {
             return Ok(Applied::default());
         }
         let item = wire::item(&ws)?;
-        let answer = self.committer.commit(item, ws.wakes()).await?;
-        wire::applied(&ws, answer)
+        // A store that listens lives on and sends its notifications from a task of their own;
+        // one that does not (a one-shot command) sends its own before answering, or the
+        // command could end with it still on its way.
+        let wakes = ws.wakes();
+        let answer = self.committer.commit(item, wakes && self.listens).await?;
+        let applied = wire::applied(&ws, answer)?;
+        if wakes && !self.listens {
+            notify::notify_now(&self.pool, &self.channel).await;
+        }
+        Ok(applied)
     }
 }
 

@@ -66,12 +66,19 @@ pub(crate) fn notify_later(pool: &PgPool, channel: &str, notifying: &Arc<AtomicB
     tokio::spawn(async move {
         // Cleared first: work committed while this one is in flight sends another.
         flag.store(false, Ordering::Release);
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&channel)
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(error = %e, "NOTIFY failed; workers will find the work by polling");
-        }
+        notify_now(&pool, &channel).await;
     });
+}
+
+/// Sends a `NOTIFY` on `channel` and waits for it: for a store that does not listen (a
+/// one-shot command), whose runtime may end as soon as its write is answered, taking a
+/// notification still on its way with it.
+pub(crate) async fn notify_now(pool: &PgPool, channel: &str) {
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+        .bind(channel)
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(error = %e, "NOTIFY failed; workers will find the work by polling");
+    }
 }

@@ -135,3 +135,80 @@ async fn another_process_wakes_an_idle_postgres_worker_through_notify() {
     }
     running.stop().await;
 }
+
+/// A one-shot command (`loom start`) opens a store that does not listen and ends as soon as its
+/// start is answered: its notification must be sent by then, not left to a task that dies
+/// with the command's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_start_wakes_an_idle_postgres_worker() {
+    if !loom_postgres::testing::server_available().await {
+        return;
+    }
+    let schema = loom_postgres::testing::fresh_schema();
+    let worker_store = loom_postgres::PostgresStorage::connect(
+        &loom_postgres::testing::url(),
+        loom_postgres::PostgresOptions {
+            schema: schema.clone(),
+            ..loom_postgres::PostgresOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let config = WorkerConfig {
+        id: "notified".into(),
+        poll_interval: Duration::from_secs(30),
+        ..WorkerConfig::default()
+    };
+    let (client, running) = support::run(Worker::with_config(
+        Arc::new(worker_store),
+        registry(),
+        config,
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..3 {
+        let id = format!("one-shot-{n}");
+        let schema = schema.clone();
+        let started = Instant::now();
+        let to_start = id.clone();
+        // Like `loom start`: a runtime of its own that ends once the start is answered.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let options = loom_postgres::PostgresOptions {
+                    schema,
+                    listen: false,
+                    max_connections: 1,
+                    ..loom_postgres::PostgresOptions::default()
+                };
+                let store = loom_postgres::PostgresStorage::connect(
+                    &loom_postgres::testing::url(),
+                    options,
+                )
+                .await
+                .expect("connect");
+                Client::new(Arc::new(store))
+                    .start::<Nap>(&0, StartOptions::id(to_start.as_str()))
+                    .await
+                    .expect("start");
+            });
+        })
+        .join()
+        .expect("the one-shot start");
+        loop {
+            let status = client.status(&id.as_str().into()).await.expect("status");
+            if status == WorkflowStatus::Completed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "workflow {id} waited {:?} for a worker polling every 30 s: the one-shot start's notification was lost",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    running.stop().await;
+}
