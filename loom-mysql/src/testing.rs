@@ -89,10 +89,10 @@ pub async fn fresh_database() -> String {
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
     let url = url();
-    let mut options = MySqlConnectOptions::from_str(&url).expect("the test server's URL");
+    let options = MySqlConnectOptions::from_str(&url).expect("the test server's URL");
     let pool = MySqlPoolOptions::new()
         .max_connections(1)
-        .connect_with(options.clone())
+        .connect_with(options)
         .await
         .expect("connect to the test server");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -102,9 +102,7 @@ pub async fn fresh_database() -> String {
     .await
     .expect("create a test database");
     pool.close().await;
-    options = options.database(&name);
     let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-    let _ = options;
     format!("{base}/{name}")
 }
 
