@@ -894,6 +894,33 @@ pub enum LogLevel {
     Error,
 }
 
+impl LogLevel {
+    /// The level's name as stored and shown: `debug`, `info`, `warn` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    /// The level named by [`LogLevel::as_str`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "debug" => Ok(LogLevel::Debug),
+            "info" => Ok(LogLevel::Info),
+            "warn" => Ok(LogLevel::Warn),
+            "error" => Ok(LogLevel::Error),
+            other => Err(format!("no log level is named {other:?}")),
+        }
+    }
+}
+
 /// A line written by workflow code through its replay-safe logger.
 ///
 /// Logged once: lines written while the code replays recorded history are dropped.

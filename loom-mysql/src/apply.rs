@@ -22,7 +22,7 @@ use sqlx::Row as _;
 use sqlx::mysql::MySqlRow;
 
 use crate::db::{
-    ACTIVITY_TASK, Db, V, WORKFLOW_TASK, b, encode, id_i64, level_str, ms, seq, seq_i64, task_i64,
+    ACTIVITY_TASK, Db, V, WORKFLOW_TASK, b, encode, id_i64, ms, seq, seq_i64, task_i64,
 };
 
 /// One task a claim took: its lease, workflow, deliveries, since when it was ready, and for an
@@ -638,7 +638,7 @@ impl Apply for Db<'_> {
                     V::B(b(workflow.as_str())),
                     V::I(seq_i64(l.seq)),
                     V::I(ms(l.at)),
-                    V::B(b(level_str(l.level))),
+                    V::B(b(l.level.as_str())),
                     V::B(b(&l.message)),
                 ],
             )?;

@@ -1,13 +1,13 @@
 //! The reads: histories, summaries, listings, stats, logs and pending work, in one snapshot.
 
-use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
+use loom_core::{Event, LogLevel, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
     Backlog, ListQuery, Page, Pending, PendingTask, Read, Result, RunSummary, Stats, StorageError,
     TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
 };
 use sqlx::mysql::MySqlRow;
 
-use crate::db::{ACTIVITY_TASK, Db, SUMMARY, b, ms, parse_level, seq, seq_i64};
+use crate::db::{ACTIVITY_TASK, Db, SUMMARY, b, ms, seq, seq_i64};
 
 /// A value bound to a listing's statement.
 enum Arg {
@@ -410,7 +410,7 @@ impl Read for Db<'_> {
                 Ok(LogRecord {
                     seq: seq(n),
                     at: Timestamp::from_millis(at),
-                    level: parse_level(&level),
+                    level: level.parse().unwrap_or(LogLevel::Info),
                     message: self.text(r, 3)?,
                 })
             })

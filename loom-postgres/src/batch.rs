@@ -2,8 +2,8 @@
 //!
 //! Every write of the hot path (start a workflow, commit a workflow task, commit an activity
 //! attempt, deliver a signal, release a task) is a write set of the engine's, turned into an
-//! *item* (`wire.rs`) on the caller's task. Committer tasks take whatever items are queued,
-//! send them as one array to the server-side function `loom_apply` (see `apply.sql`) and hand
+//! *item* (`loom_storage::engine::wire`) on the caller's task. Committer tasks take whatever items are queued,
+//! send them as one array to the server-side function `loom_apply` (see `functions.sql`) and hand
 //! each caller its own answer. One round trip, one transaction and one WAL flush serve the
 //! whole batch, and a caller never waits for a timer: an idle store commits a lone item at
 //! once, a busy one commits what piled up while the previous batch was in flight.
@@ -22,7 +22,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::sql_err;
-use crate::wire::Answer;
+use loom_storage::engine::wire::Answer;
 
 /// One queued item.
 struct Pending {
@@ -254,7 +254,7 @@ mod tests {
     use loom_storage::{Lease, Release, TaskId};
 
     use super::*;
-    use crate::wire;
+    use loom_storage::engine::wire;
 
     fn create(id: &str) -> String {
         let started = Event {

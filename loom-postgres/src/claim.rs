@@ -13,8 +13,8 @@ use loom_storage::{
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::wire::decode;
 use crate::{PostgresStorage, millis, seq, sql_err, task_i64};
+use loom_storage::engine::wire::decode;
 
 const ACTIVITY_TASK: i16 = 1;
 

@@ -6,7 +6,7 @@
 -- `loom_apply(batch)` applies many callers' write sets (see loom_storage::engine) in one
 -- statement, so one round trip and one WAL flush serve them all. It decides nothing: each
 -- item carries the engine's checks and its writes, grouped by the Rust side into steps
--- (wire.rs). The checks are evaluated under row locks before anything is written; an item
+-- (loom_storage::engine::wire). The checks are evaluated under row locks before anything is written; an item
 -- whose check fails writes nothing and reports which check failed and what it found (the
 -- Rust side turns that into the engine's error), and the other items still commit. Items are
 -- applied in workflow-id order, and every item locks a workflow's task before the workflow's

@@ -17,7 +17,7 @@
 //! - **Group commit on the server.** Every write set (starts, workflow-task and activity
 //!   commits, signals, releases) queues up and goes to the PL/pgSQL function `loom_apply` as
 //!   one array: one round trip, one transaction and one WAL flush for all of them, each checked
-//!   and answered on its own (see `batch.rs`, `wire.rs` and `apply.sql`). Round trips, not the
+//!   and answered on its own (see `batch.rs`, `functions.sql` and `loom_storage::engine::wire`). Round trips, not the
 //!   disk, bound a database on the other side of a network, and a per-statement start-up cost
 //!   bounds one on the same machine.
 //! - **One clock: the database's.** Lease expiry and due times are compared with
@@ -46,7 +46,6 @@ mod read;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod wire;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -223,13 +222,13 @@ impl PostgresStorage {
         if ws.checks.is_empty() && ws.ops.is_empty() {
             return Ok(Applied::default());
         }
-        let item = wire::item(&ws)?;
+        let item = loom_storage::engine::wire::item(&ws)?;
         // A store that listens lives on and sends its notifications from a task of their own;
         // one that does not (a one-shot command) sends its own before answering, or the
         // command could end with it still on its way.
         let wakes = ws.wakes();
         let answer = self.committer.commit(item, wakes && self.listens).await?;
-        let applied = wire::applied(&ws, answer)?;
+        let applied = loom_storage::engine::wire::applied(&ws, answer)?;
         if wakes && !self.listens {
             notify::notify_now(&self.pool, &self.channel).await;
         }

@@ -8,8 +8,8 @@ use loom_storage::{
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::wire::decode;
 use crate::{PostgresStorage, seq, seq_i64, sql_err};
+use loom_storage::engine::wire::decode;
 
 const SUMMARY: &str = "workflows.id, workflows.name, workflows.version, workflows.status, \
     workflows.input, workflows.created_at, workflows.updated_at, workflows.closed_at, \
@@ -425,12 +425,7 @@ impl PostgresStorage {
             .map(|r| LogRecord {
                 seq: seq(r.get(0)),
                 at: Timestamp::from_millis(r.get(1)),
-                level: match r.get::<String, _>(2).as_str() {
-                    "debug" => LogLevel::Debug,
-                    "warn" => LogLevel::Warn,
-                    "error" => LogLevel::Error,
-                    _ => LogLevel::Info,
-                },
+                level: r.get::<String, _>(2).parse().unwrap_or(LogLevel::Info),
                 message: r.get(3),
             })
             .collect())

@@ -13,9 +13,7 @@ use loom_storage::{
 };
 use rusqlite::{OptionalExtension, Params, params};
 
-use crate::db::{
-    ACTIVITY_TASK, Db, WORKFLOW_TASK, encode, id_i64, level_str, ms, seq, seq_i64, task_i64,
-};
+use crate::db::{ACTIVITY_TASK, Db, WORKFLOW_TASK, encode, id_i64, ms, seq, seq_i64, task_i64};
 
 /// One task a claim took: its lease, workflow, deliveries, row id, since when it was ready,
 /// and for an activity task what it runs (activity id, name, input, options, attempt), read
@@ -576,7 +574,7 @@ impl Apply for Db<'_> {
                 workflow.as_str(),
                 seq_i64(l.seq),
                 ms(l.at),
-                level_str(l.level),
+                l.level.as_str(),
                 l.message
             ])
             .map_err(|e| self.sql(e))?;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use loom_core::{Failure, LogLevel, Payload, Progress, Seq, Timestamp, WorkflowId};
+use loom_core::{Failure, Payload, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{Result, StorageError, TaskId, WorkflowSummary};
 use rusqlite::Connection;
 use serde::Serialize;
@@ -46,24 +46,6 @@ pub(crate) fn id_i64(n: u64) -> i64 {
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value)
         .map_err(|e| StorageError::InvalidArgument(format!("cannot encode a value as JSON: {e}")))
-}
-
-pub(crate) fn level_str(l: LogLevel) -> &'static str {
-    match l {
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
-    }
-}
-
-pub(crate) fn parse_level(s: &str) -> LogLevel {
-    match s {
-        "debug" => LogLevel::Debug,
-        "warn" => LogLevel::Warn,
-        "error" => LogLevel::Error,
-        _ => LogLevel::Info,
-    }
 }
 
 impl Db<'_> {

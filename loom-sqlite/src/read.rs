@@ -1,6 +1,6 @@
 //! The reads: histories, summaries, listings, stats, logs and pending work, on a snapshot.
 
-use loom_core::{Event, LogRecord, Seq, Timestamp, WorkflowId};
+use loom_core::{Event, LogLevel, LogRecord, Seq, Timestamp, WorkflowId};
 use loom_storage::{
     Backlog, ListQuery, Message, MessageId, Page, Pending, PendingTask, Read, Result, RunSummary,
     Stats, StorageError, TagCmp, TaskId, WorkflowStatus, WorkflowSummary,
@@ -8,7 +8,7 @@ use loom_storage::{
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
-use crate::db::{Db, RawSummary, SUMMARY, ms, parse_level, seq, seq_i64};
+use crate::db::{Db, RawSummary, SUMMARY, ms, seq, seq_i64};
 
 impl Db<'_> {
     fn schedule_rows(
@@ -401,7 +401,7 @@ impl Read for Db<'_> {
             .map(|(n, at, level, message)| LogRecord {
                 seq: seq(n),
                 at: Timestamp::from_millis(at),
-                level: parse_level(&level),
+                level: level.parse().unwrap_or(LogLevel::Info),
                 message,
             })
             .collect())

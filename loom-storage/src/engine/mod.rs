@@ -45,6 +45,7 @@ mod check;
 mod op;
 pub mod rows;
 mod rules;
+pub mod wire;
 
 pub use apply::{Apply, NewWorkflow, ResetRun, apply};
 pub use check::{Check, Found, TaskView, WorkflowView};

@@ -1,18 +1,27 @@
-//! Write sets on the wire to `loom_apply` (see `apply.sql`), and its answers back.
+//! Write sets as JSON for an applier that runs on a database server, and its answers back.
 //!
-//! This is a translation, not a decision: each check and op of the engine becomes its JSON
+//! PostgreSQL's and MySQL's backends apply a batch of write sets with one call of a
+//! server-side procedure, `loom_apply`, written in each server's own language. This is the
+//! one language they share: [`item`] turns a write set into the JSON item the procedure
+//! takes, and [`applied`] turns the procedure's answer to it into the engine's
+//! [`Applied`] or error.
+//!
+//! It is a translation, not a decision: each check and op of the engine becomes its JSON
 //! form, and runs of primitive writes become one `"w"` step, grouped by table, which the
 //! server applies with a statement per part. Payloads travel as Loom's JSON text, stored
-//! verbatim.
+//! verbatim. A failed check comes back as its position and what the server found there, and
+//! [`Check::verdict`] gives the error, so a server's procedure evaluates conditions but never
+//! chooses an answer. The item's shapes are written out at the top of each backend's
+//! procedure (`loom-postgres/src/functions.sql`, `loom-mysql/src/apply.sql`).
 
-use loom_core::{ActivityId, EventKind, Seq, Timestamp, WorkflowId};
-use loom_storage::engine::{
+use crate::engine::{
     Applied, Check, Found, NewTask, Op, StatusChange, TaskView, When, WorkflowView, WriteSet,
 };
-use loom_storage::{
+use crate::{
     ActivityTask, Lease, Message, MessageId, Result, StorageError, TaskId, WorkflowStatus,
     WorkflowTask,
 };
+use loom_core::{ActivityId, EventKind, Seq, Timestamp, WorkflowId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -22,7 +31,8 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<String> {
         .map_err(|e| StorageError::InvalidArgument(format!("cannot encode a value: {e}")))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> String) -> Result<T> {
+/// `text` decoded as JSON, or `Corrupt` naming `what` was stored there.
+pub fn decode<T: DeserializeOwned>(text: &str, what: impl FnOnce() -> String) -> Result<T> {
     serde_json::from_str(text)
         .map_err(|e| StorageError::corrupt(format!("{} cannot be decoded", what()), e))
 }
@@ -278,7 +288,7 @@ impl WriteStep {
                         json!([
                             n(l.seq.get()),
                             l.at.as_millis(),
-                            level_str(l.level),
+                            l.level.as_str(),
                             l.message
                         ]),
                     );
@@ -290,7 +300,7 @@ impl WriteStep {
             Op::Settle { affinity, .. } => self.set(
                 "st",
                 match affinity {
-                    Some(a) => json!({"o": a.owner, "ms": crate::millis(a.window)}),
+                    Some(a) => json!({"o": a.owner, "ms": i64::try_from(a.window.as_millis()).unwrap_or(i64::MAX)}),
                     None => json!(true),
                 },
             ),
@@ -306,15 +316,6 @@ impl WriteStep {
             | Op::DeleteSchedule { .. }
             | Op::If { .. } => false,
         })
-    }
-}
-
-fn level_str(l: loom_core::LogLevel) -> &'static str {
-    match l {
-        loom_core::LogLevel::Debug => "debug",
-        loom_core::LogLevel::Info => "info",
-        loom_core::LogLevel::Warn => "warn",
-        loom_core::LogLevel::Error => "error",
     }
 }
 
@@ -413,7 +414,7 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
             }),
             other => {
                 return Err(StorageError::InvalidArgument(format!(
-                    "PostgreSQL applies {other:?} outside loom_apply"
+                    "loom_apply does not take {other:?}; the backend applies it itself"
                 )));
             }
         });
@@ -425,7 +426,7 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
 }
 
 /// A write set as one item of `loom_apply`'s batch.
-pub(crate) fn item(ws: &WriteSet) -> Result<String> {
+pub fn item(ws: &WriteSet) -> Result<String> {
     let mut item = serde_json::Map::new();
     if let Some(wf) = ws.workflow() {
         item.insert("wf".into(), json!(wf.as_str()));
@@ -445,18 +446,18 @@ pub(crate) fn item(ws: &WriteSet) -> Result<String> {
 
 /// What `loom_apply` answered for one item.
 #[derive(Debug)]
-pub(crate) struct Answer {
+pub struct Answer {
     /// The failed check's position (from 1) and what the server found there.
-    pub(crate) failed: Option<(usize, Value)>,
+    pub failed: Option<(usize, Value)>,
     /// The database's clock for the item.
-    pub(crate) now: i64,
+    pub now: i64,
     /// What the item claimed or decided.
-    pub(crate) out: Option<Value>,
+    pub out: Option<Value>,
 }
 
 /// The engine's answer to `ws` from the server's: the failed check's error, or what was
 /// claimed and decided.
-pub(crate) fn applied(ws: &WriteSet, answer: Answer) -> Result<Applied> {
+pub fn applied(ws: &WriteSet, answer: Answer) -> Result<Applied> {
     let now = Timestamp::from_millis(answer.now);
     if let Some((position, found)) = answer.failed {
         let Some(check) = ws.checks.get(position.wrapping_sub(1)) else {
@@ -522,7 +523,7 @@ fn protocol(message: String) -> StorageError {
 
 /// What the server found for `check`, as the engine reads it.
 fn found(check: &Check, found: &Value) -> Result<Found> {
-    use loom_storage::engine::Check as C;
+    use crate::engine::Check as C;
     let bad = || protocol(format!("loom_apply answered {found} for {check:?}"));
     Ok(match check {
         C::Leased { .. }
@@ -661,8 +662,8 @@ fn workflow_task(row: &Value, now: Timestamp, ready_at: Timestamp) -> Result<Wor
 mod tests {
     use std::time::Duration;
 
+    use crate::engine;
     use loom_core::{Event, EventKind, HISTORY_FORMAT, Payload};
-    use loom_storage::engine;
 
     use super::*;
 
