@@ -17,21 +17,44 @@
 //! the next one: a commit whose answer was lost may or may not have landed, and a worker's
 //! retry meets the engine's checks, as after any lost answer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use loom_core::{Timestamp, WorkflowId};
 use loom_storage::Clock;
-use loom_storage::engine;
+use loom_storage::engine::{self, wire};
 use loom_storage::writer::{Commit, Job};
 use sqlx::mysql::MySqlConnectOptions;
 
 use crate::MysqlOptions;
 use crate::conn::{self, Conn, Failed, Role};
+use crate::db::{Db, V};
 
 /// How many times a batch runs again after a deadlock before its callers hear of it.
 const DEADLOCK_RETRIES: u32 = 8;
 
+/// What the writers of one store did with their batches.
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Write sets `loom_apply` applied (or answered with a failed check).
+    served: AtomicU64,
+    /// Batches `loom_apply` refused, applied again from this side.
+    refused: AtomicU64,
+}
+
+impl Counts {
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.served.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The write side of one database.
 pub(crate) struct MysqlCommit {
+    counts: Arc<Counts>,
     conn: Option<Conn>,
     connect: MySqlConnectOptions,
     shown: String,
@@ -62,8 +85,10 @@ impl MysqlCommit {
         connect: MySqlConnectOptions,
         shown: String,
         options: MysqlOptions,
+        counts: Arc<Counts>,
     ) -> Self {
         MysqlCommit {
+            counts,
             conn: Some(conn),
             connect,
             shown,
@@ -114,9 +139,12 @@ impl MysqlCommit {
     /// duplicate key, or a round trip carrying writes that fails, makes the batch `Dirty`.
     /// With savepoints, each job's writes are sent at its end and its failure is rolled back
     /// alone.
-    fn attempt(&mut self, batch: &mut [Job], savepoints: bool) -> Attempt {
+    ///
+    /// With `server`, the write sets `loom_apply` takes go to it first, one call for the lot.
+    fn attempt(&mut self, batch: &mut [Job], savepoints: bool, server: bool) -> Attempt {
         let clock = self.options.clock.clone();
         let shown = self.shown.clone();
+        let counts = self.counts.clone();
         let conn = match self.connection() {
             Ok(conn) => conn,
             Err(reason) => return Attempt::Done(Some(reason)),
@@ -126,15 +154,50 @@ impl MysqlCommit {
         }
         let mut db = conn.db();
         db.push("START TRANSACTION");
-        let now = match conn::now(&mut db, &clock) {
-            Ok(now) => now,
-            Err(e) => {
-                conn.set_broken();
-                return Attempt::Done(Some(e.to_string()));
+        let mut served = vec![false; batch.len()];
+        let mut now = None;
+        if server && !savepoints {
+            match serve(&mut db, batch, &clock, &mut served) {
+                Ok(at) => {
+                    now = at;
+                    let n = served.iter().filter(|s| **s).count() as u64;
+                    counts.served.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let outcome = match db.failed() {
+                        Some(Failed::Retry) => Attempt::Retry(e.to_string()),
+                        Some(Failed::Lost) | None => Attempt::Done(Some(e.to_string())),
+                        // A statement of the applier failed (a write set the server refuses):
+                        // which write set is unknown, so the batch runs again from this side,
+                        // each write set under a savepoint.
+                        Some(Failed::Duplicate | Failed::Statement) => {
+                            tracing::debug!(database = %shown, error = %e, "loom_apply failed; applying the batch from here");
+                            counts.refused.fetch_add(1, Ordering::Relaxed);
+                            Attempt::Dirty
+                        }
+                    };
+                    drop(db);
+                    return conn.end(outcome);
+                }
             }
+        }
+        let now = match now {
+            Some(now) => now,
+            None if served.iter().all(|s| *s) => Timestamp::from_millis(0),
+            None => match conn::now(&mut db, &clock) {
+                Ok(now) => now,
+                Err(e) => {
+                    conn.set_broken();
+                    return Attempt::Done(Some(e.to_string()));
+                }
+            },
         };
         let mut outcome = None;
-        for job in batch.iter_mut() {
+        for (job, _) in batch
+            .iter_mut()
+            .zip(&served)
+            .filter(|(_, served)| !**served)
+        {
             if savepoints {
                 db.push("SAVEPOINT job");
             }
@@ -199,13 +262,128 @@ impl MysqlCommit {
             });
         }
         let outcome = outcome.unwrap_or(Attempt::Done(None));
-        if !matches!(outcome, Attempt::Done(None)) && conn.run("ROLLBACK").is_err() {
-            conn.set_broken();
+        drop(db);
+        conn.end(outcome)
+    }
+}
+
+impl Conn {
+    /// Rolls back the transaction of an attempt that did not commit; a connection whose
+    /// transaction's fate is unknown is not used again.
+    fn end(&mut self, outcome: Attempt) -> Attempt {
+        if !matches!(outcome, Attempt::Done(None)) && self.run("ROLLBACK").is_err() {
+            self.set_broken();
         }
         if matches!(outcome, Attempt::Done(Some(_))) {
-            conn.set_broken();
+            self.set_broken();
         }
         outcome
+    }
+}
+
+/// Sends the write sets of `batch` that `loom_apply` takes to it, in workflow-id order (the
+/// order every batch locks in), as few calls as the packet limit allows, and answers their
+/// jobs; marks them in `served`. Returns the store's time the server used, if it was called.
+///
+/// A write set `loom_apply` does not take (claims for any workflow, renewals) or one too big
+/// for a packet is left to be applied from this side, in the same transaction.
+fn serve(
+    db: &mut Db<'_>,
+    batch: &mut [Job],
+    clock: &Option<Arc<dyn Clock>>,
+    served: &mut [bool],
+) -> loom_storage::Result<Option<Timestamp>> {
+    // Each byte travels as two hexadecimal digits.
+    let limit = db.packet() / 2 - 64;
+    let mut items: Vec<(usize, String)> = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        let ws = job.write_set();
+        if ws.checks.is_empty() && ws.ops.is_empty() {
+            continue;
+        }
+        match wire::item(ws) {
+            Ok(item) if item.len() < limit => {
+                items.push((i, item));
+            }
+            _ => {}
+        }
+    }
+    let key = |i: usize| {
+        batch[i]
+            .write_set()
+            .workflow()
+            .map_or("", WorkflowId::as_str)
+    };
+    items.sort_by(|a, b| key(a.0).cmp(key(b.0)).then(a.0.cmp(&b.0)));
+    let at = clock.as_ref().map(|c| c.now().as_millis());
+    let mut now = None;
+    let mut rest = &items[..];
+    while !rest.is_empty() {
+        let mut size = 2;
+        let n = rest
+            .iter()
+            .take_while(|(_, item)| {
+                size += item.len() + 1;
+                size < limit
+            })
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(n);
+        rest = after;
+        let mut json = String::with_capacity(size);
+        json.push('[');
+        for (k, (_, item)) in chunk.iter().enumerate() {
+            if k > 0 {
+                json.push(',');
+            }
+            json.push_str(item);
+        }
+        json.push(']');
+        let rows = db.select(
+            "CALL loom_apply(?, ?)",
+            &[V::from(at), V::B(json.as_bytes())],
+        )?;
+        let Some(row) = rows.first() else {
+            return Err(answered(db, "nothing"));
+        };
+        let text = db.text(row, 0)?;
+        let answers: Vec<(
+            usize,
+            Option<usize>,
+            serde_json::Value,
+            i64,
+            serde_json::Value,
+        )> = serde_json::from_str(&text).map_err(|e| answered(db, &format!("{e}: {text}")))?;
+        if answers.len() != chunk.len() {
+            return Err(answered(
+                db,
+                &format!("{} answers to {} items", answers.len(), chunk.len()),
+            ));
+        }
+        for (index, failed, found, at, out) in answers {
+            let Some((job, _)) = index.checked_sub(1).and_then(|k| chunk.get(k)) else {
+                return Err(answered(db, &format!("the index {index}")));
+            };
+            let answer = wire::Answer {
+                failed: failed.map(|position| (position, found)),
+                now: at,
+                out: (!out.is_null()).then_some(out),
+            };
+            batch[*job].run(|ws| wire::applied(ws, answer));
+            served[*job] = true;
+            now = Some(Timestamp::from_millis(at));
+        }
+    }
+    Ok(now)
+}
+
+/// The error for an answer of `loom_apply` that this build cannot read: the procedure and
+/// this crate disagree. The batch runs again from this side.
+fn answered(db: &mut Db<'_>, what: &str) -> loom_storage::StorageError {
+    db.set_failed(Failed::Statement);
+    loom_storage::StorageError::Unavailable {
+        message: format!("loom_apply answered {what}"),
+        source: None,
     }
 }
 
@@ -214,7 +392,7 @@ impl Commit for MysqlCommit {
         let mut savepoints = false;
         let mut retries = 0;
         loop {
-            match self.attempt(batch, savepoints) {
+            match self.attempt(batch, savepoints, self.options.server_apply) {
                 Attempt::Done(outcome) => return outcome,
                 Attempt::Dirty if !savepoints => savepoints = true,
                 Attempt::Dirty => {

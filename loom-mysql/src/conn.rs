@@ -270,6 +270,15 @@ pub(crate) fn map_err(shown: &str, e: sqlx::Error) -> (StorageError, Failed) {
                     ),
                     Failed::Statement,
                 ),
+                // A stored procedure that does not exist (the same number as a lost savepoint):
+                // the call failed alone and the transaction stands.
+                1305 if db.message().starts_with("PROCEDURE") => (
+                    StorageError::unavailable(
+                        format!("the {shown} lacks a procedure (error {number})"),
+                        e,
+                    ),
+                    Failed::Statement,
+                ),
                 // The server shutting down, this connection killed, a query interrupted, too
                 // many connections, a read-only server during a failover, a packet past
                 // max_allowed_packet (the server closes the connection), a commit that

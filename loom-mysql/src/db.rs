@@ -1,7 +1,7 @@
 //! One connection inside one transaction or snapshot, the statements it runs, and the
 //! conversions between Loom's records and MySQL's columns.
 
-use loom_core::{Failure, LogLevel, Payload, Progress, Seq, Timestamp, WorkflowId};
+use loom_core::{Failure, Payload, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{Result, StorageError, TaskId, WorkflowSummary};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -153,6 +153,11 @@ impl<'a> Db<'a> {
 }
 
 impl Db<'_> {
+    /// The most bytes one round trip may carry.
+    pub(crate) fn packet(&self) -> usize {
+        self.packet
+    }
+
     /// Whether the current write set's writes may have reached the database.
     pub(crate) fn wrote(&self) -> bool {
         self.wrote || self.flush_failed
@@ -161,6 +166,11 @@ impl Db<'_> {
     /// How the last failed statement failed, since [`begin`](Self::begin).
     pub(crate) fn failed(&self) -> Option<Failed> {
         self.failed
+    }
+
+    /// Records a failure found in what a statement answered.
+    pub(crate) fn set_failed(&mut self, failed: Failed) {
+        self.failed = Some(failed);
     }
 
     /// Begins a write set: what it writes, and how anything fails, is its own from here.
@@ -282,6 +292,11 @@ impl Db<'_> {
                 Err(self.fail(e))
             }
         }
+    }
+
+    /// Runs `text` as it is (one statement, or several), after the writes kept so far.
+    pub(crate) fn execute_text(&mut self, text: &str) -> Result<()> {
+        self.select_text(text.to_owned()).map(drop)
     }
 
     /// Runs a prepared statement at once; returns the rows it changed.
@@ -426,24 +441,6 @@ pub(crate) fn b(s: &str) -> &[u8] {
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value)
         .map_err(|e| StorageError::InvalidArgument(format!("cannot encode a value as JSON: {e}")))
-}
-
-pub(crate) fn level_str(l: LogLevel) -> &'static str {
-    match l {
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
-    }
-}
-
-pub(crate) fn parse_level(s: &str) -> LogLevel {
-    match s {
-        "debug" => LogLevel::Debug,
-        "warn" => LogLevel::Warn,
-        "error" => LogLevel::Error,
-        _ => LogLevel::Info,
-    }
 }
 
 /// The columns of a workflow's summary, in [`Db::summary`]'s order. The tags come as one JSON

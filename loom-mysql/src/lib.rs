@@ -91,6 +91,10 @@ pub struct MysqlOptions {
     /// The clock that judges leases and due times: `None`, the database's (`NOW(3)`), as in
     /// production; a given clock only for tests that run every backend on one manual clock.
     pub clock: Option<Arc<dyn Clock>>,
+    /// Whether a batch's write sets go to the server-side applier, `loom_apply`, in one call
+    /// (the default). `false` applies each write set from this side, with a round trip for
+    /// each read its checks make: the same rules, for comparison and for tests.
+    pub server_apply: bool,
 }
 
 impl Default for MysqlOptions {
@@ -102,6 +106,7 @@ impl Default for MysqlOptions {
             lock_wait_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             clock: None,
+            server_apply: true,
         }
     }
 }
@@ -115,6 +120,7 @@ impl std::fmt::Debug for MysqlOptions {
             .field("lock_wait_timeout", &self.lock_wait_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("database_clock", &self.clock.is_none())
+            .field("server_apply", &self.server_apply)
             .finish()
     }
 }
@@ -132,6 +138,8 @@ struct Inner {
     connect: MySqlConnectOptions,
     options: MysqlOptions,
     writers: Vec<Writer>,
+    /// What the writers did with their batches.
+    counts: Arc<commit::Counts>,
     /// The writer the next write set goes to.
     next: AtomicUsize,
     readers: Mutex<Vec<Conn>>,
@@ -164,6 +172,13 @@ impl MysqlStorage {
             .map_err(|e| StorageError::unavailable("connecting to MySQL failed", e))?
     }
 
+    /// Write sets applied by the server-side applier `loom_apply`, and batches it refused
+    /// that were then applied from this side, since the store was opened: for tests and
+    /// diagnostics.
+    pub fn applier_counts(&self) -> (u64, u64) {
+        self.inner.counts.get()
+    }
+
     fn open_blocking(
         connect: MySqlConnectOptions,
         shown: String,
@@ -173,13 +188,20 @@ impl MysqlStorage {
         schema::migrate(&mut conn, &shown)?;
         let clock: Arc<dyn Clock> = options.clock.clone().unwrap_or(Arc::new(SystemClock));
         let mut writers = Vec::with_capacity(options.writers.max(1));
+        let counts = Arc::new(commit::Counts::default());
         let mut first = Some(conn);
         for _ in 0..options.writers.max(1) {
             let conn = match first.take() {
                 Some(conn) => conn,
                 None => Conn::open(&connect, &shown, &options, conn::Role::Write)?,
             };
-            let commit = MysqlCommit::new(conn, connect.clone(), shown.clone(), options.clone());
+            let commit = MysqlCommit::new(
+                conn,
+                connect.clone(),
+                shown.clone(),
+                options.clone(),
+                counts.clone(),
+            );
             let writer = Writer::start(
                 "loom-mysql-writer",
                 commit,
@@ -196,6 +218,7 @@ impl MysqlStorage {
                 connect,
                 options,
                 writers,
+                counts,
                 next: AtomicUsize::new(0),
                 readers: Mutex::new(Vec::new()),
                 reader_slots,

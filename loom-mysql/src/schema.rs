@@ -128,7 +128,27 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             KEY schedules_by_wake (wake_at, id)
         ) ENGINE = InnoDB ROW_FORMAT = DYNAMIC",
     ],
+    // 2: the server-side applier, `loom_apply`, which takes a batch of write sets in one call.
+    &[APPLIER],
 ];
+
+/// A migration's statement that stands for the current definition of the server-side
+/// applier, `apply.sql`: every migration that changes it includes this, and each of the
+/// file's statements drops what it defines before defining it, so it may run again.
+const APPLIER: &str = "-- apply.sql";
+
+/// The statements of `apply.sql`, which separates them by lines holding only `$$`.
+fn applier() -> impl Iterator<Item = &'static str> {
+    include_str!("apply.sql")
+        .split("\n$$\n")
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s
+                    .lines()
+                    .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+        })
+}
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -207,7 +227,14 @@ fn migrate_locked(conn: &mut Conn, shown: &str) -> Result<()> {
             continue;
         }
         for statement in *statements {
-            db.exec(sqlx::query(sqlx::AssertSqlSafe(*statement)))?;
+            if *statement == APPLIER {
+                // Stored programs cannot be prepared: each goes as text, alone.
+                for part in applier() {
+                    db.execute_text(part)?;
+                }
+            } else {
+                db.exec(sqlx::query(sqlx::AssertSqlSafe(*statement)))?;
+            }
         }
         db.exec(
             sqlx::query(

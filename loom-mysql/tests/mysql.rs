@@ -54,7 +54,61 @@ async fn connecting_again_finds_the_schema_in_place() {
         .fetch_all(&admin(&url).await)
         .await
         .expect("versions");
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
+}
+
+/// Write sets go to the server-side applier; a batch it refuses (here: the procedure is gone)
+/// is applied from the client's side, and its caller never hears of it.
+#[tokio::test]
+async fn batches_go_to_loom_apply_and_one_it_refuses_is_applied_from_here() {
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::fresh_database().await;
+    let store = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect("connect");
+    store
+        .create_workflow(&WorkflowId::new("served"), started())
+        .await
+        .expect("create");
+    assert_eq!(
+        store.applier_counts(),
+        (1, 0),
+        "one write set, by loom_apply"
+    );
+    let again = store
+        .create_workflow(&WorkflowId::new("served"), started())
+        .await
+        .expect_err("a second create of one id");
+    assert!(
+        matches!(again, StorageError::AlreadyExists { .. }),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.applier_counts(),
+        (2, 0),
+        "a failed check is answered by loom_apply too"
+    );
+    sqlx::query("DROP PROCEDURE loom_apply")
+        .execute(&admin(&url).await)
+        .await
+        .expect("drop the applier");
+    store
+        .create_workflow(&WorkflowId::new("from-here"), started())
+        .await
+        .expect("a create without the applier");
+    let again = store
+        .create_workflow(&WorkflowId::new("from-here"), started())
+        .await
+        .expect_err("a second create of one id, without the applier");
+    assert!(
+        matches!(again, StorageError::AlreadyExists { .. }),
+        "{again:?}"
+    );
+    assert_eq!(store.applier_counts(), (2, 2), "two batches refused");
+    let listed = store.list(&ListQuery::default()).await.expect("list");
+    assert_eq!(listed.items.len(), 2);
 }
 
 #[tokio::test]
