@@ -172,9 +172,21 @@ async fn open_as(
         )),
         #[cfg(feature = "mysql")]
         DbUrl::Mysql(url) => {
+            let server_apply = match std::env::var("LOOM_MYSQL_APPLY").as_deref() {
+                Err(_) | Ok("server") => true,
+                Ok("client") => false,
+                Ok(other) => {
+                    return Err(Fail::usage(format!(
+                        "LOOM_MYSQL_APPLY is {other:?}; it is `server` (the default: each \
+                         batch of writes in one call of the server's loom_apply) or `client` \
+                         (each write applied from this process, for a server on this machine)"
+                    )));
+                }
+            };
             let defaults = loom_mysql::MysqlOptions::default();
             let options = loom_mysql::MysqlOptions {
                 readers: if work { defaults.readers } else { 1 },
+                server_apply,
                 ..defaults
             };
             let store = loom_mysql::MysqlStorage::connect(url, options)

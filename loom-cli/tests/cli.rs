@@ -666,6 +666,30 @@ fn the_mysql_backend_runs_the_same_commands() {
         .stdout
         .clone();
     assert_eq!(json_of(&out)["status"], "completed");
+    // The same with every write applied from the client's side.
+    let out = loom(dir.path())
+        .env("LOOM_MYSQL_APPLY", "client")
+        .args(db)
+        .args(["demo", "--orders", "2", "--json"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["completed"], doc["workflows"]);
+}
+
+#[test]
+fn a_bad_mysql_applier_setting_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    loom(dir.path())
+        .env("LOOM_MYSQL_APPLY", "procedure")
+        .args(["--db", "mysql://nobody@127.0.0.1:1/none", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("LOOM_MYSQL_APPLY is \"procedure\""));
 }
 
 #[test]

@@ -27,7 +27,8 @@
 --
 -- now_ms: the store's clock for the whole call, in milliseconds; NULL reads the database's
 --         clock once (as db.rs's NOW_MS does).
--- batch:  a JSON array of items.
+-- batch:  the items as bytes, each one's compact JSON (UTF-8) on a line of its own: items
+--         joined by line feeds (compact JSON has none of its own).
 -- Item:   {"wf"?, "task"?, "checks": [check], "steps": [step]}
 -- Check:  ["leased", task, token] | ["wft_of", task, wf] | ["is_wft", task]
 --         | ["attempt", task, wf, activity, attempt] | ["absent", wf] | ["open", wf]
@@ -753,12 +754,12 @@ BEGIN
             SET v_owner = JSON_VALUE(v_s, '$.owner');
             SET v_exp = loom_at(1, JSON_VALUE(v_s, '$.lease_ms'), p_now);
             SET v_max = JSON_VALUE(v_s, '$.max');
-            SET v_c_ids = '';
             SET v_acts = COALESCE(v_acts, ''), v_acts_ready = COALESCE(v_acts_ready, '');
             BEGIN
+                -- No BLOB column in a cursor: MariaDB keeps a cursor's rows in a temporary
+                -- table, on disk when a column is a BLOB. The payloads are read by the key.
                 DECLARE v_cur CURSOR FOR
-                    SELECT id, visible_at, lease_token, deliveries, activity_id, name, input,
-                           options, attempt
+                    SELECT id, visible_at, lease_token, deliveries, activity_id, attempt
                     FROM tasks
                     WHERE workflow_id = v_wf AND kind = 1 AND visible_at <= p_now
                     ORDER BY visible_at, id LIMIT v_max
@@ -766,12 +767,16 @@ BEGIN
                 OPEN v_cur;
                 picked: LOOP
                     SET v_nf = FALSE;
-                    FETCH v_cur INTO v_c_id, v_c_vis, v_c_token, v_c_del, v_c_act, v_c_name,
-                                     v_c_input, v_c_options, v_c_attempt;
+                    FETCH v_cur INTO v_c_id, v_c_vis, v_c_token, v_c_del, v_c_act, v_c_attempt;
                     IF v_nf THEN
                         LEAVE picked;
                     END IF;
-                    SET v_c_ids = CONCAT(v_c_ids, IF(v_c_ids = '', '', ','), v_c_id);
+                    SELECT name, input, options INTO v_c_name, v_c_input, v_c_options
+                    FROM tasks WHERE id = v_c_id;
+                    -- The cursor's rows are its own copy: the claim changes the table's.
+                    UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = v_exp,
+                        visible_at = v_exp, lease_owner = v_owner, deliveries = deliveries + 1
+                    WHERE id = v_c_id;
                     SET v_acts = CONCAT(v_acts, IF(v_acts = '', '', ', '),
                         JSON_ARRAY(v_c_id + 0, v_c_token + 1, v_exp + 0, v_c_del + 1, v_c_act + 0,
                                    CONVERT(v_c_name USING utf8mb4),
@@ -782,14 +787,6 @@ BEGIN
                 END LOOP;
                 CLOSE v_cur;
             END;
-            SET v_part = CONCAT('[', v_c_ids, ']');
-            SET v_n = JSON_LENGTH(v_part), v_i = 0;
-            WHILE v_i < v_n DO
-                UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = v_exp,
-                    visible_at = v_exp, lease_owner = v_owner, deliveries = deliveries + 1
-                WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, ']')) AS SIGNED);
-                SET v_i = v_i + 1;
-            END WHILE;
 
         WHEN 'claim_w' THEN
             -- The workflow's task if claimable and no other owner's affinity keeps it (a row
@@ -814,17 +811,19 @@ BEGIN
                 IF NOT v_nf THEN
                     SET v_msgs = '';
                     BEGIN
+                        -- No BLOB column in a cursor (see claim_a): the kind is read by the key.
                         DECLARE v_cur CURSOR FOR
-                            SELECT id, visible_at, kind FROM messages
+                            SELECT id, visible_at FROM messages
                             WHERE workflow_id = v_wf AND visible_at <= p_now
                             ORDER BY visible_at, id;
                         OPEN v_cur;
                         msgs: LOOP
                             SET v_nf = FALSE;
-                            FETCH v_cur INTO v_id, v_at, v_blob;
+                            FETCH v_cur INTO v_id, v_at;
                             IF v_nf THEN
                                 LEAVE msgs;
                             END IF;
+                            SELECT kind INTO v_blob FROM messages WHERE id = v_id;
                             SET v_msgs = CONCAT(v_msgs, IF(v_msgs = '', '', ', '),
                                 JSON_ARRAY(v_id + 0, v_at + 0, CONVERT(v_blob USING utf8mb4)));
                         END LOOP;
@@ -919,7 +918,7 @@ BEGIN
 END
 $$
 -- Applies the batch; see the header.
-CREATE PROCEDURE loom_apply(IN now_ms BIGINT, IN batch LONGTEXT CHARACTER SET utf8mb4)
+CREATE PROCEDURE loom_apply(IN now_ms BIGINT, IN batch LONGBLOB)
 MODIFIES SQL DATA
 BEGIN
     DECLARE v_now BIGINT;
@@ -947,23 +946,26 @@ BEGIN
     DECLARE v_last BIGINT;
     DECLARE v_hit INT;
     DECLARE v_nf BOOLEAN DEFAULT FALSE;
-    DECLARE v_items CURSOR FOR
-        SELECT b.pos, b.checks, b.steps
-        FROM JSON_TABLE(batch, '$[*]' COLUMNS (
-            pos FOR ORDINALITY,
-            checks JSON PATH '$.checks',
-            steps JSON PATH '$.steps')) b;
+    -- Where the next item begins and ends in the batch, in bytes, and the item.
+    DECLARE v_from BIGINT DEFAULT 1;
+    DECLARE v_to BIGINT;
+    DECLARE v_item LONGTEXT CHARACTER SET utf8mb4;
     DECLARE CONTINUE HANDLER FOR NOT FOUND SET v_nf = TRUE;
 
     -- The store's clock for the whole call.
     SET v_now = COALESCE(now_ms, CAST(FLOOR(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED));
-    OPEN v_items;
-    items: LOOP
-        SET v_nf = FALSE;
-        FETCH v_items INTO v_pos, v_checks, v_steps;
-        IF v_nf THEN
-            LEAVE items;
+    SET v_pos = 0;
+    -- The items, one per line: compact JSON holds no raw line break. The batch is bytes, so
+    -- finding the next line is a scan from where the last one ended, never from the start
+    -- (a cursor over JSON_TABLE would keep every item in a temporary table on disk).
+    items: WHILE v_from <= LENGTH(batch) DO
+        SET v_to = LOCATE(x'0A', batch, v_from);
+        IF v_to = 0 THEN
+            SET v_to = LENGTH(batch) + 1;
         END IF;
+        SET v_item = CONVERT(SUBSTRING(batch, v_from, v_to - v_from) USING utf8mb4);
+        SET v_from = v_to + 1, v_pos = v_pos + 1;
+        SET v_checks = JSON_EXTRACT(v_item, '$.checks'), v_steps = JSON_EXTRACT(v_item, '$.steps');
         SET v_failed = NULL, v_found = NULL, v_out = NULL, v_wrote = FALSE, v_check = TRUE;
         SET v_nchecks = COALESCE(JSON_LENGTH(v_checks), 0);
         SET v_c0 = JSON_VALUE(v_checks, '$[0][0]'), v_c1 = JSON_VALUE(v_checks, '$[1][0]');
@@ -1042,8 +1044,7 @@ BEGIN
         IF LENGTH(v_chunk) >= 65536 THEN
             SET v_answer = CONCAT(v_answer, v_chunk), v_chunk = '';
         END IF;
-    END LOOP;
-    CLOSE v_items;
+    END WHILE;
     -- Each element was written with a leading ', ': the first one's is dropped.
     SELECT CONCAT('[', SUBSTRING(CONCAT(v_answer, v_chunk), 3), ']') AS answer;
 END

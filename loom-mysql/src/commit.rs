@@ -319,7 +319,7 @@ fn serve(
     let mut now = None;
     let mut rest = &items[..];
     while !rest.is_empty() {
-        let mut size = 2;
+        let mut size = 0;
         let n = rest
             .iter()
             .take_while(|(_, item)| {
@@ -330,18 +330,17 @@ fn serve(
             .max(1);
         let (chunk, after) = rest.split_at(n);
         rest = after;
-        let mut json = String::with_capacity(size);
-        json.push('[');
+        // One item a line: compact JSON holds no line feed of its own.
+        let mut lines = String::with_capacity(size);
         for (k, (_, item)) in chunk.iter().enumerate() {
             if k > 0 {
-                json.push(',');
+                lines.push('\n');
             }
-            json.push_str(item);
+            lines.push_str(item);
         }
-        json.push(']');
         let rows = db.select(
             "CALL loom_apply(?, ?)",
-            &[V::from(at), V::B(json.as_bytes())],
+            &[V::from(at), V::B(lines.as_bytes())],
         )?;
         let Some(row) = rows.first() else {
             return Err(answered(db, "nothing"));

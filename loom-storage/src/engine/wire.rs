@@ -425,7 +425,8 @@ fn steps(ops: &[Op]) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// A write set as one item of `loom_apply`'s batch.
+/// A write set as one item of `loom_apply`'s batch: compact JSON, on one line (MySQL's
+/// procedure takes a batch as items joined by line feeds).
 pub fn item(ws: &WriteSet) -> Result<String> {
     let mut item = serde_json::Map::new();
     if let Some(wf) = ws.workflow() {
@@ -703,6 +704,24 @@ mod tests {
             steps[0]["tg"],
             json!([["customer", "{\"int\":42}", "42", 42]])
         );
+    }
+
+    #[test]
+    fn an_item_is_one_line_whatever_its_payloads_hold() {
+        let started = Event {
+            seq: Seq::FIRST,
+            at: Timestamp::from_millis(5),
+            kind: EventKind::workflow_started(
+                "W",
+                1,
+                Payload::encode("two\nlines\r\n and a \u{2028}").unwrap(),
+            ),
+        };
+        let ws = engine::create(&WorkflowId::new("line\nbreak"), started).unwrap();
+        let text = item(&ws).unwrap();
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["wf"], "line\nbreak");
     }
 
     #[test]
