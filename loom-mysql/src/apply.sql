@@ -305,6 +305,8 @@ BEGIN
     DECLARE v_n INT;
     DECLARE v_j INT;
     DECLARE v_id BIGINT;
+    -- The last row a one-at-a-time read took.
+    DECLARE v_last_id BIGINT;
     DECLARE v_key VARBINARY(1024);
     DECLARE v_blob LONGBLOB;
     DECLARE v_at BIGINT;
@@ -755,38 +757,37 @@ BEGIN
             SET v_exp = loom_at(1, JSON_VALUE(v_s, '$.lease_ms'), p_now);
             SET v_max = JSON_VALUE(v_s, '$.max');
             SET v_acts = COALESCE(v_acts, ''), v_acts_ready = COALESCE(v_acts_ready, '');
-            BEGIN
-                -- No BLOB column in a cursor: MariaDB keeps a cursor's rows in a temporary
-                -- table, on disk when a column is a BLOB. The payloads are read by the key.
-                DECLARE v_cur CURSOR FOR
-                    SELECT id, visible_at, lease_token, deliveries, activity_id, attempt
-                    FROM tasks
-                    WHERE workflow_id = v_wf AND kind = 1 AND visible_at <= p_now
-                    ORDER BY visible_at, id LIMIT v_max
-                    FOR UPDATE SKIP LOCKED;
-                OPEN v_cur;
-                picked: LOOP
-                    SET v_nf = FALSE;
-                    FETCH v_cur INTO v_c_id, v_c_vis, v_c_token, v_c_del, v_c_act, v_c_attempt;
-                    IF v_nf THEN
-                        LEAVE picked;
-                    END IF;
-                    SELECT name, input, options INTO v_c_name, v_c_input, v_c_options
-                    FROM tasks WHERE id = v_c_id;
-                    -- The cursor's rows are its own copy: the claim changes the table's.
-                    UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = v_exp,
-                        visible_at = v_exp, lease_owner = v_owner, deliveries = deliveries + 1
-                    WHERE id = v_c_id;
-                    SET v_acts = CONCAT(v_acts, IF(v_acts = '', '', ', '),
-                        JSON_ARRAY(v_c_id + 0, v_c_token + 1, v_exp + 0, v_c_del + 1, v_c_act + 0,
-                                   CONVERT(v_c_name USING utf8mb4),
-                                   CONVERT(v_c_input USING utf8mb4),
-                                   CONVERT(v_c_options USING utf8mb4), v_c_attempt + 0));
-                    SET v_acts_ready = CONCAT(v_acts_ready, IF(v_acts_ready = '', '', ', '),
-                                              v_c_vis);
-                END LOOP;
-                CLOSE v_cur;
-            END;
+            -- One row at a time, each the first not yet claimed here, rather than a cursor:
+            -- MariaDB copies a cursor's rows into a temporary table, which costs more than the
+            -- few rows an eager claim takes.
+            SET v_i = 0, v_c_ids = '';
+            picked: WHILE v_i < v_max DO
+                SET v_nf = FALSE, v_id = NULL;
+                SELECT id, visible_at, lease_token, deliveries, activity_id, name, input, options,
+                       attempt
+                INTO v_id, v_c_vis, v_c_token, v_c_del, v_c_act, v_c_name, v_c_input,
+                     v_c_options, v_c_attempt
+                FROM tasks
+                WHERE workflow_id = v_wf AND kind = 1 AND visible_at <= p_now
+                  AND FIND_IN_SET(id, v_c_ids) = 0
+                ORDER BY visible_at, id LIMIT 1
+                FOR UPDATE SKIP LOCKED;
+                IF v_id IS NULL THEN
+                    LEAVE picked;
+                END IF;
+                SET v_c_id = v_id, v_i = v_i + 1;
+                SET v_c_ids = CONCAT(v_c_ids, IF(v_c_ids = '', '', ','), v_c_id);
+                UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = v_exp,
+                    visible_at = v_exp, lease_owner = v_owner, deliveries = deliveries + 1
+                WHERE id = v_c_id;
+                SET v_acts = CONCAT(v_acts, IF(v_acts = '', '', ', '),
+                    JSON_ARRAY(v_c_id + 0, v_c_token + 1, v_exp + 0, v_c_del + 1, v_c_act + 0,
+                               CONVERT(v_c_name USING utf8mb4),
+                               CONVERT(v_c_input USING utf8mb4),
+                               CONVERT(v_c_options USING utf8mb4), v_c_attempt + 0));
+                SET v_acts_ready = CONCAT(v_acts_ready, IF(v_acts_ready = '', '', ', '),
+                                          v_c_vis);
+            END WHILE;
 
         WHEN 'claim_w' THEN
             -- The workflow's task if claimable and no other owner's affinity keeps it (a row
@@ -810,25 +811,22 @@ BEGIN
                 FROM workflows WHERE id = v_wf;
                 IF NOT v_nf THEN
                     SET v_msgs = '';
-                    BEGIN
-                        -- No BLOB column in a cursor (see claim_a): the kind is read by the key.
-                        DECLARE v_cur CURSOR FOR
-                            SELECT id, visible_at FROM messages
-                            WHERE workflow_id = v_wf AND visible_at <= p_now
-                            ORDER BY visible_at, id;
-                        OPEN v_cur;
-                        msgs: LOOP
-                            SET v_nf = FALSE;
-                            FETCH v_cur INTO v_id, v_at;
-                            IF v_nf THEN
-                                LEAVE msgs;
-                            END IF;
-                            SELECT kind INTO v_blob FROM messages WHERE id = v_id;
-                            SET v_msgs = CONCAT(v_msgs, IF(v_msgs = '', '', ', '),
-                                JSON_ARRAY(v_id + 0, v_at + 0, CONVERT(v_blob USING utf8mb4)));
-                        END LOOP;
-                        CLOSE v_cur;
-                    END;
+                    -- One message at a time, each the next after the last (see claim_a).
+                    SET v_last_id = NULL, v_at = NULL;
+                    msgs: LOOP
+                        SET v_nf = FALSE, v_id = NULL;
+                        SELECT id, visible_at, kind INTO v_id, v_at, v_blob FROM messages
+                        WHERE workflow_id = v_wf AND visible_at <= p_now
+                          AND (v_last_id IS NULL OR visible_at > v_at
+                               OR (visible_at = v_at AND id > v_last_id))
+                        ORDER BY visible_at, id LIMIT 1;
+                        IF v_id IS NULL THEN
+                            LEAVE msgs;
+                        END IF;
+                        SET v_last_id = v_id;
+                        SET v_msgs = CONCAT(v_msgs, IF(v_msgs = '', '', ', '),
+                            JSON_ARRAY(v_id + 0, v_at + 0, CONVERT(v_blob USING utf8mb4)));
+                    END LOOP;
                     SET v_wfts = CONCAT_WS(', ', NULLIF(v_wfts, ''),
                         CONCAT('[', v_c_id, ', ', v_c_token + 1, ', ', v_exp, ', ', v_c_del + 1,
                                ', ', JSON_QUOTE(CONVERT(v_wf USING utf8mb4)),
