@@ -689,7 +689,9 @@ fn a_bad_mysql_applier_setting_is_refused_before_connecting() {
         .args(["--db", "mysql://nobody@127.0.0.1:1/none", "list"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("LOOM_MYSQL_APPLY is \"procedure\""));
+        .stderr(predicate::str::contains(
+            "LOOM_MYSQL_APPLY is \"procedure\"",
+        ));
 }
 
 #[test]
