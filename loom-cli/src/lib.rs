@@ -218,7 +218,8 @@ pub(crate) enum Command {
         /// PostgreSQL wants hundreds.
         #[arg(long, default_value_t = 64)]
         workers: usize,
-        /// Seconds between polls for work from other processes.
+        /// Seconds between polls for work from other processes when idle (on a store without
+        /// notifications, an eighth of it after finding work, doubling back up to it).
         #[arg(long, default_value_t = 0.5)]
         poll_interval: f64,
         /// Exit once no task is runnable or due within a second.

@@ -772,6 +772,18 @@ impl Apply for Db<'_> {
         args.extend(claims.iter().map(|c| V::B(b(c.workflow.as_str()))));
         args.push(V::I(ms(now)));
         let rows = self.select(&sql, &args)?;
+        // Each workflow's row and its messages (in their order), found by its id once.
+        type Found<'r> = (Option<&'r MySqlRow>, Vec<&'r MySqlRow>);
+        let mut by_workflow: std::collections::HashMap<String, Found<'_>> =
+            std::collections::HashMap::with_capacity(claims.len());
+        for r in &rows {
+            let found = by_workflow.entry(self.text(r, 0)?).or_default();
+            if r.len() == 4 {
+                found.0 = Some(r);
+            } else {
+                found.1.push(r);
+            }
+        }
         let mut tasks = Vec::with_capacity(claims.len());
         for Claim {
             lease,
@@ -781,18 +793,7 @@ impl Apply for Db<'_> {
             ..
         } in claims
         {
-            let mut workflow = None;
-            let mut messages = Vec::new();
-            for r in &rows {
-                if self.text(r, 0)? != workflow_id.as_str() {
-                    continue;
-                }
-                if r.len() == 4 {
-                    workflow = Some(r);
-                } else {
-                    messages.push(r);
-                }
-            }
+            let (workflow, messages) = by_workflow.remove(workflow_id.as_str()).unwrap_or_default();
             let Some(row) = workflow else {
                 return Err(StorageError::Corrupt {
                     message: format!("workflow task {} has no workflow", lease.task.0),

@@ -10,7 +10,7 @@
 -- `CALL loom_apply(now_ms, batch)` applies many callers' write sets (see
 -- loom_storage::engine) in one statement, so one round trip and one log flush serve them all.
 -- It decides nothing: each item carries the engine's checks and its writes, grouped by the
--- Rust side into steps (wire.rs). The checks are evaluated under row locks before anything is
+-- Rust side into steps (loom_storage::engine::wire). The checks are evaluated under row locks before anything is
 -- written; an item whose check fails writes nothing and reports which check failed and what it
 -- found (the Rust side turns that into the engine's error), and the other items still commit.
 -- Items are applied in the order given (the caller sorts them by workflow id), and every item
@@ -18,7 +18,8 @@
 --
 -- It neither starts nor ends a transaction: the caller runs START TRANSACTION; CALL; COMMIT,
 -- on the writer connection (READ COMMITTED). Any SQL error is left to propagate: the caller
--- rolls back and runs the items again one by one. The one error turned into an answer is a
+-- rolls back and applies the batch again from its own side, each write set under a
+-- savepoint (commit.rs). The one error turned into an answer is a
 -- duplicate key (1062) on the insert of a new workflow or of a new schedule, when it is the
 -- item's first write: MySQL cannot lock a missing row without gap locks, so the check that the
 -- id is free (`absent`, `sched` with a null version) only reads, and a concurrent create of

@@ -111,6 +111,45 @@ async fn batches_go_to_loom_apply_and_one_it_refuses_is_applied_from_here() {
     assert_eq!(listed.items.len(), 2);
 }
 
+/// A write set too large for one packet is refused before anything is sent: `Rejected`,
+/// nothing written, and the store goes on.
+#[tokio::test]
+async fn a_write_past_max_allowed_packet_is_refused_and_nothing_is_lost() {
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::fresh_database().await;
+    let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+        .fetch_one(&admin(&url).await)
+        .await
+        .expect("max_allowed_packet");
+    let store = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect("connect");
+    // Written as hexadecimal, half the packet in bytes is the whole packet in SQL.
+    let big = "x".repeat(usize::try_from(packet / 2).expect("size"));
+    let too_big = Event {
+        seq: Seq::FIRST,
+        at: Timestamp::from_millis(0),
+        kind: EventKind::workflow_started("Greeting", 1, Payload::encode(&big).expect("json")),
+    };
+    let refused = store
+        .create_workflow(&WorkflowId::new("too-big"), too_big)
+        .await
+        .expect_err("a start larger than a packet");
+    assert!(
+        matches!(&refused, StorageError::Rejected { message, .. } if message.contains("max_allowed_packet")),
+        "{refused:?}"
+    );
+    store
+        .create_workflow(&WorkflowId::new("small"), started())
+        .await
+        .expect("the store goes on");
+    let listed = store.list(&ListQuery::default()).await.expect("list");
+    let ids: Vec<&str> = listed.items.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["small"], "nothing of the refused start was written");
+}
+
 #[tokio::test]
 async fn a_newer_schema_and_a_foreign_table_are_refused() {
     if !testing::server_available().await {

@@ -74,75 +74,12 @@ async fn timers_fire_as_time_passes(store: Arc<dyn Storage>) {
 
 on_every_backend!(timers_fire_as_time_passes);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_process_wakes_an_idle_postgres_worker_through_notify() {
+/// A worker on a fresh PostgreSQL schema that polls only every 30 s, gone idle in its long
+/// wait, so that only a notification can bring it work sooner; its schema and its own client.
+/// `None` without a server.
+async fn idle_postgres_worker() -> Option<(String, Client, support::Running)> {
     if !loom_postgres::testing::server_available().await {
-        return;
-    }
-    let schema = loom_postgres::testing::fresh_schema();
-    let worker_store = loom_postgres::PostgresStorage::connect(
-        &loom_postgres::testing::url(),
-        loom_postgres::PostgresOptions {
-            schema: schema.clone(),
-            ..loom_postgres::PostgresOptions::default()
-        },
-    )
-    .await
-    .expect("connect");
-    // The worker polls only every 30 s: only a notification can bring it the work sooner.
-    let config = WorkerConfig {
-        id: "notified".into(),
-        poll_interval: Duration::from_secs(30),
-        ..WorkerConfig::default()
-    };
-    let (_, running) = support::run(Worker::with_config(
-        Arc::new(worker_store),
-        registry(),
-        config,
-    ));
-    // Another process's client: its own connection, no link to the worker in this one.
-    let options = loom_postgres::PostgresOptions {
-        schema,
-        listen: false,
-        max_connections: 1,
-        ..loom_postgres::PostgresOptions::default()
-    };
-    let other = loom_postgres::PostgresStorage::connect(&loom_postgres::testing::url(), options)
-        .await
-        .expect("connect");
-    let client = Client::new(Arc::new(other));
-    // Let the worker go idle in its long wait first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for n in 0..3 {
-        let started = Instant::now();
-        let id = format!("woken-{n}");
-        client
-            .start::<Nap>(&0, StartOptions::id(id.as_str()))
-            .await
-            .expect("start");
-        loop {
-            let status = client.status(&id.as_str().into()).await.expect("status");
-            if status == WorkflowStatus::Completed {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "workflow {id} waited {:?} for a worker polling every 30 s: the notification did not wake it",
-                started.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    running.stop().await;
-}
-
-/// A one-shot command (`loom start`) opens a store that does not listen and ends as soon as its
-/// start is answered: its notification must be sent by then, not left to a task that dies
-/// with the command's runtime.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_shot_start_wakes_an_idle_postgres_worker() {
-    if !loom_postgres::testing::server_available().await {
-        return;
+        return None;
     }
     let schema = loom_postgres::testing::fresh_schema();
     let worker_store = loom_postgres::PostgresStorage::connect(
@@ -165,6 +102,72 @@ async fn a_one_shot_start_wakes_an_idle_postgres_worker() {
         config,
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Some((schema, client, running))
+}
+
+/// Another process's store on `schema`: its own connection, no link to the worker, and no
+/// listener (as a one-shot command opens it).
+async fn another_process(schema: String) -> loom_postgres::PostgresStorage {
+    let options = loom_postgres::PostgresOptions {
+        schema,
+        listen: false,
+        max_connections: 1,
+        ..loom_postgres::PostgresOptions::default()
+    };
+    loom_postgres::PostgresStorage::connect(&loom_postgres::testing::url(), options)
+        .await
+        .expect("connect")
+}
+
+/// Waits for workflow `id`, started at `started`, to complete, failing after 10 s: far less
+/// than the worker's 30 s poll.
+async fn completes_without_a_poll(client: &Client, id: &str, started: Instant, what: &str) {
+    loop {
+        let status = client.status(&id.into()).await.expect("status");
+        if status == WorkflowStatus::Completed {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "workflow {id} waited {:?} for a worker polling every 30 s: {what}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_wakes_an_idle_postgres_worker_through_notify() {
+    let Some((schema, worker_client, running)) = idle_postgres_worker().await else {
+        return;
+    };
+    let client = Client::new(Arc::new(another_process(schema).await));
+    for n in 0..3 {
+        let started = Instant::now();
+        let id = format!("woken-{n}");
+        client
+            .start::<Nap>(&0, StartOptions::id(id.as_str()))
+            .await
+            .expect("start");
+        completes_without_a_poll(
+            &worker_client,
+            &id,
+            started,
+            "the notification did not wake it",
+        )
+        .await;
+    }
+    running.stop().await;
+}
+
+/// A one-shot command (`loom start`) opens a store that does not listen and ends as soon as its
+/// start is answered: its notification must be sent by then, not left to a task that dies
+/// with the command's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_start_wakes_an_idle_postgres_worker() {
+    let Some((schema, client, running)) = idle_postgres_worker().await else {
+        return;
+    };
     for n in 0..3 {
         let id = format!("one-shot-{n}");
         let schema = schema.clone();
@@ -177,19 +180,7 @@ async fn a_one_shot_start_wakes_an_idle_postgres_worker() {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let options = loom_postgres::PostgresOptions {
-                    schema,
-                    listen: false,
-                    max_connections: 1,
-                    ..loom_postgres::PostgresOptions::default()
-                };
-                let store = loom_postgres::PostgresStorage::connect(
-                    &loom_postgres::testing::url(),
-                    options,
-                )
-                .await
-                .expect("connect");
-                Client::new(Arc::new(store))
+                Client::new(Arc::new(another_process(schema).await))
                     .start::<Nap>(&0, StartOptions::id(to_start.as_str()))
                     .await
                     .expect("start");
@@ -197,18 +188,13 @@ async fn a_one_shot_start_wakes_an_idle_postgres_worker() {
         })
         .join()
         .expect("the one-shot start");
-        loop {
-            let status = client.status(&id.as_str().into()).await.expect("status");
-            if status == WorkflowStatus::Completed {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "workflow {id} waited {:?} for a worker polling every 30 s: the one-shot start's notification was lost",
-                started.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        completes_without_a_poll(
+            &client,
+            &id,
+            started,
+            "the one-shot start's notification was lost",
+        )
+        .await;
     }
     running.stop().await;
 }

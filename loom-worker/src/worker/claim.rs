@@ -24,6 +24,78 @@ impl Backoff {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_come_sooner_after_work_and_back_off_to_the_interval() {
+        let mut poll = PollWait::new(Duration::from_millis(800));
+        assert_eq!(
+            poll.empty(),
+            Duration::from_millis(800),
+            "idle from the start"
+        );
+        poll.found();
+        let waits: Vec<u128> = (0..6).map(|_| poll.empty().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 800, 800]);
+        poll.found();
+        assert_eq!(
+            poll.empty(),
+            Duration::from_millis(100),
+            "found again: short again"
+        );
+    }
+
+    #[test]
+    fn a_short_interval_is_never_exceeded_and_never_below_the_floor() {
+        let mut poll = PollWait::new(Duration::from_millis(20));
+        poll.found();
+        assert_eq!(poll.empty(), Duration::from_millis(5));
+        let mut tiny = PollWait::new(Duration::from_millis(2));
+        tiny.found();
+        assert_eq!(
+            tiny.empty(),
+            Duration::from_millis(2),
+            "the interval caps the floor"
+        );
+    }
+}
+
+/// How long an idle claim loop waits before it polls again, on a store whose signal does not
+/// reach it when other processes make work ([`Storage::signals_work`] false): an eighth of
+/// the poll interval after a claim that found work (more tends to follow from where that
+/// came from), doubling with every empty poll up to the interval. An idle worker polls at
+/// the interval; one fed by other processes finds their next work sooner.
+pub(super) struct PollWait {
+    max: Duration,
+    next: Duration,
+}
+
+impl PollWait {
+    /// The shortest wait, whatever the interval.
+    const FLOOR: Duration = Duration::from_millis(5);
+
+    pub(super) fn new(interval: Duration) -> Self {
+        PollWait {
+            max: interval,
+            next: interval,
+        }
+    }
+
+    /// A claim found work: the next empty poll waits the least.
+    pub(super) fn found(&mut self) {
+        self.next = (self.max / 8).max(Self::FLOOR).min(self.max);
+    }
+
+    /// A claim found nothing: how long to wait before the next one.
+    pub(super) fn empty(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
 impl Shared {
     /// Claims tasks of one kind as slots free up and runs each under a renewed lease, until
     /// stopped; then drains what is running.
@@ -40,6 +112,8 @@ impl Shared {
         };
         let mut running = JoinSet::new();
         let mut backoff = Backoff::new();
+        let adaptive = !self.storage.signals_work();
+        let mut poll = PollWait::new(self.config.poll_interval);
         while !*stop.borrow() {
             while running.try_join_next().is_some() {}
             // One slot (waiting for a task or a chain step to end), and a claim of as many
@@ -89,15 +163,21 @@ impl Shared {
             };
             if tasks.is_empty() {
                 drop(first);
+                let wait = if adaptive {
+                    poll.empty()
+                } else {
+                    self.config.poll_interval
+                };
                 tokio::select! {
                     biased;
                     () = wait_stop(stop.clone()) => break,
                     () = wake.notified() => {}
                     () = self.storage.work_signal() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
+            poll.found();
             // Each claimed task takes a slot now or goes back now: a claimed task never waits,
             // unrenewed, for a slot. (One goes back only if a chain took a slot meanwhile.)
             let mut first = Some(first);

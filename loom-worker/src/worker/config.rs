@@ -111,7 +111,9 @@ pub struct WorkerConfig {
     /// Activity attempts run at once.
     pub activity_concurrency: usize,
     /// How long to wait between polls when no work is known; local work wakes the worker at
-    /// once, so this only bounds how late work from other processes is noticed.
+    /// once, so this only bounds how late work from other processes is noticed. On a store
+    /// without work signals (all but PostgreSQL), the wait after a claim that found work is
+    /// an eighth of this, doubling with each empty poll back up to it.
     pub poll_interval: Duration,
     /// The lease taken on each task; renewed at a third of it while the task runs.
     pub lease: Duration,
