@@ -69,7 +69,10 @@
 --         {"s":"sput", "id", "new", "version", "wake", "body"}   a schedule stored, new or replaced
 --         {"s":"sdel", "id"}   a schedule deleted
 --         {"s":"if", "all": [check], "then": [step], "else": [step]}
--- A time is [relative, ms]: ms after now when relative is 1 (saturating), ms itself when 0.
+-- A time is [relative, ms]: ms after now when relative is 1 (saturating at the largest
+-- BIGINT), ms itself when 0; the expression is written out where it is used, since a stored
+-- function would need SUPER (or log_bin_trust_function_creators) on a server that keeps a
+-- binary log, and procedures do not.
 -- Answer: one result set of one row and one column, a JSON array with an element per item, in
 -- the batch's order: [r_index, r_failed, r_found, r_now, r_out], where r_index is the item's
 -- position (from 1), r_failed the failed check's position (from 1) or null, r_found what was
@@ -96,18 +99,6 @@ $$
 DROP PROCEDURE IF EXISTS loom_steps
 $$
 DROP PROCEDURE IF EXISTS loom_checks
-$$
-DROP FUNCTION IF EXISTS loom_at
-$$
--- A time [p_rel, p_ms] at p_now: p_ms after p_now when p_rel is 1 (saturating, as
--- Timestamp::saturating_add), p_ms itself otherwise.
-CREATE FUNCTION loom_at(p_rel BIGINT, p_ms BIGINT, p_now BIGINT) RETURNS BIGINT
-DETERMINISTIC NO SQL
-RETURN CASE WHEN p_rel = 1 THEN
-           CASE WHEN p_ms > 0 AND p_now > 0 AND p_ms > 9223372036854775807 - p_now
-                THEN 9223372036854775807
-                ELSE p_now + p_ms END
-       ELSE p_ms END
 $$
 -- The first check of p_checks that fails at p_now: its position (from 1) in o_failed and what
 -- it found in o_found (JSON text); both NULL if all hold. Rows are locked as they are read.
@@ -306,8 +297,6 @@ BEGIN
     DECLARE v_n INT;
     DECLARE v_j INT;
     DECLARE v_id BIGINT;
-    -- The last row a one-at-a-time read took.
-    DECLARE v_last_id BIGINT;
     DECLARE v_key VARBINARY(1024);
     DECLARE v_blob LONGBLOB;
     DECLARE v_at BIGINT;
@@ -454,7 +443,7 @@ BEGIN
             IF LOCATE('"it"', v_keys) > 0 THEN
                 INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
                                    options, attempt)
-                SELECT j.kind, v_wf, loom_at(j.rel, j.ms, p_now), j.act, j.name, j.input,
+                SELECT j.kind, v_wf, (CASE WHEN CAST(j.rel AS SIGNED) = 1 THEN CASE WHEN CAST(j.ms AS SIGNED) > 0 AND p_now > 0 AND CAST(j.ms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(j.ms AS SIGNED) END ELSE CAST(j.ms AS SIGNED) END), j.act, j.name, j.input,
                        j.options, j.attempt
                 FROM JSON_TABLE(v_s, '$.it[*]' COLUMNS (
                     o FOR ORDINALITY,
@@ -484,8 +473,7 @@ BEGIN
                 WHILE v_i < v_n DO
                     UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
                         lease_owner = NULL, deliveries = 0,
-                        visible_at = loom_at(JSON_VALUE(v_part, CONCAT('$[', v_i, '][1]')),
-                                             JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')), p_now)
+                        visible_at = (CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][1]')) AS SIGNED) = 1 THEN CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END ELSE CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END)
                     WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][0]')) AS SIGNED);
                     SET v_i = v_i + 1;
                 END WHILE;
@@ -495,8 +483,7 @@ BEGIN
                 SET v_n = JSON_LENGTH(v_part), v_i = 0;
                 WHILE v_i < v_n DO
                     UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-                        visible_at = loom_at(JSON_VALUE(v_part, CONCAT('$[', v_i, '][1]')),
-                                             JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')), p_now),
+                        visible_at = (CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][1]')) AS SIGNED) = 1 THEN CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END ELSE CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END),
                         affinity_owner = NULL, affinity_until = NULL
                     WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][0]')) AS SIGNED);
                     SET v_i = v_i + 1;
@@ -506,9 +493,9 @@ BEGIN
             -- by them.
             IF LOCATE('"po"', v_keys) > 0 THEN
                 INSERT INTO messages (workflow_id, visible_at, kind)
-                SELECT v_wf, loom_at(j.rel, j.ms, p_now),
+                SELECT v_wf, (CASE WHEN CAST(j.rel AS SIGNED) = 1 THEN CASE WHEN CAST(j.ms AS SIGNED) > 0 AND p_now > 0 AND CAST(j.ms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(j.ms AS SIGNED) END ELSE CAST(j.ms AS SIGNED) END),
                        CASE WHEN j.rrel IS NULL THEN j.kind
-                            ELSE JSON_SET(j.kind, '$.retry_at', loom_at(j.rrel, j.rms, p_now)) END
+                            ELSE JSON_SET(j.kind, '$.retry_at', (CASE WHEN CAST(j.rrel AS SIGNED) = 1 THEN CASE WHEN CAST(j.rms AS SIGNED) > 0 AND p_now > 0 AND CAST(j.rms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(j.rms AS SIGNED) END ELSE CAST(j.rms AS SIGNED) END)) END
                 FROM JSON_TABLE(v_s, '$.po[*]' COLUMNS (
                     o FOR ORDINALITY,
                     kind LONGTEXT CHARACTER SET utf8mb4 PATH '$[0]',
@@ -519,7 +506,7 @@ BEGIN
                 ORDER BY j.o;
             END IF;
             IF LOCATE('"wk"', v_keys) > 0 THEN
-                SET v_at = loom_at(JSON_VALUE(v_s, '$.wk[0]'), JSON_VALUE(v_s, '$.wk[1]'), p_now);
+                SET v_at = (CASE WHEN CAST(JSON_VALUE(v_s, '$.wk[0]') AS SIGNED) = 1 THEN CASE WHEN CAST(JSON_VALUE(v_s, '$.wk[1]') AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_s, '$.wk[1]') AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_s, '$.wk[1]') AS SIGNED) END ELSE CAST(JSON_VALUE(v_s, '$.wk[1]') AS SIGNED) END);
                 UPDATE tasks SET visible_at = LEAST(COALESCE(visible_at, v_at),
                     CASE WHEN lease_expires_at > p_now THEN GREATEST(v_at, lease_expires_at)
                          ELSE v_at END)
@@ -564,7 +551,7 @@ BEGIN
                                   WHERE m.workflow_id = v_wf),
                     affinity_owner = v_owner,
                     affinity_until = CASE WHEN v_owner IS NOT NULL
-                                          THEN loom_at(1, v_ms, p_now) END
+                                          THEN (CASE WHEN CAST(v_ms AS SIGNED) > 0 AND p_now > 0 AND CAST(v_ms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(v_ms AS SIGNED) END) END
                 WHERE wft_of = v_wf;
             END IF;
             IF LOCATE('"dw"', v_keys) > 0 THEN
@@ -755,7 +742,7 @@ BEGIN
             -- transaction holds skipped): a new token, the lease's expiry (also the time the
             -- task is claimable again), the owner, one more delivery.
             SET v_owner = JSON_VALUE(v_s, '$.owner');
-            SET v_exp = loom_at(1, JSON_VALUE(v_s, '$.lease_ms'), p_now);
+            SET v_exp = (CASE WHEN CAST(JSON_VALUE(v_s, '$.lease_ms') AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_s, '$.lease_ms') AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_s, '$.lease_ms') AS SIGNED) END);
             SET v_max = JSON_VALUE(v_s, '$.max');
             SET v_acts = COALESCE(v_acts, ''), v_acts_ready = COALESCE(v_acts_ready, '');
             -- One row at a time, each the first not yet claimed here, rather than a cursor:
@@ -794,7 +781,7 @@ BEGIN
             -- The workflow's task if claimable and no other owner's affinity keeps it (a row
             -- another transaction holds is skipped), with the workflow and its due messages.
             SET v_owner = JSON_VALUE(v_s, '$.owner');
-            SET v_exp = loom_at(1, JSON_VALUE(v_s, '$.lease_ms'), p_now);
+            SET v_exp = (CASE WHEN CAST(JSON_VALUE(v_s, '$.lease_ms') AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_s, '$.lease_ms') AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_s, '$.lease_ms') AS SIGNED) END);
             SET v_max = JSON_VALUE(v_s, '$.max');
             SET v_nf = FALSE, v_c_id = NULL;
             SELECT id, visible_at, lease_token, deliveries
@@ -811,23 +798,16 @@ BEGIN
                 SELECT name, last_seq, run INTO v_w_name, v_w_last, v_w_run
                 FROM workflows WHERE id = v_wf;
                 IF NOT v_nf THEN
-                    SET v_msgs = '';
-                    -- One message at a time, each the next after the last (see claim_a).
-                    SET v_last_id = NULL, v_at = NULL;
-                    msgs: LOOP
-                        SET v_nf = FALSE, v_id = NULL;
-                        SELECT id, visible_at, kind INTO v_id, v_at, v_blob FROM messages
-                        WHERE workflow_id = v_wf AND visible_at <= p_now
-                          AND (v_last_id IS NULL OR visible_at > v_at
-                               OR (visible_at = v_at AND id > v_last_id))
-                        ORDER BY visible_at, id LIMIT 1;
-                        IF v_id IS NULL THEN
-                            LEAVE msgs;
-                        END IF;
-                        SET v_last_id = v_id;
-                        SET v_msgs = CONCAT(v_msgs, IF(v_msgs = '', '', ', '),
-                            JSON_ARRAY(v_id + 0, v_at + 0, CONVERT(v_blob USING utf8mb4)));
-                    END LOOP;
+                    -- The due messages in one statement (each row read once; the writer's
+                    -- session lets GROUP_CONCAT hold 16 MiB, and an answer cut short there is
+                    -- no JSON, so the batch is applied again from the client's side).
+                    SET v_msgs = NULL;
+                    SELECT GROUP_CONCAT(JSON_ARRAY(id + 0, visible_at + 0,
+                                                   CONVERT(kind USING utf8mb4))
+                                        ORDER BY visible_at, id SEPARATOR ', ')
+                    INTO v_msgs FROM messages
+                    WHERE workflow_id = v_wf AND visible_at <= p_now;
+                    SET v_msgs = COALESCE(v_msgs, '');
                     SET v_wfts = CONCAT_WS(', ', NULLIF(v_wfts, ''),
                         CONCAT('[', v_c_id, ', ', v_c_token + 1, ', ', v_exp, ', ', v_c_del + 1,
                                ', ', JSON_QUOTE(CONVERT(v_wf USING utf8mb4)),
@@ -990,8 +970,7 @@ BEGIN
                    AND CAST(JSON_VALUE(v_steps, '$[0].rq[0][0]') AS SIGNED) = v_task THEN
                 UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
                     lease_owner = NULL, deliveries = 0,
-                    visible_at = loom_at(JSON_VALUE(v_steps, '$[0].rq[0][1]'),
-                                         JSON_VALUE(v_steps, '$[0].rq[0][2]'), v_now)
+                    visible_at = (CASE WHEN CAST(JSON_VALUE(v_steps, '$[0].rq[0][1]') AS SIGNED) = 1 THEN CASE WHEN CAST(JSON_VALUE(v_steps, '$[0].rq[0][2]') AS SIGNED) > 0 AND v_now > 0 AND CAST(JSON_VALUE(v_steps, '$[0].rq[0][2]') AS SIGNED) > 9223372036854775807 - v_now THEN 9223372036854775807 ELSE v_now + CAST(JSON_VALUE(v_steps, '$[0].rq[0][2]') AS SIGNED) END ELSE CAST(JSON_VALUE(v_steps, '$[0].rq[0][2]') AS SIGNED) END)
                 WHERE id = v_task AND lease_token = v_token AND lease_expires_at > v_now
                   AND kind = 1 AND workflow_id = v_wf AND activity_id = v_act
                   AND attempt = v_attempt;

@@ -152,6 +152,8 @@ impl MysqlCommit {
         for job in batch.iter_mut() {
             job.forget();
         }
+        // The applier is installed on MariaDB only (schema migration 2).
+        let server = server && conn.mariadb();
         let mut db = conn.db();
         db.push("START TRANSACTION");
         let mut served = vec![false; batch.len()];
@@ -281,12 +283,19 @@ impl Conn {
     }
 }
 
+/// The largest item, in bytes of JSON, sent to `loom_apply`. A stored procedure reads JSON by
+/// parsing it from the start at every access, so its cost grows faster than an item's size
+/// (a fan-out to thousands of children, a backlog of thousands of messages consumed at
+/// once); applied from this side, a large write set costs in proportion to its size. The
+/// hot path's items are a few kilobytes.
+const SERVED_MAX: usize = 32 * 1024;
+
 /// Sends the write sets of `batch` that `loom_apply` takes to it, in workflow-id order (the
 /// order every batch locks in), as few calls as the packet limit allows, and answers their
 /// jobs; marks them in `served`. Returns the store's time the server used, if it was called.
 ///
-/// A write set `loom_apply` does not take (claims for any workflow, renewals) or one too big
-/// for a packet is left to be applied from this side, in the same transaction.
+/// A write set `loom_apply` does not take (claims for any workflow, renewals) or one larger
+/// than [`SERVED_MAX`] is left to be applied from this side, in the same transaction.
 fn serve(
     db: &mut Db<'_>,
     batch: &mut [Job],
@@ -302,7 +311,7 @@ fn serve(
             continue;
         }
         match wire::item(ws) {
-            Ok(item) if item.len() < limit => {
+            Ok(item) if item.len() <= SERVED_MAX.min(limit) => {
                 items.push((i, item));
             }
             _ => {}
@@ -363,12 +372,18 @@ fn serve(
             let Some((job, _)) = index.checked_sub(1).and_then(|k| chunk.get(k)) else {
                 return Err(answered(db, &format!("the index {index}")));
             };
+            let wrote = failed.is_none();
             let answer = wire::Answer {
                 failed: failed.map(|position| (position, found)),
                 now: at,
                 out: (!out.is_null()).then_some(out),
             };
-            batch[*job].run(|ws| wire::applied(ws, answer));
+            if !batch[*job].run(|ws| wire::applied(ws, answer)) && wrote {
+                // The server applied the write set, but its answer cannot be read here (a
+                // claimed task whose payload does not decode): the batch runs again from this
+                // side, where that write set fails alone, under a savepoint.
+                return Err(answered(db, "an answer this build cannot read"));
+            }
             served[*job] = true;
             now = Some(Timestamp::from_millis(at));
         }

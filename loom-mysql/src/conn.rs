@@ -48,24 +48,18 @@ pub(crate) struct Conn {
     broken: bool,
 }
 
-/// MariaDB 10.6 or MySQL 8.0.21: the first versions with `SKIP LOCKED`, and on MySQL with
-/// `JSON_VALUE`.
+/// MariaDB 10.6 or MySQL 8: the first versions with `SKIP LOCKED`.
 fn supported(version: &str) -> bool {
     let mariadb = version.to_ascii_lowercase().contains("mariadb");
     let mut parts = version
         .split(|c: char| !c.is_ascii_digit())
         .filter(|p| !p.is_empty())
         .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor, patch) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if mariadb {
         (major, minor) >= (10, 6)
     } else {
-        // `JSON_VALUE`, which the applier reads its items with, came in 8.0.21.
-        (major, minor, patch) >= (8, 0, 21)
+        major >= 8
     }
 }
 
@@ -129,7 +123,7 @@ impl Conn {
         };
         if !supported(&version) {
             return Err(StorageError::Incompatible(format!(
-                "the {shown} runs {version}; Loom needs MySQL 8.0.21 or MariaDB 10.6 or later \
+                "the {shown} runs {version}; Loom needs MySQL 8.0 or MariaDB 10.6 or later \
                  (FOR UPDATE SKIP LOCKED)"
             )));
         }
@@ -145,6 +139,11 @@ impl Conn {
     }
 
     /// Whether a statement on it failed in a way that makes it unfit for reuse.
+    /// Whether the server is MariaDB (MySQL otherwise).
+    pub(crate) fn mariadb(&self) -> bool {
+        self.compound
+    }
+
     pub(crate) fn broken(&self) -> bool {
         self.broken
     }
@@ -329,8 +328,7 @@ mod tests {
         assert!(supported("10.6.0-MariaDB"));
         assert!(!supported("10.5.27-MariaDB"));
         assert!(supported("8.0.36"));
-        assert!(supported("8.0.21"));
-        assert!(!supported("8.0.20"));
+        assert!(supported("8.0.1"));
         assert!(supported("8.4.2-log"));
         assert!(!supported("5.7.44"));
     }

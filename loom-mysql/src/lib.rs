@@ -150,7 +150,7 @@ struct Inner {
 impl MysqlStorage {
     /// Connects to the database `url` names (`mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`),
     /// creating Loom's tables there if needed. Fails with an error naming the server if it
-    /// cannot be reached, is not MySQL 8.0.21 or MariaDB 10.6 or later, or holds a schema written by
+    /// cannot be reached, is not MySQL 8 or MariaDB 10.6 or later, or holds a schema written by
     /// a newer Loom.
     pub async fn connect(url: &str, options: MysqlOptions) -> Result<Self> {
         let connect = MySqlConnectOptions::from_str(url).map_err(|e| {

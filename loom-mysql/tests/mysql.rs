@@ -111,6 +111,106 @@ async fn batches_go_to_loom_apply_and_one_it_refuses_is_applied_from_here() {
     assert_eq!(listed.items.len(), 2);
 }
 
+/// An activity's commit whose eager claim returns a message this build cannot read (written
+/// by a newer release, or damaged) fails alone with `Corrupt`, and writes nothing: not even
+/// through the server-side applier, which had applied it before its answer was read.
+#[tokio::test]
+async fn an_answer_that_cannot_be_read_leaves_nothing_written() {
+    use loom_core::{ActivityId, ActivityOptions};
+    use loom_storage::{
+        ActivityCommitted, ActivityTaskCompletion, AfterActivity, ClaimRequest,
+        WorkflowTaskCompletion,
+    };
+    if !testing::server_available().await {
+        return;
+    }
+    let url = testing::fresh_database().await;
+    let store = MysqlStorage::connect(&url, MysqlOptions::default())
+        .await
+        .expect("connect");
+    let claim = || ClaimRequest::new("reader", 1, std::time::Duration::from_secs(30));
+    let id = WorkflowId::new("unreadable");
+    store.create_workflow(&id, started()).await.expect("create");
+    let wft = store
+        .claim_workflow_tasks(&claim())
+        .await
+        .expect("claim")
+        .remove(0);
+    let scheduled = Event {
+        seq: Seq::new(2),
+        at: Timestamp::from_millis(0),
+        kind: EventKind::ActivityScheduled {
+            name: "charge".into(),
+            input: Payload::encode(&5).expect("json"),
+            options: ActivityOptions::default(),
+        },
+    };
+    store
+        .complete_workflow_task(WorkflowTaskCompletion {
+            next_run: None,
+            lease: wft.lease,
+            workflow_id: id.clone(),
+            expected_last_seq: wft.last_seq,
+            events: vec![scheduled],
+            consumed: Vec::new(),
+            progress: None,
+            logs: Vec::new(),
+            eager: None,
+            affinity: None,
+        })
+        .await
+        .expect("schedule an activity");
+    let act = store
+        .claim_activity_tasks(&claim())
+        .await
+        .expect("claim the activity")
+        .remove(0);
+    // A message no build can read, due now: the eager claim below returns it.
+    sqlx::query("INSERT INTO messages (workflow_id, visible_at, kind) VALUES (?, 0, ?)")
+        .bind(id.as_str().as_bytes())
+        .bind(b"{\"type\": \"FromTheFuture\"}".as_slice())
+        .execute(&admin(&url).await)
+        .await
+        .expect("insert the message");
+    let done = ActivityTaskCompletion {
+        lease: act.lease,
+        workflow_id: id.clone(),
+        result: EventKind::ActivityCompleted {
+            activity_id: ActivityId(Seq::new(2)),
+            attempt: act.attempt,
+            result: Payload::encode(&7).expect("json"),
+        },
+        retry_after: None,
+        then: AfterActivity::ClaimWorkflowTask(claim()),
+    };
+    let refused = store
+        .complete_activity_task(done.clone())
+        .await
+        .expect_err("the claimed message cannot be read");
+    assert!(
+        matches!(refused, StorageError::Corrupt { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.applier_counts().1,
+        1,
+        "the batch went to the applier, then was applied from this side"
+    );
+    // Nothing was written: the attempt is still leased to its worker, who may commit it.
+    sqlx::query("DELETE FROM messages WHERE kind LIKE '%FromTheFuture%'")
+        .execute(&admin(&url).await)
+        .await
+        .expect("remove the message");
+    let answer = store
+        .complete_activity_task(done)
+        .await
+        .expect("the same commit, now readable");
+    assert!(
+        matches!(answer, ActivityCommitted::WorkflowTask(_)),
+        "{answer:?}"
+    );
+}
+
 /// A write set too large for one packet is refused before anything is sent: `Rejected`,
 /// nothing written, and the store goes on.
 #[tokio::test]
