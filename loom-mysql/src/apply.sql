@@ -443,7 +443,7 @@ BEGIN
             IF LOCATE('"it"', v_keys) > 0 THEN
                 INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input,
                                    options, attempt)
-                SELECT j.kind, v_wf, (CASE WHEN CAST(j.rel AS SIGNED) = 1 THEN CASE WHEN CAST(j.ms AS SIGNED) > 0 AND p_now > 0 AND CAST(j.ms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(j.ms AS SIGNED) END ELSE CAST(j.ms AS SIGNED) END), j.act, j.name, j.input,
+                SELECT j.kind, v_wf, (CASE WHEN j.rel = 1 THEN CASE WHEN j.ms > 0 AND p_now > 0 AND j.ms > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + j.ms END ELSE j.ms END), j.act, j.name, j.input,
                        j.options, j.attempt
                 FROM JSON_TABLE(v_s, '$.it[*]' COLUMNS (
                     o FOR ORDINALITY,
@@ -457,45 +457,37 @@ BEGIN
                     attempt BIGINT PATH '$[7]')) j
                 ORDER BY j.o;
             END IF;
-            -- Tasks by id: a statement each, by the primary key.
+            -- Tasks by id, each part one statement over its list (JSON_TABLE reads the list
+            -- once; a read of each element by its index would parse it from the start).
             IF LOCATE('"dt"', v_keys) > 0 THEN
-                SET v_part = JSON_EXTRACT(v_s, '$.dt');
-                SET v_n = JSON_LENGTH(v_part), v_i = 0;
-                WHILE v_i < v_n DO
-                    DELETE FROM tasks
-                    WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, ']')) AS SIGNED);
-                    SET v_i = v_i + 1;
-                END WHILE;
+                DELETE tk FROM tasks tk
+                JOIN JSON_TABLE(v_s, '$.dt[*]' COLUMNS (id BIGINT PATH '$')) j ON tk.id = j.id;
             END IF;
             IF LOCATE('"rq"', v_keys) > 0 THEN
-                SET v_part = JSON_EXTRACT(v_s, '$.rq');
-                SET v_n = JSON_LENGTH(v_part), v_i = 0;
-                WHILE v_i < v_n DO
-                    UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL,
-                        lease_owner = NULL, deliveries = 0,
-                        visible_at = (CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][1]')) AS SIGNED) = 1 THEN CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END ELSE CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END)
-                    WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][0]')) AS SIGNED);
-                    SET v_i = v_i + 1;
-                END WHILE;
+                UPDATE tasks tk
+                JOIN JSON_TABLE(v_s, '$.rq[*]' COLUMNS (
+                    id BIGINT PATH '$[0]', rel BIGINT PATH '$[1]', ms BIGINT PATH '$[2]')) j
+                  ON tk.id = j.id
+                SET tk.attempt = tk.attempt + 1, tk.lease_expires_at = NULL,
+                    tk.lease_owner = NULL, tk.deliveries = 0,
+                    tk.visible_at = CASE WHEN j.rel = 1 THEN CASE WHEN j.ms > 0 AND p_now > 0 AND j.ms > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + j.ms END ELSE j.ms END;
             END IF;
             IF LOCATE('"rl"', v_keys) > 0 THEN
-                SET v_part = JSON_EXTRACT(v_s, '$.rl');
-                SET v_n = JSON_LENGTH(v_part), v_i = 0;
-                WHILE v_i < v_n DO
-                    UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
-                        visible_at = (CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][1]')) AS SIGNED) = 1 THEN CASE WHEN CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 0 AND p_now > 0 AND CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END ELSE CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][2]')) AS SIGNED) END),
-                        affinity_owner = NULL, affinity_until = NULL
-                    WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, '][0]')) AS SIGNED);
-                    SET v_i = v_i + 1;
-                END WHILE;
+                UPDATE tasks tk
+                JOIN JSON_TABLE(v_s, '$.rl[*]' COLUMNS (
+                    id BIGINT PATH '$[0]', rel BIGINT PATH '$[1]', ms BIGINT PATH '$[2]')) j
+                  ON tk.id = j.id
+                SET tk.lease_expires_at = NULL, tk.lease_owner = NULL, tk.deliveries = 0,
+                    tk.visible_at = CASE WHEN j.rel = 1 THEN CASE WHEN j.ms > 0 AND p_now > 0 AND j.ms > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + j.ms END ELSE j.ms END,
+                    tk.affinity_owner = NULL, tk.affinity_until = NULL;
             END IF;
             -- Messages (a retry's time written into its kind), then the workflow task woken
             -- by them.
             IF LOCATE('"po"', v_keys) > 0 THEN
                 INSERT INTO messages (workflow_id, visible_at, kind)
-                SELECT v_wf, (CASE WHEN CAST(j.rel AS SIGNED) = 1 THEN CASE WHEN CAST(j.ms AS SIGNED) > 0 AND p_now > 0 AND CAST(j.ms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(j.ms AS SIGNED) END ELSE CAST(j.ms AS SIGNED) END),
+                SELECT v_wf, (CASE WHEN j.rel = 1 THEN CASE WHEN j.ms > 0 AND p_now > 0 AND j.ms > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + j.ms END ELSE j.ms END),
                        CASE WHEN j.rrel IS NULL THEN j.kind
-                            ELSE JSON_SET(j.kind, '$.retry_at', (CASE WHEN CAST(j.rrel AS SIGNED) = 1 THEN CASE WHEN CAST(j.rms AS SIGNED) > 0 AND p_now > 0 AND CAST(j.rms AS SIGNED) > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + CAST(j.rms AS SIGNED) END ELSE CAST(j.rms AS SIGNED) END)) END
+                            ELSE JSON_SET(j.kind, '$.retry_at', (CASE WHEN j.rrel = 1 THEN CASE WHEN j.rms > 0 AND p_now > 0 AND j.rms > 9223372036854775807 - p_now THEN 9223372036854775807 ELSE p_now + j.rms END ELSE j.rms END)) END
                 FROM JSON_TABLE(v_s, '$.po[*]' COLUMNS (
                     o FOR ORDINALITY,
                     kind LONGTEXT CHARACTER SET utf8mb4 PATH '$[0]',
@@ -524,23 +516,14 @@ BEGIN
                 END WHILE;
             END IF;
             IF LOCATE('"da"', v_keys) > 0 THEN
-                SET v_part = JSON_EXTRACT(v_s, '$.da');
-                SET v_n = JSON_LENGTH(v_part), v_i = 0;
-                WHILE v_i < v_n DO
-                    DELETE FROM tasks WHERE workflow_id = v_wf AND kind = 1
-                      AND activity_id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, ']')) AS SIGNED);
-                    SET v_i = v_i + 1;
-                END WHILE;
+                DELETE tk FROM tasks tk
+                JOIN JSON_TABLE(v_s, '$.da[*]' COLUMNS (act BIGINT PATH '$')) j
+                  ON tk.workflow_id = v_wf AND tk.kind = 1 AND tk.activity_id = j.act;
             END IF;
             IF LOCATE('"cm"', v_keys) > 0 THEN
-                SET v_part = JSON_EXTRACT(v_s, '$.cm');
-                SET v_n = JSON_LENGTH(v_part), v_i = 0;
-                WHILE v_i < v_n DO
-                    DELETE FROM messages
-                    WHERE id = CAST(JSON_VALUE(v_part, CONCAT('$[', v_i, ']')) AS SIGNED)
-                      AND workflow_id = v_wf;
-                    SET v_i = v_i + 1;
-                END WHILE;
+                DELETE m FROM messages m
+                JOIN JSON_TABLE(v_s, '$.cm[*]' COLUMNS (id BIGINT PATH '$')) j
+                  ON m.id = j.id AND m.workflow_id = v_wf;
             END IF;
             IF LOCATE('"st"', v_keys) > 0 THEN
                 -- {"o", "ms"}: an affinity; true: none.
