@@ -17,6 +17,22 @@ fn loom(dir: &Path) -> Command {
     cmd
 }
 
+/// Runs `loom demo --orders 2 --json` with `cmd` (its database already chosen), checks that
+/// every workflow it started completed, and returns its report.
+fn demo_completes(mut cmd: Command) -> Value {
+    let out = cmd
+        .args(["demo", "--orders", "2", "--json"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    assert_eq!(doc["completed"], doc["workflows"]);
+    doc
+}
+
 fn json_of(out: &[u8]) -> Value {
     serde_json::from_slice(out).unwrap_or_else(|e| {
         panic!(
@@ -553,17 +569,9 @@ fn bench_runs_across_processes_among_idle_workflows() {
 fn the_redb_backend_runs_the_same_commands() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = ["--db", "redb://loom.redb"];
-    let out = loom(dir.path())
-        .args(db)
-        .args(["demo", "--orders", "2", "--json"])
-        .timeout(Duration::from_secs(120))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
-    assert_eq!(doc["completed"], doc["workflows"]);
+    let mut demo = loom(dir.path());
+    demo.args(db);
+    let doc = demo_completes(demo);
     assert_eq!(doc["db"], "redb://loom.redb");
     let out = loom(dir.path())
         .args(db)
@@ -607,16 +615,7 @@ fn the_postgres_backend_runs_the_same_commands() {
     };
     let mut demo = loom(dir.path());
     pg(&mut demo);
-    let out = demo
-        .args(["demo", "--orders", "2", "--json"])
-        .timeout(Duration::from_secs(120))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
-    assert_eq!(doc["completed"], doc["workflows"]);
+    let doc = demo_completes(demo);
     let id = doc["ids"][0].as_str().expect("an id").to_owned();
     let mut replay = loom(dir.path());
     pg(&mut replay);
@@ -639,17 +638,9 @@ fn the_mysql_backend_runs_the_same_commands() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = rt.block_on(loom_mysql::testing::fresh_database());
     let db = ["--db", url.as_str()];
-    let out = loom(dir.path())
-        .args(db)
-        .args(["demo", "--orders", "2", "--json"])
-        .timeout(Duration::from_secs(120))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
-    assert_eq!(doc["completed"], doc["workflows"]);
+    let mut demo = loom(dir.path());
+    demo.args(db);
+    let doc = demo_completes(demo);
     let id = doc["ids"][0].as_str().expect("an id").to_owned();
     loom(dir.path())
         .args(db)
@@ -667,18 +658,9 @@ fn the_mysql_backend_runs_the_same_commands() {
         .clone();
     assert_eq!(json_of(&out)["status"], "completed");
     // The same with every write applied from the client's side.
-    let out = loom(dir.path())
-        .env("LOOM_MYSQL_APPLY", "client")
-        .args(db)
-        .args(["demo", "--orders", "2", "--json"])
-        .timeout(Duration::from_secs(120))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let doc = json_of(&out);
-    assert_eq!(doc["completed"], doc["workflows"]);
+    let mut client_side = loom(dir.path());
+    client_side.env("LOOM_MYSQL_APPLY", "client").args(db);
+    demo_completes(client_side);
 }
 
 #[test]

@@ -25,15 +25,24 @@ async fn admin(url: &str) -> MySqlPool {
         .expect("admin connection")
 }
 
-#[tokio::test]
-async fn connecting_again_finds_the_schema_in_place() {
+/// A store on a fresh database of its own, and that database's URL; `None` (a loud skip, a
+/// failure under `CI=true`) without a server.
+async fn fresh_store() -> Option<(String, MysqlStorage)> {
     if !testing::server_available().await {
-        return;
+        return None;
     }
     let url = testing::fresh_database().await;
-    let first = MysqlStorage::connect(&url, MysqlOptions::default())
+    let store = MysqlStorage::connect(&url, MysqlOptions::default())
         .await
         .expect("connect");
+    Some((url, store))
+}
+
+#[tokio::test]
+async fn connecting_again_finds_the_schema_in_place() {
+    let Some((url, first)) = fresh_store().await else {
+        return;
+    };
     first
         .create_workflow(&WorkflowId::new("kept"), started())
         .await
@@ -61,13 +70,9 @@ async fn connecting_again_finds_the_schema_in_place() {
 /// is applied from the client's side, and its caller never hears of it.
 #[tokio::test]
 async fn batches_go_to_loom_apply_and_one_it_refuses_is_applied_from_here() {
-    if !testing::server_available().await {
+    let Some((url, store)) = fresh_store().await else {
         return;
-    }
-    let url = testing::fresh_database().await;
-    let store = MysqlStorage::connect(&url, MysqlOptions::default())
-        .await
-        .expect("connect");
+    };
     store
         .create_workflow(&WorkflowId::new("served"), started())
         .await
@@ -121,13 +126,9 @@ async fn an_answer_that_cannot_be_read_leaves_nothing_written() {
         ActivityCommitted, ActivityTaskCompletion, AfterActivity, ClaimRequest,
         WorkflowTaskCompletion,
     };
-    if !testing::server_available().await {
+    let Some((url, store)) = fresh_store().await else {
         return;
-    }
-    let url = testing::fresh_database().await;
-    let store = MysqlStorage::connect(&url, MysqlOptions::default())
-        .await
-        .expect("connect");
+    };
     let claim = || ClaimRequest::new("reader", 1, std::time::Duration::from_secs(30));
     let id = WorkflowId::new("unreadable");
     store.create_workflow(&id, started()).await.expect("create");
@@ -332,13 +333,9 @@ async fn ids_are_compared_byte_by_byte() {
 
 #[tokio::test]
 async fn killed_connections_are_opened_again() {
-    if !testing::server_available().await {
+    let Some((url, store)) = fresh_store().await else {
         return;
-    }
-    let url = testing::fresh_database().await;
-    let store = MysqlStorage::connect(&url, MysqlOptions::default())
-        .await
-        .expect("connect");
+    };
     store
         .create_workflow(&WorkflowId::new("before"), started())
         .await
