@@ -23,7 +23,10 @@ use crate::error::{Result, StorageError};
 pub struct Job {
     ws: WriteSet,
     result: Option<Result<Applied>>,
-    reply: oneshot::Sender<Result<Applied>>,
+    /// The answer, with the write set handed back so that the caller frees it: its payloads
+    /// and events are many small allocations, and freeing them here would cost the writer
+    /// thread, which bounds throughput, time no one else could spend for it.
+    reply: oneshot::Sender<(Result<Applied>, WriteSet)>,
 }
 
 impl Job {
@@ -75,7 +78,7 @@ impl Job {
             (Some(Ok(applied)), None) => Ok(applied),
             (None, reason) => Err(unavailable(reason.unwrap_or("the request never ran"))),
         };
-        let _ = self.reply.send(answer);
+        let _ = self.reply.send((answer, self.ws));
     }
 }
 
@@ -165,7 +168,9 @@ impl Writer {
         };
         let stopped = || unavailable(&format!("the {} thread has stopped", self.name));
         self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let (answer, ws) = answer.await.map_err(|_| stopped())?;
+        drop(ws);
+        answer
     }
 }
 
