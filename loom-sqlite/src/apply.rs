@@ -1,12 +1,28 @@
 //! The engine's primitives in SQL: each method is one or two statements and decides nothing
 //! (see `loom_storage::engine::Op` for what each one means). A leased task's `visible_at` is
 //! its lease's expiry, so "claimable" is `visible_at <= now`: one range scan of `tasks_ready`.
+//!
+//! ## Activity tasks born claimed
+//!
+//! A workflow task's commit usually inserts the activity tasks it scheduled and then claims
+//! them for the worker that committed it (an eager claim of the workflow's claimable activity
+//! tasks, `ClaimActivityTasks` with `of`). Inserted and then claimed, each such row would be
+//! written twice, and the claim's update, with its index changes, was the largest single cost
+//! of the writer thread. So an activity task's insert is held back (`Db::pending`) until the
+//! next primitive that could see it: the eager claim of its workflow writes the ones it takes
+//! already leased (token 1, one delivery, as a claim of the fresh row would leave it) and the
+//! others as they are, in the order they were inserted; any other primitive that reads or
+//! writes activity tasks writes them all first, and so does the end of the write set. Which
+//! tasks the claim takes is unchanged: a workflow's claimable tasks oldest first by
+//! `(visible_at, id)`, where a held-back task's id, assigned when it is written, comes after
+//! every row's.
 
 use loom_core::{
     ActivityId, ActivityOptions, Event, EventKind, LogRecord, Seq, TagValue, Timestamp, WorkflowId,
 };
 use loom_storage::engine::{
-    Apply, NewTask, NewWorkflow, ResetRun, StatusChange, TaskView, WorkflowChange, WorkflowView,
+    ActivitySpec, Apply, NewTask, NewWorkflow, ResetRun, StatusChange, TaskView, WorkflowChange,
+    WorkflowView,
 };
 use loom_storage::{
     ActivityTask, ClaimRequest, Lease, Message, MessageId, Result, TaskId, WorkflowTask,
@@ -25,6 +41,169 @@ struct Claim {
     row: i64,
     ready_at: Timestamp,
     activity: Option<(i64, String, String, String, u32)>,
+}
+
+/// An activity task a write set inserted, not yet written (see "Activity tasks born
+/// claimed").
+pub(crate) struct Pending {
+    workflow: WorkflowId,
+    spec: ActivitySpec,
+    due: Timestamp,
+}
+
+impl Db<'_> {
+    /// Writes the held-back activity tasks, in the order they were inserted.
+    pub(crate) fn write_pending(&mut self) -> Result<()> {
+        for p in std::mem::take(&mut self.pending) {
+            self.write_activity(&p, None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one activity task, leased until `leased` to `owner` if given (as a claim of the
+    /// fresh row would leave it); returns its row id.
+    fn write_activity(&self, p: &Pending, leased: Option<(Timestamp, &str)>) -> Result<i64> {
+        let a = &p.spec;
+        let (visible_at, token, expires, owner, deliveries) = match leased {
+            Some((until, owner)) => (ms(until), 1, Some(ms(until)), Some(owner), 1),
+            None => (ms(p.due), 0, None, None, 0),
+        };
+        self.exec(
+            "INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input, options, attempt,
+                                lease_token, lease_expires_at, lease_owner, deliveries)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                ACTIVITY_TASK,
+                p.workflow.as_str(),
+                visible_at,
+                seq_i64(a.activity_id.0),
+                a.name,
+                encode(&a.input)?,
+                encode(&a.options)?,
+                a.attempt,
+                token,
+                expires,
+                owner,
+                deliveries
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The eager claim of `workflow`'s activity tasks while some are held back: the claimable
+    /// rows and the held-back tasks due by `now`, oldest first, up to `req.max`; the held-back
+    /// ones are written (those taken already leased), then the rows taken are leased.
+    fn claim_with_pending(
+        &mut self,
+        now: Timestamp,
+        workflow: &WorkflowId,
+        req: &ClaimRequest,
+    ) -> Result<Vec<ActivityTask>> {
+        /// A candidate: a row (by id) or a held-back task (by its place).
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        enum Which {
+            Row(i64),
+            Held(usize),
+        }
+        let mut order: Vec<(i64, Which)> = self
+            .claimable(now, ACTIVITY_TASK, req, Some(workflow))?
+            .into_iter()
+            .map(|(id, visible_at)| (visible_at, Which::Row(id)))
+            .collect();
+        order.extend(
+            self.pending
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.workflow == *workflow && p.due <= now)
+                .map(|(i, p)| (ms(p.due), Which::Held(i))),
+        );
+        // `Row` sorts before `Held`: at the same time, a row's id is the smaller.
+        order.sort_unstable();
+        order.truncate(req.max);
+        let expires = now.saturating_add(req.lease);
+        let pending = std::mem::take(&mut self.pending);
+        let mut written = vec![None; pending.len()];
+        for (i, p) in pending.iter().enumerate() {
+            let taken = order.iter().any(|&(_, w)| w == Which::Held(i));
+            let leased = taken.then_some((expires, req.owner.as_str()));
+            written[i] = Some(self.write_activity(p, leased)?);
+        }
+        let rows: Vec<(i64, i64)> = order
+            .iter()
+            .filter_map(|&(visible_at, w)| match w {
+                Which::Row(id) => Some((id, visible_at)),
+                Which::Held(_) => None,
+            })
+            .collect();
+        let mut leased = self.activity_tasks(now, req, rows)?.into_iter();
+        let mut tasks = Vec::with_capacity(order.len());
+        for (_, w) in order {
+            match w {
+                Which::Row(_) => tasks.extend(leased.next()),
+                Which::Held(i) => {
+                    let (p, row) = (&pending[i], written[i].unwrap_or_default());
+                    tasks.push(ActivityTask {
+                        lease: Lease {
+                            task: TaskId(row.unsigned_abs()),
+                            token: 1,
+                            expires_at: expires,
+                        },
+                        workflow_id: p.workflow.clone(),
+                        activity_id: p.spec.activity_id,
+                        name: p.spec.name.clone(),
+                        input: p.spec.input.clone(),
+                        options: p.spec.options.clone(),
+                        attempt: p.spec.attempt,
+                        deliveries: 1,
+                        ready_at: p.due,
+                        claimed_at: now,
+                    });
+                }
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Leases the activity task rows `ids` (with their ready times) and reads what each runs.
+    fn activity_tasks(
+        &self,
+        now: Timestamp,
+        req: &ClaimRequest,
+        ids: Vec<(i64, i64)>,
+    ) -> Result<Vec<ActivityTask>> {
+        let mut tasks = Vec::with_capacity(ids.len());
+        for claim in self.lease_rows(now, ACTIVITY_TASK, req, ids)? {
+            let row = claim.row;
+            let Some((activity, name, input, options, attempt)) = claim.activity else {
+                return Err(loom_storage::StorageError::Corrupt {
+                    message: format!("activity task {row} has no activity"),
+                    source: None,
+                });
+            };
+            let Claim {
+                lease,
+                workflow: workflow_id,
+                deliveries,
+                ready_at,
+                ..
+            } = claim;
+            let options: ActivityOptions =
+                self.decode(&options, || format!("the options of activity task {row}"))?;
+            tasks.push(ActivityTask {
+                lease,
+                activity_id: ActivityId(seq(activity)),
+                input: self.decode(&input, || format!("the input of activity task {row}"))?,
+                options,
+                workflow_id,
+                name,
+                attempt,
+                deliveries,
+                ready_at,
+                claimed_at: now,
+            });
+        }
+        Ok(tasks)
+    }
 }
 
 impl Db<'_> {
@@ -77,7 +256,18 @@ impl Db<'_> {
         req: &ClaimRequest,
         of: Option<&WorkflowId>,
     ) -> Result<Vec<Claim>> {
-        let expires = now.saturating_add(req.lease);
+        let ids = self.claimable(now, kind, req, of)?;
+        self.lease_rows(now, kind, req, ids)
+    }
+
+    /// The row ids and ready times of the tasks [`claim`](Self::claim) would take, in order.
+    fn claimable(
+        &self,
+        now: Timestamp,
+        kind: i64,
+        req: &ClaimRequest,
+        of: Option<&WorkflowId>,
+    ) -> Result<Vec<(i64, i64)>> {
         let max = i64::try_from(req.max).unwrap_or(i64::MAX);
         let rows = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Vec<(i64, i64)>> {
             self.conn
@@ -120,12 +310,19 @@ impl Db<'_> {
             }
             // The unary `+` keeps SQLite on the by-workflow indexes (the unique
             // `tasks_workflow_task` for the workflow task): on `tasks_ready` it would walk
-            // every claimable task of the kind.
-            (Some(id), ACTIVITY_TASK) => rows(
-                "SELECT id, visible_at FROM tasks WHERE workflow_id = ?3 AND +kind = 1 AND +visible_at <= ?1
-                 ORDER BY visible_at, id LIMIT ?2",
-                params![ms(now), max, id.as_str()],
-            )?,
+            // every claimable task of the kind. A workflow's activity tasks are ordered and
+            // cut here, not by `ORDER BY ... LIMIT`: that index does not hold `visible_at`,
+            // so SQLite would build a temporary B-tree to sort them on every eager claim,
+            // the largest part of its cost.
+            (Some(id), ACTIVITY_TASK) => {
+                let mut ids = rows(
+                    "SELECT id, visible_at FROM tasks WHERE workflow_id = ?2 AND +kind = 1 AND +visible_at <= ?1",
+                    params![ms(now), id.as_str()],
+                )?;
+                ids.sort_unstable_by_key(|&(id, visible_at)| (visible_at, id));
+                ids.truncate(req.max);
+                ids
+            }
             (Some(id), _) => rows(
                 "SELECT id, visible_at FROM tasks WHERE workflow_id = ?3 AND kind = 0 AND +visible_at <= ?1
                  AND (affinity_owner IS NULL OR affinity_owner = ?4 OR affinity_until <= ?1)
@@ -133,6 +330,18 @@ impl Db<'_> {
                 params![ms(now), max, id.as_str(), owner],
             )?,
         };
+        Ok(ids)
+    }
+
+    /// Leases the rows `ids` (with their ready times) as [`claim`](Self::claim) does.
+    fn lease_rows(
+        &self,
+        now: Timestamp,
+        kind: i64,
+        req: &ClaimRequest,
+        ids: Vec<(i64, i64)>,
+    ) -> Result<Vec<Claim>> {
+        let expires = now.saturating_add(req.lease);
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -244,6 +453,7 @@ impl Db<'_> {
 
 impl Apply for Db<'_> {
     fn task(&mut self, task: TaskId) -> Result<Option<TaskView>> {
+        self.write_pending()?;
         self.task_view(
             "SELECT workflow_id, kind, activity_id, attempt, lease_token, lease_expires_at
              FROM tasks WHERE id = ?1",
@@ -300,6 +510,7 @@ impl Apply for Db<'_> {
     }
 
     fn put_schedule(&mut self, schedule: &loom_storage::Schedule, _new: bool) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "INSERT INTO schedules (id, version, wake_at, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET version = excluded.version,
@@ -315,11 +526,13 @@ impl Apply for Db<'_> {
     }
 
     fn delete_schedule(&mut self, schedule: &str) -> Result<()> {
+        self.write_pending()?;
         self.exec("DELETE FROM schedules WHERE id = ?1", [schedule])
             .map(drop)
     }
 
     fn create_workflow(&mut self, now: Timestamp, new: NewWorkflow<'_>) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "INSERT INTO workflows (id, name, version, status, input, created_at, updated_at,
                                     last_seq, parent_id)
@@ -398,34 +611,31 @@ impl Apply for Db<'_> {
 
     fn insert_task(&mut self, workflow: &WorkflowId, task: &NewTask, due: Timestamp) -> Result<()> {
         match task {
-            NewTask::Workflow => self.exec(
-                "INSERT INTO tasks (kind, workflow_id, visible_at) VALUES (?1, ?2, ?3)",
-                params![WORKFLOW_TASK, workflow.as_str(), ms(due)],
-            )?,
-            NewTask::Activity(a) => self.exec(
-                "INSERT INTO tasks (kind, workflow_id, visible_at, activity_id, name, input, options, attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    ACTIVITY_TASK,
-                    workflow.as_str(),
-                    ms(due),
-                    seq_i64(a.activity_id.0),
-                    a.name,
-                    encode(&a.input)?,
-                    encode(&a.options)?,
-                    a.attempt
-                ],
-            )?,
-        };
+            NewTask::Workflow => {
+                self.write_pending()?;
+                self.exec(
+                    "INSERT INTO tasks (kind, workflow_id, visible_at) VALUES (?1, ?2, ?3)",
+                    params![WORKFLOW_TASK, workflow.as_str(), ms(due)],
+                )?;
+            }
+            // Held back until something could see it (see "Activity tasks born claimed").
+            NewTask::Activity(spec) => self.pending.push(Pending {
+                workflow: workflow.clone(),
+                spec: spec.clone(),
+                due,
+            }),
+        }
         Ok(())
     }
 
     fn delete_task(&mut self, task: TaskId) -> Result<()> {
+        self.write_pending()?;
         self.exec("DELETE FROM tasks WHERE id = ?1", [task_i64(task)])
             .map(drop)
     }
 
     fn requeue(&mut self, task: TaskId, due: Timestamp) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "UPDATE tasks SET attempt = attempt + 1, lease_expires_at = NULL, lease_owner = NULL,
              deliveries = 0, visible_at = ?2 WHERE id = ?1",
@@ -473,6 +683,7 @@ impl Apply for Db<'_> {
     }
 
     fn delete_activity(&mut self, workflow: &WorkflowId, activity: ActivityId) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "DELETE FROM tasks WHERE workflow_id = ?1 AND kind = 1 AND activity_id = ?2",
             params![workflow.as_str(), seq_i64(activity.0)],
@@ -481,6 +692,7 @@ impl Apply for Db<'_> {
     }
 
     fn delete_work(&mut self, workflow: &WorkflowId) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "DELETE FROM messages WHERE workflow_id = ?1",
             [workflow.as_str()],
@@ -493,6 +705,7 @@ impl Apply for Db<'_> {
     }
 
     fn new_run(&mut self, now: Timestamp, workflow: &WorkflowId, started: &Event) -> Result<()> {
+        self.write_pending()?;
         let (version, input) = match &started.kind {
             EventKind::WorkflowStarted { version, input, .. } => (*version, encode(input)?),
             _ => {
@@ -517,6 +730,7 @@ impl Apply for Db<'_> {
     }
 
     fn reset_run(&mut self, now: Timestamp, reset: ResetRun<'_>) -> Result<()> {
+        self.write_pending()?;
         let (version, input) = reset.started()?;
         let workflow = reset.workflow;
         let last_seq = reset.events.last().map_or(1, |e| e.seq.get());
@@ -598,6 +812,7 @@ impl Apply for Db<'_> {
     }
 
     fn forget_affinity(&mut self, owner: &str) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "UPDATE tasks SET affinity_owner = NULL, affinity_until = NULL WHERE affinity_owner = ?1",
             [owner],
@@ -606,6 +821,7 @@ impl Apply for Db<'_> {
     }
 
     fn release(&mut self, task: TaskId, due: Timestamp) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "UPDATE tasks SET lease_expires_at = NULL, lease_owner = NULL, deliveries = 0,
              visible_at = ?2, affinity_owner = NULL, affinity_until = NULL WHERE id = ?1",
@@ -615,6 +831,7 @@ impl Apply for Db<'_> {
     }
 
     fn pause(&mut self, now: Timestamp, task: TaskId, reason: &str) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "UPDATE workflows SET status = 'paused', pause_reason = ?2, updated_at = ?3
              WHERE id = (SELECT workflow_id FROM tasks WHERE id = ?1)",
@@ -624,6 +841,7 @@ impl Apply for Db<'_> {
     }
 
     fn purge(&mut self, now: Timestamp, purge: &loom_storage::Purge) -> Result<Vec<WorkflowId>> {
+        self.write_pending()?;
         let before =
             ms(now).saturating_sub(i64::try_from(purge.older_than.as_millis()).unwrap_or(i64::MAX));
         let except = serde_json::to_string(&purge.except_names)
@@ -667,6 +885,7 @@ impl Apply for Db<'_> {
     }
 
     fn hold(&mut self, now: Timestamp, workflow: &WorkflowId, reason: &str) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "UPDATE workflows SET status = 'paused', pause_reason = ?2, updated_at = ?3 WHERE id = ?1",
             params![workflow.as_str(), reason, ms(now)],
@@ -679,6 +898,7 @@ impl Apply for Db<'_> {
     }
 
     fn renew(&mut self, task: TaskId, until: Timestamp) -> Result<()> {
+        self.write_pending()?;
         self.exec(
             "UPDATE tasks SET lease_expires_at = ?2, visible_at = ?2 WHERE id = ?1",
             params![task_i64(task), ms(until)],
@@ -692,6 +912,7 @@ impl Apply for Db<'_> {
         of: Option<&WorkflowId>,
         req: &ClaimRequest,
     ) -> Result<Vec<WorkflowTask>> {
+        self.write_pending()?;
         let mut tasks = Vec::new();
         for Claim {
             lease,
@@ -732,37 +953,15 @@ impl Apply for Db<'_> {
         of: Option<&WorkflowId>,
         req: &ClaimRequest,
     ) -> Result<Vec<ActivityTask>> {
-        let mut tasks = Vec::new();
-        for claim in self.claim(now, ACTIVITY_TASK, req, of)? {
-            let row = claim.row;
-            let Some((activity, name, input, options, attempt)) = claim.activity else {
-                return Err(loom_storage::StorageError::Corrupt {
-                    message: format!("activity task {row} has no activity"),
-                    source: None,
-                });
-            };
-            let Claim {
-                lease,
-                workflow: workflow_id,
-                deliveries,
-                ready_at,
-                ..
-            } = claim;
-            let options: ActivityOptions =
-                self.decode(&options, || format!("the options of activity task {row}"))?;
-            tasks.push(ActivityTask {
-                lease,
-                activity_id: ActivityId(seq(activity)),
-                input: self.decode(&input, || format!("the input of activity task {row}"))?,
-                options,
-                workflow_id,
-                name,
-                attempt,
-                deliveries,
-                ready_at,
-                claimed_at: now,
-            });
+        match of {
+            Some(workflow) if !self.pending.is_empty() => {
+                self.claim_with_pending(now, workflow, req)
+            }
+            _ => {
+                self.write_pending()?;
+                let ids = self.claimable(now, ACTIVITY_TASK, req, of)?;
+                self.activity_tasks(now, req, ids)
+            }
         }
-        Ok(tasks)
     }
 }

@@ -92,7 +92,12 @@ impl SqliteCommit {
                 return Attempt::Done(Some(map_err(path, e).to_string()));
             }
             let before = conn.total_changes();
-            let ok = job.run(|ws| engine::apply(&mut Db { conn, path }, ws, clock.now()));
+            let ok = job.run(|ws| {
+                let mut db = Db::new(conn, path);
+                let applied = engine::apply(&mut db, ws, clock.now())?;
+                db.write_pending()?;
+                Ok(applied)
+            });
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (an I/O error, a full disk).
                 return Attempt::Done(Some(format!(

@@ -21,6 +21,20 @@ pub(crate) const ACTIVITY_TASK: i64 = 1;
 pub(crate) struct Db<'a> {
     pub(crate) conn: &'a Connection,
     pub(crate) path: &'a Path,
+    /// Activity tasks a write set inserted and this side has not written yet (see
+    /// `apply.rs`, "Activity tasks born claimed"). Always empty outside a write set.
+    pub(crate) pending: Vec<crate::apply::Pending>,
+}
+
+impl<'a> Db<'a> {
+    /// `conn` at `path`, with nothing pending.
+    pub(crate) fn new(conn: &'a Connection, path: &'a Path) -> Self {
+        Db {
+            conn,
+            path,
+            pending: Vec::new(),
+        }
+    }
 }
 
 pub(crate) fn ms(t: Timestamp) -> i64 {

@@ -238,13 +238,7 @@ impl Transact for SqliteStorage {
             let now = inner.options.clock.now();
             // One snapshot for the whole read, as SQLite's statements would each take their own.
             conn::run_cached(&conn, "BEGIN").map_err(|e| conn::map_err(&inner.path, e))?;
-            let result = read(
-                &mut Db {
-                    conn: &conn,
-                    path: &inner.path,
-                },
-                now,
-            );
+            let result = read(&mut Db::new(&conn, &inner.path), now);
             let ended = conn::run_cached(&conn, "COMMIT");
             let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
             if ended.is_ok() && idle.len() < inner.options.readers {

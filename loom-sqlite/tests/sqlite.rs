@@ -521,3 +521,119 @@ async fn a_process_killed_mid_batch_loses_only_unacknowledged_work() {
     let store = open(&path).await.expect("reopen after the crashes");
     crash::check_survivors(&store, &acked).await;
 }
+
+/// The commit of `task` with `events` (numbered after its history), eagerly claiming up to
+/// `eager` activity tasks.
+fn commit(
+    task: &loom_storage::WorkflowTask,
+    kinds: Vec<EventKind>,
+    eager: usize,
+) -> WorkflowTaskCompletion {
+    let first = task.last_seq.get() + 1;
+    WorkflowTaskCompletion {
+        next_run: None,
+        lease: task.lease,
+        workflow_id: task.workflow_id.clone(),
+        expected_last_seq: task.last_seq,
+        events: kinds
+            .into_iter()
+            .zip(first..)
+            .map(|(kind, n)| Event {
+                seq: Seq::new(n),
+                at: Timestamp::from_millis(0),
+                kind,
+            })
+            .collect(),
+        consumed: task.messages.iter().map(|m| m.id).collect(),
+        progress: None,
+        logs: Vec::new(),
+        eager: (eager > 0).then(|| ClaimRequest::new("w", eager, Duration::from_secs(30))),
+        affinity: None,
+    }
+}
+
+fn schedule(name: &str) -> EventKind {
+    EventKind::ActivityScheduled {
+        name: name.into(),
+        input: Payload::encode(&name).expect("encode"),
+        options: Default::default(),
+    }
+}
+
+/// The activity tasks a commit schedules are written only when something could see them
+/// (`apply.rs`, "Activity tasks born claimed"); its eager claim still takes the workflow's
+/// claimable tasks in the store's order. On a clock that stands still every task is ready
+/// at the same instant, so the order is the tasks' ids: the one already waiting first, then
+/// the new ones as scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_claim_keeps_the_order_of_ids_when_times_tie() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = loom_storage::ManualClock::new(Timestamp::from_millis(1_000_000));
+    let options = SqliteOptions {
+        clock: Arc::new(clock),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStorage::open(dir.path().join("tie.db"), options)
+        .await
+        .expect("open");
+    let id = WorkflowId::new("tie");
+    let req = ClaimRequest::new("w", 1, Duration::from_secs(30));
+    store
+        .create_workflow(&id, started("Tie"))
+        .await
+        .expect("create");
+    let task = store
+        .claim_workflow_tasks(&req)
+        .await
+        .expect("claim")
+        .remove(0);
+    store
+        .complete_workflow_task(commit(&task, vec![schedule("waiting")], 0))
+        .await
+        .expect("commit");
+    store
+        .signal(&id, "go", Payload::NULL)
+        .await
+        .expect("signal");
+    let task = store
+        .claim_workflow_tasks(&req)
+        .await
+        .expect("claim")
+        .remove(0);
+    let kinds = vec![schedule("new-1"), schedule("new-2"), schedule("new-3")];
+    let eager = store
+        .complete_workflow_task(commit(&task, kinds, 3))
+        .await
+        .expect("commit and claim");
+    let names: Vec<&str> = eager.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["waiting", "new-1", "new-2"]);
+    let ids: Vec<u64> = eager.iter().map(|t| t.lease.task.0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+    assert_eq!(eager[2].input, Payload::encode(&"new-2").expect("encode"));
+    let rest = store
+        .claim_activity_tasks(&ClaimRequest::new("w", 10, Duration::from_secs(30)))
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].name, "new-3");
+    assert!(
+        rest[0].lease.task.0 > ids[2],
+        "written after the ones taken"
+    );
+    for t in eager.iter().chain(&rest) {
+        store
+            .complete_activity_task(ActivityTaskCompletion {
+                lease: t.lease,
+                workflow_id: id.clone(),
+                result: EventKind::ActivityCompleted {
+                    activity_id: t.activity_id,
+                    attempt: 1,
+                    result: Payload::NULL,
+                },
+                retry_after: None,
+                then: AfterActivity::Nothing,
+            })
+            .await
+            .expect("every lease commits");
+    }
+}

@@ -49,6 +49,69 @@ pub async fn an_eager_commit_claims_only_its_own_activities(store: Store) {
     );
 }
 
+/// An eager claim takes the workflow's claimable activity tasks oldest first: one that was
+/// already waiting before the tasks its own commit schedules, then those in the order they
+/// were scheduled, up to what was asked. Each lease commits, and the rest wait for any
+/// claimer.
+pub async fn an_eager_claim_takes_the_oldest_first(store: Store) {
+    create(&store, "wf-1").await;
+    advance(&store, vec![schedule("waiting", 0)]).await;
+    // A signal wakes the workflow task while "waiting" is still unclaimed.
+    store
+        .signal(&wid("wf-1"), "go", json(0))
+        .await
+        .expect("signal");
+    let task = claim_workflow(&store).await;
+    let mut c = completion(
+        &task,
+        vec![
+            schedule("new-1", 1),
+            schedule("new-2", 2),
+            schedule("new-3", 3),
+        ],
+    );
+    c.eager = Some(claim(3));
+    let eager = store
+        .complete_workflow_task(c)
+        .await
+        .expect("complete and claim");
+    let names: Vec<&str> = eager.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["waiting", "new-1", "new-2"],
+        "oldest first, up to three"
+    );
+    for t in &eager {
+        assert_eq!(t.deliveries, 1, "{t:?}");
+        assert_eq!(t.attempt, 1, "{t:?}");
+        assert_eq!(t.workflow_id, wid("wf-1"));
+        assert!(t.lease.expires_at > t.claimed_at, "{t:?}");
+    }
+    assert!(eager[0].ready_at <= eager[1].ready_at);
+    assert_eq!(
+        eager[1].ready_at, eager[1].claimed_at,
+        "scheduled by this commit"
+    );
+    assert_eq!(eager[1].input, json(1), "the new task's input as scheduled");
+    let mut ids: Vec<_> = eager.iter().map(|t| t.lease.task).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three different tasks: {eager:?}");
+    let rest = store.claim_activity_tasks(&claim(10)).await.expect("claim");
+    let rest: Vec<&str> = rest.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(rest, ["new-3"], "the one not taken waits for any claimer");
+    for (i, t) in eager.iter().enumerate() {
+        store
+            .complete_activity_task(completed(t, i))
+            .await
+            .expect("each eager lease commits");
+    }
+    let again = store
+        .complete_activity_task(completed(&eager[1], 9))
+        .await
+        .expect_err("a task is completed once");
+    assert!(matches!(again, StorageError::LeaseLost(_)), "{again}");
+}
+
 /// An activity commit that claims eagerly claims the workflow task its result woke, with the
 /// result among its messages; while another lease holds the workflow task, it claims nothing
 /// and the result waits for the holder's next task.

@@ -287,6 +287,7 @@ macro_rules! for_each_conformance_case {
             an_activity_result_must_match_its_task,
             an_expired_activity_lease_cannot_report,
             an_eager_commit_claims_only_its_own_activities,
+            an_eager_claim_takes_the_oldest_first,
             an_eager_activity_commit_claims_the_woken_task,
             eager_claims_are_made,
             a_decision_ahead_is_applied,
