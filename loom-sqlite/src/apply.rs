@@ -207,18 +207,16 @@ impl Db<'_> {
 }
 
 impl Db<'_> {
-    fn exec(&self, sql: &str, params: impl Params) -> Result<usize> {
-        self.conn
-            .prepare_cached(sql)
+    fn exec(&self, sql: &'static str, params: impl Params) -> Result<usize> {
+        self.prepared(sql)
             .and_then(|mut s| s.execute(params))
             .map_err(|e| self.sql(e))
     }
 
-    fn task_view(&self, sql: &str, key: impl Params) -> Result<Option<TaskView>> {
+    fn task_view(&self, sql: &'static str, key: impl Params) -> Result<Option<TaskView>> {
         type Row = (String, i64, Option<i64>, Option<u32>, i64, Option<i64>);
         let row: Option<Row> = self
-            .conn
-            .prepare_cached(sql)
+            .prepared(sql)
             .and_then(|mut s| {
                 s.query_row(key, |r| {
                     Ok((
@@ -269,9 +267,8 @@ impl Db<'_> {
         of: Option<&WorkflowId>,
     ) -> Result<Vec<(i64, i64)>> {
         let max = i64::try_from(req.max).unwrap_or(i64::MAX);
-        let rows = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<Vec<(i64, i64)>> {
-            self.conn
-                .prepare_cached(sql)
+        let rows = |sql: &'static str, p: &[&dyn rusqlite::ToSql]| -> Result<Vec<(i64, i64)>> {
+            self.prepared(sql)
                 .and_then(|mut s| s.query_map(p, |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
                 .map_err(|e| self.sql(e))
         };
@@ -343,8 +340,7 @@ impl Db<'_> {
     ) -> Result<Vec<Claim>> {
         let expires = now.saturating_add(req.lease);
         let mut stmt = self
-            .conn
-            .prepare_cached(
+            .prepared(
                 "UPDATE tasks SET lease_token = lease_token + 1, lease_expires_at = ?2, visible_at = ?2,
                  lease_owner = ?3, deliveries = deliveries + 1 WHERE id = ?1
                  RETURNING lease_token, deliveries, workflow_id, activity_id, name, input, options,
@@ -383,8 +379,7 @@ impl Db<'_> {
     /// A workflow's messages due at `now`, by `(visible_at, id)`.
     pub(crate) fn due_messages(&self, id: &WorkflowId, now: Timestamp) -> Result<Vec<Message>> {
         let rows: Vec<(i64, i64, String)> = self
-            .conn
-            .prepare_cached(
+            .prepared(
                 "SELECT id, visible_at, kind FROM messages WHERE workflow_id = ?1 AND visible_at <= ?2
                  ORDER BY visible_at, id",
             )
@@ -433,8 +428,7 @@ impl Db<'_> {
         keep: impl Fn(&EventKind) -> bool,
     ) -> Result<()> {
         let messages: Vec<(i64, String)> = self
-            .conn
-            .prepare_cached("SELECT id, kind FROM messages WHERE workflow_id = ?1")
+            .prepared("SELECT id, kind FROM messages WHERE workflow_id = ?1")
             .and_then(|mut s| {
                 s.query_map([workflow.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect()
@@ -463,8 +457,7 @@ impl Apply for Db<'_> {
 
     fn workflow(&mut self, workflow: &WorkflowId) -> Result<Option<WorkflowView>> {
         let row: Option<(i64, String, Option<String>, u32)> = self
-            .conn
-            .prepare_cached("SELECT last_seq, status, parent_id, run FROM workflows WHERE id = ?1")
+            .prepared("SELECT last_seq, status, parent_id, run FROM workflows WHERE id = ?1")
             .and_then(|mut s| {
                 s.query_row([workflow.as_str()], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -493,8 +486,7 @@ impl Apply for Db<'_> {
 
     fn earliest_message(&mut self, workflow: &WorkflowId) -> Result<Option<Timestamp>> {
         let earliest: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT MIN(visible_at) FROM messages WHERE workflow_id = ?1")
+            .prepared("SELECT MIN(visible_at) FROM messages WHERE workflow_id = ?1")
             .and_then(|mut s| s.query_row([workflow.as_str()], |r| r.get(0)))
             .map_err(|e| self.sql(e))?;
         Ok(earliest.map(Timestamp::from_millis))
@@ -502,8 +494,7 @@ impl Apply for Db<'_> {
 
     fn schedule_version(&mut self, schedule: &str) -> Result<Option<u64>> {
         let version: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT version FROM schedules WHERE id = ?1")
+            .prepared("SELECT version FROM schedules WHERE id = ?1")
             .and_then(|mut s| s.query_row([schedule], |r| r.get(0)).optional())
             .map_err(|e| self.sql(e))?;
         Ok(version.map(i64::unsigned_abs))
@@ -551,10 +542,7 @@ impl Apply for Db<'_> {
 
     fn append_events(&mut self, workflow: &WorkflowId, events: &[Event]) -> Result<()> {
         let mut stmt = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO events (workflow_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)",
-            )
+            .prepared("INSERT INTO events (workflow_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)")
             .map_err(|e| self.sql(e))?;
         for e in events {
             stmt.execute(params![
@@ -664,8 +652,7 @@ impl Apply for Db<'_> {
 
     fn consume(&mut self, workflow: &WorkflowId, ids: &[MessageId]) -> Result<()> {
         let mut stmt = self
-            .conn
-            .prepare_cached("DELETE FROM messages WHERE id = ?1 AND workflow_id = ?2")
+            .prepared("DELETE FROM messages WHERE id = ?1 AND workflow_id = ?2")
             .map_err(|e| self.sql(e))?;
         for m in ids {
             stmt.execute(params![id_i64(m.0), workflow.as_str()])
@@ -778,8 +765,7 @@ impl Apply for Db<'_> {
 
     fn append_logs(&mut self, workflow: &WorkflowId, logs: &[LogRecord]) -> Result<()> {
         let mut stmt = self
-            .conn
-            .prepare_cached(
+            .prepared(
                 "INSERT INTO logs (workflow_id, seq, at, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(|e| self.sql(e))?;
@@ -847,8 +833,7 @@ impl Apply for Db<'_> {
         let except = serde_json::to_string(&purge.except_names)
             .map_err(|e| loom_storage::StorageError::InvalidArgument(e.to_string()))?;
         let ids: Vec<String> = self
-            .conn
-            .prepare_cached(
+            .prepared(
                 // Terminal statuses only, whatever the filter: an open workflow is never purged,
                 // nor one with an open child (its id must not be taken again while the child
                 // may report to it).
@@ -923,8 +908,7 @@ impl Apply for Db<'_> {
         } in self.claim(now, WORKFLOW_TASK, req, of)?
         {
             let (name, last, run): (String, i64, u32) = self
-                .conn
-                .prepare_cached("SELECT name, last_seq, run FROM workflows WHERE id = ?1")
+                .prepared("SELECT name, last_seq, run FROM workflows WHERE id = ?1")
                 .and_then(|mut s| {
                     s.query_row([workflow_id.as_str()], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))

@@ -86,6 +86,8 @@ impl SqliteCommit {
                 .and_then(|mut s| s.execute([]))
                 .map(drop)
         };
+        // One `Db` for the batch: the statements it holds serve every job.
+        let mut db = Db::new(conn, path);
         for job in batch.iter_mut() {
             if savepoints && let Err(e) = step("SAVEPOINT job") {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -93,7 +95,8 @@ impl SqliteCommit {
             }
             let before = conn.total_changes();
             let ok = job.run(|ws| {
-                let mut db = Db::new(conn, path);
+                // What a failed write set held back is not written.
+                db.pending.clear();
                 let applied = engine::apply(&mut db, ws, clock.now())?;
                 db.write_pending()?;
                 Ok(applied)

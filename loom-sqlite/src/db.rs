@@ -1,11 +1,14 @@
 //! One connection inside one transaction or snapshot, and the conversions between Loom's
 //! records and SQLite's columns.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
 use loom_core::{Failure, Payload, Progress, Seq, Timestamp, WorkflowId};
 use loom_storage::{Result, StorageError, TaskId, WorkflowSummary};
-use rusqlite::Connection;
+use rusqlite::{CachedStatement, Connection, Statement};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -22,17 +25,69 @@ pub(crate) struct Db<'a> {
     pub(crate) conn: &'a Connection,
     pub(crate) path: &'a Path,
     /// Activity tasks a write set inserted and this side has not written yet (see
-    /// `apply.rs`, "Activity tasks born claimed"). Always empty outside a write set.
+    /// `apply.rs`, "Activity tasks born claimed"). Always empty between write sets.
     pub(crate) pending: Vec<crate::apply::Pending>,
+    /// Statements taken from the connection's cache and kept for as long as this `Db` lives
+    /// (a whole batch, on the writer thread), by the address and length of their SQL text.
+    /// rusqlite's cache finds a statement by hashing and comparing its whole text, and puts
+    /// it back the same way, on every use; a batch uses the same few dozen statements
+    /// thousands of times.
+    held: RefCell<HashMap<(usize, usize), CachedStatement<'a>>>,
 }
 
 impl<'a> Db<'a> {
-    /// `conn` at `path`, with nothing pending.
+    /// `conn` at `path`, with nothing pending or held.
     pub(crate) fn new(conn: &'a Connection, path: &'a Path) -> Self {
         Db {
             conn,
             path,
             pending: Vec::new(),
+            held: RefCell::default(),
+        }
+    }
+
+    /// The prepared statement for `sql`: the one this `Db` holds, or one from the
+    /// connection's cache, held from now on. Only for SQL written into the program, whose
+    /// address names it for as long as the program runs.
+    pub(crate) fn prepared(&self, sql: &'static str) -> rusqlite::Result<Held<'_, 'a>> {
+        let key = (sql.as_ptr() as usize, sql.len());
+        let stmt = match self.held.borrow_mut().remove(&key) {
+            Some(stmt) => stmt,
+            None => self.conn.prepare_cached(sql)?,
+        };
+        Ok(Held {
+            held: &self.held,
+            key,
+            stmt: Some(stmt),
+        })
+    }
+}
+
+/// A statement [`Db::prepared`] lent out; it goes back to the `Db` when dropped.
+pub(crate) struct Held<'d, 'a> {
+    held: &'d RefCell<HashMap<(usize, usize), CachedStatement<'a>>>,
+    key: (usize, usize),
+    stmt: Option<CachedStatement<'a>>,
+}
+
+impl<'a> Deref for Held<'_, 'a> {
+    type Target = Statement<'a>;
+
+    fn deref(&self) -> &Statement<'a> {
+        self.stmt.as_ref().expect("held until dropped")
+    }
+}
+
+impl<'a> DerefMut for Held<'_, 'a> {
+    fn deref_mut(&mut self) -> &mut Statement<'a> {
+        self.stmt.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Held<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(stmt) = self.stmt.take() {
+            self.held.borrow_mut().insert(self.key, stmt);
         }
     }
 }
@@ -177,5 +232,55 @@ impl RawSummary {
             run: self.run,
             tags,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rusqlite::StatementStatus;
+
+    use super::*;
+    use crate::Durability;
+
+    const SQL: &str = "SELECT COUNT(*) FROM workflows WHERE id = ?1";
+
+    fn count(stmt: &mut Statement<'_>) -> i64 {
+        stmt.query_row(["wf"], |r| r.get(0)).expect("query")
+    }
+
+    /// A `Db` lends out the statement it holds for every use of the same SQL, and a second
+    /// use while the first is still out gets a statement of its own; both then work.
+    #[test]
+    fn a_held_statement_serves_every_use() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("held.db");
+        let conn =
+            crate::conn::open(&path, Durability::Fast, Duration::from_secs(1)).expect("open");
+        crate::conn::migrate(&conn, &path).expect("migrate");
+        let db = Db::new(&conn, &path);
+        for _ in 0..3 {
+            let mut stmt = db.prepared(SQL).expect("prepare");
+            assert_eq!(count(&mut stmt), 0);
+        }
+        let mut first = db.prepared(SQL).expect("prepare");
+        assert_eq!(
+            first.get_status(StatementStatus::Run),
+            3,
+            "one statement ran all three times"
+        );
+        let mut second = db
+            .prepared(SQL)
+            .expect("a second one while the first is out");
+        assert_eq!(second.get_status(StatementStatus::Run), 0);
+        assert_eq!(count(&mut first), 0);
+        assert_eq!(count(&mut second), 0);
+        drop((first, second));
+        assert_eq!(
+            db.held.borrow().len(),
+            1,
+            "one statement per SQL text is kept"
+        );
     }
 }
