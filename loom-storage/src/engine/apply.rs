@@ -155,21 +155,29 @@ pub trait Apply {
 /// answer, with nothing written; so is an error of the backend's, after which the caller must
 /// roll its transaction back.
 pub fn apply(store: &mut dyn Apply, ws: &WriteSet, now: Timestamp) -> Result<Applied> {
-    // Checks of one row follow each other (a lease, then that task's kind); the row is read
-    // once for them.
+    holds(store, &ws.checks, now)??;
+    let mut applied = Applied::default();
+    run(store, &ws.ops, now, &mut applied)?;
+    Ok(applied)
+}
+
+/// Evaluates `checks` in order: the first that fails (`Ok(Err(_))`), or none. Checks of one
+/// row follow each other (a lease, then that task's kind; a workflow's status, run and last
+/// event); the row is read once for them.
+fn holds(store: &mut dyn Apply, checks: &[Check], now: Timestamp) -> Result<Result<()>> {
     let mut last: Option<(Subject<'_>, Found)> = None;
-    for check in &ws.checks {
+    for check in checks {
         let subject = check.subject();
         let found = match last.take() {
             Some((s, found)) if s == subject => found,
             _ => read(store, check)?,
         };
-        check.verdict(&found, now)?;
+        if let Err(e) = check.verdict(&found, now) {
+            return Ok(Err(e));
+        }
         last = Some((subject, found));
     }
-    let mut applied = Applied::default();
-    run(store, &ws.ops, now, &mut applied)?;
-    Ok(applied)
+    Ok(Ok(()))
 }
 
 /// Reads what `check` needs.
@@ -285,14 +293,7 @@ fn run(store: &mut dyn Apply, ops: &[Op], now: Timestamp, applied: &mut Applied)
                 then,
                 otherwise,
             } => {
-                let mut holds = true;
-                for check in all {
-                    let found = read(store, check)?;
-                    if check.verdict(&found, now).is_err() {
-                        holds = false;
-                        break;
-                    }
-                }
+                let holds = holds(store, all, now)?.is_ok();
                 // The first condition decides the answer: an `If` nested in the ops it
                 // chose (a child's start within a decision made ahead) does not.
                 applied.decided.get_or_insert(holds);
