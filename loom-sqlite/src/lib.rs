@@ -22,6 +22,8 @@
 //! - **Group commit.** Every write goes to one writer thread that runs all waiting write sets
 //!   in one transaction and answers each caller once the commit is durable: one fsync for many
 //!   workflows' transitions. A write set that fails is undone alone (see `commit.rs`).
+//! - **Checkpoints off the writer.** A thread of its own copies the log back into the file
+//!   every 200 ms (`checkpoint.rs`); the writer checkpoints only if the log outgrows that.
 //! - **Reads in parallel.** Reads use a small pool of separate connections on the blocking
 //!   thread pool; WAL lets them run while the writer writes.
 //! - **Never blocks the runtime.** Callers await channels; SQLite runs on the writer thread and
@@ -48,6 +50,7 @@
 //! ```
 
 mod apply;
+mod checkpoint;
 mod commit;
 mod conn;
 mod db;
@@ -131,6 +134,7 @@ struct Inner {
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     disk_syncs: Arc<AtomicU64>,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 impl SqliteStorage {
@@ -161,6 +165,10 @@ impl SqliteStorage {
         }
         let conn = conn::open(&path, options.durability, options.busy_timeout)?;
         conn::migrate(&conn, &path)?;
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+            .map_err(|e| conn::map_err(&path, e))?;
+        let checkpointer =
+            checkpoint::start(path.clone(), options.durability, options.busy_timeout)?;
         let disk_syncs = Arc::new(AtomicU64::new(0));
         let full_sync = options.durability == Durability::Full;
         let commit = SqliteCommit {
@@ -184,6 +192,7 @@ impl SqliteStorage {
                 writer,
                 readers: Mutex::new(Vec::new()),
                 disk_syncs,
+                _checkpointer: checkpointer,
             }),
         })
     }

@@ -637,3 +637,37 @@ async fn an_eager_claim_keeps_the_order_of_ids_when_times_tie() {
             .expect("every lease commits");
     }
 }
+
+/// The log is copied back into the database file by a thread of its own, long before the
+/// log's length would make the writer do it: after a few hundred commits (far fewer pages
+/// than the writer's backstop), the file itself grows within moments, with nothing else
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_off_the_writer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ckpt.db");
+    let store = open(&path).await.expect("open");
+    let size = || std::fs::metadata(&path).expect("the file").len();
+    // Let a checkpoint of the migrations pass first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = size();
+    for i in 0..200 {
+        store
+            .create_workflow(&WorkflowId::new(format!("wf-{i}")), started("Ckpt"))
+            .await
+            .expect("create");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {before} bytes: nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store.stats().await.expect("stats").events,
+        200,
+        "nothing lost"
+    );
+}
