@@ -587,14 +587,24 @@ impl Apply for Db<'_> {
                  progress = COALESCE(?3, progress), updated_at = ?4 WHERE id = ?1",
                 params![id, last, progress, ms(now)],
             )?,
-            StatusChange::Resume => self.exec(
+            // Almost always the workflow is not paused: then this is a `Keep`. A statement
+            // that assigns `status`, even its own value, rewrites the row's entry in
+            // `workflows_by_status`, so the assigning one runs only for a paused row.
+            StatusChange::Resume => match self.exec(
                 "UPDATE workflows SET last_seq = COALESCE(?2, last_seq),
-                 progress = COALESCE(?3, progress), updated_at = ?4,
-                 pause_reason = CASE WHEN status = 'paused' THEN NULL ELSE pause_reason END,
-                 status = CASE WHEN status = 'paused' THEN 'running' ELSE status END
-                 WHERE id = ?1",
+                 progress = COALESCE(?3, progress), updated_at = ?4
+                 WHERE id = ?1 AND status <> 'paused'",
                 params![id, last, progress, ms(now)],
-            )?,
+            )? {
+                0 => self.exec(
+                    "UPDATE workflows SET last_seq = COALESCE(?2, last_seq),
+                     progress = COALESCE(?3, progress), updated_at = ?4,
+                     pause_reason = NULL, status = 'running'
+                     WHERE id = ?1 AND status = 'paused'",
+                    params![id, last, progress, ms(now)],
+                )?,
+                n => n,
+            },
             StatusChange::Close(end) => self.exec(
                 "UPDATE workflows SET last_seq = COALESCE(?2, last_seq),
                  progress = COALESCE(?3, progress), updated_at = ?4, closed_at = ?4,
