@@ -887,9 +887,15 @@ impl Apply for Db<'_> {
                 .collect()
             })
             .map_err(|e| self.sql(e))?;
-        // The histories, earlier runs, messages, tasks and logs go with the row (foreign keys
-        // that cascade).
+        // Every row of the workflow's goes with it, table by table: the schema's foreign keys
+        // are not enforced (see `conn.rs`), so nothing cascades.
         for id in &ids {
+            self.exec("DELETE FROM events WHERE workflow_id = ?1", [id])?;
+            self.exec("DELETE FROM past_events WHERE workflow_id = ?1", [id])?;
+            self.exec("DELETE FROM messages WHERE workflow_id = ?1", [id])?;
+            self.exec("DELETE FROM tasks WHERE workflow_id = ?1", [id])?;
+            self.exec("DELETE FROM logs WHERE workflow_id = ?1", [id])?;
+            self.exec("DELETE FROM tags WHERE workflow_id = ?1", [id])?;
             self.exec("DELETE FROM workflows WHERE id = ?1", [id])?;
         }
         Ok(ids.into_iter().map(WorkflowId::new).collect())

@@ -671,3 +671,96 @@ async fn the_log_is_checkpointed_off_the_writer() {
         "nothing lost"
     );
 }
+
+/// A purge deletes every row of the workflow's, table by table: nothing cascades, since the
+/// schema's foreign keys are not enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_leaves_no_row_of_the_workflow_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("purge.db");
+    let store = open(&path).await.expect("open");
+    let (id, kept) = (WorkflowId::new("gone"), WorkflowId::new("kept"));
+    store
+        .create_workflow(&kept, started("Kept"))
+        .await
+        .expect("create");
+    store
+        .create_workflow(&id, started("Gone"))
+        .await
+        .expect("create");
+    let req = ClaimRequest::new("w", 10, Duration::from_secs(30));
+    let tasks = store.claim_workflow_tasks(&req).await.expect("claim");
+    let task = tasks
+        .iter()
+        .find(|t| t.workflow_id == id)
+        .expect("its task");
+    let mut first = commit(
+        task,
+        vec![
+            EventKind::TagSet {
+                key: "k".into(),
+                value: loom_core::TagValue::Text("v".into()),
+            },
+            schedule("a"),
+        ],
+        0,
+    );
+    first.logs = vec![loom_core::LogRecord {
+        seq: Seq::new(3),
+        at: Timestamp::from_millis(0),
+        level: loom_core::LogLevel::Info,
+        message: "hello".into(),
+    }];
+    store.complete_workflow_task(first).await.expect("commit");
+    store.signal(&id, "s", Payload::NULL).await.expect("signal");
+    let task = store
+        .claim_workflow_tasks(&req)
+        .await
+        .expect("claim")
+        .into_iter()
+        .find(|t| t.workflow_id == id)
+        .expect("woken by the signal");
+    let done = EventKind::WorkflowCompleted {
+        output: Payload::NULL,
+    };
+    store
+        .complete_workflow_task(commit(&task, vec![done], 0))
+        .await
+        .expect("complete");
+    let raw = rusqlite::Connection::open(&path).expect("open raw");
+    let rows = |table: &str, column: &str| -> i64 {
+        raw.query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE {column} = 'gone'"),
+            [],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    assert!(rows("events", "workflow_id") > 0 && rows("logs", "workflow_id") > 0);
+    assert!(rows("tags", "workflow_id") > 0);
+    // Ended before the purge's now, not at it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let purged = store
+        .purge(&loom_storage::Purge {
+            older_than: Duration::ZERO,
+            status: None,
+            name: None,
+            except_names: Vec::new(),
+            limit: 10,
+        })
+        .await
+        .expect("purge");
+    assert_eq!(purged, vec![id.clone()]);
+    for table in ["events", "past_events", "messages", "tasks", "logs", "tags"] {
+        assert_eq!(rows(table, "workflow_id"), 0, "rows left in {table}");
+    }
+    assert_eq!(rows("workflows", "id"), 0);
+    let other: i64 = raw
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE workflow_id = 'kept'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(other, 1, "another workflow's rows stay");
+}
