@@ -7,8 +7,8 @@
 //! A workflow task's commit usually inserts the activity tasks it scheduled and then claims
 //! them for the worker that committed it (an eager claim of the workflow's claimable activity
 //! tasks, `ClaimActivityTasks` with `of`). Inserted and then claimed, each such row would be
-//! written twice, and the claim's update, with its index changes, was the largest single cost
-//! of the writer thread. So an activity task's insert is held back (`Db::pending`) until the
+//! written twice, and the claim's update, with its index changes, would be the largest single
+//! cost of the writer thread. So an activity task's insert is held back (`Db::pending`) until the
 //! next primitive that could see it: the eager claim of its workflow writes the ones it takes
 //! already leased (token 1, one delivery, as a claim of the fresh row would leave it) and the
 //! others as they are, in the order they were inserted; any other primitive that reads or
@@ -122,11 +122,16 @@ impl Db<'_> {
         order.truncate(req.max);
         let expires = now.saturating_add(req.lease);
         let pending = std::mem::take(&mut self.pending);
-        let mut written = vec![None; pending.len()];
-        for (i, p) in pending.iter().enumerate() {
-            let taken = order.iter().any(|&(_, w)| w == Which::Held(i));
+        let mut taken = vec![false; pending.len()];
+        for &(_, w) in &order {
+            if let Which::Held(i) = w {
+                taken[i] = true;
+            }
+        }
+        let mut written = Vec::with_capacity(pending.len());
+        for (p, &taken) in pending.iter().zip(&taken) {
             let leased = taken.then_some((expires, req.owner.as_str()));
-            written[i] = Some(self.write_activity(p, leased)?);
+            written.push(self.write_activity(p, leased)?);
         }
         let rows: Vec<(i64, i64)> = order
             .iter()
@@ -141,7 +146,7 @@ impl Db<'_> {
             match w {
                 Which::Row(_) => tasks.extend(leased.next()),
                 Which::Held(i) => {
-                    let (p, row) = (&pending[i], written[i].unwrap_or_default());
+                    let (p, row) = (&pending[i], written[i]);
                     tasks.push(ActivityTask {
                         lease: Lease {
                             task: TaskId(row.unsigned_abs()),
@@ -340,7 +345,7 @@ impl Db<'_> {
     ) -> Result<Vec<Claim>> {
         let expires = now.saturating_add(req.lease);
         // An update, then a read of the row by its id: SQLite answers `RETURNING` through a
-        // temporary table it builds for every statement, which made the two together cost
+        // temporary table it builds for every statement, which makes an update with it cost
         // more than twice the update alone.
         let mut lease = self
             .prepared(

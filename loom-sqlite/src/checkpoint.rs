@@ -3,7 +3,7 @@
 //! In WAL mode a commit appends pages to the log, and a checkpoint copies the newest version
 //! of each logged page back into the database file, so that the log can start again from its
 //! beginning. SQLite checkpoints on the committing connection by default, once the log passes
-//! 1,000 pages: the writer thread, which bounds throughput, stopped for the copy and for an
+//! 1,000 pages: the writer thread, which bounds throughput, would stop for the copy and for an
 //! fsync of the database file (about 6% of its time under load). Here a thread of its own, on
 //! a connection of its own, runs a passive checkpoint (one that never waits for the writer or
 //! readers) every [`EVERY`], and the writer's own checkpoint is left as a backstop for a log

@@ -91,9 +91,9 @@ pub(crate) fn open(
         Durability::Fast => "NORMAL",
     };
     // Foreign keys are not enforced: the engine's checks already find the workflow before
-    // anything is written for it, and enforcing them cost a lookup of the workflow's row in
+    // anything is written for it, and enforcing them costs a lookup of the workflow's row in
     // every insert of an event, message or task (6% of the writer thread's instructions).
-    // The one delete they cascaded, a purge's, deletes table by table.
+    // The one delete they would cascade, a purge's, deletes table by table.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
     ))
