@@ -111,7 +111,8 @@ fn event(seq: u64, kind: EventKind) -> Event {
     }
 }
 
-fn schedule(name: &str, input: impl serde::Serialize) -> EventKind {
+/// `ActivityScheduled` of activity type `name` with `input` and default options.
+pub fn schedule(name: &str, input: impl serde::Serialize) -> EventKind {
     EventKind::ActivityScheduled {
         name: name.into(),
         input: json(input),
@@ -137,18 +138,21 @@ fn timer_after(d: Duration) -> EventKind {
     }
 }
 
-fn claim(n: usize) -> ClaimRequest {
+/// A claim of up to `n` tasks by the owner `conformance`, leased for 30 s.
+pub fn claim(n: usize) -> ClaimRequest {
     ClaimRequest::new("conformance", n, LEASE)
 }
 
-async fn create(store: &Store, id: &str) {
+/// Creates workflow `id` of the type `Conformance`, its input the id.
+pub async fn create(store: &Store, id: &str) {
     store
         .create_workflow(&wid(id), started("Conformance", id))
         .await
         .expect("create");
 }
 
-async fn claim_workflow(store: &Store) -> WorkflowTask {
+/// Claims the one ready workflow task (failing unless there is exactly one).
+pub async fn claim_workflow(store: &Store) -> WorkflowTask {
     let mut tasks = store.claim_workflow_tasks(&claim(1)).await.expect("claim");
     assert_eq!(tasks.len(), 1, "expected exactly one ready workflow task");
     tasks.remove(0)
@@ -161,7 +165,7 @@ async fn claim_activity(store: &Store) -> ActivityTask {
 }
 
 /// Commits `kinds` as the task's new events, consuming all its messages.
-fn completion(task: &WorkflowTask, kinds: Vec<EventKind>) -> WorkflowTaskCompletion {
+pub fn completion(task: &WorkflowTask, kinds: Vec<EventKind>) -> WorkflowTaskCompletion {
     let first = task.last_seq.get() + 1;
     WorkflowTaskCompletion {
         next_run: None,
@@ -192,7 +196,7 @@ async fn advance(store: &Store, kinds: Vec<EventKind>) -> WorkflowTask {
 }
 
 /// The task's attempt completed with `value`.
-fn completed(task: &ActivityTask, value: impl serde::Serialize) -> ActivityTaskCompletion {
+pub fn completed(task: &ActivityTask, value: impl serde::Serialize) -> ActivityTaskCompletion {
     ActivityTaskCompletion {
         lease: task.lease,
         workflow_id: task.workflow_id.clone(),
