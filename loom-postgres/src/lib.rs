@@ -430,8 +430,10 @@ impl Storage for PostgresStorage {
         self.apply(engine::write_schedule(write)?).await.map(drop)
     }
 
-    async fn work_signal(&self) {
-        self.work.notified().await;
+    fn work_signal(&self) -> loom_storage::WorkSignal<'_> {
+        // Made here, not in an `async` body: a `Notified` sees every `notify_waiters` after its
+        // creation, polled or not.
+        Box::pin(self.work.notified())
     }
 
     fn signals_work(&self) -> bool {

@@ -31,12 +31,17 @@ impl PostgresStorage {
                 match listener.await {
                     Ok(mut l) => {
                         pause = Duration::from_millis(100);
-                        // `Ok(None)` means the connection was re-established and notifications
-                        // may have been missed: waking the workers then is right too.
-                        while l.try_recv().await.is_ok() {
+                        // Notifications sent before this `LISTEN` took hold are lost to it
+                        // (at start-up, or while reconnecting): workers that went idle
+                        // meanwhile claim once more. Within the loop, `Ok(None)` means sqlx
+                        // re-established the connection itself, with the same loss.
+                        loop {
                             match work.upgrade() {
                                 Some(n) => n.notify_waiters(),
                                 None => return,
+                            }
+                            if l.try_recv().await.is_err() {
+                                break;
                             }
                         }
                     }

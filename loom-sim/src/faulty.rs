@@ -562,9 +562,12 @@ impl Storage for Faulty {
         let r = self.inner.write_schedule(write).await;
         self.after("write_schedule", true, r).await
     }
-    async fn work_signal(&self) {
-        self.hang_if_dead().await;
-        self.inner.work_signal().await;
+    fn work_signal(&self) -> loom_storage::WorkSignal<'_> {
+        let signal = self.inner.work_signal();
+        Box::pin(async move {
+            self.hang_if_dead().await;
+            signal.await;
+        })
     }
     fn signals_work(&self) -> bool {
         self.inner.signals_work()

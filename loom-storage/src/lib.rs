@@ -79,6 +79,9 @@ pub use plan::{NewActivity, NewTimer, ResetPlan, TaskPlan, Terminal};
 pub use schedule::{DueSchedules, Schedule, ScheduleWrite};
 pub use transact::{Read, Transact};
 
+/// What [`Storage::work_signal`] returns: resolves once work may be ready.
+pub type WorkSignal<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// Durable storage for workflows, histories, messages and tasks.
 ///
 /// Every method is atomic: it happens entirely or not at all. What each write does is decided
@@ -212,11 +215,16 @@ pub trait Storage: Send + Sync + 'static {
         StoreCounters::default()
     }
 
-    /// Resolves when the store learns that new work may be ready (another process enqueued
-    /// it), so that idle workers wake at once instead of at their next poll. Backends without
-    /// such notifications never resolve, and workers rely on polling.
-    async fn work_signal(&self) {
-        std::future::pending::<()>().await;
+    /// A future that resolves when the store learns that new work may be ready (another
+    /// process enqueued it), so that idle workers wake at once instead of at their next poll.
+    /// Backends without such notifications never resolve, and workers rely on polling.
+    ///
+    /// The future subscribes when this method returns, not when it is first polled: it sees
+    /// every signal sent after the call. A worker takes it before a claim, and waits on it
+    /// only if the claim found nothing, so work made ready while that claim ran still wakes
+    /// it.
+    fn work_signal(&self) -> WorkSignal<'_> {
+        Box::pin(std::future::pending())
     }
 
     /// Whether [`work_signal`](Self::work_signal) resolves for work that other workers make

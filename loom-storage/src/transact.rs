@@ -66,8 +66,8 @@ pub trait Transact: Send + Sync + 'static {
     async fn read<T: Send + 'static>(&self, read: ReadJob<T>) -> Result<T>;
 
     /// See [`Storage::work_signal`].
-    async fn work_signal(&self) {
-        std::future::pending::<()>().await;
+    fn work_signal(&self) -> crate::WorkSignal<'_> {
+        Box::pin(std::future::pending())
     }
 
     /// See [`Storage::counters`].
@@ -241,8 +241,8 @@ impl<T: Transact> Storage for T {
         run(self, engine::write_schedule(write)?).await.map(drop)
     }
 
-    async fn work_signal(&self) {
-        Transact::work_signal(self).await;
+    fn work_signal(&self) -> crate::WorkSignal<'_> {
+        Transact::work_signal(self)
     }
 
     fn counters(&self) -> crate::StoreCounters {

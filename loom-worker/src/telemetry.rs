@@ -817,8 +817,8 @@ mod instrumented {
         async fn write_schedule(&self, write: loom_storage::ScheduleWrite) -> Result<()> {
             timed!(self, "write_schedule", self.inner.write_schedule(write))
         }
-        async fn work_signal(&self) {
-            self.inner.work_signal().await;
+        fn work_signal(&self) -> loom_storage::WorkSignal<'_> {
+            self.inner.work_signal()
         }
         fn signals_work(&self) -> bool {
             self.inner.signals_work()

@@ -131,6 +131,9 @@ impl Shared {
                 },
             };
             let req = self.claim_request(1 + slots.available_permits());
+            // Subscribed before the claim: work another process makes ready while the claim
+            // runs wakes this loop, instead of waiting for the next poll.
+            let signal = self.storage.work_signal();
             if let Some(t) = self.telemetry() {
                 t.claimed(match kind {
                     Kind::Workflow => crate::telemetry::TaskKind::workflow,
@@ -172,7 +175,7 @@ impl Shared {
                     biased;
                     () = wait_stop(stop.clone()) => break,
                     () = wake.notified() => {}
-                    () = self.storage.work_signal() => {}
+                    () = signal => {}
                     () = tokio::time::sleep(wait) => {}
                 }
                 continue;
