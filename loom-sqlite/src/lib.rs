@@ -58,7 +58,7 @@ mod read;
 mod schema;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -93,7 +93,9 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// The most write requests committed in one transaction.
     pub max_batch: usize,
-    /// Read connections kept open.
+    /// Read connections kept open, and so the most reads that run at once (at least one);
+    /// further reads wait their turn. More reads at once than cores gain nothing, and each
+    /// extra one would open a connection, parse the schema and prepare its statements afresh.
     pub readers: usize,
     /// The clock that judges leases and due times.
     pub clock: Arc<dyn Clock>,
@@ -133,6 +135,10 @@ struct Inner {
     options: SqliteOptions,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read connection: a read holds one while it runs.
+    read_turns: Arc<tokio::sync::Semaphore>,
+    /// Read connections open now, idle or in use.
+    open_readers: AtomicU32,
     disk_syncs: Arc<AtomicU64>,
     _checkpointer: checkpoint::Checkpointer,
 }
@@ -185,12 +191,15 @@ impl SqliteStorage {
             options.max_batch,
         )
         .map_err(|e| StorageError::unavailable("cannot start the SQLite writer thread", e))?;
+        let readers = options.readers.max(1);
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 path,
                 options,
                 writer,
                 readers: Mutex::new(Vec::new()),
+                read_turns: Arc::new(tokio::sync::Semaphore::new(readers)),
+                open_readers: AtomicU32::new(0),
                 disk_syncs,
                 _checkpointer: checkpointer,
             }),
@@ -225,12 +234,31 @@ impl Transact for SqliteStorage {
     }
 
     fn counters(&self) -> loom_storage::StoreCounters {
-        self.inner.writer.counters()
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        loom_storage::StoreCounters {
+            connections: Some((
+                self.inner.open_readers.load(Ordering::Relaxed),
+                u32::try_from(idle).unwrap_or(u32::MAX),
+            )),
+            ..self.inner.writer.counters()
+        }
     }
 
     async fn read<T: Send + 'static>(&self, read: ReadJob<T>) -> Result<T> {
         let inner = self.inner.clone();
+        let turn = inner
+            .read_turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StorageError::unavailable("the SQLite readers are closed", e))?;
         writer::blocking("a SQLite read failed", move || {
+            let _turn = turn;
             let idle = inner
                 .readers
                 .lock()
@@ -238,20 +266,34 @@ impl Transact for SqliteStorage {
                 .pop();
             let conn = match idle {
                 Some(conn) => conn,
-                None => conn::open(
-                    &inner.path,
-                    inner.options.durability,
-                    inner.options.busy_timeout,
-                )?,
+                None => {
+                    let conn = conn::open(
+                        &inner.path,
+                        inner.options.durability,
+                        inner.options.busy_timeout,
+                    )?;
+                    inner.open_readers.fetch_add(1, Ordering::Relaxed);
+                    conn
+                }
             };
             let now = inner.options.clock.now();
             // One snapshot for the whole read, as SQLite's statements would each take their own.
-            conn::run_cached(&conn, "BEGIN").map_err(|e| conn::map_err(&inner.path, e))?;
-            let result = read(&mut Db::new(&conn, &inner.path), now);
-            let ended = conn::run_cached(&conn, "COMMIT");
-            let mut idle = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
-            if ended.is_ok() && idle.len() < inner.options.readers {
-                idle.push(conn);
+            let (result, reusable) = match conn::run_cached(&conn, "BEGIN") {
+                Ok(()) => {
+                    let result = read(&mut Db::new(&conn, &inner.path), now);
+                    (result, conn::run_cached(&conn, "COMMIT").is_ok())
+                }
+                Err(e) => (Err(conn::map_err(&inner.path, e)), false),
+            };
+            if reusable {
+                inner
+                    .readers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+            } else {
+                drop(conn);
+                inner.open_readers.fetch_sub(1, Ordering::Relaxed);
             }
             result
         })

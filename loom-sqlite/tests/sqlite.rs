@@ -693,3 +693,88 @@ async fn a_purge_leaves_no_row_of_the_workflow_behind() {
         "another workflow's rows stay"
     );
 }
+
+/// Many reads at once share the store's few read connections, waiting their turn: each extra
+/// connection would be opened, parse the schema and prepare its statements afresh, for no
+/// gain on a machine with fewer cores than reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_once_never_open_more_connections_than_readers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteOptions {
+        readers: 3,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(
+        SqliteStorage::open(dir.path().join("r.db"), options)
+            .await
+            .expect("open"),
+    );
+    let id = WorkflowId::new("read-often");
+    store
+        .create_workflow(&id, started("Reader"))
+        .await
+        .expect("create");
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let store = store.clone();
+        let id = id.clone();
+        reads.spawn(async move {
+            let seen = store.clone();
+            loom_storage::Transact::read(
+                &*store,
+                Box::new(move |db, _| {
+                    let history = db.load_history(&id, Seq::ZERO)?;
+                    // Held a while, so that the reads overlap.
+                    std::thread::sleep(Duration::from_millis(5));
+                    let (open, _) = seen.counters().connections.expect("counted");
+                    Ok((history.len(), open))
+                }),
+            )
+            .await
+        });
+    }
+    let mut most = 0;
+    while let Some(read) = reads.join_next().await {
+        let (events, open) = read.expect("joined").expect("read");
+        assert_eq!(events, 1);
+        most = most.max(open);
+    }
+    assert!(
+        (1..=3).contains(&most),
+        "{most} read connections open at once"
+    );
+    let (open, idle) = store.counters().connections.expect("counted");
+    assert_eq!(
+        (open, idle),
+        (most, most),
+        "every read connection is idle again"
+    );
+}
+
+/// No read connections asked for still means one: reads run one at a time, never wait for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_readers_means_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteOptions {
+        readers: 0,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStorage::open(dir.path().join("z.db"), options)
+        .await
+        .expect("open");
+    let id = WorkflowId::new("one-reader");
+    store
+        .create_workflow(&id, started("Reader"))
+        .await
+        .expect("create");
+    for _ in 0..2 {
+        let history =
+            tokio::time::timeout(Duration::from_secs(10), store.load_history(&id, Seq::ZERO))
+                .await
+                .expect("a read does not wait for ever")
+                .expect("read");
+        assert_eq!(history.len(), 1);
+    }
+    assert_eq!(store.counters().connections, Some((1, 1)));
+}

@@ -746,7 +746,8 @@ pub struct StoreCounters {
     pub group_commits: u64,
     /// Writes committed in them: `writes_committed / group_commits` is the mean batch size.
     pub writes_committed: u64,
-    /// Open connections of a pool, and how many of them are idle (PostgreSQL).
+    /// Open connections of a pool, and how many of them are idle: PostgreSQL's pool, SQLite's
+    /// read connections (its one writer connection is not counted).
     pub connections: Option<(u32, u32)>,
 }
 
