@@ -25,6 +25,9 @@ impl PostgresStorage {
                 }
                 let listener = async {
                     let mut l = PgListener::connect_with(&pool).await?;
+                    // `try_recv` answers `Ok(None)` once it has listened again after a drop:
+                    // the wake below relies on it.
+                    l.eager_reconnect(true);
                     l.listen(&channel).await?;
                     Ok::<_, sqlx::Error>(l)
                 };

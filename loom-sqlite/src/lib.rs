@@ -93,9 +93,10 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// The most write requests committed in one transaction.
     pub max_batch: usize,
-    /// Read connections kept open, and so the most reads that run at once (at least one);
-    /// further reads wait their turn. More reads at once than cores gain nothing, and each
-    /// extra one would open a connection, parse the schema and prepare its statements afresh.
+    /// The most read connections, opened as reads need them and kept, and so the most reads
+    /// that run at once (at least one); further reads wait their turn. More reads at once than
+    /// cores gain nothing, and each extra one would open a connection, parse the schema and
+    /// prepare its statements afresh.
     pub readers: usize,
     /// The clock that judges leases and due times.
     pub clock: Arc<dyn Clock>,
@@ -234,17 +235,21 @@ impl Transact for SqliteStorage {
     }
 
     fn counters(&self) -> loom_storage::StoreCounters {
-        let idle = self
-            .inner
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        loom_storage::StoreCounters {
-            connections: Some((
+        // Both read under the lock, which every move into or out of the idle list takes: the
+        // idle are never more than the open.
+        let connections = {
+            let idle = self
+                .inner
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (
                 self.inner.open_readers.load(Ordering::Relaxed),
-                u32::try_from(idle).unwrap_or(u32::MAX),
-            )),
+                u32::try_from(idle.len()).unwrap_or(u32::MAX),
+            )
+        };
+        loom_storage::StoreCounters {
+            connections: Some(connections),
             ..self.inner.writer.counters()
         }
     }
@@ -276,6 +281,8 @@ impl Transact for SqliteStorage {
                     conn
                 }
             };
+            // Uncounted when the connection is dropped, even by a read that panicked.
+            let mut counted = Counted(Some(&inner.open_readers));
             let now = inner.options.clock.now();
             // One snapshot for the whole read, as SQLite's statements would each take their own.
             let (result, reusable) = match conn::run_cached(&conn, "BEGIN") {
@@ -291,12 +298,22 @@ impl Transact for SqliteStorage {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(conn);
-            } else {
-                drop(conn);
-                inner.open_readers.fetch_sub(1, Ordering::Relaxed);
+                counted.0 = None;
             }
             result
         })
         .await
+    }
+}
+
+/// A read connection counted in `open_readers`: uncounts it when dropped, unless disarmed
+/// because the connection went back to the idle list.
+struct Counted<'a>(Option<&'a AtomicU32>);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if let Some(open) = self.0 {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

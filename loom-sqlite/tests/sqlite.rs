@@ -778,3 +778,31 @@ async fn zero_readers_means_one() {
     }
     assert_eq!(store.counters().connections, Some((1, 1)));
 }
+
+/// A read that panics is an error to its caller, and its connection is neither reused nor
+/// still counted as open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_panics_leaves_no_connection_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStorage::open(dir.path().join("p.db"), SqliteOptions::default())
+        .await
+        .expect("open");
+    let failed = loom_storage::Transact::read(
+        &store,
+        Box::new(|_, _| -> loom_storage::Result<()> { panic!("a read job panicked") }),
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(StorageError::Unavailable { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(store.counters().connections, Some((0, 0)));
+    let missing = store
+        .load_history(&WorkflowId::new("none"), Seq::ZERO)
+        .await;
+    assert!(
+        matches!(missing, Err(StorageError::NotFound(_))),
+        "the next read runs: {missing:?}"
+    );
+    assert_eq!(store.counters().connections, Some((1, 1)));
+}
