@@ -24,8 +24,8 @@
 //!   workflows' transitions. A write set that fails is undone alone (see `commit.rs`).
 //! - **Checkpoints off the writer.** A thread of its own copies the log back into the file
 //!   every 200 ms (`checkpoint.rs`); the writer checkpoints only if the log outgrows that.
-//! - **Reads in parallel.** Reads use a small pool of separate connections on the blocking
-//!   thread pool; WAL lets them run while the writer writes.
+//! - **Reads in parallel.** Reads take turns on at most `readers` separate connections, on the
+//!   blocking thread pool; WAL lets them run while the writer writes.
 //! - **Never blocks the runtime.** Callers await channels; SQLite runs on the writer thread and
 //!   on `spawn_blocking`.
 //! - **Contention is never a workflow failure.** `SQLITE_BUSY` (another process writing) is

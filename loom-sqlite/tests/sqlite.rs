@@ -694,26 +694,30 @@ async fn a_purge_leaves_no_row_of_the_workflow_behind() {
     );
 }
 
+/// A store in `dir` with `readers` read connections, holding one workflow, `id`.
+async fn one_workflow_to_read(dir: &Path, readers: usize, id: &WorkflowId) -> SqliteStorage {
+    let options = SqliteOptions {
+        readers,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStorage::open(dir.join("reads.db"), options)
+        .await
+        .expect("open");
+    store
+        .create_workflow(id, started("Reader"))
+        .await
+        .expect("create");
+    store
+}
+
 /// Many reads at once share the store's few read connections, waiting their turn: each extra
 /// connection would be opened, parse the schema and prepare its statements afresh, for no
 /// gain on a machine with fewer cores than reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_at_once_never_open_more_connections_than_readers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = SqliteOptions {
-        readers: 3,
-        ..SqliteOptions::default()
-    };
-    let store = Arc::new(
-        SqliteStorage::open(dir.path().join("r.db"), options)
-            .await
-            .expect("open"),
-    );
     let id = WorkflowId::new("read-often");
-    store
-        .create_workflow(&id, started("Reader"))
-        .await
-        .expect("create");
+    let store = Arc::new(one_workflow_to_read(dir.path(), 3, &id).await);
     let mut reads = tokio::task::JoinSet::new();
     for _ in 0..48 {
         let store = store.clone();
@@ -756,18 +760,8 @@ async fn reads_at_once_never_open_more_connections_than_readers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_readers_means_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = SqliteOptions {
-        readers: 0,
-        ..SqliteOptions::default()
-    };
-    let store = SqliteStorage::open(dir.path().join("z.db"), options)
-        .await
-        .expect("open");
     let id = WorkflowId::new("one-reader");
-    store
-        .create_workflow(&id, started("Reader"))
-        .await
-        .expect("create");
+    let store = one_workflow_to_read(dir.path(), 0, &id).await;
     for _ in 0..2 {
         let history =
             tokio::time::timeout(Duration::from_secs(10), store.load_history(&id, Seq::ZERO))
