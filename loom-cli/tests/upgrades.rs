@@ -5,6 +5,13 @@
 //! sleeping on a timer, waiting for a signal, never run; those of SQLite schema 6, PostgreSQL
 //! schema 12 and MySQL schema 1 also hold a paused schedule. A release
 //! that changes a schema adds its own fixtures beside these and keeps these passing.
+//!
+//! Each fixture's `approval-waiting` waits for a signal with a durable deadline. In SQLite
+//! schema 6, PostgreSQL schema 12 and MySQL schema 1 the deadline is a hundred years away
+//! (`fixtures/far_deadline.py` moved it there, in place, from the day after the fixture was
+//! written), so the signal the test sends approves it; in the others it has passed, so the
+//! timer has fired first and the workflow times out. Both paths run on every build, whatever
+//! the date.
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,8 +33,17 @@ fn json(cmd: &mut Command) -> Value {
     serde_json::from_slice(&out).expect("one JSON document")
 }
 
+/// Where a fixture's approval deadline is, and so what the signal the test sends comes to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Deadline {
+    /// Passed: the durable timer fires first, and the workflow times out.
+    Passed,
+    /// Years away: the signal approves the workflow.
+    Far,
+}
+
 /// What every fixture holds, and what its open workflows must come to.
-fn finish_the_fixture(dir: &Path, db: &str, schema: Option<&str>) {
+fn finish_the_fixture(dir: &Path, db: &str, schema: Option<&str>, deadline: Deadline) {
     let run = |args: &[&str]| {
         let mut cmd = loom(dir, db);
         if let Some(schema) = schema {
@@ -54,20 +70,27 @@ fn finish_the_fixture(dir: &Path, db: &str, schema: Option<&str>) {
     run(&["replay", "--all", "--status", "running,completed"])
         .assert()
         .success();
-    // The approval's deadline was set when the fixture was written, a day after: a signal
-    // sent before it approves, and after it the durable timer has fired first, which the
-    // workflow takes as a timeout. Either way the signal reaches a workflow of the old schema.
+    // The approval's deadline, as the fixture holds it, is where the test expects it: a
+    // fixture whose deadline came or went otherwise would check the other path only.
     let waiting = json(&mut run(&["inspect", "approval-waiting", "--json"]));
     let deadline_ms = waiting["progress"]["pending_timers"][0]["fire_at"]
         .as_i64()
         .unwrap_or_else(|| panic!("the approval's timer: {waiting}"));
-    let signalled_ms = i64::try_from(
+    let now_ms = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("after 1970")
             .as_millis(),
     )
     .expect("in range");
+    const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
+    match deadline {
+        Deadline::Passed => assert!(deadline_ms < now_ms, "deadline {deadline_ms} not passed"),
+        Deadline::Far => assert!(
+            deadline_ms > now_ms + YEAR_MS,
+            "deadline {deadline_ms} less than a year away"
+        ),
+    }
     // The open ones finish: the approval gets its signal, the reminder's timer has long
     // passed, the greeting that never ran runs.
     run(&[
@@ -93,19 +116,20 @@ fn finish_the_fixture(dir: &Path, db: &str, schema: Option<&str>) {
     ] {
         assert_eq!(status(&listed, id), "completed", "{id}: {listed}");
     }
+    // The signal reached a workflow of the old schema either way: before the deadline it
+    // approves, after it the timer's message is first and the workflow takes it as a timeout.
     let approval = json(&mut run(&["inspect", "approval-waiting", "--json"]));
-    let decision = &approval["output"]["decision"];
-    // Within a second of the deadline the clocks' order decides (the store stamps the
-    // signal); past that, only one answer is right.
-    let expected: &[&str] = match signalled_ms - deadline_ms {
-        d if d < -1_000 => &["approved"],
-        d if d > 1_000 => &["timed_out"],
-        _ => &["approved", "timed_out"],
+    let expected = match deadline {
+        Deadline::Passed => "timed_out",
+        Deadline::Far => "approved",
     };
-    assert!(
-        expected.iter().any(|e| decision == e),
-        "signalled {signalled_ms}, deadline {deadline_ms}: decided {decision}"
+    assert_eq!(
+        approval["output"]["decision"], expected,
+        "deadline {deadline_ms}: {approval}"
     );
+    if deadline == Deadline::Far {
+        assert_eq!(approval["output"]["by"], "ada", "{approval}");
+    }
     let tagged = json(&mut run(&["list", "--tag", "customer=ada", "--json"]));
     assert_eq!(tagged["workflows"][0]["id"], "order-running");
 }
@@ -173,7 +197,12 @@ fn a_sqlite_file_of_schema_5_opens_and_finishes_its_workflows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("old.db");
     std::fs::copy(fixture("sqlite-schema-5.db"), &file).expect("copy the fixture");
-    finish_the_fixture(dir.path(), &format!("sqlite://{}", file.display()), None);
+    finish_the_fixture(
+        dir.path(),
+        &format!("sqlite://{}", file.display()),
+        None,
+        Deadline::Passed,
+    );
 }
 
 #[test]
@@ -182,7 +211,7 @@ fn a_sqlite_file_of_schema_6_opens_and_finishes_its_workflows_and_its_schedule_f
     let file = dir.path().join("old.db");
     std::fs::copy(fixture("sqlite-schema-6.db"), &file).expect("copy the fixture");
     let db = format!("sqlite://{}", file.display());
-    finish_the_fixture(dir.path(), &db, None);
+    finish_the_fixture(dir.path(), &db, None, Deadline::Far);
     the_schedule_fires_again(dir.path(), &db, None);
 }
 
@@ -191,7 +220,12 @@ fn a_redb_file_of_format_2_opens_and_finishes_its_workflows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("old.redb");
     std::fs::copy(fixture("redb-format-2.redb"), &file).expect("copy the fixture");
-    finish_the_fixture(dir.path(), &format!("redb://{}", file.display()), None);
+    finish_the_fixture(
+        dir.path(),
+        &format!("redb://{}", file.display()),
+        None,
+        Deadline::Passed,
+    );
 }
 
 /// Restores a PostgreSQL dump into a fresh schema: the URL and the schema, or `None` without
@@ -230,7 +264,7 @@ fn a_postgres_dump_of_schema_10_restores_and_finishes_its_workflows() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    finish_the_fixture(dir.path(), &url, Some(&schema));
+    finish_the_fixture(dir.path(), &url, Some(&schema), Deadline::Passed);
 }
 
 #[test]
@@ -239,7 +273,7 @@ fn a_postgres_dump_of_schema_12_restores_finishes_its_workflows_and_its_schedule
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    finish_the_fixture(dir.path(), &url, Some(&schema));
+    finish_the_fixture(dir.path(), &url, Some(&schema), Deadline::Far);
     the_schedule_fires_again(dir.path(), &url, Some(&schema));
 }
 
@@ -278,6 +312,6 @@ fn a_mysql_dump_of_schema_1_restores_finishes_its_workflows_and_its_schedule_fir
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    finish_the_fixture(dir.path(), &url, None);
+    finish_the_fixture(dir.path(), &url, None, Deadline::Far);
     the_schedule_fires_again(dir.path(), &url, None);
 }
