@@ -123,18 +123,14 @@ fn finish_the_fixture(dir: &Path, db: &str, schema: Option<&str>, deadline: Dead
     // The signal reached a workflow of the old schema either way: before the deadline it
     // approves, after it the timer's message is first and the workflow takes it as a timeout.
     let approval = json(&mut run(&["inspect", "approval-waiting", "--json"]));
-    let expected = match deadline {
-        Deadline::Passed => "timed_out",
-        Deadline::Far => "approved",
+    let (decision, by) = match deadline {
+        Deadline::Passed => ("timed_out", Value::Null),
+        Deadline::Far => ("approved", Value::from("ada")),
     };
     assert_eq!(
-        approval["output"]["decision"], expected,
+        approval["output"]["decision"], decision,
         "deadline {deadline_ms}: {approval}"
     );
-    let by = match deadline {
-        Deadline::Passed => Value::Null,
-        Deadline::Far => Value::from("ada"),
-    };
     assert_eq!(approval["output"]["by"], by, "{approval}");
     let tagged = json(&mut run(&["list", "--tag", "customer=ada", "--json"]));
     assert_eq!(tagged["workflows"][0]["id"], "order-running");
