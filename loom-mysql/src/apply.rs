@@ -102,43 +102,51 @@ impl Db<'_> {
                 &[V::I(now_ms), V::I(max)],
             )?,
             (None, _) => {
-                // Its own first, by the index of preferred owners; then the queue, passing
-                // over what another owner's affinity keeps (its own show up again there).
-                // Both in one round trip; the second may repeat rows of the first.
-                let both = self.select(
-                    concat!(
-                        claimed!(
-                            "WHERE affinity_owner = ? AND visible_at <= ?
-                             ORDER BY visible_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
-                        ),
-                        ";\n",
+                // Every row a claim locks is a row it takes: `FOR UPDATE` holds a row until the
+                // batch commits and a concurrent claim skips it, so a row locked for nothing
+                // is kept from another claimer for nothing. Its own first: found by the index
+                // of preferred owners without a lock (a locking scan there would also lock
+                // the next owner's first entry, where the scan ends), then locked by their
+                // ids, which locks those rows alone.
+                let own = self.select(
+                    "SELECT id FROM tasks WHERE affinity_owner = ? AND visible_at <= ?
+                     ORDER BY visible_at, id LIMIT ?",
+                    &[V::B(owner), V::I(now_ms), V::I(max)],
+                )?;
+                let mut rows = Vec::with_capacity(req.max);
+                if !own.is_empty() {
+                    let mut args = Vec::with_capacity(own.len() + 2);
+                    for r in &own {
+                        args.push(V::I(self.get(r, 0)?));
+                    }
+                    args.extend([V::B(owner), V::I(now_ms)]);
+                    let sql = format!(
+                        "{} WHERE id IN ({}) AND affinity_owner = ? AND visible_at <= ?
+                         FOR UPDATE SKIP LOCKED",
+                        claimed!("FORCE INDEX (PRIMARY)"),
+                        vec!["?"; own.len()].join(", ")
+                    );
+                    rows = self.select(&sql, &args)?;
+                    // In the queue's order, as the index gave them.
+                    let mut keyed = Vec::with_capacity(rows.len());
+                    for r in rows {
+                        keyed.push(((self.get::<i64>(&r, 1)?, self.get::<i64>(&r, 0)?), r));
+                    }
+                    keyed.sort_by_key(|(k, _)| *k);
+                    rows = keyed.into_iter().map(|(_, r)| r).collect();
+                }
+                // Then the queue for the rest, passing over what another owner's affinity
+                // keeps and its own (found above).
+                if rows.len() < req.max {
+                    let rest = i64::try_from(req.max - rows.len()).unwrap_or(i64::MAX);
+                    rows.extend(self.select(
                         claimed!(
                             "WHERE kind = 0 AND visible_at <= ?
-                             AND (affinity_owner IS NULL OR affinity_owner = ? OR affinity_until <= ?)
+                             AND (affinity_owner IS NULL OR (affinity_owner <> ? AND affinity_until <= ?))
                              ORDER BY visible_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
-                        )
-                    ),
-                    &[
-                        V::B(owner),
-                        V::I(now_ms),
-                        V::I(max),
-                        V::I(now_ms),
-                        V::B(owner),
-                        V::I(now_ms),
-                        V::I(max),
-                    ],
-                )?;
-                let mut taken: Vec<i64> = Vec::with_capacity(req.max);
-                let mut rows = Vec::with_capacity(req.max);
-                for r in both {
-                    if rows.len() == req.max {
-                        break;
-                    }
-                    let id: i64 = self.get(&r, 0)?;
-                    if !taken.contains(&id) {
-                        taken.push(id);
-                        rows.push(r);
-                    }
+                        ),
+                        &[V::I(now_ms), V::B(owner), V::I(now_ms), V::I(rest)],
+                    )?);
                 }
                 rows
             }

@@ -56,9 +56,11 @@ impl PostgresStorage {
             return Ok(Vec::new());
         }
         // One statement: claim (the tasks preferring this owner first, by the index of
-        // preferred owners; then the queue, passing over what another owner's affinity
-        // keeps), then read each claimed workflow's name, run, last sequence number and due
-        // messages (as parallel arrays, oldest first).
+        // preferred owners; then the queue for the rest, passing over what another owner's
+        // affinity keeps and its own, all found already), then read each claimed workflow's
+        // name, run, last sequence number and due messages (as parallel arrays, oldest
+        // first). Every row locked is a row taken: a row locked and not taken would be
+        // skipped by a concurrent claim for nothing.
         let rows = sqlx::query(
             "WITH now AS MATERIALIZED (SELECT loom_now_ms() AS ms), own AS (
                 SELECT id, visible_at FROM tasks
@@ -67,15 +69,14 @@ impl PostgresStorage {
              ), rest AS (
                 SELECT id, visible_at FROM tasks
                 WHERE kind = 0 AND visible_at <= (SELECT ms FROM now)
-                  AND (affinity_owner IS NULL OR affinity_owner = $3
-                       OR affinity_until <= (SELECT ms FROM now))
-                ORDER BY visible_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+                  AND (affinity_owner IS NULL OR (affinity_owner <> $3
+                       AND affinity_until <= (SELECT ms FROM now)))
+                ORDER BY visible_at, id LIMIT $1 - (SELECT count(*) FROM own)
+                FOR UPDATE SKIP LOCKED
              ), picked AS (
-                SELECT id, visible_at, first FROM (
-                    SELECT id, visible_at, true AS first FROM own
-                    UNION ALL
-                    SELECT id, visible_at, false FROM rest WHERE id NOT IN (SELECT id FROM own)
-                ) both_ ORDER BY first DESC, visible_at, id LIMIT $1
+                SELECT id, visible_at, true AS first FROM own
+                UNION ALL
+                SELECT id, visible_at, false FROM rest
              ), claimed AS (
                 UPDATE tasks t SET lease_token = t.lease_token + 1, lease_expires_at = now.ms + $2,
                     visible_at = now.ms + $2, lease_owner = $3, deliveries = t.deliveries + 1

@@ -1415,7 +1415,14 @@ pub fn seeded() -> Vec<Vec<Op>> {
         Op::Forget(0),
         Op::ClaimWorkflows(1, Span::Long, 1),
     ];
-    vec![passed_over, own_first, lapsed, forgotten]
+    // wf-0 prefers worker 1 and wf-1, older, prefers no one: racing, worker 1 takes wf-0 and
+    // worker 0 takes wf-1. A claim that locked a row it did not take (worker 1's own, and the
+    // queue's first) would leave worker 0 with nothing whenever the two claims overlap, so
+    // the race runs several times.
+    let raced = || sticky(1).into_iter().chain([Op::Race]).collect::<Vec<_>>();
+    let mut seeded = vec![passed_over, own_first, lapsed, forgotten];
+    seeded.extend(std::iter::repeat_with(raced).take(8));
+    seeded
 }
 
 fn first_difference(a: &str, b: &str) -> String {
